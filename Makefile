@@ -1,0 +1,56 @@
+# edgeattn: PyTorch attention models -> verified ONNX / INT8 / TensorRT engines.
+# `make demo` runs the whole pipeline on the bundled data; `make test` runs the test suite.
+# Both create .venv themselves when it is missing.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARTIFACTS ?= artifacts
+MODELS ?= text_transformer,attention_cnn,vit
+ZOO_MODELS ?= $(MODELS),torchvision:vit_b_16
+MAX_DROP ?= 0.5
+PYTEST_ARGS ?=
+export PYTHONPATH := $(CURDIR)
+export PYTHONUNBUFFERED := 1
+
+.PHONY: help setup train export optimize quantize engines verify bench report demo test clean
+
+help:
+	@echo "make demo      set up, then run every pipeline stage on the bundled data (reuses up-to-date artifacts)"
+	@echo "make test      set up, then run the pytest suite"
+	@echo "make setup     create $(VENV) and install pinned dependencies + Fashion-MNIST (idempotent)"
+	@echo "make train     train text_transformer, attention_cnn, vit -> $(ARTIFACTS)/<model>/{model.pt,train.json}"
+	@echo "make export    PyTorch -> $(ARTIFACTS)/<model>/fp32.onnx (+ torchvision:vit_b_16)"
+	@echo "make optimize  onnxsim -> $(ARTIFACTS)/<model>/fp32.sim.onnx"
+	@echo "make quantize  FP16 + INT8 (calibrated, MAX_DROP=$(MAX_DROP) points budget)"
+	@echo "make engines   TensorRT / TensorRT-RTX engines + manifests"
+	@echo "make verify    every artifact vs PyTorch on the full test split -> $(ARTIFACTS)/verify.{json,md}"
+	@echo "make bench     latency side by side with peers -> $(ARTIFACTS)/bench.json + plots"
+	@echo "make report    $(ARTIFACTS)/report.md"
+
+setup: $(VENV)/.edgeattn-setup
+$(VENV)/.edgeattn-setup: requirements.txt scripts/setup.sh
+	@bash scripts/setup.sh
+
+train: setup
+	$(PY) -m zoo.train --models $(MODELS) --artifacts $(ARTIFACTS)
+
+export: setup
+	$(PY) -m export --models $(ZOO_MODELS) --artifacts $(ARTIFACTS)
+
+optimize: setup
+	$(PY) -m optimize simplify --models $(ZOO_MODELS) --artifacts $(ARTIFACTS)
+
+verify: setup
+	$(PY) -m verify --models $(ZOO_MODELS) --artifacts $(ARTIFACTS)
+
+demo: setup
+	$(MAKE) --no-print-directory train
+	$(MAKE) --no-print-directory export
+	$(MAKE) --no-print-directory optimize
+	$(MAKE) --no-print-directory verify
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc
+
+clean:
+	rm -rf $(ARTIFACTS)

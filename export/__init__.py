@@ -1,0 +1,1 @@
+"""PyTorch -> ONNX export with pre-export checks. See ``export.onnx_export.export_model``."""

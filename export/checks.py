@@ -1,0 +1,64 @@
+"""Pre- and post-export checks: problems a user would otherwise meet later, named now."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+TWO_GB = 2 * 1024 ** 3
+
+# ONNX ops the TensorRT ONNX parser (onnx-tensorrt, TensorRT 10/11/RTX) does not import.
+TRT_UNSUPPORTED_OPS = {
+    "SequenceConstruct", "SequenceAt", "SequenceEmpty", "SequenceInsert", "SequenceErase", "SequenceLength",
+    "SplitToSequence", "ConcatFromSequence", "Optional", "OptionalHasElement", "OptionalGetElement",
+    "StringNormalizer", "TfIdfVectorizer", "Unique", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
+    "QLinearConv", "QLinearMatMul", "Bernoulli", "RandomNormal", "RandomUniform", "RandomNormalLike",
+    "RandomUniformLike", "Multinomial", "Col2Im", "STFT", "MelWeightMatrix", "RegexFullMatch", "StringConcat",
+    "StringSplit", "ImageDecoder", "Adagrad", "Adam", "Momentum", "Gradient",
+}
+
+
+class ExportCheckError(ValueError):
+    """A model cannot be exported as asked (opset too low, model too large for one file, ...)."""
+
+
+@dataclass
+class CheckReport:
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def raise_if_errors(self, subject: str) -> None:
+        if self.errors:
+            raise ExportCheckError(f"{subject}: " + "; ".join(self.errors))
+
+
+def pre_export_check(module, opset: int) -> CheckReport:
+    """Look at the PyTorch module before export."""
+    from torch import nn
+
+    rep = CheckReport()
+    has_ln = any(isinstance(m, nn.LayerNorm) for m in module.modules())
+    if has_ln and opset < 17:
+        rep.errors.append(f"opset {opset} < 17: LayerNormalization would be decomposed into ~10 ops (slower, less "
+                          "accurate in FP16, not fused by TensorRT); expected opset >= 17")
+    n_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+    n_bytes += sum(b.numel() * b.element_size() for b in module.buffers())
+    if n_bytes >= TWO_GB:
+        rep.warnings.append(f"parameters are {n_bytes / 1e9:.2f} GB >= 2 GB protobuf limit: weights go to external "
+                            "data (model.onnx.data); keep the two files together")
+    if module.training:
+        rep.warnings.append("module was in training mode: exporting in eval mode (dropout off, BatchNorm running stats)")
+    return rep
+
+
+def post_export_check(model_proto) -> CheckReport:
+    """Look at the exported graph: ops TensorRT cannot parse, float64 tensors."""
+    rep = CheckReport()
+    ops = {n.op_type for n in model_proto.graph.node}
+    bad = sorted(ops & TRT_UNSUPPORTED_OPS)
+    if bad:
+        rep.warnings.append(f"ops with no TensorRT support: {bad}; engines will fail to build")
+    import onnx
+
+    f64 = [t.name for t in model_proto.graph.initializer if t.data_type == onnx.TensorProto.DOUBLE]
+    if f64:
+        rep.warnings.append(f"float64 initializers {f64[:3]}: TensorRT has no float64; cast to float32 in the model")
+    return rep

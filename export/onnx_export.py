@@ -1,0 +1,106 @@
+"""Export a zoo model to ONNX: ``python -m export [--models ...]``.
+
+Writes ``<artifacts>/<model>/fp32.onnx``: opset >= 17, dynamic axes from the spec, input/output names from
+the spec, the spec itself in the graph's metadata (key ``edgeattn.spec``) and beside it as ``spec.json``,
+``onnx.checker.check_model(full_check=True)`` and shape inference run on the result.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from export.checks import post_export_check, pre_export_check
+from zoo.io import atomic_write, atomic_write_text, sha256_file, update_manifest
+from zoo.registry import BuiltModel
+
+log = logging.getLogger("edgeattn.export")
+SPEC_METADATA_KEY = "edgeattn.spec"
+
+
+class ExportError(RuntimeError):
+    """torch.onnx.export or the checker failed; the message names the model and the stage."""
+
+
+@contextlib.contextmanager
+def attention_fastpath_disabled():
+    """nn.MultiheadAttention / nn.TransformerEncoder take a fused 'fast path' in eval mode
+    (torch._transformer_encoder_layer_fwd, nested tensors with a padding mask) that the TorchScript
+    exporter cannot always trace. Export the plain math path instead; it is numerically the same."""
+    import torch
+
+    prev = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(prev)
+
+
+def _dynamic_axes(built: BuiltModel) -> dict[str, dict[int, str]]:
+    axes: dict[str, dict[int, str]] = {}
+    for t in list(built.spec.inputs) + list(built.spec.outputs):
+        dyn = {i: d for i, d in enumerate(t.shape) if isinstance(d, str)}
+        if dyn:
+            axes[t.name] = dyn
+    return axes
+
+
+def export_model(built: BuiltModel, path: str | Path, opset: int | None = None) -> dict[str, Any]:
+    """Export ``built`` to ``path`` atomically; return a manifest section (checks, node count, time)."""
+    import onnx
+    import torch
+
+    path = Path(path)
+    spec = built.spec
+    opset = int(opset or spec.opset)
+    module = built.module
+    report = pre_export_check(module, opset)
+    report.raise_if_errors(f"export '{built.name}'")
+    for w in report.warnings:
+        log.warning("export '%s': %s", built.name, w)
+    module.eval()
+    feed = spec.example_inputs(seed=0)
+    args = tuple(torch.from_numpy(feed[t.name]) for t in spec.inputs)
+    t0 = time.perf_counter()
+
+    def _write(tmp: Path) -> None:
+        with attention_fastpath_disabled(), torch.no_grad():
+            try:
+                torch.onnx.export(
+                    module, args, str(tmp), opset_version=opset, dynamo=False, do_constant_folding=True,
+                    input_names=[t.name for t in spec.inputs], output_names=[t.name for t in spec.outputs],
+                    dynamic_axes=_dynamic_axes(built),
+                )
+            except Exception as e:  # noqa: BLE001 - the exporter raises many kinds
+                raise ExportError(f"export '{built.name}': torch.onnx.export failed: {type(e).__name__}: {e}") from e
+        proto = onnx.load(str(tmp))
+        meta = proto.metadata_props.add()
+        meta.key, meta.value = SPEC_METADATA_KEY, spec.to_json()
+        proto.producer_name = "edgeattn"
+        try:
+            proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+        except Exception as e:  # noqa: BLE001
+            raise ExportError(f"export '{built.name}': ONNX shape inference failed: {e}") from e
+        onnx.save(proto, str(tmp))
+        try:
+            onnx.checker.check_model(str(tmp), full_check=True)
+        except onnx.checker.ValidationError as e:
+            raise ExportError(f"export '{built.name}': onnx.checker rejected the graph: {e}") from e
+
+    atomic_write(path, _write)
+    seconds = time.perf_counter() - t0
+    proto = onnx.load(str(path), load_external_data=False)
+    post = post_export_check(proto)
+    for w in post.warnings:
+        log.warning("export '%s': %s", built.name, w)
+    atomic_write_text(path.parent / "spec.json", spec.to_json())
+    section = {
+        "file": path.name, "sha256": sha256_file(path), "opset": opset, "nodes": len(proto.graph.node),
+        "export_seconds": round(seconds, 2), "torch": torch.__version__, "onnx": onnx.__version__,
+        "warnings": report.warnings + post.warnings, "config": built.config,
+    }
+    update_manifest(path.parent, "export", section)
+    return section

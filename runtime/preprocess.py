@@ -1,0 +1,102 @@
+"""Pre/post-processing a device needs to go from raw input to a label. numpy (+ tokenizers, Pillow) only.
+
+The training code in ``zoo`` imports these same functions, so what a device does to a raw sentence or
+image is exactly what the model saw in training.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from runtime.errors import PreprocessError
+
+
+def normalize_images(images_u8: np.ndarray, mean: float, std: float) -> np.ndarray:
+    """(N, H, W) or (N, C, H, W) uint8 -> float32 (N, C, H, W), (x/255 - mean) / std."""
+    x = np.asarray(images_u8)
+    if x.dtype != np.uint8:
+        raise PreprocessError(f"images: got dtype {x.dtype}, expected uint8 pixels 0..255")
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4:
+        raise PreprocessError(f"images: got shape {x.shape}, expected (N, H, W) or (N, C, H, W)")
+    return ((x.astype(np.float32) / 255.0 - np.float32(mean)) / np.float32(std)).astype(np.float32)
+
+
+def load_image(path: str | Path, preprocess: dict[str, Any]) -> np.ndarray:
+    """Read a PNG/JPEG file and return a (1, C, H, W) float32 feed for the model described by ``preprocess``.
+
+    ``preprocess`` keys: size [H, W], channels (1 or 3), mean, std, invert (bool: Fashion-MNIST items are
+    light-on-dark, a product photo on white is not).
+    """
+    try:
+        from PIL import Image
+    except ImportError as e:  # pragma: no cover - Pillow is a runtime dependency for images only
+        raise PreprocessError("images: Pillow is not installed (pip install pillow)") from e
+    p = Path(path)
+    if not p.is_file():
+        raise PreprocessError(f"image '{p}': no such file")
+    try:
+        img = Image.open(p)
+        img.load()
+    except Exception as e:  # noqa: BLE001 - Pillow raises many types; report them as one
+        raise PreprocessError(f"image '{p}': cannot decode ({e}); expected a PNG or JPEG file") from e
+    h, w = preprocess["size"]
+    img = img.convert("L" if int(preprocess.get("channels", 1)) == 1 else "RGB").resize((w, h), Image.BILINEAR)
+    arr = np.asarray(img, dtype=np.uint8)
+    if preprocess.get("invert"):
+        arr = 255 - arr
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # (C, H, W)
+    mean, std = preprocess["mean"], preprocess["std"]
+    if isinstance(mean, (list, tuple)):
+        x = (arr.astype(np.float32) / 255.0 - np.asarray(mean, np.float32)[:, None, None]) / np.asarray(std, np.float32)[:, None, None]
+        return x[None].astype(np.float32)
+    return normalize_images(arr[None], mean, std)
+
+
+class TextEncoder:
+    """Wraps a tokenizer JSON file (HF ``tokenizers`` format): raw sentences -> padded int64 ids.
+
+    The JSON carries truncation to the model's positional table and a post-processor that prepends
+    [CLS], so every caller encodes the same way.
+    """
+
+    def __init__(self, path: str | Path):
+        try:
+            from tokenizers import Tokenizer
+        except ImportError as e:  # pragma: no cover
+            raise PreprocessError("text: the 'tokenizers' package is not installed (pip install tokenizers)") from e
+        p = Path(path)
+        if not p.is_file():
+            raise PreprocessError(f"tokenizer '{p}': no such file (it is written next to the checkpoint by make train)")
+        try:
+            self._tok = Tokenizer.from_file(str(p))
+        except Exception as e:  # noqa: BLE001
+            raise PreprocessError(f"tokenizer '{p}': cannot load ({e}); expected a tokenizers JSON file") from e
+        self.pad_id = self._tok.token_to_id("[PAD]")
+        self.cls_id = self._tok.token_to_id("[CLS]")
+        if self.pad_id is None or self.cls_id is None:
+            raise PreprocessError(f"tokenizer '{p}': has no [PAD] or [CLS] token")
+        trunc = self._tok.truncation
+        self.max_len = int(trunc["max_length"]) if trunc else None
+        self.vocab_size = self._tok.get_vocab_size()
+
+    def encode(self, texts: Sequence[str], pad_to: int | None = None) -> np.ndarray:
+        """Sentences -> (N, T) int64 ids, [CLS] first, padded with [PAD] to the longest (or ``pad_to``)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        encs = self._tok.encode_batch(list(texts))
+        longest = max((len(e.ids) for e in encs), default=1)
+        t = max(longest, pad_to or 0)
+        out = np.full((len(encs), t), self.pad_id, dtype=np.int64)
+        for i, e in enumerate(encs):
+            out[i, : len(e.ids)] = e.ids
+        return out
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)

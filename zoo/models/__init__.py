@@ -1,0 +1,1 @@
+"""The three model families: text Transformer classifier, attention CNN, Vision Transformer."""

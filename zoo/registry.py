@@ -1,0 +1,266 @@
+"""Model registry: ``create_model(name, **overrides)``, ``list_models()``, checkpoints.
+
+Names:
+- ``text_transformer``, ``attention_cnn``, ``vit``: our three families (config overrides as kwargs);
+- ``torchvision:<name>``: any torchvision classifier, random-initialised or from a local weights file
+  (``weights="/path/file.pth"``); never downloaded;
+- ``<python.module>:<factory>``: a user model; the module declares ``EDGEATTN_SPEC`` (a dict with inputs,
+  outputs, dynamic axes; see ``_user_model``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from zoo.data import FMNIST_LABELS, FMNIST_MEAN, FMNIST_STD, SENTIMENT_LABELS
+from zoo.spec import DimRange, ModelSpec, TensorSpec
+
+BUILTIN = ("text_transformer", "attention_cnn", "vit")
+EXAMPLE_TORCHVISION = ("torchvision:vit_b_16",)
+CHECKPOINT_FORMAT = "edgeattn-checkpoint/1"
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+class RegistryError(ValueError):
+    """Unknown model name or bad override."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt, or does not match the model; the message names the file."""
+
+
+@dataclass
+class BuiltModel:
+    name: str
+    module: Any  # torch.nn.Module
+    spec: ModelSpec
+    config: dict[str, Any]
+
+    @property
+    def artifact_name(self) -> str:
+        return artifact_name(self.name)
+
+
+def artifact_name(name: str) -> str:
+    """Folder name under artifacts/: 'torchvision:vit_b_16' -> 'vit_b_16', 'pkg.mod:make' -> 'make'."""
+    return name.split(":")[-1]
+
+
+def list_models() -> list[str]:
+    return list(BUILTIN) + list(EXAMPLE_TORCHVISION)
+
+
+def _apply(cfg_cls, overrides: dict[str, Any]):
+    names = {f.name for f in dataclasses.fields(cfg_cls)}
+    bad = sorted(set(overrides) - names)
+    if bad:
+        raise RegistryError(f"{cfg_cls.__name__}: unknown override(s) {bad}; expected some of {sorted(names)}")
+    fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    return cfg_cls(**fixed)
+
+
+def _image_spec(name: str, channels: int, size: int, labels: list[str], mean, std, max_batch: int, dataset) -> ModelSpec:
+    return ModelSpec(
+        name=name, task="image_classification",
+        inputs=[TensorSpec("pixels", "float32", ("batch", channels, size, size))],
+        outputs=[TensorSpec("logits", "float32", ("batch", len(labels)))],
+        dynamic={"batch": DimRange(1, min(8, max_batch), max_batch)},
+        labels=labels, dataset=dataset,
+        preprocess={"kind": "image", "size": [size, size], "channels": channels, "mean": mean, "std": std,
+                    "invert": False},
+    )
+
+
+def _text_transformer(overrides: dict[str, Any]) -> BuiltModel:
+    from zoo.models.text_transformer import TextTransformer, TextTransformerConfig
+
+    cfg = _apply(TextTransformerConfig, overrides)
+    spec = ModelSpec(
+        name="text_transformer", task="text_classification",
+        inputs=[TensorSpec("input_ids", "int64", ("batch", "sequence"))],
+        outputs=[TensorSpec("logits", "float32", ("batch", cfg.num_classes))],
+        dynamic={"batch": DimRange(1, 8, 64), "sequence": DimRange(1, min(32, cfg.max_len), cfg.max_len)},
+        labels=list(SENTIMENT_LABELS)[: cfg.num_classes] if cfg.num_classes == 2 else [str(i) for i in range(cfg.num_classes)],
+        dataset="rotten_tomatoes",
+        preprocess={"kind": "text", "tokenizer": "tokenizer.json", "vocab_size": cfg.vocab_size, "max_len": cfg.max_len,
+                    "pad_id": cfg.pad_id, "cls_id": cfg.cls_id, "first_real_id": 4},
+    )
+    return BuiltModel("text_transformer", TextTransformer(cfg), spec, dataclasses.asdict(cfg))
+
+
+def _attention_cnn(overrides: dict[str, Any]) -> BuiltModel:
+    from zoo.models.attention_cnn import AttentionCNN, AttentionCNNConfig
+
+    cfg = _apply(AttentionCNNConfig, overrides)
+    spec = _image_spec("attention_cnn", cfg.in_channels, 28, list(FMNIST_LABELS)[: cfg.num_classes], FMNIST_MEAN,
+                       FMNIST_STD, 64, "fashion_mnist")
+    return BuiltModel("attention_cnn", AttentionCNN(cfg), spec, dataclasses.asdict(cfg))
+
+
+def _vit(overrides: dict[str, Any]) -> BuiltModel:
+    from zoo.models.vit import ViTConfig, VisionTransformer
+
+    cfg = _apply(ViTConfig, overrides)
+    spec = _image_spec("vit", cfg.in_channels, cfg.image_size, list(FMNIST_LABELS)[: cfg.num_classes], FMNIST_MEAN,
+                       FMNIST_STD, 64, "fashion_mnist")
+    return BuiltModel("vit", VisionTransformer(cfg), spec, dataclasses.asdict(cfg))
+
+
+def _torchvision(name: str, overrides: dict[str, Any]) -> BuiltModel:
+    import torch
+    import torchvision
+
+    arch = name.split(":", 1)[1]
+    weights = overrides.pop("weights", None)
+    image_size = int(overrides.pop("image_size", 224))
+    max_batch = int(overrides.pop("max_batch", 8))
+    seed = int(overrides.pop("seed", 0))
+    if "weights" in overrides or "pretrained" in overrides:
+        raise RegistryError("torchvision models load weights only from a local file: weights='/path/to/file.pth'")
+    try:
+        builder = torchvision.models.get_model_builder(arch)
+    except ValueError as e:
+        raise RegistryError(f"torchvision model '{arch}': unknown ({e})") from e
+    torch.manual_seed(seed)
+    module = builder(weights=None, **overrides)  # never downloads
+    if weights:
+        _load_state_dict_file(module, Path(weights))
+    else:
+        _reinit_zero_heads(module, seed)
+    num_classes = int(overrides.get("num_classes", 1000))
+    spec = _image_spec(name, 3, image_size, [f"class_{i}" for i in range(num_classes)], IMAGENET_MEAN, IMAGENET_STD,
+                       max_batch, None)
+    cfg = {"arch": arch, "weights": str(weights) if weights else None, "image_size": image_size, **overrides}
+    return BuiltModel(name, module, spec, cfg)
+
+
+def _reinit_zero_heads(module, seed: int) -> None:
+    """torchvision's ViT zero-initialises its head: every logit 0 makes any parity check pass. Re-init it."""
+    import torch
+    from torch import nn
+
+    g = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, nn.Linear) and bool(torch.all(m.weight == 0)):
+            with torch.no_grad():
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.02)
+                if m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.02)
+
+
+def _user_model(name: str, overrides: dict[str, Any]) -> BuiltModel:
+    """``pkg.module:factory``: ``factory(**overrides)`` returns an nn.Module; ``pkg.module.EDGEATTN_SPEC`` is a
+    dict like ``{"task": ..., "inputs": [{"name", "dtype", "shape"}], "outputs": [...], "dynamic":
+    {"batch": {"min", "opt", "max"}}, "labels": [...]}``."""
+    mod_name, factory = name.rsplit(":", 1)
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise RegistryError(f"model '{name}': cannot import module '{mod_name}' ({e})") from e
+    fn = getattr(mod, factory, None)
+    if fn is None:
+        raise RegistryError(f"model '{name}': module '{mod_name}' has no factory '{factory}'")
+    declared = getattr(mod, "EDGEATTN_SPEC", None)
+    if not isinstance(declared, dict):
+        raise RegistryError(f"model '{name}': module '{mod_name}' must declare EDGEATTN_SPEC (a dict with inputs, "
+                            "outputs, dynamic); got none")
+    d = {"name": name, "task": "custom", "labels": [], **declared}
+    try:
+        spec = ModelSpec.from_dict(d)
+    except (KeyError, TypeError, ValueError) as e:
+        raise RegistryError(f"model '{name}': EDGEATTN_SPEC is malformed ({e!r})") from e
+    return BuiltModel(name, fn(**overrides), spec, dict(overrides))
+
+
+def create_model(name: str, **overrides: Any) -> BuiltModel:
+    """Build a model and its spec. ``overrides`` change config fields (tests use tiny configs)."""
+    if name == "text_transformer":
+        return _text_transformer(overrides)
+    if name == "attention_cnn":
+        return _attention_cnn(overrides)
+    if name == "vit":
+        return _vit(overrides)
+    if name.startswith("torchvision:"):
+        return _torchvision(name, overrides)
+    if ":" in name:
+        return _user_model(name, overrides)
+    raise RegistryError(f"model '{name}': unknown; expected one of {list(BUILTIN)}, 'torchvision:<name>' or "
+                        "'<python.module>:<factory>'")
+
+
+# ---- checkpoints ------------------------------------------------------------------------------
+def save_checkpoint(built: BuiltModel, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    import torch
+
+    from zoo.io import atomic_write
+
+    payload = {"format": CHECKPOINT_FORMAT, "model": built.name, "config": built.config,
+               "state_dict": {k: v.detach().cpu() for k, v in built.module.state_dict().items()}, **(extra or {})}
+    return atomic_write(path, lambda p: torch.save(payload, p))
+
+
+def _load_state_dict_file(module, path: Path) -> None:
+    import torch
+
+    if not path.is_file():
+        raise CheckpointError(f"weights '{path}': no such file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(path))
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch/pickle/zip errors vary by corruption
+        raise CheckpointError(f"weights '{path}': cannot be read ({type(e).__name__}: {e}); the file is truncated, "
+                              "corrupt, or not a state dict") from e
+    if isinstance(sd, dict) and "state_dict" in sd:
+        sd = sd["state_dict"]
+    _check_state_dict(module, sd, path)
+    module.load_state_dict(sd)
+
+
+def _check_state_dict(module, sd: dict, path: Path) -> None:
+    own = module.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    shapes = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    if unexpected:
+        problems.append(f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+    if shapes:
+        problems.append("shape mismatch " + "; ".join(shapes[:5]))
+    if problems:
+        raise CheckpointError(f"checkpoint '{path}' does not match the model: " + ", ".join(problems))
+
+
+def load_checkpoint(path: str | Path, expected_model: str | None = None) -> BuiltModel:
+    """Rebuild a model from an edgeattn checkpoint (``torch.load(weights_only=True)``), in eval mode."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{path}': no such file (run 'make train' first)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"checkpoint '{path}': cannot be read ({type(e).__name__}: {str(e)[:200]}); the file is "
+                              "truncated or corrupt: delete it and run 'make train'") from e
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        got = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(f"checkpoint '{path}': format {got!r}, expected {CHECKPOINT_FORMAT!r}")
+    name = payload["model"]
+    if expected_model and name != expected_model:
+        raise CheckpointError(f"checkpoint '{path}': holds model '{name}', expected '{expected_model}'")
+    cfg = dict(payload["config"])
+    built = create_model(name, **({} if name.startswith("torchvision:") else cfg))
+    _check_state_dict(built.module, payload["state_dict"], path)
+    built.module.load_state_dict(payload["state_dict"])
+    built.module.eval()
+    return built

@@ -1,0 +1,231 @@
+"""Train the three model families on real data: ``python -m zoo.train [--models ...] [--artifacts DIR]``.
+
+Per model it writes into ``<artifacts>/<model>/``: ``model.pt`` (best validation epoch), ``train.json``
+(test accuracy on the full held-out test split, timings, dataset sha256, config) and, for text,
+``tokenizer.json``. A model whose ``train.json`` matches the current recipe, config and data is reused.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zoo.data import Dataset, load_dataset
+from zoo.io import atomic_write_json, read_json
+from zoo.registry import BuiltModel, create_model, load_checkpoint, save_checkpoint
+
+log = logging.getLogger("edgeattn.train")
+
+
+@dataclass
+class Recipe:
+    epochs: int
+    lr: float
+    batch_size: int = 128
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.0
+    warmup_frac: float = 0.05
+    seed: int = 0
+    overrides: dict[str, Any] = field(default_factory=dict)  # model config overrides
+    tokenizer_vocab: int = 8000  # text only
+    max_train: int | None = None  # subset for quick runs (tests)
+    max_eval: int | None = None
+
+
+RECIPES: dict[str, Recipe] = {
+    "attention_cnn": Recipe(epochs=4, lr=3e-3, batch_size=128, weight_decay=0.01),
+    "vit": Recipe(epochs=12, lr=2e-3, batch_size=128, weight_decay=0.05, label_smoothing=0.1),
+    "text_transformer": Recipe(epochs=8, lr=5e-4, batch_size=64, weight_decay=0.05, label_smoothing=0.1,
+                               overrides={"vocab_size": 8000, "max_len": 64, "dropout": 0.2}),
+}
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def features(built: BuiltModel, ds: Dataset, split: str, model_dir: Path):
+    """A split as model inputs: normalised float images, or token ids from the saved tokenizer."""
+    import torch
+
+    from runtime.preprocess import TextEncoder, normalize_images
+
+    s = getattr(ds, split)
+    pp = built.spec.preprocess
+    if pp["kind"] == "image":
+        x = torch.from_numpy(normalize_images(np.asarray(s.x), pp["mean"], pp["std"]))
+    else:
+        x = torch.from_numpy(TextEncoder(model_dir / pp["tokenizer"]).encode(s.x, pad_to=pp["max_len"]))
+    return x, torch.from_numpy(np.asarray(s.y))
+
+
+def _trim(x, pad_id: int):
+    """Drop all-padding columns at the end of a token batch (keeps compute proportional to real length)."""
+    import torch
+
+    if x.dtype != torch.int64:
+        return x
+    keep = int((x != pad_id).any(0).nonzero().max().item()) + 1
+    return x[:, :keep]
+
+
+def evaluate(module, x, y, batch_size: int = 512, pad_id: int = 0) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) over the whole split."""
+    import torch
+
+    module.eval()
+    correct, loss_sum = 0, 0.0
+    with torch.inference_mode():
+        for i in range(0, len(y), batch_size):
+            xb, yb = _trim(x[i:i + batch_size], pad_id), y[i:i + batch_size]
+            logits = module(xb)
+            loss_sum += float(torch.nn.functional.cross_entropy(logits, yb, reduction="sum"))
+            correct += int((logits.argmax(-1) == yb).sum())
+    return correct / len(y), loss_sum / len(y)
+
+
+def config_hash(name: str, recipe: Recipe, data_sha: str) -> str:
+    blob = json.dumps({"model": name, "recipe": dataclasses.asdict(recipe), "data": data_sha}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def train_model(name: str, artifacts: Path, recipe: Recipe | None = None, force: bool = False,
+                progress: bool = True) -> dict[str, Any]:
+    import torch
+    from tqdm import tqdm
+
+    recipe = recipe or RECIPES[name]
+    model_dir = artifacts / name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    probe = create_model(name, **recipe.overrides)
+    ds = load_dataset(probe.spec.dataset)
+    key = config_hash(name, recipe, ds.sha256)
+    prev = read_json(model_dir / "train.json")
+    if not force and prev and prev.get("config_hash") == key and (model_dir / "model.pt").is_file():
+        log.info("%s: up to date (train.json config_hash %s), reusing model.pt", name, key)
+        return prev
+
+    seed_everything(recipe.seed)
+    if recipe.max_train:
+        ds.train = ds.train.subset(recipe.max_train)
+    if recipe.max_eval:
+        ds.val, ds.test = ds.val.subset(recipe.max_eval), ds.test.subset(recipe.max_eval)
+    if probe.spec.preprocess.get("kind") == "text":
+        from zoo.tokenizer import train_tokenizer
+
+        train_tokenizer(ds.train.x, recipe.tokenizer_vocab, probe.spec.preprocess["max_len"],
+                        model_dir / probe.spec.preprocess["tokenizer"])
+    seed_everything(recipe.seed)
+    built = create_model(name, **recipe.overrides)
+    model = built.module
+    pad_id = int(built.spec.preprocess.get("pad_id", 0))
+    xtr, ytr = features(built, ds, "train", model_dir)
+    xva, yva = features(built, ds, "val", model_dir)
+    xte, yte = features(built, ds, "test", model_dir)
+
+    steps_per_epoch = math.ceil(len(ytr) / recipe.batch_size)
+    total = steps_per_epoch * recipe.epochs
+    warm = max(1, int(total * recipe.warmup_frac))
+    decay, no_decay = [], []
+    for n_, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 or "embed" in n_ or n_.endswith("cls_token") else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm))))
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    gen = torch.Generator().manual_seed(recipe.seed)
+
+    history, best_val, t0 = [], -1.0, time.perf_counter()
+    ckpt = model_dir / "model.pt"
+    for epoch in range(recipe.epochs):
+        model.train()
+        perm = torch.randperm(len(ytr), generator=gen)
+        bar = tqdm(range(steps_per_epoch), desc=f"{name} epoch {epoch + 1}/{recipe.epochs}", disable=not progress,
+                   leave=False, dynamic_ncols=True)
+        run_loss = 0.0
+        for i in bar:
+            idx = perm[i * recipe.batch_size:(i + 1) * recipe.batch_size]
+            xb, yb = _trim(xtr[idx], pad_id), ytr[idx]
+            loss = loss_fn(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            run_loss = 0.9 * run_loss + 0.1 * float(loss) if i else float(loss)
+            bar.set_postfix(loss=f"{run_loss:.3f}")
+        val_acc, val_loss = evaluate(model, xva, yva, pad_id=pad_id)
+        history.append({"epoch": epoch + 1, "train_loss": round(run_loss, 4), "val_accuracy": val_acc,
+                        "val_loss": round(val_loss, 4), "seconds": round(time.perf_counter() - t0, 1)})
+        msg = f"{name} epoch {epoch + 1}/{recipe.epochs}: train loss {run_loss:.3f}, val acc {val_acc:.4f}"
+        if val_acc > best_val:  # keep the best validation epoch; saved atomically every time it improves
+            best_val = val_acc
+            save_checkpoint(built, ckpt, extra={"epoch": epoch + 1, "val_accuracy": val_acc})
+            msg += " (saved)"
+        if progress:
+            tqdm.write(msg)
+        log.info(msg)
+    train_seconds = time.perf_counter() - t0
+
+    best = load_checkpoint(ckpt, expected_model=name)
+    test_acc, test_loss = evaluate(best.module, xte, yte, pad_id=pad_id)
+    result = {
+        "model": name, "test_accuracy": test_acc, "test_loss": test_loss, "n_test": int(len(yte)),
+        "val_accuracy": best_val, "n_val": int(len(yva)), "n_train": int(len(ytr)),
+        "train_seconds": round(train_seconds, 1),
+        "dataset": {**ds.describe(), "n_train": int(len(ytr))},
+        "config": built.config, "recipe": dataclasses.asdict(recipe), "config_hash": key,
+        "history": history, "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "checkpoint": str(ckpt.name),
+    }
+    from zoo.io import atomic_write_text
+
+    atomic_write_text(model_dir / "spec.json", built.spec.to_json())
+    atomic_write_json(model_dir / "train.json", result)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default=",".join(RECIPES), help="comma-separated (default: all three)")
+    ap.add_argument("--artifacts", default="artifacts", type=Path)
+    ap.add_argument("--force", action="store_true", help="retrain even if train.json is up to date")
+    ap.add_argument("--epochs", type=int, help="override every recipe's epoch count (quick runs)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("EDGEATTN_THREADS", os.cpu_count() or 1)))
+    rows = []
+    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+        if name not in RECIPES:
+            ap.error(f"--models: '{name}' has no training recipe; expected some of {sorted(RECIPES)}")
+        recipe = RECIPES[name]
+        if args.epochs:
+            recipe = dataclasses.replace(recipe, epochs=args.epochs)
+        r = train_model(name, args.artifacts, recipe, force=args.force)
+        rows.append(r)
+    print(f"\n{'model':<18}{'dataset':<18}{'test acc':>10}{'n_test':>8}{'train s':>9}")
+    for r in rows:
+        print(f"{r['model']:<18}{r['dataset']['name']:<18}{r['test_accuracy']:>10.4f}{r['n_test']:>8}{r['train_seconds']:>9.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
