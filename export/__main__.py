@@ -1,0 +1,56 @@
+"""``python -m export --models a,b --artifacts DIR``: write <artifacts>/<model>/fp32.onnx for each model."""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from zoo.registry import artifact_name, create_model, load_checkpoint
+
+
+def load_for_export(name: str, artifacts: Path):
+    """Trained models come from their checkpoint; torchvision ones are built (random head re-initialised, or
+    ``weights=`` from EDGEATTN_WEIGHTS_<ARCH> if set)."""
+    import os
+
+    if name.startswith("torchvision:"):
+        env = os.environ.get(f"EDGEATTN_WEIGHTS_{artifact_name(name).upper()}")
+        return create_model(name, **({"weights": env} if env else {}))
+    ckpt = artifacts / artifact_name(name) / "model.pt"
+    return load_checkpoint(ckpt, expected_model=name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from export.onnx_export import export_model
+    from zoo.io import sha256_file
+
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--models", required=True)
+    ap.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    ap.add_argument("--opset", type=int, default=None)
+    ap.add_argument("--force", action="store_true")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    from zoo.io import read_json
+
+    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+        out = args.artifacts / artifact_name(name) / "fp32.onnx"
+        ckpt = args.artifacts / artifact_name(name) / "model.pt"
+        man = read_json(args.artifacts / artifact_name(name) / "manifest.json", {}) or {}
+        src = sha256_file(ckpt) if ckpt.is_file() else "torchvision"
+        if (not args.force and out.is_file() and man.get("export", {}).get("source") == src
+                and man["export"].get("sha256") == sha256_file(out)):
+            print(f"export {name}: up to date ({out})")
+            continue
+        built = load_for_export(name, args.artifacts)
+        section = export_model(built, out, opset=args.opset)
+        section["source"] = src
+        from zoo.io import update_manifest
+
+        update_manifest(out.parent, "export", section)
+        print(f"export {name}: {out} ({section['nodes']} nodes, opset {section['opset']}, {section['export_seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
