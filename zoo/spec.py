@@ -64,7 +64,7 @@ class ModelSpec:
     dynamic: dict[str, DimRange]  # dim name -> range, e.g. {"batch": DimRange(1, 8, 64)}
     labels: list[str]
     preprocess: dict[str, Any] = field(default_factory=dict)
-    opset: int = 17
+    opset: int = 18  # >= 17 for LayerNormalization as one op; 18 is the dynamo exporter's native opset
     dataset: str | None = None  # name of the zoo dataset it is evaluated on, None for parity-only
     tolerances: dict[str, Tolerance] = field(default_factory=lambda: dict(DEFAULT_TOLERANCES))
 
@@ -119,7 +119,7 @@ class ModelSpec:
             dynamic={k: DimRange(**v) for k, v in d["dynamic"].items()},
             labels=list(d["labels"]),
             preprocess=dict(d.get("preprocess", {})),
-            opset=int(d.get("opset", 17)),
+            opset=int(d.get("opset", 18)),
             dataset=d.get("dataset"),
             tolerances={k: Tolerance(**v) for k, v in d.get("tolerances", {}).items()} or dict(DEFAULT_TOLERANCES),
         )

@@ -39,6 +39,7 @@ class Recipe:
     seed: int = 0
     overrides: dict[str, Any] = field(default_factory=dict)  # model config overrides
     tokenizer_vocab: int = 8000  # text only
+    aux_imdb: int = 0  # text only: add this many IMDB reviews (same package, in-domain) to the training split
     max_train: int | None = None  # subset for quick runs (tests)
     max_eval: int | None = None
 
@@ -46,8 +47,8 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     "attention_cnn": Recipe(epochs=4, lr=3e-3, batch_size=128, weight_decay=0.01),
     "vit": Recipe(epochs=12, lr=2e-3, batch_size=128, weight_decay=0.05, label_smoothing=0.1),
-    "text_transformer": Recipe(epochs=8, lr=5e-4, batch_size=64, weight_decay=0.05, label_smoothing=0.1,
-                               overrides={"vocab_size": 8000, "max_len": 64, "dropout": 0.2}),
+    "text_transformer": Recipe(epochs=5, lr=5e-4, batch_size=64, weight_decay=0.05, label_smoothing=0.1,
+                               aux_imdb=10000, overrides={"vocab_size": 8000, "max_len": 64, "dropout": 0.2}),
 }
 
 
@@ -125,6 +126,11 @@ def train_model(name: str, artifacts: Path, recipe: Recipe | None = None, force:
         ds.train = ds.train.subset(recipe.max_train)
     if recipe.max_eval:
         ds.val, ds.test = ds.val.subset(recipe.max_eval), ds.test.subset(recipe.max_eval)
+    if recipe.aux_imdb:
+        from zoo.data import Split, load_imdb_texts
+
+        aux_x, aux_y = load_imdb_texts(recipe.aux_imdb, seed=recipe.seed)
+        ds.train = Split(list(ds.train.x) + aux_x, np.concatenate([ds.train.y, aux_y]))
     if probe.spec.preprocess.get("kind") == "text":
         from zoo.tokenizer import train_tokenizer
 

@@ -1,0 +1,1 @@
+"""Verification of every artifact against PyTorch: run (worker subprocesses), compare, localise failures."""

@@ -1,0 +1,251 @@
+"""``python -m verify --models a,b --artifacts DIR [--strict]``: every ONNX artifact of every model, on every
+backend this machine can run, against PyTorch on the FULL held-out test split.
+
+Writes ``<artifacts>/verify.json`` (a list of rows) and ``<artifacts>/verify.md``. Each artifact/backend runs
+in a worker process, so a backend crash is recorded as a failed row instead of ending the run. A failing
+artifact is localised: the first PyTorch module whose output diverges is named in the row.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from verify.compare import compare
+from zoo.io import atomic_write_json, atomic_write_text, read_json
+from zoo.registry import artifact_name
+
+log = logging.getLogger("edgeattn.verify")
+KNOWN_ORDER = ["fp32.onnx", "fp32.sim.onnx", "fp16.onnx", "int8.qdq.onnx", "int8.cpu.onnx"]
+PARITY_SAMPLES = 64  # seeded random images for models without a dataset (torchvision:vit_b_16)
+WORKER_TIMEOUT_S = 1800
+
+
+def precision_of(artifact: str) -> str:
+    head = artifact.split(".")[0]
+    return head if head in ("fp32", "fp16", "bf16", "int8") else "fp32"
+
+
+def artifact_files(model_dir: Path) -> list[str]:
+    names = [p.name for p in model_dir.glob("*.onnx")]
+    return [n for n in KNOWN_ORDER if n in names] + sorted(n for n in names if n not in KNOWN_ORDER)
+
+
+def openvino_available() -> bool:
+    try:
+        import importlib.util
+
+        return importlib.util.find_spec("openvino") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def backend_plan(model_dir: Path, artifact: str) -> list[tuple[str, str, str]]:
+    """(backend, mode, precision) combinations to verify for one artifact; bench times the same ones."""
+    prec = precision_of(artifact)
+    man = read_json(model_dir / "manifest.json", {}) or {}
+    ort_mode = "all"
+    if artifact == "fp16.onnx":
+        ort_mode = (man.get("fp16") or {}).get("ort_opt_level", "all")
+    plan = [("onnxruntime", ort_mode, prec)]
+    if openvino_available() and artifact != "int8.cpu.onnx":  # int8.cpu uses ORT-only contrib ops
+        plan.append(("openvino", "f32", prec))
+        if artifact == "fp32.sim.onnx":
+            plan.append(("openvino", "bf16", "bf16"))
+    return plan
+
+
+# ---- inputs and the PyTorch reference ---------------------------------------------------------
+def load_reference(name: str, artifacts: Path, limit: int | None = None):
+    """(built model, inputs array, labels or None, dataset description)."""
+    from export.__main__ import load_for_export
+    from runtime.preprocess import TextEncoder, normalize_images
+
+    built = load_for_export(name, artifacts)
+    built.module.eval()
+    spec = built.spec
+    if spec.dataset is None:
+        x = spec.example_inputs({"batch": limit or PARITY_SAMPLES}, seed=1234)[spec.inputs[0].name]
+        return built, x, None, {"name": "seeded-random", "seed": 1234, "n": int(len(x))}
+    from zoo.data import load_dataset
+
+    ds = load_dataset(spec.dataset)
+    test = ds.test.subset(limit) if limit else ds.test
+    pp = spec.preprocess
+    if pp["kind"] == "image":
+        x = normalize_images(np.asarray(test.x), pp["mean"], pp["std"])
+    else:
+        x = TextEncoder(artifacts / artifact_name(name) / pp["tokenizer"]).encode(test.x, pad_to=pp["max_len"])
+    return built, x, np.asarray(test.y), {"name": ds.name, "sha256": ds.sha256, "split": "test", "n": int(len(x))}
+
+
+def torch_logits(built, x: np.ndarray, batch: int, pad_id: int) -> np.ndarray:
+    import torch
+
+    from verify.worker import trim_padding
+
+    outs = []
+    with torch.inference_mode():
+        for i in range(0, len(x), batch):
+            xb = torch.from_numpy(trim_padding(np.ascontiguousarray(x[i:i + batch]), pad_id))
+            outs.append(built.module(xb).float().numpy())
+    return np.concatenate(outs)
+
+
+# ---- running one artifact -----------------------------------------------------------------------
+def run_worker(artifact: Path, backend: str, mode: str, inputs: Path, input_name: str, batch: int, pad_id: int,
+               threads: int | None) -> tuple[np.ndarray | None, str | None, float]:
+    out = inputs.parent / f"out-{artifact.stem}-{backend}-{mode}.npy"
+    cmd = [sys.executable, "-m", "verify.worker", "--artifact", str(artifact), "--backend", backend, "--mode", mode,
+           "--inputs", str(inputs), "--input-name", input_name, "--out", str(out), "--batch", str(batch),
+           "--pad-id", str(pad_id)] + (["--threads", str(threads)] if threads else [])
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S,
+                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    except subprocess.TimeoutExpired:
+        return None, f"timed out after {WORKER_TIMEOUT_S} s", time.perf_counter() - t0
+    secs = time.perf_counter() - t0
+    if p.returncode != 0:
+        sig = f" (killed by signal {-p.returncode}: backend crash)" if p.returncode < 0 else ""
+        tail = (p.stderr.strip().splitlines() or ["no stderr"])[-1][:400]
+        return None, f"worker exit {p.returncode}{sig}: {tail}", secs
+    return np.load(out), None, secs
+
+
+def verify_model(name: str, artifacts: Path, limit: int | None, threads: int | None,
+                 localize_failures: bool = True) -> list[dict[str, Any]]:
+    model_dir = artifacts / artifact_name(name)
+    files = artifact_files(model_dir)
+    if not files:
+        print(f"verify {name}: no ONNX artifacts in {model_dir}; run 'make export' first")
+        return []
+    built, x, labels, data_desc = load_reference(name, artifacts, limit)
+    spec = built.spec
+    pad_id = int(spec.preprocess.get("pad_id", 0))
+    batch = min(64, spec.dynamic["batch"].max)
+    t0 = time.perf_counter()
+    ref = torch_logits(built, x, batch, pad_id)
+    torch_s = time.perf_counter() - t0
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="edgeattn-verify-") as tmp:
+        inputs = Path(tmp) / "inputs.npy"
+        np.save(inputs, x)
+        for art in files:
+            for backend, mode, prec in backend_plan(model_dir, art):
+                got, err, secs = run_worker(model_dir / art, backend, mode, inputs, spec.inputs[0].name, batch,
+                                            pad_id, threads)
+                if err and backend == "onnxruntime" and mode == "all":  # crash at full optimisation: safe level
+                    log.warning("verify %s %s on %s (%s) failed: %s; retrying at 'extended'", name, art, backend,
+                                mode, err)
+                    first_err = err
+                    got, err, secs = run_worker(model_dir / art, backend, "extended", inputs, spec.inputs[0].name,
+                                                batch, pad_id, threads)
+                    mode = f"extended (all: {first_err[:120]})" if got is not None else mode
+                row: dict[str, Any] = {"model": name, "artifact": art, "precision": prec, "backend": backend,
+                                       "mode": mode, "dataset": data_desc["name"], "seconds": round(secs, 2)}
+                if got is None:
+                    row.update(n_samples=int(len(x)), passed=False, error=err, reasons=[err])
+                else:
+                    c = compare(ref, got, labels, spec.tolerances[prec])
+                    row.update(c.to_dict())
+                    if not c.passed and localize_failures and prec in ("fp32", "int8") and backend == "onnxruntime":
+                        row["first_divergence"] = _localize(built, model_dir / art, x, labels, ref, got)
+                rows.append(row)
+                _print_row(row)
+    print(f"verify {name}: PyTorch reference on {len(x)} samples took {torch_s:.1f} s")
+    return rows
+
+
+def _localize(built, path: Path, x, labels, ref, got) -> dict[str, Any] | None:
+    """Pick the worst sample and name the first PyTorch module whose output diverges on it."""
+    try:
+        from verify.localize import localize
+
+        worst = int(np.abs(ref - got).max(1).argmax())
+        from verify.worker import trim_padding
+
+        xi = trim_padding(np.ascontiguousarray(x[worst:worst + 1]), int(built.spec.preprocess.get("pad_id", 0)))
+        rep = localize(built, path, {built.spec.inputs[0].name: xi})
+        return rep.to_dict() if rep else None
+    except Exception as e:  # noqa: BLE001 - localisation is best effort; never hides the failure itself
+        log.warning("localisation of %s failed: %s", path, e)
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
+def _fmt(v, spec=".4f"):
+    return "-" if v is None else format(v, spec)
+
+
+def _print_row(r: dict[str, Any]) -> None:
+    status = "PASS" if r.get("passed") else "FAIL"
+    print(f"  {r['model']:<18} {r['artifact']:<15} {r['backend']:<12} {r['precision']:<5} acc {_fmt(r.get('accuracy'))} "
+          f"d {_fmt(r.get('accuracy_delta'), '+.4f')} agree {_fmt(r.get('top1_agreement'))} "
+          f"maxabs {_fmt(r.get('max_abs_diff'), '.2e')} {status}" + ("" if r.get("passed") else f"  {r.get('reasons')}"))
+
+
+def write_markdown(rows: list[dict[str, Any]], path: Path) -> None:
+    lines = ["# Verification against PyTorch", "",
+             "Every artifact on every backend, full held-out test split (seeded random images for models without "
+             "a dataset: parity only). Accuracy in %, delta in points.", ""]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        lines += [f"## {model}", "", "| artifact | backend | mode | precision | n | accuracy % | torch % | delta pts | "
+                  "top-1 agree | max abs diff | cosine min | passed |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in (r for r in rows if r["model"] == model):
+            pct = lambda v: "-" if v is None else f"{100 * v:.2f}"  # noqa: E731
+            delta = "-" if r.get("accuracy_delta") is None else f"{100 * r['accuracy_delta']:+.2f}"
+            lines.append(f"| {r['artifact']} | {r['backend']} | {str(r.get('mode', ''))[:24]} | {r['precision']} | "
+                         f"{r.get('n_samples', '-')} | {pct(r.get('accuracy'))} | {pct(r.get('torch_accuracy'))} | "
+                         f"{delta} | {_fmt(r.get('top1_agreement'))} | {_fmt(r.get('max_abs_diff'), '.2e')} | "
+                         f"{_fmt(r.get('cosine_min'), '.6f')} | {'yes' if r.get('passed') else 'NO'} |")
+        for r in (r for r in rows if r["model"] == model and not r.get("passed")):
+            lines.append(f"\n- **{r['artifact']} on {r['backend']} failed**: {'; '.join(r.get('reasons') or [])}")
+            fd = r.get("first_divergence")
+            if fd and fd.get("module"):
+                lines.append(f"  first diverging module: `{fd['module']}` ({fd.get('module_type')}), ONNX tensor "
+                             f"`{fd.get('onnx_tensor')}` from node `{fd.get('onnx_node')}`, rel. error "
+                             f"{fd.get('rel_error', 0):.3g}")
+        lines.append("")
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", required=True)
+    ap.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    ap.add_argument("--limit", type=int, default=None, help="first N test samples only (default: the full split)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--strict", action="store_true", help="exit 1 when any row failed")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        try:
+            rows += verify_model(name, args.artifacts, args.limit, args.threads)
+        except Exception as e:  # noqa: BLE001 - one model's missing checkpoint must not hide the others
+            print(f"verify {name}: could not run ({type(e).__name__}: {e})")
+            rows.append({"model": name, "artifact": "-", "precision": "-", "backend": "-", "passed": False,
+                         "error": f"{type(e).__name__}: {e}", "reasons": [str(e)]})
+    out = args.artifacts / "verify.json"
+    old = read_json(out, []) or []
+    kept = [r for r in old if r.get("model") not in names]  # rows of models not re-verified this time
+    all_rows = kept + rows
+    atomic_write_json(out, all_rows)
+    write_markdown(all_rows, args.artifacts / "verify.md")
+    n_fail = sum(not r.get("passed") for r in rows)
+    print(f"verify: {len(rows) - n_fail}/{len(rows)} rows passed -> {out}, {args.artifacts / 'verify.md'}")
+    return 1 if (n_fail and args.strict) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

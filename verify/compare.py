@@ -1,0 +1,78 @@
+"""Compare a backend's logits with PyTorch's, separately from running them (Polygraphy's Comparator idea).
+
+``compare(ref, got, labels, tol)`` returns a ``Comparison``: truthy when it passed, with every number a
+report needs and the list of reasons when it did not.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Comparison:
+    n_samples: int
+    max_abs_diff: float
+    mean_abs_diff: float
+    max_rel_diff: float
+    cosine_min: float
+    cosine_mean: float
+    top1_agreement: float
+    accuracy: float | None
+    torch_accuracy: float | None
+    accuracy_delta: float | None
+    nonfinite: int
+    passed: bool
+    reasons: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a64, b64 = a.astype(np.float64).reshape(len(a), -1), b.astype(np.float64).reshape(len(b), -1)
+    num = (a64 * b64).sum(1)
+    den = np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1)
+    out = np.where(den > 0, num / np.maximum(den, 1e-300), np.where(np.abs(a64 - b64).max(1) == 0, 1.0, 0.0))
+    return out
+
+
+def compare(ref: np.ndarray, got: np.ndarray, labels: np.ndarray | None, tol) -> Comparison:
+    """``ref``/``got``: (N, classes) logits; ``labels``: (N,) ground truth or None (parity only); ``tol``: a
+    zoo.spec.Tolerance-like object (max_abs, min_cosine, min_top1_agreement, max_accuracy_drop)."""
+    reasons = []
+    if ref.shape != got.shape:
+        raise ValueError(f"compare: got logits of shape {got.shape}, expected {ref.shape}")
+    nonfinite = int((~np.isfinite(got)).sum())
+    if nonfinite:
+        reasons.append(f"{nonfinite} NaN/Inf values in the output")
+    g = np.nan_to_num(got.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    r = ref.astype(np.float64)
+    diff = np.abs(g - r)
+    max_abs = float(diff.max()) if diff.size else 0.0
+    rel = float((diff / np.maximum(np.abs(r), 1e-6)).max()) if diff.size else 0.0
+    cos = cosine_rows(r, g)
+    agree = float((r.argmax(1) == g.argmax(1)).mean())
+    acc = tacc = delta = None
+    if labels is not None:
+        acc = float((g.argmax(1) == labels).mean())
+        tacc = float((r.argmax(1) == labels).mean())
+        delta = acc - tacc
+    if max_abs > tol.max_abs:
+        reasons.append(f"max_abs_diff {max_abs:.3g} > {tol.max_abs:g}")
+    if float(cos.min()) < tol.min_cosine:
+        reasons.append(f"cosine_min {float(cos.min()):.6f} < {tol.min_cosine:g}")
+    if agree < tol.min_top1_agreement:
+        reasons.append(f"top1_agreement {agree:.4f} < {tol.min_top1_agreement:g}")
+    if delta is not None and delta < -tol.max_accuracy_drop - 1e-12:
+        reasons.append(f"accuracy_delta {delta * 100:+.2f} points exceeds the {tol.max_accuracy_drop * 100:.2f}-point budget")
+    return Comparison(
+        n_samples=int(len(ref)), max_abs_diff=max_abs, mean_abs_diff=float(diff.mean()) if diff.size else 0.0,
+        max_rel_diff=rel, cosine_min=float(cos.min()), cosine_mean=float(cos.mean()), top1_agreement=agree,
+        accuracy=acc, torch_accuracy=tacc, accuracy_delta=delta, nonfinite=nonfinite, passed=not reasons,
+        reasons=reasons,
+    )

@@ -1,0 +1,67 @@
+"""Run one artifact on one backend over a saved input array, in its own process:
+``python -m verify.worker --artifact A --backend B --inputs X.npy --out Y.npy``.
+
+A backend that crashes (FACTS: ORT CPU segfaults on some FP16 graphs) takes down only this process; the
+parent records the crash and carries on. Imports the thin runtime only (no torch).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+
+def trim_padding(x: np.ndarray, pad_id: int) -> np.ndarray:
+    """Drop trailing columns that are padding in every row (token batches only)."""
+    if x.dtype != np.int64 or x.ndim != 2:
+        return x
+    cols = np.nonzero((x != pad_id).any(0))[0]
+    return x[:, : int(cols.max()) + 1] if cols.size else x[:, :1]
+
+
+def open_backend(artifact: str, backend: str, mode: str, threads: int | None):
+    if backend == "onnxruntime":
+        from runtime.ort_backend import OrtRunner
+
+        return OrtRunner(artifact, providers="auto", threads=threads, opt_level=mode or "all")
+    if backend == "openvino":
+        from runtime.openvino_backend import OpenVINORunner
+
+        return OpenVINORunner(artifact, precision_hint=mode or "f32", threads=threads)
+    if backend == "tensorrt":
+        from runtime.tensorrt_backend import TensorRTRunner
+
+        return TensorRTRunner(artifact)
+    raise SystemExit(f"worker: backend '{backend}' unknown; expected onnxruntime, openvino or tensorrt")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--artifact", required=True)
+    ap.add_argument("--backend", required=True)
+    ap.add_argument("--mode", default="")
+    ap.add_argument("--inputs", required=True)
+    ap.add_argument("--input-name", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--pad-id", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    x = np.load(args.inputs, mmap_mode="r")
+    outs = []
+    t0 = time.perf_counter()
+    with open_backend(args.artifact, args.backend, args.mode, args.threads) as runner:
+        out_name = runner.outputs[0].name
+        for i in range(0, len(x), args.batch):
+            xb = trim_padding(np.ascontiguousarray(x[i:i + args.batch]), args.pad_id)
+            outs.append(runner.infer({args.input_name: xb})[out_name])
+    np.save(args.out, np.concatenate(outs).astype(np.float32))
+    print(json.dumps({"seconds": round(time.perf_counter() - t0, 2)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
