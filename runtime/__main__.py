@@ -1,0 +1,125 @@
+"""``python -m runtime MODEL --text "..." | --image FILE | --info``: classify with the thin runtime (no torch).
+
+    python -m runtime artifacts/text_transformer/fp32.onnx --text "a gripping, beautiful film"
+    python -m runtime artifacts/attention_cnn/int8.qdq.onnx --image shoe.png --backend openvino --json
+    python -m runtime artifacts/vit/fp16.onnx --info
+
+Errors print one line ``error: ...`` on stderr and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any, Sequence
+
+from runtime.errors import PreprocessError, RuntimeErrorBase
+
+EXIT_ERROR = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m runtime", description="Classify text or images with an exported "
+                                "model (ONNX or TensorRT engine) using the thin runtime: numpy + one backend.")
+    p.add_argument("model", help="model file: .onnx (ONNX Runtime or OpenVINO) or .engine (TensorRT)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--text", action="append", metavar="SENTENCE", help="a sentence to classify (repeatable)")
+    what.add_argument("--image", action="append", metavar="FILE", help="a PNG/JPEG file to classify (repeatable)")
+    what.add_argument("--info", action="store_true", help="print the model's inputs, outputs and dim bounds")
+    p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "openvino", "tensorrt"])
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for the backend")
+    p.add_argument("--tokenizer", default=None, help="tokenizer JSON (default: the one the spec names, beside MODEL)")
+    p.add_argument("--pad-to", default=None, metavar="N|max",
+                   help="pad text to N tokens or to the model's max sequence (default: the longest sentence)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("-v", "--verbose", action="store_true", help="log backend details to stderr")
+    return p
+
+
+def _runner_kw(args: argparse.Namespace) -> dict[str, Any]:
+    return {"threads": args.threads} if args.threads and args.backend in ("auto", "onnxruntime", "openvino") else {}
+
+
+def _pad_to(value: str | None) -> int | str | None:
+    if value is None or value == "max":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise PreprocessError(f"--pad-to: got '{value}', expected an integer or 'max'") from None
+
+
+def info(args: argparse.Namespace) -> dict[str, Any]:
+    """Inputs, outputs, bounds and providers of the model, as a dict."""
+    from runtime.loader import open_runner
+
+    with open_runner(args.model, args.backend, **_runner_kw(args)) as r:
+        c = r.contract
+        spec = getattr(r, "spec", None) or {}
+        return {
+            "model": str(args.model), "backend": r.backend, "providers": getattr(r, "providers", None),
+            "name": spec.get("name"), "task": spec.get("task"), "labels": spec.get("labels"),
+            "inputs": [{"name": i.name, "dtype": i.dtype, "shape": c.describe(i)} for i in r.inputs],
+            "outputs": [{"name": o.name, "dtype": o.dtype, "shape": c.describe(o)} for o in r.outputs],
+            "bounds": {k: [b.min, b.max] for k, b in c.bounds.items()},
+        }
+
+
+def print_info(d: dict[str, Any]) -> None:
+    print(f"model    {d['model']}")
+    print(f"backend  {d['backend']}" + (f" {d['providers']}" if d.get("providers") else ""))
+    if d.get("name"):
+        print(f"spec     {d['name']} ({d['task']}), labels {d['labels']}")
+    for kind in ("inputs", "outputs"):
+        for t in d[kind]:
+            print(f"{kind[:-1]:<8} {t['name']:<12} {t['dtype']:<8} {t['shape']}")
+
+
+def classify(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Run the classifier over --text or --image items; one dict per item."""
+    from runtime.classify import Classifier
+
+    with Classifier(args.model, backend=args.backend, tokenizer=args.tokenizer, pad_to=_pad_to(args.pad_to),
+                    **_runner_kw(args)) as clf:
+        items = args.text if args.text else args.image
+        preds = clf.classify_text(items) if args.text else clf.classify_image(items)
+    return [{"input": item, "label": label, "probabilities": probs} for item, (label, probs) in zip(items, preds)]
+
+
+def print_table(results: list[dict[str, Any]]) -> None:
+    """One block per input: the label, then every class sorted by probability."""
+    for i, r in enumerate(results):
+        if i:
+            print()
+        print(f"{r['input']}\n  label: {r['label']}")
+        width = max(len(k) for k in r["probabilities"])
+        for label, p in sorted(r["probabilities"].items(), key=lambda kv: -kv[1]):
+            print(f"  {label:<{width}}  {p:.6f}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.info:
+            d = info(args)
+            print(json.dumps(d, indent=2)) if args.json else print_info(d)
+            return 0
+        results = classify(args)
+    except RuntimeErrorBase as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print_table(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""ONNX Runtime backend: ``OrtRunner(path)`` runs any of the pipeline's ONNX files (fp32, fp16, Q/DQ int8).
+
+    with OrtRunner("artifacts/text_transformer/fp32.onnx", threads=2) as r:
+        logits = r.infer({"input_ids": ids})["logits"]      # (B, T) int64 -> (B, classes) float32
+
+The input contract comes from the session (names, dtypes, ranks) plus the model spec's dynamic-dim bounds
+(batch range, sequence <= positional table), so a bad feed raises InputError before ORT sees it.
+
+Providers: "auto" uses CPU unless ``runtime.gpu.nvidia_gpu_present()`` (never ORT's own provider list, which
+names CUDA on machines without a GPU), then TensorRT EP -> CUDA EP -> CPU as far as installed.
+
+Some FP16 graphs segfault ORT CPU at ORT_ENABLE_ALL (docs FACTS.md); ``probe_in_subprocess`` runs one
+inference in a child process so a caller can detect the crash and use ``opt_level="extended"`` instead
+(``safe_opt_level`` does both).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from runtime.base import InputContract, IOInfo, Runner
+from runtime.errors import BackendError, ModelLoadError
+from runtime.loader import bounds_from_spec, check_model_file, name_dims, read_spec, SPEC_METADATA_KEY
+
+log = logging.getLogger("edgeattn.runtime.ort")
+
+# ORT type string -> numpy dtype name
+ORT_TYPES = {
+    "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+    "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int16)": "int16", "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8", "tensor(uint16)": "uint16", "tensor(uint32)": "uint32", "tensor(uint64)": "uint64",
+    "tensor(bool)": "bool",
+}
+OPT_LEVELS = ("all", "extended", "basic", "disable")
+PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+                    "tensorrt": "TensorrtExecutionProvider"}
+GPU_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise BackendError("backend 'onnxruntime': the onnxruntime package is not installed "
+                           "(pip install onnxruntime, or onnxruntime-gpu on a CUDA machine)") from e
+    return onnxruntime
+
+
+def resolve_providers(providers: None | str | Sequence[str], available: Sequence[str]) -> list[str]:
+    """None/"auto" -> GPU chain only on a real GPU, else CPU; a name or list -> checked against ``available``."""
+    from runtime.gpu import nvidia_gpu_present
+
+    if providers is None or providers == "auto":
+        if nvidia_gpu_present():
+            chosen = [p for p in GPU_ORDER if p in available]
+        else:
+            chosen = ["CPUExecutionProvider"]
+        return chosen or ["CPUExecutionProvider"]
+    wanted = [providers] if isinstance(providers, str) else list(providers)
+    wanted = [PROVIDER_ALIASES.get(p.lower(), p) if isinstance(p, str) else p for p in wanted]
+    missing = [p for p in wanted if (p[0] if isinstance(p, tuple) else p) not in available]
+    if missing:
+        raise BackendError(f"onnxruntime providers {missing}: not available; this onnxruntime offers {list(available)}")
+    return wanted
+
+
+def _session_options(threads: int | None, opt_level: str):
+    ort = _ort()
+    if opt_level not in OPT_LEVELS:
+        raise BackendError(f"opt_level '{opt_level}': unknown; expected one of {list(OPT_LEVELS)}")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = {
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    }[opt_level]
+    if threads:
+        so.intra_op_num_threads = int(threads)
+        so.inter_op_num_threads = 1
+    so.log_severity_level = 3  # errors only; run failures come back to the caller as BackendError
+    return so
+
+
+class OrtRunner(Runner):
+    """A model file on ONNX Runtime. ``spec`` (dict) overrides the spec found in the file / beside it."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, path: str | Path, providers: None | str | Sequence[str] = None, threads: int | None = None,
+                 opt_level: str = "all", spec: dict[str, Any] | None = None):
+        super().__init__()
+        self.path = check_model_file(path, "an ONNX model (.onnx)")
+        self.opt_level = opt_level
+        ort = _ort()
+        chosen = resolve_providers(providers, ort.get_available_providers())
+        so = _session_options(threads, opt_level)
+        self._session = self._load(ort, so, chosen)
+        self.providers: list[str] = list(self._session.get_providers())
+        meta = dict(self._session.get_modelmeta().custom_metadata_map)
+        self.spec: dict[str, Any] | None = spec if spec is not None else read_spec(self.path, meta)
+        self._contract = InputContract(inputs=[self._io(a, "inputs") for a in self._session.get_inputs()],
+                                       bounds=bounds_from_spec(self.spec))
+        self._outputs = [self._io(a, "outputs") for a in self._session.get_outputs()]
+        self._run_options = ort.RunOptions()
+        self._run_options.log_severity_level = 4  # failures are raised as BackendError, not logged twice
+        log.info("onnxruntime: loaded '%s' on %s (opt_level=%s)", self.path, self.providers, opt_level)
+
+    def _load(self, ort, so, providers: list):
+        try:
+            return ort.InferenceSession(str(self.path), sess_options=so, providers=providers)
+        except Exception as e:  # noqa: BLE001 - ORT raises InvalidProtobuf, Fail, NoSuchFile, InvalidGraph, ...
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelLoadError(
+                f"model '{self.path}' ({self.path.stat().st_size} bytes): onnxruntime cannot load it "
+                f"({type(e).__name__}: {first[:300]}); expected a complete, valid ONNX model: the file may be "
+                "truncated or corrupt, re-export it") from None
+
+    def _io(self, arg, which: str) -> IOInfo:
+        dtype = ORT_TYPES.get(arg.type)
+        if dtype is None:
+            raise ModelLoadError(f"model '{self.path}': {which[:-1]} '{arg.name}' has type {arg.type}, expected one of "
+                                 f"{sorted(ORT_TYPES)}")
+        return IOInfo(arg.name, dtype, name_dims(arg.name, list(arg.shape), self.spec, which))
+
+    @property
+    def outputs(self) -> list[IOInfo]:
+        return list(self._outputs)
+
+    def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._session is None:
+            raise BackendError(f"onnxruntime runner for '{self.path}' is closed; open a new one")
+        names = [o.name for o in self._outputs]
+        try:
+            values = self._session.run(names, feed, self._run_options)
+        except Exception as e:  # noqa: BLE001
+            shapes = {k: tuple(v.shape) for k, v in feed.items()}
+            msg = str(e).replace("\n", " ")
+            raise BackendError(f"onnxruntime failed on '{self.path.name}' with feed shapes {shapes}: "
+                               f"{type(e).__name__}: {msg[:600]}") from None
+        return dict(zip(names, values))
+
+    def close(self) -> None:
+        self._session = None
+
+
+# ---- crash probe ------------------------------------------------------------------------------------------
+def dummy_feed(runner: Runner, spec: dict[str, Any] | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+    """A valid feed for ``runner``: dynamic dims at the spec's opt size (else 1), small random values,
+    token ids ``cls_id`` then ids in [first_real_id, vocab_size)."""
+    spec = spec or {}
+    rng = np.random.default_rng(seed)
+    opt = {k: int(v["opt"]) for k, v in spec.get("dynamic", {}).items()}
+    pre = spec.get("preprocess", {})
+    feed = {}
+    for info in runner.inputs:
+        shape = tuple(opt.get(d, runner.contract.bounds[d].min if d in runner.contract.bounds else 1)
+                      if isinstance(d, str) else d for d in info.shape)
+        if np.dtype(info.dtype).kind in "iu":
+            lo, hi = int(pre.get("first_real_id", 1)), int(pre.get("vocab_size", 2))
+            x = rng.integers(lo, max(hi, lo + 1), size=shape).astype(info.dtype)
+            if "cls_id" in pre and x.ndim == 2 and x.shape[1] > 0:
+                x[:, 0] = int(pre["cls_id"])
+        elif np.dtype(info.dtype).kind == "b":
+            x = np.ones(shape, dtype=bool)
+        else:
+            x = rng.standard_normal(shape).astype(info.dtype)
+        feed[info.name] = x
+    return feed
+
+
+def _probe_child(path: str, opt_level: str) -> None:
+    """Run in the child: load ``path`` on ORT CPU at ``opt_level`` and run one dummy inference."""
+    with OrtRunner(path, providers=["CPUExecutionProvider"], threads=1, opt_level=opt_level) as r:
+        r.infer(dummy_feed(r, r.spec))
+
+
+def probe_in_subprocess(path: str | Path, opt_level: str = "all", timeout: float = 300.0) -> bool:
+    """True when one ORT CPU inference of ``path`` at ``opt_level`` completes in a child process; False when the
+    child crashed (e.g. SIGSEGV), timed out or raised. The caller's process is never at risk."""
+    root = str(Path(__file__).resolve().parents[1])  # the folder that holds runtime/
+    env = dict(os.environ)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    code = "import sys; from runtime.ort_backend import _probe_child; _probe_child(sys.argv[1], sys.argv[2])"
+    try:
+        out = subprocess.run([sys.executable, "-c", code, str(path), opt_level], capture_output=True, text=True,
+                             timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        log.warning("probe of '%s' at opt_level=%s: timed out after %.0f s", path, opt_level, timeout)
+        return False
+    if out.returncode == 0:
+        return True
+    how = f"killed by signal {-out.returncode}" if out.returncode < 0 else f"exit code {out.returncode}"
+    tail = out.stderr.strip().splitlines()[-1:] or [""]
+    log.warning("probe of '%s' at opt_level=%s failed: %s %s", path, opt_level, how, tail[0][:300])
+    return False
+
+
+def safe_opt_level(path: str | Path, preferred: str = "all", fallback: str = "extended") -> str:
+    """``preferred`` if one inference survives it in a child process, else ``fallback`` (the FP16 segfault case)."""
+    if probe_in_subprocess(path, preferred):
+        return preferred
+    log.warning("model '%s': onnxruntime failed at opt_level=%s; using %s", path, preferred, fallback)
+    return fallback
+
+
+__all__ = ["OrtRunner", "probe_in_subprocess", "safe_opt_level", "resolve_providers", "dummy_feed",
+           "ORT_TYPES", "OPT_LEVELS", "SPEC_METADATA_KEY"]
