@@ -1,0 +1,653 @@
+"""Engine building (optimize/engines.py) and manifests (runtime/engine_manifest.py), on CPU.
+
+Real builds use tensorrt_rtx (it builds without a GPU: "CPU-only AOT"). The tensorrt 10/11 code paths cannot run
+here (full TensorRT needs a GPU and cannot be installed), so those tests drive build_engine with a small FAKE
+``tensorrt`` module that records the calls: they check OUR call sequence (flags, timing cache reuse, fallback,
+CLI string), not TensorRT itself.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import shutil
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime import engine_manifest as em
+from runtime.errors import BackendError, EngineMismatchError, ModelLoadError
+
+trt = pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx is not installed (pip install tensorrt-rtx)")
+
+MODELS = ("text_transformer", "attention_cnn", "vit")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _calibration_reader(spec, n: int = 4):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter([spec.example_inputs(seed=i) for i in range(n)])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    return Reader()
+
+
+def _write_sources(folder: Path, name: str) -> None:
+    """The pipeline's three sources: export -> fp32.onnx -> optimize.simplify -> fp32.sim.onnx; fp16.onnx
+    (optimize.fp16.convert_fp16 when that stage is present, else ORT's float16 converter, float32 I/O either
+    way); int8.qdq.onnx (ORT quantize_static: symmetric int8 Q/DQ on Conv/MatMul/Gemm inputs, per-channel
+    weights, float bias: the TensorRT rules of TENSORRT_NOTES.md section 5)."""
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    from export.onnx_export import export_model
+    from optimize.simplify import simplify_file
+    from tests.conftest import tiny_model
+
+    built = tiny_model(name)
+    export_model(built, folder / "fp32.onnx")
+    fp32 = folder / "fp32.sim.onnx"
+    simplify_file(folder / "fp32.onnx", fp32)
+    try:
+        from optimize.fp16 import convert_fp16
+    except Exception:  # noqa: BLE001 - the fp16 stage is optional for these tests
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        onnx.save(convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True), str(folder / "fp16.onnx"))
+    else:
+        convert_fp16(fp32, folder / "fp16.onnx")
+    quantize_static(str(fp32), str(folder / "int8.qdq.onnx"), _calibration_reader(built.spec),
+                    quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8, op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+                    extra_options={"QuantizeBias": False, "ActivationSymmetric": True, "WeightSymmetric": True})
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """Three tiny models x three precisions, built once through the CLI with tensorrt_rtx."""
+    from optimize.engines import main
+
+    art = tmp_path_factory.mktemp("artifacts")
+    for name in MODELS:
+        (art / name).mkdir()
+        _write_sources(art / name, name)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = main(["--models", ",".join(MODELS), "--artifacts", str(art), "--flavor", "rtx"])
+    assert rc == 0, out.getvalue()
+    return art, out.getvalue()
+
+
+def _spec(art: Path, name: str):
+    from zoo.spec import ModelSpec
+
+    return ModelSpec.from_json((art / name / "spec.json").read_text())
+
+
+# ---- real builds with tensorrt_rtx ----------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("name", MODELS)
+def test_manifest_fields_and_values(built, name, precision):
+    art, _ = built
+    src = art / name / {"fp32": "fp32.sim.onnx", "fp16": "fp16.onnx", "int8": "int8.qdq.onnx"}[precision]
+    engine = art / name / f"{precision}.rtx.engine"
+    man = json.loads((art / name / f"{precision}.rtx.engine.json").read_text())
+    spec = _spec(art, name)
+
+    assert man["format"] == em.MANIFEST_FORMAT and man["engine"] == engine.name
+    assert man["engine_sha256"] == _sha(engine) and man["engine_bytes"] == engine.stat().st_size > 100_000
+    assert man["onnx"] == {"file": src.name, "path": str(src), "sha256": _sha(src)}
+    assert (man["model"], man["artifact"], man["precision"], man["flavor"]) == (name, name, precision, "rtx")
+    assert man["tensorrt"]["module"] == "tensorrt_rtx" and man["tensorrt"]["version"] == trt.__version__
+    gpu, _ = em.probe_gpu()
+    if gpu is None:
+        assert man["built_on"] == "cpu-only"
+    assert man["targets"] == {"compute_capabilities": ["8.0", "8.6", "8.9", "12.0"], "default": True}
+    # the profile TensorRT read back from its IOptimizationProfile equals the spec's min/opt/max
+    assert man["profiles"] == [{t.name: {w: list(spec.profile(w)[t.name]) for w in ("min", "opt", "max")}
+                                for t in spec.inputs}]
+    b = man["builder"]
+    assert (b["workspace_mb"], b["opt_level"], b["strongly_typed"], b["network_flags"], b["precision_flags"]) == \
+        (1024, 3, True, 0, [])
+    assert b["timing_cache"]["applicable"] is False and b["timing_cache"]["path"].endswith(".timing_cache")
+    assert man["build_seconds"] > 0
+    # TensorRT checks the profile against the graph: a shape baked in at export would show up here
+    assert not [w for w in man["warnings"] if "not self-consistent" in w]
+    # the network as parsed: dynamic dims are -1, dtypes as in the spec (int64 ids stay int64)
+    io_ = {t["name"]: t for t in man["io"]}
+    for t in spec.inputs + spec.outputs:
+        assert io_[t.name]["dtype"] == t.dtype
+        assert io_[t.name]["shape"] == [-1 if isinstance(d, str) else d for d in t.shape]
+    assert man["spec"]["inputs"] == [dict(name=t.name, dtype=t.dtype, shape=list(t.shape)) for t in spec.inputs]
+    assert man["rebuild"]["make"] == f"make engines MODELS={name} ARTIFACTS={art} FLAVOR=rtx"
+    assert man["rebuild"]["python"].startswith(f"python -m optimize engines --models {name}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MODELS)
+def test_cli_command_has_the_spec_shapes(built, name):
+    art, _ = built
+    spec = _spec(art, name)
+    man = json.loads((art / name / "fp16.rtx.engine.json").read_text())
+    cli = man["cli"]
+    assert cli.startswith("tensorrt_rtx ") and f"--onnx={art / name / 'fp16.onnx'}" in cli
+    assert f"--saveEngine={art / name / 'fp16.rtx.engine'}" in cli and cli.endswith("--skipInference")
+    for which, flag in (("min", "--minShapes"), ("opt", "--optShapes"), ("max", "--maxShapes")):
+        shapes = ",".join(f"{n}:{'x'.join(map(str, s))}" for n, s in spec.profile(which).items())
+        assert f"{flag}={shapes}" in cli
+    if name == "vit":
+        assert "--minShapes=pixels:1x1x28x28 --optShapes=pixels:8x1x28x28 --maxShapes=pixels:64x1x28x28" in cli
+    if name == "text_transformer":
+        assert "--minShapes=input_ids:1x1 --optShapes=input_ids:8x16 --maxShapes=input_ids:64x16" in cli
+
+
+@pytest.mark.slow
+def test_int8_sources_are_symmetric_qdq(built):
+    import onnx
+    from onnx import numpy_helper
+
+    art, _ = built
+    m = onnx.load(str(art / "vit" / "int8.qdq.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    qdq = [n for n in m.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert len(qdq) > 10
+    zps = [inits[n.input[2]] for n in qdq if len(n.input) > 2 and n.input[2] in inits]
+    assert zps and all(z.dtype == np.int8 and not z.any() for z in zps)
+
+
+@pytest.mark.slow
+def test_progress_summary_and_up_to_date_skip(built):
+    from optimize.engines import main
+
+    art, first = built
+    assert first.count("built in") == 9 and "model" in first and "status" in first
+    mtimes = {p: p.stat().st_mtime_ns for p in art.glob("*/*.engine")}
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["--models", ",".join(MODELS), "--artifacts", str(art), "--flavor", "rtx"]) == 0
+    assert out.getvalue().count(": up to date") == 9
+    assert {p: p.stat().st_mtime_ns for p in art.glob("*/*.engine")} == mtimes  # nothing rewritten
+    # another option -> that engine is rebuilt; the others stay
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["--models", "attention_cnn", "--artifacts", str(art), "--flavor", "rtx", "--precisions", "fp32",
+                     "--opt-level", "2"]) == 0
+    assert "options changed" in out.getvalue() and "built in" in out.getvalue()
+    assert json.loads((art / "attention_cnn" / "fp32.rtx.engine.json").read_text())["builder"]["opt_level"] == 2
+
+
+@pytest.mark.slow
+def test_missing_source_is_reported_and_skipped(built, tmp_path):
+    from optimize.engines import main
+
+    art, _ = built
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = main(["--models", "vit,torchvision:vit_b_16", "--artifacts", str(art), "--flavor", "rtx",
+                   "--precisions", "fp32"])
+    text = out.getvalue()
+    assert rc == 0  # vit is fine; vit_b_16 (folder artifacts/vit_b_16) has no source: skipped, not a crash
+    assert f"source {art / 'vit_b_16' / 'fp32.sim.onnx'} is missing" in text and "skipped: no fp32.sim.onnx" in text
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        assert main(["--models", "nosuch", "--artifacts", str(tmp_path), "--flavor", "rtx"]) == 1  # nothing at all
+
+
+@pytest.mark.slow
+def test_timing_cache_is_recorded_but_not_applicable_on_rtx(built, tmp_path):
+    """What TensorRT-RTX really does: its timing-cache calls are no-ops since 1.2 (a DeprecationWarning says so),
+    so the builder does not call them, writes no cache file, and the manifest says 'not applicable'."""
+    from optimize.engines import build_engine
+
+    art, _ = built
+    cache = tmp_path / "t.timing_cache"
+    man1 = build_engine(art / "attention_cnn" / "fp32.sim.onnx", tmp_path / "a.rtx.engine", _spec(art, "attention_cnn"),
+                        flavor="rtx", timing_cache=cache)
+    man2 = build_engine(art / "attention_cnn" / "fp32.sim.onnx", tmp_path / "b.rtx.engine", _spec(art, "attention_cnn"),
+                        flavor="rtx", timing_cache=cache)
+    for man in (man1, man2):
+        tc = man["builder"]["timing_cache"]
+        assert tc["path"] == str(cache) and tc["applicable"] is False and "no-op" in tc["note"]
+    assert not cache.exists()
+    assert "--timingCacheFile" not in man1["cli"]
+
+
+@pytest.mark.slow
+def test_compute_capability_targets(built, tmp_path):
+    from optimize.engines import EngineBuildError, build_engine
+
+    art, _ = built
+    src, spec = art / "vit" / "fp16.onnx", _spec(art, "vit")
+    man = build_engine(src, tmp_path / "cc.rtx.engine", spec, flavor="rtx", compute_capabilities=["86", "8.9"])
+    assert man["targets"] == {"compute_capabilities": ["8.6", "8.9"], "default": False}
+    assert man["builder"]["compute_capabilities"] == ["8.6", "8.9"] and "--computeCapabilities=86,89" in man["cli"]
+    with pytest.raises(EngineBuildError, match="8.7"):
+        build_engine(src, tmp_path / "x.engine", spec, flavor="rtx", compute_capabilities=["8.7"])  # Orin: no RTX
+    if em.probe_gpu()[0] is None:
+        with pytest.raises(EngineBuildError, match="'current'.*needs a GPU"):
+            build_engine(src, tmp_path / "x.engine", spec, flavor="rtx", compute_capabilities=["current"])
+    # Turing (SM75) cannot run FP32 GEMMs in TensorRT-RTX: the build fails and TensorRT's reason is in the error
+    with pytest.raises(EngineBuildError, match=r"returned None.*(SM75|Turing)"):
+        build_engine(art / "vit" / "fp32.sim.onnx", tmp_path / "t.engine", spec, flavor="rtx",
+                     compute_capabilities=["7.5"])
+    assert not (tmp_path / "t.engine").exists() and not (tmp_path / "t.engine.json").exists()
+
+
+def _bad_qdq_onnx(path: Path, zp_dtype, zp_value) -> None:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
+    inits = [numpy_helper.from_array(np.array(0.1, np.float32), "scale"),
+             numpy_helper.from_array(np.array(zp_value, zp_dtype), "zp")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "scale", "zp"], ["xq"], name="bad_quant"),
+             helper.make_node("DequantizeLinear", ["xq", "scale", "zp"], ["y"], name="bad_dequant")]
+    m = helper.make_model(helper.make_graph(nodes, "bad", [x], [y], inits), opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+
+
+@pytest.mark.parametrize("zp_dtype,zp_value", [(np.uint8, 128), (np.int8, 3)], ids=["uint8", "int8-nonzero"])
+def test_parser_error_names_node_and_op(tmp_path, zp_dtype, zp_value):
+    from optimize.engines import EngineBuildError, build_engine
+    from zoo.spec import DimRange, ModelSpec, TensorSpec
+
+    src = tmp_path / "bad.onnx"
+    _bad_qdq_onnx(src, zp_dtype, zp_value)
+    spec = ModelSpec("bad", "custom", [TensorSpec("x", "float32", ("batch", 4))],
+                     [TensorSpec("y", "float32", ("batch", 4))], {"batch": DimRange(1, 2, 4)}, [])
+    with pytest.raises(EngineBuildError) as ei:
+        build_engine(src, tmp_path / "bad.rtx.engine", spec, flavor="rtx")
+    msg = str(ei.value)
+    assert "ONNX parser rejected" in msg and str(src) in msg
+    assert "node 'bad_quant' (op QuantizeLinear)" in msg and "zero point" in msg.lower()
+    assert not (tmp_path / "bad.rtx.engine").exists()
+
+
+def test_spec_that_does_not_match_the_graph_is_refused(tmp_path):
+    from optimize.engines import EngineBuildError, build_engine
+    from zoo.spec import DimRange, ModelSpec, TensorSpec
+
+    src = tmp_path / "ok.onnx"
+    _bad_qdq_onnx(src, np.int8, 0)  # zero point 0: a valid graph
+    spec = ModelSpec("ok", "custom", [TensorSpec("pixels", "float32", ("batch", 4))],
+                     [TensorSpec("y", "float32", ("batch", 4))], {"batch": DimRange(1, 2, 4)}, [])
+    with pytest.raises(EngineBuildError, match=r"inputs \['pixels'\] do not match the ONNX graph's inputs \['x'\]"):
+        build_engine(src, tmp_path / "ok.engine", spec, flavor="rtx")
+
+
+# ---- refusals: check_engine and the runner, before any deserialisation -----------------------------
+@pytest.fixture
+def engine_copy(built, tmp_path):
+    art, _ = built
+    folder = tmp_path / "vit"
+    folder.mkdir()
+    for f in ("fp16.rtx.engine", "fp16.rtx.engine.json"):
+        shutil.copy(art / "vit" / f, folder / f)
+    return folder / "fp16.rtx.engine"
+
+
+def _edit_manifest(engine: Path, **changes) -> None:
+    p = em.manifest_path(engine)
+    man = json.loads(p.read_text())
+    for key, value in changes.items():
+        node = man
+        *parents, leaf = key.split("__")
+        for k in parents:
+            node = node[k]
+        node[leaf] = value
+    p.write_text(json.dumps(man))
+
+
+class _SpyRuntime:
+    """Stands in for tensorrt_rtx.Runtime: records whether anything reached the deserializer."""
+
+    created = 0
+    deserialized = 0
+
+    def __init__(self, logger) -> None:
+        type(self).created += 1
+
+    def deserialize_cuda_engine(self, data):
+        type(self).deserialized += 1
+        return None
+
+
+@pytest.fixture
+def fake_gpu_spy(monkeypatch):
+    """Pretend an RTX 4090 is present (probe + cudaSetDevice) and spy on tensorrt_rtx.Runtime."""
+    fake_cudart = types.SimpleNamespace(
+        cudaError_t=types.SimpleNamespace(cudaSuccess=0), cudaSetDevice=lambda d: (0,),
+        cudaGetErrorName=lambda e: (0, b"err"), cudaGetErrorString=lambda e: (0, b"err"))
+    gpu = {"name": "NVIDIA GeForce RTX 4090", "compute_capability": "8.9", "device": 0, "cuda_runtime": "12.8",
+           "cuda_driver": "12.8"}
+    monkeypatch.setattr(em, "probe_gpu", lambda device=0: (dict(gpu), ""))
+    monkeypatch.setattr(em, "import_cudart", lambda: fake_cudart)
+    _SpyRuntime.created = _SpyRuntime.deserialized = 0
+    monkeypatch.setattr(trt, "Runtime", _SpyRuntime)
+    return _SpyRuntime
+
+
+def _runner(engine: Path, **kw):
+    from runtime.tensorrt_backend import TensorRTRunner
+
+    return TensorRTRunner(engine, **kw)
+
+
+@pytest.mark.slow
+def test_positive_control_valid_engine_reaches_the_deserializer(engine_copy, fake_gpu_spy):
+    """Proves the spy is wired: a matching engine does get to deserialize_cuda_engine (which returns None here)."""
+    man = em.check_engine(engine_copy, "rtx", trt.__version__)
+    assert man["precision"] == "fp16"
+    with pytest.raises(ModelLoadError, match="deserialize_cuda_engine returned None"):
+        _runner(engine_copy)
+    assert fake_gpu_spy.deserialized == 1
+
+
+@pytest.mark.slow
+def test_tampered_engine_is_refused(engine_copy, fake_gpu_spy):
+    data = bytearray(engine_copy.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    engine_copy.write_bytes(bytes(data))
+    with pytest.raises(EngineMismatchError) as ei:
+        _runner(engine_copy)
+    msg = str(ei.value)
+    assert "engine bytes: sha256" in msg and "modified after it was built" in msg
+    assert "make engines MODELS=vit" in msg and "python -m optimize engines --models vit" in msg
+    assert fake_gpu_spy.created == 0 and fake_gpu_spy.deserialized == 0
+    with pytest.raises(EngineMismatchError, match="sha256"):
+        em.check_engine(engine_copy, "rtx", trt.__version__)
+
+
+@pytest.mark.slow
+def test_wrong_flavour_is_refused(engine_copy, fake_gpu_spy):
+    with pytest.raises(EngineMismatchError, match=r"TensorRT flavour: engine built with 'rtx' \(tensorrt_rtx\), "
+                                                  r"installed is 'trt10'"):
+        em.check_engine(engine_copy, "trt10", "10.3.0")
+    # an engine whose manifest says trt10, on a machine that has only tensorrt_rtx
+    _edit_manifest(engine_copy, flavor="trt10", tensorrt__module="tensorrt", tensorrt__version="10.3.0.26")
+    with pytest.raises((EngineMismatchError, BackendError)) as ei:
+        _runner(engine_copy)
+    if isinstance(ei.value, EngineMismatchError):  # tensorrt not installed: tensorrt_rtx was picked and refused
+        assert "engine built with 'trt10'" in str(ei.value) and "installed is 'rtx'" in str(ei.value)
+        assert "make engines MODELS=vit" in str(ei.value)
+    assert fake_gpu_spy.deserialized == 0
+
+
+@pytest.mark.slow
+def test_wrong_version_is_refused(engine_copy, fake_gpu_spy):
+    _edit_manifest(engine_copy, tensorrt__version="1.6.0.0")
+    with pytest.raises(EngineMismatchError) as ei:
+        _runner(engine_copy)
+    assert f"TensorRT version: engine built with 1.6.0.0, installed is {trt.__version__}" in str(ei.value)
+    assert "FLAVOR=rtx" in str(ei.value)
+    assert fake_gpu_spy.created == 0 and fake_gpu_spy.deserialized == 0
+
+
+@pytest.mark.slow
+def test_missing_manifest_is_refused(engine_copy, fake_gpu_spy):
+    em.manifest_path(engine_copy).unlink()
+    with pytest.raises(EngineMismatchError) as ei:
+        _runner(engine_copy)
+    assert "manifest fp16.rtx.engine.json is missing" in str(ei.value) and "make engines MODELS=vit" in str(ei.value)
+    assert fake_gpu_spy.created == 0 and fake_gpu_spy.deserialized == 0
+
+
+@pytest.mark.slow
+def test_gpu_outside_the_targets_is_refused(engine_copy, fake_gpu_spy):
+    _edit_manifest(engine_copy, targets__compute_capabilities=["8.6"], targets__default=False)
+    with pytest.raises(EngineMismatchError, match=r"engine targets 8.6, this GPU 'NVIDIA GeForce RTX 4090' is 8.9"):
+        _runner(engine_copy)
+    assert fake_gpu_spy.created == 0
+    # a TensorRT 10/11 engine is tied to its build GPU
+    _edit_manifest(engine_copy, flavor="trt11", built_on={"name": "NVIDIA A10", "compute_capability": "8.6"})
+    with pytest.raises(EngineMismatchError) as ei:
+        em.check_engine(engine_copy, "trt11", trt.__version__, gpu={"name": "NVIDIA L4", "compute_capability": "8.9"})
+    assert "engine built on 8.6, this GPU is 8.9" in str(ei.value) and "'NVIDIA A10', this GPU is 'NVIDIA L4'" in str(ei.value)
+    assert "FLAVOR=trt" in str(ei.value)
+
+
+def test_corrupt_manifest_and_missing_engine(tmp_path):
+    engine = tmp_path / "m" / "fp32.rtx.engine"
+    with pytest.raises(ModelLoadError, match="file not found"):
+        em.check_engine(engine, "rtx", "1.7")
+    engine.parent.mkdir()
+    engine.write_bytes(b"abc")
+    em.manifest_path(engine).write_text("{not json")
+    with pytest.raises(EngineMismatchError, match="unreadable"):
+        em.check_engine(engine, "rtx", "1.7")
+    em.manifest_path(engine).write_text(json.dumps({"format": "other/1"}))
+    with pytest.raises(EngineMismatchError, match="format 'other/1'"):
+        em.check_engine(engine, "rtx", "1.7")
+
+
+# ---- tensorrt 10.x / 11.x code paths, with a FAKE tensorrt module ---------------------------------
+class _Enum:
+    def __init__(self, **members) -> None:
+        self.__dict__.update(members)
+
+
+def _fake_tensorrt(version: str, fail_strongly_typed: bool = False):
+    """Just enough of the tensorrt 10/11 builder API to record what build_engine does."""
+    import onnx
+
+    mod = types.ModuleType("tensorrt")
+    mod.__version__ = version
+    major = int(version.split(".")[0])
+    calls: dict[str, list] = {"create_network": [], "create_timing_cache": [], "set_flag": [], "set_timing_cache": []}
+    mod.calls = calls
+
+    class ILogger:
+        Severity = _Enum(INTERNAL_ERROR=0, ERROR=1, WARNING=2, INFO=3, VERBOSE=4)
+
+        def __init__(self) -> None:
+            pass
+
+    mod.ILogger = ILogger
+    mod.NetworkDefinitionCreationFlag = _Enum(STRONGLY_TYPED=1 if major == 10 else 0)
+    mod.MemoryPoolType = _Enum(WORKSPACE="WORKSPACE")
+    if major == 10:
+        mod.BuilderFlag = _Enum(FP16="FP16", INT8="INT8", TF32="TF32")
+    mod.HardwareCompatibilityLevel = _Enum(AMPERE_PLUS="AMPERE_PLUS", SAME_COMPUTE_CAPABILITY="SAME_CC")
+    mod.nptype = lambda dt: dt
+    mod.get_nv_onnx_parser_version = lambda: 100300
+
+    class Tensor:
+        def __init__(self, vi) -> None:
+            self.name = vi.name
+            dims = vi.type.tensor_type.shape.dim
+            self.shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims)
+            self.dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+
+    class Network:
+        def __init__(self, flags) -> None:
+            self.flags, self.inputs, self.outputs, self.num_layers = flags, [], [], 0
+
+        num_inputs = property(lambda self: len(self.inputs))
+        num_outputs = property(lambda self: len(self.outputs))
+
+        def get_input(self, i):
+            return self.inputs[i]
+
+        def get_output(self, i):
+            return self.outputs[i]
+
+    class OnnxParser:
+        num_errors = 0
+
+        def __init__(self, network, logger) -> None:
+            self.network = network
+
+        def parse_from_file(self, path):
+            g = onnx.load(path, load_external_data=False).graph
+            self.network.inputs = [Tensor(v) for v in g.input]
+            self.network.outputs = [Tensor(v) for v in g.output]
+            return True
+
+    class TimingCache:
+        def __init__(self, blob: bytes) -> None:
+            self.blob = bytes(blob)
+
+        def serialize(self):
+            return self.blob + b"|entry"
+
+    class Profile:
+        def __init__(self) -> None:
+            self.shapes = {}
+
+        def set_shape(self, name, mn, op, mx):
+            self.shapes[name] = [tuple(mn), tuple(op), tuple(mx)]
+
+        def get_shape(self, name):
+            return self.shapes[name]
+
+    class Config:
+        def __init__(self) -> None:
+            self.cache, self.pools, self.builder_optimization_level, self.flags = None, {}, 3, []
+
+        def set_memory_pool_limit(self, pool, n):
+            self.pools[pool] = n
+
+        def set_flag(self, flag):
+            calls["set_flag"].append(flag)
+            self.flags.append(flag)
+
+        def add_optimization_profile(self, p):
+            self.profile = p
+            return 0
+
+        def create_timing_cache(self, blob):
+            calls["create_timing_cache"].append(bytes(blob))
+            return TimingCache(blob)
+
+        def set_timing_cache(self, cache, ignore_mismatch):
+            calls["set_timing_cache"].append(ignore_mismatch)
+            self.cache = cache
+            return True
+
+        def get_timing_cache(self):
+            return self.cache
+
+    class Builder:
+        def __init__(self, logger) -> None:
+            pass
+
+        def create_network(self, flags):
+            calls["create_network"].append(flags)
+            return Network(flags)
+
+        def create_builder_config(self):
+            return Config()
+
+        def create_optimization_profile(self):
+            return Profile()
+
+        def build_serialized_network(self, network, config):
+            if fail_strongly_typed and network.flags:
+                return None
+            return b"FAKE-ENGINE flags=%d cfg=%s" % (network.flags, ",".join(config.flags).encode())
+
+    mod.Builder, mod.OnnxParser = Builder, OnnxParser
+    return mod
+
+
+@pytest.fixture
+def fake_trt(monkeypatch):
+    import runtime.tensorrt_backend as tb
+
+    monkeypatch.setattr(tb, "_LOGGERS", {})  # never cache a logger built on a fake module
+    gpu = {"name": "NVIDIA Jetson Orin", "compute_capability": "8.7", "device": 0, "cuda_runtime": "12.6",
+           "cuda_driver": "12.6"}
+    monkeypatch.setattr(em, "probe_gpu", lambda device=0: (dict(gpu), ""))
+
+    def install(version: str, **kw):
+        mod = _fake_tensorrt(version, **kw)
+        monkeypatch.setitem(sys.modules, "tensorrt", mod)
+        return mod
+
+    return install
+
+
+@pytest.fixture
+def small_onnx(tmp_path):
+    """A valid two-node graph x (batch, 4) -> y, and its spec (no export needed for the fake-module tests)."""
+    from zoo.spec import DimRange, ModelSpec, TensorSpec
+
+    src = tmp_path / "fp32.sim.onnx"
+    _bad_qdq_onnx(src, np.int8, 0)  # zero point 0: a valid graph
+    spec = ModelSpec("small", "custom", [TensorSpec("x", "float32", ("batch", 4))],
+                     [TensorSpec("y", "float32", ("batch", 4))], {"batch": DimRange(1, 8, 64)}, [])
+    return src, spec
+
+
+@pytest.mark.parametrize("version,flavor,flags", [("10.3.0.26", "trt10", 2), ("11.1.0.5", "trt11", 0)])
+def test_fake_tensorrt_flags_and_timing_cache_reuse(fake_trt, small_onnx, tmp_path, version, flavor, flags):
+    from optimize.engines import build_engine
+
+    mod = fake_trt(version)
+    src, spec = small_onnx
+    cache = tmp_path / "timing" / "t.timing_cache"
+    m1 = build_engine(src, tmp_path / f"fp32.{flavor}.engine", spec, flavor="trt", workspace_mb=512, opt_level=4,
+                      timing_cache=cache)
+    assert cache.read_bytes() == b"|entry"  # written after the first build
+    m2 = build_engine(src, tmp_path / f"fp32b.{flavor}.engine", spec, flavor="trt", workspace_mb=512, opt_level=4,
+                      timing_cache=cache)
+    assert mod.calls["create_timing_cache"] == [b"", b"|entry"]  # the second build loaded what the first saved
+    assert mod.calls["set_timing_cache"] == [False, False]
+    assert cache.read_bytes() == b"|entry|entry"
+    assert m1["builder"]["timing_cache"] == {"path": str(cache), "applicable": True, "loaded_bytes": 0,
+                                             "reused": False, "saved_bytes": 6}
+    assert m2["builder"]["timing_cache"]["reused"] is True and m2["builder"]["timing_cache"]["loaded_bytes"] == 6
+    # STRONGLY_TYPED via 1 << int(flag) on 10.x (bit 1), nothing on 11.x; never a precision flag
+    assert mod.calls["create_network"] == [flags, flags] and mod.calls["set_flag"] == []
+    assert m1["flavor"] == flavor and m1["built_on"] == {"name": "NVIDIA Jetson Orin", "compute_capability": "8.7"}
+    assert m1["targets"]["gpu"] == "NVIDIA Jetson Orin" and m1["options"]["gpu"] == "NVIDIA Jetson Orin (8.7)"
+    cli = m1["cli"]
+    assert cli.startswith(f"trtexec --onnx={src} --saveEngine={tmp_path / f'fp32.{flavor}.engine'}")
+    assert "--minShapes=x:1x4 --optShapes=x:8x4 --maxShapes=x:64x4" in cli
+    assert "--memPoolSize=workspace:512" in cli and "--builderOptimizationLevel=4" in cli
+    assert f"--timingCacheFile={cache}" in cli and cli.endswith("--skipInference")
+    assert ("--stronglyTyped" in cli) == (flavor == "trt10") and "--fp16" not in cli
+    assert m1["engine_sha256"] == _sha(tmp_path / f"fp32.{flavor}.engine")
+
+
+def test_fake_tensorrt_10_3_falls_back_to_fp16_flag(fake_trt, small_onnx, tmp_path):
+    from optimize.engines import EngineBuildError, build_engine
+
+    mod = fake_trt("10.3.0.26", fail_strongly_typed=True)
+    src, spec = small_onnx
+    man = build_engine(src, tmp_path / "fp32.trt10.engine", spec, flavor="trt10")
+    assert mod.calls["create_network"] == [2, 0] and mod.calls["set_flag"] == ["FP16"]
+    assert man["builder"]["strongly_typed"] is False and man["builder"]["precision_flags"] == ["FP16"]
+    assert "--fp16" in man["cli"] and "--stronglyTyped" not in man["cli"]
+    # 10.12+ and 11.x: strong typing is complete, no fallback
+    fake_trt("10.13.0.1", fail_strongly_typed=True)
+    with pytest.raises(EngineBuildError, match="returned None"):
+        build_engine(src, tmp_path / "x.engine", spec, flavor="trt10")
+
+
+def test_fake_tensorrt_needs_a_gpu_and_auto_prefers_it(fake_trt, small_onnx, monkeypatch, tmp_path):
+    from optimize.engines import EngineBuildError, load_tensorrt
+
+    fake_trt("11.1.0.5")
+    assert load_tensorrt("auto")[1] == "trt11"  # tensorrt importable and a GPU present
+    monkeypatch.setattr(em, "probe_gpu", lambda device=0: (None, "cudaErrorInsufficientDriver"))
+    assert load_tensorrt("auto")[1] == "rtx"  # no GPU: tensorrt cannot build, tensorrt_rtx can
+    with pytest.raises(EngineBuildError, match="needs an NVIDIA GPU to build.*--flavor rtx"):
+        load_tensorrt("trt")

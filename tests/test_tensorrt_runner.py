@@ -1,0 +1,663 @@
+"""TensorRTRunner (runtime/tensorrt_backend.py).
+
+Three groups:
+- CPU, real modules: importing needs no tensorrt/CUDA; without a GPU the runner raises a clear BackendError.
+- CPU, FAKE tensorrt runtime + FAKE cuda-python (both below): drive the runner's own logic (shapes, buffer
+  growth, pinned copies, CUDA-graph capture/replay/fallback, one context per thread, clean-up). They prove the
+  call sequence and bookkeeping, not TensorRT or CUDA behaviour.
+- ``@pytest.mark.gpu``: the real thing against ONNX Runtime, run only where an NVIDIA GPU is present.
+"""
+from __future__ import annotations
+
+import ctypes
+import enum
+import hashlib
+import json
+import subprocess
+import sys
+import threading
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime import engine_manifest as em
+from runtime.base import DimBounds, IOInfo
+from runtime.errors import BackendError, EngineMismatchError, InputError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---- CPU, real modules ------------------------------------------------------------------------------
+def test_import_needs_no_tensorrt_cuda_torch_or_onnx():
+    code = (
+        "import sys\n"
+        "for m in ('tensorrt', 'tensorrt_rtx', 'cuda', 'cuda.bindings', 'torch', 'onnx'):\n"
+        "    sys.modules[m] = None  # any import of these now raises ImportError\n"
+        "import runtime.tensorrt_backend, runtime.engine_manifest\n"
+        "from runtime.tensorrt_backend import TensorRTRunner\n"
+        "info, why = runtime.engine_manifest.probe_gpu()\n"
+        "assert info is None and 'cuda-python is not installed' in why, why\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_no_gpu_gives_a_clear_backend_error(tmp_path):
+    trt = pytest.importorskip("tensorrt_rtx")
+    if em.probe_gpu()[0] is not None:
+        pytest.skip("a GPU is present: this checks the no-GPU path")
+    import onnx
+    from onnx import TensorProto, helper
+
+    from optimize.engines import build_engine
+    from zoo.spec import DimRange, ModelSpec, TensorSpec
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
+    m = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "g", [x], [y]),
+                          opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(tmp_path / "fp32.sim.onnx"))
+    spec = ModelSpec("relu", "custom", [TensorSpec("x", "float32", ("batch", 4))],
+                     [TensorSpec("y", "float32", ("batch", 4))], {"batch": DimRange(1, 2, 8)}, [])
+    engine = tmp_path / "fp32.rtx.engine"
+    build_engine(tmp_path / "fp32.sim.onnx", engine, spec, flavor="rtx")
+    from runtime.tensorrt_backend import TensorRTRunner
+
+    with pytest.raises(BackendError, match=r"^no NVIDIA GPU/CUDA driver: .*needs one to run \(tensorrt_rtx "):
+        TensorRTRunner(engine)
+    from runtime.loader import open_runner  # the shared loader dispatches .engine here
+
+    with pytest.raises(BackendError, match="no NVIDIA GPU/CUDA driver"):
+        open_runner(engine)
+    assert trt.__version__
+
+
+# ---- CPU, fake tensorrt runtime + fake cuda-python ------------------------------------------------
+class _Err(enum.IntEnum):
+    cudaSuccess = 0
+    cudaErrorInvalidValue = 1
+    cudaErrorStreamCaptureInvalidated = 901
+
+
+class _FakeStream:
+    def __init__(self, handle: int) -> None:
+        self.handle, self.capturing, self.invalidated = handle, None, False
+
+    def __int__(self) -> int:
+        return self.handle
+
+
+class FakeCudart:
+    """Host memory stands in for device memory; copies run at once unless the stream is capturing."""
+
+    cudaError_t = _Err
+    cudaMemcpyKind = enum.IntEnum("cudaMemcpyKind", {"cudaMemcpyHostToDevice": 1, "cudaMemcpyDeviceToHost": 2})
+    cudaStreamCaptureMode = enum.IntEnum("cudaStreamCaptureMode", {"cudaStreamCaptureModeGlobal": 0,
+                                                                   "cudaStreamCaptureModeThreadLocal": 2})
+    cudaStreamNonBlocking = 1
+
+    def __init__(self) -> None:
+        self.mem: dict[int, tuple[str, ctypes.Array]] = {}
+        self.streams: dict[int, _FakeStream] = {}
+        self.graphs: set[int] = set()
+        self.mallocs = 0
+        self.lock = threading.Lock()
+        self._next = 100
+
+    def _ok(self, *values):
+        return (_Err.cudaSuccess, *values)
+
+    def cudaSetDevice(self, d):
+        return self._ok()
+
+    def _alloc(self, n, kind):
+        buf = ctypes.create_string_buffer(int(n))
+        with self.lock:
+            self.mem[ctypes.addressof(buf)] = (kind, buf)
+            self.mallocs += 1
+        return self._ok(ctypes.addressof(buf))
+
+    def cudaMalloc(self, n):
+        return self._alloc(n, "device")
+
+    def cudaMallocHost(self, n):
+        return self._alloc(n, "pinned")
+
+    def _free(self, ptr, kind):
+        with self.lock:
+            if self.mem.get(ptr, ("?",))[0] != kind:
+                return (_Err.cudaErrorInvalidValue,)
+            del self.mem[ptr]
+        return self._ok()
+
+    def cudaFree(self, ptr):
+        return self._free(ptr, "device")
+
+    def cudaFreeHost(self, ptr):
+        return self._free(ptr, "pinned")
+
+    def cudaStreamCreateWithFlags(self, flags):
+        assert flags == self.cudaStreamNonBlocking
+        with self.lock:
+            self._next += 1
+            s = self.streams[self._next] = _FakeStream(self._next)
+        return self._ok(s)
+
+    def cudaStreamDestroy(self, s):
+        with self.lock:
+            del self.streams[s.handle]
+        return self._ok()
+
+    def cudaStreamSynchronize(self, s):
+        return self._ok()
+
+    def _kind(self, ptr):
+        for base, (kind, buf) in self.mem.items():
+            if base <= ptr < base + len(buf):
+                return kind
+        return "pageable"
+
+    def cudaMemcpyAsync(self, dst, src, n, kind, stream):
+        want = ("device", "pinned") if kind == self.cudaMemcpyKind.cudaMemcpyHostToDevice else ("pinned", "device")
+        if (self._kind(dst), self._kind(src)) != want:
+            return (_Err.cudaErrorInvalidValue,)
+
+        def op():
+            ctypes.memmove(dst, src, n)
+
+        if stream.capturing is not None:
+            stream.capturing.append(op)
+        else:
+            op()
+        return self._ok()
+
+    def cudaStreamBeginCapture(self, s, mode):
+        assert mode == self.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        s.capturing, s.invalidated = [], False
+        return self._ok()
+
+    def cudaStreamEndCapture(self, s):
+        ops, s.capturing = s.capturing, None
+        if s.invalidated:
+            return (_Err.cudaErrorStreamCaptureInvalidated, None)
+        g = types.SimpleNamespace(ops=ops)
+        self.graphs.add(id(g))
+        return self._ok(g)
+
+    def cudaGraphInstantiate(self, g, flags):
+        ge = types.SimpleNamespace(ops=list(g.ops))
+        self.graphs.add(id(ge))
+        return self._ok(ge)
+
+    def cudaGraphLaunch(self, ge, s):
+        for op in ge.ops:
+            op()
+        return self._ok()
+
+    def cudaGraphExecDestroy(self, ge):
+        self.graphs.discard(id(ge))
+        return self._ok()
+
+    def cudaGraphDestroy(self, g):
+        self.graphs.discard(id(g))
+        return self._ok()
+
+    def cudaGetErrorName(self, e):
+        return self._ok(_Err(e).name.encode())
+
+    def cudaGetErrorString(self, e):
+        return self._ok(b"fake error")
+
+
+def fake_tensorrt_runtime(cudart: FakeCudart, version: str = "10.3.0.26", capture_fails: bool = False,
+                          execute_fails: bool = False):
+    """An engine computing y = 2 * x + 1 for x (batch 1..64, 4) float32, with the tensorrt 10 runtime API."""
+    mod = types.ModuleType("tensorrt")
+    mod.__version__ = version
+    mod.ILogger = type("ILogger", (), {"Severity": types.SimpleNamespace(INTERNAL_ERROR=0, ERROR=1, WARNING=2, INFO=3,
+                                                                           VERBOSE=4), "__init__": lambda self: None})
+    mod.TensorIOMode = types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
+    mod.nptype = lambda dt: dt
+    mod.runtimes, mod.contexts = [], []
+    profile = [(1, 4), (8, 4), (64, 4)]
+
+    class Context:
+        def __init__(self) -> None:
+            self.shape, self.addr, self.threads, self.executions = None, {}, set(), 0
+            self.active_optimization_profile = 0
+
+        def set_input_shape(self, name, shape):
+            if name != "x" or len(shape) != 2 or shape[1] != 4 or not 1 <= shape[0] <= 64:
+                return False
+            self.shape = tuple(shape)
+            return True
+
+        def infer_shapes(self):
+            return [] if self.shape else ["x"]
+
+        all_binding_shapes_specified = property(lambda self: self.shape is not None)
+
+        def get_tensor_shape(self, name):
+            return self.shape if self.shape else (-1, 4)
+
+        def set_tensor_address(self, name, ptr):
+            self.addr[name] = ptr
+            return True
+
+        def execute_async_v3(self, handle):
+            assert isinstance(handle, int) and handle != 0  # a real, non-default stream handle
+            self.threads.add(threading.get_ident())
+            stream = cudart.streams[handle]
+            n = int(np.prod(self.shape))
+            x_ptr, y_ptr = self.addr["x"], self.addr["y"]
+
+            def op():
+                x = np.frombuffer((ctypes.c_float * n).from_address(x_ptr), dtype=np.float32)
+                y = np.frombuffer((ctypes.c_float * n).from_address(y_ptr), dtype=np.float32)
+                y[:] = 2 * x + 1
+
+            if execute_fails:
+                return False
+            if stream.capturing is not None:
+                if capture_fails:
+                    stream.invalidated = True
+                    return False
+                stream.capturing.append(op)
+            else:
+                self.executions += 1
+                op()
+            return True
+
+    class Engine:
+        num_io_tensors, num_optimization_profiles = 2, 1
+
+        def get_tensor_name(self, i):
+            return ["x", "y"][i]
+
+        def get_tensor_mode(self, n):
+            return mod.TensorIOMode.INPUT if n == "x" else mod.TensorIOMode.OUTPUT
+
+        def get_tensor_dtype(self, n):
+            return np.float32
+
+        def get_tensor_shape(self, n):
+            return (-1, 4)
+
+        def get_tensor_profile_shape(self, n, k):
+            assert n == "x" and k == 0
+            return profile
+
+        def is_shape_inference_io(self, n):
+            return False
+
+        def create_execution_context(self):
+            ctx = Context()
+            mod.contexts.append(ctx)
+            return ctx
+
+    class Runtime:
+        def __init__(self, logger) -> None:
+            mod.runtimes.append(self)
+            self.deserialized = 0
+
+        def deserialize_cuda_engine(self, data):
+            self.deserialized += 1
+            return Engine() if bytes(data).startswith(b"FAKE-ENGINE") else None
+
+    mod.Runtime = Runtime
+    return mod
+
+
+GPU = {"name": "NVIDIA Jetson AGX Orin", "compute_capability": "8.7", "device": 0, "cuda_runtime": "12.6",
+       "cuda_driver": "12.6"}
+
+
+def write_fake_engine(path: Path, version: str = "10.3.0.26") -> Path:
+    data = b"FAKE-ENGINE y=2x+1"
+    path.write_bytes(data)
+    em.write_manifest(path, {
+        "format": em.MANIFEST_FORMAT, "engine": path.name, "engine_sha256": hashlib.sha256(data).hexdigest(),
+        "engine_bytes": len(data), "model": "fake", "precision": "fp32", "flavor": em.flavor_of("tensorrt", version),
+        "tensorrt": {"module": "tensorrt", "version": version},
+        "built_on": {"name": GPU["name"], "compute_capability": GPU["compute_capability"]},
+        "targets": {"gpu": GPU["name"], "compute_capability": "8.7"}, "builder": {"hardware_compatibility": None},
+        "spec": {"inputs": [{"name": "x", "dtype": "float32", "shape": ["batch", 4]}],
+                 "outputs": [{"name": "y", "dtype": "float32", "shape": ["batch", 4]}],
+                 "dynamic": {"batch": {"min": 1, "opt": 8, "max": 64}}},
+    })
+    return path
+
+
+@pytest.fixture
+def fake(monkeypatch, tmp_path):
+    """Install fake cuda-python + fake tensorrt; return a factory (engine path, cudart, trt module)."""
+    import runtime.tensorrt_backend as tb
+
+    cudart = FakeCudart()
+    monkeypatch.setattr(tb, "_LOGGERS", {})
+    monkeypatch.setattr(em, "probe_gpu", lambda device=0: (dict(GPU), ""))
+    monkeypatch.setattr(em, "import_cudart", lambda: cudart)
+
+    def make(**kw):
+        mod = fake_tensorrt_runtime(cudart, **kw)
+        monkeypatch.setitem(sys.modules, "tensorrt", mod)
+        return write_fake_engine(tmp_path / "fp32.trt10.engine"), cudart, mod
+
+    return make
+
+
+def _x(batch: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((batch, 4)).astype(np.float32)
+
+
+def test_fake_contract_shapes_and_buffer_growth(fake):
+    from runtime.tensorrt_backend import TensorRTRunner
+
+    engine, cudart, mod = fake()
+    with TensorRTRunner(engine) as r:
+        assert (r.flavor, r.version) == ("trt10", "10.3.0.26")
+        assert r.inputs == [IOInfo("x", "float32", ("batch", 4))] and r.outputs == [IOInfo("y", "float32", ("batch", 4))]
+        assert r.contract.bounds == {"batch": DimBounds(1, 64)}  # from get_tensor_profile_shape
+        for b in (2, 5, 3, 64, 1):
+            x = _x(b, seed=b)
+            np.testing.assert_array_equal(r.infer({"x": x})["y"], 2 * x + 1)
+        # x, y: device + pinned each, first at batch 2 (256-byte minimum); grown for 5 (80 B still fits) -> only
+        # batch 64 (1024 B) reallocates: 4 + 4 allocations in all
+        assert cudart.mallocs == 8
+        assert len(mod.contexts) == 1 and mod.contexts[0].executions == 5
+    assert cudart.mem == {} and cudart.streams == {}
+
+
+def test_fake_bad_feeds_raise_input_error_before_execution(fake):
+    from runtime.tensorrt_backend import TensorRTRunner
+
+    engine, _, mod = fake()
+    with TensorRTRunner(engine) as r:
+        with pytest.raises(InputError, match=r"input 'x': got dtype float64, expected float32"):
+            r.infer({"x": _x(2).astype(np.float64)})
+        with pytest.raises(InputError, match=r"axis 0 'batch' = 65 is outside 1..64"):
+            r.infer({"x": _x(65)})
+        with pytest.raises(InputError, match=r"missing input\(s\) \['x'\].*unknown input\(s\) \['pixels'\]"):
+            r.infer({"pixels": _x(2)})
+        with pytest.raises(InputError, match=r"axis 1 must be 4"):
+            r.infer({"x": np.zeros((2, 5), np.float32)})
+        assert not mod.contexts  # nothing reached TensorRT: no context was even created
+
+
+def test_fake_cuda_graph_capture_replay_and_recapture(fake):
+    from runtime.tensorrt_backend import TensorRTRunner
+
+    engine, cudart, mod = fake()
+    with TensorRTRunner(engine, use_cuda_graph=True) as g, TensorRTRunner(engine) as plain:
+        for b, seed in ((2, 0), (2, 1), (2, 2), (3, 3), (3, 4)):
+            x = _x(b, seed)
+            np.testing.assert_array_equal(g.infer({"x": x})["y"], plain.infer({"x": x})["y"])
+        # batch 2: warm-up + capture, then 2 replays; batch 3: recapture (old graph destroyed), 1 replay
+        assert g.graph_stats == {"captures": 2, "launches": 3, "fallbacks": 0}
+        graph_ctx = mod.contexts[0]
+        assert graph_ctx.executions == 2  # only the two uncaptured warm-up runs executed directly
+        assert len(cudart.graphs) == 2  # one live graph + its exec
+    assert not cudart.graphs
+
+
+def test_fake_cuda_graph_capture_failure_falls_back(fake, caplog):
+    from runtime.tensorrt_backend import TensorRTRunner
+
+    engine, _, mod = fake(capture_fails=True)
+    with TensorRTRunner(engine, use_cuda_graph=True) as r:
+        for seed in range(3):
+            x = _x(4, seed)
+            np.testing.assert_array_equal(r.infer({"x": x})["y"], 2 * x + 1)
+        assert r.graph_stats == {"captures": 0, "launches": 0, "fallbacks": 1}  # not retried at the same shape
+        assert mod.contexts[0].executions == 3
+    assert "CUDA graph capture failed" in caplog.text
+
+
+def test_fake_one_context_per_thread(fake):
+    from runtime.tensorrt_backend import TensorRTRunner
+
+    engine, cudart, mod = fake()
+    errors: list[BaseException] = []
+    together = threading.Barrier(4)
+    with TensorRTRunner(engine) as r:
+        def work(k: int) -> None:
+            try:
+                together.wait(timeout=30)
+                for i in range(5):
+                    x = _x(1 + (k + i) % 7, seed=10 * k + i)
+                    np.testing.assert_array_equal(r.infer({"x": x})["y"], 2 * x + 1)
+                together.wait(timeout=30)  # all four alive at once: four distinct threads
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        assert len(mod.contexts) == 4 and all(len(c.threads) == 1 for c in mod.contexts)
+        assert len({next(iter(c.threads)) for c in mod.contexts}) == 4
+        assert len(cudart.streams) == 4 and len(r._states) == 4
+        x = _x(2)
+        np.testing.assert_array_equal(r.infer({"x": x})["y"], 2 * x + 1)  # main thread: new context; the
+        assert len(r._states) == 1 and len(cudart.streams) == 1        # exited threads' states are freed
+    assert cudart.mem == {} and cudart.streams == {}
+
+
+def test_fake_close_frees_everything_and_blocks_use(fake):
+    from runtime.tensorrt_backend import TensorRTRunner
+
+    engine, cudart, _ = fake()
+    r = TensorRTRunner(engine, use_cuda_graph=True)
+    r.infer({"x": _x(3)})
+    assert cudart.mem and cudart.streams and cudart.graphs
+    r.close()
+    assert cudart.mem == {} and cudart.streams == {} and not cudart.graphs
+    r.close()  # idempotent
+    with pytest.raises(BackendError, match="closed"):
+        r.infer({"x": _x(3)})
+
+
+def test_fake_execute_false_is_a_backend_error(fake):
+    from runtime.tensorrt_backend import TensorRTRunner
+
+    engine, _, _ = fake(execute_fails=True)
+    with TensorRTRunner(engine) as r, pytest.raises(BackendError, match="execute_async_v3 returned False"):
+        r.infer({"x": _x(2)})
+
+
+def test_fake_mismatch_stops_before_the_runtime_exists(fake):
+    from runtime.tensorrt_backend import TensorRTRunner
+
+    engine, _, mod = fake(version="10.3.0.30")  # installed 10.3.0.30, engine built with 10.3.0.26
+    with pytest.raises(EngineMismatchError, match=r"TensorRT version: engine built with 10.3.0.26, installed is 10.3.0.30"):
+        TensorRTRunner(engine)
+    assert mod.runtimes == []
+    em.manifest_path(engine).unlink()
+    with pytest.raises(EngineMismatchError, match="is missing"):
+        TensorRTRunner(engine)
+    assert mod.runtimes == []
+    r = TensorRTRunner(engine, check_manifest=False)  # explicit opt-out: loads without a manifest
+    try:
+        assert r.inputs[0].shape == ("x_dim0", 4) and r.manifest is None  # no spec: dims named by position
+    finally:
+        r.close()
+
+
+def test_fake_other_gpu_is_refused(fake, monkeypatch):
+    from runtime.tensorrt_backend import TensorRTRunner
+
+    engine, _, mod = fake()
+    monkeypatch.setattr(em, "probe_gpu", lambda device=0: ({**GPU, "name": "NVIDIA A100", "compute_capability": "8.0"},
+                                                           ""))
+    with pytest.raises(EngineMismatchError, match=r"engine built on 8.7, this GPU is 8.0.*'NVIDIA Jetson AGX Orin', "
+                                                  r"this GPU is 'NVIDIA A100'"):
+        TensorRTRunner(engine)
+    assert mod.runtimes == []
+
+
+# ---- GPU: the real runner against ONNX Runtime ------------------------------------------------------
+MODELS = ("text_transformer", "attention_cnn", "vit")
+SOURCES = {"fp32": "fp32.sim.onnx", "fp16": "fp16.onnx", "int8": "int8.qdq.onnx"}
+# TensorRT vs ONNX Runtime CPU on the SAME graph: fp32 allows TF32 tactics; int8 kernels round differently.
+TOL = {"fp32": (5e-3, 0.9999), "fp16": (5e-2, 0.999), "int8": (0.25, 0.99)}
+
+
+def _sizes(spec) -> list[dict[str, int]]:
+    out = [{k: r.min for k, r in spec.dynamic.items()}, {k: r.opt for k, r in spec.dynamic.items()},
+           {k: r.max for k, r in spec.dynamic.items()}, {"batch": 3}]
+    if "sequence" in spec.dynamic:
+        out.append({"batch": 2, "sequence": max(1, spec.dynamic["sequence"].max // 2 - 1)})
+    return out
+
+
+@pytest.fixture(scope="module")
+def gpu_artifacts(tmp_path_factory):
+    """The pipeline's three sources per tiny model, and an engine for each with flavour auto."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from export.onnx_export import export_model
+    from optimize.engines import build_engine, load_tensorrt
+    from optimize.simplify import simplify_file
+    from tests.conftest import tiny_model
+
+    art = tmp_path_factory.mktemp("gpu_artifacts")
+    flavor = load_tensorrt("auto")[1]  # tensorrt 10/11 when installed (a GPU is present here), else rtx
+    engines = {}
+    for name in MODELS:
+        folder = art / name
+        built = tiny_model(name)
+        export_model(built, folder / "fp32.onnx")
+        simplify_file(folder / "fp32.onnx", folder / "fp32.sim.onnx")
+        onnx.save(convert_float_to_float16(onnx.load(str(folder / "fp32.sim.onnx")), keep_io_types=True),
+                  str(folder / "fp16.onnx"))
+
+        class Reader(CalibrationDataReader):
+            def __init__(self, spec=built.spec) -> None:
+                self.it = iter([spec.example_inputs(seed=i) for i in range(8)])
+
+            def get_next(self):
+                return next(self.it, None)
+
+        quantize_static(str(folder / "fp32.sim.onnx"), str(folder / "int8.qdq.onnx"), Reader(),
+                        quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
+                        weight_type=QuantType.QInt8, op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+                        extra_options={"QuantizeBias": False, "ActivationSymmetric": True, "WeightSymmetric": True})
+        for prec, src in SOURCES.items():
+            engine = folder / em.engine_file_name(prec, flavor)
+            man = build_engine(folder / src, engine, built.spec, flavor=flavor, precision=prec)
+            engines[name, prec] = (folder / src, engine, built.spec, man)
+    return engines
+
+
+def _compare(a: np.ndarray, b: np.ndarray, prec: str) -> None:
+    max_abs, min_cos = TOL[prec]
+    assert a.shape == b.shape and np.isfinite(a).all()
+    cos = float(np.dot(a.ravel(), b.ravel()) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
+    assert np.abs(a - b).max() <= max_abs and cos >= min_cos, (np.abs(a - b).max(), cos)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("prec", list(SOURCES))
+@pytest.mark.parametrize("name", MODELS)
+def test_gpu_parity_with_onnxruntime_over_dynamic_shapes(gpu_artifacts, name, prec):
+    from runtime.ort_backend import OrtRunner
+    from runtime.tensorrt_backend import TensorRTRunner
+
+    src, engine, spec, man = gpu_artifacts[name, prec]
+    with OrtRunner(src, providers="cpu", opt_level="extended") as ref, TensorRTRunner(engine) as r:
+        assert [i.name for i in r.inputs] == [t.name for t in spec.inputs]
+        assert {k: (b.min, b.max) for k, b in r.contract.bounds.items()} == \
+            {k: (d.min, d.max) for k, d in spec.dynamic.items()}
+        for t in spec.inputs:  # the deserialised engine's profile (get_tensor_profile_shape) == the manifest's
+            assert r._profiles[0][t.name] == tuple(tuple(man["profiles"][0][t.name][w]) for w in ("min", "opt", "max"))
+        for i, sizes in enumerate(_sizes(spec)):
+            feed = spec.example_inputs(sizes, seed=i)
+            got, want = r.infer(feed), ref.infer(feed)
+            for o in spec.outputs:
+                _compare(got[o.name], want[o.name], prec)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", MODELS)
+def test_gpu_bad_feeds_raise_input_error(gpu_artifacts, name):
+    from runtime.tensorrt_backend import TensorRTRunner
+
+    _, engine, spec, _ = gpu_artifacts[name, "fp16"]
+    t = spec.inputs[0]
+    with TensorRTRunner(engine) as r:
+        ok = spec.example_inputs({"batch": 2})
+        with pytest.raises(InputError, match="outside 1..64"):
+            r.infer(spec.example_inputs({"batch": 65}))
+        with pytest.raises(InputError, match="got dtype"):
+            r.infer({t.name: ok[t.name].astype(np.float64 if t.dtype == "int64" else np.int64)})
+        with pytest.raises(InputError, match="missing input"):
+            r.infer({})
+        r.infer(ok)  # still usable after refused feeds
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", MODELS)
+def test_gpu_cuda_graph_equals_plain(gpu_artifacts, name):
+    from runtime.tensorrt_backend import TensorRTRunner
+
+    _, engine, spec, man = gpu_artifacts[name, "fp16"]
+    with TensorRTRunner(engine, use_cuda_graph=True) as g, TensorRTRunner(engine) as plain:
+        for i, sizes in enumerate([{"batch": 4}, {"batch": 4}, {"batch": 4}, {"batch": 2}, {"batch": 2}]):
+            feed = spec.example_inputs(sizes, seed=i)
+            a, b = g.infer(feed), plain.infer(feed)
+            for k in a:
+                np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-5)
+        if man["flavor"] != "rtx":  # tensorrt 10/11: our own capture; RTX captures inside its runtime
+            stats = g.graph_stats
+            assert stats["captures"] + stats["fallbacks"] == 2  # one capture attempt per new shape
+            if stats["fallbacks"] == 0:
+                assert stats == {"captures": 2, "launches": 3, "fallbacks": 0}
+
+
+@pytest.mark.gpu
+def test_gpu_one_context_per_thread(gpu_artifacts):
+    from runtime.tensorrt_backend import TensorRTRunner
+
+    _, engine, spec, _ = gpu_artifacts["vit", "fp32"]
+    feeds = [spec.example_inputs({"batch": 1 + k}, seed=k) for k in range(4)]
+    with TensorRTRunner(engine) as r:
+        want = [r.infer(f)["logits"] for f in feeds]
+        results: dict[int, list[np.ndarray]] = {}
+        ran, leave = threading.Barrier(5, timeout=120), threading.Barrier(5, timeout=120)
+
+        def work(k: int) -> None:
+            results[k] = [r.infer(feeds[k])["logits"] for _ in range(5)]
+            ran.wait()
+            leave.wait()
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        ran.wait()
+        assert len(r._states) == 5  # all alive: the main thread's context + one per worker
+        leave.wait()
+        for t in threads:
+            t.join()
+        for k in range(4):
+            assert len(results[k]) == 5
+            for out in results[k]:
+                np.testing.assert_allclose(out, want[k], rtol=0, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_gpu_manifest_records_the_gpu(gpu_artifacts):
+    _, engine, _, man = gpu_artifacts["vit", "fp16"]
+    gpu, _ = em.probe_gpu()
+    assert gpu is not None
+    if man["flavor"] != "rtx":
+        assert man["built_on"] == {"name": gpu["name"], "compute_capability": gpu["compute_capability"]}
+    assert json.loads(em.manifest_path(engine).read_text())["engine_sha256"] == em.sha256_file(engine)
