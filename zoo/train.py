@@ -45,8 +45,8 @@ class Recipe:
 
 
 RECIPES: dict[str, Recipe] = {
-    "attention_cnn": Recipe(epochs=4, lr=3e-3, batch_size=128, weight_decay=0.01),
-    "vit": Recipe(epochs=12, lr=2e-3, batch_size=128, weight_decay=0.05, label_smoothing=0.1),
+    "attention_cnn": Recipe(epochs=3, lr=3e-3, batch_size=128, weight_decay=0.01),
+    "vit": Recipe(epochs=10, lr=2e-3, batch_size=128, weight_decay=0.05, label_smoothing=0.1),
     "text_transformer": Recipe(epochs=5, lr=5e-4, batch_size=64, weight_decay=0.05, label_smoothing=0.1,
                                aux_imdb=10000, overrides={"vocab_size": 8000, "max_len": 64, "dropout": 0.2}),
 }
@@ -135,7 +135,8 @@ def train_model(name: str, artifacts: Path, recipe: Recipe | None = None, force:
         from zoo.tokenizer import train_tokenizer
 
         train_tokenizer(ds.train.x, recipe.tokenizer_vocab, probe.spec.preprocess["max_len"],
-                        model_dir / probe.spec.preprocess["tokenizer"])
+                        model_dir / probe.spec.preprocess["tokenizer"],
+                        truncation_side=probe.config.get("truncation_side", "right"))
     seed_everything(recipe.seed)
     built = create_model(name, **recipe.overrides)
     model = built.module
@@ -174,7 +175,8 @@ def train_model(name: str, artifacts: Path, recipe: Recipe | None = None, force:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
-            run_loss = 0.9 * run_loss + 0.1 * float(loss) if i else float(loss)
+            lv = loss.item()
+            run_loss = 0.9 * run_loss + 0.1 * lv if i else lv
             bar.set_postfix(loss=f"{run_loss:.3f}")
         val_acc, val_loss = evaluate(model, xva, yva, pad_id=pad_id)
         history.append({"epoch": epoch + 1, "train_loss": round(run_loss, 4), "val_accuracy": val_acc,

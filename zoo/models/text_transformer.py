@@ -26,6 +26,8 @@ class TextTransformerConfig:
     num_classes: int = 2
     pad_id: int = 0
     cls_id: int = 2
+    dataset: str = "imdb"  # "imdb" or "rotten_tomatoes" (the model itself does not depend on it)
+    truncation_side: str = "left"  # long texts keep their end (see zoo.tokenizer)
 
 
 class TextTransformer(nn.Module):
