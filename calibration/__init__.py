@@ -1,0 +1,25 @@
+"""Calibration data and range caches for INT8 (numpy only; onnxruntime / tensorrt are never imported here).
+
+- :class:`CalibrationData`: ONE deterministic, rewindable iterable of batched feed dicts
+  (``dict[input name, np.ndarray]``) drawn from a dataset's TRAINING split only (or seeded synthetic
+  images for parity-only models).
+- :class:`OrtCalibrationReader`: the ONNX Runtime ``CalibrationDataReader`` protocol (``get_next``/``rewind``).
+- :class:`TrtCalibratorAdapter` / :func:`make_tensorrt_calibrator`: the TensorRT calibrator protocol
+  (``get_batch_size``/``get_batch``/``read_calibration_cache``/``write_calibration_cache``).
+- :class:`RangeCache`: computed ranges (tensor -> min/max/amax/scale) keyed by the data's sha256, the
+  model's sha256 and the calibration method; reused when nothing changed, invalidated otherwise.
+"""
+from calibration.cache import CacheKey, RangeCache, TensorRange, trt_cache_text
+from calibration.readers import (
+    CALIBRATION_METHODS,
+    CalibrationData,
+    CalibrationError,
+    OrtCalibrationReader,
+    TrtCalibratorAdapter,
+    make_tensorrt_calibrator,
+)
+
+__all__ = [
+    "CALIBRATION_METHODS", "CacheKey", "CalibrationData", "CalibrationError", "OrtCalibrationReader", "RangeCache",
+    "TensorRange", "TrtCalibratorAdapter", "make_tensorrt_calibrator", "trt_cache_text",
+]

@@ -1,0 +1,375 @@
+"""Calibration data: ONE deterministic, rewindable iterable of batched feed dicts, plus two adapters.
+
+    data = CalibrationData.from_dataset(spec, load_dataset(spec.dataset), model_dir, size=256, batch_size=32)
+    for feed in data: ...                    # dict[input name, np.ndarray]; iterate again = same batches
+    OrtCalibrationReader(data)               # onnxruntime.quantization CalibrationDataReader (get_next/rewind)
+    TrtCalibratorAdapter(data, cache_path)   # TensorRT calibrator protocol (get_batch/read/write cache)
+
+Samples come from the dataset's TRAINING split only (seeded choice without replacement); validation and
+test splits are never touched here. Parity-only models (no dataset) use :meth:`CalibrationData.synthetic_images`:
+seeded smooth multi-octave noise, closer to natural image statistics than white noise.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+log = logging.getLogger("edgeattn.calibration")
+
+# The calibration methods we expose, by onnxruntime.quantization.CalibrationMethod member name.
+CALIBRATION_METHODS = ("MinMax", "Entropy", "Percentile")
+
+
+class CalibrationError(ValueError):
+    """Calibration data cannot be built or used; the message says which input/split and what was expected."""
+
+
+def _spec_attr(spec: Any, name: str, default: Any = None) -> Any:
+    return getattr(spec, name, default) if not isinstance(spec, Mapping) else spec.get(name, default)
+
+
+def encode_inputs(spec: Any, x: np.ndarray | Sequence[str], model_dir: str | os.PathLike | None = None) -> np.ndarray:
+    """Raw split data -> model input array, exactly as training saw it.
+
+    Images: uint8 (N, H, W) -> float32 (N, C, H, W) normalised with the spec's mean/std.
+    Text: sentences -> int64 (N, max_len) ids from ``<model_dir>/<tokenizer>``, padded with pad_id.
+    """
+    from runtime.preprocess import normalize_images
+
+    pp = dict(_spec_attr(spec, "preprocess", {}) or {})
+    kind = pp.get("kind")
+    if kind == "image":
+        arr = np.asarray(x)
+        if arr.ndim == 4 and arr.dtype == np.float32:  # already normalised
+            return arr
+        return normalize_images(arr, pp["mean"], pp["std"])
+    if kind == "text":
+        from runtime.preprocess import TextEncoder
+
+        if model_dir is None:
+            raise CalibrationError("text calibration: model_dir is needed to find the tokenizer JSON")
+        enc = TextEncoder(Path(model_dir) / pp.get("tokenizer", "tokenizer.json"))
+        return enc.encode(list(x), pad_to=int(pp.get("max_len", 0)) or None)
+    raise CalibrationError(f"spec preprocess kind: got {kind!r}, expected 'image' or 'text'")
+
+
+def trim_padding(ids: np.ndarray, pad_id: int = 0) -> np.ndarray:
+    """Drop trailing columns that are padding in every row of an int batch (B, T) -> (B, T')."""
+    if ids.dtype.kind not in "iu" or ids.ndim != 2:
+        return ids
+    used = np.nonzero((ids != pad_id).any(axis=0))[0]
+    keep = int(used.max()) + 1 if used.size else 1
+    return ids[:, :keep]
+
+
+def batch_feeds(arrays: Mapping[str, np.ndarray], batch_size: int, pad_id: int | None = None) -> list[dict[str, np.ndarray]]:
+    """Split aligned arrays (same leading dim) into feed dicts of ``batch_size`` rows (last may be smaller).
+    With ``pad_id``, int inputs are trimmed to the longest row of each batch."""
+    if batch_size < 1:
+        raise CalibrationError(f"batch_size: got {batch_size}, expected >= 1")
+    names = list(arrays)
+    if not names:
+        raise CalibrationError("calibration arrays: got none, expected at least one input")
+    n = len(arrays[names[0]])
+    bad = {k: len(v) for k, v in arrays.items() if len(v) != n}
+    if bad:
+        raise CalibrationError(f"calibration arrays: leading dims differ ({n} for '{names[0]}', {bad})")
+    out = []
+    for i in range(0, n, batch_size):
+        feed = {}
+        for k in names:
+            a = np.asarray(arrays[k][i:i + batch_size])
+            feed[k] = trim_padding(a, pad_id) if pad_id is not None else a
+        out.append(feed)
+    return out
+
+
+def _smooth_noise(rng: np.random.Generator, c: int, h: int, w: int, cells: int) -> np.ndarray:
+    """(c, h, w) bilinear interpolation of a (c, cells+1, cells+1) Gaussian grid."""
+    grid = rng.standard_normal((c, cells + 1, cells + 1)).astype(np.float32)
+    ys, xs = np.linspace(0, cells, h, dtype=np.float32), np.linspace(0, cells, w, dtype=np.float32)
+    y0, x0 = np.minimum(ys.astype(int), cells - 1), np.minimum(xs.astype(int), cells - 1)
+    fy, fx = (ys - y0)[:, None], (xs - x0)[None, :]
+    g00, g01 = grid[:, y0][:, :, x0], grid[:, y0][:, :, x0 + 1]
+    g10, g11 = grid[:, y0 + 1][:, :, x0], grid[:, y0 + 1][:, :, x0 + 1]
+    return (g00 * (1 - fy) * (1 - fx) + g01 * (1 - fy) * fx + g10 * fy * (1 - fx) + g11 * fy * fx).astype(np.float32)
+
+
+def synthetic_uint8_images(n: int, channels: int, h: int, w: int, seed: int = 0) -> np.ndarray:
+    """Seeded 'natural-ish' uint8 images (N, C, H, W): 1/f-like multi-octave smooth noise + a little pixel noise."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, channels, h, w), dtype=np.uint8)
+    for i in range(n):
+        x = np.zeros((channels, h, w), np.float32)
+        for octave, cells in enumerate((2, 4, 8, 16)):
+            x += _smooth_noise(rng, channels, h, w, cells) * (0.5 ** octave)
+        x += rng.standard_normal((1, h, w)).astype(np.float32) * 0.6  # shared luminance structure
+        x += rng.standard_normal((channels, h, w)).astype(np.float32) * 0.05
+        x = 1.0 / (1.0 + np.exp(-1.5 * (x + rng.normal(0, 0.5))))  # brightness shift per image
+        out[i] = np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
+    return out
+
+
+def normalize_nchw(u8: np.ndarray, mean: Any, std: Any) -> np.ndarray:
+    """uint8 (N, C, H, W) -> float32 with scalar or per-channel mean/std."""
+    m = np.asarray(mean, np.float32).reshape(-1, 1, 1) if isinstance(mean, (list, tuple)) else np.float32(mean)
+    s = np.asarray(std, np.float32).reshape(-1, 1, 1) if isinstance(std, (list, tuple)) else np.float32(std)
+    return ((u8.astype(np.float32) / 255.0 - m) / s).astype(np.float32)
+
+
+class CalibrationData:
+    """An immutable list of batched feed dicts. Iterating always yields the same batches in the same order
+    (arrays are read-only), so it can be rewound any number of times; ``sha256`` names its exact bytes."""
+
+    def __init__(self, batches: Sequence[Mapping[str, np.ndarray]], source: dict[str, Any] | None = None):
+        if not batches:
+            raise CalibrationError("calibration data: got 0 batches, expected at least one")
+        frozen = []
+        for b in batches:
+            fb = {}
+            for k, v in b.items():
+                a = np.array(v, copy=True, order="C")
+                a.setflags(write=False)
+                fb[k] = a
+            frozen.append(fb)
+        names = [list(b) for b in frozen]
+        if any(n != names[0] for n in names):
+            raise CalibrationError(f"calibration data: batches have different inputs {names[0]} vs others")
+        self._batches = frozen
+        self.source = dict(source or {})
+        self._sha = None
+
+    # ---- constructors -------------------------------------------------------------------------
+    @classmethod
+    def from_dataset(cls, spec: Any, dataset: Any, model_dir: str | os.PathLike | None = None, size: int = 256,
+                     batch_size: int = 32, seed: int = 0, split: str = "train") -> "CalibrationData":
+        """``size`` samples chosen (seeded, without replacement) from ``dataset.train`` and preprocessed as in
+        training. Only the training split is allowed: calibrating on validation/test data leaks them."""
+        if split != "train":
+            raise CalibrationError(f"calibration split: got '{split}', expected 'train' (validation and test data "
+                                   "must never be used for calibration)")
+        if size < 1:
+            raise CalibrationError(f"calibration size: got {size}, expected >= 1")
+        train = dataset.train
+        n = len(train)
+        if n == 0:
+            raise CalibrationError(f"dataset '{getattr(dataset, 'name', '?')}': training split is empty")
+        take = min(size, n)
+        idx = np.random.default_rng(seed).choice(n, size=take, replace=False)
+        xs = np.asarray(train.x)[idx] if isinstance(train.x, np.ndarray) else [train.x[int(i)] for i in idx]
+        arr = encode_inputs(spec, xs, model_dir)
+        inputs = _spec_attr(spec, "inputs")
+        if len(inputs) != 1:
+            raise CalibrationError(f"dataset calibration: model has {len(inputs)} inputs, expected 1")
+        pp = _spec_attr(spec, "preprocess", {}) or {}
+        if pp.get("kind") == "text":
+            # One width for every batch (the longest sentence of the set): ORT's histogram calibrators
+            # (Entropy, Percentile) stack each tensor across batches and need equal shapes.
+            arr = trim_padding(arr, int(pp.get("pad_id", 0)))
+        batches = batch_feeds({inputs[0].name: arr}, batch_size)
+        src = {"kind": "dataset", "dataset": getattr(dataset, "name", None),
+               "dataset_sha256": getattr(dataset, "sha256", None), "split": "train", "seed": seed,
+               "requested": size, "n_samples": take, "batch_size": batch_size,
+               "indices_sha256": hashlib.sha256(np.asarray(idx, np.int64).tobytes()).hexdigest()}
+        return cls(batches, src)
+
+    @classmethod
+    def synthetic_images(cls, spec: Any, size: int = 64, batch_size: int = 8, seed: int = 0) -> "CalibrationData":
+        """Seeded natural-ish images normalised with the spec's mean/std (for models without a dataset)."""
+        inputs = _spec_attr(spec, "inputs")
+        if len(inputs) != 1 or len(inputs[0].shape) != 4:
+            raise CalibrationError(f"synthetic images: expected one (N, C, H, W) input, got {[i.shape for i in inputs]}")
+        pp = _spec_attr(spec, "preprocess", {}) or {}
+        _, c, h, w = inputs[0].shape
+        c = int(pp.get("channels", c)) if isinstance(c, str) else int(c)
+        h, w = (int(h), int(w)) if not isinstance(h, str) else tuple(pp["size"])
+        u8 = synthetic_uint8_images(size, c, h, w, seed=seed)
+        x = normalize_nchw(u8, pp.get("mean", 0.0), pp.get("std", 1.0))
+        src = {"kind": "synthetic_images", "seed": seed, "n_samples": size, "batch_size": batch_size}
+        return cls(batch_feeds({inputs[0].name: x}, batch_size), src)
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], batch_size: int = 32, pad_id: int | None = None,
+                    source: dict[str, Any] | None = None) -> "CalibrationData":
+        """Already-preprocessed aligned arrays (name -> (N, ...)) split into batches."""
+        n = len(next(iter(arrays.values())))
+        return cls(batch_feeds(arrays, batch_size, pad_id),
+                   {"kind": "arrays", "n_samples": n, "batch_size": batch_size, **(source or {})})
+
+    # ---- access ------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return iter([dict(b) for b in self._batches])
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        return dict(self._batches[i])
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self._batches[0])
+
+    @property
+    def batch_size(self) -> int:
+        return int(len(next(iter(self._batches[0].values()))))
+
+    @property
+    def n_samples(self) -> int:
+        return int(sum(len(next(iter(b.values()))) for b in self._batches))
+
+    @property
+    def sha256(self) -> str:
+        """Hash of every batch's names, dtypes, shapes and bytes, in order."""
+        if self._sha is None:
+            h = hashlib.sha256()
+            for b in self._batches:
+                for k in sorted(b):
+                    a = b[k]
+                    h.update(f"{k}|{a.dtype.str}|{a.shape}|".encode())
+                    h.update(a.tobytes())
+            self._sha = h.hexdigest()
+        return self._sha
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.source, "n_samples": self.n_samples, "n_batches": len(self), "sha256": self.sha256}
+
+
+class OrtCalibrationReader:
+    """onnxruntime.quantization ``CalibrationDataReader`` over a :class:`CalibrationData` (duck-typed: ORT's
+    ABC accepts any class with ``get_next``). ``rewind()`` restarts; ``set_range`` supports CalibStridedMinMax."""
+
+    def __init__(self, data: CalibrationData):
+        self.data = data
+        self._start, self._end = 0, len(data)
+        self._pos = 0
+        self.batches_served = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._pos >= self._end:
+            return None
+        feed = self.data[self._pos]
+        self._pos += 1
+        self.batches_served += 1
+        return feed
+
+    def rewind(self) -> None:
+        self._pos = self._start
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._start, self._end = max(0, start_index), min(len(self.data), end_index)
+        self._pos = self._start
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __iter__(self):
+        self.rewind()
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        feed = self.get_next()
+        if feed is None:
+            raise StopIteration
+        return feed
+
+
+class TrtCalibratorAdapter:
+    """TensorRT's (implicit-INT8) calibrator protocol over a :class:`CalibrationData`, without importing tensorrt.
+
+    ``get_batch(names)`` returns one pointer per requested input (``to_device(array) -> int``; default: the
+    host pointer of a contiguous copy, which is what a unit test or a CPU tool can use) or None at the end.
+    TensorRT wants a fixed batch size, so a smaller last batch is dropped unless ``drop_last=False``.
+    The calibration cache is reused only if its sidecar key (``<cache>.key``) matches ``cache_key``.
+    """
+
+    def __init__(self, data: CalibrationData, cache_path: str | os.PathLike | None = None,
+                 to_device: Callable[[np.ndarray], int] | None = None, cache_key: str | None = None,
+                 drop_last: bool = True):
+        self.data = data
+        self.cache_path = Path(cache_path) if cache_path else None
+        self.cache_key = cache_key or data.sha256
+        self._to_device = to_device or (lambda a: int(a.ctypes.data))
+        bs = data.batch_size
+        self._batches = [b for b in data if not drop_last or len(next(iter(b.values()))) == bs]
+        self._pos = 0
+        self._alive: list[Any] = []  # keep host copies / device buffers alive until the next call
+
+    def get_batch_size(self) -> int:
+        return self.data.batch_size
+
+    def get_batch(self, names: Sequence[str]) -> list[int] | None:
+        if self._pos >= len(self._batches):
+            return None
+        feed = self._batches[self._pos]
+        self._pos += 1
+        missing = [n for n in names if n not in feed]
+        if missing:
+            raise CalibrationError(f"calibrator: TensorRT asked for input(s) {missing}, calibration data has "
+                                   f"{list(feed)}")
+        arrays = [np.ascontiguousarray(feed[n]) for n in names]
+        ptrs = [self._to_device(a) for a in arrays]
+        self._alive = arrays + ptrs
+        return ptrs
+
+    def rewind(self) -> None:
+        self._pos = 0
+
+    def _key_path(self) -> Path:
+        assert self.cache_path is not None
+        return self.cache_path.with_name(self.cache_path.name + ".key")
+
+    def read_calibration_cache(self) -> bytes | None:
+        if not self.cache_path or not self.cache_path.is_file():
+            return None
+        kp = self._key_path()
+        if not kp.is_file() or kp.read_text(encoding="utf-8").strip() != self.cache_key:
+            log.info("calibration cache %s: key differs (data or model changed), recalibrating", self.cache_path)
+            return None
+        return self.cache_path.read_bytes()
+
+    def write_calibration_cache(self, cache: bytes | bytearray | memoryview) -> None:
+        if not self.cache_path:
+            return
+        from zoo.io import atomic_write_bytes, atomic_write_text
+
+        atomic_write_bytes(self.cache_path, bytes(cache))
+        atomic_write_text(self._key_path(), self.cache_key + "\n")
+
+
+def make_tensorrt_calibrator(trt: Any, adapter: TrtCalibratorAdapter, algorithm: str = "entropy2") -> Any:
+    """A real ``trt.IInt8*Calibrator`` delegating to ``adapter`` (TensorRT 10 implicit INT8 only; TensorRT 11 and
+    TensorRT-RTX build Q/DQ graphs instead). ``trt`` is the imported tensorrt module, passed in so this file
+    never imports it."""
+    bases = {"entropy2": "IInt8EntropyCalibrator2", "minmax": "IInt8MinMaxCalibrator",
+             "entropy": "IInt8EntropyCalibrator", "legacy": "IInt8LegacyCalibrator"}
+    if algorithm not in bases:
+        raise CalibrationError(f"TensorRT calibrator algorithm: got {algorithm!r}, expected one of {sorted(bases)}")
+    base = getattr(trt, bases[algorithm], None)
+    if base is None:
+        raise CalibrationError(f"tensorrt {getattr(trt, '__version__', '?')}: has no {bases[algorithm]} (implicit "
+                               "INT8 calibration was removed in TensorRT 11; use the Q/DQ ONNX instead)")
+
+    class _Calibrator(base):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            base.__init__(self)
+            self.adapter = adapter
+
+        def get_batch_size(self) -> int:
+            return adapter.get_batch_size()
+
+        def get_batch(self, names, *args):  # TensorRT passes names (and sometimes bindings count)
+            return adapter.get_batch(list(names))
+
+        def read_calibration_cache(self, *args):
+            return adapter.read_calibration_cache()
+
+        def write_calibration_cache(self, cache, *args):
+            adapter.write_calibration_cache(cache)
+
+    return _Calibrator()

@@ -1,0 +1,326 @@
+"""FP16 with the precision written into the graph: ``<model_dir>/fp16.onnx`` from ``fp32.sim.onnx``.
+
+TensorRT 11 / TensorRT-RTX have no FP16 builder flag, so the ONNX itself carries float16 weights and
+activations (onnxruntime.transformers.float16 with keep_io_types=True: float32 inputs/outputs by default)
+and keeps overflow-prone ops in float32 via an op block list (LayerNormalization, Softmax, ReduceMean/Pow
+chains, Exp, ...). If the result shows NaN/Inf or drops accuracy beyond the budget, a wider block list is
+tried next (``Fp16Options.block_tiers``).
+
+The check runs the converted graph on real samples in a CHILD PROCESS per ONNX Runtime optimisation level
+(all -> extended -> basic -> disable): ORT 1.32 CPU segfaults on FP16 ViT-B/16 at ORT_ENABLE_ALL, and a
+crash must not take the pipeline down. The first level that runs is recorded in the manifest
+(``fp16.ort_opt_level``) for verify/bench; crashed levels are listed with their signal.
+
+This module also holds the ORT evaluation helpers optimize.quantize uses (``ort_logits``, ``compare_logits``,
+``run_guarded``). ``python -m optimize.fp16 --child ...`` is the child entry point.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from calibration.evalset import EvalSet
+
+log = logging.getLogger("edgeattn.optimize.fp16")
+ROOT = Path(__file__).resolve().parents[1]
+OPT_LEVELS = ("all", "extended", "basic", "disable")  # the names runtime.ort_backend.OrtRunner uses
+# Ops kept float32: normalisation statistics, softmax and exponentials overflow or lose too much in fp16.
+FP32_OPS = ("LayerNormalization", "Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2",
+            "ReduceLogSumExp", "Pow", "Sqrt", "Reciprocal", "Exp", "Log")
+# Tried next if the first conversion is not clean: GELU's Erf and the attention score path.
+FP32_OPS_WIDE = FP32_OPS + ("Erf", "Div", "Where", "Tanh", "Sigmoid")
+
+
+class Fp16Error(RuntimeError):
+    """FP16 conversion or its check failed; the message names the model and what was expected."""
+
+
+@dataclass
+class Fp16Options:
+    keep_io_types: bool = True
+    block_tiers: tuple[tuple[str, ...], ...] = (FP32_OPS, FP32_OPS_WIDE)
+    check_samples: int = 2000  # real validation samples for the NaN/Inf + accuracy check (0.1 pts = 2 samples)
+    levels: tuple[str, ...] = OPT_LEVELS
+    threads: int = 2
+    batch_size: int = 64
+    timeout_s: float = 900.0
+    max_drop: float = 0.1  # accuracy points vs fp32 on the check samples
+    min_cosine: float = 0.999
+
+    def key(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("threads", "timeout_s", "levels"):
+            d.pop(k)
+        return d
+
+
+# ---- ONNX Runtime helpers ----------------------------------------------------------------------------
+def ort_level(name: str):
+    import onnxruntime as ort
+
+    levels = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+              "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}
+    if name not in levels:
+        raise ValueError(f"ORT optimisation level: got {name!r}, expected one of {sorted(levels)}")
+    return levels[name]
+
+
+def ort_session(model: str | os.PathLike | bytes, level: str = "all", threads: int = 2):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort_level(level)
+    so.intra_op_num_threads = int(threads)
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    src = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+
+
+def ort_logits(model: Any, es: EvalSet, level: str = "all", threads: int = 2, batch_size: int = 64,
+               progress: str | None = None) -> np.ndarray:
+    """Run ``es`` through a session (or a model path) and concatenate the first output, float32."""
+    sess = model if hasattr(model, "run") else ort_session(model, level, threads)
+    out = []
+    it = es.batches(batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, total=-(-len(es) // batch_size), desc=progress, leave=False, dynamic_ncols=True)
+    for feed in it:
+        out.append(np.asarray(sess.run(None, feed)[0], dtype=np.float32))
+    return np.concatenate(out, axis=0)
+
+
+def compare_logits(ref: np.ndarray, out: np.ndarray, y: np.ndarray | None = None) -> dict[str, Any]:
+    """Parity of ``out`` against reference logits (and accuracy on labels ``y`` if given)."""
+    ref, out = np.asarray(ref, np.float64), np.asarray(out, np.float64)
+    finite = bool(np.all(np.isfinite(out)))
+    r = {"n": int(len(ref)), "nan_inf": not finite}
+    if not finite:
+        r.update(nan_count=int(np.isnan(out).sum()), inf_count=int(np.isinf(out).sum()))
+        out = np.nan_to_num(out, nan=0.0, posinf=1e30, neginf=-1e30)
+    num = (ref * out).sum(1)
+    den = np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1)
+    cos = np.where(den > 0, num / np.maximum(den, 1e-300), 1.0)
+    r.update(max_abs=float(np.abs(ref - out).max()), mean_abs=float(np.abs(ref - out).mean()),
+             cosine_mean=float(cos.mean()), cosine_min=float(cos.min()),
+             top1_agreement=float((ref.argmax(1) == out.argmax(1)).mean()))
+    if y is not None:
+        acc_ref = float((ref.argmax(1) == y).mean())
+        acc = float((out.argmax(1) == y).mean())
+        r.update(ref_accuracy=acc_ref, accuracy=acc, drop_points=round(100.0 * (acc_ref - acc), 4))
+    return r
+
+
+# ---- crash-guarded child runs -------------------------------------------------------------------------
+@dataclass
+class GuardedRun:
+    level: str
+    ok: bool
+    returncode: int | None
+    seconds: float
+    error: str | None = None
+    logits: np.ndarray | None = field(default=None, repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        return {"level": self.level, "ok": self.ok, "returncode": self.returncode, "seconds": round(self.seconds, 2),
+                **({"error": self.error} if self.error else {})}
+
+
+def child_argv(model: str | os.PathLike, feeds: str | os.PathLike, out: str | os.PathLike, level: str,
+               threads: int, batch_size: int) -> list[str]:
+    return [sys.executable, "-m", "optimize.fp16", "--child", "--model", str(model), "--feeds", str(feeds),
+            "--out", str(out), "--level", level, "--threads", str(threads), "--batch-size", str(batch_size)]
+
+
+def _describe_rc(rc: int) -> str:
+    if rc < 0:
+        try:
+            return f"crashed with {signal.Signals(-rc).name} (returncode {rc})"
+        except ValueError:
+            return f"crashed with signal {-rc} (returncode {rc})"
+    return f"exited with code {rc}"
+
+
+def run_guarded(model: str | os.PathLike, es: EvalSet, level: str, threads: int = 2, batch_size: int = 64,
+                timeout_s: float = 900.0, argv_factory: Callable[..., list[str]] | None = None) -> GuardedRun:
+    """Run ``model`` on ``es`` in a child process at ORT level ``level``; a crash or timeout is reported, not raised."""
+    factory = argv_factory or child_argv
+    with tempfile.TemporaryDirectory(prefix="edgeattn-fp16-") as tmp:
+        feeds, out = Path(tmp) / "feeds.npz", Path(tmp) / "out.npy"
+        es.save_npz(feeds)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.run(factory(model, feeds, out, level, threads, batch_size), env=env, capture_output=True,
+                                  text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return GuardedRun(level, False, None, time.perf_counter() - t0, f"timed out after {timeout_s:.0f} s")
+        dt = time.perf_counter() - t0
+        if proc.returncode != 0 or not out.is_file():
+            tail = (proc.stderr or "").strip().splitlines()[-3:]
+            err = _describe_rc(proc.returncode) + (": " + " | ".join(tail) if tail else "")
+            return GuardedRun(level, False, proc.returncode, dt, err)
+        return GuardedRun(level, True, 0, dt, None, np.load(out))
+
+
+def probe_ort_levels(model: str | os.PathLike, es: EvalSet, levels: Sequence[str] = OPT_LEVELS, threads: int = 2,
+                     batch_size: int = 64, timeout_s: float = 900.0,
+                     argv_factory: Callable[..., list[str]] | None = None) -> tuple[GuardedRun | None, list[GuardedRun]]:
+    """Try ``levels`` in order in child processes; return (first run that worked or None, all attempts)."""
+    attempts = []
+    for level in levels:
+        r = run_guarded(model, es, level, threads, batch_size, timeout_s, argv_factory)
+        attempts.append(r)
+        if r.ok:
+            return r, attempts
+        log.warning("%s at ORT level '%s': %s; trying the next level", Path(model).name, level, r.error)
+    return None, attempts
+
+
+def _child_main(argv: Sequence[str]) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--child", action="store_true")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--feeds", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--level", default="all")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=64)
+    a = ap.parse_args(list(argv))
+    es = EvalSet.load_npz(a.feeds)
+    logits = ort_logits(a.model, es, a.level, a.threads, a.batch_size)
+    np.save(a.out, logits)
+    return 0
+
+
+# ---- conversion --------------------------------------------------------------------------------------
+def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike, op_block_list: Sequence[str] = FP32_OPS,
+                 keep_io_types: bool = True) -> dict[str, Any]:
+    """fp32 ONNX -> fp16 ONNX (atomic write); returns node/cast counts."""
+    import onnx
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    from zoo.io import atomic_write
+
+    model = onnx.load(str(src))
+    block = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(op_block_list))
+    fp16 = convert_float_to_float16(model, keep_io_types=keep_io_types, op_block_list=block)
+    toposort(fp16.graph)  # the converter appends its input Casts at the end; checkers and parsers want order
+    # The converter leaves some value_info with stale element types; re-infer them from the graph.
+    del fp16.graph.value_info[:]
+    fp16 = onnx.shape_inference.infer_shapes(fp16, check_type=True, strict_mode=True)
+
+    def _write(tmp: Path) -> None:
+        onnx.save(fp16, str(tmp))
+        onnx.checker.check_model(str(tmp))
+
+    atomic_write(dst, _write)
+    kept = sorted({n.op_type for n in fp16.graph.node if n.op_type in set(op_block_list)})
+    return {"nodes": len(fp16.graph.node), "casts": sum(n.op_type == "Cast" for n in fp16.graph.node),
+            "fp32_ops_present": kept, "op_block_list": list(op_block_list), "keep_io_types": keep_io_types}
+
+
+def toposort(graph) -> None:
+    """Reorder ``graph.node`` in place so every node comes after the producers of its inputs (stable)."""
+    known = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    nodes = list(graph.node)
+    ordered, pending = [], nodes
+    while pending:
+        rest = []
+        for n in pending:
+            if all(i in known for i in n.input):
+                ordered.append(n)
+                known.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):
+            missing = sorted({i for n in rest for i in n.input if i not in known})[:5]
+            raise Fp16Error(f"graph: cannot order {len(rest)} node(s); inputs never produced: {missing}")
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def io_types(path: str | os.PathLike) -> dict[str, str]:
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    return {v.name: onnx.TensorProto.DataType.Name(v.type.tensor_type.elem_type)
+            for v in list(m.graph.input) + list(m.graph.output)}
+
+
+def build_fp16(model_dir: str | os.PathLike, es: EvalSet, ref_logits: np.ndarray, opts: Fp16Options | None = None,
+               argv_factory: Callable[..., list[str]] | None = None, src_name: str = "fp32.sim.onnx",
+               dst_name: str = "fp16.onnx") -> dict[str, Any]:
+    """Convert, then check on ``es`` (real samples) in crash-guarded children; return the manifest section.
+
+    Tiers of block lists are tried until one gives finite logits within ``max_drop`` points / ``min_cosine``;
+    if none does, the last tier's file is kept and the section says ``passed: false``.
+    """
+    from zoo.io import sha256_file
+
+    opts = opts or Fp16Options()
+    model_dir = Path(model_dir)
+    src, dst = model_dir / src_name, model_dir / dst_name
+    t0 = time.perf_counter()
+    tiers = []
+    section: dict[str, Any] = {}
+    for ti, block in enumerate(opts.block_tiers):
+        conv = convert_fp16(src, dst, block, opts.keep_io_types)
+        chosen, attempts = probe_ort_levels(dst, es, opts.levels, opts.threads, opts.batch_size, opts.timeout_s,
+                                            argv_factory)
+        tier = {"tier": ti, **conv, "attempts": [a.summary() for a in attempts]}
+        if chosen is None:
+            tier["passed"] = False
+            tier["problem"] = "ONNX Runtime failed at every optimisation level"
+        else:
+            cmp = compare_logits(ref_logits, chosen.logits, es.y)
+            ok = (not cmp["nan_inf"]) and cmp["cosine_mean"] >= opts.min_cosine and \
+                (es.y is None or cmp["drop_points"] <= opts.max_drop)
+            tier.update(ort_opt_level=chosen.level, check=cmp, passed=bool(ok))
+        tiers.append(tier)
+        log.info("fp16 %s tier %d: %s", model_dir.name, ti, {k: tier.get(k) for k in ("ort_opt_level", "passed")})
+        if tier["passed"]:
+            break
+    best = tiers[-1]
+    crashed = {a["level"]: a["error"] for a in best["attempts"] if not a["ok"]}
+    section = {
+        "file": dst.name, "sha256": sha256_file(dst), "source": src.name, "source_sha256": sha256_file(src),
+        "keep_io_types": opts.keep_io_types, "io_types": io_types(dst), "op_block_list": best["op_block_list"],
+        "fp32_ops_present": best["fp32_ops_present"], "casts": best["casts"], "nodes": best["nodes"],
+        "ort_opt_level": best.get("ort_opt_level"), "ort_crashed_levels": crashed, "passed": best["passed"],
+        "check": {**(best.get("check") or {}), "data": es.description}, "tiers_tried": len(tiers),
+        "tiers": [{k: v for k, v in t.items() if k not in ("nodes",)} for t in tiers[:-1]],
+        "seconds": round(time.perf_counter() - t0, 2),
+        "options": {k: v for k, v in opts.key().items() if k != "block_tiers"},
+    }
+    return section
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--child" in argv:
+        return _child_main(argv)
+    print("optimize.fp16 is run through 'python -m optimize quantize' (it writes fp16.onnx and the int8 "
+          "artifacts); '--child' is its crash-guarded worker.", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
