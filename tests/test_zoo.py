@@ -182,3 +182,27 @@ def test_short_training_run_lowers_the_loss(tmp_path):
     assert (tmp_path / "attention_cnn" / "model.pt").is_file()
     again = train_model("attention_cnn", tmp_path, r, progress=False)  # up to date: reused, not retrained
     assert again["train_seconds"] == res["train_seconds"]
+
+
+def test_imdb_splits_are_disjoint_and_balanced():
+    from zoo.data import load_imdb
+
+    ds = load_imdb()
+    tr, te = set(ds.train.x), set(ds.test.x)
+    assert not (tr & te) and not (set(ds.val.x) & te)
+    assert len(ds.train) + len(ds.val) + len(ds.test) > 24800  # 25,000 reviews less exact duplicates
+    assert abs(ds.test.y.mean() - 0.5) < 0.03
+    assert all("<br" not in t for t in ds.test.x[:200])
+
+
+def test_long_text_keeps_its_end(tmp_path):
+    from runtime.preprocess import TextEncoder
+    from zoo.tokenizer import train_tokenizer
+
+    words = "good bad film plot acting great awful".split()
+    path = train_tokenizer([" ".join(words)] * 20, vocab_size=64, max_len=4, path=tmp_path / "t.json",
+                           truncation_side="left")
+    enc = TextEncoder(path)
+    ids = enc.encode(["good bad film plot acting great awful"])[0]
+    tail = enc.encode(["acting great awful"])[0]
+    assert ids[0] == enc.cls_id and list(ids[1:]) == list(tail[1:])  # [CLS] + the last three words

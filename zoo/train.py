@@ -47,8 +47,9 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     "attention_cnn": Recipe(epochs=3, lr=3e-3, batch_size=128, weight_decay=0.01),
     "vit": Recipe(epochs=10, lr=2e-3, batch_size=128, weight_decay=0.05, label_smoothing=0.1),
-    "text_transformer": Recipe(epochs=5, lr=5e-4, batch_size=64, weight_decay=0.05, label_smoothing=0.1,
-                               aux_imdb=10000, overrides={"vocab_size": 8000, "max_len": 64, "dropout": 0.2}),
+    "text_transformer": Recipe(epochs=3, lr=1e-3, batch_size=64, weight_decay=0.05,
+                               overrides={"vocab_size": 8000, "max_len": 128, "d_model": 96, "dim_ff": 192,
+                                          "dropout": 0.1, "dataset": "imdb"}),
 }
 
 

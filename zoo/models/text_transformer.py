@@ -17,11 +17,11 @@ from torch import nn
 @dataclass
 class TextTransformerConfig:
     vocab_size: int = 8000
-    max_len: int = 64  # size of the positional table = the largest sequence the model accepts
-    d_model: int = 128
+    max_len: int = 128  # size of the positional table = the largest sequence the model accepts
+    d_model: int = 96
     nhead: int = 4
     num_layers: int = 2
-    dim_ff: int = 256
+    dim_ff: int = 192
     dropout: float = 0.1
     num_classes: int = 2
     pad_id: int = 0
