@@ -367,3 +367,46 @@ def test_cli_end_to_end_and_up_to_date(tiny_dirs, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "fp16.onnx up to date" in out and "int8.cpu.onnx up to date" in out
     assert mtimes == {f: (md / f).stat().st_mtime_ns for f in mtimes}
+
+
+# ---- the real TensorRT-RTX ONNX parser agrees with check_qdq_rules (CPU-only; skipped without the wheel) -----
+def _rtx_parse(path) -> list[str]:
+    trt = pytest.importorskip("tensorrt_rtx")
+    from runtime.tensorrt_backend import tensorrt_logger
+
+    logger = tensorrt_logger(trt)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if parser.parse_from_file(str(path)):
+        return []
+    return [parser.get_error(i).desc() for i in range(parser.num_errors)] or ["parse failed"]
+
+
+def test_tensorrt_rtx_parser_accepts_our_qdq_and_fp16_and_rejects_int32_bias(tiny_dirs, tmp_path):
+    from onnx import helper, numpy_helper
+
+    pytest.importorskip("tensorrt_rtx")
+    d, spec = tiny_dirs["vit"]
+    src = d / "fp32.sim.onnx"
+    nodes = quantizable_nodes(onnx.load(str(src)))
+    ranges, _ = calibrate_ranges(src, CalibrationData.from_arrays(_feeds(spec), batch_size=8), "MinMax")
+    q = tmp_path / "int8.qdq.onnx"
+    quantize_static_cached(src, q, ranges, "MinMax", [n.name for n in nodes], "trt")
+    assert check_qdq_rules(q) == [] and _rtx_parse(q) == []
+    f16 = tmp_path / "fp16.onnx"
+    convert_fp16(src, f16)
+    assert _rtx_parse(f16) == []
+
+    m = onnx.load(str(q))
+    gemm = next(n for n in m.graph.node if n.op_type == "Gemm" and len(n.input) > 2)
+    bias = next(t for t in m.graph.initializer if t.name == gemm.input[2])
+    n_out = int(bias.dims[0])
+    m.graph.initializer.extend([numpy_helper.from_array(np.zeros(n_out, np.int32), "bias_q"),
+                                numpy_helper.from_array(np.array(0.01, np.float32), "bias_s")])
+    m.graph.node.insert(0, helper.make_node("DequantizeLinear", ["bias_q", "bias_s"], ["bias_f"], name="bias_dq"))
+    gemm.input[2] = "bias_f"
+    bad = tmp_path / "bad.onnx"
+    onnx.save(m, str(bad))
+    assert any("int32" in e for e in check_qdq_rules(bad))
+    assert any("Int32" in e for e in _rtx_parse(bad))  # the parser refuses the same DQ for the same reason
