@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--opset", type=int, default=None)
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    logging.getLogger("edgeattn").setLevel(logging.INFO)
     from zoo.io import read_json
 
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:

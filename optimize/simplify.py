@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    logging.getLogger("edgeattn").setLevel(logging.INFO)
     failed = 0
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         d = args.artifacts / artifact_name(name)
