@@ -1,0 +1,135 @@
+"""What bench times: a ``Candidate`` is one way of running one model (a backend + artifact + mode).
+
+    c = RunnerCandidate(model, path, "openvino", "bf16", "bf16", threads=2)
+    c.load()                              # session / compiled model; load_seconds recorded
+    fn = c.call(feed)                     # zero-argument callable: one inference on ``feed``
+    logits = c.logits(feed)               # (B, classes) float32, for accuracy
+
+``RunnerCandidate`` goes through the thin runtime (``runtime.*Runner.infer``: the input checks a user's code
+pays are included in the time). PyTorch peers live in bench/peers.py.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+log = logging.getLogger("edgeattn.bench.candidates")
+
+
+class Candidate:
+    """Base: identity fields plus load/call/logits/close. Subclasses implement ``_load`` and ``call``."""
+
+    def __init__(self, model: str, backend: str, artifact: str, precision: str, mode: str, *, is_peer: bool,
+                 peer_kind: str | None = None) -> None:
+        self.model, self.backend, self.artifact = model, backend, artifact
+        self.precision, self.mode = precision, mode
+        self.is_peer, self.peer_kind = is_peer, peer_kind
+        self.load_seconds: float | None = None
+        self.error: str | None = None
+        self.notes: dict[str, Any] = {}
+
+    @property
+    def key(self) -> str:
+        return f"{self.backend}|{self.artifact}|{self.mode}"
+
+    @property
+    def label(self) -> str:
+        return ("peer " if self.is_peer else "") + f"{self.backend} {self.artifact} ({self.mode})"
+
+    def load(self) -> bool:
+        """Load; on failure record ``error`` and return False (never raises for backend errors)."""
+        t0 = time.perf_counter()
+        try:
+            self._load()
+        except Exception as e:  # noqa: BLE001 - backends raise many kinds; one failure must not end the run
+            self.error = f"load failed: {type(e).__name__}: {' '.join(str(e).split())[:500]}"
+            log.warning("%s %s: %s", self.model, self.label, self.error)
+            return False
+        self.load_seconds = time.perf_counter() - t0
+        return True
+
+    def _load(self) -> None:
+        raise NotImplementedError
+
+    def call(self, feed: dict[str, np.ndarray]) -> Callable[[], Any]:
+        raise NotImplementedError
+
+    def logits(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+def precision_of(artifact: str) -> str:
+    head = artifact.split(".")[0]
+    return head if head in ("fp32", "fp16", "bf16", "int8") else "fp32"
+
+
+class RunnerCandidate(Candidate):
+    """An artifact on a runtime backend: onnxruntime (CPU, or a GPU EP), openvino (CPU) or tensorrt (engine).
+
+    ``mode``: ORT optimisation level ("all", "extended", ...) or "cuda-ep"/"tensorrt-ep" (GPU EPs at "all");
+    OpenVINO precision hint ("f32", "bf16"); TensorRT: the engine flavour."""
+
+    GPU_EPS = {"cuda-ep": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+               "tensorrt-ep": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
+
+    def __init__(self, model: str, path: str | Path, backend: str, mode: str, precision: str | None = None, *,
+                 threads: int | None = None, is_peer: bool = False, peer_kind: str | None = None) -> None:
+        self.path = Path(path)
+        super().__init__(model, backend, self.path.name, precision or precision_of(self.path.name), mode,
+                         is_peer=is_peer, peer_kind=peer_kind)
+        self.threads = threads
+        self.runner = None
+        self._out_name: str | None = None
+
+    def _load(self) -> None:
+        self.runner = open_runner_for(self.path, self.backend, self.mode, self.threads)
+        self._out_name = self.runner.outputs[0].name
+        providers = getattr(self.runner, "providers", None)
+        if providers:
+            self.notes["providers"] = list(providers)
+
+    def call(self, feed: dict[str, np.ndarray]) -> Callable[[], Any]:
+        runner = self.runner
+        return lambda: runner.infer(feed)
+
+    def logits(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(self.runner.infer(feed)[self._out_name], dtype=np.float32)
+
+    def close(self) -> None:
+        if self.runner is not None:
+            self.runner.close()
+            self.runner = None
+
+
+def open_runner_for(path: Path, backend: str, mode: str, threads: int | None):
+    """The runtime runner for (backend, mode). CPU ORT modes pin the CPU provider even on a GPU machine."""
+    if backend == "onnxruntime":
+        from runtime.ort_backend import OrtRunner
+
+        if mode in RunnerCandidate.GPU_EPS:
+            return OrtRunner(path, providers=RunnerCandidate.GPU_EPS[mode], threads=threads, opt_level="all")
+        return OrtRunner(path, providers=["CPUExecutionProvider"], threads=threads, opt_level=mode)
+    if backend == "openvino":
+        from runtime.openvino_backend import OpenVINORunner
+
+        return OpenVINORunner(path, precision_hint=mode, threads=threads)
+    if backend == "tensorrt":
+        from runtime.tensorrt_backend import TensorRTRunner
+
+        return TensorRTRunner(path)
+    raise ValueError(f"backend '{backend}': unknown; expected onnxruntime, openvino or tensorrt")
+
+
+def make_feed(spec, batch: int, seq_len: int | None, seed: int = 0) -> dict[str, np.ndarray]:
+    """The timing input: seeded random pixels / token ids (CLS first, no padding) of ``batch`` x ``seq_len``."""
+    sizes = {"batch": batch}
+    if seq_len is not None and "sequence" in spec.dynamic:
+        sizes["sequence"] = seq_len
+    return spec.example_inputs(sizes, seed=seed)

@@ -1,0 +1,300 @@
+"""``python -m bench.report --artifacts DIR``: ``DIR/report.md``, the one page a user reads first.
+
+It brings together ``<model>/train.json`` (test accuracy, dataset, training time), ``verify.json`` (pass/fail
+per model/artifact/backend) and ``bench.json`` (batch-1 latency, ours vs peers, speed-ups, targets, the INT8
+guard, the environment) and links the plots. Missing inputs are said to be missing, never invented.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from bench.results import ok, summarize
+from zoo.io import atomic_write_text, read_json
+
+PEER_NAMES = {"eager": "PyTorch eager FP32", "bf16_autocast": "PyTorch bf16 autocast",
+              "dynamic_int8": "PyTorch dynamic INT8 (Linear)", "compile": "torch.compile (inductor)",
+              "ort_plain": "ONNX Runtime, plain export"}
+
+
+# ---- formatting --------------------------------------------------------------------------------------------
+def ms(v: float | None) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    if v < 1:
+        return f"{v:.3f}"
+    if v < 10:
+        return f"{v:.2f}"
+    if v < 100:
+        return f"{v:.1f}"
+    return f"{v:.0f}"
+
+
+def x(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def pct(v: float | None, digits: int = 2) -> str:
+    return "-" if v is None else f"{100 * v:.{digits}f}"
+
+
+def rate(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
+
+
+def yn(v: bool | None) -> str:
+    return {True: "yes", False: "**NO**", None: "-"}[v]
+
+
+def what(r: dict | None) -> str:
+    if not r:
+        return "-"
+    if r.get("peer_kind") in PEER_NAMES and r.get("backend") == "pytorch":
+        return PEER_NAMES[r["peer_kind"]]
+    return f"{r['artifact']} on {r['backend']} ({r['mode']})"
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+# ---- sections ----------------------------------------------------------------------------------------------
+def models_in(bench: dict | None, verify: list | None, artifacts: Path) -> list[str]:
+    names: list[str] = []
+    for r in (bench or {}).get("rows", []) + (verify or []):
+        if r.get("model") and r["model"] not in names:
+            names.append(r["model"])
+    folders = {n.split(":")[-1] for n in names}
+    for tj in sorted(artifacts.glob("*/train.json")):  # trained but not yet verified / benched
+        name = (read_json(tj, {}) or {}).get("model") or tj.parent.name
+        if tj.parent.name not in folders:
+            names.append(name)
+    return names
+
+
+def section_targets(bench: dict | None) -> list[str]:
+    out = ["## Targets (batch 1, measured in one interleaved run)", ""]
+    if not bench:
+        return out + ["No bench.json yet: run `make bench`.", ""]
+    summ = bench.get("summary") or summarize(bench["rows"])
+    rows, unstable = [], []
+    for model, s in summ.items():
+        fv = s.get("fastest_verified")
+        for t in s.get("targets", []):
+            met = {True: "met", False: "**not met**", None: "not measured"}[t["met"]]
+            m, mm = t.get("measured"), t.get("measured_at_min_latency")
+            if m and mm and max(m / mm, mm / m) > 1.5:
+                unstable.append(f"{model} ({t['name']}: {x(m)} at p50, {x(mm)} at min latency)")
+            rows.append([model, t["name"], f">= {t['target']:.1f}x", x(m), x(mm), met,
+                         what(fv), ms((fv or {}).get("p50_ms"))])
+    out += table(["model", "target", "wanted", "measured (p50)", "at min latency", "status",
+                  "fastest verified artifact", "its p50 ms"], rows)
+    out += ["", "Speed-up = p50 of the reference / p50 of the fastest *verified* artifact (peers and unverified "
+            "rows are never picked); targets are judged on p50. \"Best PyTorch peer\" = the fastest of eager FP32, "
+            "bf16 autocast, dynamic INT8 and torch.compile at batch 1. \"At min latency\" is the same ratio from the "
+            "fastest single call of each: when the two differ a lot, load from other processes moved the medians."]
+    if unstable:
+        out += ["", "**Load-sensitive ratios (p50 and min-latency ratios differ by more than 1.5x)**: "
+                + "; ".join(unstable) + ". Re-run `make bench` on a quiet machine before quoting these."]
+    return out + [""]
+
+
+def section_models(artifacts: Path, names: list[str]) -> list[str]:
+    out = ["## Models and training", ""]
+    rows = []
+    for m in names:
+        tj = read_json(artifacts / m.split(":")[-1] / "train.json", None)
+        if tj:
+            ds = tj.get("dataset") or {}
+            rows.append([m, str(ds.get("name", "?")), pct(tj.get("test_accuracy")), str(tj.get("n_test", "-")),
+                         pct(tj.get("val_accuracy")), f"{tj.get('train_seconds', 0) / 60:.1f} min"])
+        elif m.startswith("torchvision:"):
+            rows.append([m, "none (torchvision architecture, random init unless weights given)", "- (parity only)",
+                         "-", "-", "-"])
+        else:
+            rows.append([m, "?", "- (no train.json)", "-", "-", "-"])
+    return out + table(["model", "dataset", "test accuracy %", "n test", "val accuracy %", "training time"], rows) + [""]
+
+
+def section_verify(verify: list | None) -> list[str]:
+    out = ["## Verification against PyTorch (verify.json)", ""]
+    if not verify:
+        return out + ["No verify.json yet: run `make verify`.", ""]
+    rows = []
+    for r in verify:
+        delta = r.get("accuracy_delta")
+        rows.append([r.get("model", "?"), r.get("artifact", "-"), r.get("backend", "-"),
+                     str(r.get("mode", "-")).split(" ")[0], r.get("precision", "-"), pct(r.get("accuracy")),
+                     "-" if delta is None else f"{100 * delta:+.2f}", pct(r.get("top1_agreement")),
+                     "-" if r.get("max_abs_diff") is None else f"{r['max_abs_diff']:.1e}", yn(bool(r.get("passed")))])
+    out += table(["model", "artifact", "backend", "mode", "precision", "accuracy %", "delta pts", "top-1 agree %",
+                  "max abs diff", "passed"], rows)
+    fails = [r for r in verify if not r.get("passed")]
+    n = len(verify)
+    out += ["", f"{n - len(fails)}/{n} rows passed. Details: [verify.md](verify.md)."]
+    for r in fails:
+        out.append(f"- {r.get('model')} {r.get('artifact')} on {r.get('backend')}: "
+                   f"{'; '.join(str(s) for s in (r.get('reasons') or [r.get('error')]))[:300]}")
+    return out + [""]
+
+
+def section_latency(bench: dict | None) -> list[str]:
+    out = ["## Latency at batch 1: ours vs peers (bench.json)", ""]
+    if not bench:
+        return out + ["No bench.json yet.", ""]
+    rows_all = bench["rows"]
+    for model in dict.fromkeys(r["model"] for r in rows_all):
+        at = [r for r in rows_all if r["model"] == model and r["batch"] == 1]
+        if not at:
+            continue
+        eager = next((r for r in at if r.get("peer_kind") == "eager" and ok(r)), None)
+        seq = next((r.get("seq_len") for r in at if r.get("seq_len")), None)
+        out += [f"### {model}" + (f" (sequence length {seq})" if seq else ""), ""]
+        how = next((r.get("seq_len_source") for r in at if r.get("seq_len_source")), None)
+        if seq and how:
+            out += [f"Sequence length: {how}.", ""]
+        rows = []
+        for r in sorted(at, key=lambda r: (not ok(r), r.get("p50_ms") or 0)):
+            kind = "peer" if r["is_peer"] else "ours"
+            if not ok(r):
+                rows.append([kind, what(r), r["precision"], "failed", "-", "-", "-", "-", "-",
+                             yn(r.get("verified")) if not r["is_peer"] else "(ref)"])
+                continue
+            sp = eager["p50_ms"] / r["p50_ms"] if eager else None
+            accv = r.get("accuracy")
+            acc = "-" if accv is None else (pct(accv) + (" agr" if r.get("accuracy_metric") == "top1_agreement" else ""))
+            extra = f" (compile {r['compile_seconds']:.0f} s)" if r.get("compile_seconds") else ""
+            rows.append([kind, what(r) + extra, r["precision"], ms(r["p50_ms"]), ms(r["p90_ms"]), ms(r["p99_ms"]),
+                         rate(r["throughput_per_s"]), x(sp), acc, "(ref)" if r["is_peer"] else yn(r.get("verified"))])
+        out += table(["", "how", "precision", "p50 ms", "p90 ms", "p99 ms", "samples/s", "vs eager", "accuracy %",
+                      "verified"], rows)
+        failed = [r for r in at if not ok(r)]
+        for r in failed:
+            out.append(f"- failed: {what(r)}: {str(r.get('error'))[:240]}")
+        sm = (bench.get("summary") or {}).get(model) or {}
+        fv, bp = sm.get("fastest_verified"), sm.get("best_torch_peer")
+        if fv:
+            out += ["", f"**Fastest verified: {what(fv)}, {ms(fv['p50_ms'])} ms** = {x(sm.get('speedup_vs_eager'))} vs "
+                        f"PyTorch eager FP32 and {x(sm.get('speedup_vs_best_torch_peer'))} vs the best PyTorch peer "
+                        f"({what(bp)}, {ms((bp or {}).get('p50_ms'))} ms)."]
+        else:
+            fa = sm.get("fastest_any_ours")
+            out += ["", "**No verified artifact was timed for this model**" + (
+                f" (fastest unverified: {what(fa)}, {ms(fa['p50_ms'])} ms; run `make verify`)." if fa else ".")]
+        sources = sorted({r["accuracy_source"] for r in at if r.get("accuracy_source")})
+        if sources:
+            out += ["", "Accuracy sources: " + "; ".join(sources) + "."]
+        out.append("")
+    return out
+
+
+def section_batches(bench: dict | None) -> list[str]:
+    if not bench:
+        return []
+    out = ["## Larger batches (fastest verified artifact vs PyTorch eager FP32)", ""]
+    rows = []
+    for model in dict.fromkeys(r["model"] for r in bench["rows"]):
+        mine = [r for r in bench["rows"] if r["model"] == model and ok(r)]
+        for b in sorted({r["batch"] for r in mine}):
+            at = [r for r in mine if r["batch"] == b]
+            eager = next((r for r in at if r.get("peer_kind") == "eager"), None)
+            ver = [r for r in at if not r["is_peer"] and r.get("verified") is True]
+            best = min(ver, key=lambda r: r["p50_ms"]) if ver else None
+            rows.append([model, str(b), what(best), ms((best or {}).get("p50_ms")),
+                         rate((best or {}).get("throughput_per_s")), ms((eager or {}).get("p50_ms")),
+                         rate((eager or {}).get("throughput_per_s")),
+                         x(eager["p50_ms"] / best["p50_ms"] if (eager and best) else None)])
+    return out + table(["model", "batch", "fastest verified", "p50 ms", "samples/s", "eager p50 ms", "eager samples/s",
+                        "speed-up"], rows) + [""]
+
+
+def section_guard(bench: dict | None) -> list[str]:
+    if not bench:
+        return []
+    out = ["## INT8 guard", ""]
+    flags = bench.get("guard") or []
+    if not flags:
+        return out + ["No INT8 artifact was slower (p50, by more than 5 %) than its model's FP32 artifact on the same "
+                      "backend and batch.", ""]
+    out += [f"{len(flags)} INT8 row(s) slower (p50, by more than 5 % timing noise) than the same model's FP32 artifact "
+            "on the same backend and batch:", ""]
+    out += table(["model", "backend", "batch", "INT8 artifact", "p50 ms", "FP32 artifact", "p50 ms", "slower by"],
+                 [[g["model"], g["backend"], str(g["batch"]), f"{g['int8_artifact']} ({g['int8_mode']})",
+                   ms(g["int8_p50_ms"]), f"{g['fp32_artifact']} ({g['fp32_mode']})", ms(g["fp32_p50_ms"]),
+                   x(g["slowdown"])] for g in flags])
+    return out + [""]
+
+
+def section_plots(artifacts: Path, names: list[str]) -> list[str]:
+    out = ["## Plots", ""]
+    for m in names:
+        f = m.split(":")[-1]
+        links = [f"[{kind}](plots/{f}_{kind}.png)" for kind in ("latency", "pareto")
+                 if (artifacts / "plots" / f"{f}_{kind}.png").is_file()]
+        if links:
+            out.append(f"- {m}: " + ", ".join(links))
+    return out + ([""] if len(out) > 2 else ["No plots yet (`make bench` writes them).", ""])
+
+
+def section_env(bench: dict | None) -> list[str]:
+    if not bench:
+        return []
+    env = bench.get("env") or {}
+    cpu = env.get("cpu") or {}
+    isa = ", ".join(k for k, v in (cpu.get("isa") or {}).items() if v) or "-"
+    libs = ", ".join(f"{k} {v}" for k, v in (env.get("libs") or {}).items() if v)
+    t = env.get("timing") or {}
+    load = env.get("loadavg_start")
+    runs = sorted({r.get("run") for r in bench.get("rows", []) if r.get("run")})
+    out = ["## Environment and method", "",
+           f"- CPU: {cpu.get('model')} ({cpu.get('usable_cpus')} usable CPUs, {cpu.get('physical_cores')} cores); "
+           f"ISA: {isa}",
+           f"- Threads: {env.get('threads')} for every backend (torch.set_num_threads, ORT intra-op, OpenVINO "
+           "INFERENCE_NUM_THREADS); OpenVINO with the LATENCY performance hint",
+           f"- Libraries: {libs}; Python {env.get('python')}",
+           f"- GPU: {env.get('gpu') or 'none'}" + (f"; Jetson: {env['jetson']}" if env.get("jetson") else ""),
+           f"- Run: {env.get('time_utc')}, {env.get('bench_seconds')} s, load average at start "
+           f"{'/'.join(f'{v:.1f}' for v in load) if load else '-'} (a shared machine: absolute times move between "
+           "runs; compare ratios within one run)",
+           f"- Timing: all candidates of a model interleaved round-robin at each batch size ({t.get('rounds')} rounds, "
+           f"{t.get('budget_s')} s per candidate per batch, at least {t.get('min_iters_batch1')} timed calls at batch 1 "
+           f"and {t.get('min_iters')} at other batches, warm-up excluded); percentiles with numpy's linear method; samples/s = batch / p50"
+           + ("; **--quick run: few iterations, numbers are indicative only**" if t.get("quick") else ""),
+           f"- Worker processes: one per artifact/backend, one for the PyTorch peers; environment {env.get('worker_env')}",
+           ""]
+    if len(runs) > 1:
+        out.insert(-1, f"- **Rows come from {len(runs)} bench runs** ({', '.join(runs)}): compare ratios only within a "
+                       "model (each model's rows come from one run); the environment above is the latest run's")
+    return out
+
+
+def build_report(artifacts: Path) -> str:
+    bench = read_json(artifacts / "bench.json", None)
+    verify = read_json(artifacts / "verify.json", None)
+    names = models_in(bench, verify, artifacts)
+    head = ["# edgeattn report", "",
+            "PyTorch attention models exported to ONNX, optimised (FP16, INT8), verified against PyTorch, and timed "
+            "side by side with PyTorch and plain ONNX Runtime. Sources: `<model>/train.json`, `verify.json`, "
+            "`bench.json` in this folder.", ""]
+    parts = (head + section_targets(bench) + section_models(artifacts, names) + section_latency(bench)
+             + section_batches(bench) + section_guard(bench) + section_verify(verify) + section_plots(artifacts, names)
+             + section_env(bench))
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    ap.add_argument("--out", type=Path, default=None, help="default: <artifacts>/report.md")
+    args = ap.parse_args(argv)
+    out = args.out or args.artifacts / "report.md"
+    atomic_write_text(out, build_report(args.artifacts))
+    print(f"report -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,286 @@
+"""Bench worker processes and the parent's handle on them.
+
+Each runtime candidate (one artifact on one backend) runs in its own process; the PyTorch peers of a model share
+one process (they share the module). The parent drives them one at a time over a pipe (JSON lines), so:
+- a backend that segfaults kills only its worker: the parent records the crash and carries on;
+- no runtime's thread pool (libgomp, ORT, TBB) sits in the process another runtime is being timed in;
+- timing happens inside the worker (``LocalTimer``), so the pipe adds nothing to the measured calls.
+
+    python -m bench.worker --in-fd R --out-fd W --threads 2 --torch NAME --artifacts DIR --peers eager,compile
+    python -m bench.worker --in-fd R --out-fd W --threads 2 --runner PATH --backend B --mode M --model NAME
+
+Commands (one JSON object per line, one reply each): feed {batch, seq_len}, warm {key, warmup_s, warmup_calls, heavy_call_s},
+time {key, slice_s, min_calls, max_calls, switch_warmup}, smoke {batches, seq_len}, predict {key, inputs, out,
+batch, pad_id}, exit. After loading, the worker sends a hello: {ok, spec, candidates: [...]}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HELLO_TIMEOUT_S = 900.0
+COMMAND_TIMEOUT_S = 900.0
+
+
+class WorkerDied(RuntimeError):
+    """The worker process exited (crash, kill) or stopped answering."""
+
+
+class RemoteError(RuntimeError):
+    """The worker caught an exception while serving a command."""
+
+
+# ---- parent side ---------------------------------------------------------------------------------------------
+class Worker:
+    """A running worker process. ``request(msg)`` -> reply dict; raises WorkerDied / RemoteError."""
+
+    def __init__(self, argv: list[str], label: str, env: dict[str, str] | None = None) -> None:
+        self.label = label
+        p2c_r, p2c_w = os.pipe()
+        c2p_r, c2p_w = os.pipe()
+        self._log = tempfile.TemporaryFile()
+        root = str(Path(__file__).resolve().parents[1])
+        full_env = {**os.environ, **(env or {})}
+        full_env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [full_env.get("PYTHONPATH")] if p])
+        cmd = [sys.executable, "-m", "bench.worker", "--in-fd", str(p2c_r), "--out-fd", str(c2p_w)] + argv
+        self.proc = subprocess.Popen(cmd, pass_fds=(p2c_r, c2p_w), stdin=subprocess.DEVNULL, stdout=self._log,
+                                     stderr=subprocess.STDOUT, env=full_env)
+        os.close(p2c_r)
+        os.close(c2p_w)
+        self._w = p2c_w
+        self._r = c2p_r
+        self._buf = b""
+        self.dead: str | None = None
+        self.hello: dict[str, Any] | None = None
+
+    def _tail(self) -> str:
+        try:
+            self._log.seek(0)
+            lines = [ln for ln in self._log.read().decode(errors="replace").splitlines() if ln.strip()]
+        except (OSError, ValueError):
+            return ""
+        return " | ".join(lines[-3:])[-400:]
+
+    def _die(self, why: str) -> WorkerDied:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        rc = self.proc.wait()
+        if rc is not None and rc < 0 and rc != -signal.SIGKILL:
+            why += f" (killed by signal {-rc}: backend crash)"
+        elif rc:
+            why += f" (exit {rc})"
+        tail = self._tail()
+        self.dead = why + (f"; last output: {tail}" if tail else "")
+        return WorkerDied(f"{self.label}: {self.dead}")
+
+    def _readline(self, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise self._die(f"no answer within {timeout:.0f} s")
+            ready, _, _ = select.select([self._r], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(self._r, 1 << 16)
+            if not chunk:
+                raise self._die("worker exited")
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def wait_hello(self, timeout: float = HELLO_TIMEOUT_S) -> dict[str, Any]:
+        if self.dead:
+            raise WorkerDied(f"{self.label}: {self.dead}")
+        self.hello = self._readline(timeout)
+        return self.hello
+
+    def request(self, msg: dict[str, Any], timeout: float = COMMAND_TIMEOUT_S) -> dict[str, Any]:
+        if self.dead:
+            raise WorkerDied(f"{self.label}: {self.dead}")
+        try:
+            os.write(self._w, (json.dumps(msg) + "\n").encode())
+        except (BrokenPipeError, OSError):
+            raise self._die("worker gone") from None
+        reply = self._readline(timeout)
+        if not reply.get("ok"):
+            raise RemoteError(reply.get("error", "unknown worker error"))
+        return reply
+
+    def close(self) -> None:
+        if self.proc.poll() is None and not self.dead:
+            try:
+                os.write(self._w, b'{"cmd": "exit"}\n')
+                self.proc.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        for fd in (self._w, self._r):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._log.close()
+
+
+class RemoteTimer:
+    """LocalTimer's interface, served by a worker for one candidate key."""
+
+    def __init__(self, worker: Worker, key: str) -> None:
+        self.worker, self.key = worker, key
+
+    def warm(self, warmup_s: float, warmup_calls: int, heavy_call_s: float = 1e9) -> dict[str, Any]:
+        return self.worker.request({"cmd": "warm", "key": self.key, "warmup_s": warmup_s, "warmup_calls": warmup_calls,
+                                    "heavy_call_s": heavy_call_s})
+
+    def time_slice(self, slice_s: float, min_calls: int, max_calls: int, switch_warmup: bool) -> list[float]:
+        return self.worker.request({"cmd": "time", "key": self.key, "slice_s": slice_s, "min_calls": min_calls,
+                                    "max_calls": max_calls, "switch_warmup": bool(switch_warmup)})["samples"]
+
+
+# ---- worker side ----------------------------------------------------------------------------------------------
+def _identity(c) -> dict[str, Any]:
+    return {"key": c.key, "model": c.model, "backend": c.backend, "artifact": c.artifact, "precision": c.precision,
+            "mode": c.mode, "is_peer": c.is_peer, "peer_kind": c.peer_kind, "error": c.error,
+            "load_seconds": c.load_seconds, "notes": c.notes}
+
+
+def _build(args) -> tuple[list, Any]:
+    """(candidates, ModelSpec or None), every candidate loaded (load errors recorded on the candidate)."""
+    from zoo.spec import ModelSpec
+
+    if args.torch:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        from bench.peers import TorchCandidate
+        from export.__main__ import load_for_export
+
+        built = load_for_export(args.torch, Path(args.artifacts))
+        built.module.eval()
+        cands = [TorchCandidate(built, k) for k in args.peers.split(",") if k]
+        for c in cands:
+            c.load()
+        return cands, built.spec
+    from bench.candidates import RunnerCandidate
+
+    c = RunnerCandidate(args.model, args.runner, args.backend, args.mode, args.precision or None,
+                        threads=args.threads, is_peer=bool(args.peer_kind), peer_kind=args.peer_kind or None)
+    c.load()
+    spec = None
+    if c.runner is not None and getattr(c.runner, "spec", None):
+        spec = ModelSpec.from_dict(c.runner.spec)
+    return [c], spec
+
+
+def _serve(cands: list, spec, rf, send) -> None:
+    import numpy as np
+
+    from bench.candidates import make_feed
+    from bench.timing import LocalTimer, describe
+
+    by_key = {c.key: c for c in cands}
+    timers: dict[str, LocalTimer] = {}
+    for line in rf:
+        msg = json.loads(line)
+        cmd = msg.get("cmd")
+        if cmd == "exit":
+            break
+        try:
+            if cmd == "feed":
+                feed = make_feed(spec, int(msg["batch"]), msg.get("seq_len"))
+                timers, errors = {}, {}
+                for c in cands:
+                    if c.error is None:
+                        try:
+                            timers[c.key] = LocalTimer(c.call(feed))
+                        except Exception as e:  # noqa: BLE001
+                            errors[c.key] = describe(e)
+                send({"ok": True, "errors": errors})
+            elif cmd == "warm":
+                send({"ok": True, **timers[msg["key"]].warm(float(msg["warmup_s"]), int(msg["warmup_calls"]),
+                                                            float(msg.get("heavy_call_s", 1e9)))})
+            elif cmd == "time":
+                samples = timers[msg["key"]].time_slice(float(msg["slice_s"]), int(msg["min_calls"]),
+                                                        int(msg["max_calls"]), bool(msg["switch_warmup"]))
+                send({"ok": True, "samples": samples})
+            elif cmd == "smoke":
+                errors = {}
+                for c in cands:
+                    if c.error is not None:
+                        continue
+                    try:
+                        for b in msg["batches"]:
+                            c.call(make_feed(spec, int(b), msg.get("seq_len")))()
+                    except Exception as e:  # noqa: BLE001
+                        errors[c.key] = describe(e)
+                send({"ok": True, "errors": errors})
+            elif cmd == "predict":
+                from verify.worker import trim_padding
+
+                c = by_key[msg["key"]]
+                x = np.load(msg["inputs"], mmap_mode="r")
+                name = spec.inputs[0].name
+                bs, pad = int(msg["batch"]), int(msg.get("pad_id", 0))
+                outs = [c.logits({name: trim_padding(np.ascontiguousarray(x[i:i + bs]), pad)})
+                        for i in range(0, len(x), bs)]
+                np.save(msg["out"], np.concatenate(outs).astype(np.float32))
+                send({"ok": True})
+            else:
+                send({"ok": False, "error": f"unknown command {cmd!r}"})
+        except Exception as e:  # noqa: BLE001 - reported to the parent, which records it
+            send({"ok": False, "error": describe(e)})
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--in-fd", type=int, required=True)
+    ap.add_argument("--out-fd", type=int, required=True)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--torch", default=None, help="model name: serve its PyTorch peers")
+    ap.add_argument("--artifacts", default="artifacts")
+    ap.add_argument("--peers", default="eager")
+    ap.add_argument("--runner", default=None, help="artifact path: serve it on --backend/--mode")
+    ap.add_argument("--backend", default="onnxruntime")
+    ap.add_argument("--mode", default="all")
+    ap.add_argument("--precision", default="")
+    ap.add_argument("--model", default="")
+    ap.add_argument("--peer-kind", default="")
+    args = ap.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    rf = os.fdopen(args.in_fd, "r", encoding="utf-8")
+    out_fd = args.out_fd
+
+    def send(obj: dict[str, Any]) -> None:
+        data = (json.dumps(obj, default=str) + "\n").encode()
+        while data:
+            data = data[os.write(out_fd, data):]
+
+    try:
+        cands, spec = _build(args)
+    except Exception as e:  # noqa: BLE001
+        from bench.timing import describe
+
+        send({"ok": False, "error": f"worker could not start: {describe(e)}"})
+        return 1
+    send({"ok": True, "spec": spec.to_dict() if spec is not None else None,
+          "candidates": [_identity(c) for c in cands]})
+    _serve(cands, spec, rf, send)
+    for c in cands:
+        c.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
