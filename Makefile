@@ -10,6 +10,7 @@ ZOO_MODELS ?= $(MODELS),torchvision:vit_b_16
 MAX_DROP ?= 0.5
 FLAVOR ?= auto
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 export PYTHONPATH := $(CURDIR)
 export PYTHONUNBUFFERED := 1
 
@@ -52,7 +53,7 @@ verify: setup
 	$(PY) -m verify --models $(ZOO_MODELS) --artifacts $(ARTIFACTS) --strict
 
 bench: setup
-	$(PY) -m bench --models $(ZOO_MODELS) --artifacts $(ARTIFACTS)
+	$(PY) -m bench --models $(ZOO_MODELS) --artifacts $(ARTIFACTS) $(BENCH_ARGS)
 
 report: setup
 	$(PY) -m bench.report --artifacts $(ARTIFACTS)
@@ -64,7 +65,7 @@ demo: setup
 	$(PY) -m optimize quantize --models $(ZOO_MODELS) --artifacts $(ARTIFACTS) --max-drop $(MAX_DROP)
 	$(PY) -m optimize engines --models $(ZOO_MODELS) --artifacts $(ARTIFACTS) --flavor $(FLAVOR) || echo "demo: engines stage failed (see above); continuing"
 	$(PY) -m verify --models $(ZOO_MODELS) --artifacts $(ARTIFACTS)
-	$(PY) -m bench --models $(ZOO_MODELS) --artifacts $(ARTIFACTS)
+	$(PY) -m bench --models $(ZOO_MODELS) --artifacts $(ARTIFACTS) $(BENCH_ARGS)
 	$(PY) -m bench.report --artifacts $(ARTIFACTS)
 	@echo "demo: done. Read $(ARTIFACTS)/report.md"
 

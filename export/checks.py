@@ -42,8 +42,8 @@ def pre_export_check(module, opset: int) -> CheckReport:
     n_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
     n_bytes += sum(b.numel() * b.element_size() for b in module.buffers())
     if n_bytes >= TWO_GB:
-        rep.warnings.append(f"parameters are {n_bytes / 1e9:.2f} GB >= 2 GB protobuf limit: weights go to external "
-                            "data (model.onnx.data); keep the two files together")
+        rep.errors.append(f"parameters are {n_bytes / 1e9:.2f} GB, expected < 2 GB: one ONNX file cannot hold them "
+                          "(protobuf limit) and external-data export is not supported yet")
     if module.training:
         rep.warnings.append("module was in training mode: exporting in eval mode (dropout off, BatchNorm running stats)")
     return rep

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from export.checks import post_export_check, pre_export_check
+from export.checks import TWO_GB, post_export_check, pre_export_check
 from zoo.io import atomic_write, atomic_write_text, sha256_file, update_manifest
 from zoo.registry import BuiltModel
 
@@ -138,7 +138,12 @@ def export_model(built: BuiltModel, path: str | Path, opset: int | None = None,
         except Exception as e:  # noqa: BLE001 - the exporters raise many kinds
             raise ExportError(f"export '{built.name}': torch.onnx.export ({exporter}) failed: {type(e).__name__}: "
                               f"{str(e)[:500]}") from e
-        proto = onnx.load(str(tmp))
+        proto = onnx.load(str(tmp))  # pulls in external data the exporter may have written beside tmp
+        for side in tmp.parent.glob(f"{tmp.name}*.data"):
+            side.unlink()
+        if proto.ByteSize() >= TWO_GB:
+            raise ExportError(f"export '{built.name}': graph is {proto.ByteSize() / 1e9:.2f} GB, over the 2 GB "
+                              "single-file protobuf limit; external-data export is not supported yet")
         meta = proto.metadata_props.add()
         meta.key, meta.value = SPEC_METADATA_KEY, spec.to_json()
         proto.producer_name = "edgeattn"

@@ -17,6 +17,7 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[Path], Any]) -> Path
     os.close(fd)
     try:
         writer(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; artifacts are meant to be shared and copied
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
