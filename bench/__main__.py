@@ -81,23 +81,14 @@ def plan_ours(name: str, model_dir: Path, vrows: list[dict], skip_plain: bool) -
 # ---- accuracy ----------------------------------------------------------------------------------------------
 def load_eval(spec, name: str, artifacts: Path, limit: int | None, parity_n: int):
     """(inputs, labels or None, description): the test split (first ``limit``) or verify's seeded inputs."""
-    from runtime.preprocess import TextEncoder, normalize_images
-    from zoo.registry import artifact_name
+    from verify.__main__ import test_inputs
 
-    if spec.dataset is None:
-        x = spec.example_inputs({"batch": parity_n}, seed=PARITY_SEED)[spec.inputs[0].name]
+    x, labels, d = test_inputs(spec, name, artifacts, None if spec.dataset is None else limit, parity_n=parity_n,
+                               parity_seed=PARITY_SEED)
+    if labels is None:
         return x, None, f"top-1 agreement with PyTorch eager fp32 on {len(x)} seeded random inputs (seed {PARITY_SEED})"
-    from zoo.data import load_dataset
-
-    ds = load_dataset(spec.dataset)
-    test = ds.test.subset(limit) if limit else ds.test
-    pp = spec.preprocess
-    if pp["kind"] == "image":
-        x = normalize_images(np.asarray(test.x), pp["mean"], pp["std"])
-    else:
-        x = TextEncoder(artifacts / artifact_name(name) / pp["tokenizer"]).encode(test.x, pad_to=pp["max_len"])
-    which = "full test split" if len(test) == len(ds.test) else f"first {len(test)} of {len(ds.test)} test samples"
-    return x, np.asarray(test.y), f"bench: {ds.name} {which}, n={len(test)}"
+    which = "full test split" if d["n"] == d["n_split"] else f"first {d['n']} of {d['n_split']} test samples"
+    return x, labels, f"bench: {d['name']} {which}, n={d['n']}"
 
 
 def peer_accuracies(slots, spec, x, labels, desc: str, batch: int, tmp: Path) -> dict[str, tuple]:

@@ -65,17 +65,15 @@ def backend_plan(model_dir: Path, artifact: str) -> list[tuple[str, str, str]]:
 
 
 # ---- inputs and the PyTorch reference ---------------------------------------------------------
-def load_reference(name: str, artifacts: Path, limit: int | None = None):
-    """(built model, inputs array, labels or None, dataset description)."""
-    from export.__main__ import load_for_export
+def test_inputs(spec, name: str, artifacts: Path, limit: int | None = None, parity_n: int = PARITY_SAMPLES,
+                parity_seed: int = 1234):
+    """(inputs array, labels or None, dataset description) for a model: its full test split (first ``limit``), or
+    seeded random inputs for a model without a dataset. Shared with bench, so both judge the same samples."""
     from runtime.preprocess import TextEncoder, normalize_images
 
-    built = load_for_export(name, artifacts)
-    built.module.eval()
-    spec = built.spec
     if spec.dataset is None:
-        x = spec.example_inputs({"batch": limit or PARITY_SAMPLES}, seed=1234)[spec.inputs[0].name]
-        return built, x, None, {"name": "seeded-random", "seed": 1234, "n": int(len(x))}
+        x = spec.example_inputs({"batch": limit or parity_n}, seed=parity_seed)[spec.inputs[0].name]
+        return x, None, {"name": "seeded-random", "seed": parity_seed, "n": int(len(x))}
     from zoo.data import load_dataset
 
     ds = load_dataset(spec.dataset)
@@ -85,7 +83,18 @@ def load_reference(name: str, artifacts: Path, limit: int | None = None):
         x = normalize_images(np.asarray(test.x), pp["mean"], pp["std"])
     else:
         x = TextEncoder(artifacts / artifact_name(name) / pp["tokenizer"]).encode(test.x, pad_to=pp["max_len"])
-    return built, x, np.asarray(test.y), {"name": ds.name, "sha256": ds.sha256, "split": "test", "n": int(len(x))}
+    return x, np.asarray(test.y), {"name": ds.name, "sha256": ds.sha256, "split": "test", "n": int(len(x)),
+                                   "n_split": int(len(ds.test))}
+
+
+def load_reference(name: str, artifacts: Path, limit: int | None = None):
+    """(built model, inputs array, labels or None, dataset description)."""
+    from export.__main__ import load_for_export
+
+    built = load_for_export(name, artifacts)
+    built.module.eval()
+    x, labels, desc = test_inputs(built.spec, name, artifacts, limit)
+    return built, x, labels, desc
 
 
 def torch_logits(built, x: np.ndarray, batch: int, pad_id: int) -> np.ndarray:
