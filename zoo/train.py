@@ -46,7 +46,7 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     "attention_cnn": Recipe(epochs=4, lr=3e-3, batch_size=128, weight_decay=0.01),
     "vit": Recipe(epochs=8, lr=2e-3, batch_size=128, weight_decay=0.05, label_smoothing=0.1),
-    "text_transformer": Recipe(epochs=2, lr=1e-3, batch_size=64, weight_decay=0.05,
+    "text_transformer": Recipe(epochs=3, lr=1e-3, batch_size=64, weight_decay=0.05,
                                overrides={"vocab_size": 8000, "max_len": 128, "d_model": 96, "dim_ff": 192,
                                           "dropout": 0.1, "dataset": "imdb"}),
 }
