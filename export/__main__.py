@@ -22,7 +22,7 @@ def load_for_export(name: str, artifacts: Path):
 
 def main(argv: list[str] | None = None) -> int:
     from export.onnx_export import export_model
-    from zoo.io import sha256_file
+    from zoo.io import read_json, sha256_file, update_manifest
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--models", required=True)
@@ -32,7 +32,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     logging.getLogger("edgeattn").setLevel(logging.INFO)
-    from zoo.io import read_json
 
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         out = args.artifacts / artifact_name(name) / "fp32.onnx"
@@ -46,8 +45,6 @@ def main(argv: list[str] | None = None) -> int:
         built = load_for_export(name, args.artifacts)
         section = export_model(built, out, opset=args.opset)
         section["source"] = src
-        from zoo.io import update_manifest
-
         update_manifest(out.parent, "export", section)
         print(f"export {name}: {out} ({section['nodes']} nodes, opset {section['opset']}, {section['export_seconds']} s)")
     return 0

@@ -29,10 +29,6 @@ def test_padded_text_equals_unpadded():
         for i, s in enumerate(seqs):
             alone = b.module(torch.from_numpy(s[None].astype(np.int64))).numpy()
             np.testing.assert_allclose(batch_logits[i], alone[0], atol=1e-5, rtol=0)
-    # and the padding really is ignored: changing a padded id's neighbours beyond the length changes nothing
-    other = padded.copy()
-    other[0, 3:] = 0
-    assert np.array_equal(other, padded)
 
 
 def test_attention_block_with_gamma_zero_is_identity():
