@@ -52,11 +52,13 @@ def plan_ours(name: str, model_dir: Path, vrows: list[dict], skip_plain: bool) -
     from bench.candidates import RunnerCandidate, precision_of
     from bench.results import verified_mode
     from runtime.gpu import nvidia_gpu_present
-    from verify.__main__ import artifact_files, backend_plan
+    from verify.__main__ import ROLE_REFERENCE, artifact_files, backend_plan
 
     out = []
     for art in artifact_files(model_dir):
-        for backend, mode, prec in backend_plan(model_dir, art):
+        for backend, mode, prec, role in backend_plan(model_dir, art):
+            if role == ROLE_REFERENCE:
+                continue  # an accuracy reference (Q/DQ simulated in float), not a way to deploy
             if art == "fp32.onnx" and backend == "onnxruntime" and mode == "all" and skip_plain:
                 continue  # that is the ort_plain peer
             out.append({"path": model_dir / art, "backend": backend, "precision": prec,
@@ -440,6 +442,29 @@ def _skeleton(name: str) -> dict[str, Any]:
             "accuracy": None, "accuracy_metric": None, "accuracy_source": None, "error": None}
 
 
+CODE_VERSION = "bench/2"
+
+
+def bench_key(name: str, args, cfg, env: dict[str, Any]) -> str:
+    """Digest of what a model's bench rows depend on: its verify key (artifacts, checkpoint, CPU class, backend
+    versions), the verify verdicts bench carries, the CPU model, threads, peers and timing settings."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    from verify.__main__ import verify_key
+    from zoo.io import read_json
+
+    vrows = [r for r in (read_json(args.artifacts / "verify.json", []) or []) if r.get("model") == name]
+    verdicts = sorted((r.get("artifact"), r.get("backend"), str(r.get("mode")), bool(r.get("passed"))) for r in vrows)
+    blob = {"code": CODE_VERSION, "verify": verify_key(name, args.artifacts, None), "verdicts": verdicts,
+            "cpu": env.get("cpu", {}).get("model"), "threads": args.threads, "peers": list(args.peers),
+            "no_ours": args.no_ours, "seq_len": args.seq_len, "timing": asdict(cfg), "quick": args.quick,
+            "accuracy_samples": args.accuracy_samples, "parity_samples": args.parity_samples,
+            "omp": args.omp_wait_policy}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def worker_env(args) -> dict[str, str]:
     """Thread settings every worker starts with. OMP_WAIT_POLICY=PASSIVE by default: on this shared 2-core machine,
     PyTorch's libgomp at its default spin-then-sleep policy produced ~100 ms stalls per forward of a 0.3 ms model
@@ -475,6 +500,7 @@ def parse_args(argv):
     ap.add_argument("--parity-samples", type=int, default=None,
                     help="seeded inputs for top-1 agreement of peers on models without a dataset (default 8, quick 4)")
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--force", action="store_true", help="re-time even when nothing the rows depend on changed")
     ap.add_argument("--omp-wait-policy", choices=("passive", "active", "default"), default="passive",
                     help="OMP_WAIT_POLICY for PyTorch's libgomp (default passive: robust when other processes load "
                          "the CPUs; an OMP_WAIT_POLICY already in the environment wins)")
@@ -527,10 +553,25 @@ def main(argv: list[str] | None = None) -> int:
                      "seq_len": args.seq_len or "auto", "interleaved": True}
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
+    out = args.artifacts / "bench.json"
+    old = read_json(out, {}) or {}
+    old_rows = old.get("rows", []) if isinstance(old, dict) else []
+    reused_runs: set[str] = set()
     for name in names:
         t0 = time.perf_counter()
+        key = bench_key(name, args, cfg, env)
+        prev = [r for r in old_rows if r.get("model") == name]
+        if not args.force and prev and all(r.get("bench_key") == key for r in prev):
+            print(f"bench {name}: up to date ({len(prev)} rows reused: artifacts, verify verdicts, CPU and settings "
+                  "unchanged; --force to rerun)")
+            rows += prev
+            reused_runs |= {r.get("run") for r in prev}
+            continue
         try:
-            rows += bench_model(name, args, cfg)
+            new = bench_model(name, args, cfg)
+            for r in new:
+                r["bench_key"] = key
+            rows += new
         except Exception as e:  # noqa: BLE001 - one model failing must not hide the others
             log.exception("bench %s failed", name)
             rows.append({**_skeleton(name), "error": f"bench failed: {type(e).__name__}: {str(e)[:400]}"})
@@ -542,11 +583,10 @@ def main(argv: list[str] | None = None) -> int:
     env["bench_seconds"] = round(time.perf_counter() - started, 1)
     run_id = env["time_utc"]
     for r in rows:
-        r["run"] = run_id
-    out = args.artifacts / "bench.json"
-    old = read_json(out, {}) or {}
-    kept = [r for r in old.get("rows", []) if r.get("model") not in names] if isinstance(old, dict) else []
-    envs = {k: v for k, v in (old.get("envs") or {}).items() if any(r.get("run") == k for r in kept)} \
+        if not r.get("run") or r.get("run") not in reused_runs:
+            r["run"] = run_id
+    kept = [r for r in old_rows if r.get("model") not in names]
+    envs = {k: v for k, v in (old.get("envs") or {}).items() if any(r.get("run") == k for r in kept + rows)} \
         if isinstance(old, dict) else {}
     envs[run_id] = env
     all_rows = kept + rows

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from runtime.cpu import cpu_info  # one reader of /proc/cpuinfo
+
 log = logging.getLogger("edgeattn.bench.env")
-ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_int8",
-             "amx_bf16")
 LIBS = ("torch", "onnxruntime", "onnxruntime-gpu", "openvino", "numpy", "onnx", "tensorrt", "tensorrt_rtx")
 
 
@@ -30,38 +30,6 @@ def _run(cmd: list[str], timeout: float = 10) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return p.stdout.strip() if p.returncode == 0 else None
-
-
-def cpu_info(cpuinfo_text: str | None = None) -> dict[str, Any]:
-    """Model name, logical CPUs, usable CPUs, ISA flags from /proc/cpuinfo (or the given text)."""
-    text = cpuinfo_text
-    if text is None:
-        try:
-            text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            text = ""
-    model, flags = None, set()
-    cores = set()
-    phys, core = None, None
-    for line in text.splitlines():
-        k, _, v = line.partition(":")
-        k, v = k.strip(), v.strip()
-        if k in ("model name", "Model") and v and model is None:
-            model = v
-        elif k in ("flags", "Features") and not flags:
-            flags = set(v.split())
-        elif k == "physical id":
-            phys = v
-        elif k == "core id":
-            core = v
-            cores.add((phys, core))
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    return {"model": model or platform.processor() or platform.machine(), "logical_cpus": os.cpu_count(), "usable_cpus": usable,
-            "physical_cores": len(cores) or None, "machine": platform.machine(),
-            "isa": {f: f in flags for f in ISA_FLAGS}}
 
 
 def lib_versions() -> dict[str, str | None]:

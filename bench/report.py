@@ -123,22 +123,89 @@ def section_verify(verify: list | None) -> list[str]:
     out = ["## Verification against PyTorch (verify.json)", ""]
     if not verify:
         return out + ["No verify.json yet: run `make verify`.", ""]
+    from verify.__main__ import ROLE_TEXT
+
     rows = []
     for r in verify:
         delta = r.get("accuracy_delta")
+        prec = r.get("precision", "-") + (f" ({r['precision_asked']} asked)" if r.get("precision_asked") else "")
+        verdict = yn(bool(r.get("passed"))) if r.get("passed") or r.get("gating", True) else "no (advisory)"
         rows.append([r.get("model", "?"), r.get("artifact", "-"), r.get("backend", "-"),
-                     str(r.get("mode", "-")).split(" ")[0], r.get("precision", "-"), pct(r.get("accuracy")),
-                     "-" if delta is None else f"{100 * delta:+.2f}", pct(r.get("top1_agreement")),
-                     "-" if r.get("max_abs_diff") is None else f"{r['max_abs_diff']:.1e}", yn(bool(r.get("passed")))])
-    out += table(["model", "artifact", "backend", "mode", "precision", "accuracy %", "delta pts", "top-1 agree %",
-                  "max abs diff", "passed"], rows)
-    fails = [r for r in verify if not r.get("passed")]
-    n = len(verify)
-    out += ["", f"{n - len(fails)}/{n} rows passed. Details: [verify.md](verify.md)."]
+                     str(r.get("mode", "-")).split(" ")[0], ROLE_TEXT.get(r.get("role"), "-"), prec,
+                     pct(r.get("accuracy")), "-" if delta is None else f"{100 * delta:+.2f}",
+                     pct(r.get("top1_agreement")), "-" if r.get("cosine_mean") is None else f"{r['cosine_mean']:.4f}",
+                     "-" if r.get("max_abs_diff") is None else f"{r['max_abs_diff']:.1e}", verdict])
+    out += table(["model", "artifact", "backend", "mode", "judged as", "precision", "accuracy %", "delta pts",
+                  "top-1 agree %", "cosine mean", "max abs diff", "passed"], rows)
+    gating = [r for r in verify if r.get("gating", True)]
+    fails = [r for r in gating if not r.get("passed")]
+    adv = [r for r in verify if not r.get("gating", True) and not r.get("passed")]
+    out += ["", f"{len(gating) - len(fails)}/{len(gating)} gating rows passed. Details: [verify.md](verify.md). "
+            "int8.qdq.onnx (the TensorRT graph) is judged by its float simulation (Q/DQ as float ops, the same on "
+            "every CPU); its runs on CPU integer kernels are advisory rows for this machine only."]
     for r in fails:
-        out.append(f"- {r.get('model')} {r.get('artifact')} on {r.get('backend')}: "
+        out.append(f"- FAILED {r.get('model')} {r.get('artifact')} on {r.get('backend')}: "
                    f"{'; '.join(str(s) for s in (r.get('reasons') or [r.get('error')]))[:300]}")
+    for r in adv:
+        out.append(f"- advisory, this CPU ({r.get('cpu_isa')}): {r.get('model')} {r.get('artifact')} on "
+                   f"{r.get('backend')} integer kernels: {'; '.join(str(s) for s in (r.get('reasons') or []))[:300]}")
     return out + [""]
+
+
+def section_quantize(artifacts: Path, names: list[str]) -> list[str]:
+    """What each model's INT8 budget search and CPU choice decided (manifest.json), misses and fallbacks included."""
+    out = ["## Quantisation (manifest.json)", ""]
+    rows, notes = [], []
+    for m in names:
+        i8 = (read_json(artifacts / m.split(":")[-1] / "manifest.json", {}) or {}).get("int8")
+        if not i8:
+            continue
+        q, c = i8.get("qdq") or {}, i8.get("cpu") or {}
+        v = q.get("val") or {}
+        cv = c.get("val") or {}
+        rows.append([m, "yes" if q.get("passed") else "**NO**", f"{len(q.get('excluded_nodes') or [])}",
+                     "-" if v.get("drop_points") is None else f"{v['drop_points']:+.2f}",
+                     "-" if v.get("cosine_mean") is None else f"{v['cosine_mean']:.4f}",
+                     str(c.get("cpu_isa", "-")), c.get("file") and f"{c.get('method')}" or "fp32 kept",
+                     "-" if c.get("latency_ms") is None else f"{c['latency_ms']:.3f} / {c.get('fp32_latency_ms') or 0:.3f}",
+                     "-" if cv.get("cosine_mean") is None else f"{cv['cosine_mean']:.4f}"])
+        if q.get("miss"):
+            notes.append(f"- **{m} int8.qdq.onnx missed its budget**: {q['miss']}. Fallback: {q.get('fallback')}.")
+        if not c.get("file"):
+            notes.append(f"- {m}: no int8.cpu.onnx on this CPU ({c.get('cpu_isa')}): {c.get('why')}.")
+    if not rows:
+        return out + ["No INT8 artifacts yet: run `make quantize`.", ""]
+    out += table(["model", "int8.qdq within budget", "nodes kept float", "drop pts (val, simulated)",
+                  "cosine mean (simulated)", "CPU class", "int8.cpu.onnx form", "int8 / fp32 ms", "CPU cosine mean"],
+                 rows)
+    return out + [""] + notes + ([""] if notes else [])
+
+
+def summary_lines(artifacts: Path) -> list[str]:
+    """A few lines for the end of `make demo`: what passed, what missed and where to read more."""
+    verify = read_json(artifacts / "verify.json", None) or []
+    bench = read_json(artifacts / "bench.json", None) or {}
+    names = models_in(bench, verify, artifacts)
+    lines = []
+    gating = [r for r in verify if r.get("gating", True)]
+    fails = [r for r in gating if not r.get("passed")]
+    lines.append(f"verify: {len(gating) - len(fails)}/{len(gating)} gating rows passed"
+                 + "".join(f"\n  FAILED {r.get('model')} {r.get('artifact')} on {r.get('backend')}: "
+                           f"{'; '.join(str(s) for s in (r.get('reasons') or [r.get('error')]))[:200]}" for r in fails))
+    for m in names:
+        i8 = (read_json(artifacts / m.split(":")[-1] / "manifest.json", {}) or {}).get("int8") or {}
+        q = i8.get("qdq") or {}
+        if q.get("miss"):
+            lines.append(f"quantize {m}: int8.qdq.onnx MISSED its budget ({q['miss']}); {q.get('fallback')}")
+        if i8 and not (i8.get("cpu") or {}).get("file"):
+            lines.append(f"quantize {m}: no int8.cpu.onnx on this CPU: {(i8.get('cpu') or {}).get('why')}")
+    summ = bench.get("summary") or {}
+    for m, s in summ.items():
+        fv = s.get("fastest_verified") or {}
+        ts = ", ".join(f"{t['name']} {x(t.get('measured'))} (target {t['target']:.1f}x)" for t in s.get("targets", []))
+        if fv:
+            lines.append(f"bench {m}: fastest verified {what(fv)} {ms(fv.get('p50_ms'))} ms at batch 1; {ts}")
+    return lines
 
 
 def section_latency(bench: dict | None) -> list[str]:
@@ -280,8 +347,8 @@ def build_report(artifacts: Path) -> str:
             "side by side with PyTorch and plain ONNX Runtime. Sources: `<model>/train.json`, `verify.json`, "
             "`bench.json` in this folder.", ""]
     parts = (head + section_targets(bench) + section_models(artifacts, names) + section_latency(bench)
-             + section_batches(bench) + section_guard(bench) + section_verify(verify) + section_plots(artifacts, names)
-             + section_env(bench))
+             + section_batches(bench) + section_guard(bench) + section_quantize(artifacts, names)
+             + section_verify(verify) + section_plots(artifacts, names) + section_env(bench))
     return "\n".join(parts).rstrip() + "\n"
 
 
@@ -289,10 +356,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     ap.add_argument("--out", type=Path, default=None, help="default: <artifacts>/report.md")
+    ap.add_argument("--summary", action="store_true", help="also print a short summary (the end of `make demo`)")
     args = ap.parse_args(argv)
     out = args.out or args.artifacts / "report.md"
     atomic_write_text(out, build_report(args.artifacts))
     print(f"report -> {out}")
+    if args.summary:
+        print("\n".join(["", "== summary =="] + summary_lines(args.artifacts)))
     return 0
 
 

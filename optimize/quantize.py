@@ -42,9 +42,22 @@ from optimize.fp16 import Fp16Options, build_fp16, compare_logits, ort_logits, o
 from optimize.qdq_rules import check_qdq_rules, qdq_counts
 
 log = logging.getLogger("edgeattn.optimize.quantize")
-CODE_VERSION = "int8/1"
+CODE_VERSION = "int8/2"
 WEIGHT_OPS = ("Conv", "MatMul", "Gemm")
 CPU_CANDIDATES = ("dynamic", "dynamic_conv", "static_qdq_u8s8", "static_qoperator", "qdq_s8s8")
+# 7-bit weights (reduce_range): ORT's u8s8 kernels on CPUs without VNNI add pairs of u8*s8 products in int16 and
+# saturate; 255 * 63 * 2 stays inside int16 (runtime.cpu). Built where the CPU at hand saturates.
+RR_CANDIDATES = ("dynamic_rr", "static_qdq_u8s8_rr", "static_qoperator_rr")
+ALL_CPU_CANDIDATES = CPU_CANDIDATES + RR_CANDIDATES
+
+
+def default_cpu_candidates(isa: str | None = None) -> tuple[str, ...]:
+    """The CPU int8 forms worth building on a CPU of class ``isa`` (runtime.cpu.int8_isa()): the full-range ones
+    everywhere, plus the 7-bit ones where the int8 kernels saturate."""
+    from runtime.cpu import int8_isa, int8_saturates
+
+    isa = isa or int8_isa()
+    return CPU_CANDIDATES + (RR_CANDIDATES if int8_saturates(isa) else ())
 
 
 class QuantizeError(RuntimeError):
@@ -65,7 +78,8 @@ class QuantOptions:
     sweep_samples: int = 1000  # validation rows used to rank nodes
     eval_samples: int | None = None  # validation rows for the budget (None: the whole split)
     max_excluded: int | None = None
-    cpu_candidates: tuple[str, ...] = CPU_CANDIDATES
+    cpu_candidates: tuple[str, ...] | None = None  # None: default_cpu_candidates() for the CPU at hand
+    min_speedup: float = 1.0  # int8.cpu.onnx must be at least this much faster than fp32 here, else fp32 is kept
     bench_runs: int = 50
     tie_tolerance: float = 0.05  # CPU candidates this close to the fastest count as equally fast
     min_int8_coverage: float = 0.5  # a CPU candidate must hold >= this share of Conv/Gemm/MatMul weights in int8
@@ -260,12 +274,12 @@ TRT_EXTRA = {
 
 def quantize_static_cached(src: str | os.PathLike, dst: str | os.PathLike, ranges: dict[str, TensorRange],
                            method: str, nodes: Sequence[str], flavour: str = "trt",
-                           quantize_attention: bool = False) -> None:
+                           quantize_attention: bool = False, reduce_range: bool = False) -> None:
     """quantize_static with precomputed ``ranges`` (no calibration pass) on exactly ``nodes``.
 
     flavour ``trt``: QDQ, int8 activations and weights, symmetric, per-channel weights, float bias, no Q/DQ on
     outputs. ``qdq_u8s8``: QDQ with uint8 asymmetric activations, int8 per-channel weights, int32 bias (ORT CPU).
-    ``qoperator``: QLinear* operators, u8s8 (ORT CPU)."""
+    ``qoperator``: QLinear* operators, u8s8 (ORT CPU). ``reduce_range``: 7-bit weights (CPU flavours only)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if not nodes:
@@ -276,21 +290,24 @@ def quantize_static_cached(src: str | os.PathLike, dst: str | os.PathLike, range
                       calibration_cache_path=str(cache), op_types_to_quantize=list(WEIGHT_OPS),
                       nodes_to_quantize=list(nodes), per_channel=True, weight_type=QuantType.QInt8)
         if flavour == "trt":
+            if reduce_range:
+                raise QuantizeError("reduce_range: the TensorRT graph keeps the full int8 range (TensorRT's kernels "
+                                    "do not saturate); expected reduce_range only for the CPU flavours")
             extra = dict(TRT_EXTRA, MatMulConstBOnly=not quantize_attention)
             quantize_static(str(src), str(dst), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
                             extra_options=extra, **common)
         elif flavour == "qdq_u8s8":
             quantize_static(str(src), str(dst), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
-                            extra_options={"MatMulConstBOnly": True}, **common)
+                            extra_options={"MatMulConstBOnly": True}, reduce_range=reduce_range, **common)
         elif flavour == "qoperator":
             quantize_static(str(src), str(dst), quant_format=QuantFormat.QOperator, activation_type=QuantType.QUInt8,
-                            extra_options={"MatMulConstBOnly": True}, **common)
+                            extra_options={"MatMulConstBOnly": True}, reduce_range=reduce_range, **common)
         else:
             raise QuantizeError(f"static flavour: got {flavour!r}, expected trt, qdq_u8s8 or qoperator")
 
 
 def quantize_dynamic_matmul(src: str | os.PathLike, dst: str | os.PathLike, exclude: Sequence[str] = (),
-                            conv: bool = False) -> int:
+                            conv: bool = False, reduce_range: bool = False) -> int:
     """Dynamic int8 (DynamicQuantizeLinear + MatMulInteger, fused by ORT into DynamicQuantizeMatMul) on every
     constant-weight MatMul, after rewriting Gemm as MatMul. Convs stay float unless ``conv`` (ConvInteger)."""
     import onnx
@@ -304,7 +321,7 @@ def quantize_dynamic_matmul(src: str | os.PathLike, dst: str | os.PathLike, excl
         onnx.save(model, str(mm))
         quantize_dynamic(str(mm), str(dst), op_types_to_quantize=["MatMul"] + (["Conv"] if conv else []),
                          per_channel=False, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
-                         extra_options={"MatMulConstBOnly": True})
+                         reduce_range=reduce_range, extra_options={"MatMulConstBOnly": True})
     return n
 
 
@@ -341,7 +358,11 @@ def logit_error(ref: np.ndarray, out: np.ndarray) -> float:
 
 
 def evaluate_inprocess(path: str | os.PathLike, es: EvalSet, ref: np.ndarray, threads: int) -> tuple[dict, np.ndarray]:
-    out = ort_logits(path, es, "all", threads)
+    """A TensorRT Q/DQ graph judged by its float simulation (runtime.ort_backend.QDQ_REFERENCE_LEVEL): the same
+    verdict on every CPU, and what TensorRT computes up to rounding."""
+    from runtime.ort_backend import QDQ_REFERENCE_LEVEL
+
+    out = ort_logits(path, es, QDQ_REFERENCE_LEVEL, threads)
     cmp = compare_logits(ref, out, es.y)
     cmp["logit_rel_mse"] = logit_error(ref, out)
     return cmp, out
@@ -414,6 +435,27 @@ def budget_search(src: Path, ranges: dict[str, TensorRange], method: str, nodes:
             "passed": judge(cmp, opts, labelled), "quantized": [n for n in names if n not in {e["node"] for e in excluded}]}
 
 
+def _miss(cmp: dict[str, Any], opts: QuantOptions, labelled: bool) -> str:
+    """What missed the budget and by how much, in words."""
+    if cmp.get("nan_inf"):
+        return "NaN/Inf in the output"
+    if not labelled:
+        return f"cosine mean {cmp['cosine_mean']:.5f} < {opts.min_cosine} (short by {opts.min_cosine - cmp['cosine_mean']:.5f})"
+    parts = []
+    if cmp["drop_points"] > opts.max_drop + 1e-9:
+        parts.append(f"accuracy drop {cmp['drop_points']:.2f} points > {opts.max_drop} (over by "
+                     f"{cmp['drop_points'] - opts.max_drop:.2f})")
+    if cmp["top1_agreement"] < opts.min_agreement:
+        parts.append(f"top-1 agreement {cmp['top1_agreement']:.4f} < {opts.min_agreement}")
+    return "; ".join(parts) or "within the budget"
+
+
+def _cpu_model() -> str | None:
+    from runtime.cpu import cpu_info
+
+    return cpu_info().get("model")
+
+
 def _brief(cmp: dict[str, Any]) -> dict[str, Any]:
     keys = ("accuracy", "drop_points", "top1_agreement", "cosine_mean", "logit_rel_mse", "nan_inf")
     return {k: (round(cmp[k], 6) if isinstance(cmp.get(k), float) else cmp.get(k)) for k in keys if k in cmp}
@@ -484,33 +526,63 @@ def build_cpu_candidates(src: Path, ranges: dict[str, TensorRange], method: str,
                          excluded: Sequence[str], qdq_path: Path, work: Path, opts: QuantOptions) -> dict[str, Path]:
     """Write each CPU candidate into ``work``; returns name -> path (failures are logged and skipped)."""
     out: dict[str, Path] = {}
-    for name in opts.cpu_candidates:
+    for name in opts.cpu_candidates or default_cpu_candidates():
         p = work / f"{name}.onnx"
+        base, rr = (name[:-3], True) if name.endswith("_rr") else (name, False)
         try:
-            if name == "dynamic":
-                quantize_dynamic_matmul(src, p, exclude=excluded)
-            elif name == "dynamic_conv":
+            if name not in ALL_CPU_CANDIDATES:
+                raise QuantizeError(f"CPU candidate: got {name!r}, expected one of {ALL_CPU_CANDIDATES}")
+            if base == "dynamic":
+                quantize_dynamic_matmul(src, p, exclude=excluded, reduce_range=rr)
+            elif base == "dynamic_conv":
                 quantize_dynamic_matmul(src, p, exclude=excluded, conv=True)
-            elif name == "static_qdq_u8s8":
-                quantize_static_cached(src, p, ranges, method, quantized, "qdq_u8s8")
-            elif name == "static_qoperator":
-                quantize_static_cached(src, p, ranges, method, quantized, "qoperator")
-            elif name == "qdq_s8s8":
+            elif base == "static_qdq_u8s8":
+                quantize_static_cached(src, p, ranges, method, quantized, "qdq_u8s8", reduce_range=rr)
+            elif base == "static_qoperator":
+                quantize_static_cached(src, p, ranges, method, quantized, "qoperator", reduce_range=rr)
+            elif base == "qdq_s8s8":
                 shutil.copyfile(qdq_path, p)
-            else:
-                raise QuantizeError(f"CPU candidate: got {name!r}, expected one of {CPU_CANDIDATES}")
             out[name] = p
         except Exception as e:  # noqa: BLE001 - one failing candidate must not stop the others
             log.warning("int8 CPU candidate %s for %s failed: %s: %s", name, src.parent.name, type(e).__name__, e)
     return out
 
 
+def pick_cpu(rows: dict[str, dict[str, Any]], fp32_ms: float | None, opts: QuantOptions,
+             labelled: bool) -> tuple[str | None, str]:
+    """(winner or None, why) from measured candidate rows: the fastest candidate that is within the budget, really
+    int8 (``passed`` already holds both) and at least ``opts.min_speedup`` times faster than fp32 here; candidates
+    within ``tie_tolerance`` of the fastest count as tied and the most accurate of them wins. None: no int8 form
+    is both within the budget and faster on this CPU, so fp32 is kept."""
+    within = [k for k, r in rows.items() if r.get("passed") and r.get("latency_ms") is not None]
+    if fp32_ms is None:
+        return None, "fp32 latency could not be measured, so no int8 form is known to be faster: fp32 kept"
+    ok = [k for k in within if fp32_ms / rows[k]["latency_ms"] >= opts.min_speedup]
+
+    def accuracy_rank(k: str) -> tuple:
+        v = rows[k]["val"]
+        return (-v.get("drop_points", 0.0), v["top1_agreement"], v["cosine_mean"]) if labelled else \
+            (v["cosine_mean"], v["top1_agreement"])
+
+    if not ok:
+        if within:
+            fastest = min(within, key=lambda k: rows[k]["latency_ms"])
+            return None, (f"no int8 form within the budget is faster than fp32 on this CPU (best: {fastest} "
+                          f"{rows[fastest]['latency_ms']:.3f} ms vs fp32 {fp32_ms:.3f} ms, needs >= "
+                          f"{opts.min_speedup:.2f}x): fp32 kept")
+        return None, "no int8 form within the budget on this CPU: fp32 kept"
+    best = min(rows[k]["latency_ms"] for k in ok)
+    tied = [k for k in ok if rows[k]["latency_ms"] <= best * (1.0 + opts.tie_tolerance)]
+    winner = max(tied, key=accuracy_rank)
+    why = ("fastest within the budget" if len(tied) == 1 else
+           f"most accurate of {sorted(tied)} (within {opts.tie_tolerance:.0%} of the fastest, within the budget)")
+    return winner, why
+
+
 def choose_cpu(src: Path, candidates: dict[str, Path], es: EvalSet, ref: np.ndarray, feed: dict[str, np.ndarray],
                opts: QuantOptions) -> dict[str, Any]:
-    """Accuracy of each candidate (crash-guarded child), latency of all survivors + fp32 side by side; pick the
-    fastest candidate that is within the budget and really int8 (``min_int8_coverage``); candidates within
-    ``tie_tolerance`` of the fastest count as tied and the most accurate of them wins. If none qualifies, the
-    most accurate one is kept and ``passed`` is false."""
+    """Accuracy of each candidate on this CPU's integer kernels (crash-guarded child, ORT 'all'), latency of all
+    survivors + fp32 side by side, then :func:`pick_cpu`. ``winner`` None: fp32 is kept."""
     import onnx
 
     labelled = es.y is not None
@@ -538,26 +610,10 @@ def choose_cpu(src: Path, candidates: dict[str, Path], es: EvalSet, ref: np.ndar
             rows[k]["latency_p10_p90_ms"] = [lat[k]["p10_ms"], lat[k]["p90_ms"]]
             rows[k]["bench_runs"] = lat[k]["runs"]
             rows[k]["speedup_vs_fp32"] = round(fp32_ms / lat[k]["median_ms"], 3) if fp32_ms else None
-    ok = [k for k, r in rows.items() if r["passed"] and r.get("latency_ms") is not None]
-
-    def accuracy_rank(k: str) -> tuple:
-        v = rows[k]["val"]
-        return (-v.get("drop_points", 0.0), v["top1_agreement"], v["cosine_mean"]) if labelled else \
-            (v["cosine_mean"], v["top1_agreement"])
-
-    if ok:
-        best = min(rows[k]["latency_ms"] for k in ok)
-        tied = [k for k in ok if rows[k]["latency_ms"] <= best * (1.0 + opts.tie_tolerance)]
-        winner = max(tied, key=accuracy_rank)
-        why = ("fastest within the budget" if len(tied) == 1 else
-               f"most accurate of {sorted(tied)} (within {opts.tie_tolerance:.0%} of the fastest, within the budget)")
-    else:
-        ran = [k for k, r in rows.items() if r["ran"]]
-        if not ran:
-            raise QuantizeError(f"{src.parent.name}: every CPU int8 candidate crashed or failed: "
-                                f"{ {k: r.get('error') for k, r in rows.items()} }")
-        covered = [k for k in ran if rows[k]["int8_weight_coverage"] >= opts.min_int8_coverage] or ran
-        winner, why = max(covered, key=accuracy_rank), "no candidate within the budget: most accurate kept"
+    if not any(r["ran"] for r in rows.values()):
+        raise QuantizeError(f"{src.parent.name}: every CPU int8 candidate crashed or failed: "
+                            f"{ {k: r.get('error') for k, r in rows.items()} }")
+    winner, why = pick_cpu(rows, fp32_ms, opts, labelled)
     return {"winner": winner, "why": why, "candidates": rows, "fp32_latency_ms": fp32_ms,
             "latency_error": lat.get("error"), "bench": {"batch": int(next(iter(feed.values())).shape[0]),
                                                         "runs": opts.bench_runs, "threads": opts.threads,
@@ -598,7 +654,12 @@ def quantize_model(model_dir: str | os.PathLike, opts: QuantOptions | None = Non
     """FP16 + INT8 artifacts for one model folder; returns {"fp16": section, "int8": section} (as written)."""
     from zoo.io import read_json, sha256_file, update_manifest
 
+    from runtime.cpu import int8_isa
+
     opts = opts or QuantOptions()
+    isa = int8_isa()
+    if opts.cpu_candidates is None:
+        opts = replace(opts, cpu_candidates=default_cpu_candidates(isa))
     model_dir = Path(model_dir)
     src = model_dir / "fp32.sim.onnx"
     if not src.is_file():
@@ -637,14 +698,17 @@ def quantize_model(model_dir: str | os.PathLike, opts: QuantOptions | None = Non
             calib = CalibrationData.from_dataset(spec, dataset, model_dir, opts.calib_size, opts.calib_batch, opts.seed)
         else:
             calib = CalibrationData.synthetic_images(spec, opts.parity_calib_size, min(8, opts.calib_batch), opts.seed)
+        # the CPU's int8 class is part of the key: int8.cpu.onnx is chosen and verified for the CPU at hand
         key = _digest({"src": src_sha, "data": calib.sha256, "dataset": getattr(dataset, "sha256", None),
-                       "eval": es.description, "opts": opts.key(), "code": CODE_VERSION})
-        if not force and _up_to_date(model_dir, manifest.get("int8"), key, ["int8.qdq.onnx", "int8.cpu.onnx"]):
-            print(f"quantize {model_dir.name}: int8.qdq.onnx and int8.cpu.onnx up to date")
-            result["int8"] = manifest["int8"]
+                       "eval": es.description, "opts": opts.key(), "code": CODE_VERSION, "cpu_isa": isa})
+        old = manifest.get("int8") or {}
+        if not force and _up_to_date(model_dir, old, key, list(old.get("files_sha256", {})) or ["int8.qdq.onnx"]):
+            print(f"quantize {model_dir.name}: {' and '.join(old['files_sha256'])} up to date"
+                  + ("" if (old.get("cpu") or {}).get("file") else " (CPU: fp32 kept, no int8.cpu.onnx)"))
+            result["int8"] = old
             return result
         ref = ort_logits(src, es, "all", opts.threads, progress=f"fp32 {model_dir.name} val" if progress else None)
-        sec = build_int8(model_dir, src, calib, es, ref, opts, progress)
+        sec = build_int8(model_dir, src, calib, es, ref, opts, progress, isa)
         sec.update(key=key, source_sha256=src_sha)
         if labelled:
             tj = read_json(model_dir / "train.json", {}) or {}
@@ -655,8 +719,13 @@ def quantize_model(model_dir: str | os.PathLike, opts: QuantOptions | None = Non
 
 
 def build_int8(model_dir: Path, src: Path, calib: CalibrationData, es: EvalSet, ref: np.ndarray,
-               opts: QuantOptions, progress: bool = True) -> dict[str, Any]:
-    """Calibrate, budget-search the TensorRT Q/DQ graph, pick the CPU graph; write both atomically."""
+               opts: QuantOptions, progress: bool = True, isa: str | None = None) -> dict[str, Any]:
+    """Calibrate, budget-search the TensorRT Q/DQ graph (judged by its float simulation), pick the CPU graph for
+    this CPU (judged on its integer kernels); write both atomically. When no int8 form is both within the budget
+    and faster than fp32 here, no int8.cpu.onnx is written (a stale one is removed) and fp32 is the CPU artifact."""
+    from runtime.cpu import ISA_METADATA_KEY, int8_isa
+
+    isa = isa or int8_isa()
     import onnx
 
     from zoo.io import atomic_write, sha256_file
@@ -689,11 +758,21 @@ def build_int8(model_dir: Path, src: Path, calib: CalibrationData, es: EvalSet, 
         feed = next(es.subset(opts.bench_batch, opts.seed).batches(opts.bench_batch))
         cpu = choose_cpu(src, cands, es, ref, feed, opts)
         cpu_dst = model_dir / "int8.cpu.onnx"
-        atomic_write(cpu_dst, lambda p: shutil.copyfile(cands[cpu["winner"]], p))
+        win = cpu["winner"]
+        if win is not None:
+            m = onnx.load(str(cands[win]))
+            onnx.helper.set_model_props(m, {**{p.key: p.value for p in m.metadata_props}, ISA_METADATA_KEY: isa})
+            atomic_write(cpu_dst, lambda p: onnx.save(m, str(p)))
+            del m
+        elif cpu_dst.exists():
+            cpu_dst.unlink()  # a stale int8.cpu.onnx from another CPU or budget must not be verified or shipped
     qdq_lat = cpu["candidates"].get("qdq_s8s8", {}).get("latency_ms")
+    wrow = cpu["candidates"].get(win, {}) if win else {}
+    files = {qdq_dst.name: sha256_file(qdq_dst), **({cpu_dst.name: sha256_file(cpu_dst)} if win else {})}
+    miss = None if search["passed"] else _miss(search["final"], opts, labelled)
     sec = {
-        "artifacts": {"qdq": qdq_dst.name, "cpu": cpu_dst.name},
-        "files_sha256": {qdq_dst.name: sha256_file(qdq_dst), cpu_dst.name: sha256_file(cpu_dst)},
+        "artifacts": {"qdq": qdq_dst.name, "cpu": cpu_dst.name if win else None},
+        "files_sha256": files,
         "source": src.name, "calibration": cinfo,
         "budget": {"split": "val" if labelled else "synthetic", "data": es.description, "n": len(es),
                    "max_drop_points": opts.max_drop if labelled else None,
@@ -701,14 +780,21 @@ def build_int8(model_dir: Path, src: Path, calib: CalibrationData, es: EvalSet, 
                    "min_cosine": None if labelled else opts.min_cosine,
                    "fp32_ort_accuracy": float((ref.argmax(1) == es.y).mean()) if labelled else None},
         "qdq": {"file": qdq_dst.name, "passed": search["passed"], "rules_ok": not violations,
+                "judged_by": "float simulation of its Q/DQ (ONNX Runtime, graph optimisations off): what TensorRT "
+                             "computes up to rounding, the same on every CPU",
+                "miss": miss, "fallback": None if search["passed"] else
+                "int8.qdq.onnx kept (most accurate found) and marked failed; deploy fp16.onnx / the fp16 engine",
                 "rule_violations": violations, "counts": qdq_counts(qdq_dst),
                 "quantized_nodes": search["quantized"], "excluded_nodes": search["excluded"],
                 "val": _brief(search["final"]), "steps": search["steps"], "sensitivity": search["sensitivity"],
                 "latency_ms": qdq_lat, "format": "QDQ int8 symmetric, per-channel weights, float bias"},
-        "cpu": {"file": cpu_dst.name, "method": cpu["winner"], "why": cpu["why"], "ort_opt_level": "all",
-                "passed": cpu["candidates"][cpu["winner"]]["passed"],
-                "val": cpu["candidates"][cpu["winner"]].get("val"),
-                "latency_ms": cpu["candidates"][cpu["winner"]].get("latency_ms"),
+        "cpu": {"file": cpu_dst.name if win else None, "method": win or "fp32", "why": cpu["why"],
+                "ort_opt_level": "all", "cpu_isa": isa, "cpu_model": _cpu_model(),
+                "judged_by": "ONNX Runtime's integer kernels on this CPU",
+                "fallback": None if win else "fp32.sim.onnx",
+                "passed": True if win is None else wrow["passed"],
+                "val": wrow.get("val"),
+                "latency_ms": wrow.get("latency_ms"),
                 "fp32_latency_ms": cpu["fp32_latency_ms"], "candidates": cpu["candidates"], "bench": cpu["bench"],
                 "excluded_nodes": excluded},
         "options": opts.key(), "seconds": round(time.perf_counter() - t0, 1),
@@ -734,7 +820,8 @@ def _print_tables(name: str, res: dict[str, Any]) -> None:
     print(f"{name}: int8.qdq.onnx  {len(q['quantized_nodes'])} nodes int8, {len(q['excluded_nodes'])} float  "
           f"drop {_f(v.get('drop_points'), 2)} pts  agree {_f(v.get('top1_agreement'), 4)}  "
           f"cos {_f(v.get('cosine_mean'), 5)}  "
-          f"rules {'ok' if q['rules_ok'] else q['rule_violations']}  passed {q['passed']}")
+          f"rules {'ok' if q['rules_ok'] else q['rule_violations']}  passed {q['passed']}  (float-simulated Q/DQ: "
+          f"the TensorRT reference)" + (f"\n  MISSED: {q['miss']}; {q['fallback']}" if q.get("miss") else ""))
     if q["excluded_nodes"]:
         print(f"  {'kept float':<40}{'op':<8}{'alone drop':>11}{'alone mse':>11}{'recovered':>11}")
         for e in q["excluded_nodes"]:
@@ -746,9 +833,12 @@ def _print_tables(name: str, res: dict[str, Any]) -> None:
     for k, r in cpu["candidates"].items():
         vv = r.get("val") or {}
         mark = " <- int8.cpu.onnx" if k == cpu["method"] else ""
+        mark += " (7-bit weights)" if k.endswith("_rr") else ""
         print(f"  {k:<18}{str(r['ran']):>5}{_f(r.get('int8_weight_coverage'), 2):>8}{_f(vv.get('drop_points'), 2):>10}"
               f"{_f(vv.get('top1_agreement'), 4):>8}{_f(vv.get('cosine_mean'), 5):>10}{_f(r.get('latency_ms'), 3):>10}"
               f"{_f(r.get('speedup_vs_fp32'), 2):>8}  {r['passed']}{mark}")
+    print(f"  CPU ({cpu.get('cpu_isa')}): " + (f"int8.cpu.onnx = {cpu['method']}: {cpu['why']}" if cpu.get("file")
+                                              else f"no int8.cpu.onnx, {cpu['why']}"))
 
 
 def _f(v: Any, nd: int) -> str:
@@ -777,7 +867,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--sweep-samples", type=int, default=d.sweep_samples, help="validation rows to rank nodes")
     ap.add_argument("--eval-samples", type=int, default=None, help="validation rows for the budget (default: all)")
     ap.add_argument("--quantize-attention", action="store_true", help="Q/DQ on attention BMMs too")
-    ap.add_argument("--cpu-candidates", default=",".join(d.cpu_candidates))
+    ap.add_argument("--cpu-candidates", default=None,
+                    help=f"comma-separated subset of {','.join(ALL_CPU_CANDIDATES)} (default: the forms for this "
+                         "CPU: the 7-bit '_rr' ones are added where int8 kernels saturate, i.e. without VNNI/AMX)")
+    ap.add_argument("--min-speedup", type=float, default=d.min_speedup,
+                    help="int8.cpu.onnx must be this much faster than fp32 here, else fp32 is kept")
     ap.add_argument("--bench-runs", type=int, default=d.bench_runs)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("EDGEATTN_THREADS", d.threads)))
     ap.add_argument("--only", choices=("fp16", "int8"), help="build only one precision")
@@ -791,14 +885,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                    max_drop=args.max_drop, min_agreement=args.min_agreement, min_cosine=args.min_cosine,
                    sweep=args.sweep, sweep_samples=args.sweep_samples, eval_samples=args.eval_samples,
                    quantize_attention=args.quantize_attention,
-                   cpu_candidates=tuple(c for c in args.cpu_candidates.split(",") if c), bench_runs=args.bench_runs,
+                   cpu_candidates=(tuple(c for c in args.cpu_candidates.split(",") if c) if args.cpu_candidates
+                                   else None), min_speedup=args.min_speedup, bench_runs=args.bench_runs,
                    threads=args.threads, fp16=args.only != "int8", int8=args.only != "fp16")
     failed = []
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         model_dir = args.artifacts / artifact_name(name)
         mopts = opts
         if name.startswith("torchvision:"):  # big parity-only model: keep it to a few minutes on 2 cores
-            mopts = replace(opts, bench_runs=min(opts.bench_runs, 10), sweep="never")
+            mopts = replace(opts, bench_runs=min(opts.bench_runs, 10))
         t0 = time.perf_counter()
         try:
             res = quantize_model(model_dir, mopts, force=args.force)

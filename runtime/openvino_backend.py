@@ -78,6 +78,10 @@ class OpenVINORunner(Runner):
         inputs = [self._io(p, "inputs") for p in model.inputs]
         self._apply_bounds(ov, model, inputs, bounds)
         self._compiled = self._compile(model, threads)
+        self.execution_precision = self._precision_ran()
+        if self.execution_precision and self.execution_precision != self.precision_hint:
+            log.warning("openvino: '%s' asked for %s, the %s plugin runs %s (this CPU has no %s support)", self.path,
+                        self.precision_hint, device, self.execution_precision, self.precision_hint)
         self._request = self._compiled.create_infer_request()
         self._contract = InputContract(inputs=inputs, bounds=bounds)
         self._outputs = [self._io(p, "outputs") for p in model.outputs]
@@ -135,6 +139,16 @@ class OpenVINORunner(Runner):
         except Exception as e:  # noqa: BLE001
             raise BackendError(f"openvino cannot compile '{self.path}' for {self.device} with {config}: "
                                f"{_first_line(e)}") from None
+
+    def _precision_ran(self) -> str | None:
+        """The inference precision the compiled model reports ('f32', 'bf16', 'f16'): what really runs, which is
+        not the hint on a CPU without bf16 (there the plugin silently runs f32)."""
+        try:
+            t = self._compiled.get_property("INFERENCE_PRECISION_HINT")
+        except Exception:  # noqa: BLE001 - older plugins / other devices may not report it
+            return None
+        name = t.get_type_name() if hasattr(t, "get_type_name") else str(t)
+        return PRECISION_HINTS.get(name, name)
 
     # -- running -----------------------------------------------------------------------------------------
     @property

@@ -38,6 +38,11 @@ ORT_TYPES = {
     "tensor(bool)": "bool",
 }
 OPT_LEVELS = ("all", "extended", "basic", "disable")
+# The CPU-independent reference for a Q/DQ graph meant for TensorRT: with every graph optimisation off, ONNX Runtime
+# runs QuantizeLinear / DequantizeLinear as the float ops the graph states (round, clip, rescale) and the layers in
+# float, which is what TensorRT's int8 kernels compute up to rounding. At 'extended'/'all' ORT fuses Q/DQ into its
+# own integer kernels instead, whose results depend on the CPU (int16 saturation without VNNI; runtime.cpu).
+QDQ_REFERENCE_LEVEL = "disable"
 PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
                     "tensorrt": "TensorrtExecutionProvider"}
 GPU_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -104,6 +109,9 @@ class OrtRunner(Runner):
         self._session = self._load(ort, so, chosen)
         self.providers: list[str] = list(self._session.get_providers())
         meta = dict(self._session.get_modelmeta().custom_metadata_map)
+        from runtime.cpu import check_int8_isa
+
+        self.isa_warning = check_int8_isa(self.path, meta) if "CPUExecutionProvider" == self.providers[0] else None
         self.spec: dict[str, Any] | None = spec if spec is not None else read_spec(self.path, meta)
         self._contract = InputContract(inputs=[self._io(a, "inputs") for a in self._session.get_inputs()],
                                        bounds=bounds_from_spec(self.spec))
@@ -211,4 +219,4 @@ def safe_opt_level(path: str | Path, preferred: str = "all", fallback: str = "ex
 
 
 __all__ = ["OrtRunner", "probe_in_subprocess", "safe_opt_level", "resolve_providers", "dummy_feed",
-           "ORT_TYPES", "OPT_LEVELS", "SPEC_METADATA_KEY"]
+           "ORT_TYPES", "OPT_LEVELS", "QDQ_REFERENCE_LEVEL", "SPEC_METADATA_KEY"]

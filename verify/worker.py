@@ -54,12 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     outs = []
     t0 = time.perf_counter()
     with open_backend(args.artifact, args.backend, args.mode, args.threads) as runner:
+        ran = getattr(runner, "execution_precision", None)  # what really ran (OpenVINO: not always the hint)
         out_name = runner.outputs[0].name
         for i in range(0, len(x), args.batch):
             xb = trim_padding(np.ascontiguousarray(x[i:i + args.batch]), args.pad_id)
             outs.append(runner.infer({args.input_name: xb})[out_name])
     np.save(args.out, np.concatenate(outs).astype(np.float32))
-    print(json.dumps({"seconds": round(time.perf_counter() - t0, 2)}))
+    print(json.dumps({"seconds": round(time.perf_counter() - t0, 2), "precision_ran": ran}))
     return 0
 
 
