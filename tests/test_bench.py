@@ -248,6 +248,13 @@ def test_end_to_end_quick_bench_and_report(tiny_artifacts):
     assert (art / "plots" / "vit_latency.png").stat().st_size > 1000
     assert (art / "plots" / "vit_pareto.png").is_file()
 
+    # a second run with nothing changed reuses the rows (same run id, same numbers) instead of timing again
+    assert main(["--models", "vit,text_transformer", "--artifacts", str(art), "--quick", "--threads", "1",
+                 "--peers", "eager,bf16_autocast,dynamic_int8,ort_plain", "--accuracy-samples", "64"]) == 0
+    again = json.loads((art / "bench.json").read_text())
+    assert [(r["run"], r["p50_ms"]) for r in again["rows"]] == [(r["run"], r["p50_ms"]) for r in rows]
+    assert all(r["bench_key"] for r in again["rows"]) and set(again["envs"]) >= {r["run"] for r in rows}
+
     assert report_main(["--artifacts", str(art)]) == 0
     md = (art / "report.md").read_text()
     for needle in ("## Targets", "## Latency at batch 1", "### vit", "### text_transformer (sequence length 16)",
