@@ -35,9 +35,26 @@ def _read_cpuinfo() -> str:
         return ""
 
 
+# numpy's own CPUID-based detection: what this process can execute, the same source of truth ONNX Runtime's MLAS
+# uses (CPUID). /proc/cpuinfo describes the host, which differs under an emulator (qemu-x86_64 -cpu Haswell).
+_NUMPY_FEATURES = {"avx2": "AVX2", "avx512f": "AVX512F", "avx512_vnni": "AVX512VNNI", "avx512_bf16": "AVX512BF16",
+                   "avx512_fp16": "AVX512FP16"}
+
+
+def _numpy_features() -> dict[str, bool] | None:
+    try:
+        try:
+            from numpy._core._multiarray_umath import __cpu_features__ as feats
+        except ImportError:  # numpy < 2
+            from numpy.core._multiarray_umath import __cpu_features__ as feats
+    except ImportError:
+        return None
+    return {ours: bool(feats.get(theirs)) for ours, theirs in _NUMPY_FEATURES.items() if theirs in feats}
+
+
 def cpu_info(cpuinfo_text: str | None = None) -> dict[str, Any]:
-    """Model name, logical/usable CPUs, physical cores, ISA flags and the int8 ISA class, from /proc/cpuinfo
-    (or the given text)."""
+    """Model name, logical/usable CPUs, physical cores, ISA flags and the int8 ISA class. Flags come from
+    /proc/cpuinfo (or the given text); on the live machine, the flags numpy's CPUID detection knows override it."""
     text = _read_cpuinfo() if cpuinfo_text is None else cpuinfo_text
     model, flags = None, set()
     cores = set()
@@ -58,9 +75,14 @@ def cpu_info(cpuinfo_text: str | None = None) -> dict[str, Any]:
     except AttributeError:
         usable = os.cpu_count()
     isa = {f: f in flags for f in ISA_FLAGS}
+    source = "/proc/cpuinfo" if cpuinfo_text is None else "text"
+    live = _numpy_features() if cpuinfo_text is None and platform.machine().lower() in ("x86_64", "amd64") else None
+    if live:
+        isa.update(live)
+        source = "CPUID (numpy) + /proc/cpuinfo"
     return {"model": model or platform.processor() or platform.machine(), "logical_cpus": os.cpu_count(),
             "usable_cpus": usable, "physical_cores": len(cores) or None, "machine": platform.machine(),
-            "isa": isa, "int8_isa": isa_class(isa, platform.machine())}
+            "isa": isa, "isa_source": source, "int8_isa": isa_class(isa, platform.machine())}
 
 
 def isa_class(isa: dict[str, bool], machine: str | None = None) -> str:
