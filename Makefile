@@ -61,18 +61,21 @@ report: setup
 # The demo goes on past a stage that misses (recorded in manifest.json / verify.json / report.md) and ends with a
 # summary; `make quantize` and `make verify` alone exit non-zero on a miss. Up-to-date stages are reused.
 demo: setup
-	@start=$$(date +%s); \
-	$(PY) -m zoo.train --models $(MODELS) --artifacts $(ARTIFACTS) && \
-	$(PY) -m export --models $(ZOO_MODELS) --artifacts $(ARTIFACTS) && \
-	$(PY) -m optimize simplify --models $(ZOO_MODELS) --artifacts $(ARTIFACTS) || exit 1; \
+	@start=$$(date +%s); last=$$start; times=""; \
+	lap() { now=$$(date +%s); times="$$times $$1=$$((now - last))s"; last=$$now; }; \
+	$(PY) -m zoo.train --models $(MODELS) --artifacts $(ARTIFACTS) || exit 1; lap train; \
+	$(PY) -m export --models $(ZOO_MODELS) --artifacts $(ARTIFACTS) || exit 1; lap export; \
+	$(PY) -m optimize simplify --models $(ZOO_MODELS) --artifacts $(ARTIFACTS) || exit 1; lap simplify; \
 	$(PY) -m optimize quantize --models $(ZOO_MODELS) --artifacts $(ARTIFACTS) --max-drop $(MAX_DROP) \
 	  || echo "demo: quantize: an artifact missed its budget (recorded in manifest.json; see the summary); continuing"; \
+	lap quantize; \
 	$(PY) -m optimize engines --models $(ZOO_MODELS) --artifacts $(ARTIFACTS) --flavor $(FLAVOR) \
 	  || echo "demo: engines stage failed (see above); continuing"; \
-	$(PY) -m verify --models $(ZOO_MODELS) --artifacts $(ARTIFACTS) || exit 1; \
-	$(PY) -m bench --models $(ZOO_MODELS) --artifacts $(ARTIFACTS) $(BENCH_ARGS) || exit 1; \
-	$(PY) -m bench.report --artifacts $(ARTIFACTS) --summary || exit 1; \
-	echo "demo: done in $$(( $$(date +%s) - start )) s (after setup). Read $(ARTIFACTS)/report.md"
+	lap engines; \
+	$(PY) -m verify --models $(ZOO_MODELS) --artifacts $(ARTIFACTS) || exit 1; lap verify; \
+	$(PY) -m bench --models $(ZOO_MODELS) --artifacts $(ARTIFACTS) $(BENCH_ARGS) || exit 1; lap bench; \
+	$(PY) -m bench.report --artifacts $(ARTIFACTS) --summary || exit 1; lap report; \
+	echo "demo: done in $$(( $$(date +%s) - start )) s after setup ($$times ). Read $(ARTIFACTS)/report.md"
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc

@@ -27,16 +27,20 @@ import numpy as np
 
 log = logging.getLogger("edgeattn.bench")
 
-SMALL_SWEEP = (1, 8, 32)
+SMALL_SWEEP = (1, 8)  # plus the profile max; `--batches 1,8,32` for a finer sweep
 PARITY_SEED = 1234  # verify's seeded images for models without a dataset: agreement is measured on the same ones
 
 
 # ---- planning ----------------------------------------------------------------------------------------------
-def batch_sweep(spec, name: str) -> list[int]:
-    """1, 8, 32 and the profile max for the small models; 1 and the max for torchvision (heavy) models."""
-    mx = int(spec.dynamic["batch"].max)
-    base = (1,) if name.startswith("torchvision:") else SMALL_SWEEP
-    return sorted({b for b in base if b <= mx} | {mx})
+def batch_sweep(spec, name: str, wanted: list[int] | None = None) -> list[int]:
+    """``wanted`` (within the profile's batch range) when given; else 1, 8 and the profile max for the small models
+    and batch 1 only for torchvision (heavy) models, which keeps `make demo` inside its time budget."""
+    r = spec.dynamic["batch"]
+    if wanted:
+        return sorted({min(max(int(b), r.min), r.max) for b in wanted})
+    if name.startswith("torchvision:"):
+        return [max(1, int(r.min))]
+    return sorted({b for b in SMALL_SWEEP if r.min <= b <= r.max} | {int(r.max)})
 
 
 def seq_len_for(spec, wanted: int) -> int | None:
@@ -49,7 +53,8 @@ def seq_len_for(spec, wanted: int) -> int | None:
 def plan_ours(name: str, model_dir: Path, vrows: list[dict], skip_plain: bool) -> list[dict[str, Any]]:
     """Every (artifact, backend, mode) verify checks (verify.__main__.backend_plan), plus GPU paths on a GPU machine.
     ORT modes are the ones verify actually ran ('extended' where 'all' crashed there)."""
-    from bench.candidates import RunnerCandidate, precision_of
+    from bench.candidates import RunnerCandidate
+    from runtime.loader import precision_of
     from bench.results import verified_mode
     from runtime.gpu import nvidia_gpu_present
     from verify.__main__ import ROLE_REFERENCE, artifact_files, backend_plan
@@ -413,7 +418,7 @@ def bench_model(name: str, args, cfg) -> list[dict[str, Any]]:
             print(f"bench {name}: no model spec (no spec.json in {mb.model_dir}, PyTorch model not loadable); skipped")
             return [{**_skeleton(name), "error": "no model spec: run 'make export' (writes spec.json) first; "
                      + "; ".join(sorted({s.error for s in mb.slots if s.error}))[:400]}]
-        batches = batch_sweep(mb.spec, name)
+        batches = batch_sweep(mb.spec, name, args.batches)
         mb.load_eval_set()
         seq_len, seq_how = mb.sequence_length()
         print(f"bench {name}: {len(mb.slots)} candidates loaded in {time.perf_counter() - t0:.1f} s, batches {batches}"
@@ -460,6 +465,7 @@ def bench_key(name: str, args, cfg, env: dict[str, Any]) -> str:
     blob = {"code": CODE_VERSION, "verify": verify_key(name, args.artifacts, None), "verdicts": verdicts,
             "cpu": env.get("cpu", {}).get("model"), "threads": args.threads, "peers": list(args.peers),
             "no_ours": args.no_ours, "seq_len": args.seq_len, "timing": asdict(cfg), "quick": args.quick,
+            "batches": args.batches,
             "accuracy_samples": args.accuracy_samples, "parity_samples": args.parity_samples,
             "omp": args.omp_wait_policy}
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -499,6 +505,9 @@ def parse_args(argv):
                          "--quick: 512; 0: no peer accuracy)")
     ap.add_argument("--parity-samples", type=int, default=None,
                     help="seeded inputs for top-1 agreement of peers on models without a dataset (default 8, quick 4)")
+    ap.add_argument("--batches", default=None,
+                    help="comma-separated batch sizes for every model (default: 1, 8 and the profile max; batch 1 "
+                         "only for torchvision models)")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--force", action="store_true", help="re-time even when nothing the rows depend on changed")
     ap.add_argument("--omp-wait-policy", choices=("passive", "active", "default"), default="passive",
@@ -506,6 +515,10 @@ def parse_args(argv):
                          "the CPUs; an OMP_WAIT_POLICY already in the environment wins)")
     args = ap.parse_args(argv)
     args.peers = tuple(p.strip() for p in args.peers.split(",") if p.strip())
+    try:
+        args.batches = [int(b) for b in args.batches.split(",") if b.strip()] if args.batches else None
+    except ValueError:
+        ap.error(f"--batches: got {args.batches!r}, expected comma-separated integers such as 1,8,32")
     bad = [p for p in args.peers if p not in ALL_PEERS]
     if bad:
         ap.error(f"--peers: unknown {bad}; expected some of {list(ALL_PEERS)}")

@@ -17,6 +17,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from runtime.loader import precision_of
+
 log = logging.getLogger("edgeattn.bench.candidates")
 
 
@@ -63,11 +65,6 @@ class Candidate:
 
     def close(self) -> None:
         pass
-
-
-def precision_of(artifact: str) -> str:
-    head = artifact.split(".")[0]
-    return head if head in ("fp32", "fp16", "bf16", "int8") else "fp32"
 
 
 class RunnerCandidate(Candidate):

@@ -5,13 +5,16 @@ One builder for three flavours (see runtime/engine_manifest.py for the naming an
 - ``trt10``: ``tensorrt`` 10.x (JetPack 6 has 10.3). Network created with the STRONGLY_TYPED flag
   (``1 << int(NetworkDefinitionCreationFlag.STRONGLY_TYPED)``), so precision comes from the ONNX graph. Fallback,
   10.x before 10.12 only (NVIDIA calls strong typing complete from 10.12): if the strongly typed build fails, the
-  network is rebuilt weakly typed with BuilderFlag.FP16 (+ INT8 for Q/DQ graphs) and the manifest says so.
+  network is rebuilt weakly typed with BuilderFlag.FP16 for fp16/int8 sources (+ INT8 for Q/DQ graphs; an fp32
+  source gets no precision flag) and the manifest says so.
 - ``trt11``: ``tensorrt`` 11.x. Always strongly typed, ``create_network(0)``; no precision flags exist.
 - ``rtx``: ``tensorrt_rtx``. ``create_network(0)`` (strongly typed). Builds without a GPU ("CPU-only AOT"); the
   engine runs on the compute capabilities it targets (default 8.0/8.6/8.9/12.0; ``--compute-capabilities 75`` for
   Turing, ``current`` = this machine's GPU, needs one).
 
 Inputs (precision <- file): ``fp32.sim.onnx`` -> fp32, ``fp16.onnx`` -> fp16, ``int8.qdq.onnx`` -> int8.
+TF32: TensorRT enables BuilderFlag.TF32 by default (10.x, 11.x and RTX alike), so an "fp32" engine would run its
+FP32 GEMMs/convolutions in TF32; it is cleared for fp32 sources (``builder.tf32`` in the manifest, ``--noTF32``).
 Outputs: ``<model dir>/<precision>.<flavor>.engine`` + ``<engine>.json`` manifest, written atomically.
 Timing cache (trt10/trt11): one file per flavour/version/GPU under ``<artifacts>/timing/``, loaded before and saved
 after every build. TensorRT-RTX made timing caches a no-op in 1.2: the path is recorded with ``applicable: false``.
@@ -30,6 +33,7 @@ from typing import Any, Mapping, Sequence
 
 from runtime import engine_manifest as em
 from runtime.errors import BackendError
+from runtime.loader import precision_of
 
 log = logging.getLogger("edgeattn.engines")
 
@@ -86,15 +90,6 @@ def load_tensorrt(flavor: str = "auto"):
 
 
 # ---- pieces of a build ------------------------------------------------------------------------
-def precision_of(onnx_path: str | Path) -> str:
-    name = Path(onnx_path).name
-    for prec, fname in SOURCES.items():
-        if name == fname:
-            return prec
-    m = re.match(r"(fp32|fp16|bf16|int8|fp8)\b", name)
-    return m.group(1) if m else "unknown"
-
-
 def _dims(shape: Sequence[int]) -> str:
     return "x".join(str(int(d)) for d in shape)
 
@@ -145,7 +140,12 @@ def _profile(builder, network, spec) -> tuple[Any, dict[str, dict[str, list[int]
         mn, op, mx = rows["min"][name], rows["opt"][name], rows["max"][name]
         if len(net_shape) != len(mn) or any(d >= 0 and d != m for d, m in zip(net_shape, mn)):
             raise EngineBuildError(f"input '{name}': ONNX shape {net_shape} does not fit the spec's shape {mn}..{mx}")
-        prof.set_shape(name, mn, op, mx)
+        try:  # pyCore.cpp: PY_ASSERT_RUNTIME_ERROR on an inconsistent shape (RuntimeError; ValueError per its doc)
+            prof.set_shape(name, mn, op, mx)
+        except (RuntimeError, ValueError) as e:
+            raise EngineBuildError(f"input '{name}': TensorRT rejected the optimisation profile min {tuple(mn)}, opt "
+                                   f"{tuple(op)}, max {tuple(mx)} ({e}); expected min <= opt <= max of rank "
+                                   f"{len(net_shape)}, equal to the ONNX shape {net_shape} on its fixed dims") from e
     read_back = {}
     for name in net_inputs:
         got = prof.get_shape(name)  # [min, opt, max] as TensorRT stored them
@@ -178,6 +178,8 @@ def _cli(flavor: str, onnx_path: Path, engine_path: Path, profiles: Mapping[str,
                 args.append("--stronglyTyped")
             for f in builder_opts.get("precision_flags") or []:
                 args.append(f"--{f.lower()}")
+        if builder_opts.get("tf32") is False:
+            args.append("--noTF32")  # trtexec 10.3 and 11.1 (sampleOptions.cpp); the RTX CLI's flag is unverified
         hw = builder_opts.get("hardware_compatibility")
         if hw:
             args.append("--hardwareCompatibilityLevel=" + {"ampere_plus": "ampere+",
@@ -223,7 +225,8 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, spec, flavor: s
     if hardware_compatibility and (flavor_name == "rtx" or hardware_compatibility not in HW_COMPAT):
         raise EngineBuildError(f"hardware_compatibility '{hardware_compatibility}': expected one of {list(HW_COMPAT)} "
                                "and a tensorrt (not tensorrt_rtx) flavour")
-    precision = precision or precision_of(onnx_path)
+    hw_level = _hardware_level(trt, version, hardware_compatibility)
+    precision = precision or precision_of(onnx_path, default="unknown")
     onnx_sha = em.sha256_file(onnx_path)
     logger = _logger(trt)
     logger.take_errors()
@@ -232,13 +235,13 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, spec, flavor: s
     t0 = time.perf_counter()
     strongly_typed = True
     attempt = _build_once(trt, logger, flavor_name, onnx_path, spec, workspace_mb, opt_level, timing_cache, ccs,
-                          hardware_compatibility, strongly_typed=True)
+                          hw_level, strongly_typed=True, precision=precision)
     if attempt["data"] is None and flavor_name == "trt10" and _version_tuple(version) < STRONG_TYPING_COMPLETE:
         log.warning("tensorrt %s: strongly typed build failed (%s); retrying weakly typed with precision flags",
                     version, "; ".join(attempt["errors"]) or "no message")
         strongly_typed = False
         attempt = _build_once(trt, logger, flavor_name, onnx_path, spec, workspace_mb, opt_level, timing_cache, ccs,
-                              hardware_compatibility, strongly_typed=False, precision=precision)
+                              hw_level, strongly_typed=False, precision=precision)
     data = attempt["data"]
     if data is None:
         raise EngineBuildError(f"build_serialized_network returned None for '{onnx_path}' ({flavor_name} {version}): "
@@ -253,7 +256,8 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, spec, flavor: s
     builder_opts = {
         "workspace_mb": int(workspace_mb), "opt_level": int(opt_level), "timing_cache": attempt["timing_cache"],
         "strongly_typed": strongly_typed, "network_flags": attempt["network_flags"],
-        "precision_flags": attempt["precision_flags"], "hardware_compatibility": hardware_compatibility,
+        "precision_flags": attempt["precision_flags"], "tf32": attempt["tf32"],
+        "hardware_compatibility": hardware_compatibility,
         "compute_capabilities": ccs if flavor_name == "rtx" else None,
     }
     manifest = {
@@ -274,7 +278,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, spec, flavor: s
         "profiles": [attempt["profile"]],
         "builder": builder_opts,
         "options": build_options(flavor_name, version, gpu, workspace_mb, opt_level, compute_capabilities,
-                                 hardware_compatibility),
+                                 hardware_compatibility, precision),
         "build_seconds": round(seconds, 3),
         "cli": _cli(flavor_name, onnx_path, engine_path, attempt["profile"], builder_opts),
         "rebuild": dict(zip(("make", "python"), em.rebuild_commands(spec.name, str(engine_path.parent.parent),
@@ -291,10 +295,12 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, spec, flavor: s
 
 
 def build_options(flavor: str, version: str, gpu: Mapping[str, Any] | None, workspace_mb: int, opt_level: int,
-                  compute_capabilities: Sequence[str] | None, hardware_compatibility: str | None) -> dict[str, Any]:
+                  compute_capabilities: Sequence[str] | None, hardware_compatibility: str | None,
+                  precision: str | None = None) -> dict[str, Any]:
     """What decides an engine's bytes besides the ONNX: compared to decide whether an engine is up to date."""
     return {
         "flavor": flavor, "version": version, "workspace_mb": int(workspace_mb), "opt_level": int(opt_level),
+        "tf32": tf32_allowed(precision),
         "compute_capabilities": list(compute_capabilities) if compute_capabilities else None,
         "hardware_compatibility": hardware_compatibility,
         # trt10/11 engines are tuned for the build GPU; CPU-only RTX builds do not depend on the machine's GPU
@@ -336,11 +342,13 @@ def _targets(flavor: str, ccs, gpu, hw) -> dict[str, Any]:
 
 
 def _parser_version(trt) -> str | None:
+    """``getNvOnnxParserVersion()`` is NV_ONNX_PARSER_MAJOR * 10000 + MINOR * 100 + PATCH (NvOnnxParser.h): the
+    parser API version, 100 = "0.1.0" in TensorRT 10/11, 200 = "0.2.0" in TensorRT-RTX 1.7; not the library version."""
     try:
         v = int(trt.get_nv_onnx_parser_version())
-        return f"{v // 10000}.{(v // 100) % 100}.{v % 100}" if v >= 10000 else str(v)
     except Exception:  # noqa: BLE001
         return None
+    return f"{v // 10000}.{(v // 100) % 100}.{v % 100}"
 
 
 def _build_once(trt, logger, flavor: str, onnx_path: Path, spec, workspace_mb: int, opt_level: int, timing_cache,
@@ -358,18 +366,23 @@ def _build_once(trt, logger, flavor: str, onnx_path: Path, spec, workspace_mb: i
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
     config.builder_optimization_level = int(opt_level)
     precision_flags: list[str] = []
-    if not strongly_typed:  # TensorRT 10.x < 10.12 fallback only
-        precision_flags.append("FP16")
-        config.set_flag(trt.BuilderFlag.FP16)
+    if not strongly_typed:  # TensorRT 10.x < 10.12 fallback only; an fp32 source stays FP32 (no FP16 flag)
+        if precision in ("fp16", "int8"):
+            precision_flags.append("FP16")
+            config.set_flag(trt.BuilderFlag.FP16)
         if precision == "int8" or _has_qdq(network):
             precision_flags.append("INT8")
             config.set_flag(trt.BuilderFlag.INT8)
+    tf32 = _set_tf32(trt, config, precision)
     if ccs:
         config.num_compute_capabilities = len(ccs)
         for i, c in enumerate(ccs):
-            config.set_compute_capability(getattr(trt.ComputeCapability, RTX_CC[c]), i)
-    if hw:
-        config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel, HW_COMPAT[hw])
+            if not config.set_compute_capability(getattr(trt.ComputeCapability, RTX_CC[c]), i):
+                why = "; ".join(logger.take_errors()) or "TensorRT logged no error"
+                raise EngineBuildError(f"set_compute_capability({RTX_CC[c]}, {i}) for compute capability '{c}' "
+                                       f"returned False ({why}); expected {trt.__name__} to accept the targets {ccs}")
+    if hw is not None:
+        config.hardware_compatibility_level = hw
     profile, read_back = _profile(builder, network, spec)
     if config.add_optimization_profile(profile) < 0:
         raise EngineBuildError(f"add_optimization_profile failed ({'; '.join(logger.take_errors())})")
@@ -383,7 +396,38 @@ def _build_once(trt, logger, flavor: str, onnx_path: Path, spec, workspace_mb: i
             cache_info = _save_timing_cache(config, cache_info, Path(timing_cache))
     del parser, cache_obj
     return {"data": data, "errors": errors, "profile": read_back, "io": _network_io(trt, network),
-            "network_flags": flags, "precision_flags": precision_flags, "timing_cache": cache_info}
+            "network_flags": flags, "precision_flags": precision_flags, "tf32": tf32, "timing_cache": cache_info}
+
+
+def tf32_allowed(precision: str | None) -> bool:
+    """TF32 (on by default in TensorRT) stays on except for fp32 sources, whose engines must compute in FP32."""
+    return precision != "fp32"
+
+
+def _set_tf32(trt, config, precision: str | None) -> bool | None:
+    """Clear BuilderFlag.TF32 for fp32 sources; returns whether TF32 stays allowed (None: no such flag here)."""
+    flag = getattr(getattr(trt, "BuilderFlag", None), "TF32", None)
+    if flag is None:  # nothing to clear in this TensorRT: record "unknown", not a claim
+        return None
+    if tf32_allowed(precision):
+        return True
+    config.clear_flag(flag)
+    return False
+
+
+def _hardware_level(trt, version: str, hw: str | None):
+    """The HardwareCompatibilityLevel member for ``hw`` (None for none), checked against this module's bindings:
+    tensorrt 10.3 has only NONE and AMPERE_PLUS (SAME_COMPUTE_CAPABILITY arrived in 10.9)."""
+    if not hw:
+        return None
+    levels = getattr(trt, "HardwareCompatibilityLevel", None)
+    member = getattr(levels, HW_COMPAT[hw], None)
+    if member is None:
+        have = [k for k, v in HW_COMPAT.items() if hasattr(levels, v)]
+        raise EngineBuildError(f"hardware_compatibility '{hw}': {trt.__name__} {version} has no "
+                               f"HardwareCompatibilityLevel.{HW_COMPAT[hw]} (SAME_COMPUTE_CAPABILITY needs TensorRT "
+                               f"10.9 or later); expected one this TensorRT offers: {have or 'none'}")
+    return member
 
 
 def _attach_timing_cache(trt, config, flavor: str, path) -> tuple[dict[str, Any], Any]:
@@ -493,7 +537,8 @@ def main(argv: list[str] | None = None) -> int:
             row["status"] = f"skipped: no {src.name}"
             print(f"{prefix}: skipped, source {src} is missing (run the export/optimize/quantize stages first)")
             continue
-        opts = build_options(flavor, version, gpu, args.workspace_mb, args.opt_level, ccs, args.hardware_compatibility)
+        opts = build_options(flavor, version, gpu, args.workspace_mb, args.opt_level, ccs, args.hardware_compatibility,
+                             prec)
         ok, why = em.is_up_to_date(engine, em.sha256_file(src), opts)
         if ok and not args.force:
             man = em.read_manifest(engine) or {}

@@ -723,13 +723,12 @@ def build_int8(model_dir: Path, src: Path, calib: CalibrationData, es: EvalSet, 
     """Calibrate, budget-search the TensorRT Q/DQ graph (judged by its float simulation), pick the CPU graph for
     this CPU (judged on its integer kernels); write both atomically. When no int8 form is both within the budget
     and faster than fp32 here, no int8.cpu.onnx is written (a stale one is removed) and fp32 is the CPU artifact."""
-    from runtime.cpu import ISA_METADATA_KEY, int8_isa
-
-    isa = isa or int8_isa()
     import onnx
 
+    from runtime.cpu import ISA_METADATA_KEY, int8_isa
     from zoo.io import atomic_write, sha256_file
 
+    isa = isa or int8_isa()
     t0 = time.perf_counter()
     labelled = es.y is not None
     with tempfile.TemporaryDirectory(prefix=f"edgeattn-int8-{model_dir.name}-") as tmpd:

@@ -14,12 +14,13 @@ flavor     module               engine is tied to
 
 Manifest fields (``format`` = ``edgeattn-engine/1``): engine file, ``engine_sha256``/``engine_bytes``,
 ``onnx`` {file, sha256}, ``model``/``artifact``/``precision``, ``flavor``, ``tensorrt`` {module, version,
-onnx_parser}, ``cuda`` {runtime, driver} or null, ``built_on`` (``"cpu-only"`` or {gpu, compute_capability}),
-``targets`` (GPUs the engine may run on), ``profiles`` (per input: min/opt/max as TensorRT read them back),
-``builder`` (workspace_mb, opt_level, timing_cache, strongly_typed, network_flags, precision_flags,
-hardware_compatibility, compute_capabilities), ``build_seconds``, ``cli`` (trtexec / tensorrt_rtx
-equivalent), ``rebuild`` (make / python command), ``io`` (tensors as the parsed network saw them),
-``spec`` (the model spec: input names, dtypes, dynamic-dim bounds), ``host`` (OS/arch), ``created``.
+onnx_parser (the parser API version, e.g. "0.2.0")}, ``cuda`` {driver, cuda_bindings, cuda_bindings_built_for} or
+null, ``built_on`` (``"cpu-only"`` or {gpu, compute_capability}), ``targets`` (GPUs the engine may run on),
+``profiles`` (per input: min/opt/max as TensorRT read them back), ``builder`` (workspace_mb, opt_level,
+timing_cache, strongly_typed, network_flags, precision_flags, tf32, hardware_compatibility, compute_capabilities),
+``build_seconds``, ``cli`` (trtexec / tensorrt_rtx equivalent), ``rebuild`` (make / python command), ``io``
+(tensors as the parsed network saw them), ``spec`` (the model spec: input names, dtypes, dynamic-dim bounds),
+``host`` (OS/arch), ``created``.
 
 Imports numpy-free stdlib only; tensorrt/tensorrt_rtx/cuda bindings are imported inside functions.
 """
@@ -165,14 +166,35 @@ def import_tensorrt(flavor: str = "auto", prefer: str | None = None):
             continue
         version = str(getattr(mod, "__version__", "unknown"))
         got = flavor_of(name, version)
+        too_old = _too_old(name, version)
+        if too_old:
+            problems.append(too_old)
+            if flavor == "auto":
+                continue  # e.g. an old tensorrt next to tensorrt_rtx: try the next module
+            raise BackendError(f"TensorRT flavour '{flavor}': {too_old}")
         if flavor in FLAVORS and got != flavor:
             raise BackendError(f"TensorRT flavour '{flavor}' requested but the installed {name} is {version} "
                                f"(flavour '{got}')")
         return mod, got, version
     hint = {"tensorrt": "pip install tensorrt (NVIDIA GPU machines; JetPack ships python3-libnvinfer)",
             "tensorrt_rtx": "pip install tensorrt-rtx"}
-    raise BackendError(f"TensorRT flavour '{flavor}': not installed ({'; '.join(problems)}); install with "
-                       + " or ".join(hint[n] for n in order))
+    raise BackendError(f"TensorRT flavour '{flavor}': not installed or unsupported ({'; '.join(problems)}); install "
+                       "with " + " or ".join(hint[n] for n in order))
+
+
+MIN_TENSORRT_MAJOR = 10
+
+
+def _too_old(module_name: str, version: str) -> str | None:
+    """Why ``tensorrt`` ``version`` cannot be used (None when it can): TensorRT 8/9 would import, then parse ONNX
+    into an implicit-batch network (``create_network(0)``), lack STRONGLY_TYPED, and fail much later."""
+    if module_name != "tensorrt":
+        return None
+    major = str(version).split(".")[0]
+    if not major.isdigit() or int(major) >= MIN_TENSORRT_MAJOR:
+        return None
+    return (f"tensorrt {version} is installed, expected tensorrt 10.x or 11.x (TensorRT {major} builds implicit-batch "
+            "networks from create_network(0) and has no STRONGLY_TYPED flag; engines from it are not supported)")
 
 
 def import_cudart():
@@ -200,8 +222,11 @@ def _cuda_version(v: int) -> str:
 
 
 def probe_gpu(device: int = 0) -> tuple[dict[str, Any] | None, str]:
-    """``(info, reason)``: info = {name, compute_capability, cuda_runtime, cuda_driver, device} or None with the
-    reason there is no usable GPU. Never raises (cuda-python 12.6 raises RuntimeError without a driver)."""
+    """``(info, reason)``: info = {name, compute_capability, cuda_driver, cuda_bindings_built_for, device} or None
+    with the reason there is no usable GPU. Never raises (cuda-python 12.6 raises RuntimeError without a driver).
+    ``cuda_bindings_built_for`` is what cuda-python's ``cudaRuntimeGetVersion`` returns: the CUDA version the
+    bindings were generated for (a constant, e.g. 13.5 for cuda-bindings 13.5.0 even with no driver), NOT the CUDA
+    runtime TensorRT runs on (TensorRT links its cudart statically)."""
     try:
         cudart = import_cudart()
     except BackendError as e:
@@ -217,13 +242,10 @@ def probe_gpu(device: int = 0) -> tuple[dict[str, Any] | None, str]:
             return None, f"cudaGetDeviceProperties({device}) returned {cuda_error_text(cudart, err)}"
         name = prop.name.decode(errors="replace") if isinstance(prop.name, (bytes, bytearray)) else str(prop.name)
         info: dict[str, Any] = {"name": name.split("\x00")[0].strip(), "compute_capability": f"{prop.major}.{prop.minor}",
-                                "device": device, "cuda_runtime": None, "cuda_driver": None}
-        err, v = cudart.cudaRuntimeGetVersion()
-        if err == cudart.cudaError_t.cudaSuccess:
-            info["cuda_runtime"] = _cuda_version(int(v))
-        err, v = cudart.cudaDriverGetVersion()
-        if err == cudart.cudaError_t.cudaSuccess:
-            info["cuda_driver"] = _cuda_version(int(v))
+                                "device": device}
+        versions = _cudart_versions(cudart)
+        info["cuda_driver"] = versions["driver"]
+        info["cuda_bindings_built_for"] = versions["cuda_bindings_built_for"]
         return info, ""
     except Exception as e:  # noqa: BLE001 - any driver problem means "no usable GPU"
         return None, f"{type(e).__name__}: {e}"
@@ -238,23 +260,50 @@ def cuda_error_text(cudart, err) -> str:
         return str(err)
 
 
+def _cudart_versions(cudart) -> dict[str, str | None]:
+    """driver: ``cudaDriverGetVersion`` (None without a driver); cuda_bindings_built_for: ``cudaRuntimeGetVersion``,
+    which cuda-python answers with the CUDA version it was generated for (``runtimeVersion[0] =
+    CUDART_VERSION``), so it is recorded under that name and never as "the CUDA runtime"."""
+    out: dict[str, str | None] = {"driver": None, "cuda_bindings_built_for": None}
+    for key, call in (("driver", "cudaDriverGetVersion"), ("cuda_bindings_built_for", "cudaRuntimeGetVersion")):
+        try:
+            err, v = getattr(cudart, call)()
+        except Exception:  # noqa: BLE001 - cuda-python 12.6 raises without a driver
+            continue
+        if err == cudart.cudaError_t.cudaSuccess and int(v) > 0:
+            out[key] = _cuda_version(int(v))
+    return out
+
+
+def _cuda_bindings_version() -> str | None:
+    """The cuda-bindings (or old cuda-python) package version, e.g. '13.5.0'."""
+    try:
+        import cuda.bindings as cb  # type: ignore[import-not-found]
+
+        v = getattr(cb, "__version__", None)
+        if v:
+            return str(v)
+    except ImportError:
+        pass
+    from importlib import metadata
+
+    for dist in ("cuda-bindings", "cuda-python"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
 def cuda_versions() -> dict[str, str | None] | None:
-    """CUDA runtime/driver versions as cuda-python reports them, or None when cuda-python is absent."""
+    """What cuda-python can truthfully say, or None when it is absent: ``driver`` (the installed driver's CUDA
+    version, None without one), ``cuda_bindings`` (the package version) and ``cuda_bindings_built_for`` (see
+    ``_cudart_versions``). No "runtime" key: the CUDA runtime TensorRT uses is linked into TensorRT itself."""
     try:
         cudart = import_cudart()
     except BackendError:
         return None
-    out: dict[str, str | None] = {"runtime": None, "driver": None, "source": "cuda-python"}
-    try:
-        err, v = cudart.cudaRuntimeGetVersion()
-        if err == cudart.cudaError_t.cudaSuccess:
-            out["runtime"] = _cuda_version(int(v))
-        err, v = cudart.cudaDriverGetVersion()
-        if err == cudart.cudaError_t.cudaSuccess and int(v) > 0:
-            out["driver"] = _cuda_version(int(v))
-    except Exception:  # noqa: BLE001
-        pass
-    return out
+    return {**_cudart_versions(cudart), "cuda_bindings": _cuda_bindings_version(), "source": "cuda-python"}
 
 
 def host_info() -> dict[str, str]:
@@ -273,7 +322,19 @@ def _gpu_problems(man: Mapping[str, Any], gpu: Mapping[str, Any]) -> list[str]:
     cc = gpu.get("compute_capability")
     targets = man.get("targets") or {}
     if man.get("flavor") == "rtx":
-        allowed = targets.get("compute_capabilities") or list(RTX_DEFAULT_COMPUTE_CAPABILITIES)
+        explicit = targets.get("compute_capabilities") if not targets.get("default") else None
+        if not explicit:
+            # Default targets: the docs say 8.0/8.6/8.9/12.0 "and later" (cpu-engines.html), so an exact list would
+            # refuse a newer GPU that runs it; only a GPU older than every target (Turing needs an explicit SM75
+            # build) is certain to fail. Anything else is for runtime.get_engine_validity to judge at load.
+            floor = min(RTX_DEFAULT_COMPUTE_CAPABILITIES, key=_cc_tuple)
+            if cc and _cc_tuple(cc) < _cc_tuple(floor):
+                problems.append(f"GPU compute capability: engine built for TensorRT-RTX's default targets "
+                                f"({', '.join(RTX_DEFAULT_COMPUTE_CAPABILITIES)} and later), this GPU "
+                                f"'{gpu.get('name')}' is {cc} (build with --compute-capabilities 75 for Turing)")
+            return problems
+        allowed = list(explicit)
+        # Explicit targets: "the engine built can only be run on" them (cpu-engines.html).
         if cc and "current" not in allowed and cc not in allowed:
             problems.append(f"GPU compute capability: engine targets {', '.join(allowed)}, this GPU "
                             f"'{gpu.get('name')}' is {cc}")

@@ -8,6 +8,13 @@ The input contract comes from the session (names, dtypes, ranks) plus the model 
 
 Providers: "auto" uses CPU unless ``runtime.gpu.nvidia_gpu_present()`` (never ORT's own provider list, which
 names CUDA on machines without a GPU), then TensorRT EP -> CUDA EP -> CPU as far as installed.
+The TensorRT EP gets options per precision (``trt_fp16_enable`` for fp16 graphs, ``trt_int8_enable`` for Q/DQ int8
+graphs), an engine cache (``<model dir>/ort_trt_cache``) and one optimisation profile from the spec's min/opt/max
+(``trt_profile_{min,opt,max}_shapes``), so the engine is built once, not per session or per new shape; options the
+caller passes as ``("TensorrtExecutionProvider", {...})`` win. ONNX Runtime silently drops an EP that cannot start
+(missing TensorRT/CUDA/cuDNN libraries, no GPU) and falls back to the next: when the first provider it really uses
+is not the first one asked for, an explicit request raises BackendError ('auto' logs a warning), and the run-time
+fallback is disabled so a session never changes provider after it was checked.
 
 Some FP16 graphs segfault ORT CPU at ORT_ENABLE_ALL (docs FACTS.md); ``probe_in_subprocess`` runs one
 inference in a child process so a caller can detect the crash and use ``opt_level="extended"`` instead
@@ -26,7 +33,8 @@ import numpy as np
 
 from runtime.base import InputContract, IOInfo, Runner
 from runtime.errors import BackendError, ModelLoadError
-from runtime.loader import bounds_from_spec, check_model_file, name_dims, read_spec, SPEC_METADATA_KEY
+from runtime.loader import (SPEC_METADATA_KEY, bounds_from_spec, check_model_file, name_dims, precision_of,
+                            read_spec)
 
 log = logging.getLogger("edgeattn.runtime.ort")
 
@@ -46,6 +54,8 @@ QDQ_REFERENCE_LEVEL = "disable"
 PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
                     "tensorrt": "TensorrtExecutionProvider"}
 GPU_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+TRT_EP = "TensorrtExecutionProvider"
+TRT_CACHE_DIR = "ort_trt_cache"  # beside the model: ORT names each engine by model hash, so models can share it
 
 
 def _ort():
@@ -75,6 +85,78 @@ def resolve_providers(providers: None | str | Sequence[str], available: Sequence
     return wanted
 
 
+def _provider_name(p) -> str:
+    return p[0] if isinstance(p, tuple) else p
+
+
+def profile_shape_options(spec: dict[str, Any] | None) -> dict[str, str]:
+    """``trt_profile_{min,opt,max}_shapes`` ("ids:1x1,mask:1x1", trtexec's syntax) for every input with a dynamic
+    dim, from the spec's ``dynamic`` bounds; {} when there is no spec or a dynamic dim has no bounds (ORT requires
+    all dynamic inputs or none)."""
+    if not spec:
+        return {}
+    dyn = spec.get("dynamic") or {}
+    rows: dict[str, list[str]] = {"min": [], "opt": [], "max": []}
+    for t in spec.get("inputs", []):
+        shape = list(t.get("shape", []))
+        if not any(isinstance(d, str) for d in shape):
+            continue
+        unbounded = [d for d in shape if isinstance(d, str) and d not in dyn]
+        if unbounded:
+            log.warning("input '%s': dynamic dims %s have no min/opt/max in the spec; no TensorRT EP profile is set "
+                        "(its engine is rebuilt per new shape range)", t.get("name"), unbounded)
+            return {}
+        for which, row in rows.items():
+            row.append(f"{t['name']}:" + "x".join(str(int(dyn[d][which])) if isinstance(d, str) else str(int(d))
+                                                  for d in shape))
+    if not rows["min"]:
+        return {}
+    return {f"trt_profile_{which}_shapes": ",".join(row) for which, row in rows.items()}
+
+
+def tensorrt_ep_options(precision: str | None, spec: dict[str, Any] | None, cache_dir: str | Path) -> dict[str, str]:
+    """TensorRT EP options for a graph of ``precision``: fp16 -> trt_fp16_enable; int8 (Q/DQ) -> trt_int8_enable
+    (explicit quantisation: no calibration table; the float parts stay as the graph states them, as in a strongly
+    typed engine); fp32 -> neither. Plus the engine cache and the spec's profile."""
+    opts = {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache_dir)}
+    if precision == "fp16":
+        opts["trt_fp16_enable"] = "True"
+    elif precision == "int8":
+        opts["trt_int8_enable"] = "True"
+    opts.update(profile_shape_options(spec))
+    return opts
+
+
+def with_provider_options(providers: Sequence, model_path: str | Path, precision: str | None,
+                          spec: dict[str, Any] | None) -> list:
+    """``providers`` with the TensorRT EP as ``(name, options)``; options the caller gave win over ours."""
+    out: list = []
+    for p in providers:
+        if _provider_name(p) != TRT_EP:
+            out.append(p)
+            continue
+        given = {str(k): str(v) for k, v in (p[1] if isinstance(p, tuple) else {}).items()}
+        opts = {**tensorrt_ep_options(precision, spec, Path(model_path).resolve().parent / TRT_CACHE_DIR), **given}
+        if opts.get("trt_engine_cache_enable", "").lower() in ("1", "true"):
+            Path(opts["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
+        out.append((TRT_EP, opts))
+    return out
+
+
+def check_first_provider(requested: Sequence, got: Sequence[str], explicit: bool, model_path: str | Path) -> None:
+    """ONNX Runtime falls back silently when an EP cannot start: compare the first provider it really uses with
+    the first one asked for. BackendError when ``explicit``; a warning for 'auto'."""
+    want = _provider_name(requested[0]) if requested else None
+    if want is None or (got and got[0] == want):
+        return
+    msg = (f"model '{model_path}': onnxruntime was asked for {want} first but runs on {list(got)} (it drops an "
+           "execution provider that cannot start, e.g. missing TensorRT/CUDA/cuDNN libraries or no usable GPU, and "
+           f"falls back without an error); expected {want} as the first provider")
+    if explicit:
+        raise BackendError(msg)
+    log.warning("%s; continuing because providers='auto'", msg)
+
+
 def _session_options(threads: int | None, opt_level: str):
     ort = _ort()
     if opt_level not in OPT_LEVELS:
@@ -99,20 +181,34 @@ class OrtRunner(Runner):
     backend = "onnxruntime"
 
     def __init__(self, path: str | Path, providers: None | str | Sequence[str] = None, threads: int | None = None,
-                 opt_level: str = "all", spec: dict[str, Any] | None = None):
+                 opt_level: str = "all", spec: dict[str, Any] | None = None, precision: str | None = None):
         super().__init__()
         self.path = check_model_file(path, "an ONNX model (.onnx)")
         self.opt_level = opt_level
         ort = _ort()
         chosen = resolve_providers(providers, ort.get_available_providers())
         so = _session_options(threads, opt_level)
-        self._session = self._load(ort, so, chosen)
-        self.providers: list[str] = list(self._session.get_providers())
+        # GPU execution providers: options from the precision (``precision`` or the file name) and the spec
+        self.precision = precision or precision_of(self.path, default=None)
+        wants_trt = any(_provider_name(p) == TRT_EP for p in chosen)
+        pre_spec = (spec if spec is not None else read_spec(self.path, None)) if wants_trt else None
+        requested = with_provider_options(chosen, self.path, self.precision, pre_spec) if wants_trt else chosen
+        self._session = self._load(ort, so, requested)
         meta = dict(self._session.get_modelmeta().custom_metadata_map)
+        self.spec: dict[str, Any] | None = spec if spec is not None else read_spec(self.path, meta)
+        if wants_trt:
+            final = with_provider_options(chosen, self.path, self.precision, self.spec)
+            if final != requested:  # the spec was only in the model's metadata: rebuild with its profile
+                log.info("onnxruntime: '%s': TensorRT EP options from the model's metadata spec; reloading", self.path)
+                self._session, requested = self._load(ort, so, final), final
+        gpu_first = _provider_name(requested[0]) != "CPUExecutionProvider"
+        if gpu_first and hasattr(self._session, "disable_fallback"):
+            self._session.disable_fallback()  # an EP failure at run time raises instead of switching to CPU
+        self.providers: list[str] = list(self._session.get_providers())
+        check_first_provider(requested, self.providers, providers not in (None, "auto"), self.path)
         from runtime.cpu import check_int8_isa
 
         self.isa_warning = check_int8_isa(self.path, meta) if "CPUExecutionProvider" == self.providers[0] else None
-        self.spec: dict[str, Any] | None = spec if spec is not None else read_spec(self.path, meta)
         self._contract = InputContract(inputs=[self._io(a, "inputs") for a in self._session.get_inputs()],
                                        bounds=bounds_from_spec(self.spec))
         self._outputs = [self._io(a, "outputs") for a in self._session.get_outputs()]
@@ -219,4 +315,5 @@ def safe_opt_level(path: str | Path, preferred: str = "all", fallback: str = "ex
 
 
 __all__ = ["OrtRunner", "probe_in_subprocess", "safe_opt_level", "resolve_providers", "dummy_feed",
-           "ORT_TYPES", "OPT_LEVELS", "QDQ_REFERENCE_LEVEL", "SPEC_METADATA_KEY"]
+           "ORT_TYPES", "OPT_LEVELS", "QDQ_REFERENCE_LEVEL", "SPEC_METADATA_KEY", "tensorrt_ep_options",
+           "profile_shape_options", "check_first_provider"]

@@ -17,11 +17,14 @@ What happens, in order (TENSORRT_NOTES.md sections 2-4):
    (cudaMalloc) and pinned host buffers (cudaMallocHost), grown when a bigger shape arrives;
 7. per call: profile selection (``set_optimization_profile_async`` when the engine has several), ``set_input_shape``,
    ``infer_shapes() == []``, ``set_tensor_address`` for every I/O tensor, H2D ``cudaMemcpyAsync``,
-   ``execute_async_v3(stream)``, D2H, ``cudaStreamSynchronize``; every False/None/CUDA error becomes BackendError;
+   ``execute_async_v3(stream)``, D2H, ``cudaStreamSynchronize``; every False/None/CUDA error, and the RuntimeError
+   that ``set_optimization_profile_async`` / ``infer_shapes`` raise on failure, becomes BackendError;
 8. optional CUDA graphs: tensorrt 10/11 -> after an uncaptured warm-up run at a new shape, capture
    ``execute_async_v3`` into a graph and replay it while the shape stays; recapture on shape change; a failed
-   capture falls back to plain execution for that shape. tensorrt_rtx -> its own
-   ``IRuntimeConfig.cuda_graph_strategy = WHOLE_GRAPH_CAPTURE`` (RTX JIT-specialises kernels, so it captures itself);
+   capture (False, an exception or a CUDA error) ends the capture, frees any graph, clears the thread's last CUDA
+   error (``cudaGetLastError``, as trtexec does) and falls back to plain execution for that shape.
+   tensorrt_rtx -> its own ``IRuntimeConfig.cuda_graph_strategy = WHOLE_GRAPH_CAPTURE`` (RTX JIT-specialises
+   kernels, so it captures itself);
 9. optional RTX runtime cache (JIT-compiled kernels) loaded at start and saved by ``close()``.
 
 Nothing here imports torch or onnx; tensorrt/tensorrt_rtx/cuda bindings are imported inside functions.
@@ -383,7 +386,13 @@ class TensorRTRunner(Runner):
         st.shapes = None
         k = self._pick_profile(shapes)
         if len(self._profiles) > 1 and k != ctx.active_optimization_profile:
-            if not ctx.set_optimization_profile_async(k, st.handle):
+            try:  # pyCore.cpp raises RuntimeError on failure (PY_ASSERT_RUNTIME_ERROR); RTX documents a bool
+                ok = ctx.set_optimization_profile_async(k, st.handle)
+            except RuntimeError as e:
+                raise BackendError(f"set_optimization_profile_async({k}) failed for input shapes {shapes}: {e} "
+                                   f"({self._tensorrt_errors()}); expected profile {k} of "
+                                   f"{len(self._profiles)} to be selectable on this context") from e
+            if not ok:
                 raise BackendError(f"set_optimization_profile_async({k}) returned False: {self._tensorrt_errors()}")
             cuda("cudaStreamSynchronize", cuda.rt.cudaStreamSynchronize(st.stream))
         st.profile = k
@@ -392,11 +401,13 @@ class TensorRTRunner(Runner):
                 lo, _, hi = self._profiles[k][n]
                 raise InputError(f"input '{n}': shape {shape} rejected by the engine (profile {k}: {lo}..{hi}): "
                                  f"{self._tensorrt_errors()}")
-        missing = ctx.infer_shapes()
-        if missing:
+        try:  # a list of under-specified tensors; RuntimeError ("infer_shapes error code") on any other failure
+            missing = ctx.infer_shapes()
+        except RuntimeError as e:
+            raise BackendError(f"TensorRT shape inference failed for input shapes {shapes}: {e} "
+                               f"({self._tensorrt_errors()})") from e
+        if missing:  # (all_binding_shapes_specified does not work with the name-based API: infer_shapes covers it)
             raise BackendError(f"TensorRT could not infer shapes; tensors without a shape: {list(missing)}")
-        if not ctx.all_binding_shapes_specified:
-            raise BackendError("TensorRT: not every input shape is specified")
         out_shapes = {}
         for n in self._output_names:
             shape = tuple(int(d) for d in ctx.get_tensor_shape(n))
@@ -461,15 +472,20 @@ class TensorRTRunner(Runner):
         (err,) = rt.cudaStreamBeginCapture(st.stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal)
         if err != cuda.success:
             return self._capture_failed(st, shapes, f"cudaStreamBeginCapture: {em.cuda_error_text(rt, err)}")
-        ok = False
+        ok, raised = False, None
         try:
             ok = bool(st.context.execute_async_v3(st.handle))
+        except Exception as e:  # noqa: BLE001 - the capture must be ended and its graph freed whatever happened
+            raised = e
         finally:
-            err, graph = rt.cudaStreamEndCapture(st.stream)
-        if not ok or err != cuda.success:
-            if err == cuda.success and graph is not None:
+            err, graph = rt.cudaStreamEndCapture(st.stream)  # always: a stream left capturing is unusable
+        if raised is not None or not ok or err != cuda.success:
+            if err == cuda.success and graph is not None:  # TensorRT failed but CUDA made a graph: never used
                 cuda.quiet("cudaGraphDestroy", rt.cudaGraphDestroy(graph))
-            why = "execute_async_v3 returned False during capture" if not ok else em.cuda_error_text(rt, err)
+            if raised is not None:
+                why = f"execute_async_v3 raised {type(raised).__name__}: {raised}"
+            else:
+                why = "execute_async_v3 returned False during capture" if not ok else em.cuda_error_text(rt, err)
             return self._capture_failed(st, shapes, f"{why} ({self._tensorrt_errors()})")
         err, graph_exec = rt.cudaGraphInstantiate(graph, 0)
         if err != cuda.success:
@@ -479,6 +495,9 @@ class TensorRTRunner(Runner):
         self.graph_stats["captures"] += 1
 
     def _capture_failed(self, st: _ThreadState, shapes: tuple, why: str) -> None:
+        # A failed capture leaves its error as the thread's last CUDA error; clear it as trtexec does
+        # (sampleInference.cpp: endCaptureOnError + cudaGetLastError) so no later check reports it as its own.
+        self._cuda.rt.cudaGetLastError()
         log.warning("CUDA graph capture failed for shapes %s (%s); running without a graph for these shapes",
                     shapes, why)
         st.graph_failed.add(shapes)

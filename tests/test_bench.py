@@ -226,7 +226,7 @@ def test_end_to_end_quick_bench_and_report(tiny_artifacts):
     rows = doc["rows"]
     for model, seq in (("vit", None), ("text_transformer", 16)):
         mine = [r for r in rows if r["model"] == model]
-        assert {r["batch"] for r in mine} == {1, 8, 32, 64}
+        assert {r["batch"] for r in mine} == {1, 8, 64}  # 1, 8 and the profile max
         assert {r.get("peer_kind") for r in mine if r["is_peer"]} == {"eager", "bf16_autocast", "dynamic_int8",
                                                                         "ort_plain"}
         ours = {(r["backend"], r["artifact"], r["mode"]) for r in mine if not r["is_peer"]}

@@ -123,6 +123,10 @@ def test_manifest_fields_and_values(built, name, precision):
     b = man["builder"]
     assert (b["workspace_mb"], b["opt_level"], b["strongly_typed"], b["network_flags"], b["precision_flags"]) == \
         (1024, 3, True, 0, [])
+    assert b["tf32"] is (precision != "fp32") and man["options"]["tf32"] is b["tf32"]  # TF32 cleared for fp32 only
+    v = trt.get_nv_onnx_parser_version()  # NV_ONNX_PARSER_MAJOR * 10000 + MINOR * 100 + PATCH
+    assert man["tensorrt"]["onnx_parser"] == f"{v // 10000}.{v // 100 % 100}.{v % 100}"
+    assert man["cuda"] is None or "runtime" not in man["cuda"]  # cuda-python knows no CUDA runtime version
     assert b["timing_cache"]["applicable"] is False and b["timing_cache"]["path"].endswith(".timing_cache")
     assert man["build_seconds"] > 0
     # TensorRT checks the profile against the graph: a shape baked in at export would show up here
@@ -443,14 +447,20 @@ class _Enum:
         self.__dict__.update(members)
 
 
-def _fake_tensorrt(version: str, fail_strongly_typed: bool = False):
-    """Just enough of the tensorrt 10/11 builder API to record what build_engine does."""
+def _fake_tensorrt(version: str, fail_strongly_typed: bool = False, parser_version: int = 100,
+                   set_shape_fails: bool = False):
+    """Just enough of the tensorrt 10/11 builder API to record what build_engine does. What it models from the real
+    bindings (TRT release/10.3 and release/11.1 python/src/infer/pyCore.cpp, include/NvOnnxParser.h): BuilderFlag
+    FP16/INT8 on 10.x only, TF32 everywhere and on by default; HardwareCompatibilityLevel SAME_COMPUTE_CAPABILITY
+    from 10.9 only; IOptimizationProfile.set_shape raising RuntimeError on an inconsistent shape;
+    get_nv_onnx_parser_version() = NV_ONNX_PARSER_MAJOR * 10000 + MINOR * 100 + PATCH (100 = 0.1.0)."""
     import onnx
 
     mod = types.ModuleType("tensorrt")
     mod.__version__ = version
-    major = int(version.split(".")[0])
-    calls: dict[str, list] = {"create_network": [], "create_timing_cache": [], "set_flag": [], "set_timing_cache": []}
+    major, minor = (int(x) for x in version.split(".")[:2])
+    calls: dict[str, list] = {"create_network": [], "create_timing_cache": [], "set_flag": [], "set_timing_cache": [],
+                              "clear_flag": [], "hardware_compatibility_level": []}
     mod.calls = calls
 
     class ILogger:
@@ -462,11 +472,13 @@ def _fake_tensorrt(version: str, fail_strongly_typed: bool = False):
     mod.ILogger = ILogger
     mod.NetworkDefinitionCreationFlag = _Enum(STRONGLY_TYPED=1 if major == 10 else 0)
     mod.MemoryPoolType = _Enum(WORKSPACE="WORKSPACE")
-    if major == 10:
-        mod.BuilderFlag = _Enum(FP16="FP16", INT8="INT8", TF32="TF32")
-    mod.HardwareCompatibilityLevel = _Enum(AMPERE_PLUS="AMPERE_PLUS", SAME_COMPUTE_CAPABILITY="SAME_CC")
+    mod.BuilderFlag = _Enum(FP16="FP16", INT8="INT8", TF32="TF32") if major == 10 else _Enum(TF32="TF32")
+    levels = {"NONE": "NONE", "AMPERE_PLUS": "AMPERE_PLUS"}
+    if (major, minor) >= (10, 9):
+        levels["SAME_COMPUTE_CAPABILITY"] = "SAME_CC"
+    mod.HardwareCompatibilityLevel = _Enum(**levels)
     mod.nptype = lambda dt: dt
-    mod.get_nv_onnx_parser_version = lambda: 100300
+    mod.get_nv_onnx_parser_version = lambda: parser_version
 
     class Tensor:
         def __init__(self, vi) -> None:
@@ -512,6 +524,8 @@ def _fake_tensorrt(version: str, fail_strongly_typed: bool = False):
             self.shapes = {}
 
         def set_shape(self, name, mn, op, mx):
+            if set_shape_fails:  # pyCore.cpp: PY_ASSERT_RUNTIME_ERROR(self.setDimensions(...), "...inconsistent...")
+                raise RuntimeError("Shape provided for min is inconsistent with other shapes.")
             self.shapes[name] = [tuple(mn), tuple(op), tuple(mx)]
 
         def get_shape(self, name):
@@ -519,7 +533,7 @@ def _fake_tensorrt(version: str, fail_strongly_typed: bool = False):
 
     class Config:
         def __init__(self) -> None:
-            self.cache, self.pools, self.builder_optimization_level, self.flags = None, {}, 3, []
+            self.cache, self.pools, self.builder_optimization_level, self.flags = None, {}, 3, ["TF32"]  # default on
 
         def set_memory_pool_limit(self, pool, n):
             self.pools[pool] = n
@@ -527,6 +541,13 @@ def _fake_tensorrt(version: str, fail_strongly_typed: bool = False):
         def set_flag(self, flag):
             calls["set_flag"].append(flag)
             self.flags.append(flag)
+
+        def clear_flag(self, flag):
+            calls["clear_flag"].append(flag)
+            self.flags = [f for f in self.flags if f != flag]
+
+        hardware_compatibility_level = property(
+            lambda self: None, lambda self, v: calls["hardware_compatibility_level"].append(v))
 
         def add_optimization_profile(self, p):
             self.profile = p
@@ -627,19 +648,218 @@ def test_fake_tensorrt_flags_and_timing_cache_reuse(fake_trt, small_onnx, tmp_pa
     assert m1["engine_sha256"] == _sha(tmp_path / f"fp32.{flavor}.engine")
 
 
-def test_fake_tensorrt_10_3_falls_back_to_fp16_flag(fake_trt, small_onnx, tmp_path):
+@pytest.mark.parametrize("precision,flags", [("fp32", []), ("fp16", ["FP16"]), ("int8", ["FP16", "INT8"])])
+def test_fake_tensorrt_10_3_fallback_flags_follow_the_precision(fake_trt, small_onnx, tmp_path, precision, flags):
+    """The weakly typed fallback (10.x < 10.12) sets FP16 only for fp16/int8 sources: an fp32 engine that may run
+    FP16 kernels is not an fp32 engine. INT8 comes with int8 sources (or Q/DQ layers in the network)."""
     from optimize.engines import EngineBuildError, build_engine
 
     mod = fake_trt("10.3.0.26", fail_strongly_typed=True)
     src, spec = small_onnx
-    man = build_engine(src, tmp_path / "fp32.trt10.engine", spec, flavor="trt10")
-    assert mod.calls["create_network"] == [2, 0] and mod.calls["set_flag"] == ["FP16"]
-    assert man["builder"]["strongly_typed"] is False and man["builder"]["precision_flags"] == ["FP16"]
-    assert "--fp16" in man["cli"] and "--stronglyTyped" not in man["cli"]
+    source = tmp_path / {"fp32": "fp32.sim.onnx", "fp16": "fp16.onnx", "int8": "int8.qdq.onnx"}[precision]
+    if source != src:
+        shutil.copy(src, source)
+    engine = tmp_path / f"{precision}.trt10.engine"
+    man = build_engine(source, engine, spec, flavor="trt10")
+    assert man["precision"] == precision
+    assert mod.calls["create_network"] == [2, 0] and mod.calls["set_flag"] == flags
+    assert man["builder"]["strongly_typed"] is False and man["builder"]["precision_flags"] == flags
+    assert ("--fp16" in man["cli"]) == ("FP16" in flags) and ("--int8" in man["cli"]) == ("INT8" in flags)
+    assert "--stronglyTyped" not in man["cli"]
+    # the engine bytes the fake builder made from the config: exactly these precision flags (+ TF32 unless fp32)
+    cfg = engine.read_bytes().split(b"cfg=")[1].decode()
+    assert sorted(f for f in cfg.split(",") if f) == sorted(flags + ([] if precision == "fp32" else ["TF32"]))
     # 10.12+ and 11.x: strong typing is complete, no fallback
     fake_trt("10.13.0.1", fail_strongly_typed=True)
     with pytest.raises(EngineBuildError, match="returned None"):
-        build_engine(src, tmp_path / "x.engine", spec, flavor="trt10")
+        build_engine(source, tmp_path / "x.engine", spec, flavor="trt10")
+
+
+@pytest.mark.parametrize("version", ["10.3.0.26", "11.1.0.5"])
+def test_fake_tensorrt_tf32_is_cleared_for_fp32_sources_only(fake_trt, small_onnx, tmp_path, version):
+    """TensorRT enables TF32 by default, so an 'fp32' engine would run FP32 GEMMs in TF32 (10 mantissa bits)."""
+    from optimize.engines import build_engine
+
+    mod = fake_trt(version)
+    src, spec = small_onnx
+    fp16 = tmp_path / "fp16.onnx"
+    shutil.copy(src, fp16)
+    m32 = build_engine(src, tmp_path / "fp32.x.engine", spec, flavor="trt")
+    assert mod.calls["clear_flag"] == ["TF32"]
+    assert m32["builder"]["tf32"] is False and m32["options"]["tf32"] is False and "--noTF32" in m32["cli"]
+    assert b"TF32" not in (tmp_path / "fp32.x.engine").read_bytes()
+    m16 = build_engine(fp16, tmp_path / "fp16.x.engine", spec, flavor="trt")
+    assert mod.calls["clear_flag"] == ["TF32"]  # unchanged: fp16 sources keep TensorRT's default
+    assert m16["builder"]["tf32"] is True and m16["options"]["tf32"] is True and "--noTF32" not in m16["cli"]
+    # an engine built before this option existed (no "tf32" in its options) is out of date
+    from optimize.engines import build_options
+
+    opts = build_options(m32["flavor"], version, em.probe_gpu()[0], 1024, 3, None, None, "fp32")
+    assert opts == m32["options"] and em.is_up_to_date(tmp_path / "fp32.x.engine", m32["onnx"]["sha256"], opts)[0]
+
+
+def test_fake_tensorrt_10_3_has_no_same_compute_capability(fake_trt, small_onnx, tmp_path, capsys):
+    """10.3's HardwareCompatibilityLevel has NONE and AMPERE_PLUS only (pyCore.cpp release/10.3): asking for
+    SAME_COMPUTE_CAPABILITY is a build error naming what exists, not an AttributeError out of main()."""
+    from optimize.engines import EngineBuildError, build_engine, main
+
+    mod = fake_trt("10.3.0.26")
+    src, spec = small_onnx
+    with pytest.raises(EngineBuildError, match=r"hardware_compatibility 'same_compute_capability': tensorrt "
+                                               r"10\.3\.0\.26 has no HardwareCompatibilityLevel\."
+                                               r"SAME_COMPUTE_CAPABILITY .*10\.9.*\['ampere_plus'\]"):
+        build_engine(src, tmp_path / "fp32.trt10.engine", spec, flavor="trt10",
+                     hardware_compatibility="same_compute_capability")
+    assert not (tmp_path / "fp32.trt10.engine").exists() and mod.calls["create_network"] == []
+    man = build_engine(src, tmp_path / "fp32.trt10.engine", spec, flavor="trt10", hardware_compatibility="ampere_plus")
+    assert mod.calls["hardware_compatibility_level"] == ["AMPERE_PLUS"]
+    assert man["targets"]["compute_capabilities"] == ">=8.0"
+    # through the CLI: one FAILED row with the reason, exit code 1
+    art = tmp_path / "art"
+    (art / "small").mkdir(parents=True)
+    shutil.copy(src, art / "small" / "fp32.sim.onnx")
+    (art / "small" / "spec.json").write_text(spec.to_json())
+    rc = main(["--models", "small", "--artifacts", str(art), "--flavor", "trt10", "--precisions", "fp32",
+               "--hardware-compatibility", "same_compute_capability"])
+    out = capsys.readouterr().out
+    assert rc == 1 and "small fp32: FAILED: hardware_compatibility 'same_compute_capability'" in out
+    # 11.x has it
+    mod = fake_trt("11.1.0.5")
+    man = build_engine(src, tmp_path / "fp32.trt11.engine", spec, flavor="trt11",
+                       hardware_compatibility="same_compute_capability")
+    assert mod.calls["hardware_compatibility_level"] == ["SAME_CC"]
+    assert "--hardwareCompatibilityLevel=sameComputeCapability" in man["cli"]
+
+
+def test_fake_tensorrt_profile_set_shape_error_is_a_build_error(fake_trt, small_onnx, tmp_path):
+    """IOptimizationProfile.set_shape raises RuntimeError (it does not return False) on an inconsistent shape."""
+    from optimize.engines import EngineBuildError, build_engine
+
+    fake_trt("10.3.0.26", set_shape_fails=True)
+    src, spec = small_onnx
+    with pytest.raises(EngineBuildError, match=r"input 'x': TensorRT rejected the optimisation profile min \(1, 4\), "
+                                               r"opt \(8, 4\), max \(64, 4\) \(Shape provided for min is inconsistent"):
+        build_engine(src, tmp_path / "fp32.trt10.engine", spec, flavor="trt10")
+    assert not (tmp_path / "fp32.trt10.engine").exists()
+
+
+@pytest.mark.parametrize("raw,text", [(100, "0.1.0"), (200, "0.2.0"), (10203, "1.2.3")])
+def test_onnx_parser_version_is_decoded(fake_trt, small_onnx, tmp_path, raw, text):
+    """getNvOnnxParserVersion() = MAJOR * 10000 + MINOR * 100 + PATCH (NvOnnxParser.h): TensorRT 10/11 say 100,
+    TensorRT-RTX 1.7 says 200; the manifest records "0.2.0", not "200"."""
+    from optimize.engines import _parser_version, build_engine
+
+    fake_trt("11.1.0.5", parser_version=raw)
+    src, spec = small_onnx
+    man = build_engine(src, tmp_path / "fp32.trt11.engine", spec, flavor="trt11")
+    assert man["tensorrt"]["onnx_parser"] == text
+    v = trt.get_nv_onnx_parser_version()  # the real tensorrt_rtx
+    assert _parser_version(trt) == f"{v // 10000}.{v // 100 % 100}.{v % 100}"
+
+
+def test_rtx_set_compute_capability_false_is_a_build_error(tmp_path, monkeypatch):
+    """IBuilderConfig.set_compute_capability returns a bool (False on a bad target/index): never ignored."""
+    from optimize.engines import EngineBuildError, build_engine
+    from zoo.spec import DimRange, ModelSpec, TensorSpec
+
+    src = tmp_path / "fp32.sim.onnx"
+    _bad_qdq_onnx(src, np.int8, 0)
+    spec = ModelSpec("small", "custom", [TensorSpec("x", "float32", ("batch", 4))],
+                     [TensorSpec("y", "float32", ("batch", 4))], {"batch": DimRange(1, 2, 4)}, [])
+    seen = []
+
+    def refuse(self, cc, index):
+        seen.append((cc, index))
+        return False
+
+    monkeypatch.setattr(trt.IBuilderConfig, "set_compute_capability", refuse)
+    with pytest.raises(EngineBuildError, match=r"set_compute_capability\(SM86, 0\) for compute capability '8.6' "
+                                               r"returned False"):
+        build_engine(src, tmp_path / "fp32.rtx.engine", spec, flavor="rtx", compute_capabilities=["8.6", "8.9"])
+    assert seen == [(trt.ComputeCapability.SM86, 0)] and not (tmp_path / "fp32.rtx.engine").exists()
+
+
+def test_tensorrt_8_is_refused(monkeypatch):
+    """TensorRT 8 imports fine, then builds implicit-batch networks from create_network(0): refuse it up front."""
+    from optimize.engines import EngineBuildError, load_tensorrt
+
+    old = types.ModuleType("tensorrt")
+    old.__version__ = "8.6.1"
+    monkeypatch.setitem(sys.modules, "tensorrt", old)
+    monkeypatch.setattr(em, "probe_gpu", lambda device=0: ({"name": "NVIDIA A10", "compute_capability": "8.6",
+                                                            "device": 0}, ""))
+    for flavor in ("trt", "trt10"):
+        with pytest.raises(BackendError, match=r"tensorrt 8\.6\.1 is installed, expected tensorrt 10\.x or 11\.x"):
+            em.import_tensorrt(flavor)
+    with pytest.raises(EngineBuildError, match=r"tensorrt 8\.6\.1 is installed"):
+        load_tensorrt("trt")
+    mod, flavor, version = em.import_tensorrt("auto")  # auto passes over it to tensorrt_rtx
+    assert (mod, flavor, version) == (trt, "rtx", trt.__version__)
+    assert load_tensorrt("auto")[1] == "rtx"
+
+
+def test_cuda_versions_say_what_cuda_python_really_reports(monkeypatch):
+    """cuda-python's cudaRuntimeGetVersion returns the CUDA version the bindings were generated for
+    (``runtimeVersion[0] = CUDART_VERSION``), not a CUDA runtime: it is never recorded as "runtime"."""
+    got = em.cuda_versions()
+    try:
+        import cuda.bindings as cb
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        assert got is None
+    else:  # the installed cuda-bindings: its own constant, with or without a driver
+        _, v = cudart.cudaRuntimeGetVersion()
+        assert "runtime" not in got and got["cuda_bindings"] == cb.__version__
+        assert got["cuda_bindings_built_for"] == f"{int(v) // 1000}.{int(v) % 1000 // 10}"
+    ok = types.SimpleNamespace(cudaSuccess=0)
+    fake = types.SimpleNamespace(
+        cudaError_t=ok, cudaRuntimeGetVersion=lambda: (0, 13050), cudaDriverGetVersion=lambda: (0, 12080),
+        cudaGetDeviceCount=lambda: (0, 1),
+        cudaGetDeviceProperties=lambda d: (0, types.SimpleNamespace(name=b"NVIDIA L4\x00", major=8, minor=9)))
+    monkeypatch.setattr(em, "import_cudart", lambda: fake)
+    got = em.cuda_versions()
+    assert {k: got[k] for k in ("driver", "cuda_bindings_built_for", "source")} == \
+        {"driver": "12.8", "cuda_bindings_built_for": "13.5", "source": "cuda-python"} and "runtime" not in got
+    gpu, why = em.probe_gpu()
+    assert gpu == {"name": "NVIDIA L4", "compute_capability": "8.9", "device": 0, "cuda_driver": "12.8",
+                   "cuda_bindings_built_for": "13.5"}, why
+    fake.cudaDriverGetVersion = lambda: (0, 0)  # no driver: 0, not "0.0"
+    assert em.cuda_versions()["driver"] is None
+
+
+def _hand_manifest(tmp_path: Path, targets: dict, flavor: str = "rtx") -> Path:
+    engine = tmp_path / "m" / f"fp16.{flavor}.engine"
+    engine.parent.mkdir(parents=True, exist_ok=True)
+    data = b"engine bytes"
+    engine.write_bytes(data)
+    em.write_manifest(engine, {"format": em.MANIFEST_FORMAT, "engine": engine.name,
+                               "engine_sha256": em.sha256_bytes(data), "engine_bytes": len(data), "flavor": flavor,
+                               "tensorrt": {"module": "tensorrt_rtx", "version": "1.7.1.116"},
+                               "built_on": "cpu-only", "targets": targets, "builder": {}})
+    return engine
+
+
+@pytest.mark.parametrize("cc,refused", [("12.1", False), ("9.0", False), ("10.0", False), ("8.6", False),
+                                        ("7.5", True)])
+def test_rtx_default_targets_are_a_floor_not_an_exact_list(tmp_path, cc, refused):
+    """Default RTX targets run on 8.0/8.6/8.9/12.0 "and later" (cpu-engines.html): the manifest check refuses only a
+    GPU older than all of them; whether a newer one really runs is runtime.get_engine_validity's call at load."""
+    engine = _hand_manifest(tmp_path, {"compute_capabilities": ["8.0", "8.6", "8.9", "12.0"], "default": True})
+    gpu = {"name": "Some GPU", "compute_capability": cc}
+    if refused:
+        with pytest.raises(EngineMismatchError, match=rf"default targets \(8.0, 8.6, 8.9, 12.0 and later\), this GPU "
+                                                      rf"'Some GPU' is {cc} \(build with --compute-capabilities 75"):
+            em.check_engine(engine, "rtx", "1.7.1.116", gpu=gpu)
+    else:
+        assert em.check_engine(engine, "rtx", "1.7.1.116", gpu=gpu)["targets"]["default"] is True
+
+
+def test_rtx_explicit_targets_stay_exact(tmp_path):
+    """Explicit targets: "the engine built can only be run on" them (cpu-engines.html)."""
+    engine = _hand_manifest(tmp_path, {"compute_capabilities": ["8.6"], "default": False})
+    with pytest.raises(EngineMismatchError, match=r"engine targets 8.6, this GPU 'RTX 4090' is 8.9"):
+        em.check_engine(engine, "rtx", "1.7.1.116", gpu={"name": "RTX 4090", "compute_capability": "8.9"})
+    assert em.check_engine(engine, "rtx", "1.7.1.116", gpu={"name": "RTX 3090", "compute_capability": "8.6"})
 
 
 def test_fake_tensorrt_needs_a_gpu_and_auto_prefers_it(fake_trt, small_onnx, monkeypatch, tmp_path):

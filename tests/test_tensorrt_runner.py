@@ -108,6 +108,11 @@ class FakeCudart:
         self.mallocs = 0
         self.lock = threading.Lock()
         self._next = 100
+        self.last_error = _Err.cudaSuccess  # what cudaGetLastError returns (and resets), as in CUDA
+
+    def cudaGetLastError(self):
+        err, self.last_error = self.last_error, _Err.cudaSuccess
+        return (err,)
 
     def _ok(self, *values):
         return (_Err.cudaSuccess, *values)
@@ -183,7 +188,8 @@ class FakeCudart:
 
     def cudaStreamEndCapture(self, s):
         ops, s.capturing = s.capturing, None
-        if s.invalidated:
+        if s.invalidated:  # CUDA also records the failure as the thread's last error
+            self.last_error = _Err.cudaErrorStreamCaptureInvalidated
             return (_Err.cudaErrorStreamCaptureInvalidated, None)
         g = types.SimpleNamespace(ops=ops)
         self.graphs.add(id(g))
@@ -215,32 +221,55 @@ class FakeCudart:
 
 
 def fake_tensorrt_runtime(cudart: FakeCudart, version: str = "10.3.0.26", capture_fails: bool = False,
-                          execute_fails: bool = False):
-    """An engine computing y = 2 * x + 1 for x (batch 1..64, 4) float32, with the tensorrt 10 runtime API."""
-    mod = types.ModuleType("tensorrt")
+                          execute_fails: bool = False, capture_raises: bool = False, two_profiles: bool = False,
+                          profile_switch_fails: bool = False, infer_shapes_fails: bool = False,
+                          rtx_validity: str | None = None):
+    """An engine computing y = 2 * x + 1 for x (batch 1..64, 4) float32, with the tensorrt 10 runtime API.
+
+    Modelled on the real bindings (TRT release/10.3 and 11.1 python/src/infer/pyCore.cpp):
+    set_optimization_profile_async and infer_shapes RAISE RuntimeError on failure; all_binding_shapes_specified
+    (allInputDimensionsSpecified) "does not work with name-based interfaces" (NvInferRuntime.h), so here it is
+    always False; execute_async_v3 returns False while the thread's last CUDA error is set, as a TensorRT launch
+    that checks cudaGetLastError would. ``two_profiles``: profile 0 covers batch 1..32, profile 1 batch 33..64.
+    ``rtx_validity`` ('VALID' / 'INVALID'): a ``tensorrt_rtx`` module whose Runtime.get_engine_validity answers that
+    (INVALID with UNSUPPORTED_CC), with create_runtime_config as in tensorrt_rtx 1.7."""
+    mod = types.ModuleType("tensorrt_rtx" if rtx_validity else "tensorrt")
     mod.__version__ = version
     mod.ILogger = type("ILogger", (), {"Severity": types.SimpleNamespace(INTERNAL_ERROR=0, ERROR=1, WARNING=2, INFO=3,
                                                                            VERBOSE=4), "__init__": lambda self: None})
     mod.TensorIOMode = types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
     mod.nptype = lambda dt: dt
     mod.runtimes, mod.contexts = [], []
-    profile = [(1, 4), (8, 4), (64, 4)]
+    profiles = ([[(1, 4), (16, 4), (32, 4)], [(33, 4), (48, 4), (64, 4)]] if two_profiles
+                else [[(1, 4), (8, 4), (64, 4)]])
 
     class Context:
         def __init__(self) -> None:
             self.shape, self.addr, self.threads, self.executions = None, {}, set(), 0
             self.active_optimization_profile = 0
+            self.switches: list[int] = []
+
+        def set_optimization_profile_async(self, k, handle):
+            assert isinstance(handle, int) and handle != 0
+            if profile_switch_fails:
+                raise RuntimeError("Error in set optimization profile async.")
+            self.active_optimization_profile = k
+            self.switches.append(k)
+            return True
 
         def set_input_shape(self, name, shape):
-            if name != "x" or len(shape) != 2 or shape[1] != 4 or not 1 <= shape[0] <= 64:
+            lo, _, hi = profiles[self.active_optimization_profile]
+            if name != "x" or len(shape) != 2 or shape[1] != 4 or not lo[0] <= shape[0] <= hi[0]:
                 return False
             self.shape = tuple(shape)
             return True
 
         def infer_shapes(self):
+            if infer_shapes_fails:
+                raise RuntimeError("infer_shapes error code: -1")
             return [] if self.shape else ["x"]
 
-        all_binding_shapes_specified = property(lambda self: self.shape is not None)
+        all_binding_shapes_specified = property(lambda self: False)
 
         def get_tensor_shape(self, name):
             return self.shape if self.shape else (-1, 4)
@@ -261,9 +290,11 @@ def fake_tensorrt_runtime(cudart: FakeCudart, version: str = "10.3.0.26", captur
                 y = np.frombuffer((ctypes.c_float * n).from_address(y_ptr), dtype=np.float32)
                 y[:] = 2 * x + 1
 
-            if execute_fails:
+            if execute_fails or cudart.last_error != _Err.cudaSuccess:
                 return False
             if stream.capturing is not None:
+                if capture_raises:
+                    raise RuntimeError("enqueue raised during capture")
                 if capture_fails:
                     stream.invalidated = True
                     return False
@@ -274,7 +305,7 @@ def fake_tensorrt_runtime(cudart: FakeCudart, version: str = "10.3.0.26", captur
             return True
 
     class Engine:
-        num_io_tensors, num_optimization_profiles = 2, 1
+        num_io_tensors, num_optimization_profiles = 2, len(profiles)
 
         def get_tensor_name(self, i):
             return ["x", "y"][i]
@@ -289,16 +320,20 @@ def fake_tensorrt_runtime(cudart: FakeCudart, version: str = "10.3.0.26", captur
             return (-1, 4)
 
         def get_tensor_profile_shape(self, n, k):
-            assert n == "x" and k == 0
-            return profile
+            assert n == "x" and 0 <= k < len(profiles)
+            return profiles[k]
 
         def is_shape_inference_io(self, n):
             return False
 
-        def create_execution_context(self):
+        def create_execution_context(self, runtime_config=None):
+            assert (runtime_config is not None) == bool(rtx_validity)  # RTX: always with its runtime config
             ctx = Context()
             mod.contexts.append(ctx)
             return ctx
+
+        def create_runtime_config(self):
+            return types.SimpleNamespace(cuda_graph_strategy=None)
 
     class Runtime:
         def __init__(self, logger) -> None:
@@ -309,6 +344,17 @@ def fake_tensorrt_runtime(cudart: FakeCudart, version: str = "10.3.0.26", captur
             self.deserialized += 1
             return Engine() if bytes(data).startswith(b"FAKE-ENGINE") else None
 
+        def get_engine_validity(self, data):
+            v = mod.EngineValidity.VALID if rtx_validity == "VALID" else mod.EngineValidity.INVALID
+            return v, 0 if rtx_validity == "VALID" else int(mod.EngineInvalidityDiagnostics.UNSUPPORTED_CC)
+
+    if rtx_validity:
+        mod.EngineValidity = enum.Enum("EngineValidity", "VALID SUBOPTIMAL INVALID")
+        mod.EngineInvalidityDiagnostics = enum.IntFlag("EngineInvalidityDiagnostics",
+                                                       "VERSION_MISMATCH UNSUPPORTED_CC OLD_CUDA_DRIVER")
+        mod.CudaGraphStrategy = types.SimpleNamespace(DISABLED=0, WHOLE_GRAPH_CAPTURE=1)
+    else:
+        del Runtime.get_engine_validity  # tensorrt 10/11 have no such method
     mod.Runtime = Runtime
     return mod
 
@@ -418,6 +464,109 @@ def test_fake_cuda_graph_capture_failure_falls_back(fake, caplog):
     assert "CUDA graph capture failed" in caplog.text
 
 
+def test_fake_failed_capture_clears_the_last_cuda_error(fake):
+    """An invalidated capture leaves cudaErrorStreamCaptureInvalidated as the thread's last CUDA error; trtexec clears
+    it (sampleInference.cpp: endCaptureOnError + cudaGetLastError). Left there, the next launch that checks it (here:
+    the fake execute_async_v3) fails although nothing is wrong."""
+    from runtime.tensorrt_backend import TensorRTRunner
+
+    engine, cudart, mod = fake(capture_fails=True)
+    with TensorRTRunner(engine, use_cuda_graph=True) as r:
+        x = _x(4, 0)
+        np.testing.assert_array_equal(r.infer({"x": x})["y"], 2 * x + 1)
+        assert cudart.last_error == _Err.cudaSuccess
+        for b in (4, 5):  # plain execution goes on, at the failed shape and at a new one
+            x = _x(b, b)
+            np.testing.assert_array_equal(r.infer({"x": x})["y"], 2 * x + 1)
+        assert mod.contexts[0].executions == 3
+
+
+def test_fake_exception_during_capture_ends_it_and_frees_the_graph(fake, caplog):
+    from runtime.tensorrt_backend import TensorRTRunner
+
+    engine, cudart, mod = fake(capture_raises=True)
+    with TensorRTRunner(engine, use_cuda_graph=True) as r:
+        for seed in range(3):
+            x = _x(3, seed)
+            np.testing.assert_array_equal(r.infer({"x": x})["y"], 2 * x + 1)  # the warm-up run's result stands
+        assert r.graph_stats == {"captures": 0, "launches": 0, "fallbacks": 1}
+        assert not cudart.graphs  # the graph cudaStreamEndCapture returned was destroyed, not leaked
+        assert all(s.capturing is None for s in cudart.streams.values())  # capture ended
+        assert cudart.last_error == _Err.cudaSuccess and mod.contexts[0].executions == 3
+    assert "execute_async_v3 raised RuntimeError: enqueue raised during capture" in caplog.text
+
+
+def test_fake_two_profiles_switch_and_a_failed_switch_is_a_backend_error(fake):
+    """set_optimization_profile_async raises RuntimeError on failure (it does not return False): BackendError."""
+    from runtime.tensorrt_backend import TensorRTRunner
+
+    engine, _, mod = fake(two_profiles=True)
+    with TensorRTRunner(engine) as r:
+        assert r.contract.bounds == {"batch": DimBounds(1, 64)}
+        for b in (2, 40, 64, 1):
+            x = _x(b, b)
+            np.testing.assert_array_equal(r.infer({"x": x})["y"], 2 * x + 1)
+        assert mod.contexts[0].switches == [1, 0]
+    engine, _, _ = fake(two_profiles=True, profile_switch_fails=True)
+    with TensorRTRunner(engine) as r:
+        x = _x(2)
+        np.testing.assert_array_equal(r.infer({"x": x})["y"], 2 * x + 1)  # profile 0: no switch needed
+        with pytest.raises(BackendError, match=r"set_optimization_profile_async\(1\) failed for input shapes "
+                                               r"\(\(40, 4\),\): Error in set optimization profile async"):
+            r.infer({"x": _x(40)})
+
+
+def test_fake_infer_shapes_error_is_a_backend_error(fake):
+    from runtime.tensorrt_backend import TensorRTRunner
+
+    engine, _, mod = fake(infer_shapes_fails=True)
+    with TensorRTRunner(engine) as r, pytest.raises(
+            BackendError, match=r"TensorRT shape inference failed for input shapes \(\(2, 4\),\): infer_shapes error"):
+        r.infer({"x": _x(2)})
+    assert mod.contexts[0].executions == 0
+
+
+def test_fake_runner_does_not_rely_on_all_binding_shapes_specified(fake):
+    """The fake's all_binding_shapes_specified is always False, as the real one may be with set_input_shape."""
+    from runtime.tensorrt_backend import TensorRTRunner
+
+    engine, _, mod = fake()
+    assert mod.contexts == []
+    with TensorRTRunner(engine) as r:
+        x = _x(3)
+        np.testing.assert_array_equal(r.infer({"x": x})["y"], 2 * x + 1)
+        assert mod.contexts[0].all_binding_shapes_specified is False
+
+
+@pytest.mark.parametrize("validity", ["VALID", "INVALID"])
+def test_fake_rtx_newer_gpu_is_left_to_get_engine_validity(fake, monkeypatch, tmp_path, validity):
+    """An RTX engine with the default targets (8.0/8.6/8.9/12.0 "and later") on a 12.1 GPU: the manifest check lets
+    it through and TensorRT-RTX's own get_engine_validity decides, before deserialisation."""
+    from runtime.tensorrt_backend import TensorRTRunner
+
+    _, cudart, _ = fake()
+    mod = fake_tensorrt_runtime(cudart, version="1.7.1.116", rtx_validity=validity)
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", mod)
+    monkeypatch.delitem(sys.modules, "tensorrt")  # only tensorrt_rtx here
+    monkeypatch.setattr(em, "probe_gpu", lambda device=0: ({**GPU, "name": "NVIDIA GB10", "compute_capability": "12.1"},
+                                                           ""))
+    engine = write_fake_engine(tmp_path / "fp32.rtx.engine", version="1.7.1.116")
+    man = json.loads(em.manifest_path(engine).read_text())
+    man.update(flavor="rtx", tensorrt={"module": "tensorrt_rtx", "version": "1.7.1.116"}, built_on="cpu-only",
+               targets={"compute_capabilities": ["8.0", "8.6", "8.9", "12.0"], "default": True})
+    em.write_manifest(engine, man)
+    if validity == "INVALID":
+        with pytest.raises(EngineMismatchError, match=r"tensorrt_rtx 1\.7\.1\.116 reports it INVALID on 'NVIDIA GB10' "
+                                                      r"\(sm 12\.1\): UNSUPPORTED_CC"):
+            TensorRTRunner(engine)
+        assert mod.runtimes[0].deserialized == 0
+        return
+    with TensorRTRunner(engine) as r:
+        assert (r.flavor, r.version) == ("rtx", "1.7.1.116")
+        x = _x(5)
+        np.testing.assert_array_equal(r.infer({"x": x})["y"], 2 * x + 1)
+
+
 def test_fake_one_context_per_thread(fake):
     from runtime.tensorrt_backend import TensorRTRunner
 
@@ -505,7 +654,8 @@ def test_fake_other_gpu_is_refused(fake, monkeypatch):
 # ---- GPU: the real runner against ONNX Runtime ------------------------------------------------------
 MODELS = ("text_transformer", "attention_cnn", "vit")
 SOURCES = {"fp32": "fp32.sim.onnx", "fp16": "fp16.onnx", "int8": "int8.qdq.onnx"}
-# TensorRT vs ONNX Runtime CPU on the SAME graph: fp32 allows TF32 tactics; int8 kernels round differently.
+# TensorRT vs ONNX Runtime CPU on the SAME graph: fp32 engines are built with TF32 cleared (kept loose, unverified on
+# a GPU: other summation orders); int8 kernels round differently.
 TOL = {"fp32": (5e-3, 0.9999), "fp16": (5e-2, 0.999), "int8": (0.25, 0.99)}
 
 

@@ -38,6 +38,9 @@ def vit_artifacts(tmp_path_factory):
     ranges, _ = calibrate_ranges(d / "fp32.sim.onnx", CalibrationData.from_arrays(x, batch_size=8), "MinMax")
     nodes = [n.name for n in quantizable_nodes(onnx.load(str(d / "fp32.sim.onnx")))]
     quantize_static_cached(d / "fp32.sim.onnx", d / "int8.qdq.onnx", ranges, "MinMax", nodes, "trt")
+    from optimize.fp16 import convert_fp16
+
+    convert_fp16(d / "fp32.sim.onnx", d / "fp16.onnx")
     return root
 
 
@@ -64,6 +67,7 @@ def test_exit_code_counts_gating_rows_only():
 
 
 def test_verify_rows_roles_precision_and_reuse(vit_artifacts, capsys):
+    from runtime.loader import precision_of
     from verify.__main__ import ROLE_CPU_KERNELS, ROLE_REFERENCE, main
 
     art = vit_artifacts
@@ -83,6 +87,10 @@ def test_verify_rows_roles_precision_and_reuse(vit_artifacts, capsys):
             assert r["precision_ran"] in ("fp32", "bf16")
             if r["mode"] == "bf16" and r["precision_ran"] == "fp32":
                 assert r["precision"] == "fp32" and r["precision_asked"] == "bf16"
+            elif r["mode"] != "bf16":  # fp16.onnx runs f32 arithmetic on fp16 weights: still judged as fp16
+                assert r["precision"] == precision_of(r["artifact"]) and "precision_asked" not in r
+    f16 = [r for r in rows if r["artifact"] == "fp16.onnx"]
+    assert f16 and all(r["precision"] == "fp16" for r in f16)
     md = (art / "verify.md").read_text()
     assert "TensorRT reference" in md and "advisory" in md
     capsys.readouterr()
