@@ -72,6 +72,11 @@ def models_in(bench: dict | None, verify: list | None, artifacts: Path) -> list[
         name = (read_json(tj, {}) or {}).get("model") or tj.parent.name
         if tj.parent.name not in folders:
             names.append(name)
+            folders.add(tj.parent.name)
+    for mf in sorted(artifacts.glob("*/manifest.json")):  # built (e.g. quantised) but not yet verified / benched
+        if mf.parent.name not in folders:
+            names.append((read_json(mf.parent / "spec.json", {}) or {}).get("name") or mf.parent.name)
+            folders.add(mf.parent.name)
     return names
 
 

@@ -378,6 +378,36 @@ def test_cli_end_to_end_and_up_to_date(tiny_dirs, tmp_path, capsys):
     assert mtimes == {f: (md / f).stat().st_mtime_ns for f in mtimes}
 
 
+def test_cli_records_a_budget_miss_and_exits_nonzero(tiny_dirs, tmp_path, capsys):
+    """A miss is recorded (manifest: what missed, by how much, the fallback; report and summary say it) and
+    `optimize quantize` exits 1, while the artifacts are still written so the demo can go on."""
+    from zoo.data import DataError, load_dataset
+
+    try:
+        load_dataset("fashion_mnist")
+    except DataError as e:
+        pytest.skip(str(e))
+    from bench.report import build_report, summary_lines
+    from optimize.quantize import main
+
+    d, spec = tiny_dirs["attention_cnn"]
+    md = tmp_path / "attention_cnn"
+    md.mkdir()
+    shutil.copyfile(d / "fp32.sim.onnx", md / "fp32.sim.onnx")
+    (md / "spec.json").write_text(spec.to_json())
+    argv = ["--models", "attention_cnn", "--artifacts", str(tmp_path), "--only", "int8", "--max-drop", "100",
+            "--min-agreement", "1.01", "--sweep", "never", "--calib-size", "32", "--eval-samples", "200",
+            "--bench-runs", "3", "--cpu-candidates", "dynamic", "--min-speedup", "0"]
+    assert main(argv) == 1  # top-1 agreement can never reach 1.01
+    err = capsys.readouterr().err
+    assert "int8 outside the budget" in err
+    q = json.loads((md / "manifest.json").read_text())["int8"]["qdq"]
+    assert q["passed"] is False and q["miss"].startswith("top-1 agreement") and "< 1.01" in q["miss"]
+    assert "fp16" in q["fallback"] and (md / "int8.qdq.onnx").is_file()
+    assert "missed its budget" in build_report(tmp_path)
+    assert any("int8.qdq.onnx MISSED its budget" in line for line in summary_lines(tmp_path))
+
+
 # ---- the real TensorRT-RTX ONNX parser agrees with check_qdq_rules (CPU-only; skipped without the wheel) -----
 def _rtx_parse(path) -> list[str]:
     trt = pytest.importorskip("tensorrt_rtx")
