@@ -235,7 +235,6 @@ class ModelBench:
         return out
 
     def start(self) -> None:
-        from bench.results import find_verify_row
         from zoo.spec import ModelSpec
 
         spec_file = self.model_dir / "spec.json"
@@ -264,7 +263,7 @@ class ModelBench:
             self.slots += self._adopt(*p)
         for s in self.slots:
             if not s.is_peer:
-                s.vrow = find_verify_row(self.vrows, self.name, s.artifact, s.backend, s.mode)
+                s.vrow = _verify_row_of(self.vrows, self.name, s)
                 s.verified = None if s.vrow is None else bool(s.vrow.get("passed"))
 
     def smoke(self, batches: list[int], seq_len: int | None) -> None:
@@ -405,7 +404,8 @@ class ModelBench:
 def _verify_row_of(vrows, name, slot):
     from bench.results import find_verify_row
 
-    return find_verify_row(vrows, name, slot.artifact, slot.backend, slot.mode)
+    provider = (slot.notes.get("providers") or [None])[0]
+    return find_verify_row(vrows, name, slot.artifact, slot.backend, slot.mode, provider, slot.precision)
 
 
 def bench_model(name: str, args, cfg) -> list[dict[str, Any]]:

@@ -35,12 +35,20 @@ def verify_mode(mode: Any) -> str:
     return str(mode or "").split(" ")[0]
 
 
-def find_verify_row(vrows: Iterable[dict], model: str, artifact: str, backend: str, mode: str) -> dict | None:
+def find_verify_row(vrows: Iterable[dict], model: str, artifact: str, backend: str, mode: str,
+                    provider: str | None = None, precision: str | None = None) -> dict | None:
+    """The verify row of the same (artifact, backend, mode) and, where both sides know them, the same execution
+    provider and precision: a CPU timing is never marked verified by a GPU run, or the reverse."""
     hit = None
     for r in vrows:
-        if (r.get("model"), r.get("artifact"), r.get("backend")) == (model, artifact, backend) and \
-                verify_mode(r.get("mode")) == mode:
-            hit = r
+        if (r.get("model"), r.get("artifact"), r.get("backend")) != (model, artifact, backend) or \
+                verify_mode(r.get("mode")) != mode:
+            continue
+        if provider and r.get("execution_provider") and r["execution_provider"] != provider:
+            continue
+        if precision and r.get("precision") and precision not in (r["precision"], r.get("precision_asked")):
+            continue
+        hit = r
     return hit
 
 

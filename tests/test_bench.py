@@ -143,6 +143,20 @@ def test_verify_rows_match_on_model_artifact_backend_mode():
     assert find_verify_row(vrows, "m", "fp32.sim.onnx", "openvino", "f32") is None
 
 
+def test_verify_rows_match_like_against_like_only():
+    """A CPU verify row never verifies a GPU execution provider's timing (or the reverse); a bf16 hint that ran
+    f32 is still the row of the bf16-hint candidate."""
+    vrows = [{"model": "m", "artifact": "int8.qdq.onnx", "backend": "onnxruntime", "mode": "all", "precision": "int8",
+              "execution_provider": "CPUExecutionProvider", "passed": True},
+             {"model": "m", "artifact": "fp32.sim.onnx", "backend": "openvino", "mode": "bf16", "precision": "fp32",
+              "precision_asked": "bf16", "execution_provider": "CPU", "passed": True}]
+    cpu = find_verify_row(vrows, "m", "int8.qdq.onnx", "onnxruntime", "all", "CPUExecutionProvider", "int8")
+    assert cpu is vrows[0]
+    assert find_verify_row(vrows, "m", "int8.qdq.onnx", "onnxruntime", "all", "TensorrtExecutionProvider", "int8") is None
+    assert find_verify_row(vrows, "m", "int8.qdq.onnx", "onnxruntime", "all", "CPUExecutionProvider", "fp16") is None
+    assert find_verify_row(vrows, "m", "fp32.sim.onnx", "openvino", "bf16", None, "bf16") is vrows[1]
+
+
 def test_schema_checker_catches_missing_and_mistyped_keys():
     good = {"env": {}, "rows": [_row("onnxruntime", "fp32.sim.onnx", "fp32", "all", 1.0)], "guard": [], "summary": {}}
     assert check_schema(good) == []

@@ -83,6 +83,8 @@ def test_verify_rows_roles_precision_and_reuse(vit_artifacts, capsys):
     assert fp32["passed"] and fp32["gating"] and fp32["max_abs_diff"] < 1e-4
     for r in rows:
         assert r["cpu_isa"] and r["verify_key"]
+        if r["backend"] == "onnxruntime":  # pinned to the CPU provider, on a GPU machine too
+            assert r["execution_provider"] == "CPUExecutionProvider"
         if r["backend"] == "openvino":  # the precision the compiled model reports, not the hint
             assert r["precision_ran"] in ("fp32", "bf16")
             if r["mode"] == "bf16" and r["precision_ran"] == "fp32":

@@ -224,6 +224,8 @@ def verify_model(name: str, artifacts: Path, limit: int | None, threads: int | N
                                        "mode": mode, "role": role, "gating": role != ROLE_CPU_KERNELS,
                                        "judged_as": ROLE_TEXT[role], "dataset": data_desc["name"],
                                        "seconds": round(secs, 2), "cpu_isa": cpu_isa}
+                if info.get("execution_provider"):
+                    row["execution_provider"] = info["execution_provider"]
                 if ran:
                     row["precision_ran"] = PRECISION_NAMES.get(ran, ran)
                     if prec != asked:
