@@ -550,6 +550,7 @@ def timing_config(args):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from zoo.registry import model_names
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from dataclasses import asdict
 
@@ -558,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     from zoo.io import atomic_write_json, read_json
 
     cfg = timing_config(args)
-    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    names = model_names(args.models)
     env = envinfo.collect(args.threads)
     env["worker_env"] = {**worker_env(args), **({"OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"] + " (inherited)"}
                                                  if "OMP_WAIT_POLICY" in os.environ else {})}

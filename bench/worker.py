@@ -225,7 +225,7 @@ def _serve(cands: list, spec, rf, send) -> None:
                         errors[c.key] = describe(e)
                 send({"ok": True, "errors": errors})
             elif cmd == "predict":
-                from verify.worker import trim_padding
+                from runtime.preprocess import trim_padding
 
                 c = by_key[msg["key"]]
                 x = np.load(msg["inputs"], mmap_mode="r")

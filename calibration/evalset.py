@@ -12,7 +12,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from calibration.readers import CalibrationError, encode_inputs, normalize_nchw, synthetic_uint8_images, trim_padding
+from calibration.readers import CalibrationError, encode_inputs, normalize_nchw, synthetic_uint8_images
+from runtime.preprocess import trim_padding
 
 
 @dataclass

@@ -19,6 +19,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from runtime.preprocess import trim_padding
+
 log = logging.getLogger("edgeattn.calibration")
 
 # The calibration methods we expose, by onnxruntime.quantization.CalibrationMethod member name.
@@ -56,15 +58,6 @@ def encode_inputs(spec: Any, x: np.ndarray | Sequence[str], model_dir: str | os.
         enc = TextEncoder(Path(model_dir) / pp.get("tokenizer", "tokenizer.json"))
         return enc.encode(list(x), pad_to=int(pp.get("max_len", 0)) or None)
     raise CalibrationError(f"spec preprocess kind: got {kind!r}, expected 'image' or 'text'")
-
-
-def trim_padding(ids: np.ndarray, pad_id: int = 0) -> np.ndarray:
-    """Drop trailing columns that are padding in every row of an int batch (B, T) -> (B, T')."""
-    if ids.dtype.kind not in "iu" or ids.ndim != 2:
-        return ids
-    used = np.nonzero((ids != pad_id).any(axis=0))[0]
-    keep = int(used.max()) + 1 if used.size else 1
-    return ids[:, :keep]
 
 
 def batch_feeds(arrays: Mapping[str, np.ndarray], batch_size: int, pad_id: int | None = None) -> list[dict[str, np.ndarray]]:

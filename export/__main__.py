@@ -5,7 +5,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from zoo.registry import artifact_name, create_model, load_checkpoint
+from zoo.registry import artifact_name, create_model, load_checkpoint, model_names
 
 
 def load_for_export(name: str, artifacts: Path):
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     logging.getLogger("edgeattn").setLevel(logging.INFO)
 
-    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+    for name in model_names(args.models):
         out = args.artifacts / artifact_name(name) / "fp32.onnx"
         ckpt = args.artifacts / artifact_name(name) / "model.pt"
         man = read_json(args.artifacts / artifact_name(name) / "manifest.json", {}) or {}

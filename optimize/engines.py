@@ -33,12 +33,11 @@ from typing import Any, Mapping, Sequence
 
 from runtime import engine_manifest as em
 from runtime.errors import BackendError
-from runtime.loader import precision_of
+from runtime.loader import SPEC_METADATA_KEY, precision_of
 
 log = logging.getLogger("edgeattn.engines")
 
 SOURCES = {"fp32": "fp32.sim.onnx", "fp16": "fp16.onnx", "int8": "int8.qdq.onnx"}
-SPEC_METADATA_KEY = "edgeattn.spec"
 STRONG_TYPING_COMPLETE = (10, 12)  # TensorRT 10.x before this may need the FP16-flag fallback
 RTX_CC = {"7.5": "SM75", "8.0": "SM80", "8.6": "SM86", "8.9": "SM89", "12.0": "SM120", "12.1": "SM121",
           "current": "CURRENT"}
@@ -487,7 +486,7 @@ def _fmt_size(n: int | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from zoo.registry import artifact_name
+    from zoo.registry import artifact_name, model_names
 
     ap = argparse.ArgumentParser(prog="python -m optimize engines", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -522,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"engines: {trt.__name__} {version} (flavour {flavor}) on {where}")
     cache = args.timing_cache or default_timing_cache(args.artifacts, flavor, version, gpu)
 
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    models = model_names(args.models)
     jobs = [(m, p) for m in models for p in precisions]
     rows: list[dict[str, Any]] = []
     for i, (model, prec) in enumerate(jobs, 1):

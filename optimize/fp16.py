@@ -31,10 +31,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from calibration.evalset import EvalSet
+from runtime.ort_backend import OPT_LEVELS, ort_level  # one table of ORT optimisation levels
 
 log = logging.getLogger("edgeattn.optimize.fp16")
 ROOT = Path(__file__).resolve().parents[1]
-OPT_LEVELS = ("all", "extended", "basic", "disable")  # the names runtime.ort_backend.OrtRunner uses
 # Ops kept float32: normalisation statistics, softmax and exponentials overflow or lose too much in fp16.
 FP32_OPS = ("LayerNormalization", "Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2",
             "ReduceLogSumExp", "Pow", "Sqrt", "Reciprocal", "Exp", "Log")
@@ -66,18 +66,6 @@ class Fp16Options:
 
 
 # ---- ONNX Runtime helpers ----------------------------------------------------------------------------
-def ort_level(name: str):
-    import onnxruntime as ort
-
-    levels = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-              "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}
-    if name not in levels:
-        raise ValueError(f"ORT optimisation level: got {name!r}, expected one of {sorted(levels)}")
-    return levels[name]
-
-
 def ort_session(model: str | os.PathLike | bytes, level: str = "all", threads: int = 2):
     import onnxruntime as ort
 

@@ -645,10 +645,12 @@ def load_spec(model_dir: Path):
     import onnx
 
     m = onnx.load(str(model_dir / "fp32.sim.onnx"), load_external_data=False)
+    from runtime.loader import SPEC_METADATA_KEY
+
     for prop in m.metadata_props:
-        if prop.key == "edgeattn.spec":
+        if prop.key == SPEC_METADATA_KEY:
             return ModelSpec.from_json(prop.value)
-    raise QuantizeError(f"{model_dir}: no spec.json and no 'edgeattn.spec' metadata in fp32.sim.onnx")
+    raise QuantizeError(f"{model_dir}: no spec.json and no '{SPEC_METADATA_KEY}' metadata in fp32.sim.onnx")
 
 
 def quantize_model(model_dir: str | os.PathLike, opts: QuantOptions | None = None, force: bool = False,
@@ -850,7 +852,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--child-bench"]:
         return _child_bench(argv[1:])
-    from zoo.registry import artifact_name
+    from zoo.registry import artifact_name, model_names
 
     d = QuantOptions()
     ap = argparse.ArgumentParser(prog="python -m optimize quantize", description=__doc__,
@@ -890,7 +892,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    else None), min_speedup=args.min_speedup, bench_runs=args.bench_runs,
                    threads=args.threads, fp16=args.only != "int8", int8=args.only != "fp16")
     failed = []
-    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+    for name in model_names(args.models):
         model_dir = args.artifacts / artifact_name(name)
         mopts = opts
         if name.startswith("torchvision:"):  # big parity-only model: keep it to a few minutes on 2 cores

@@ -14,11 +14,11 @@ from typing import Any, Callable
 
 import numpy as np
 
+from runtime.loader import SPEC_METADATA_KEY
 from zoo.io import atomic_write, read_json, sha256_file, update_manifest
 from zoo.spec import ModelSpec
 
 log = logging.getLogger("edgeattn.simplify")
-SPEC_METADATA_KEY = "edgeattn.spec"
 
 
 class SimplifyError(RuntimeError):
@@ -153,7 +153,7 @@ def simplify_file(src: str | Path, dst: str | Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from zoo.registry import artifact_name
+    from zoo.registry import artifact_name, model_names
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--models", required=True)
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     logging.getLogger("edgeattn").setLevel(logging.INFO)
     failed = 0
-    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+    for name in model_names(args.models):
         d = args.artifacts / artifact_name(name)
         src, dst = d / "fp32.onnx", d / "fp32.sim.onnx"
         if not src.is_file():

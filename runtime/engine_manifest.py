@@ -32,11 +32,11 @@ import json
 import os
 import platform
 import shlex
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 from runtime.errors import BackendError, EngineMismatchError, ModelLoadError
+from runtime.files import atomic_write_bytes, sha256_file  # noqa: F401 - em.sha256_file is used by optimize.engines
 
 MANIFEST_FORMAT = "edgeattn-engine/1"
 FLAVORS = ("trt10", "trt11", "rtx")
@@ -56,30 +56,6 @@ def manifest_path(engine_path: str | os.PathLike) -> Path:
 
 def sha256_bytes(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> Path:
-    """Write to a temp file in the same folder, then ``os.replace``: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def write_manifest(engine_path: str | os.PathLike, manifest: Mapping[str, Any]) -> Path:

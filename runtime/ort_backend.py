@@ -157,17 +157,21 @@ def check_first_provider(requested: Sequence, got: Sequence[str], explicit: bool
     log.warning("%s; continuing because providers='auto'", msg)
 
 
+def ort_level(name: str):
+    """Our level name ('all', 'extended', 'basic', 'disable') -> onnxruntime.GraphOptimizationLevel."""
+    ort = _ort()
+    if name not in OPT_LEVELS:
+        raise BackendError(f"opt_level '{name}': unknown; expected one of {list(OPT_LEVELS)}")
+    return {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}[name]
+
+
 def _session_options(threads: int | None, opt_level: str):
     ort = _ort()
-    if opt_level not in OPT_LEVELS:
-        raise BackendError(f"opt_level '{opt_level}': unknown; expected one of {list(OPT_LEVELS)}")
     so = ort.SessionOptions()
-    so.graph_optimization_level = {
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    }[opt_level]
+    so.graph_optimization_level = ort_level(opt_level)
     if threads:
         so.intra_op_num_threads = int(threads)
         so.inter_op_num_threads = 1

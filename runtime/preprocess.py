@@ -100,3 +100,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
+
+
+def trim_padding(ids: np.ndarray, pad_id: int = 0) -> np.ndarray:
+    """Drop trailing columns that are padding in every row of an int batch (B, T) -> (B, T')."""
+    if ids.dtype.kind not in "iu" or ids.ndim != 2:
+        return ids
+    used = np.nonzero((ids != pad_id).any(axis=0))[0]
+    keep = int(used.max()) + 1 if used.size else 1
+    return ids[:, :keep]

@@ -23,7 +23,7 @@ import numpy as np
 from runtime.loader import precision_of
 from verify.compare import compare
 from zoo.io import atomic_write_json, atomic_write_text, read_json
-from zoo.registry import artifact_name
+from zoo.registry import artifact_name, model_names
 
 log = logging.getLogger("edgeattn.verify")
 KNOWN_ORDER = ["fp32.onnx", "fp32.sim.onnx", "fp16.onnx", "int8.qdq.onnx", "int8.cpu.onnx"]
@@ -114,7 +114,7 @@ def load_reference(name: str, artifacts: Path, limit: int | None = None):
 def torch_logits(built, x: np.ndarray, batch: int, pad_id: int) -> np.ndarray:
     import torch
 
-    from verify.worker import trim_padding
+    from runtime.preprocess import trim_padding
 
     outs = []
     with torch.inference_mode():
@@ -252,7 +252,7 @@ def _localize(built, path: Path, x, labels, ref, got) -> dict[str, Any] | None:
         from verify.localize import localize
 
         worst = int(np.abs(ref - got).max(1).argmax())
-        from verify.worker import trim_padding
+        from runtime.preprocess import trim_padding
 
         xi = trim_padding(np.ascontiguousarray(x[worst:worst + 1]), int(built.spec.preprocess.get("pad_id", 0)))
         rep = localize(built, path, {built.spec.inputs[0].name: xi})
@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true", help="re-verify even when nothing verify depends on changed")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    names = model_names(args.models)
     rows: list[dict[str, Any]] = []
     old = read_json(args.artifacts / "verify.json", []) or []
     for name in names:

@@ -13,13 +13,7 @@ import time
 
 import numpy as np
 
-
-def trim_padding(x: np.ndarray, pad_id: int) -> np.ndarray:
-    """Drop trailing columns that are padding in every row (token batches only)."""
-    if x.dtype != np.int64 or x.ndim != 2:
-        return x
-    cols = np.nonzero((x != pad_id).any(0))[0]
-    return x[:, : int(cols.max()) + 1] if cols.size else x[:, :1]
+from runtime.preprocess import trim_padding
 
 
 def open_backend(artifact: str, backend: str, mode: str, threads: int | None):

@@ -49,6 +49,11 @@ def artifact_name(name: str) -> str:
     return name.split(":")[-1]
 
 
+def model_names(text: str) -> list[str]:
+    """``--models a, b,torchvision:c`` -> ['a', 'b', 'torchvision:c'] (empty items dropped): every stage's CLI."""
+    return [m.strip() for m in str(text).split(",") if m.strip()]
+
+
 def list_models() -> list[str]:
     return list(BUILTIN) + list(EXAMPLE_TORCHVISION)
 

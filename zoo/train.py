@@ -23,7 +23,7 @@ import numpy as np
 
 from zoo.data import Dataset, load_dataset
 from zoo.io import atomic_write_json, read_json
-from zoo.registry import BuiltModel, create_model, load_checkpoint, save_checkpoint
+from zoo.registry import BuiltModel, create_model, load_checkpoint, model_names, save_checkpoint
 
 log = logging.getLogger("edgeattn.train")
 
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(int(os.environ.get("EDGEATTN_THREADS", os.cpu_count() or 1)))
     rows = []
-    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+    for name in model_names(args.models):
         if name not in RECIPES:
             ap.error(f"--models: '{name}' has no training recipe; expected some of {sorted(RECIPES)}")
         recipe = RECIPES[name]
