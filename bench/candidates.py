@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from runtime.loader import precision_of
+from runtime.loader import ORT_GPU_MODES, open_mode, precision_of
 
 log = logging.getLogger("edgeattn.bench.candidates")
 
@@ -73,8 +73,7 @@ class RunnerCandidate(Candidate):
     ``mode``: ORT optimisation level ("all", "extended", ...) or "cuda-ep"/"tensorrt-ep" (GPU EPs at "all");
     OpenVINO precision hint ("f32", "bf16"); TensorRT: the engine flavour."""
 
-    GPU_EPS = {"cuda-ep": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-               "tensorrt-ep": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
+    GPU_EPS = ORT_GPU_MODES
 
     def __init__(self, model: str, path: str | Path, backend: str, mode: str, precision: str | None = None, *,
                  threads: int | None = None, is_peer: bool = False, peer_kind: str | None = None) -> None:
@@ -86,7 +85,7 @@ class RunnerCandidate(Candidate):
         self._out_name: str | None = None
 
     def _load(self) -> None:
-        self.runner = open_runner_for(self.path, self.backend, self.mode, self.threads)
+        self.runner = open_mode(self.path, self.backend, self.mode, self.threads)
         self._out_name = self.runner.outputs[0].name
         providers = getattr(self.runner, "providers", None)
         if providers:
@@ -103,25 +102,6 @@ class RunnerCandidate(Candidate):
         if self.runner is not None:
             self.runner.close()
             self.runner = None
-
-
-def open_runner_for(path: Path, backend: str, mode: str, threads: int | None):
-    """The runtime runner for (backend, mode). CPU ORT modes pin the CPU provider even on a GPU machine."""
-    if backend == "onnxruntime":
-        from runtime.ort_backend import OrtRunner
-
-        if mode in RunnerCandidate.GPU_EPS:
-            return OrtRunner(path, providers=RunnerCandidate.GPU_EPS[mode], threads=threads, opt_level="all")
-        return OrtRunner(path, providers=["CPUExecutionProvider"], threads=threads, opt_level=mode)
-    if backend == "openvino":
-        from runtime.openvino_backend import OpenVINORunner
-
-        return OpenVINORunner(path, precision_hint=mode, threads=threads)
-    if backend == "tensorrt":
-        from runtime.tensorrt_backend import TensorRTRunner
-
-        return TensorRTRunner(path)
-    raise ValueError(f"backend '{backend}': unknown; expected onnxruntime, openvino or tensorrt")
 
 
 def make_feed(spec, batch: int, seq_len: int | None, seed: int = 0) -> dict[str, np.ndarray]:

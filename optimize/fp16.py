@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,10 +29,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from calibration.evalset import EvalSet
+from runtime.child import python_module, run_child
 from runtime.ort_backend import OPT_LEVELS, ort_level  # one table of ORT optimisation levels
 
 log = logging.getLogger("edgeattn.optimize.fp16")
-ROOT = Path(__file__).resolve().parents[1]
 # Ops kept float32: normalisation statistics, softmax and exponentials overflow or lose too much in fp16.
 FP32_OPS = ("LayerNormalization", "Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2",
             "ReduceLogSumExp", "Pow", "Sqrt", "Reciprocal", "Exp", "Log")
@@ -131,17 +129,8 @@ class GuardedRun:
 
 def child_argv(model: str | os.PathLike, feeds: str | os.PathLike, out: str | os.PathLike, level: str,
                threads: int, batch_size: int) -> list[str]:
-    return [sys.executable, "-m", "optimize.fp16", "--child", "--model", str(model), "--feeds", str(feeds),
-            "--out", str(out), "--level", level, "--threads", str(threads), "--batch-size", str(batch_size)]
-
-
-def _describe_rc(rc: int) -> str:
-    if rc < 0:
-        try:
-            return f"crashed with {signal.Signals(-rc).name} (returncode {rc})"
-        except ValueError:
-            return f"crashed with signal {-rc} (returncode {rc})"
-    return f"exited with code {rc}"
+    return python_module("optimize.fp16", "--child", "--model", model, "--feeds", feeds, "--out", out, "--level", level,
+                         "--threads", threads, "--batch-size", batch_size)
 
 
 def run_guarded(model: str | os.PathLike, es: EvalSet, level: str, threads: int = 2, batch_size: int = 64,
@@ -151,19 +140,11 @@ def run_guarded(model: str | os.PathLike, es: EvalSet, level: str, threads: int 
     with tempfile.TemporaryDirectory(prefix="edgeattn-fp16-") as tmp:
         feeds, out = Path(tmp) / "feeds.npz", Path(tmp) / "out.npy"
         es.save_npz(feeds)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-        t0 = time.perf_counter()
-        try:
-            proc = subprocess.run(factory(model, feeds, out, level, threads, batch_size), env=env, capture_output=True,
-                                  text=True, timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return GuardedRun(level, False, None, time.perf_counter() - t0, f"timed out after {timeout_s:.0f} s")
-        dt = time.perf_counter() - t0
-        if proc.returncode != 0 or not out.is_file():
-            tail = (proc.stderr or "").strip().splitlines()[-3:]
-            err = _describe_rc(proc.returncode) + (": " + " | ".join(tail) if tail else "")
-            return GuardedRun(level, False, proc.returncode, dt, err)
+        res = run_child(factory(model, feeds, out, level, threads, batch_size), timeout_s)
+        if not res.ok or not out.is_file():
+            err = res.describe() if not res.ok else "exited with code 0 but wrote no output"
+            return GuardedRun(level, False, res.returncode, res.seconds, err)
+        dt = res.seconds
         return GuardedRun(level, True, 0, dt, None, np.load(out))
 
 

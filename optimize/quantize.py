@@ -492,24 +492,16 @@ def bench_inprocess(models: dict[str, str], feed: dict[str, np.ndarray], runs: i
 def bench_guarded(models: dict[str, str], feed: dict[str, np.ndarray], runs: int, threads: int,
                   levels: dict[str, str] | None = None, timeout_s: float = 1800.0) -> dict[str, Any]:
     """:func:`bench_inprocess` in a child process, so a backend crash is reported instead of fatal."""
-    import subprocess
+    from runtime.child import python_module, run_child
 
     with tempfile.TemporaryDirectory(prefix="edgeattn-bench-") as tmp:
         fp, out = Path(tmp) / "feed.npz", Path(tmp) / "out.json"
         np.savez(fp, **feed)
         spec = Path(tmp) / "spec.json"
         spec.write_text(json.dumps({"models": models, "levels": levels or {}, "runs": runs, "threads": threads}))
-        env = dict(os.environ)
-        root = str(Path(__file__).resolve().parents[1])
-        env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-        try:
-            proc = subprocess.run([sys.executable, "-m", "optimize.quantize", "--child-bench", str(spec), str(fp),
-                                   str(out)], env=env, capture_output=True, text=True, timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return {"error": f"benchmark timed out after {timeout_s:.0f} s"}
-        if proc.returncode != 0 or not out.is_file():
-            return {"error": f"benchmark child exited with {proc.returncode}: "
-                             + " | ".join((proc.stderr or "").strip().splitlines()[-3:])}
+        res = run_child(python_module("optimize.quantize", "--child-bench", spec, fp, out), timeout_s)
+        if not res.ok or not out.is_file():
+            return {"error": f"benchmark child {res.describe()}"}
         return json.loads(out.read_text())
 
 

@@ -123,6 +123,30 @@ def _open_engine(path: Path, **kw: Any) -> Runner:
     return TensorRTRunner(path, **kw)
 
 
+# ONNX Runtime GPU modes: the execution providers each asks for, first = the one that must run it
+ORT_GPU_MODES = {"cuda-ep": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+                 "tensorrt-ep": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
+
+
+def open_mode(path: str | Path, backend: str, mode: str, threads: int | None = None) -> Runner:
+    """The one (backend, mode) -> Runner mapping that verify and bench share, so their rows mean the same thing.
+
+    - ``onnxruntime``: ``mode`` is a CPU optimisation level (``all``, ``extended``, ``basic``, ``disable``) on the
+      CPU provider, on every machine; or a GPU mode (``cuda-ep``, ``tensorrt-ep``: that provider first, at ``all``).
+    - ``openvino``: ``mode`` is the precision hint (``f32``, ``bf16``, ``f16``) on its CPU plugin.
+    - ``tensorrt``: an engine (``mode`` is informational: the flavour is in the engine's manifest)."""
+    if backend == "onnxruntime":
+        if mode in ORT_GPU_MODES:
+            return open_runner(path, "onnxruntime", providers=ORT_GPU_MODES[mode], threads=threads, opt_level="all")
+        return open_runner(path, "onnxruntime", providers=["CPUExecutionProvider"], threads=threads,
+                           opt_level=mode or "all")
+    if backend == "openvino":
+        return open_runner(path, "openvino", precision_hint=mode or "f32", threads=threads)
+    if backend == "tensorrt":
+        return open_runner(path, "tensorrt")
+    raise BackendError(f"backend '{backend}': unknown; expected onnxruntime, openvino or tensorrt")
+
+
 def open_runner(path: str | Path, backend: str = "auto", **kw: Any) -> Runner:
     """Open ``path`` on ``backend``: .onnx -> ONNX Runtime (auto) or OpenVINO; .engine/.plan -> TensorRT.
 

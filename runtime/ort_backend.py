@@ -23,8 +23,6 @@ inference in a child process so a caller can detect the crash and use ``opt_leve
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -292,21 +290,13 @@ def _probe_child(path: str, opt_level: str) -> None:
 def probe_in_subprocess(path: str | Path, opt_level: str = "all", timeout: float = 300.0) -> bool:
     """True when one ORT CPU inference of ``path`` at ``opt_level`` completes in a child process; False when the
     child crashed (e.g. SIGSEGV), timed out or raised. The caller's process is never at risk."""
-    root = str(Path(__file__).resolve().parents[1])  # the folder that holds runtime/
-    env = dict(os.environ)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    from runtime.child import run_child
+
     code = "import sys; from runtime.ort_backend import _probe_child; _probe_child(sys.argv[1], sys.argv[2])"
-    try:
-        out = subprocess.run([sys.executable, "-c", code, str(path), opt_level], capture_output=True, text=True,
-                             timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        log.warning("probe of '%s' at opt_level=%s: timed out after %.0f s", path, opt_level, timeout)
-        return False
-    if out.returncode == 0:
+    res = run_child([sys.executable, "-c", code, str(path), opt_level], timeout)
+    if res.ok:
         return True
-    how = f"killed by signal {-out.returncode}" if out.returncode < 0 else f"exit code {out.returncode}"
-    tail = out.stderr.strip().splitlines()[-1:] or [""]
-    log.warning("probe of '%s' at opt_level=%s failed: %s %s", path, opt_level, how, tail[0][:300])
+    log.warning("probe of '%s' at opt_level=%s failed: %s", path, opt_level, res.describe(tail_lines=1)[:400])
     return False
 
 

@@ -32,3 +32,18 @@ def test_a_crash_mid_write_leaves_the_old_file_and_no_temp(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         atomic_write(p, boom)
     assert p.read_bytes() == b"old" and [x.name for x in tmp_path.iterdir()] == ["model.onnx"]
+
+
+def test_one_child_helper_reports_crashes_exits_and_timeouts_in_words():
+    import sys
+
+    from runtime.child import run_child
+
+    ok = run_child([sys.executable, "-c", "import runtime.cpu, sys; print(runtime.cpu.__name__)"], 60)
+    assert ok.ok and ok.stdout.strip() == "runtime.cpu" and ok.describe() == "ok"  # the project is on PYTHONPATH
+    seg = run_child([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"], 60)
+    assert not seg.ok and seg.describe().startswith("crashed with SIGSEGV (returncode -11)")
+    bad = run_child([sys.executable, "-c", "import sys; sys.exit('no model here')"], 60)
+    assert bad.describe() == "exited with code 1: no model here"
+    slow = run_child([sys.executable, "-c", "import time; time.sleep(30)"], 1)
+    assert slow.returncode is None and slow.describe() == "timed out after 1 s"

@@ -11,8 +11,6 @@ import argparse
 import json
 import logging
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -129,22 +127,17 @@ def run_worker(artifact: Path, backend: str, mode: str, inputs: Path, input_name
                threads: int | None) -> tuple[np.ndarray | None, str | None, float, dict]:
     """(logits or None, error or None, seconds, what the worker reported: {"precision_ran": ...})."""
     out = inputs.parent / f"out-{artifact.stem}-{backend}-{mode}.npy"
-    cmd = [sys.executable, "-m", "verify.worker", "--artifact", str(artifact), "--backend", backend, "--mode", mode,
-           "--inputs", str(inputs), "--input-name", input_name, "--out", str(out), "--batch", str(batch),
-           "--pad-id", str(pad_id)] + (["--threads", str(threads)] if threads else [])
-    t0 = time.perf_counter()
+    from runtime.child import python_module, run_child
+
+    cmd = python_module("verify.worker", "--artifact", artifact, "--backend", backend, "--mode", mode, "--inputs",
+                        inputs, "--input-name", input_name, "--out", out, "--batch", batch, "--pad-id", pad_id,
+                        *(["--threads", threads] if threads else []))
+    res = run_child(cmd, WORKER_TIMEOUT_S)
+    secs = res.seconds
+    if not res.ok:
+        return None, f"worker {res.describe(tail_lines=1)[:500]}", secs, {}
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S,
-                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
-    except subprocess.TimeoutExpired:
-        return None, f"timed out after {WORKER_TIMEOUT_S} s", time.perf_counter() - t0, {}
-    secs = time.perf_counter() - t0
-    if p.returncode != 0:
-        sig = f" (killed by signal {-p.returncode}: backend crash)" if p.returncode < 0 else ""
-        tail = (p.stderr.strip().splitlines() or ["no stderr"])[-1][:400]
-        return None, f"worker exit {p.returncode}{sig}: {tail}", secs, {}
-    try:
-        info = json.loads((p.stdout.strip().splitlines() or ["{}"])[-1])
+        info = json.loads((res.stdout.strip().splitlines() or ["{}"])[-1])
     except json.JSONDecodeError:
         info = {}
     return np.load(out), None, secs, info

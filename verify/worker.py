@@ -13,25 +13,8 @@ import time
 
 import numpy as np
 
+from runtime.loader import open_mode
 from runtime.preprocess import trim_padding
-
-
-def open_backend(artifact: str, backend: str, mode: str, threads: int | None):
-    if backend == "onnxruntime":
-        from runtime.ort_backend import OrtRunner
-
-        # mode = the CPU optimisation level, on the CPU provider on every machine: the rows bench times under the same
-        # (backend, mode), and the float-simulated Q/DQ reference must never run on a GPU provider's int8 kernels
-        return OrtRunner(artifact, providers=["CPUExecutionProvider"], threads=threads, opt_level=mode or "all")
-    if backend == "openvino":
-        from runtime.openvino_backend import OpenVINORunner
-
-        return OpenVINORunner(artifact, precision_hint=mode or "f32", threads=threads)
-    if backend == "tensorrt":
-        from runtime.tensorrt_backend import TensorRTRunner
-
-        return TensorRTRunner(artifact)
-    raise SystemExit(f"worker: backend '{backend}' unknown; expected onnxruntime, openvino or tensorrt")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     x = np.load(args.inputs, mmap_mode="r")
     outs = []
     t0 = time.perf_counter()
-    with open_backend(args.artifact, args.backend, args.mode, args.threads) as runner:
+    with open_mode(args.artifact, args.backend, args.mode, args.threads) as runner:
         ran = getattr(runner, "execution_precision", None)  # what really ran (OpenVINO: not always the hint)
         provider = (getattr(runner, "providers", None) or [getattr(runner, "device", None) or args.backend])[0]
         out_name = runner.outputs[0].name
