@@ -137,7 +137,7 @@ def section_verify(verify: list | None) -> list[str]:
         verdict = yn(bool(r.get("passed"))) if r.get("passed") or r.get("gating", True) else "no (advisory)"
         rows.append([r.get("model", "?"), r.get("artifact", "-"), r.get("backend", "-"),
                      str(r.get("mode", "-")).split(" ")[0], ROLE_TEXT.get(r.get("role"), "-"), prec,
-                     pct(r.get("accuracy")), "-" if delta is None else f"{100 * delta:+.2f}",
+                     pct(r.get("accuracy")), "-" if delta is None else f"{delta:+.2f}",
                      pct(r.get("top1_agreement")), "-" if r.get("cosine_mean") is None else f"{r['cosine_mean']:.4f}",
                      "-" if r.get("max_abs_diff") is None else f"{r['max_abs_diff']:.1e}", verdict])
     out += table(["model", "artifact", "backend", "mode", "judged as", "precision", "accuracy %", "delta pts",
@@ -169,7 +169,7 @@ def section_quantize(artifacts: Path, names: list[str]) -> list[str]:
         v = q.get("val") or {}
         cv = c.get("val") or {}
         rows.append([m, "yes" if q.get("passed") else "**NO**", f"{len(q.get('excluded_nodes') or [])}",
-                     "-" if v.get("drop_points") is None else f"{v['drop_points']:+.2f}",
+                     "-" if v.get("accuracy_delta") is None else f"{v['accuracy_delta']:+.2f}",
                      "-" if v.get("cosine_mean") is None else f"{v['cosine_mean']:.4f}",
                      str(c.get("cpu_isa", "-")), c.get("file") and f"{c.get('method')}" or "fp32 kept",
                      "-" if c.get("latency_ms") is None else f"{c['latency_ms']:.3f} / {c.get('fp32_latency_ms') or 0:.3f}",
@@ -180,7 +180,7 @@ def section_quantize(artifacts: Path, names: list[str]) -> list[str]:
             notes.append(f"- {m}: no int8.cpu.onnx on this CPU ({c.get('cpu_isa')}): {c.get('why')}.")
     if not rows:
         return out + ["No INT8 artifacts yet: run `make quantize`.", ""]
-    out += table(["model", "int8.qdq within budget", "nodes kept float", "drop pts (val, simulated)",
+    out += table(["model", "int8.qdq within budget", "nodes kept float", "accuracy delta pts (val, simulated)",
                   "cosine mean (simulated)", "CPU class", "int8.cpu.onnx form", "int8 / fp32 ms", "CPU cosine mean"],
                  rows)
     return out + [""] + notes + ([""] if notes else [])

@@ -11,8 +11,8 @@ The check runs the converted graph on real samples in a CHILD PROCESS per ONNX R
 crash must not take the pipeline down. The first level that runs is recorded in the manifest
 (``fp16.ort_opt_level``) for verify/bench; crashed levels are listed with their signal.
 
-This module also holds the ORT evaluation helpers optimize.quantize uses (``ort_logits``, ``compare_logits``,
-``run_guarded``). ``python -m optimize.fp16 --child ...`` is the child entry point.
+This module also holds the ORT evaluation helpers optimize.quantize uses (``ort_logits``, ``run_guarded``); the
+figures come from the one comparison, verify.compare.figures. ``python -m optimize.fp16 --child ...`` is the child entry point.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ import numpy as np
 
 from calibration.evalset import EvalSet
 from runtime.child import python_module, run_child
+from verify.compare import figures
 from runtime.ort_backend import OPT_LEVELS, ort_level  # one table of ORT optimisation levels
 
 log = logging.getLogger("edgeattn.optimize.fp16")
@@ -53,7 +54,7 @@ class Fp16Options:
     threads: int = 2
     batch_size: int = 64
     timeout_s: float = 900.0
-    max_drop: float = 0.1  # accuracy points vs fp32 on the check samples
+    max_drop: float = 0.1  # accuracy points vs fp32 on the check samples (the one budget unit)
     min_cosine: float = 0.999
 
     def key(self) -> dict[str, Any]:
@@ -89,27 +90,6 @@ def ort_logits(model: Any, es: EvalSet, level: str = "all", threads: int = 2, ba
     for feed in it:
         out.append(np.asarray(sess.run(None, feed)[0], dtype=np.float32))
     return np.concatenate(out, axis=0)
-
-
-def compare_logits(ref: np.ndarray, out: np.ndarray, y: np.ndarray | None = None) -> dict[str, Any]:
-    """Parity of ``out`` against reference logits (and accuracy on labels ``y`` if given)."""
-    ref, out = np.asarray(ref, np.float64), np.asarray(out, np.float64)
-    finite = bool(np.all(np.isfinite(out)))
-    r = {"n": int(len(ref)), "nan_inf": not finite}
-    if not finite:
-        r.update(nan_count=int(np.isnan(out).sum()), inf_count=int(np.isinf(out).sum()))
-        out = np.nan_to_num(out, nan=0.0, posinf=1e30, neginf=-1e30)
-    num = (ref * out).sum(1)
-    den = np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1)
-    cos = np.where(den > 0, num / np.maximum(den, 1e-300), 1.0)
-    r.update(max_abs=float(np.abs(ref - out).max()), mean_abs=float(np.abs(ref - out).mean()),
-             cosine_mean=float(cos.mean()), cosine_min=float(cos.min()),
-             top1_agreement=float((ref.argmax(1) == out.argmax(1)).mean()))
-    if y is not None:
-        acc_ref = float((ref.argmax(1) == y).mean())
-        acc = float((out.argmax(1) == y).mean())
-        r.update(ref_accuracy=acc_ref, accuracy=acc, drop_points=round(100.0 * (acc_ref - acc), 4))
-    return r
 
 
 # ---- crash-guarded child runs -------------------------------------------------------------------------
@@ -259,9 +239,9 @@ def build_fp16(model_dir: str | os.PathLike, es: EvalSet, ref_logits: np.ndarray
             tier["passed"] = False
             tier["problem"] = "ONNX Runtime failed at every optimisation level"
         else:
-            cmp = compare_logits(ref_logits, chosen.logits, es.y)
-            ok = (not cmp["nan_inf"]) and cmp["cosine_mean"] >= opts.min_cosine and \
-                (es.y is None or cmp["drop_points"] <= opts.max_drop)
+            cmp = figures(ref_logits, chosen.logits, es.y)
+            ok = not cmp["nonfinite"] and cmp["cosine_mean"] >= opts.min_cosine and \
+                (es.y is None or cmp["accuracy_delta"] >= -opts.max_drop - 1e-9)
             tier.update(ort_opt_level=chosen.level, check=cmp, passed=bool(ok))
         tiers.append(tier)
         log.info("fp16 %s tier %d: %s", model_dir.name, ti, {k: tier.get(k) for k in ("ort_opt_level", "passed")})

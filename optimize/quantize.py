@@ -38,8 +38,9 @@ import numpy as np
 
 from calibration import CacheKey, CalibrationData, OrtCalibrationReader, RangeCache, TensorRange
 from calibration.evalset import EvalSet, load_eval_set
-from optimize.fp16 import Fp16Options, build_fp16, compare_logits, ort_logits, ort_session, run_guarded
+from optimize.fp16 import Fp16Options, build_fp16, ort_logits, ort_session, run_guarded
 from optimize.qdq_rules import check_qdq_rules, qdq_counts
+from verify.compare import figures
 
 log = logging.getLogger("edgeattn.optimize.quantize")
 CODE_VERSION = "int8/2"
@@ -347,10 +348,10 @@ def int8_weight_coverage(path: str | os.PathLike, quantizable: int) -> float:
 
 # ---- evaluation --------------------------------------------------------------------------------------
 def judge(cmp: dict[str, Any], opts: QuantOptions, labelled: bool) -> bool:
-    if cmp.get("nan_inf"):
+    if cmp.get("nonfinite"):
         return False
     if labelled:
-        return cmp["drop_points"] <= opts.max_drop + 1e-9 and cmp["top1_agreement"] >= opts.min_agreement
+        return cmp["accuracy_delta"] >= -opts.max_drop - 1e-9 and cmp["top1_agreement"] >= opts.min_agreement
     return cmp["cosine_mean"] >= opts.min_cosine
 
 
@@ -365,7 +366,7 @@ def evaluate_inprocess(path: str | os.PathLike, es: EvalSet, ref: np.ndarray, th
     from runtime.ort_backend import QDQ_REFERENCE_LEVEL
 
     out = ort_logits(path, es, QDQ_REFERENCE_LEVEL, threads)
-    cmp = compare_logits(ref, out, es.y)
+    cmp = figures(ref, out, es.y)
     cmp["logit_rel_mse"] = logit_error(ref, out)
     return cmp, out
 
@@ -382,7 +383,7 @@ def sensitivity_sweep(src: Path, ranges: dict[str, TensorRange], method: str, no
         quantize_static_cached(src, p, ranges, method, [nd.name], "trt", opts.quantize_attention)
         cmp, _ = evaluate_inprocess(p, es, ref, opts.threads)
         rows.append({"node": nd.name, "op_type": nd.op_type, "kind": nd.kind, "logit_rel_mse": cmp["logit_rel_mse"],
-                     "drop_points": cmp.get("drop_points"), "top1_agreement": cmp["top1_agreement"],
+                     "accuracy_delta": cmp.get("accuracy_delta"), "top1_agreement": cmp["top1_agreement"],
                      "cosine_mean": cmp["cosine_mean"]})
     rows.sort(key=lambda r: -r["logit_rel_mse"])
     return rows
@@ -414,8 +415,8 @@ def budget_search(src: Path, ranges: dict[str, TensorRange], method: str, nodes:
             quantize_static_cached(src, p, ranges, method, keep, "trt", opts.quantize_attention)
             cmp, _ = evaluate_inprocess(p, es, ref, opts.threads)
             cost = {"node": row["node"], "op_type": row["op_type"],
-                    "alone_drop_points": row["drop_points"], "alone_logit_rel_mse": row["logit_rel_mse"],
-                    "recovered_points": None if not labelled else round(prev["drop_points"] - cmp["drop_points"], 4),
+                    "alone_accuracy_delta": row["accuracy_delta"], "alone_logit_rel_mse": row["logit_rel_mse"],
+                    "recovered_points": None if not labelled else round(cmp["accuracy_delta"] - prev["accuracy_delta"], 4),
                     "recovered_agreement": round(cmp["top1_agreement"] - prev["top1_agreement"], 4)}
             excluded.append(cost)
             steps.append({"excluded": row["node"], **_brief(cmp)})
@@ -439,14 +440,14 @@ def budget_search(src: Path, ranges: dict[str, TensorRange], method: str, nodes:
 
 def _miss(cmp: dict[str, Any], opts: QuantOptions, labelled: bool) -> str:
     """What missed the budget and by how much, in words."""
-    if cmp.get("nan_inf"):
-        return "NaN/Inf in the output"
+    if cmp.get("nonfinite"):
+        return f"{cmp['nonfinite']} NaN/Inf values in the output"
     if not labelled:
         return f"cosine mean {cmp['cosine_mean']:.5f} < {opts.min_cosine} (short by {opts.min_cosine - cmp['cosine_mean']:.5f})"
     parts = []
-    if cmp["drop_points"] > opts.max_drop + 1e-9:
-        parts.append(f"accuracy drop {cmp['drop_points']:.2f} points > {opts.max_drop} (over by "
-                     f"{cmp['drop_points'] - opts.max_drop:.2f})")
+    if cmp["accuracy_delta"] < -opts.max_drop - 1e-9:
+        parts.append(f"accuracy delta {cmp['accuracy_delta']:+.2f} points, budget -{opts.max_drop} (over by "
+                     f"{-cmp['accuracy_delta'] - opts.max_drop:.2f})")
     if cmp["top1_agreement"] < opts.min_agreement:
         parts.append(f"top-1 agreement {cmp['top1_agreement']:.4f} < {opts.min_agreement}")
     return "; ".join(parts) or "within the budget"
@@ -459,7 +460,7 @@ def _cpu_model() -> str | None:
 
 
 def _brief(cmp: dict[str, Any]) -> dict[str, Any]:
-    keys = ("accuracy", "drop_points", "top1_agreement", "cosine_mean", "logit_rel_mse", "nan_inf")
+    keys = ("accuracy", "accuracy_delta", "top1_agreement", "cosine_mean", "logit_rel_mse", "nonfinite")
     return {k: (round(cmp[k], 6) if isinstance(cmp.get(k), float) else cmp.get(k)) for k in keys if k in cmp}
 
 
@@ -555,7 +556,7 @@ def pick_cpu(rows: dict[str, dict[str, Any]], fp32_ms: float | None, opts: Quant
 
     def accuracy_rank(k: str) -> tuple:
         v = rows[k]["val"]
-        return (-v.get("drop_points", 0.0), v["top1_agreement"], v["cosine_mean"]) if labelled else \
+        return (v.get("accuracy_delta") or 0.0, v["top1_agreement"], v["cosine_mean"]) if labelled else \
             (v["cosine_mean"], v["top1_agreement"])
 
     if not ok:
@@ -589,7 +590,7 @@ def choose_cpu(src: Path, candidates: dict[str, Path], es: EvalSet, ref: np.ndar
             rows[name] = {"ran": False, "error": run.error, "passed": False, "int8_weight_coverage": coverage}
             continue
         rows[name] = {"int8_weight_coverage": coverage}
-        cmp = compare_logits(ref, run.logits, es.y)
+        cmp = figures(ref, run.logits, es.y)
         cmp["logit_rel_mse"] = logit_error(ref, run.logits)
         rows[name].update(ran=True, val=_brief(cmp), passed=judge(cmp, opts, labelled))
         if coverage < opts.min_int8_coverage:
@@ -805,7 +806,7 @@ def _print_tables(name: str, res: dict[str, Any]) -> None:
     if f16:
         c = f16.get("check", {})
         print(f"\n{name}: fp16.onnx  ORT level {f16.get('ort_opt_level')}  crashed {list(f16.get('ort_crashed_levels', {}))}"
-              f"  nan/inf {c.get('nan_inf')}  drop {c.get('drop_points')} pts  agree {c.get('top1_agreement')}"
+              f"  nan/inf {c.get('nonfinite')}  delta {c.get('accuracy_delta')} pts  agree {c.get('top1_agreement')}"
               f"  cos {c.get('cosine_mean', float('nan')):.6f}  passed {f16.get('passed')}")
     i8 = res.get("int8")
     if not i8:
@@ -813,23 +814,23 @@ def _print_tables(name: str, res: dict[str, Any]) -> None:
     q, cpu = i8["qdq"], i8["cpu"]
     v = q["val"]
     print(f"{name}: int8.qdq.onnx  {len(q['quantized_nodes'])} nodes int8, {len(q['excluded_nodes'])} float  "
-          f"drop {_f(v.get('drop_points'), 2)} pts  agree {_f(v.get('top1_agreement'), 4)}  "
+          f"delta {_f(v.get('accuracy_delta'), 2)} pts  agree {_f(v.get('top1_agreement'), 4)}  "
           f"cos {_f(v.get('cosine_mean'), 5)}  "
           f"rules {'ok' if q['rules_ok'] else q['rule_violations']}  passed {q['passed']}  (float-simulated Q/DQ: "
           f"the TensorRT reference)" + (f"\n  MISSED: {q['miss']}; {q['fallback']}" if q.get("miss") else ""))
     if q["excluded_nodes"]:
-        print(f"  {'kept float':<40}{'op':<8}{'alone drop':>11}{'alone mse':>11}{'recovered':>11}")
+        print(f"  {'kept float':<40}{'op':<8}{'alone delta':>11}{'alone mse':>11}{'recovered':>11}")
         for e in q["excluded_nodes"]:
-            print(f"  {e['node']:<40}{e['op_type']:<8}{_f(e['alone_drop_points'], 2):>11}"
+            print(f"  {e['node']:<40}{e['op_type']:<8}{_f(e['alone_accuracy_delta'], 2):>11}"
                   f"{e['alone_logit_rel_mse']:>11.2e}{_f(e['recovered_points'], 2):>11}")
-    print(f"  {'cpu candidate':<18}{'ran':>5}{'int8 w':>8}{'drop pts':>10}{'agree':>8}{'cosine':>10}{'ms':>10}"
+    print(f"  {'cpu candidate':<18}{'ran':>5}{'int8 w':>8}{'delta pts':>10}{'agree':>8}{'cosine':>10}{'ms':>10}"
           f"{'x fp32':>8}  passed")
     print(f"  {'fp32':<18}{'':>5}{'':>8}{'':>10}{'':>8}{'':>10}{_f(cpu['fp32_latency_ms'], 3):>10}{'1.00':>8}")
     for k, r in cpu["candidates"].items():
         vv = r.get("val") or {}
         mark = " <- int8.cpu.onnx" if k == cpu["method"] else ""
         mark += " (7-bit weights)" if k.endswith("_rr") else ""
-        print(f"  {k:<18}{str(r['ran']):>5}{_f(r.get('int8_weight_coverage'), 2):>8}{_f(vv.get('drop_points'), 2):>10}"
+        print(f"  {k:<18}{str(r['ran']):>5}{_f(r.get('int8_weight_coverage'), 2):>8}{_f(vv.get('accuracy_delta'), 2):>10}"
               f"{_f(vv.get('top1_agreement'), 4):>8}{_f(vv.get('cosine_mean'), 5):>10}{_f(r.get('latency_ms'), 3):>10}"
               f"{_f(r.get('speedup_vs_fp32'), 2):>8}  {r['passed']}{mark}")
     print(f"  CPU ({cpu.get('cpu_isa')}): " + (f"int8.cpu.onnx = {cpu['method']}: {cpu['why']}" if cpu.get("file")

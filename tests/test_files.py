@@ -47,3 +47,29 @@ def test_one_child_helper_reports_crashes_exits_and_timeouts_in_words():
     assert bad.describe() == "exited with code 1: no model here"
     slow = run_child([sys.executable, "-c", "import time; time.sleep(30)"], 1)
     assert slow.returncode is None and slow.describe() == "timed out after 1 s"
+
+
+def test_one_budget_unit_points_and_old_specs_still_read():
+    from zoo.spec import DEFAULT_TOLERANCES, ModelSpec, Tolerance
+
+    assert DEFAULT_TOLERANCES["int8"].max_drop_points == 0.5  # the same unit as `make quantize MAX_DROP=0.5`
+    old = {"max_abs": None, "min_cosine": 0.99, "min_top1_agreement": 0.99, "max_accuracy_drop": 0.005,
+           "cosine_on": "mean"}  # a spec.json written before the budget moved to points
+    assert Tolerance.from_dict(old).max_drop_points == 0.5
+    from tests.conftest import tiny_model
+
+    d = tiny_model("vit").spec.to_dict()
+    d["tolerances"]["int8"] = old
+    assert ModelSpec.from_dict(d).tolerances["int8"].max_drop_points == 0.5
+
+
+def test_verify_judges_int8_with_the_budget_it_was_built_under(tmp_path):
+    from tests.conftest import tiny_model
+    from verify.__main__ import tolerance_for
+    from zoo.io import update_manifest
+
+    spec = tiny_model("vit").spec
+    assert tolerance_for(spec, "int8", tmp_path).max_drop_points == 0.5
+    update_manifest(tmp_path, "int8", {"budget": {"max_drop_points": 1.0}})  # make quantize MAX_DROP=1.0
+    assert tolerance_for(spec, "int8", tmp_path).max_drop_points == 1.0
+    assert tolerance_for(spec, "fp16", tmp_path).max_drop_points == 0.1

@@ -226,7 +226,9 @@ def verify_model(name: str, artifacts: Path, limit: int | None, threads: int | N
                 if got is None:
                     row.update(n_samples=int(len(x)), passed=False, error=err, reasons=[err])
                 else:
-                    c = compare(ref, got, labels, spec.tolerances[prec])
+                    tol = tolerance_for(spec, prec, model_dir)
+                    c = compare(ref, got, labels, tol)
+                    row["budget_points"] = tol.max_drop_points
                     row.update(c.to_dict())
                     if not c.passed and localize_failures and prec in ("fp32", "int8") and backend == "onnxruntime" \
                             and role != ROLE_CPU_KERNELS:
@@ -237,6 +239,19 @@ def verify_model(name: str, artifacts: Path, limit: int | None, threads: int | N
                 _print_row(row)
     print(f"verify {name}: PyTorch reference on {len(x)} samples took {torch_s:.1f} s")
     return rows
+
+
+def tolerance_for(spec, precision: str, model_dir: Path):
+    """The spec's tolerance for ``precision``; for int8, with the accuracy budget the artifact was built under
+    (manifest int8.budget, `make quantize MAX_DROP=...`), so quantize and verify judge against one budget."""
+    from dataclasses import replace
+
+    tol = spec.tolerances[precision]
+    if precision == "int8":
+        budget = ((read_json(model_dir / "manifest.json", {}) or {}).get("int8") or {}).get("budget") or {}
+        if budget.get("max_drop_points") is not None:
+            tol = replace(tol, max_drop_points=float(budget["max_drop_points"]))
+    return tol
 
 
 def _localize(built, path: Path, x, labels, ref, got) -> dict[str, Any] | None:
@@ -262,7 +277,7 @@ def _fmt(v, spec=".4f"):
 def _print_row(r: dict[str, Any]) -> None:
     status = "PASS" if r.get("passed") else ("FAIL" if r.get("gating", True) else "MISS (advisory: CPU kernels)")
     print(f"  {r['model']:<18} {r['artifact']:<15} {r['backend']:<12} {r['precision']:<5} acc {_fmt(r.get('accuracy'))} "
-          f"d {_fmt(r.get('accuracy_delta'), '+.4f')} agree {_fmt(r.get('top1_agreement'))} "
+          f"d {_fmt(r.get('accuracy_delta'), '+.2f')} pts agree {_fmt(r.get('top1_agreement'))} "
           f"maxabs {_fmt(r.get('max_abs_diff'), '.2e')} {status}" + ("" if r.get("passed") else f"  {r.get('reasons')}"))
 
 
@@ -278,12 +293,12 @@ def write_markdown(rows: list[dict[str, Any]], path: Path) -> None:
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in (r for r in rows if r["model"] == model):
             pct = lambda v: "-" if v is None else f"{100 * v:.2f}"  # noqa: E731
-            delta = "-" if r.get("accuracy_delta") is None else f"{100 * r['accuracy_delta']:+.2f}"
+            delta = "-" if r.get("accuracy_delta") is None else f"{r['accuracy_delta']:+.2f}"
             prec = r["precision"] + (f" ({r['precision_asked']} asked)" if r.get("precision_asked") else "")
             verdict = "yes" if r.get("passed") else ("NO" if r.get("gating", True) else "no (advisory)")
             lines.append(f"| {r['artifact']} | {r['backend']} | {str(r.get('mode', ''))[:24]} | "
                          f"{ROLE_TEXT.get(r.get('role'), '-')} | {prec} | "
-                         f"{r.get('n_samples', '-')} | {pct(r.get('accuracy'))} | {pct(r.get('torch_accuracy'))} | "
+                         f"{r.get('n_samples', '-')} | {pct(r.get('accuracy'))} | {pct(r.get('reference_accuracy'))} | "
                          f"{delta} | {_fmt(r.get('top1_agreement'))} | {_fmt(r.get('max_abs_diff'), '.2e')} | "
                          f"{_fmt(r.get('cosine_mean'), '.6f')} | {_fmt(r.get('cosine_min'), '.6f')} | {verdict} |")
         for r in (r for r in rows if r["model"] == model and not r.get("passed")):

@@ -42,15 +42,22 @@ class Tolerance:
     max_abs: float | None  # None: reported, not gated (reduced precision: judged by cosine, top-1, accuracy)
     min_cosine: float
     min_top1_agreement: float
-    max_accuracy_drop: float  # fraction, e.g. 0.005 = half a point
+    max_drop_points: float  # accuracy points, the one budget unit (make quantize MAX_DROP=0.5 is this too)
     cosine_on: str = "min"  # "min" over samples, or "mean" (INT8/bf16: one outlier sample must not fail 10k)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Tolerance":
+        d = dict(d)
+        if "max_accuracy_drop" in d:  # specs written before the budget moved to points held a fraction
+            d.setdefault("max_drop_points", round(100.0 * float(d.pop("max_accuracy_drop")), 6))
+        return cls(**d)
 
 
 DEFAULT_TOLERANCES: dict[str, Tolerance] = {
-    "fp32": Tolerance(max_abs=1e-4, min_cosine=0.99999, min_top1_agreement=1.0, max_accuracy_drop=0.0),
-    "fp16": Tolerance(max_abs=None, min_cosine=0.999, min_top1_agreement=0.99, max_accuracy_drop=0.001),
-    "bf16": Tolerance(max_abs=None, min_cosine=0.99, min_top1_agreement=0.99, max_accuracy_drop=0.005, cosine_on="mean"),
-    "int8": Tolerance(max_abs=None, min_cosine=0.99, min_top1_agreement=0.99, max_accuracy_drop=0.005, cosine_on="mean"),
+    "fp32": Tolerance(max_abs=1e-4, min_cosine=0.99999, min_top1_agreement=1.0, max_drop_points=0.0),
+    "fp16": Tolerance(max_abs=None, min_cosine=0.999, min_top1_agreement=0.99, max_drop_points=0.1),
+    "bf16": Tolerance(max_abs=None, min_cosine=0.99, min_top1_agreement=0.99, max_drop_points=0.5, cosine_on="mean"),
+    "int8": Tolerance(max_abs=None, min_cosine=0.99, min_top1_agreement=0.99, max_drop_points=0.5, cosine_on="mean"),
 }
 
 
@@ -122,7 +129,7 @@ class ModelSpec:
             preprocess=dict(d.get("preprocess", {})),
             opset=int(d.get("opset", 18)),
             dataset=d.get("dataset"),
-            tolerances={k: Tolerance(**v) for k, v in d.get("tolerances", {}).items()} or dict(DEFAULT_TOLERANCES),
+            tolerances={k: Tolerance.from_dict(v) for k, v in d.get("tolerances", {}).items()} or dict(DEFAULT_TOLERANCES),
         )
 
     def to_json(self) -> str:
