@@ -17,7 +17,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from runtime.loader import ORT_GPU_MODES, open_mode, precision_of
+from runtime.loader import ORT_GPU_MODES, open_mode
+from runtime.modelspec import precision_of
 
 log = logging.getLogger("edgeattn.bench.candidates")
 

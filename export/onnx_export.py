@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from export.checks import TWO_GB, post_export_check, pre_export_check
-from runtime.loader import SPEC_METADATA_KEY
+from runtime.modelspec import SPEC_METADATA_KEY
 from zoo.io import atomic_write, atomic_write_text, sha256_file, update_manifest
 from zoo.registry import BuiltModel
 

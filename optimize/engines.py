@@ -33,7 +33,7 @@ from typing import Any, Mapping, Sequence
 
 from runtime import engine_manifest as em
 from runtime.errors import BackendError
-from runtime.loader import SPEC_METADATA_KEY, precision_of
+from runtime.modelspec import SPEC_METADATA_KEY, precision_of
 
 log = logging.getLogger("edgeattn.engines")
 

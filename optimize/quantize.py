@@ -638,7 +638,7 @@ def load_spec(model_dir: Path):
     import onnx
 
     m = onnx.load(str(model_dir / "fp32.sim.onnx"), load_external_data=False)
-    from runtime.loader import SPEC_METADATA_KEY
+    from runtime.modelspec import SPEC_METADATA_KEY
 
     for prop in m.metadata_props:
         if prop.key == SPEC_METADATA_KEY:

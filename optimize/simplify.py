@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from runtime.loader import SPEC_METADATA_KEY
+from runtime.modelspec import SPEC_METADATA_KEY
 from zoo.io import atomic_write, read_json, sha256_file, update_manifest
 from zoo.spec import ModelSpec
 

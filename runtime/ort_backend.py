@@ -31,8 +31,8 @@ import numpy as np
 
 from runtime.base import InputContract, IOInfo, Runner
 from runtime.errors import BackendError, ModelLoadError
-from runtime.loader import (SPEC_METADATA_KEY, bounds_from_spec, check_model_file, name_dims, precision_of,
-                            read_spec)
+from runtime.modelspec import (SPEC_METADATA_KEY, bounds_from_spec, check_model_file, name_dims,
+                               precision_of, read_spec)
 
 log = logging.getLogger("edgeattn.runtime.ort")
 

@@ -67,7 +67,7 @@ def test_exit_code_counts_gating_rows_only():
 
 
 def test_verify_rows_roles_precision_and_reuse(vit_artifacts, capsys):
-    from runtime.loader import precision_of
+    from runtime.modelspec import precision_of
     from verify.__main__ import ROLE_CPU_KERNELS, ROLE_REFERENCE, main
 
     art = vit_artifacts

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.loader import precision_of
+from runtime.modelspec import precision_of
 from verify.compare import compare
 from zoo.io import atomic_write_json, atomic_write_text, read_json
 from zoo.registry import artifact_name, model_names
