@@ -4,7 +4,7 @@ backend this machine can run, side by side with PyTorch and plain ONNX Runtime p
 Per model and batch size, all candidates are timed interleaved (bench/timing.py): warm-up excluded, round-robin
 rounds so load drift hits all alike, time-budgeted iterations, percentiles over all timed calls. Every runtime
 candidate runs in its own worker process and the PyTorch peers share one (bench/worker.py): a backend crash is
-recorded and the run goes on. The combinations timed are exactly verify's (verify.__main__.backend_plan), so each
+recorded and the run goes on. The combinations timed are exactly verify's (verify.plan.backend_plan), so each
 row carries verify's verdict; candidates verify has not run are smoke-tested at every batch size first.
 
 Writes ``<artifacts>/bench.json`` ({"env", "rows", "guard", "summary"}; see bench/results.py) and PNG plots in
@@ -51,13 +51,13 @@ def seq_len_for(spec, wanted: int) -> int | None:
 
 
 def plan_ours(name: str, model_dir: Path, vrows: list[dict], skip_plain: bool) -> list[dict[str, Any]]:
-    """Every (artifact, backend, mode) verify checks (verify.__main__.backend_plan), plus GPU paths on a GPU machine.
+    """Every (artifact, backend, mode) verify checks (verify.plan.backend_plan), plus GPU paths on a GPU machine.
     ORT modes are the ones verify actually ran ('extended' where 'all' crashed there)."""
     from bench.candidates import RunnerCandidate
     from runtime.modelspec import precision_of
     from bench.results import verified_mode
     from runtime.gpu import nvidia_gpu_present
-    from verify.__main__ import ROLE_REFERENCE, artifact_files, backend_plan
+    from verify.plan import ROLE_REFERENCE, artifact_files, backend_plan
 
     out = []
     for art in artifact_files(model_dir):
@@ -88,7 +88,7 @@ def plan_ours(name: str, model_dir: Path, vrows: list[dict], skip_plain: bool) -
 # ---- accuracy ----------------------------------------------------------------------------------------------
 def load_eval(spec, name: str, artifacts: Path, limit: int | None, parity_n: int):
     """(inputs, labels or None, description): the test split (first ``limit``) or verify's seeded inputs."""
-    from verify.__main__ import test_inputs
+    from verify.plan import test_inputs
 
     x, labels, d = test_inputs(spec, name, artifacts, None if spec.dataset is None else limit, parity_n=parity_n,
                                parity_seed=PARITY_SEED)
@@ -457,7 +457,7 @@ def bench_key(name: str, args, cfg, env: dict[str, Any]) -> str:
     import json
     from dataclasses import asdict
 
-    from verify.__main__ import verify_key
+    from verify.plan import verify_key
     from zoo.io import read_json
 
     vrows = [r for r in (read_json(args.artifacts / "verify.json", []) or []) if r.get("model") == name]

@@ -128,7 +128,7 @@ def section_verify(verify: list | None) -> list[str]:
     out = ["## Verification against PyTorch (verify.json)", ""]
     if not verify:
         return out + ["No verify.json yet: run `make verify`.", ""]
-    from verify.__main__ import ROLE_TEXT
+    from verify.plan import ROLE_TEXT
 
     rows = []
     for r in verify:

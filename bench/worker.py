@@ -163,7 +163,7 @@ def _build(args) -> tuple[list, Any]:
 
         torch.set_num_threads(args.threads)
         from bench.peers import TorchCandidate
-        from export.__main__ import load_for_export
+        from zoo.registry import load_for_export
 
         built = load_for_export(args.torch, Path(args.artifacts))
         built.module.eval()

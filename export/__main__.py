@@ -5,19 +5,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from zoo.registry import artifact_name, create_model, load_checkpoint, model_names
-
-
-def load_for_export(name: str, artifacts: Path):
-    """Trained models come from their checkpoint; torchvision ones are built (random head re-initialised, or
-    ``weights=`` from EDGEATTN_WEIGHTS_<ARCH> if set)."""
-    import os
-
-    if name.startswith("torchvision:"):
-        env = os.environ.get(f"EDGEATTN_WEIGHTS_{artifact_name(name).upper()}")
-        return create_model(name, **({"weights": env} if env else {}))
-    ckpt = artifacts / artifact_name(name) / "model.pt"
-    return load_checkpoint(ckpt, expected_model=name)
+from zoo.registry import artifact_name, load_for_export, model_names
 
 
 def main(argv: list[str] | None = None) -> int:

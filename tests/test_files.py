@@ -65,7 +65,7 @@ def test_one_budget_unit_points_and_old_specs_still_read():
 
 def test_verify_judges_int8_with_the_budget_it_was_built_under(tmp_path):
     from tests.conftest import tiny_model
-    from verify.__main__ import tolerance_for
+    from verify.plan import tolerance_for
     from zoo.io import update_manifest
 
     spec = tiny_model("vit").spec

@@ -46,7 +46,7 @@ def vit_artifacts(tmp_path_factory):
 
 def test_backend_plan_judges_the_qdq_graph_by_its_float_simulation(vit_artifacts):
     from runtime.ort_backend import QDQ_REFERENCE_LEVEL
-    from verify.__main__ import ROLE_ARTIFACT, ROLE_CPU_KERNELS, ROLE_REFERENCE, backend_plan
+    from verify.plan import ROLE_ARTIFACT, ROLE_CPU_KERNELS, ROLE_REFERENCE, backend_plan
 
     d = vit_artifacts / "vit"
     plan = backend_plan(d, "int8.qdq.onnx")
@@ -57,7 +57,7 @@ def test_backend_plan_judges_the_qdq_graph_by_its_float_simulation(vit_artifacts
 
 
 def test_exit_code_counts_gating_rows_only():
-    from verify.__main__ import exit_code
+    from verify.plan import exit_code
 
     adv_fail = {"passed": False, "gating": False}
     assert exit_code([{"passed": True, "gating": True}, adv_fail], strict=True) == 0
@@ -68,7 +68,8 @@ def test_exit_code_counts_gating_rows_only():
 
 def test_verify_rows_roles_precision_and_reuse(vit_artifacts, capsys):
     from runtime.modelspec import precision_of
-    from verify.__main__ import ROLE_CPU_KERNELS, ROLE_REFERENCE, main
+    from verify.__main__ import main
+    from verify.plan import ROLE_CPU_KERNELS, ROLE_REFERENCE
 
     art = vit_artifacts
     argv = ["--models", "vit", "--artifacts", str(art), "--limit", "24", "--threads", "1"]

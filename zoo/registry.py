@@ -269,3 +269,15 @@ def load_checkpoint(path: str | Path, expected_model: str | None = None) -> Buil
     built.module.load_state_dict(payload["state_dict"])
     built.module.eval()
     return built
+
+
+def load_for_export(name: str, artifacts: Path) -> BuiltModel:
+    """Trained models come from their checkpoint; torchvision ones are built (random head re-initialised, or
+    ``weights=`` from EDGEATTN_WEIGHTS_<ARCH> if set)."""
+    import os
+
+    if name.startswith("torchvision:"):
+        env = os.environ.get(f"EDGEATTN_WEIGHTS_{artifact_name(name).upper()}")
+        return create_model(name, **({"weights": env} if env else {}))
+    ckpt = artifacts / artifact_name(name) / "model.pt"
+    return load_checkpoint(ckpt, expected_model=name)

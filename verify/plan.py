@@ -1,0 +1,143 @@
+"""What verify checks and how it judges, as a library (bench, the report and tests use it too):
+
+- ``artifact_files`` and ``backend_plan``: which (artifact, backend, mode, precision, role) rows a model gets;
+  ``ROLE_*``: gating rows vs advisory ones (a TensorRT Q/DQ graph on a CPU's integer kernels);
+- ``test_inputs``: the samples every stage judges on (full test split, or seeded images for parity-only models);
+- ``tolerance_for``: the spec's tolerance, int8 with the budget the artifact was built under;
+- ``verify_key``: what a model's rows depend on, so unchanged rows are reused; ``exit_code``: `--strict`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.modelspec import precision_of
+from zoo.io import read_json
+from zoo.registry import artifact_name
+
+KNOWN_ORDER = ["fp32.onnx", "fp32.sim.onnx", "fp16.onnx", "int8.qdq.onnx", "int8.cpu.onnx"]
+PARITY_SAMPLES = 32  # seeded random images for models without a dataset (torchvision:vit_b_16)
+
+
+PRECISION_NAMES = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}  # OpenVINO's element type names -> ours
+
+
+def artifact_files(model_dir: Path) -> list[str]:
+    names = [p.name for p in model_dir.glob("*.onnx")]
+    return [n for n in KNOWN_ORDER if n in names] + sorted(n for n in names if n not in KNOWN_ORDER)
+
+
+def openvino_available() -> bool:
+    try:
+        import importlib.util
+
+        return importlib.util.find_spec("openvino") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+# How a row is judged. Only gating rows decide `make verify`'s exit code: a verdict there must not depend on the CPU.
+ROLE_ARTIFACT = "artifact"  # an artifact on a backend it is built for (int8.cpu.onnx: built for this CPU): gating
+ROLE_REFERENCE = "tensorrt-reference"  # int8.qdq.onnx with Q/DQ as float ops: predicts TensorRT, same on every CPU
+ROLE_CPU_KERNELS = "cpu-int8-kernels"  # int8.qdq.onnx on a CPU backend's integer kernels: per machine, advisory
+ROLE_TEXT = {ROLE_ARTIFACT: "artifact on its backend",
+             ROLE_REFERENCE: "TensorRT reference: Q/DQ simulated in float (CPU-independent)",
+             ROLE_CPU_KERNELS: "CPU integer kernels, this machine only (advisory)"}
+
+
+def backend_plan(model_dir: Path, artifact: str) -> list[tuple[str, str, str, str]]:
+    """(backend, mode, precision, role) combinations to verify for one artifact; bench times the same ones except
+    the reference (an accuracy reference, not a way to deploy)."""
+    from runtime.ort_backend import QDQ_REFERENCE_LEVEL
+
+    prec = precision_of(artifact)
+    man = read_json(model_dir / "manifest.json", {}) or {}
+    ort_mode = "all"
+    if artifact == "fp16.onnx":
+        ort_mode = (man.get("fp16") or {}).get("ort_opt_level", "all")
+    qdq = artifact == "int8.qdq.onnx"
+    plan = [("onnxruntime", QDQ_REFERENCE_LEVEL, prec, ROLE_REFERENCE)] if qdq else []
+    plan.append(("onnxruntime", ort_mode, prec, ROLE_CPU_KERNELS if qdq else ROLE_ARTIFACT))
+    # OpenVINO runs what a user deploys: not int8.cpu.onnx (ORT-only contrib ops), not the raw export fp32.onnx
+    if openvino_available() and artifact not in ("int8.cpu.onnx", "fp32.onnx"):
+        plan.append(("openvino", "f32", prec, ROLE_CPU_KERNELS if qdq else ROLE_ARTIFACT))
+        if artifact == "fp32.sim.onnx":
+            plan.append(("openvino", "bf16", "bf16", ROLE_ARTIFACT))
+    return plan
+
+
+# ---- inputs and the PyTorch reference ---------------------------------------------------------
+def test_inputs(spec, name: str, artifacts: Path, limit: int | None = None, parity_n: int = PARITY_SAMPLES,
+                parity_seed: int = 1234):
+    """(inputs array, labels or None, dataset description) for a model: its full test split (first ``limit``), or
+    seeded random inputs for a model without a dataset. Shared with bench, so both judge the same samples."""
+    from runtime.preprocess import TextEncoder, normalize_images
+
+    if spec.dataset is None:
+        x = spec.example_inputs({"batch": limit or parity_n}, seed=parity_seed)[spec.inputs[0].name]
+        return x, None, {"name": "seeded-random", "seed": parity_seed, "n": int(len(x))}
+    from zoo.data import load_dataset
+
+    ds = load_dataset(spec.dataset)
+    test = ds.test.subset(limit) if limit else ds.test
+    pp = spec.preprocess
+    if pp["kind"] == "image":
+        x = normalize_images(np.asarray(test.x), pp["mean"], pp["std"])
+    else:
+        x = TextEncoder(artifacts / artifact_name(name) / pp["tokenizer"]).encode(test.x, pad_to=pp["max_len"])
+    return x, np.asarray(test.y), {"name": ds.name, "sha256": ds.sha256, "split": "test", "n": int(len(x)),
+                                   "n_split": int(len(ds.test))}
+
+
+CODE_VERSION = "verify/3"
+
+
+def verify_key(name: str, artifacts: Path, limit: int | None) -> str:
+    """Digest of everything a model's verify rows depend on: every artifact's bytes, the checkpoint, spec and
+    tokenizer, the backend plan, the sample limit, the CPU class and the backends' versions. Equal key: the rows in
+    verify.json are still true and are reused."""
+    import hashlib
+    import importlib.metadata
+
+    from runtime.cpu import cpu_info
+    from zoo.io import sha256_file
+
+    model_dir = artifacts / artifact_name(name)
+    files = artifact_files(model_dir)
+    extra = [f for f in ("model.pt", "spec.json", "tokenizer.json") if (model_dir / f).is_file()]
+    versions = {}
+    for lib in ("onnxruntime", "onnxruntime-gpu", "openvino", "torch"):
+        try:
+            versions[lib] = importlib.metadata.version(lib)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    cpu = cpu_info()
+    blob = {"code": CODE_VERSION, "name": name, "limit": limit,
+            "files": {f: sha256_file(model_dir / f) for f in files + extra},
+            "plan": {f: backend_plan(model_dir, f) for f in files}, "versions": versions,
+            "cpu": [cpu["model"], cpu["int8_isa"]],
+            "weights_env": os.environ.get(f"EDGEATTN_WEIGHTS_{artifact_name(name).upper()}")}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def tolerance_for(spec, precision: str, model_dir: Path):
+    """The spec's tolerance for ``precision``; for int8, with the accuracy budget the artifact was built under
+    (manifest int8.budget, `make quantize MAX_DROP=...`), so quantize and verify judge against one budget."""
+    from dataclasses import replace
+
+    tol = spec.tolerances[precision]
+    if precision == "int8":
+        budget = ((read_json(model_dir / "manifest.json", {}) or {}).get("int8") or {}).get("budget") or {}
+        if budget.get("max_drop_points") is not None:
+            tol = replace(tol, max_drop_points=float(budget["max_drop_points"]))
+    return tol
+
+
+def exit_code(rows: list[dict[str, Any]], strict: bool) -> int:
+    """1 when ``strict`` and a gating row failed; advisory rows (a TensorRT graph on this CPU's integer kernels)
+    never decide it, so the verdict does not depend on the CPU."""
+    return 1 if strict and any(not r.get("passed") for r in rows if r.get("gating", True)) else 0
