@@ -4,22 +4,20 @@
   (``dict[input name, np.ndarray]``) drawn from a dataset's TRAINING split only (or seeded synthetic
   images for parity-only models).
 - :class:`OrtCalibrationReader`: the ONNX Runtime ``CalibrationDataReader`` protocol (``get_next``/``rewind``).
-- :class:`TrtCalibratorAdapter` / :func:`make_tensorrt_calibrator`: the TensorRT calibrator protocol
-  (``get_batch_size``/``get_batch``/``read_calibration_cache``/``write_calibration_cache``).
+  (TensorRT's implicit-INT8 calibrators are not used: TensorRT 11 and TensorRT-RTX removed them, and the
+  pipeline writes explicit Q/DQ graphs that every flavour builds.)
 - :class:`RangeCache`: computed ranges (tensor -> min/max/amax/scale) keyed by the data's sha256, the
   model's sha256 and the calibration method; reused when nothing changed, invalidated otherwise.
 """
-from calibration.cache import CacheKey, RangeCache, TensorRange, trt_cache_text
+from calibration.cache import CacheKey, RangeCache, TensorRange
 from calibration.readers import (
     CALIBRATION_METHODS,
     CalibrationData,
     CalibrationError,
     OrtCalibrationReader,
-    TrtCalibratorAdapter,
-    make_tensorrt_calibrator,
 )
 
 __all__ = [
     "CALIBRATION_METHODS", "CacheKey", "CalibrationData", "CalibrationError", "OrtCalibrationReader", "RangeCache",
-    "TensorRange", "TrtCalibratorAdapter", "make_tensorrt_calibrator", "trt_cache_text",
+    "TensorRange",
 ]

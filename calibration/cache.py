@@ -10,7 +10,6 @@ File format (JSON, written atomically)::
      "created": "...", "seconds": 1.2, "tensors": {"name": {"min": .., "max": .., "amax": .., "scale": ..}}}
 
 ``scale`` is the symmetric int8 scale amax / 127 (what TensorRT and the Q/DQ graph use).
-:func:`trt_cache_text` writes the same ranges as a TensorRT calibration-table text.
 """
 from __future__ import annotations
 
@@ -18,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import struct
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -109,12 +107,3 @@ class RangeCache:
                    "tensors": {k: r.to_dict() for k, r in sorted(ranges.items())}}
         self.saves += 1
         return atomic_write_json(self.path, payload)
-
-
-def trt_cache_text(ranges: Mapping[str, TensorRange], algorithm: str = "EntropyCalibration2",
-                   header_version: str = "TRT-100300") -> str:
-    """Ranges as a TensorRT calibration table (``<name>: <big-endian float32 scale hex>`` per line)."""
-    lines = [f"{header_version}-{algorithm}"]
-    for name, r in sorted(ranges.items()):
-        lines.append(f"{name}: {struct.pack('>f', r.scale).hex()}")
-    return "\n".join(lines) + "\n"

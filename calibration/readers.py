@@ -1,9 +1,8 @@
-"""Calibration data: ONE deterministic, rewindable iterable of batched feed dicts, plus two adapters.
+"""Calibration data: ONE deterministic, rewindable iterable of batched feed dicts, plus the ONNX Runtime reader.
 
     data = CalibrationData.from_dataset(spec, load_dataset(spec.dataset), model_dir, size=256, batch_size=32)
     for feed in data: ...                    # dict[input name, np.ndarray]; iterate again = same batches
     OrtCalibrationReader(data)               # onnxruntime.quantization CalibrationDataReader (get_next/rewind)
-    TrtCalibratorAdapter(data, cache_path)   # TensorRT calibrator protocol (get_batch/read/write cache)
 
 Samples come from the dataset's TRAINING split only (seeded choice without replacement); validation and
 test splits are never touched here. Parity-only models (no dataset) use :meth:`CalibrationData.synthetic_images`:
@@ -15,7 +14,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -270,99 +269,3 @@ class OrtCalibrationReader:
         if feed is None:
             raise StopIteration
         return feed
-
-
-class TrtCalibratorAdapter:
-    """TensorRT's (implicit-INT8) calibrator protocol over a :class:`CalibrationData`, without importing tensorrt.
-
-    ``get_batch(names)`` returns one pointer per requested input (``to_device(array) -> int``; default: the
-    host pointer of a contiguous copy, which is what a unit test or a CPU tool can use) or None at the end.
-    TensorRT wants a fixed batch size, so a smaller last batch is dropped unless ``drop_last=False``.
-    The calibration cache is reused only if its sidecar key (``<cache>.key``) matches ``cache_key``.
-    """
-
-    def __init__(self, data: CalibrationData, cache_path: str | os.PathLike | None = None,
-                 to_device: Callable[[np.ndarray], int] | None = None, cache_key: str | None = None,
-                 drop_last: bool = True):
-        self.data = data
-        self.cache_path = Path(cache_path) if cache_path else None
-        self.cache_key = cache_key or data.sha256
-        self._to_device = to_device or (lambda a: int(a.ctypes.data))
-        bs = data.batch_size
-        self._batches = [b for b in data if not drop_last or len(next(iter(b.values()))) == bs]
-        self._pos = 0
-        self._alive: list[Any] = []  # keep host copies / device buffers alive until the next call
-
-    def get_batch_size(self) -> int:
-        return self.data.batch_size
-
-    def get_batch(self, names: Sequence[str]) -> list[int] | None:
-        if self._pos >= len(self._batches):
-            return None
-        feed = self._batches[self._pos]
-        self._pos += 1
-        missing = [n for n in names if n not in feed]
-        if missing:
-            raise CalibrationError(f"calibrator: TensorRT asked for input(s) {missing}, calibration data has "
-                                   f"{list(feed)}")
-        arrays = [np.ascontiguousarray(feed[n]) for n in names]
-        ptrs = [self._to_device(a) for a in arrays]
-        self._alive = arrays + ptrs
-        return ptrs
-
-    def rewind(self) -> None:
-        self._pos = 0
-
-    def _key_path(self) -> Path:
-        assert self.cache_path is not None
-        return self.cache_path.with_name(self.cache_path.name + ".key")
-
-    def read_calibration_cache(self) -> bytes | None:
-        if not self.cache_path or not self.cache_path.is_file():
-            return None
-        kp = self._key_path()
-        if not kp.is_file() or kp.read_text(encoding="utf-8").strip() != self.cache_key:
-            log.info("calibration cache %s: key differs (data or model changed), recalibrating", self.cache_path)
-            return None
-        return self.cache_path.read_bytes()
-
-    def write_calibration_cache(self, cache: bytes | bytearray | memoryview) -> None:
-        if not self.cache_path:
-            return
-        from zoo.io import atomic_write_bytes, atomic_write_text
-
-        atomic_write_bytes(self.cache_path, bytes(cache))
-        atomic_write_text(self._key_path(), self.cache_key + "\n")
-
-
-def make_tensorrt_calibrator(trt: Any, adapter: TrtCalibratorAdapter, algorithm: str = "entropy2") -> Any:
-    """A real ``trt.IInt8*Calibrator`` delegating to ``adapter`` (TensorRT 10 implicit INT8 only; TensorRT 11 and
-    TensorRT-RTX build Q/DQ graphs instead). ``trt`` is the imported tensorrt module, passed in so this file
-    never imports it."""
-    bases = {"entropy2": "IInt8EntropyCalibrator2", "minmax": "IInt8MinMaxCalibrator",
-             "entropy": "IInt8EntropyCalibrator", "legacy": "IInt8LegacyCalibrator"}
-    if algorithm not in bases:
-        raise CalibrationError(f"TensorRT calibrator algorithm: got {algorithm!r}, expected one of {sorted(bases)}")
-    base = getattr(trt, bases[algorithm], None)
-    if base is None:
-        raise CalibrationError(f"tensorrt {getattr(trt, '__version__', '?')}: has no {bases[algorithm]} (implicit "
-                               "INT8 calibration was removed in TensorRT 11; use the Q/DQ ONNX instead)")
-
-    class _Calibrator(base):  # type: ignore[misc, valid-type]
-        def __init__(self) -> None:
-            base.__init__(self)
-            self.adapter = adapter
-
-        def get_batch_size(self) -> int:
-            return adapter.get_batch_size()
-
-        def get_batch(self, names, *args):  # TensorRT passes names (and sometimes bindings count)
-            return adapter.get_batch(list(names))
-
-        def read_calibration_cache(self, *args):
-            return adapter.read_calibration_cache()
-
-        def write_calibration_cache(self, cache, *args):
-            adapter.write_calibration_cache(cache)
-
-    return _Calibrator()

@@ -1,8 +1,6 @@
-"""Calibration data (train split only, deterministic, rewindable), both adapters, and the range cache."""
+"""Calibration data (train split only, deterministic, rewindable), the ONNX Runtime reader, and the range cache."""
 from __future__ import annotations
 
-import struct
-import types
 
 import numpy as np
 import pytest
@@ -14,9 +12,6 @@ from calibration import (
     OrtCalibrationReader,
     RangeCache,
     TensorRange,
-    TrtCalibratorAdapter,
-    make_tensorrt_calibrator,
-    trt_cache_text,
 )
 from calibration.evalset import load_eval_set
 from zoo.data import Dataset, Split
@@ -135,44 +130,7 @@ def test_eval_set_refuses_training_split():
     assert len(ev) == 50 and np.allclose(ev.x, VAL_VALUE / 255.0)
 
 
-def test_tensorrt_adapter_batches_and_cache(tmp_path):
-    data = CalibrationData.from_dataset(image_spec(), fake_dataset(), size=70, batch_size=32)
-    seen = []
-
-    def to_device(a):
-        seen.append(a.copy())
-        return 1000 + len(seen)
-
-    cache = tmp_path / "trt.cache"
-    ad = TrtCalibratorAdapter(data, cache, to_device=to_device, cache_key="k1")
-    assert ad.get_batch_size() == 32
-    assert ad.get_batch(["pixels"]) == [1001]
-    assert ad.get_batch(["pixels"]) == [1002]
-    assert ad.get_batch(["pixels"]) is None  # the 6-sample tail batch is dropped: TensorRT wants a fixed size
-    np.testing.assert_array_equal(seen[0], data[0]["pixels"])
-    ad.rewind()
-    ad.get_batch(["pixels"])
-    np.testing.assert_array_equal(seen[2], seen[0])
-    with pytest.raises(CalibrationError, match="asked for input"):
-        ad.get_batch(["ids"])
-    assert ad.read_calibration_cache() is None
-    ad.write_calibration_cache(b"TRT-100300-EntropyCalibration2\nx: 3c010204\n")
-    assert ad.read_calibration_cache().startswith(b"TRT-")
-    assert TrtCalibratorAdapter(data, cache, cache_key="k2").read_calibration_cache() is None  # data changed
-
-    class FakeBase:
-        def __init__(self):
-            pass
-
-    fake_trt = types.SimpleNamespace(IInt8EntropyCalibrator2=FakeBase, __version__="fake")
-    cal = make_tensorrt_calibrator(fake_trt, TrtCalibratorAdapter(data, cache, cache_key="k1"))
-    assert isinstance(cal, FakeBase) and cal.get_batch_size() == 32
-    assert len(cal.get_batch(["pixels"])) == 1 and cal.read_calibration_cache().startswith(b"TRT-")
-    with pytest.raises(CalibrationError, match="removed in TensorRT 11"):
-        make_tensorrt_calibrator(types.SimpleNamespace(), ad)
-
-
-def test_range_cache_roundtrip_and_trt_table(tmp_path):
+def test_range_cache_roundtrip(tmp_path):
     key = CacheKey("m" * 64, "d" * 64, "MinMax", {"op_types": ["Conv"]})
     rc = RangeCache(tmp_path / "c.json")
     assert rc.load(key) is None and rc.last_miss == "no cache file"
@@ -185,10 +143,6 @@ def test_range_cache_roundtrip_and_trt_table(tmp_path):
                          (CacheKey("m" * 64, "e" * 64, "MinMax", {"op_types": ["Conv"]}), "data_sha256"),
                          (CacheKey("m" * 64, "d" * 64, "Entropy", {"op_types": ["Conv"]}), "method")]:
         assert rc.load(other) is None and field in rc.last_miss
-    table = trt_cache_text(ranges).splitlines()
-    assert table[0] == "TRT-100300-EntropyCalibration2"
-    name, hexval = table[1].split(": ")
-    assert name == "a" and struct.unpack(">f", bytes.fromhex(hexval))[0] == pytest.approx(2.0 / 127, rel=1e-6)
 
 
 # ---- calibration against a real (tiny) graph: the cache is reused and invalidated --------------------------
