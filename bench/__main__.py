@@ -54,9 +54,9 @@ def plan_ours(name: str, model_dir: Path, vrows: list[dict], skip_plain: bool) -
     """Every (artifact, backend, mode) verify checks (verify.plan.backend_plan), plus GPU paths on a GPU machine.
     ORT modes are the ones verify actually ran ('extended' where 'all' crashed there)."""
     from bench.candidates import RunnerCandidate
-    from runtime.modelspec import precision_of
     from bench.results import verified_mode
     from runtime.gpu import nvidia_gpu_present
+    from runtime.modelspec import precision_of
     from verify.plan import ROLE_REFERENCE, artifact_files, backend_plan
 
     out = []

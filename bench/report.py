@@ -12,6 +12,7 @@ from pathlib import Path
 
 from bench.results import ok, summarize
 from zoo.io import atomic_write_text, read_json
+from zoo.registry import artifact_name
 
 PEER_NAMES = {"eager": "PyTorch eager FP32", "bf16_autocast": "PyTorch bf16 autocast",
               "dynamic_int8": "PyTorch dynamic INT8 (Linear)", "compile": "torch.compile (inductor)",
@@ -142,9 +143,7 @@ def section_verify(verify: list | None) -> list[str]:
                      "-" if r.get("max_abs_diff") is None else f"{r['max_abs_diff']:.1e}", verdict])
     out += table(["model", "artifact", "backend", "mode", "judged as", "precision", "accuracy %", "delta pts",
                   "top-1 agree %", "cosine mean", "max abs diff", "passed"], rows)
-    gating = [r for r in verify if r.get("gating", True)]
-    fails = [r for r in gating if not r.get("passed")]
-    adv = [r for r in verify if not r.get("gating", True) and not r.get("passed")]
+    gating, fails, adv = gating_split(verify)
     out += ["", f"{len(gating) - len(fails)}/{len(gating)} gating rows passed. Details: [verify.md](verify.md). "
             "int8.qdq.onnx (the TensorRT graph) is judged by its float simulation (Q/DQ as float ops, the same on "
             "every CPU); its runs on CPU integer kernels are advisory rows for this machine only."]
@@ -157,12 +156,24 @@ def section_verify(verify: list | None) -> list[str]:
     return out + [""]
 
 
+def int8_section(artifacts: Path, model: str) -> dict:
+    """The model's manifest.json ``int8`` section ({} before `make quantize`)."""
+    return (read_json(artifacts / artifact_name(model) / "manifest.json", {}) or {}).get("int8") or {}
+
+
+def gating_split(verify: list) -> tuple[list, list, list]:
+    """(gating rows, failed gating rows, advisory rows that missed on this CPU)."""
+    gating = [r for r in verify if r.get("gating", True)]
+    return (gating, [r for r in gating if not r.get("passed")],
+            [r for r in verify if not r.get("gating", True) and not r.get("passed")])
+
+
 def section_quantize(artifacts: Path, names: list[str]) -> list[str]:
     """What each model's INT8 budget search and CPU choice decided (manifest.json), misses and fallbacks included."""
     out = ["## Quantisation (manifest.json)", ""]
     rows, notes = [], []
     for m in names:
-        i8 = (read_json(artifacts / m.split(":")[-1] / "manifest.json", {}) or {}).get("int8")
+        i8 = int8_section(artifacts, m)
         if not i8:
             continue
         q, c = i8.get("qdq") or {}, i8.get("cpu") or {}
@@ -192,13 +203,12 @@ def summary_lines(artifacts: Path) -> list[str]:
     bench = read_json(artifacts / "bench.json", None) or {}
     names = models_in(bench, verify, artifacts)
     lines = []
-    gating = [r for r in verify if r.get("gating", True)]
-    fails = [r for r in gating if not r.get("passed")]
+    gating, fails, _ = gating_split(verify)
     lines.append(f"verify: {len(gating) - len(fails)}/{len(gating)} gating rows passed"
                  + "".join(f"\n  FAILED {r.get('model')} {r.get('artifact')} on {r.get('backend')}: "
                            f"{'; '.join(str(s) for s in (r.get('reasons') or [r.get('error')]))[:200]}" for r in fails))
     for m in names:
-        i8 = (read_json(artifacts / m.split(":")[-1] / "manifest.json", {}) or {}).get("int8") or {}
+        i8 = int8_section(artifacts, m)
         q = i8.get("qdq") or {}
         if q.get("miss"):
             lines.append(f"quantize {m}: int8.qdq.onnx MISSED its budget ({q['miss']}); {q.get('fallback')}")

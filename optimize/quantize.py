@@ -40,6 +40,9 @@ from calibration import CacheKey, CalibrationData, OrtCalibrationReader, RangeCa
 from calibration.evalset import EvalSet, load_eval_set
 from optimize.fp16 import Fp16Options, build_fp16, ort_logits, ort_session, run_guarded
 from optimize.qdq_rules import check_qdq_rules, qdq_counts
+from runtime.cpu import ISA_METADATA_KEY, cpu_info, int8_isa, int8_saturates
+from runtime.modelspec import SPEC_METADATA_KEY
+from runtime.ort_backend import QDQ_REFERENCE_LEVEL
 from verify.compare import figures
 
 log = logging.getLogger("edgeattn.optimize.quantize")
@@ -55,8 +58,6 @@ ALL_CPU_CANDIDATES = CPU_CANDIDATES + RR_CANDIDATES
 def default_cpu_candidates(isa: str | None = None) -> tuple[str, ...]:
     """The CPU int8 forms worth building on a CPU of class ``isa`` (runtime.cpu.int8_isa()): the full-range ones
     everywhere, plus the 7-bit ones where the int8 kernels saturate."""
-    from runtime.cpu import int8_isa, int8_saturates
-
     isa = isa or int8_isa()
     return CPU_CANDIDATES + (RR_CANDIDATES if int8_saturates(isa) else ())
 
@@ -363,8 +364,6 @@ def logit_error(ref: np.ndarray, out: np.ndarray) -> float:
 def evaluate_inprocess(path: str | os.PathLike, es: EvalSet, ref: np.ndarray, threads: int) -> tuple[dict, np.ndarray]:
     """A TensorRT Q/DQ graph judged by its float simulation (runtime.ort_backend.QDQ_REFERENCE_LEVEL): the same
     verdict on every CPU, and what TensorRT computes up to rounding."""
-    from runtime.ort_backend import QDQ_REFERENCE_LEVEL
-
     out = ort_logits(path, es, QDQ_REFERENCE_LEVEL, threads)
     cmp = figures(ref, out, es.y)
     cmp["logit_rel_mse"] = logit_error(ref, out)
@@ -451,12 +450,6 @@ def _miss(cmp: dict[str, Any], opts: QuantOptions, labelled: bool) -> str:
     if cmp["top1_agreement"] < opts.min_agreement:
         parts.append(f"top-1 agreement {cmp['top1_agreement']:.4f} < {opts.min_agreement}")
     return "; ".join(parts) or "within the budget"
-
-
-def _cpu_model() -> str | None:
-    from runtime.cpu import cpu_info
-
-    return cpu_info().get("model")
 
 
 def _brief(cmp: dict[str, Any]) -> dict[str, Any]:
@@ -638,8 +631,6 @@ def load_spec(model_dir: Path):
     import onnx
 
     m = onnx.load(str(model_dir / "fp32.sim.onnx"), load_external_data=False)
-    from runtime.modelspec import SPEC_METADATA_KEY
-
     for prop in m.metadata_props:
         if prop.key == SPEC_METADATA_KEY:
             return ModelSpec.from_json(prop.value)
@@ -650,8 +641,6 @@ def quantize_model(model_dir: str | os.PathLike, opts: QuantOptions | None = Non
                    progress: bool = True) -> dict[str, Any]:
     """FP16 + INT8 artifacts for one model folder; returns {"fp16": section, "int8": section} (as written)."""
     from zoo.io import read_json, sha256_file, update_manifest
-
-    from runtime.cpu import int8_isa
 
     opts = opts or QuantOptions()
     isa = int8_isa()
@@ -722,7 +711,6 @@ def build_int8(model_dir: Path, src: Path, calib: CalibrationData, es: EvalSet, 
     and faster than fp32 here, no int8.cpu.onnx is written (a stale one is removed) and fp32 is the CPU artifact."""
     import onnx
 
-    from runtime.cpu import ISA_METADATA_KEY, int8_isa
     from zoo.io import atomic_write, sha256_file
 
     isa = isa or int8_isa()
@@ -785,7 +773,7 @@ def build_int8(model_dir: Path, src: Path, calib: CalibrationData, es: EvalSet, 
                 "val": _brief(search["final"]), "steps": search["steps"], "sensitivity": search["sensitivity"],
                 "latency_ms": qdq_lat, "format": "QDQ int8 symmetric, per-channel weights, float bias"},
         "cpu": {"file": cpu_dst.name if win else None, "method": win or "fp32", "why": cpu["why"],
-                "ort_opt_level": "all", "cpu_isa": isa, "cpu_model": _cpu_model(),
+                "ort_opt_level": "all", "cpu_isa": isa, "cpu_model": cpu_info().get("model"),
                 "judged_by": "ONNX Runtime's integer kernels on this CPU",
                 "fallback": None if win else "fp32.sim.onnx",
                 "passed": True if win is None else wrow["passed"],

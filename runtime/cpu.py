@@ -25,7 +25,6 @@ ISA_METADATA_KEY = "edgeattn.cpu_isa"  # int8.cpu.onnx metadata: the int8_isa() 
 # Classes whose int8 dot products do not saturate (VNNI / AMX add u8*s8 products in int32), and ARM (sdot/udot or
 # widening multiplies, no int16 pair sums).
 NON_SATURATING = ("amx", "avx512_vnni", "avx_vnni", "arm64")
-_ORDER = ("amx", "avx512_vnni", "avx_vnni", "avx512", "avx2", "arm64", "other")
 
 
 def _read_cpuinfo() -> str:
@@ -129,6 +128,8 @@ def isa_mismatch(recorded: str | None, here: str) -> str | None:
 def check_int8_isa(path: str | Path, metadata: dict[str, str] | None) -> str | None:
     """Log (once per call) and return the mismatch warning for a model whose metadata names a CPU ISA."""
     recorded = (metadata or {}).get(ISA_METADATA_KEY)
+    if not recorded:  # most models: nothing to compare, so no CPU probe on every runner start
+        return None
     msg = isa_mismatch(recorded, int8_isa())
     if msg:
         log.warning("'%s': %s", path, msg)

@@ -334,20 +334,26 @@ def test_fp16_crash_guard_reports_crash_and_falls_back(tiny_dirs, tmp_path):
 
 
 # ---- the CLI end to end on a tiny model with the real validation data ------------------------------------
-def test_cli_end_to_end_and_up_to_date(tiny_dirs, tmp_path, capsys):
+def _cli_model_dir(tiny_dirs, tmp_path):
+    """<tmp>/attention_cnn/{fp32.sim.onnx, spec.json} for the quantize CLI (its budget uses real Fashion-MNIST)."""
     from zoo.data import DataError, load_dataset
 
     try:
         load_dataset("fashion_mnist")
     except DataError as e:
         pytest.skip(str(e))
-    from optimize.quantize import main
-
     d, spec = tiny_dirs["attention_cnn"]
     md = tmp_path / "attention_cnn"
     md.mkdir()
     shutil.copyfile(d / "fp32.sim.onnx", md / "fp32.sim.onnx")
     (md / "spec.json").write_text(spec.to_json())
+    return md
+
+
+def test_cli_end_to_end_and_up_to_date(tiny_dirs, tmp_path, capsys):
+    from optimize.quantize import main
+
+    md = _cli_model_dir(tiny_dirs, tmp_path)
     argv = ["--models", "attention_cnn", "--artifacts", str(tmp_path), "--max-drop", "100", "--min-agreement", "0",
             "--calib-size", "64", "--eval-samples", "500", "--bench-runs", "5", "--cpu-candidates", "dynamic,qdq_s8s8",
             "--min-speedup", "0"]  # no speed condition: which form is faster than fp32 depends on the CPU
@@ -381,20 +387,10 @@ def test_cli_end_to_end_and_up_to_date(tiny_dirs, tmp_path, capsys):
 def test_cli_records_a_budget_miss_and_exits_nonzero(tiny_dirs, tmp_path, capsys):
     """A miss is recorded (manifest: what missed, by how much, the fallback; report and summary say it) and
     `optimize quantize` exits 1, while the artifacts are still written so the demo can go on."""
-    from zoo.data import DataError, load_dataset
-
-    try:
-        load_dataset("fashion_mnist")
-    except DataError as e:
-        pytest.skip(str(e))
     from bench.report import build_report, summary_lines
     from optimize.quantize import main
 
-    d, spec = tiny_dirs["attention_cnn"]
-    md = tmp_path / "attention_cnn"
-    md.mkdir()
-    shutil.copyfile(d / "fp32.sim.onnx", md / "fp32.sim.onnx")
-    (md / "spec.json").write_text(spec.to_json())
+    md = _cli_model_dir(tiny_dirs, tmp_path)
     argv = ["--models", "attention_cnn", "--artifacts", str(tmp_path), "--only", "int8", "--max-drop", "100",
             "--min-agreement", "1.01", "--sweep", "never", "--calib-size", "32", "--eval-samples", "200",
             "--bench-runs", "3", "--cpu-candidates", "dynamic", "--min-speedup", "0"]

@@ -8,6 +8,8 @@
 """
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import json
 import os
 from pathlib import Path
@@ -15,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from runtime.cpu import cpu_info
 from runtime.modelspec import precision_of
-from zoo.io import read_json
+from zoo.io import read_json, sha256_file
 from zoo.registry import artifact_name
 
 KNOWN_ORDER = ["fp32.onnx", "fp32.sim.onnx", "fp16.onnx", "int8.qdq.onnx", "int8.cpu.onnx"]
@@ -100,12 +103,6 @@ def verify_key(name: str, artifacts: Path, limit: int | None) -> str:
     """Digest of everything a model's verify rows depend on: every artifact's bytes, the checkpoint, spec and
     tokenizer, the backend plan, the sample limit, the CPU class and the backends' versions. Equal key: the rows in
     verify.json are still true and are reused."""
-    import hashlib
-    import importlib.metadata
-
-    from runtime.cpu import cpu_info
-    from zoo.io import sha256_file
-
     model_dir = artifacts / artifact_name(name)
     files = artifact_files(model_dir)
     extra = [f for f in ("model.pt", "spec.json", "tokenizer.json") if (model_dir / f).is_file()]
