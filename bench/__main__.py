@@ -13,17 +13,32 @@ Writes ``<artifacts>/bench.json`` ({"env", "rows", "guard", "summary"}; see benc
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import logging
 import math
 import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bench import envinfo
+from bench.peers import _MODE, ALL_PEERS, TORCH_PEERS, default_peers
+from bench.plots import write_plots
+from bench.results import (accuracy_from_verify, find_verify_row, int8_guard, make_row, summarize,
+                           verified_mode)
+from bench.timing import TimingConfig, run_interleaved, summarize as stats_of
+from bench.worker import RemoteTimer, Worker, WorkerDied
+from runtime.modelspec import ModelRef, resolve_models
+from runtime.ort_backend import levels_from
+from verify.plan import ROLE_REFERENCE, artifact_files, backend_plan, test_inputs, verify_key
+from zoo.io import atomic_write_json, read_json
+from zoo.spec import ModelSpec
 
 log = logging.getLogger("edgeattn.bench")
 
@@ -51,13 +66,8 @@ def seq_len_for(spec, wanted: int) -> int | None:
 
 
 def plan_ours(name: str, model_dir: Path, vrows: list[dict], skip_plain: bool) -> list[dict[str, Any]]:
-    """Every (artifact, backend, mode) verify checks (verify.plan.backend_plan), plus GPU paths on a GPU machine.
-    ORT modes are the ones verify actually ran ('extended' where 'all' crashed there)."""
-    from bench.candidates import RunnerCandidate
-    from bench.results import verified_mode
-    from runtime.gpu import nvidia_gpu_present
-    from runtime.modelspec import precision_of
-    from verify.plan import ROLE_REFERENCE, artifact_files, backend_plan
+    """Every (artifact, backend, mode) verify checks (verify.plan: on a GPU machine also the engines and the ONNX
+    Runtime GPU providers). ORT modes are the ones verify actually ran ('extended' where 'all' crashed there)."""
 
     out = []
     for art in artifact_files(model_dir):
@@ -68,29 +78,13 @@ def plan_ours(name: str, model_dir: Path, vrows: list[dict], skip_plain: bool) -
                 continue  # that is the ort_plain peer
             out.append({"path": model_dir / art, "backend": backend, "precision": prec,
                         "mode": verified_mode(vrows, name, art, backend, mode)})
-    if nvidia_gpu_present():
-        try:
-            import onnxruntime as ort
-
-            avail = set(ort.get_available_providers())
-        except ImportError:
-            avail = set()
-        eps = [m for m, p in RunnerCandidate.GPU_EPS.items() if p[0] in avail]
-        for art in ("fp32.sim.onnx", "fp16.onnx", "int8.qdq.onnx"):
-            if (model_dir / art).is_file():
-                out += [{"path": model_dir / art, "backend": "onnxruntime", "mode": m, "precision": precision_of(art)}
-                        for m in eps]
-        for eng in sorted(model_dir.glob("*.engine")):
-            out.append({"path": eng, "backend": "tensorrt", "mode": "engine", "precision": precision_of(eng.name)})
     return out
 
 
 # ---- accuracy ----------------------------------------------------------------------------------------------
-def load_eval(spec, name: str, artifacts: Path, limit: int | None, parity_n: int):
+def load_eval(spec, ref: ModelRef, limit: int | None, parity_n: int):
     """(inputs, labels or None, description): the test split (first ``limit``) or verify's seeded inputs."""
-    from verify.plan import test_inputs
-
-    x, labels, d = test_inputs(spec, name, artifacts, None if spec.dataset is None else limit, parity_n=parity_n,
+    x, labels, d = test_inputs(spec, ref, None if spec.dataset is None else limit, parity_n=parity_n,
                                parity_seed=PARITY_SEED)
     if labels is None:
         return x, None, f"top-1 agreement with PyTorch eager fp32 on {len(x)} seeded random inputs (seed {PARITY_SEED})"
@@ -165,13 +159,10 @@ def _print_point(name: str, batch: int, rows: list[dict]) -> None:
 class ModelBench:
     """Spawns the workers of one model, times them interleaved per batch size, collects rows."""
 
-    def __init__(self, name: str, args, cfg) -> None:
-        from zoo.io import read_json
-        from zoo.registry import artifact_name
-
-        self.name, self.args, self.cfg = name, args, cfg
-        self.model_dir = args.artifacts / artifact_name(name)
-        self.vrows = [r for r in (read_json(args.artifacts / "verify.json", []) or []) if r.get("model") == name]
+    def __init__(self, ref: ModelRef, args, cfg) -> None:
+        self.ref, self.name, self.args, self.cfg = ref, ref.name, args, cfg
+        self.model_dir = ref.folder
+        self.vrows = verify_rows(args.artifacts, ref.name)
         self.slots: list[Slot] = []
         self.workers = []
         self.spec = None
@@ -187,8 +178,6 @@ class ModelBench:
         return argv + (["--peer-kind", peer_kind] if peer_kind else [])
 
     def _spawn_runner(self, item: dict, peer_kind: str | None = None):
-        from bench.worker import Worker
-
         slot = Slot(self.name, item["backend"], Path(item["path"]).name, item["precision"], item["mode"],
                     bool(peer_kind), peer_kind)
         w = Worker(self._runner_argv(item, peer_kind), f"{self.name} {slot.key}", self.env)
@@ -196,9 +185,6 @@ class ModelBench:
         return w, [slot]
 
     def _spawn_torch(self, kinds: list[str]):
-        from bench.peers import _MODE
-        from bench.worker import Worker
-
         argv = ["--torch", self.name, "--artifacts", str(self.args.artifacts), "--peers", ",".join(kinds),
                 "--threads", str(self.args.threads)]
         slots = [Slot(self.name, "pytorch", "pytorch", _MODE[k][0], _MODE[k][1], True, k) for k in kinds]
@@ -208,8 +194,6 @@ class ModelBench:
 
     def _adopt(self, w, planned: list[Slot]) -> list[Slot]:
         """Wait for a worker's hello; its candidates become slots (or the planned ones get its error)."""
-        from bench.worker import WorkerDied
-        from zoo.spec import ModelSpec
 
         try:
             hello = w.wait_hello()
@@ -235,14 +219,12 @@ class ModelBench:
         return out
 
     def start(self) -> None:
-        from zoo.spec import ModelSpec
-
         spec_file = self.model_dir / "spec.json"
         if spec_file.is_file():
             self.spec = ModelSpec.from_json(spec_file.read_text(encoding="utf-8"))
             self.spec_source = str(spec_file)
         args = self.args
-        kinds = [k for k in ("eager", "bf16_autocast", "dynamic_int8", "compile") if k in args.peers]
+        kinds = [k for k in TORCH_PEERS if k in args.peers]
         plain = self.model_dir / "fp32.onnx"
         launches = []
         if kinds:
@@ -269,7 +251,6 @@ class ModelBench:
     def smoke(self, batches: list[int], seq_len: int | None) -> None:
         """Run every runtime candidate verify has not run to completion once per batch size; a crash is recorded,
         and an ORT 'all' crash of ours is retried at 'extended' (what verify does)."""
-        from bench.worker import WorkerDied
 
         todo = [s for s in self.slots if s.error is None and s.backend != "pytorch"
                 and not (s.vrow and not s.vrow.get("error"))]
@@ -286,7 +267,8 @@ class ModelBench:
                 if isinstance(e, WorkerDied) and s.backend == "onnxruntime" and s.mode == "all" and not s.is_peer:
                     retry.append(s)
         for s in retry:
-            item = {"path": self.model_dir / s.artifact, "backend": "onnxruntime", "mode": "extended",
+            item = {"path": self.model_dir / s.artifact, "backend": "onnxruntime",
+                    "mode": levels_from(s.mode, "extended")[-1],
                     "precision": s.precision}
             new = self._adopt(*self._spawn_runner(item))
             for n in new:
@@ -305,10 +287,6 @@ class ModelBench:
               f"({time.perf_counter() - t0:.1f} s, {n_fail} failed)")
 
     def time_batch(self, b: int, seq_len: int | None) -> list[dict[str, Any]]:
-        from bench.results import make_row
-        from bench.timing import run_interleaved, summarize as stats_of
-        from bench.worker import RemoteTimer
-
         args = self.args
         rows, timers = [], {}
         fed: dict[int, dict] = {}
@@ -332,7 +310,6 @@ class ModelBench:
             timers[s.key] = RemoteTimer(w, s.key)
         cfg = self.cfg
         if b == 1 and cfg.min_iters_batch1 > cfg.min_iters:
-            from dataclasses import replace
 
             cfg = replace(cfg, min_iters=cfg.min_iters_batch1)
         timed = run_interleaved(timers, cfg)
@@ -350,8 +327,6 @@ class ModelBench:
         return rows
 
     def accuracy(self, rows: list[dict], batches: list[int]) -> None:
-        from bench.results import accuracy_from_verify
-
         acc: dict[str, tuple] = {s.key: accuracy_from_verify(s.vrow) for s in self.slots if not s.is_peer}
         live_peers = [s for s in self.slots if s.is_peer and s.error is None and s.worker is not None
                       and not s.worker.dead]
@@ -376,8 +351,7 @@ class ModelBench:
 
     def load_eval_set(self) -> None:
         try:
-            self.eval = load_eval(self.spec, self.name, self.args.artifacts, self.args.accuracy_samples or None,
-                                  self.args.parity_samples)
+            self.eval = load_eval(self.spec, self.ref, self.args.accuracy_samples or None, self.args.parity_samples)
         except Exception as e:  # noqa: BLE001 - e.g. no tokenizer or dataset: accuracy stays null
             self.eval_error = f"{type(e).__name__}: {str(e)[:200]}"
 
@@ -401,15 +375,19 @@ class ModelBench:
             w.close()
 
 
-def _verify_row_of(vrows, name, slot):
-    from bench.results import find_verify_row
+def verify_rows(artifacts: Path, name: str) -> list[dict[str, Any]]:
+    """The rows verify.json holds for one model."""
+    return [r for r in (read_json(artifacts / "verify.json", []) or []) if r.get("model") == name]
 
+
+def _verify_row_of(vrows, name, slot):
     provider = (slot.notes.get("providers") or [None])[0]
     return find_verify_row(vrows, name, slot.artifact, slot.backend, slot.mode, provider, slot.precision)
 
 
-def bench_model(name: str, args, cfg) -> list[dict[str, Any]]:
-    mb = ModelBench(name, args, cfg)
+def bench_model(ref: ModelRef, args, cfg) -> list[dict[str, Any]]:
+    name = ref.name
+    mb = ModelBench(ref, args, cfg)
     rows: list[dict[str, Any]] = []
     try:
         t0 = time.perf_counter()
@@ -450,19 +428,12 @@ def _skeleton(name: str) -> dict[str, Any]:
 CODE_VERSION = "bench/2"
 
 
-def bench_key(name: str, args, cfg, env: dict[str, Any]) -> str:
+def bench_key(ref: ModelRef, args, cfg, env: dict[str, Any]) -> str:
     """Digest of what a model's bench rows depend on: its verify key (artifacts, checkpoint, CPU class, backend
     versions), the verify verdicts bench carries, the CPU model, threads, peers and timing settings."""
-    import hashlib
-    import json
-    from dataclasses import asdict
-
-    from verify.plan import verify_key
-    from zoo.io import read_json
-
-    vrows = [r for r in (read_json(args.artifacts / "verify.json", []) or []) if r.get("model") == name]
+    vrows = verify_rows(args.artifacts, ref.name)
     verdicts = sorted((r.get("artifact"), r.get("backend"), str(r.get("mode")), bool(r.get("passed"))) for r in vrows)
-    blob = {"code": CODE_VERSION, "verify": verify_key(name, args.artifacts, None), "verdicts": verdicts,
+    blob = {"code": CODE_VERSION, "verify": verify_key(ref, None), "verdicts": verdicts,
             "cpu": env.get("cpu", {}).get("model"), "threads": args.threads, "peers": list(args.peers),
             "no_ours": args.no_ours, "seq_len": args.seq_len, "timing": asdict(cfg), "quick": args.quick,
             "batches": args.batches,
@@ -483,8 +454,6 @@ def worker_env(args) -> dict[str, str]:
 
 # ---- CLI ---------------------------------------------------------------------------------------------------
 def parse_args(argv):
-    from bench.peers import ALL_PEERS
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", required=True, help="comma-separated model names (zoo registry)")
     ap.add_argument("--artifacts", type=Path, default=Path("artifacts"))
@@ -496,7 +465,8 @@ def parse_args(argv):
     ap.add_argument("--seq-len", type=int, default=None,
                     help="sequence length for text models (default: the median token count of the test inputs, "
                          "rounded up to a multiple of 8)")
-    ap.add_argument("--peers", default=",".join(ALL_PEERS), help=f"subset of {','.join(ALL_PEERS)} ('' for none)")
+    ap.add_argument("--peers", default=None, help=f"subset of {','.join(ALL_PEERS)} ('' for none; default: the CPU "
+                    "peers, and the CUDA ones where PyTorch sees a GPU)")
     ap.add_argument("--no-ours", action="store_true", help="peers only")
     ap.add_argument("--no-probe", action="store_true",
                     help="skip the smoke test of candidates verify has not run (a crash is then found while timing)")
@@ -514,7 +484,7 @@ def parse_args(argv):
                     help="OMP_WAIT_POLICY for PyTorch's libgomp (default passive: robust when other processes load "
                          "the CPUs; an OMP_WAIT_POLICY already in the environment wins)")
     args = ap.parse_args(argv)
-    args.peers = tuple(p.strip() for p in args.peers.split(",") if p.strip())
+    args.peers = default_peers() if args.peers is None else tuple(p.strip() for p in args.peers.split(",") if p.strip())
     try:
         args.batches = [int(b) for b in args.batches.split(",") if b.strip()] if args.batches else None
     except ValueError:
@@ -535,8 +505,6 @@ def parse_args(argv):
 
 
 def timing_config(args):
-    from bench.timing import TimingConfig
-
     cfg = (TimingConfig(budget_s=0.05, rounds=2, min_iters=3, min_iters_batch1=3, max_iters=50, warmup_s=0.0,
                         warmup_calls=1) if args.quick else TimingConfig())
     if args.budget is not None:
@@ -550,16 +518,10 @@ def timing_config(args):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from zoo.registry import model_names
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from dataclasses import asdict
-
-    from bench import envinfo
-    from bench.results import int8_guard, summarize
-    from zoo.io import atomic_write_json, read_json
-
     cfg = timing_config(args)
-    names = model_names(args.models)
+    refs = resolve_models(args.models, args.artifacts)
+    names = [ref.name for ref in refs]
     env = envinfo.collect(args.threads)
     env["worker_env"] = {**worker_env(args), **({"OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"] + " (inherited)"}
                                                  if "OMP_WAIT_POLICY" in os.environ else {})}
@@ -571,9 +533,10 @@ def main(argv: list[str] | None = None) -> int:
     old = read_json(out, {}) or {}
     old_rows = old.get("rows", []) if isinstance(old, dict) else []
     reused_runs: set[str] = set()
-    for name in names:
+    for ref in refs:
+        name = ref.name
         t0 = time.perf_counter()
-        key = bench_key(name, args, cfg, env)
+        key = bench_key(ref, args, cfg, env)
         prev = [r for r in old_rows if r.get("model") == name]
         if not args.force and prev and all(r.get("bench_key") == key for r in prev):
             print(f"bench {name}: up to date ({len(prev)} rows reused: artifacts, verify verdicts, CPU and settings "
@@ -582,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
             reused_runs |= {r.get("run") for r in prev}
             continue
         try:
-            new = bench_model(name, args, cfg)
+            new = bench_model(ref, args, cfg)
             for r in new:
                 r["bench_key"] = key
             rows += new
@@ -611,8 +574,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  GUARD {g['message']}")
     if not args.no_plots:
         try:
-            from bench.plots import write_plots
-
             paths = write_plots(doc, args.artifacts / "plots")
             print(f"bench: {len(paths)} plot(s) -> {args.artifacts / 'plots'}")
         except Exception as e:  # noqa: BLE001 - plots are a convenience; the data is already written

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from runtime.loader import ORT_GPU_MODES, open_mode
+from runtime.loader import open_mode
 from runtime.modelspec import precision_of
 
 log = logging.getLogger("edgeattn.bench.candidates")
@@ -73,8 +73,6 @@ class RunnerCandidate(Candidate):
 
     ``mode``: ORT optimisation level ("all", "extended", ...) or "cuda-ep"/"tensorrt-ep" (GPU EPs at "all");
     OpenVINO precision hint ("f32", "bf16"); TensorRT: the engine flavour."""
-
-    GPU_EPS = ORT_GPU_MODES
 
     def __init__(self, model: str, path: str | Path, backend: str, mode: str, precision: str | None = None, *,
                  threads: int | None = None, is_peer: bool = False, peer_kind: str | None = None) -> None:

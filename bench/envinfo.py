@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.cpu import cpu_info  # one reader of /proc/cpuinfo
+from runtime import gpu
 
 log = logging.getLogger("edgeattn.bench.env")
 LIBS = ("torch", "onnxruntime", "onnxruntime-gpu", "openvino", "numpy", "onnx", "tensorrt", "tensorrt_rtx")
@@ -45,9 +46,7 @@ def lib_versions() -> dict[str, str | None]:
 def gpu_info() -> dict[str, Any] | None:
     """NVIDIA GPUs via NVML (pynvml / nvidia-ml-py if importable), else nvidia-smi; None without a GPU."""
     try:
-        from runtime.gpu import nvidia_gpu_present
-
-        if not nvidia_gpu_present():
+        if not gpu.nvidia_gpu_present():
             return None
     except Exception as e:  # noqa: BLE001
         return {"error": f"GPU detection failed: {e}"}

@@ -1,4 +1,5 @@
-"""The peers our artifacts are compared with, all on CPU, all marked ``is_peer``:
+"""The peers our artifacts are compared with, all marked ``is_peer``; CPU peers are compared with CPU artifacts and
+CUDA peers with GPU artifacts (engines, ONNX Runtime GPU providers) only (``PEER_DEVICE``, bench.results):
 
 | kind | how |
 |---|---|
@@ -7,6 +8,13 @@
 | ``dynamic_int8`` | ``torch.ao.quantization.quantize_dynamic`` on ``nn.Linear`` (qint8 weights, x86 engine); the fused MHA fast path is switched off for its calls (it reads ``linear.weight``, a method after quantisation) |
 | ``compile`` | ``torch.compile(module)`` (inductor, default mode); compilation time of each new input shape is the first call at that shape, reported as ``compile_seconds`` |
 | ``ort_plain`` | ONNX Runtime on the plain export ``fp32.onnx`` at ORT's default level (ORT_ENABLE_ALL), CPU provider |
+| ``cuda_eager`` | PyTorch eager FP32 on the GPU (a copy of the module on ``cuda:0``) |
+| ``cuda_fp16_autocast`` | ``torch.autocast("cuda", dtype=torch.float16)`` around the CUDA eager module |
+| ``cuda_compile`` | ``torch.compile`` of the CUDA module (inductor, default mode) |
+
+The CUDA peers are timed like our engines, numpy in and numpy out: the host-to-device copy of the inputs and the
+device-to-host copy of the logits (which waits for the GPU) are inside every timed call. They are chosen by default
+only where ``torch.cuda.is_available()`` (``default_peers``).
 
 Peers are the reference implementations, so bench rows mark them ``verified: null`` and never pick one as
 "fastest ours". The PyTorch peers of a model share one worker process (bench/worker.py); ``ort_plain`` is a
@@ -23,10 +31,33 @@ import numpy as np
 from bench.candidates import Candidate
 
 log = logging.getLogger("edgeattn.bench.peers")
-TORCH_PEERS = ("eager", "bf16_autocast", "dynamic_int8", "compile")
+CPU_TORCH_PEERS = ("eager", "bf16_autocast", "dynamic_int8", "compile")
+CUDA_TORCH_PEERS = ("cuda_eager", "cuda_fp16_autocast", "cuda_compile")
+TORCH_PEERS = CPU_TORCH_PEERS + CUDA_TORCH_PEERS
 ALL_PEERS = TORCH_PEERS + ("ort_plain",)
 _MODE = {"eager": ("fp32", "eager"), "bf16_autocast": ("bf16", "bf16-autocast"),
-         "dynamic_int8": ("int8", "dynamic-int8-linear"), "compile": ("fp32", "compile-inductor")}
+         "dynamic_int8": ("int8", "dynamic-int8-linear"), "compile": ("fp32", "compile-inductor"),
+         "cuda_eager": ("fp32", "cuda-eager"), "cuda_fp16_autocast": ("fp16", "cuda-fp16-autocast"),
+         "cuda_compile": ("fp32", "cuda-compile-inductor")}
+COMPILE_PEERS = ("compile", "cuda_compile")  # their first call at a new shape compiles: reported as compile_seconds
+PEER_DEVICE = {k: ("gpu" if k in CUDA_TORCH_PEERS else "cpu") for k in ALL_PEERS}
+# the eager FP32 reference each device's speed-ups are measured against
+EAGER_PEER = {"cpu": "eager", "gpu": "cuda_eager"}
+
+
+def default_peers() -> tuple[str, ...]:
+    """Every CPU peer, plus the CUDA peers where PyTorch sees a CUDA GPU (asked only when the driver reports one)."""
+    from runtime import gpu
+
+    if not gpu.nvidia_gpu_present():
+        return CPU_TORCH_PEERS + ("ort_plain",)
+    try:
+        import torch
+
+        cuda = bool(torch.cuda.is_available())
+    except ImportError:
+        cuda = False
+    return ALL_PEERS if cuda else CPU_TORCH_PEERS + ("ort_plain",)
 
 
 class TorchCandidate(Candidate):
@@ -42,11 +73,24 @@ class TorchCandidate(Candidate):
         self.input_names = [t.name for t in built.spec.inputs]
         self.module = None
 
+    @property
+    def on_cuda(self) -> bool:
+        return self.kind in CUDA_TORCH_PEERS
+
     def _load(self) -> None:
         import torch
 
         m = self.built.module.eval()
-        if self.kind == "dynamic_int8":
+        if self.on_cuda:
+            if not torch.cuda.is_available():
+                raise RuntimeError(f"peer '{self.kind}' needs a CUDA GPU; torch {torch.__version__} sees none "
+                                   f"(torch.version.cuda={torch.version.cuda})")
+            m = copy.deepcopy(m).to("cuda").eval()  # a copy: the CPU peers in this worker keep the CPU module
+            self.notes["device"] = torch.cuda.get_device_name(0)
+            if self.kind == "cuda_compile":
+                m = torch.compile(m)
+                self.notes["compile"] = "torch.compile(module on cuda), inductor, default mode, dynamic=None"
+        elif self.kind == "dynamic_int8":
             import warnings
 
             with warnings.catch_warnings():
@@ -63,7 +107,13 @@ class TorchCandidate(Candidate):
         import torch
 
         m = self.module
-        if self.kind == "bf16_autocast":
+        if self.on_cuda:
+            autocast = self.kind == "cuda_fp16_autocast"
+
+            def fn():  # numpy-side tensors in, host tensor out: H2D and D2H (which waits for the GPU) are timed
+                with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=autocast):
+                    return m(*[a.to("cuda") for a in args]).cpu()
+        elif self.kind == "bf16_autocast":
             def fn():
                 with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
                     return m(*args)

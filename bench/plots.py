@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.results import ok
+from zoo.io import atomic_write
 
 
 def _label(r: dict) -> str:
@@ -48,8 +49,6 @@ def _plain_ticks(axis, dense: bool = False) -> None:
 def _save(fig, path: Path, **kw) -> Path:
     """Atomic PNG write (temp file + rename)."""
     import matplotlib.pyplot as plt
-
-    from zoo.io import atomic_write
 
     try:
         atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, **kw))

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from bench.results import ok, summarize
 from zoo.io import atomic_write_text, read_json
-from zoo.registry import artifact_name
+from runtime.modelspec import ModelRef
+from verify.plan import ROLE_TEXT
 
 PEER_NAMES = {"eager": "PyTorch eager FP32", "bf16_autocast": "PyTorch bf16 autocast",
               "dynamic_int8": "PyTorch dynamic INT8 (Linear)", "compile": "torch.compile (inductor)",
@@ -129,8 +130,6 @@ def section_verify(verify: list | None) -> list[str]:
     out = ["## Verification against PyTorch (verify.json)", ""]
     if not verify:
         return out + ["No verify.json yet: run `make verify`.", ""]
-    from verify.plan import ROLE_TEXT
-
     rows = []
     for r in verify:
         delta = r.get("accuracy_delta")
@@ -158,7 +157,7 @@ def section_verify(verify: list | None) -> list[str]:
 
 def int8_section(artifacts: Path, model: str) -> dict:
     """The model's manifest.json ``int8`` section ({} before `make quantize`)."""
-    return (read_json(artifacts / artifact_name(model) / "manifest.json", {}) or {}).get("int8") or {}
+    return ModelRef.resolve(model, artifacts).manifest().get("int8") or {}
 
 
 def gating_split(verify: list) -> tuple[list, list, list]:

@@ -4,17 +4,23 @@ A row (one candidate at one batch size):
 
     model, backend, artifact, precision, mode, batch, seq_len, p50_ms, p90_ms, p99_ms, mean_ms, min_ms,
     throughput_per_s (= batch / p50), iterations (timed calls), warmup_calls, is_peer, peer_kind, verified,
-    compile_seconds (torch.compile: first call at this shape), load_seconds, threads, accuracy, accuracy_metric
+    compile_seconds (torch.compile: first call at this shape), load_seconds, threads, device ("cpu" | "gpu":
+    where the candidate computes; ``device_of``), accuracy, accuracy_metric
     ("accuracy" | "top1_agreement"), accuracy_source, error, and where known notes, spec_source,
     seq_len_source, run (the bench run's start time)
 
 Latency fields are null when the candidate failed (``error`` says why). ``verified`` is the verify.json
 ``passed`` of the row with the same model + artifact + backend + mode, null when verify has no such row and
 for peers (they are the references). The fastest "ours" row is picked among ``verified is True`` rows only.
+Like against like: speed-ups, the summary and the INT8 guard compare rows of the same device only (CPU artifacts
+with CPU peers, engines and ONNX Runtime GPU providers with the CUDA peers).
 """
 from __future__ import annotations
 
 from typing import Any, Iterable
+
+from bench.peers import COMPILE_PEERS, CPU_TORCH_PEERS, CUDA_TORCH_PEERS, EAGER_PEER, PEER_DEVICE
+from runtime.loader import ORT_GPU_MODES
 
 ROW_KEYS: dict[str, tuple[type, ...]] = {
     "model": (str,), "backend": (str,), "artifact": (str,), "precision": (str,), "mode": (str,),
@@ -24,7 +30,7 @@ ROW_KEYS: dict[str, tuple[type, ...]] = {
     "compile_seconds": (float, type(None)), "accuracy": (float, type(None)), "error": (str, type(None)),
 }
 TOP_KEYS = {"env": dict, "rows": list, "guard": list, "summary": dict}
-TORCH_PEER_KINDS = ("eager", "bf16_autocast", "dynamic_int8", "compile")
+TORCH_PEERS_ON = {"cpu": CPU_TORCH_PEERS, "gpu": CUDA_TORCH_PEERS}
 SPEEDUP_TARGETS = {"vs_eager": 3.0, "vs_best_torch_peer": 1.5}
 GUARD_MARGIN = 0.05  # an INT8 row is flagged when its p50 exceeds the FP32 p50 by more than this (timing noise)
 
@@ -77,6 +83,13 @@ def accuracy_from_verify(vr: dict | None) -> tuple[float | None, str | None, str
 
 
 # ---- rows -------------------------------------------------------------------------------------------
+def device_of(backend: str, mode: str, peer_kind: str | None = None) -> str:
+    """Where a candidate computes: 'gpu' for TensorRT engines, ONNX Runtime GPU providers and the CUDA peers."""
+    if peer_kind:
+        return PEER_DEVICE.get(peer_kind, "cpu")
+    return "gpu" if backend == "tensorrt" or mode in ORT_GPU_MODES else "cpu"
+
+
 def make_row(cand, batch: int, seq_len: int | None, threads: int | None, stats: dict[str, Any] | None,
              error: str | None, verified: bool | None, first_call_s: float | None = None,
              warmup_calls: int = 0) -> dict[str, Any]:
@@ -86,7 +99,9 @@ def make_row(cand, batch: int, seq_len: int | None, threads: int | None, stats: 
         "p50_ms": None, "p90_ms": None, "p99_ms": None, "mean_ms": None, "min_ms": None, "throughput_per_s": None,
         "iterations": 0, "warmup_calls": int(warmup_calls), "is_peer": bool(cand.is_peer), "peer_kind": cand.peer_kind,
         "verified": None if cand.is_peer else verified,
-        "compile_seconds": round(first_call_s, 3) if (cand.peer_kind == "compile" and first_call_s is not None) else None,
+        "compile_seconds": (round(first_call_s, 3) if first_call_s is not None and cand.peer_kind in COMPILE_PEERS
+                            else None),
+        "device": device_of(cand.backend, cand.mode, cand.peer_kind),
         "load_seconds": round(cand.load_seconds, 3) if cand.load_seconds is not None else None,
         "threads": threads, "accuracy": None, "accuracy_metric": None, "accuracy_source": None, "error": error,
     }
@@ -107,7 +122,8 @@ def _fp32_reference(rows: list[dict], r: dict) -> dict | None:
     """The same model's FP32 artifact on the same backend and batch: fp32.sim.onnx first, then fp32.onnx;
     same mode when there is one (ORT level / OpenVINO f32 hint), else any FP32 mode."""
     same = [x for x in rows if ok(x) and x["model"] == r["model"] and x["backend"] == r["backend"]
-            and x["batch"] == r["batch"] and x["precision"] == "fp32" and x["artifact"] != "pytorch"]
+            and x["batch"] == r["batch"] and x["precision"] == "fp32" and x["artifact"] != "pytorch"
+            and _device(x) == _device(r)]
     if r["backend"] == "openvino":
         same = [x for x in same if x["mode"] == "f32"]
     for art in ("fp32.sim.onnx", "fp32.onnx"):
@@ -146,11 +162,24 @@ def _brief(r: dict | None) -> dict | None:
                                   "iterations", "verified", "accuracy", "accuracy_metric")}
 
 
+def _device(r: dict) -> str:
+    """A row's device (rows written before the field existed: derived the same way)."""
+    return r.get("device") or device_of(r.get("backend", ""), str(r.get("mode", "")), r.get("peer_kind"))
+
+
 def summarize_model(rows: list[dict], model: str, batch: int = 1) -> dict[str, Any]:
-    """Batch-``batch`` speed-ups of the fastest verified artifact vs PyTorch eager and the best PyTorch peer."""
-    at = [r for r in rows if r["model"] == model and r["batch"] == batch and ok(r)]
-    eager = next((r for r in at if r.get("peer_kind") == "eager"), None)
-    torch_peers = [r for r in at if r.get("peer_kind") in TORCH_PEER_KINDS]
+    """Batch-``batch`` speed-ups of the fastest verified artifact vs PyTorch eager and the best PyTorch peer, on the
+    CPU (the top-level keys) and, where the run had GPU rows, on the GPU (key ``gpu``, the same fields)."""
+    out = _summarize_device(rows, model, batch, "cpu")
+    if any(r["model"] == model and _device(r) == "gpu" for r in rows):
+        out["gpu"] = _summarize_device(rows, model, batch, "gpu")
+    return out
+
+
+def _summarize_device(rows: list[dict], model: str, batch: int, device: str) -> dict[str, Any]:
+    at = [r for r in rows if r["model"] == model and r["batch"] == batch and ok(r) and _device(r) == device]
+    eager = next((r for r in at if r.get("peer_kind") == EAGER_PEER[device]), None)
+    torch_peers = [r for r in at if r.get("peer_kind") in TORCH_PEERS_ON[device]]
     best_peer = min(torch_peers, key=lambda r: r["p50_ms"]) if torch_peers else None
     ours = [r for r in at if not r["is_peer"]]
     verified = [r for r in ours if r.get("verified") is True]
@@ -164,17 +193,19 @@ def summarize_model(rows: list[dict], model: str, batch: int = 1) -> dict[str, A
             return None
         return ref["min_ms"] / fastest["min_ms"]
 
-    targets = [{"name": "fastest verified vs PyTorch eager FP32", "target": SPEEDUP_TARGETS["vs_eager"],
+    where = "" if device == "cpu" else " (GPU: CUDA peers)"
+    targets = [{"name": f"fastest verified vs PyTorch eager FP32{where}", "target": SPEEDUP_TARGETS["vs_eager"],
                 "measured": sp_eager, "met": None if sp_eager is None else sp_eager >= SPEEDUP_TARGETS["vs_eager"],
                 "measured_at_min_latency": at_min(eager)}]
     if model.startswith("torchvision:"):
         t = SPEEDUP_TARGETS["vs_best_torch_peer"]
-        targets.append({"name": "fastest verified vs best PyTorch peer", "target": t, "measured": sp_peer,
+        targets.append({"name": f"fastest verified vs best PyTorch peer{where}", "target": t, "measured": sp_peer,
                         "met": None if sp_peer is None else sp_peer >= t, "measured_at_min_latency": at_min(best_peer)})
-    return {"batch": batch, "eager_fp32": _brief(eager), "best_torch_peer": _brief(best_peer),
+    return {"device": device, "batch": batch, "eager_fp32": _brief(eager), "best_torch_peer": _brief(best_peer),
             "fastest_verified": _brief(fastest), "fastest_any_ours": _brief(fastest_any),
             "speedup_vs_eager": sp_eager, "speedup_vs_best_torch_peer": sp_peer,
-            "n_failed_rows": sum(1 for r in rows if r["model"] == model and not ok(r)), "targets": targets}
+            "n_failed_rows": sum(1 for r in rows if r["model"] == model and not ok(r) and _device(r) == device),
+            "targets": targets}
 
 
 def summarize(rows: list[dict]) -> dict[str, Any]:

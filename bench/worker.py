@@ -17,15 +17,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import select
 import signal
 import subprocess
-import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from bench.candidates import RunnerCandidate, make_feed
+from bench.peers import TorchCandidate
+from bench.timing import LocalTimer, describe
+from runtime.child import child_env, describe_returncode, python_module
+from runtime.modelspec import ModelRef
+from runtime.preprocess import trim_padding
+from zoo.registry import load_for_export
+from zoo.spec import ModelSpec
 
 HELLO_TIMEOUT_S = 900.0
 COMMAND_TIMEOUT_S = 900.0
@@ -48,12 +58,9 @@ class Worker:
         p2c_r, p2c_w = os.pipe()
         c2p_r, c2p_w = os.pipe()
         self._log = tempfile.TemporaryFile()
-        root = str(Path(__file__).resolve().parents[1])
-        full_env = {**os.environ, **(env or {})}
-        full_env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [full_env.get("PYTHONPATH")] if p])
-        cmd = [sys.executable, "-m", "bench.worker", "--in-fd", str(p2c_r), "--out-fd", str(c2p_w)] + argv
+        cmd = python_module("bench.worker", "--in-fd", p2c_r, "--out-fd", c2p_w, *argv)
         self.proc = subprocess.Popen(cmd, pass_fds=(p2c_r, c2p_w), stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT, env=full_env)
+                                     stderr=subprocess.STDOUT, env=child_env(env))
         os.close(p2c_r)
         os.close(c2p_w)
         self._w = p2c_w
@@ -75,9 +82,9 @@ class Worker:
             self.proc.kill()
         rc = self.proc.wait()
         if rc is not None and rc < 0 and rc != -signal.SIGKILL:
-            why += f" (killed by signal {-rc}: backend crash)"
+            why += f" ({describe_returncode(rc)}: backend crash)"
         elif rc:
-            why += f" (exit {rc})"
+            why += f" ({describe_returncode(rc)})"
         tail = self._tail()
         self.dead = why + (f"; last output: {tail}" if tail else "")
         return WorkerDied(f"{self.label}: {self.dead}")
@@ -156,23 +163,16 @@ def _identity(c) -> dict[str, Any]:
 
 def _build(args) -> tuple[list, Any]:
     """(candidates, ModelSpec or None), every candidate loaded (load errors recorded on the candidate)."""
-    from zoo.spec import ModelSpec
-
     if args.torch:
         import torch
 
         torch.set_num_threads(args.threads)
-        from bench.peers import TorchCandidate
-        from zoo.registry import load_for_export
-
-        built = load_for_export(args.torch, Path(args.artifacts))
+        built = load_for_export(ModelRef.resolve(args.torch, args.artifacts))
         built.module.eval()
         cands = [TorchCandidate(built, k) for k in args.peers.split(",") if k]
         for c in cands:
             c.load()
         return cands, built.spec
-    from bench.candidates import RunnerCandidate
-
     c = RunnerCandidate(args.model, args.runner, args.backend, args.mode, args.precision or None,
                         threads=args.threads, is_peer=bool(args.peer_kind), peer_kind=args.peer_kind or None)
     c.load()
@@ -183,11 +183,6 @@ def _build(args) -> tuple[list, Any]:
 
 
 def _serve(cands: list, spec, rf, send) -> None:
-    import numpy as np
-
-    from bench.candidates import make_feed
-    from bench.timing import LocalTimer, describe
-
     by_key = {c.key: c for c in cands}
     timers: dict[str, LocalTimer] = {}
     for line in rf:
@@ -225,8 +220,6 @@ def _serve(cands: list, spec, rf, send) -> None:
                         errors[c.key] = describe(e)
                 send({"ok": True, "errors": errors})
             elif cmd == "predict":
-                from runtime.preprocess import trim_padding
-
                 c = by_key[msg["key"]]
                 x = np.load(msg["inputs"], mmap_mode="r")
                 name = spec.inputs[0].name
@@ -256,8 +249,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="")
     ap.add_argument("--peer-kind", default="")
     args = ap.parse_args(argv)
-    import logging
-
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     rf = os.fdopen(args.in_fd, "r", encoding="utf-8")
     out_fd = args.out_fd
@@ -270,8 +261,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cands, spec = _build(args)
     except Exception as e:  # noqa: BLE001
-        from bench.timing import describe
-
         send({"ok": False, "error": f"worker could not start: {describe(e)}"})
         return 1
     send({"ok": True, "spec": spec.to_dict() if spec is not None else None,

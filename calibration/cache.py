@@ -21,6 +21,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+from zoo.io import atomic_write_json
 
 log = logging.getLogger("edgeattn.calibration")
 CACHE_FORMAT = "edgeattn-ranges/1"
@@ -100,8 +101,6 @@ class RangeCache:
 
     def save(self, key: CacheKey, ranges: Mapping[str, TensorRange], seconds: float | None = None,
              extra: Mapping[str, Any] | None = None) -> Path:
-        from zoo.io import atomic_write_json
-
         payload = {"format": CACHE_FORMAT, "key": key.to_dict(), "digest": key.digest,
                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": seconds, **dict(extra or {}),
                    "tensors": {k: r.to_dict() for k, r in sorted(ranges.items())}}

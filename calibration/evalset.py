@@ -14,6 +14,7 @@ import numpy as np
 
 from calibration.readers import CalibrationError, encode_inputs, normalize_nchw, synthetic_uint8_images
 from runtime.preprocess import trim_padding
+from zoo.data import load_dataset
 
 
 @dataclass
@@ -75,8 +76,6 @@ def load_eval_set(spec: Any, model_dir: str | os.PathLike, split: str = "val", n
         x = normalize_nchw(u8, pp.get("mean", 0.0), pp.get("std", 1.0))
         return EvalSet(inp.name, x, None, None, f"synthetic images n={synthetic_n} seed={synthetic_seed}")
     if dataset is None:
-        from zoo.data import load_dataset
-
         dataset = load_dataset(spec.dataset)
     s = getattr(dataset, split)
     x = encode_inputs(spec, s.x, Path(model_dir))

@@ -18,7 +18,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from runtime.preprocess import trim_padding
+from runtime.preprocess import normalize_images, TextEncoder, trim_padding
 
 log = logging.getLogger("edgeattn.calibration")
 
@@ -40,8 +40,6 @@ def encode_inputs(spec: Any, x: np.ndarray | Sequence[str], model_dir: str | os.
     Images: uint8 (N, H, W) -> float32 (N, C, H, W) normalised with the spec's mean/std.
     Text: sentences -> int64 (N, max_len) ids from ``<model_dir>/<tokenizer>``, padded with pad_id.
     """
-    from runtime.preprocess import normalize_images
-
     pp = dict(_spec_attr(spec, "preprocess", {}) or {})
     kind = pp.get("kind")
     if kind == "image":
@@ -50,8 +48,6 @@ def encode_inputs(spec: Any, x: np.ndarray | Sequence[str], model_dir: str | os.
             return arr
         return normalize_images(arr, pp["mean"], pp["std"])
     if kind == "text":
-        from runtime.preprocess import TextEncoder
-
         if model_dir is None:
             raise CalibrationError("text calibration: model_dir is needed to find the tokenizer JSON")
         enc = TextEncoder(Path(model_dir) / pp.get("tokenizer", "tokenizer.json"))

@@ -5,12 +5,13 @@ import argparse
 import logging
 from pathlib import Path
 
-from zoo.registry import artifact_name, load_for_export, model_names
+from runtime.modelspec import resolve_models
+from zoo.io import sha256_file, update_manifest
+from zoo.registry import load_for_export
 
 
 def main(argv: list[str] | None = None) -> int:
     from export.onnx_export import export_model
-    from zoo.io import read_json, sha256_file, update_manifest
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--models", required=True)
@@ -21,16 +22,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     logging.getLogger("edgeattn").setLevel(logging.INFO)
 
-    for name in model_names(args.models):
-        out = args.artifacts / artifact_name(name) / "fp32.onnx"
-        ckpt = args.artifacts / artifact_name(name) / "model.pt"
-        man = read_json(args.artifacts / artifact_name(name) / "manifest.json", {}) or {}
+    for ref in resolve_models(args.models, args.artifacts):
+        name, out, ckpt = ref.name, ref.file("fp32.onnx"), ref.checkpoint
+        man = ref.manifest()
         src = sha256_file(ckpt) if ckpt.is_file() else "torchvision"
         if (not args.force and out.is_file() and man.get("export", {}).get("source") == src
                 and man["export"].get("sha256") == sha256_file(out)):
             print(f"export {name}: up to date ({out})")
             continue
-        built = load_for_export(name, args.artifacts)
+        built = load_for_export(ref)
         section = export_model(built, out, opset=args.opset)
         section["source"] = src
         update_manifest(out.parent, "export", section)

@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from runtime import engine_manifest as em
-from runtime.errors import BackendError
-from runtime.modelspec import SPEC_METADATA_KEY, precision_of
+from runtime.errors import BackendError, ModelLoadError
+from runtime.modelspec import load_spec, precision_of, resolve_models
+from runtime.tensorrt_backend import tensorrt_logger
 
 log = logging.getLogger("edgeattn.engines")
 
@@ -53,8 +54,6 @@ class EngineBuildError(RuntimeError):
 # ---- TensorRT module ---------------------------------------------------------------------------
 def _logger(trt):
     """The process-wide capturing ILogger (shared with the runtime: TensorRT expects one logger per process)."""
-    from runtime.tensorrt_backend import tensorrt_logger
-
     return tensorrt_logger(trt)
 
 
@@ -154,7 +153,7 @@ def _profile(builder, network, spec) -> tuple[Any, dict[str, dict[str, list[int]
 
 def _cli(flavor: str, onnx_path: Path, engine_path: Path, profiles: Mapping[str, Mapping[str, list[int]]],
          builder_opts: Mapping[str, Any]) -> str:
-    """The equivalent trtexec (TensorRT 10/11) or tensorrt_rtx command line (TENSORRT_NOTES.md section 7)."""
+    """The equivalent trtexec (TensorRT 10/11) or tensorrt_rtx command line, the same build as flags a user can rerun."""
     shapes = {k: ",".join(f"{n}:{_dims(p[k])}" for n, p in profiles.items()) for k in ("min", "opt", "max")}
     args = ["tensorrt_rtx" if flavor == "rtx" else "trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}"]
     if profiles:
@@ -458,23 +457,6 @@ def _save_timing_cache(config, info: dict[str, Any], path: Path) -> dict[str, An
 
 
 # ---- spec lookup, CLI --------------------------------------------------------------------------
-def load_spec(model_dir: Path, onnx_path: Path | None = None):
-    """The model spec: ``<model dir>/spec.json``, else the ONNX's ``edgeattn.spec`` metadata."""
-    from zoo.spec import ModelSpec
-
-    p = model_dir / "spec.json"
-    if p.is_file():
-        return ModelSpec.from_json(p.read_text(encoding="utf-8"))
-    if onnx_path is not None and onnx_path.is_file():
-        import onnx
-
-        proto = onnx.load(str(onnx_path), load_external_data=False)
-        for kv in proto.metadata_props:
-            if kv.key == SPEC_METADATA_KEY:
-                return ModelSpec.from_json(kv.value)
-    raise EngineBuildError(f"no model spec: neither {p} nor '{SPEC_METADATA_KEY}' metadata in {onnx_path}")
-
-
 def default_timing_cache(artifacts: Path, flavor: str, version: str, gpu: Mapping[str, Any] | None) -> Path:
     """Timing caches are only valid for one TensorRT version and GPU: key the file by both."""
     gpu_key = re.sub(r"[^A-Za-z0-9]+", "-", f"{gpu['name']}-sm{gpu['compute_capability']}") if gpu else "cpu-only"
@@ -486,8 +468,6 @@ def _fmt_size(n: int | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from zoo.registry import artifact_name, model_names
-
     ap = argparse.ArgumentParser(prog="python -m optimize engines", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", required=True, help="comma-separated model names (e.g. vit,torchvision:vit_b_16)")
@@ -521,11 +501,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"engines: {trt.__name__} {version} (flavour {flavor}) on {where}")
     cache = args.timing_cache or default_timing_cache(args.artifacts, flavor, version, gpu)
 
-    models = model_names(args.models)
-    jobs = [(m, p) for m in models for p in precisions]
+    jobs = [(ref, p) for ref in resolve_models(args.models, args.artifacts) for p in precisions]
     rows: list[dict[str, Any]] = []
-    for i, (model, prec) in enumerate(jobs, 1):
-        folder = args.artifacts / artifact_name(model)
+    for i, (ref, prec) in enumerate(jobs, 1):
+        model, folder = ref.name, ref.folder
         src = folder / SOURCES[prec]
         engine = folder / em.engine_file_name(prec, flavor)
         row = {"model": model, "precision": prec, "flavor": flavor, "status": "", "seconds": None, "bytes": None,
@@ -546,7 +525,10 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"{prefix}: building {engine.name} from {src.name} ({why}) ...", flush=True)
         try:
-            spec = load_spec(folder, src)
+            try:
+                spec = load_spec(src)
+            except ModelLoadError as e:
+                raise EngineBuildError(f"no model spec: {e}") from e
             man = build_engine(src, engine, spec, flavor=flavor, workspace_mb=args.workspace_mb,
                                opt_level=args.opt_level, timing_cache=cache, compute_capabilities=ccs,
                                hardware_compatibility=args.hardware_compatibility, precision=prec)

@@ -31,7 +31,8 @@ import numpy as np
 from calibration.evalset import EvalSet
 from runtime.child import python_module, run_child
 from verify.compare import figures
-from runtime.ort_backend import OPT_LEVELS, ort_level  # one table of ORT optimisation levels
+from runtime.ort_backend import OPT_LEVELS, ort_level, try_levels  # one table of ORT optimisation levels
+from zoo.io import atomic_write, sha256_file
 
 log = logging.getLogger("edgeattn.optimize.fp16")
 # Ops kept float32: normalisation statistics, softmax and exponentials overflow or lose too much in fp16.
@@ -132,14 +133,14 @@ def probe_ort_levels(model: str | os.PathLike, es: EvalSet, levels: Sequence[str
                      batch_size: int = 64, timeout_s: float = 900.0,
                      argv_factory: Callable[..., list[str]] | None = None) -> tuple[GuardedRun | None, list[GuardedRun]]:
     """Try ``levels`` in order in child processes; return (first run that worked or None, all attempts)."""
-    attempts = []
-    for level in levels:
-        r = run_guarded(model, es, level, threads, batch_size, timeout_s, argv_factory)
-        attempts.append(r)
-        if r.ok:
-            return r, attempts
-        log.warning("%s at ORT level '%s': %s; trying the next level", Path(model).name, level, r.error)
-    return None, attempts
+    attempts: list[GuardedRun] = []
+
+    def run(level: str) -> tuple[GuardedRun, str | None]:
+        attempts.append(run_guarded(model, es, level, threads, batch_size, timeout_s, argv_factory))
+        return attempts[-1], attempts[-1].error
+
+    _, last, _ = try_levels(run, levels, Path(model).name)
+    return (last if last.ok else None), attempts
 
 
 def _child_main(argv: Sequence[str]) -> int:
@@ -165,7 +166,6 @@ def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike, op_block_list: 
     import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    from zoo.io import atomic_write
 
     model = onnx.load(str(src))
     block = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(op_block_list))
@@ -222,8 +222,6 @@ def build_fp16(model_dir: str | os.PathLike, es: EvalSet, ref_logits: np.ndarray
     Tiers of block lists are tried until one gives finite logits within ``max_drop`` points / ``min_cosine``;
     if none does, the last tier's file is kept and the section says ``passed: false``.
     """
-    from zoo.io import sha256_file
-
     opts = opts or Fp16Options()
     model_dir = Path(model_dir)
     src, dst = model_dir / src_name, model_dir / dst_name

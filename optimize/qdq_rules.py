@@ -2,7 +2,7 @@
 
 ``check_qdq_rules(model_or_path) -> list[str]``: one message per violation, empty when the graph is fine.
 
-Rules (TENSORRT_NOTES.md section 5):
+Rules (read from the ONNX parser's Q/DQ handling in TensorRT 10.x/11.x and RTX):
 - every QuantizeLinear / DequantizeLinear has a constant int8 zero point that is all 0 (a missing zero
   point on QuantizeLinear means uint8);
 - scales are constant, finite and > 0;

@@ -30,582 +30,28 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from calibration import CacheKey, CalibrationData, OrtCalibrationReader, RangeCache, TensorRange
+from calibration import CalibrationData, RangeCache
 from calibration.evalset import EvalSet, load_eval_set
-from optimize.fp16 import Fp16Options, build_fp16, ort_logits, ort_session, run_guarded
+from optimize.cpu_int8 import ALL_CPU_CANDIDATES, build_cpu_candidates, choose_cpu, default_cpu_candidates
+from optimize.fp16 import Fp16Options, build_fp16, ort_logits
+from optimize.int8_budget import QuantOptions, _brief, _miss, budget_search
+from optimize.int8_build import QuantizeError, calibrate_ranges, quantize_static_cached
+from optimize.qdq_graph import ensure_node_names, quantizable_nodes
 from optimize.qdq_rules import check_qdq_rules, qdq_counts
-from runtime.cpu import ISA_METADATA_KEY, cpu_info, int8_isa, int8_saturates
-from runtime.modelspec import SPEC_METADATA_KEY
-from runtime.ort_backend import QDQ_REFERENCE_LEVEL
-from verify.compare import figures
+from runtime.cpu import ISA_METADATA_KEY, cpu_info, int8_isa
+from runtime.errors import ModelLoadError
+from runtime.modelspec import load_spec, resolve_models
+from zoo.data import load_dataset
+from zoo.io import atomic_write, read_json, sha256_file, update_manifest
 
 log = logging.getLogger("edgeattn.optimize.quantize")
 CODE_VERSION = "int8/2"
-WEIGHT_OPS = ("Conv", "MatMul", "Gemm")
-CPU_CANDIDATES = ("dynamic", "dynamic_conv", "static_qdq_u8s8", "static_qoperator", "qdq_s8s8")
-# 7-bit weights (reduce_range): ORT's u8s8 kernels on CPUs without VNNI add pairs of u8*s8 products in int16 and
-# saturate; 255 * 63 * 2 stays inside int16 (runtime.cpu). Built where the CPU at hand saturates.
-RR_CANDIDATES = ("dynamic_rr", "static_qdq_u8s8_rr", "static_qoperator_rr")
-ALL_CPU_CANDIDATES = CPU_CANDIDATES + RR_CANDIDATES
-
-
-def default_cpu_candidates(isa: str | None = None) -> tuple[str, ...]:
-    """The CPU int8 forms worth building on a CPU of class ``isa`` (runtime.cpu.int8_isa()): the full-range ones
-    everywhere, plus the 7-bit ones where the int8 kernels saturate."""
-    isa = isa or int8_isa()
-    return CPU_CANDIDATES + (RR_CANDIDATES if int8_saturates(isa) else ())
-
-
-class QuantizeError(RuntimeError):
-    """Quantisation failed; the message names the model, the stage and what was expected."""
-
-
-@dataclass
-class QuantOptions:
-    method: str = "Percentile"  # calibration: MinMax | Entropy | Percentile
-    calib_size: int = 256
-    calib_batch: int = 32
-    seed: int = 0
-    max_drop: float = 0.5  # accuracy points vs fp32 on the validation split
-    min_agreement: float = 0.99  # top-1 agreement with fp32 on the validation split
-    min_cosine: float = 0.99  # parity-only models (no dataset)
-    quantize_attention: bool = False  # Q/DQ on attention BMMs (MatMul of two activations) too
-    sweep: str = "auto"  # auto: only when the fully quantised model misses the budget | always | never
-    sweep_samples: int = 1000  # validation rows used to rank nodes
-    eval_samples: int | None = None  # validation rows for the budget (None: the whole split)
-    max_excluded: int | None = None
-    cpu_candidates: tuple[str, ...] | None = None  # None: default_cpu_candidates() for the CPU at hand
-    # int8.cpu.onnx must be at least this much faster than fp32 here, else fp32 is kept: 5 % is the timing noise of
-    # these shared 2-core machines (bench's INT8 guard margin), so a tie never ships an int8 artifact
-    min_speedup: float = 1.05
-    bench_runs: int = 50
-    tie_tolerance: float = 0.05  # CPU candidates this close to the fastest count as equally fast
-    min_int8_coverage: float = 0.5  # a CPU candidate must hold >= this share of Conv/Gemm/MatMul weights in int8
-    bench_batch: int = 1
-    threads: int = 2
-    parity_calib_size: int = 32  # models without a dataset: synthetic calibration images
-    parity_eval_size: int = 16
-    fp16: bool = True
-    int8: bool = True
-
-    def key(self) -> dict[str, Any]:
-        d = asdict(self)
-        for k in ("threads", "bench_runs", "bench_batch", "fp16", "int8", "tie_tolerance"):
-            d.pop(k)
-        return d
-
-
-# ---- graph helpers -----------------------------------------------------------------------------------
-def _constants(graph) -> set[str]:
-    names = {t.name for t in graph.initializer}
-    names |= {n.output[0] for n in graph.node if n.op_type == "Constant"}
-    return names
-
-
-def ensure_node_names(model) -> int:
-    """Give unnamed nodes a stable unique name (``<op>_<index>``); returns how many were named."""
-    used = {n.name for n in model.graph.node if n.name}
-    k = 0
-    for i, n in enumerate(model.graph.node):
-        if not n.name:
-            name = f"{n.op_type}_{i}"
-            while name in used:
-                name += "_"
-            n.name = name
-            used.add(name)
-            k += 1
-    return k
-
-
-@dataclass
-class NodeInfo:
-    name: str
-    op_type: str
-    weight: str | None  # initializer name of the weight input (None for attention BMMs)
-    kind: str  # "weight" | "attention"
-
-
-def quantizable_nodes(model, quantize_attention: bool = False) -> list[NodeInfo]:
-    """Conv/Gemm/MatMul nodes with a constant weight (projections, FFNs, convs), in graph order; with
-    ``quantize_attention`` also MatMuls of two activations (attention score/context BMMs)."""
-    consts = _constants(model.graph)
-    out = []
-    for n in model.graph.node:
-        if n.op_type not in WEIGHT_OPS or len(n.input) < 2:
-            continue
-        if n.input[1] in consts:
-            out.append(NodeInfo(n.name, n.op_type, n.input[1], "weight"))
-        elif n.op_type == "MatMul" and n.input[0] not in consts and quantize_attention:
-            out.append(NodeInfo(n.name, n.op_type, None, "attention"))
-    return out
-
-
-def gemm_to_matmul(model) -> int:
-    """Rewrite Gemm(A, B[, C]) (alpha=beta=1, transA=0, constant B) as MatMul(A, B') [+ Add(C)] in place,
-    keeping the Gemm's node name on the MatMul so exclusions still apply. ORT's dynamic quantisation only
-    handles MatMul. Returns the number of Gemms rewritten."""
-    import onnx
-    from onnx import helper, numpy_helper
-
-    inits = {t.name: t for t in model.graph.initializer}
-    new_nodes, done, transposed = [], 0, {}
-    for n in model.graph.node:
-        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
-        ok = (n.op_type == "Gemm" and n.input[1] in inits and attrs.get("transA", 0) == 0
-              and float(attrs.get("alpha", 1.0)) == 1.0 and float(attrs.get("beta", 1.0)) == 1.0)
-        if not ok:
-            new_nodes.append(n)
-            continue
-        b = n.input[1]
-        if attrs.get("transB", 0):
-            if b not in transposed:
-                arr = numpy_helper.to_array(inits[b]).T.copy()
-                tname = f"{b}_T"
-                model.graph.initializer.append(numpy_helper.from_array(arr, tname))
-                transposed[b] = tname
-            b = transposed[b]
-        has_bias = len(n.input) > 2 and n.input[2]
-        mm_out = f"{n.output[0]}_matmul" if has_bias else n.output[0]
-        new_nodes.append(helper.make_node("MatMul", [n.input[0], b], [mm_out], name=n.name))
-        if has_bias:
-            new_nodes.append(helper.make_node("Add", [mm_out, n.input[2]], [n.output[0]], name=f"{n.name}_bias"))
-        done += 1
-    del model.graph.node[:]
-    model.graph.node.extend(new_nodes)
-    used = {i for nd in model.graph.node for i in nd.input}
-    keep = [t for t in model.graph.initializer if t.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
-    onnx.checker.check_model(model)
-    return done
-
-
-# ---- calibration -------------------------------------------------------------------------------------
-def calibration_options(method: str, op_types: Sequence[str] = WEIGHT_OPS) -> dict[str, Any]:
-    """Calibrator options (part of the cache key). Ranges are kept asymmetric (min, max) where the method
-    allows, so one cache serves the symmetric TensorRT graph and the asymmetric u8 CPU graphs."""
-    if method not in ("MinMax", "Entropy", "Percentile"):
-        raise QuantizeError(f"calibration method: got {method!r}, expected MinMax, Entropy or Percentile")
-    opts: dict[str, Any] = {"op_types": list(op_types), "symmetric": method == "Percentile"}
-    if method == "Entropy":
-        # ORT's defaults (128 bins, 128 quantised bins) leave ONE candidate threshold: the full range, i.e. MinMax.
-        # 2048 bins searched down to 128 quantised bins is TensorRT's entropy calibration.
-        opts.update(num_bins=2048, num_quantized_bins=128)
-    if method == "Percentile":
-        opts.update(num_bins=2048, percentile=99.999)
-    return opts
-
-
-def calibrate_ranges(model_path: str | os.PathLike, data: CalibrationData, method: str = "MinMax",
-                     cache: RangeCache | None = None, op_types: Sequence[str] = WEIGHT_OPS,
-                     progress: bool = False) -> tuple[dict[str, TensorRange], dict[str, Any]]:
-    """Ranges of every float input/output of ``op_types`` nodes, from ``cache`` when its key matches
-    (model sha256, data sha256, method, options), else computed with ORT's calibrator and saved."""
-    from onnxruntime.quantization import CalibrationMethod
-    from onnxruntime.quantization.calibrate import create_calibrator
-
-    from zoo.io import sha256_file
-
-    opts = calibration_options(method, op_types)
-    key = CacheKey(model_sha256=sha256_file(model_path), data_sha256=data.sha256, method=method, options=opts)
-    info: dict[str, Any] = {"method": method, "options": opts, "data": data.describe(), "key_digest": key.digest}
-    if cache is not None:
-        hit = cache.load(key)
-        if hit is not None:
-            info.update(cache="hit", cache_file=cache.path.name, batches_served=0, tensors=len(hit), seconds=0.0)
-            return hit, info
-        info["cache_miss_reason"] = cache.last_miss
-    reader = OrtCalibrationReader(data)
-    t0 = time.perf_counter()
-    extra = {"symmetric": opts["symmetric"]}
-    extra.update({k: opts[k] for k in ("num_bins", "num_quantized_bins", "percentile") if k in opts})
-    with tempfile.TemporaryDirectory(prefix="edgeattn-calib-") as tmp:
-        cal = create_calibrator(Path(model_path), list(op_types), augmented_model_path=str(Path(tmp) / "aug.onnx"),
-                                calibrate_method=CalibrationMethod[method], extra_options=extra)
-        # One batch per collect_data call: ORT merges ranges/histograms across calls, so memory stays at one
-        # batch of intermediate tensors (histogram methods otherwise hold every batch) and batches may differ
-        # in shape.
-        from tqdm import tqdm
-
-        import contextlib
-        import io
-
-        chatter = io.StringIO()  # ORT's histogram calibrators print() progress lines
-        with contextlib.redirect_stdout(chatter):
-            for i in tqdm(range(len(data)), desc=f"calibrate {Path(model_path).parent.name} ({method})",
-                          disable=not progress, leave=False, dynamic_ncols=True):
-                reader.set_range(i, i + 1)
-                cal.collect_data(reader)
-            td = cal.compute_data()
-        del cal
-    ranges = {}
-    for name, t in td.items():
-        lo, hi = t.range_value
-        ranges[name] = TensorRange(float(np.asarray(lo).min()), float(np.asarray(hi).max()))
-    seconds = time.perf_counter() - t0
-    info.update(cache="computed", batches_served=reader.batches_served, tensors=len(ranges), seconds=round(seconds, 2))
-    if cache is not None:
-        cache.save(key, ranges, seconds=round(seconds, 2), extra={"data": data.describe()})
-        info["cache_file"] = cache.path.name
-    return ranges, info
-
-
-def _ort_range_file(ranges: dict[str, TensorRange], method: str, path: Path) -> Path:
-    """Our ranges in ORT's calibration-cache JSON, so quantize_static skips calibration."""
-    from onnxruntime.quantization import CalibrationMethod
-    from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
-
-    td = TensorsData(CalibrationMethod[method], {
-        k: TensorData(lowest=np.array(r.lowest, np.float32), highest=np.array(r.highest, np.float32))
-        for k, r in ranges.items()})
-    save_tensors_data(td, path)
-    return path
-
-
-# ---- building quantised graphs -----------------------------------------------------------------------
-TRT_EXTRA = {
-    "QuantizeBias": False, "ActivationSymmetric": True, "WeightSymmetric": True,
-    "OpTypesToExcludeOutputQuantization": list(WEIGHT_OPS),
-    "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
-}
-
-
-def quantize_static_cached(src: str | os.PathLike, dst: str | os.PathLike, ranges: dict[str, TensorRange],
-                           method: str, nodes: Sequence[str], flavour: str = "trt",
-                           quantize_attention: bool = False, reduce_range: bool = False) -> None:
-    """quantize_static with precomputed ``ranges`` (no calibration pass) on exactly ``nodes``.
-
-    flavour ``trt``: QDQ, int8 activations and weights, symmetric, per-channel weights, float bias, no Q/DQ on
-    outputs. ``qdq_u8s8``: QDQ with uint8 asymmetric activations, int8 per-channel weights, int32 bias (ORT CPU).
-    ``qoperator``: QLinear* operators, u8s8 (ORT CPU). ``reduce_range``: 7-bit weights (CPU flavours only)."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    if not nodes:
-        raise QuantizeError(f"{Path(src).name}: no nodes to quantise (all excluded)")
-    with tempfile.TemporaryDirectory(prefix="edgeattn-q-") as tmp:
-        cache = _ort_range_file(ranges, method, Path(tmp) / "ranges.json")
-        common = dict(calibration_data_reader=None, calibrate_method=CalibrationMethod[method],
-                      calibration_cache_path=str(cache), op_types_to_quantize=list(WEIGHT_OPS),
-                      nodes_to_quantize=list(nodes), per_channel=True, weight_type=QuantType.QInt8)
-        if flavour == "trt":
-            if reduce_range:
-                raise QuantizeError("reduce_range: the TensorRT graph keeps the full int8 range (TensorRT's kernels "
-                                    "do not saturate); expected reduce_range only for the CPU flavours")
-            extra = dict(TRT_EXTRA, MatMulConstBOnly=not quantize_attention)
-            quantize_static(str(src), str(dst), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
-                            extra_options=extra, **common)
-        elif flavour == "qdq_u8s8":
-            quantize_static(str(src), str(dst), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
-                            extra_options={"MatMulConstBOnly": True}, reduce_range=reduce_range, **common)
-        elif flavour == "qoperator":
-            quantize_static(str(src), str(dst), quant_format=QuantFormat.QOperator, activation_type=QuantType.QUInt8,
-                            extra_options={"MatMulConstBOnly": True}, reduce_range=reduce_range, **common)
-        else:
-            raise QuantizeError(f"static flavour: got {flavour!r}, expected trt, qdq_u8s8 or qoperator")
-
-
-def quantize_dynamic_matmul(src: str | os.PathLike, dst: str | os.PathLike, exclude: Sequence[str] = (),
-                            conv: bool = False, reduce_range: bool = False) -> int:
-    """Dynamic int8 (DynamicQuantizeLinear + MatMulInteger, fused by ORT into DynamicQuantizeMatMul) on every
-    constant-weight MatMul, after rewriting Gemm as MatMul. Convs stay float unless ``conv`` (ConvInteger)."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    model = onnx.load(str(src))
-    ensure_node_names(model)
-    n = gemm_to_matmul(model)
-    with tempfile.TemporaryDirectory(prefix="edgeattn-dq-") as tmp:
-        mm = Path(tmp) / "matmul.onnx"
-        onnx.save(model, str(mm))
-        quantize_dynamic(str(mm), str(dst), op_types_to_quantize=["MatMul"] + (["Conv"] if conv else []),
-                         per_channel=False, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
-                         reduce_range=reduce_range, extra_options={"MatMulConstBOnly": True})
-    return n
-
-
-def quantizable_weight_elements(model) -> int:
-    """Elements of the constant weights of Conv/Gemm/MatMul nodes (what int8 can cover; embeddings are not)."""
-    inits = {t.name: t for t in model.graph.initializer}
-    names = {n.weight for n in quantizable_nodes(model) if n.weight in inits}
-    return int(sum(int(np.prod(inits[w].dims)) for w in names))
-
-
-def int8_weight_coverage(path: str | os.PathLike, quantizable: int) -> float:
-    """Share of the source's Conv/Gemm/MatMul weight elements stored as 8-bit integers in ``path``: how much of
-    the model really runs in int8 (a candidate that quantises only the classifier head is nearly fp32)."""
-    import onnx
-
-    m = onnx.load(str(path))
-    q8 = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
-    n8 = sum(int(np.prod(t.dims)) for t in m.graph.initializer if len(t.dims) >= 2 and t.data_type in q8)
-    return round(min(1.0, n8 / max(quantizable, 1)), 4)
-
-
-# ---- evaluation --------------------------------------------------------------------------------------
-def judge(cmp: dict[str, Any], opts: QuantOptions, labelled: bool) -> bool:
-    if cmp.get("nonfinite"):
-        return False
-    if labelled:
-        return cmp["accuracy_delta"] >= -opts.max_drop - 1e-9 and cmp["top1_agreement"] >= opts.min_agreement
-    return cmp["cosine_mean"] >= opts.min_cosine
-
-
-def logit_error(ref: np.ndarray, out: np.ndarray) -> float:
-    """Relative mean squared logit error (smooth ranking score for sensitivity)."""
-    return float(np.mean((out - ref) ** 2) / max(np.mean(ref ** 2), 1e-12))
-
-
-def evaluate_inprocess(path: str | os.PathLike, es: EvalSet, ref: np.ndarray, threads: int) -> tuple[dict, np.ndarray]:
-    """A TensorRT Q/DQ graph judged by its float simulation (runtime.ort_backend.QDQ_REFERENCE_LEVEL): the same
-    verdict on every CPU, and what TensorRT computes up to rounding."""
-    out = ort_logits(path, es, QDQ_REFERENCE_LEVEL, threads)
-    cmp = figures(ref, out, es.y)
-    cmp["logit_rel_mse"] = logit_error(ref, out)
-    return cmp, out
-
-
-def sensitivity_sweep(src: Path, ranges: dict[str, TensorRange], method: str, nodes: Sequence[NodeInfo],
-                      es: EvalSet, ref: np.ndarray, opts: QuantOptions, work: Path,
-                      progress: bool = True) -> list[dict[str, Any]]:
-    """Quantise ONE node at a time; measure its accuracy drop and logit error on ``es``. Most harmful first."""
-    from tqdm import tqdm
-
-    rows = []
-    for nd in tqdm(nodes, desc=f"sensitivity {src.parent.name}", disable=not progress, leave=False, dynamic_ncols=True):
-        p = work / "one.onnx"
-        quantize_static_cached(src, p, ranges, method, [nd.name], "trt", opts.quantize_attention)
-        cmp, _ = evaluate_inprocess(p, es, ref, opts.threads)
-        rows.append({"node": nd.name, "op_type": nd.op_type, "kind": nd.kind, "logit_rel_mse": cmp["logit_rel_mse"],
-                     "accuracy_delta": cmp.get("accuracy_delta"), "top1_agreement": cmp["top1_agreement"],
-                     "cosine_mean": cmp["cosine_mean"]})
-    rows.sort(key=lambda r: -r["logit_rel_mse"])
-    return rows
-
-
-def budget_search(src: Path, ranges: dict[str, TensorRange], method: str, nodes: Sequence[NodeInfo],
-                  es: EvalSet, ref: np.ndarray, es_sweep: EvalSet, ref_sweep: np.ndarray, opts: QuantOptions,
-                  work: Path, progress: bool = True) -> dict[str, Any]:
-    """Fully quantise; while outside the budget, keep the next most sensitive node float. Returns the
-    excluded nodes (with what each cost), every step, the sensitivity table and the final evaluation."""
-    labelled = es.y is not None
-    names = [n.name for n in nodes]
-    p = work / "candidate.onnx"
-    quantize_static_cached(src, p, ranges, method, names, "trt", opts.quantize_attention)
-    cmp, _ = evaluate_inprocess(p, es, ref, opts.threads)
-    steps = [{"excluded": None, **_brief(cmp)}]
-    sens: list[dict[str, Any]] = []
-    excluded: list[dict[str, Any]] = []
-    need = not judge(cmp, opts, labelled)
-    if opts.sweep == "always" or (need and opts.sweep == "auto"):
-        sens = sensitivity_sweep(src, ranges, method, nodes, es_sweep, ref_sweep, opts, work, progress)
-    if need and sens:
-        limit = opts.max_excluded if opts.max_excluded is not None else len(nodes) - 1
-        for row in sens[:limit]:
-            prev = cmp
-            keep = [n for n in names if n != row["node"] and n not in {e["node"] for e in excluded}]
-            if not keep:
-                break
-            quantize_static_cached(src, p, ranges, method, keep, "trt", opts.quantize_attention)
-            cmp, _ = evaluate_inprocess(p, es, ref, opts.threads)
-            cost = {"node": row["node"], "op_type": row["op_type"],
-                    "alone_accuracy_delta": row["accuracy_delta"], "alone_logit_rel_mse": row["logit_rel_mse"],
-                    "recovered_points": None if not labelled else round(cmp["accuracy_delta"] - prev["accuracy_delta"], 4),
-                    "recovered_agreement": round(cmp["top1_agreement"] - prev["top1_agreement"], 4)}
-            excluded.append(cost)
-            steps.append({"excluded": row["node"], **_brief(cmp)})
-            log.info("int8 %s: keep %s float -> %s", src.parent.name, row["node"], _brief(cmp))
-            if judge(cmp, opts, labelled):
-                break
-    if len(excluded) > 1 and judge(cmp, opts, labelled):
-        # Backward pass: a node kept float early may be unnecessary once later ones are float too.
-        for cost in list(excluded[:-1]):
-            trial = [n for n in names if n == cost["node"] or n not in {e["node"] for e in excluded}]
-            quantize_static_cached(src, p, ranges, method, trial, "trt", opts.quantize_attention)
-            c2, _ = evaluate_inprocess(p, es, ref, opts.threads)
-            if judge(c2, opts, labelled):
-                excluded.remove(cost)
-                cmp = c2
-                steps.append({"requantized": cost["node"], **_brief(c2)})
-                log.info("int8 %s: %s can be int8 after all -> %s", src.parent.name, cost["node"], _brief(c2))
-    return {"excluded": excluded, "steps": steps, "sensitivity": sens, "final": cmp,
-            "passed": judge(cmp, opts, labelled), "quantized": [n for n in names if n not in {e["node"] for e in excluded}]}
-
-
-def _miss(cmp: dict[str, Any], opts: QuantOptions, labelled: bool) -> str:
-    """What missed the budget and by how much, in words."""
-    if cmp.get("nonfinite"):
-        return f"{cmp['nonfinite']} NaN/Inf values in the output"
-    if not labelled:
-        return f"cosine mean {cmp['cosine_mean']:.5f} < {opts.min_cosine} (short by {opts.min_cosine - cmp['cosine_mean']:.5f})"
-    parts = []
-    if cmp["accuracy_delta"] < -opts.max_drop - 1e-9:
-        parts.append(f"accuracy delta {cmp['accuracy_delta']:+.2f} points, budget -{opts.max_drop} (over by "
-                     f"{-cmp['accuracy_delta'] - opts.max_drop:.2f})")
-    if cmp["top1_agreement"] < opts.min_agreement:
-        parts.append(f"top-1 agreement {cmp['top1_agreement']:.4f} < {opts.min_agreement}")
-    return "; ".join(parts) or "within the budget"
-
-
-def _brief(cmp: dict[str, Any]) -> dict[str, Any]:
-    keys = ("accuracy", "accuracy_delta", "top1_agreement", "cosine_mean", "logit_rel_mse", "nonfinite")
-    return {k: (round(cmp[k], 6) if isinstance(cmp.get(k), float) else cmp.get(k)) for k in keys if k in cmp}
-
-
-# ---- latency -----------------------------------------------------------------------------------------
-def bench_inprocess(models: dict[str, str], feed: dict[str, np.ndarray], runs: int, threads: int,
-                    levels: dict[str, str] | None = None, warmup: int = 3,
-                    seconds_per_model: float = 3.0) -> dict[str, dict[str, float]]:
-    """Interleaved (round-robin) latency of several models on one feed: median / p10 / p90 ms per model.
-    ``runs`` is a minimum: fast models get up to 10x more runs, ~``seconds_per_model`` each, to beat noise."""
-    levels = levels or {}
-    sessions = {k: ort_session(v, levels.get(k, "all"), threads) for k, v in models.items()}
-    slowest = 0.0
-    for s in sessions.values():
-        for _ in range(warmup):
-            t0 = time.perf_counter()
-            s.run(None, feed)
-            dt = time.perf_counter() - t0
-        slowest = max(slowest, dt)
-    runs = max(runs, min(10 * runs, int(seconds_per_model / max(slowest, 1e-6))))
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    for _ in range(runs):
-        for k, s in sessions.items():
-            t0 = time.perf_counter()
-            s.run(None, feed)
-            times[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: {"median_ms": round(float(np.median(v)), 3), "p10_ms": round(float(np.percentile(v, 10)), 3),
-                "p90_ms": round(float(np.percentile(v, 90)), 3), "runs": len(v)} for k, v in times.items()}
-
-
-def bench_guarded(models: dict[str, str], feed: dict[str, np.ndarray], runs: int, threads: int,
-                  levels: dict[str, str] | None = None, timeout_s: float = 1800.0) -> dict[str, Any]:
-    """:func:`bench_inprocess` in a child process, so a backend crash is reported instead of fatal."""
-    from runtime.child import python_module, run_child
-
-    with tempfile.TemporaryDirectory(prefix="edgeattn-bench-") as tmp:
-        fp, out = Path(tmp) / "feed.npz", Path(tmp) / "out.json"
-        np.savez(fp, **feed)
-        spec = Path(tmp) / "spec.json"
-        spec.write_text(json.dumps({"models": models, "levels": levels or {}, "runs": runs, "threads": threads}))
-        res = run_child(python_module("optimize.quantize", "--child-bench", spec, fp, out), timeout_s)
-        if not res.ok or not out.is_file():
-            return {"error": f"benchmark child {res.describe()}"}
-        return json.loads(out.read_text())
-
-
-def _child_bench(argv: Sequence[str]) -> int:
-    spec_path, feed_path, out_path = argv
-    spec = json.loads(Path(spec_path).read_text())
-    with np.load(feed_path) as z:
-        feed = {k: z[k] for k in z.files}
-    res = bench_inprocess(spec["models"], feed, int(spec["runs"]), int(spec["threads"]), spec.get("levels"))
-    Path(out_path).write_text(json.dumps(res))
-    return 0
-
-
-# ---- CPU flavour -------------------------------------------------------------------------------------
-def build_cpu_candidates(src: Path, ranges: dict[str, TensorRange], method: str, quantized: Sequence[str],
-                         excluded: Sequence[str], qdq_path: Path, work: Path, opts: QuantOptions) -> dict[str, Path]:
-    """Write each CPU candidate into ``work``; returns name -> path (failures are logged and skipped)."""
-    out: dict[str, Path] = {}
-    for name in opts.cpu_candidates or default_cpu_candidates():
-        p = work / f"{name}.onnx"
-        base, rr = (name[:-3], True) if name.endswith("_rr") else (name, False)
-        try:
-            if name not in ALL_CPU_CANDIDATES:
-                raise QuantizeError(f"CPU candidate: got {name!r}, expected one of {ALL_CPU_CANDIDATES}")
-            if base == "dynamic":
-                quantize_dynamic_matmul(src, p, exclude=excluded, reduce_range=rr)
-            elif base == "dynamic_conv":
-                quantize_dynamic_matmul(src, p, exclude=excluded, conv=True)
-            elif base == "static_qdq_u8s8":
-                quantize_static_cached(src, p, ranges, method, quantized, "qdq_u8s8", reduce_range=rr)
-            elif base == "static_qoperator":
-                quantize_static_cached(src, p, ranges, method, quantized, "qoperator", reduce_range=rr)
-            elif base == "qdq_s8s8":
-                shutil.copyfile(qdq_path, p)
-            out[name] = p
-        except Exception as e:  # noqa: BLE001 - one failing candidate must not stop the others
-            log.warning("int8 CPU candidate %s for %s failed: %s: %s", name, src.parent.name, type(e).__name__, e)
-    return out
-
-
-def pick_cpu(rows: dict[str, dict[str, Any]], fp32_ms: float | None, opts: QuantOptions,
-             labelled: bool) -> tuple[str | None, str]:
-    """(winner or None, why) from measured candidate rows: the fastest candidate that is within the budget, really
-    int8 (``passed`` already holds both) and at least ``opts.min_speedup`` times faster than fp32 here; candidates
-    within ``tie_tolerance`` of the fastest count as tied and the most accurate of them wins. None: no int8 form
-    is both within the budget and faster on this CPU, so fp32 is kept."""
-    within = [k for k, r in rows.items() if r.get("passed") and r.get("latency_ms") is not None]
-    if fp32_ms is None:
-        return None, "fp32 latency could not be measured, so no int8 form is known to be faster: fp32 kept"
-    ok = [k for k in within if fp32_ms / rows[k]["latency_ms"] >= opts.min_speedup]
-
-    def accuracy_rank(k: str) -> tuple:
-        v = rows[k]["val"]
-        return (v.get("accuracy_delta") or 0.0, v["top1_agreement"], v["cosine_mean"]) if labelled else \
-            (v["cosine_mean"], v["top1_agreement"])
-
-    if not ok:
-        if within:
-            fastest = min(within, key=lambda k: rows[k]["latency_ms"])
-            return None, (f"no int8 form within the budget is faster than fp32 on this CPU (best: {fastest} "
-                          f"{rows[fastest]['latency_ms']:.3f} ms vs fp32 {fp32_ms:.3f} ms, needs >= "
-                          f"{opts.min_speedup:.2f}x): fp32 kept")
-        return None, "no int8 form within the budget on this CPU: fp32 kept"
-    best = min(rows[k]["latency_ms"] for k in ok)
-    tied = [k for k in ok if rows[k]["latency_ms"] <= best * (1.0 + opts.tie_tolerance)]
-    winner = max(tied, key=accuracy_rank)
-    why = ("fastest within the budget" if len(tied) == 1 else
-           f"most accurate of {sorted(tied)} (within {opts.tie_tolerance:.0%} of the fastest, within the budget)")
-    return winner, why
-
-
-def choose_cpu(src: Path, candidates: dict[str, Path], es: EvalSet, ref: np.ndarray, feed: dict[str, np.ndarray],
-               opts: QuantOptions) -> dict[str, Any]:
-    """Accuracy of each candidate on this CPU's integer kernels (crash-guarded child, ORT 'all'), latency of all
-    survivors + fp32 side by side, then :func:`pick_cpu`. ``winner`` None: fp32 is kept."""
-    import onnx
-
-    labelled = es.y is not None
-    quantizable = quantizable_weight_elements(onnx.load(str(src)))
-    rows: dict[str, dict[str, Any]] = {}
-    for name, p in candidates.items():
-        coverage = int8_weight_coverage(p, quantizable)
-        run = run_guarded(p, es, "all", opts.threads)
-        if not run.ok:
-            rows[name] = {"ran": False, "error": run.error, "passed": False, "int8_weight_coverage": coverage}
-            continue
-        rows[name] = {"int8_weight_coverage": coverage}
-        cmp = figures(ref, run.logits, es.y)
-        cmp["logit_rel_mse"] = logit_error(ref, run.logits)
-        rows[name].update(ran=True, val=_brief(cmp), passed=judge(cmp, opts, labelled))
-        if coverage < opts.min_int8_coverage:
-            rows[name].update(passed=False, problem=f"only {coverage:.0%} of the Conv/Gemm/MatMul weights are int8, "
-                                                    f"expected >= {opts.min_int8_coverage:.0%}")
-    runnable = {k: str(candidates[k]) for k, r in rows.items() if r["ran"]}
-    lat = bench_guarded({"fp32": str(src), **runnable}, feed, opts.bench_runs, opts.threads)
-    fp32_ms = lat.get("fp32", {}).get("median_ms") if "error" not in lat else None
-    for k in runnable:
-        if k in lat:
-            rows[k]["latency_ms"] = lat[k]["median_ms"]
-            rows[k]["latency_p10_p90_ms"] = [lat[k]["p10_ms"], lat[k]["p90_ms"]]
-            rows[k]["bench_runs"] = lat[k]["runs"]
-            rows[k]["speedup_vs_fp32"] = round(fp32_ms / lat[k]["median_ms"], 3) if fp32_ms else None
-    if not any(r["ran"] for r in rows.values()):
-        raise QuantizeError(f"{src.parent.name}: every CPU int8 candidate crashed or failed: "
-                            f"{ {k: r.get('error') for k, r in rows.items()} }")
-    winner, why = pick_cpu(rows, fp32_ms, opts, labelled)
-    return {"winner": winner, "why": why, "candidates": rows, "fp32_latency_ms": fp32_ms,
-            "latency_error": lat.get("error"), "bench": {"batch": int(next(iter(feed.values())).shape[0]),
-                                                        "runs": opts.bench_runs, "threads": opts.threads,
-                                                        "ort_opt_level": "all"}}
 
 
 # ---- one model ---------------------------------------------------------------------------------------
@@ -614,34 +60,17 @@ def _digest(obj: Any) -> str:
 
 
 def _up_to_date(model_dir: Path, section: dict | None, key: str, files: Iterable[str]) -> bool:
-    from zoo.io import sha256_file
-
     if not section or section.get("key") != key:
         return False
     shas = section.get("files_sha256", {})
     return all((model_dir / f).is_file() and shas.get(f) == sha256_file(model_dir / f) for f in files)
 
 
-def load_spec(model_dir: Path):
-    from zoo.spec import ModelSpec
-
-    p = model_dir / "spec.json"
-    if p.is_file():
-        return ModelSpec.from_json(p.read_text(encoding="utf-8"))
-    import onnx
-
-    m = onnx.load(str(model_dir / "fp32.sim.onnx"), load_external_data=False)
-    for prop in m.metadata_props:
-        if prop.key == SPEC_METADATA_KEY:
-            return ModelSpec.from_json(prop.value)
-    raise QuantizeError(f"{model_dir}: no spec.json and no '{SPEC_METADATA_KEY}' metadata in fp32.sim.onnx")
 
 
 def quantize_model(model_dir: str | os.PathLike, opts: QuantOptions | None = None, force: bool = False,
                    progress: bool = True) -> dict[str, Any]:
     """FP16 + INT8 artifacts for one model folder; returns {"fp16": section, "int8": section} (as written)."""
-    from zoo.io import read_json, sha256_file, update_manifest
-
     opts = opts or QuantOptions()
     isa = int8_isa()
     if opts.cpu_candidates is None:
@@ -650,14 +79,15 @@ def quantize_model(model_dir: str | os.PathLike, opts: QuantOptions | None = Non
     src = model_dir / "fp32.sim.onnx"
     if not src.is_file():
         raise QuantizeError(f"{src}: not found; run 'make optimize' (python -m optimize simplify) first")
-    spec = load_spec(model_dir)
+    try:
+        spec = load_spec(src)
+    except ModelLoadError as e:
+        raise QuantizeError(str(e)) from e
     labelled = spec.dataset is not None
     manifest = read_json(model_dir / "manifest.json", {}) or {}
     src_sha = sha256_file(src)
     dataset = None
     if labelled:
-        from zoo.data import load_dataset
-
         dataset = load_dataset(spec.dataset)
     es = load_eval_set(spec, model_dir, "val", opts.eval_samples, opts.seed, opts.parity_eval_size, dataset=dataset)
     result: dict[str, Any] = {}
@@ -710,8 +140,6 @@ def build_int8(model_dir: Path, src: Path, calib: CalibrationData, es: EvalSet, 
     this CPU (judged on its integer kernels); write both atomically. When no int8 form is both within the budget
     and faster than fp32 here, no int8.cpu.onnx is written (a stale one is removed) and fp32 is the CPU artifact."""
     import onnx
-
-    from zoo.io import atomic_write, sha256_file
 
     isa = isa or int8_isa()
     t0 = time.perf_counter()
@@ -831,10 +259,6 @@ def _f(v: Any, nd: int) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--child-bench"]:
-        return _child_bench(argv[1:])
-    from zoo.registry import artifact_name, model_names
-
     d = QuantOptions()
     ap = argparse.ArgumentParser(prog="python -m optimize quantize", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -873,8 +297,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    else None), min_speedup=args.min_speedup, bench_runs=args.bench_runs,
                    threads=args.threads, fp16=args.only != "int8", int8=args.only != "fp16")
     failed = []
-    for name in model_names(args.models):
-        model_dir = args.artifacts / artifact_name(name)
+    for ref in resolve_models(args.models, args.artifacts):
+        name, model_dir = ref.name, ref.folder
         mopts = opts
         if name.startswith("torchvision:"):  # big parity-only model: keep it to a few minutes on 2 cores
             mopts = replace(opts, bench_runs=min(opts.bench_runs, 10))

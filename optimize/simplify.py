@@ -14,8 +14,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from runtime.modelspec import SPEC_METADATA_KEY
-from zoo.io import atomic_write, read_json, sha256_file, update_manifest
+from runtime.modelspec import load_spec, resolve_models
+from zoo.io import atomic_write, sha256_file, update_manifest
 from zoo.spec import ModelSpec
 
 log = logging.getLogger("edgeattn.simplify")
@@ -23,21 +23,6 @@ log = logging.getLogger("edgeattn.simplify")
 
 class SimplifyError(RuntimeError):
     """No simplifier produced a graph that matches the input numerically."""
-
-
-def read_spec(proto_or_path) -> ModelSpec | None:
-    """The spec stored in an ONNX graph's metadata (or in spec.json beside the file)."""
-    import onnx
-
-    proto = proto_or_path if hasattr(proto_or_path, "graph") else onnx.load(str(proto_or_path), load_external_data=False)
-    for p in proto.metadata_props:
-        if p.key == SPEC_METADATA_KEY:
-            return ModelSpec.from_json(p.value)
-    if not hasattr(proto_or_path, "graph"):
-        side = Path(proto_or_path).parent / "spec.json"
-        if side.is_file():
-            return ModelSpec.from_json(side.read_text())
-    return None
 
 
 def _copy_metadata(src, dst) -> None:
@@ -120,7 +105,7 @@ def simplify_file(src: str | Path, dst: str | Path) -> dict[str, Any]:
 
     src, dst = Path(src), Path(dst)
     proto = onnx.load(str(src))
-    spec = read_spec(proto) or read_spec(src)
+    spec = load_spec(proto, required=False) or load_spec(src, required=False)
     ref = proto.SerializeToString()
     attempts: list[dict[str, Any]] = []
     best = None  # (nodes, name, bytes, diff, seconds): the smallest graph that checks and matches wins
@@ -153,8 +138,6 @@ def simplify_file(src: str | Path, dst: str | Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from zoo.registry import artifact_name, model_names
-
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--models", required=True)
     ap.add_argument("--artifacts", type=Path, default=Path("artifacts"))
@@ -163,14 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     logging.getLogger("edgeattn").setLevel(logging.INFO)
     failed = 0
-    for name in model_names(args.models):
-        d = args.artifacts / artifact_name(name)
+    for ref in resolve_models(args.models, args.artifacts):
+        name, d = ref.name, ref.folder
         src, dst = d / "fp32.onnx", d / "fp32.sim.onnx"
         if not src.is_file():
             print(f"simplify {name}: {src} missing, run 'make export' first; skipped")
             failed += 1
             continue
-        prev = (read_json(d / "manifest.json", {}) or {}).get("simplify", {})
+        prev = ref.manifest().get("simplify", {})
         if (not args.force and dst.is_file() and prev.get("source_sha256") == sha256_file(src)
                 and prev.get("sha256") == sha256_file(dst)):
             print(f"simplify {name}: up to date ({dst})")

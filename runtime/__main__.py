@@ -15,6 +15,8 @@ import sys
 from typing import Any, Sequence
 
 from runtime.errors import PreprocessError, RuntimeErrorBase
+from runtime.classify import Classifier
+from runtime.loader import open_runner
 
 EXIT_ERROR = 2
 
@@ -52,8 +54,6 @@ def _pad_to(value: str | None) -> int | str | None:
 
 def info(args: argparse.Namespace) -> dict[str, Any]:
     """Inputs, outputs, bounds and providers of the model, as a dict."""
-    from runtime.loader import open_runner
-
     with open_runner(args.model, args.backend, **_runner_kw(args)) as r:
         c = r.contract
         spec = getattr(r, "spec", None) or {}
@@ -78,8 +78,6 @@ def print_info(d: dict[str, Any]) -> None:
 
 def classify(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Run the classifier over --text or --image items; one dict per item."""
-    from runtime.classify import Classifier
-
     with Classifier(args.model, backend=args.backend, tokenizer=args.tokenizer, pad_to=_pad_to(args.pad_to),
                     **_runner_kw(args)) as clf:
         items = args.text if args.text else args.image

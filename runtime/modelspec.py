@@ -6,6 +6,8 @@
   ``spec.json`` beside the file (``read_spec``), as a plain dict on a device.
 - Dim naming for runners (``name_dims``, ``bounds_from_spec``), the file-name precision (``precision_of``) and the
   model-file check (``check_model_file``).
+- The artifact layout: a model name is resolved once per stage (``resolve_models`` -> ``ModelRef``: the name, its
+  folder ``artifacts/<artifact_name>``, its files and manifest), and that object is passed on.
 
 Backends and the loader import from here, so nothing in runtime/ imports in a circle.
 """
@@ -22,11 +24,14 @@ import numpy as np
 
 from runtime.base import DimBounds
 from runtime.errors import ModelLoadError
+from runtime.files import read_json
 
 log = logging.getLogger("edgeattn.runtime.spec")
 
 SPEC_METADATA_KEY = "edgeattn.spec"
 SPEC_FILE = "spec.json"
+MANIFEST_FILE = "manifest.json"
+CHECKPOINT_FILE = "model.pt"
 
 
 @dataclass(frozen=True)
@@ -196,6 +201,28 @@ def read_spec(model_path: str | Path, metadata: dict[str, str] | None = None) ->
     return None
 
 
+def load_spec(source: Any, required: bool = True) -> "ModelSpec | None":
+    """The stages' spec reader: an ONNX model (a path or a loaded ModelProto) -> its ModelSpec, read in
+    ``read_spec``'s order (the model's ``edgeattn.spec`` metadata, then spec.json beside the file). None when
+    neither holds one and not ``required``; ModelLoadError naming the file when ``required``. Needs the onnx
+    package (imported here only)."""
+    import onnx
+
+    if hasattr(source, "graph"):
+        meta = {p.key: p.value for p in source.metadata_props}
+        d = parse_spec(meta[SPEC_METADATA_KEY], f"ONNX model metadata '{SPEC_METADATA_KEY}'") \
+            if SPEC_METADATA_KEY in meta else None
+    else:
+        path = Path(source)
+        meta = ({p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+                if path.is_file() else None)
+        d = read_spec(path, meta)
+    if d is None and required:
+        raise ModelLoadError(f"'{source}': no '{SPEC_METADATA_KEY}' metadata and no {SPEC_FILE} beside it; expected "
+                             "the spec the export stage writes (run 'make export')")
+    return ModelSpec.from_dict(d) if d is not None else None
+
+
 def bounds_from_spec(spec: dict[str, Any] | None) -> dict[str, DimBounds]:
     """``spec['dynamic']`` ({dim: {min, opt, max}}) -> {dim: DimBounds(min, max)}."""
     if not spec:
@@ -240,3 +267,56 @@ def check_model_file(path: str | Path, what: str = "an ONNX model") -> Path:
     if p.stat().st_size == 0:
         raise ModelLoadError(f"model '{p}': file is empty (0 bytes); expected {what}")
     return p
+
+
+# ---- artifact layout -------------------------------------------------------------------------------------
+def artifact_name(name: str) -> str:
+    """Folder name under artifacts/: 'torchvision:vit_b_16' -> 'vit_b_16', 'pkg.mod:make' -> 'make'."""
+    return name.split(":")[-1]
+
+
+def model_names(text: str) -> list[str]:
+    """``--models a, b,torchvision:c`` -> ['a', 'b', 'torchvision:c'] (empty items dropped): every stage's CLI."""
+    return [m.strip() for m in str(text).split(",") if m.strip()]
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model name resolved once per stage: the name as the user gave it and its folder under artifacts/.
+    Every stage takes this object instead of rebuilding ``artifacts / artifact_name(name)``."""
+
+    name: str
+    folder: Path
+
+    @classmethod
+    def resolve(cls, name: str, artifacts: str | Path) -> "ModelRef":
+        return cls(name, Path(artifacts) / artifact_name(name))
+
+    @property
+    def artifacts(self) -> Path:
+        return self.folder.parent
+
+    def file(self, fname: str) -> Path:
+        return self.folder / fname
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.folder / CHECKPOINT_FILE
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.folder / MANIFEST_FILE
+
+    def manifest(self) -> dict[str, Any]:
+        """manifest.json as a dict ({} when missing or unreadable)."""
+        return read_json(self.manifest_path, {}) or {}
+
+    @property
+    def weights_env(self) -> str:
+        """The environment variable that points a torchvision model at local weights: EDGEATTN_WEIGHTS_<ARCH>."""
+        return f"EDGEATTN_WEIGHTS_{artifact_name(self.name).upper()}"
+
+
+def resolve_models(text: str, artifacts: str | Path) -> list[ModelRef]:
+    """``--models`` text and ``--artifacts`` folder -> one ModelRef per model, in the order given."""
+    return [ModelRef.resolve(n, artifacts) for n in model_names(text)]

@@ -16,20 +16,24 @@ caller passes as ``("TensorrtExecutionProvider", {...})`` win. ONNX Runtime sile
 is not the first one asked for, an explicit request raises BackendError ('auto' logs a warning), and the run-time
 fallback is disabled so a session never changes provider after it was checked.
 
-Some FP16 graphs segfault ORT CPU at ORT_ENABLE_ALL (docs FACTS.md); ``probe_in_subprocess`` runs one
-inference in a child process so a caller can detect the crash and use ``opt_level="extended"`` instead
-(``safe_opt_level`` does both).
+Some FP16 graphs segfault ORT CPU at ORT_ENABLE_ALL (ONNX Runtime 1.32, FP16 ViT-B/16); ``probe_in_subprocess``
+runs one inference in a child process so a caller can detect the crash and use ``opt_level="extended"`` instead
+(``safe_opt_level`` does both). ``try_levels`` is the one "crashed at this level: retry at the next safer one" loop
+that verify, bench and the FP16 stage use.
 """
 from __future__ import annotations
 
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
+from runtime import gpu
 from runtime.base import InputContract, IOInfo, Runner
+from runtime.child import run_child
+from runtime.cpu import check_int8_isa
 from runtime.errors import BackendError, ModelLoadError
 from runtime.modelspec import (SPEC_METADATA_KEY, bounds_from_spec, check_model_file, name_dims,
                                precision_of, read_spec)
@@ -43,7 +47,7 @@ ORT_TYPES = {
     "tensor(uint8)": "uint8", "tensor(uint16)": "uint16", "tensor(uint32)": "uint32", "tensor(uint64)": "uint64",
     "tensor(bool)": "bool",
 }
-OPT_LEVELS = ("all", "extended", "basic", "disable")
+OPT_LEVELS = ("all", "extended", "basic", "disable")  # fastest first, safest last
 # The CPU-independent reference for a Q/DQ graph meant for TensorRT: with every graph optimisation off, ONNX Runtime
 # runs QuantizeLinear / DequantizeLinear as the float ops the graph states (round, clip, rescale) and the layers in
 # float, which is what TensorRT's int8 kernels compute up to rounding. At 'extended'/'all' ORT fuses Q/DQ into its
@@ -67,10 +71,8 @@ def _ort():
 
 def resolve_providers(providers: None | str | Sequence[str], available: Sequence[str]) -> list[str]:
     """None/"auto" -> GPU chain only on a real GPU, else CPU; a name or list -> checked against ``available``."""
-    from runtime.gpu import nvidia_gpu_present
-
     if providers is None or providers == "auto":
-        if nvidia_gpu_present():
+        if gpu.nvidia_gpu_present():
             chosen = [p for p in GPU_ORDER if p in available]
         else:
             chosen = ["CPUExecutionProvider"]
@@ -155,11 +157,17 @@ def check_first_provider(requested: Sequence, got: Sequence[str], explicit: bool
     log.warning("%s; continuing because providers='auto'", msg)
 
 
-def ort_level(name: str):
-    """Our level name ('all', 'extended', 'basic', 'disable') -> onnxruntime.GraphOptimizationLevel."""
-    ort = _ort()
+def level_index(name: str) -> int:
+    """Position of an ORT level in OPT_LEVELS (0 = 'all'); BackendError naming the known ones otherwise."""
     if name not in OPT_LEVELS:
         raise BackendError(f"opt_level '{name}': unknown; expected one of {list(OPT_LEVELS)}")
+    return OPT_LEVELS.index(name)
+
+
+def ort_level(name: str):
+    """Our level name ('all', 'extended', 'basic', 'disable') -> onnxruntime.GraphOptimizationLevel."""
+    level_index(name)  # BackendError on an unknown name
+    ort = _ort()
     return {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -208,7 +216,6 @@ class OrtRunner(Runner):
             self._session.disable_fallback()  # an EP failure at run time raises instead of switching to CPU
         self.providers: list[str] = list(self._session.get_providers())
         check_first_provider(requested, self.providers, providers not in (None, "auto"), self.path)
-        from runtime.cpu import check_int8_isa
 
         self.isa_warning = check_int8_isa(self.path, meta) if "CPUExecutionProvider" == self.providers[0] else None
         self._contract = InputContract(inputs=[self._io(a, "inputs") for a in self._session.get_inputs()],
@@ -290,8 +297,6 @@ def _probe_child(path: str, opt_level: str) -> None:
 def probe_in_subprocess(path: str | Path, opt_level: str = "all", timeout: float = 300.0) -> bool:
     """True when one ORT CPU inference of ``path`` at ``opt_level`` completes in a child process; False when the
     child crashed (e.g. SIGSEGV), timed out or raised. The caller's process is never at risk."""
-    from runtime.child import run_child
-
     code = "import sys; from runtime.ort_backend import _probe_child; _probe_child(sys.argv[1], sys.argv[2])"
     res = run_child([sys.executable, "-c", code, str(path), opt_level], timeout)
     if res.ok:
@@ -300,14 +305,40 @@ def probe_in_subprocess(path: str | Path, opt_level: str = "all", timeout: float
     return False
 
 
+def levels_from(first: str, last: str = "disable") -> tuple[str, ...]:
+    """The ORT levels to try after a crash, in order: ``levels_from("all", "extended")`` -> ('all', 'extended').
+    ``first`` alone when ``last`` is not safer than it."""
+    i, j = level_index(first), level_index(last)
+    return OPT_LEVELS[i:j + 1] if j > i else (first,)
+
+
+T = TypeVar("T")
+
+
+def try_levels(run: Callable[[str], tuple[T, str | None]], levels: Sequence[str],
+               what: str = "onnxruntime") -> tuple[str, T, list[tuple[str, str]]]:
+    """Call ``run(level)`` -> (result, error or None) for each level in order until one returns no error.
+
+    Returns (level of the last attempt, its result, [(level, error)] of the attempts that failed). ``run`` is
+    expected to isolate crashes (a child process), so a segfault at one level is an error string, not the end."""
+    failures: list[tuple[str, str]] = []
+    for i, level in enumerate(levels):
+        result, err = run(level)
+        if err is None:
+            return level, result, failures
+        failures.append((level, err))
+        if i + 1 < len(levels):
+            log.warning("%s at ORT level '%s' failed: %s; retrying at '%s'", what, level, err[:300], levels[i + 1])
+    return level, result, failures
+
+
 def safe_opt_level(path: str | Path, preferred: str = "all", fallback: str = "extended") -> str:
     """``preferred`` if one inference survives it in a child process, else ``fallback`` (the FP16 segfault case)."""
-    if probe_in_subprocess(path, preferred):
-        return preferred
-    log.warning("model '%s': onnxruntime failed at opt_level=%s; using %s", path, preferred, fallback)
-    return fallback
+    level, _, _ = try_levels(lambda lv: (None, None if probe_in_subprocess(path, lv) else "crashed"),
+                             levels_from(preferred, fallback), f"model '{path}'")
+    return level
 
 
-__all__ = ["OrtRunner", "probe_in_subprocess", "safe_opt_level", "resolve_providers", "dummy_feed",
+__all__ = ["OrtRunner", "probe_in_subprocess", "safe_opt_level", "try_levels", "levels_from", "resolve_providers", "dummy_feed",
            "ORT_TYPES", "OPT_LEVELS", "QDQ_REFERENCE_LEVEL", "SPEC_METADATA_KEY", "tensorrt_ep_options",
            "profile_shape_options", "check_first_provider"]

@@ -4,7 +4,7 @@
         out = r.infer({"pixels": x})       # numpy in, numpy out, like every other Runner
 
 Works with ``tensorrt`` 10.x/11.x and ``tensorrt_rtx`` (same runtime API), picked from the engine's manifest.
-What happens, in order (TENSORRT_NOTES.md sections 2-4):
+What happens, in order:
 
 1. the manifest check (runtime/engine_manifest.check_engine): flavour, exact version, sha256 of the bytes, GPU /
    compute capability. It runs on the bytes read once from disk, before anything reaches the deserializer, and

@@ -163,7 +163,7 @@ def _tiny_onnx(tmp_path):
 
 
 def test_calibration_cache_reused_and_invalidated(tmp_path):
-    from optimize.quantize import calibrate_ranges
+    from optimize.int8_build import calibrate_ranges
 
     model = _tiny_onnx(tmp_path)
     rng = np.random.default_rng(0)
@@ -185,7 +185,7 @@ def test_calibration_cache_reused_and_invalidated(tmp_path):
 
 @pytest.mark.parametrize("method", ["Entropy", "Percentile"])
 def test_histogram_methods_give_ranges_inside_minmax(tmp_path, method):
-    from optimize.quantize import calibrate_ranges
+    from optimize.int8_build import calibrate_ranges
 
     model = _tiny_onnx(tmp_path)
     x = np.random.default_rng(1).standard_normal((128, 8)).astype(np.float32)

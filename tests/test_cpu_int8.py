@@ -14,17 +14,10 @@ ort = pytest.importorskip("onnxruntime")
 from calibration import CalibrationData  # noqa: E402
 from calibration.evalset import EvalSet  # noqa: E402
 from optimize.fp16 import ort_logits  # noqa: E402
-from optimize.quantize import (  # noqa: E402
-    RR_CANDIDATES,
-    QuantOptions,
-    budget_search,
-    calibrate_ranges,
-    default_cpu_candidates,
-    pick_cpu,
-    quantizable_nodes,
-    quantize_dynamic_matmul,
-    quantize_static_cached,
-)
+from optimize.cpu_int8 import RR_CANDIDATES, default_cpu_candidates, pick_cpu  # noqa: E402
+from optimize.int8_budget import QuantOptions, budget_search  # noqa: E402
+from optimize.int8_build import calibrate_ranges, quantize_dynamic_matmul, quantize_static_cached  # noqa: E402
+from optimize.qdq_graph import quantizable_nodes  # noqa: E402
 from runtime.cpu import ISA_METADATA_KEY, cpu_info, int8_saturates, isa_class, isa_mismatch  # noqa: E402
 from runtime.ort_backend import QDQ_REFERENCE_LEVEL  # noqa: E402
 from tests.test_quantize import _outlier_mlp  # noqa: E402

@@ -49,7 +49,7 @@ def _write_sources(folder: Path, name: str) -> None:
     """The pipeline's three sources: export -> fp32.onnx -> optimize.simplify -> fp32.sim.onnx; fp16.onnx
     (optimize.fp16.convert_fp16 when that stage is present, else ORT's float16 converter, float32 I/O either
     way); int8.qdq.onnx (ORT quantize_static: symmetric int8 Q/DQ on Conv/MatMul/Gemm inputs, per-channel
-    weights, float bias: the TensorRT rules of TENSORRT_NOTES.md section 5)."""
+    weights, float bias: the rules optimize.qdq_rules checks)."""
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 

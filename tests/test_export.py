@@ -9,7 +9,8 @@ from onnx import numpy_helper
 
 from export.checks import ExportCheckError, pre_export_check
 from export.onnx_export import ExportError, check_against_torch, export_model
-from optimize.simplify import read_spec, simplify_file
+from optimize.simplify import simplify_file
+from runtime.modelspec import load_spec
 from tests.conftest import tiny_model
 from verify.compare import compare
 from verify.localize import localize
@@ -45,7 +46,7 @@ def test_export_graph_properties(exported, name):
         ops = {n.op_type for n in m.graph.node}
         if name == "vit":
             assert "LayerNormalization" in ops  # one op, not a decomposition
-    assert read_spec(m).name == name
+    assert load_spec(m).name == name
     assert sec["sha256"] and sec["nodes"] == len(m.graph.node)
 
 
@@ -73,7 +74,7 @@ def test_simplify_records_counts_and_parity(exported):
         assert sim["nodes_after"] == len(onnx.load(str(d / "fp32.sim.onnx")).graph.node)
         assert sim["nodes_after"] <= sim["nodes_before"]
         assert sim["parity_max_rel_diff"] <= 1e-5
-        assert read_spec(d / "fp32.sim.onnx").name == name  # metadata survives simplification
+        assert load_spec(d / "fp32.sim.onnx").name == name  # metadata survives simplification
 
 
 def test_pre_export_check_rejects_low_opset():

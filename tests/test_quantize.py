@@ -26,14 +26,9 @@ from optimize.fp16 import (  # noqa: E402
 )
 from optimize.qdq_rules import check_qdq_rules, qdq_counts  # noqa: E402
 from runtime.ort_backend import QDQ_REFERENCE_LEVEL  # noqa: E402
-from optimize.quantize import (  # noqa: E402
-    QuantOptions,
-    budget_search,
-    calibrate_ranges,
-    quantizable_nodes,
-    quantize_dynamic_matmul,
-    quantize_static_cached,
-)
+from optimize.int8_budget import QuantOptions, budget_search  # noqa: E402
+from optimize.int8_build import calibrate_ranges, quantize_dynamic_matmul, quantize_static_cached  # noqa: E402
+from optimize.qdq_graph import quantizable_nodes  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -364,6 +364,47 @@ def test_probe_in_subprocess(onnx_paths, tmp_path, monkeypatch):
     assert ob.probe_in_subprocess(bad, "all") is False  # the child failed; this process is fine
     monkeypatch.setattr(ob, "probe_in_subprocess", lambda path, level: level != "all")  # "segfaults at all"
     assert ob.safe_opt_level(onnx_paths["vit"]) == "extended"
+    monkeypatch.setattr(ob, "probe_in_subprocess", lambda path, level: False)  # crashes everywhere: the fallback
+    assert ob.safe_opt_level(onnx_paths["vit"]) == "extended"
+
+
+def test_level_fallback_is_one_loop():
+    """levels_from / try_levels: the one 'crashed at this level, retry at the next safer one' rule."""
+    import runtime.ort_backend as ob
+
+    assert ob.levels_from("all", "extended") == ("all", "extended")
+    assert ob.levels_from("all") == ("all", "extended", "basic", "disable")
+    assert ob.levels_from("disable", "extended") == ("disable",)  # nothing safer than 'disable'
+    with pytest.raises(BackendError, match="'fastest'.*expected one of"):
+        ob.levels_from("fastest")
+    calls = []
+
+    def crashes_above_basic(level):
+        calls.append(level)
+        return (f"logits@{level}", None) if level in ("basic", "disable") else (None, f"SIGSEGV at {level}")
+
+    level, result, failed = ob.try_levels(crashes_above_basic, ob.levels_from("all"))
+    assert (level, result) == ("basic", "logits@basic") and calls == ["all", "extended", "basic"]
+    assert failed == [("all", "SIGSEGV at all"), ("extended", "SIGSEGV at extended")]
+    level, result, failed = ob.try_levels(crashes_above_basic, ("all", "extended"))  # every level failed
+    assert (level, result) == ("extended", None) and [lv for lv, _ in failed] == ["all", "extended"]
+    assert ob.try_levels(crashes_above_basic, ("disable",)) == ("disable", "logits@disable", [])
+
+
+def test_model_ref_resolves_a_name_once(tmp_path):
+    """A model name -> its folder, files, manifest and weights variable, in one place for every stage."""
+    from runtime.modelspec import ModelRef, resolve_models
+
+    refs = resolve_models(" text_transformer, ,torchvision:vit_b_16,my.models:make_tiny ", tmp_path)
+    assert [r.name for r in refs] == ["text_transformer", "torchvision:vit_b_16", "my.models:make_tiny"]
+    assert [r.folder for r in refs] == [tmp_path / "text_transformer", tmp_path / "vit_b_16", tmp_path / "make_tiny"]
+    tv = refs[1]
+    assert tv.file("fp32.onnx") == tmp_path / "vit_b_16" / "fp32.onnx" and tv.checkpoint.name == "model.pt"
+    assert tv.weights_env == "EDGEATTN_WEIGHTS_VIT_B_16" and tv.artifacts == tmp_path
+    assert tv.manifest() == {}  # no manifest yet
+    tv.folder.mkdir()
+    tv.manifest_path.write_text(json.dumps({"export": {"opset": 18}}))
+    assert ModelRef.resolve("torchvision:vit_b_16", tmp_path).manifest() == {"export": {"opset": 18}}
 
 
 # ---- loader -----------------------------------------------------------------------------------------------

@@ -24,7 +24,8 @@ def vit_artifacts(tmp_path_factory):
         pytest.skip(str(e))
     from calibration import CalibrationData
     from export.onnx_export import export_model
-    from optimize.quantize import calibrate_ranges, quantizable_nodes, quantize_static_cached
+    from optimize.int8_build import calibrate_ranges, quantize_static_cached
+    from optimize.qdq_graph import quantizable_nodes
     from zoo.registry import save_checkpoint
 
     root = tmp_path_factory.mktemp("verify") / "artifacts"
@@ -54,6 +55,31 @@ def test_backend_plan_judges_the_qdq_graph_by_its_float_simulation(vit_artifacts
     assert ("onnxruntime", "all", "int8", ROLE_CPU_KERNELS) in plan
     assert all(role == ROLE_CPU_KERNELS for _, _, _, role in plan[1:])
     assert all(role == ROLE_ARTIFACT for _, _, _, role in backend_plan(d, "fp32.sim.onnx"))
+
+
+def test_gpu_rows_are_planned_only_where_a_gpu_runs_them(vit_artifacts, monkeypatch, tmp_path):
+    """Like against like: on a GPU machine verify (and so bench) also checks the engines and the ONNX Runtime GPU
+    providers, each as its own row; on a CPU machine an engine is not run and no GPU row is planned."""
+    import onnxruntime as ort
+
+    import runtime.gpu
+    from verify.plan import ROLE_ARTIFACT, artifact_files, backend_plan
+
+    d = tmp_path / "vit"
+    d.mkdir()
+    for f in ("fp32.sim.onnx", "fp16.onnx", "int8.qdq.onnx"):
+        (d / f).write_bytes((vit_artifacts / "vit" / f).read_bytes())
+    (d / "fp16.trt10.engine").write_bytes(b"engine bytes")
+    monkeypatch.setattr(runtime.gpu, "nvidia_gpu_present", lambda: False)
+    assert artifact_files(d) == ["fp32.sim.onnx", "fp16.onnx", "int8.qdq.onnx"]
+    assert not [m for _, m, _, _ in backend_plan(d, "fp16.onnx") if m.endswith("-ep")]
+    monkeypatch.setattr(runtime.gpu, "nvidia_gpu_present", lambda: True)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert artifact_files(d) == ["fp32.sim.onnx", "fp16.onnx", "int8.qdq.onnx", "fp16.trt10.engine"]
+    assert backend_plan(d, "fp16.trt10.engine") == [("tensorrt", "engine", "fp16", ROLE_ARTIFACT)]
+    assert ("onnxruntime", "cuda-ep", "fp16", ROLE_ARTIFACT) in backend_plan(d, "fp16.onnx")
+    assert not [m for _, m, _, _ in backend_plan(d, "fp16.onnx") if m == "tensorrt-ep"]  # that EP is not installed
+    assert ("onnxruntime", "cuda-ep", "int8", ROLE_ARTIFACT) in backend_plan(d, "int8.qdq.onnx")
 
 
 def test_exit_code_counts_gating_rows_only():

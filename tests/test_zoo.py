@@ -167,16 +167,18 @@ def test_tokenizer_roundtrip_is_torch_free(tmp_path):
 
 
 def test_short_training_run_lowers_the_loss(tmp_path):
+    from runtime.modelspec import ModelRef
     from zoo.train import Recipe, train_model
 
     r = Recipe(epochs=2, lr=3e-3, batch_size=64, max_train=1024, max_eval=256, overrides=TINY["attention_cnn"])
-    res = train_model("attention_cnn", tmp_path, r, progress=False)
+    ref = ModelRef.resolve("attention_cnn", tmp_path)
+    res = train_model(ref, r, progress=False)
     h = res["history"]
     assert h[1]["train_loss"] < h[0]["train_loss"]
     assert res["n_test"] == 256 and 0.0 <= res["test_accuracy"] <= 1.0
     assert res["test_accuracy"] > 0.2  # 10 classes: chance is 0.1; 2 epochs of a 4-channel CNN on 1k images
     assert (tmp_path / "attention_cnn" / "model.pt").is_file()
-    again = train_model("attention_cnn", tmp_path, r, progress=False)  # up to date: reused, not retrained
+    again = train_model(ref, r, progress=False)  # up to date: reused, not retrained
     assert again["train_seconds"] == res["train_seconds"]
 
 

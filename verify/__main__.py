@@ -17,29 +17,32 @@ from typing import Any
 
 import numpy as np
 
+from runtime.child import python_module, run_child
+from runtime.cpu import int8_isa
+from runtime.modelspec import ModelRef, resolve_models
+from runtime.ort_backend import levels_from, try_levels
+from runtime.preprocess import trim_padding
 from verify.compare import compare
 from verify.plan import (PRECISION_NAMES, ROLE_CPU_KERNELS, ROLE_TEXT, artifact_files, backend_plan, exit_code,
                          test_inputs, tolerance_for, verify_key)
 from zoo.io import atomic_write_json, atomic_write_text, read_json
-from zoo.registry import artifact_name, load_for_export, model_names
+from zoo.registry import load_for_export
 
 log = logging.getLogger("edgeattn.verify")
 WORKER_TIMEOUT_S = 1800
 
 
 # ---- the PyTorch reference ----------------------------------------------------------------------------
-def load_reference(name: str, artifacts: Path, limit: int | None = None):
+def load_reference(ref: ModelRef, limit: int | None = None):
     """(built model, inputs array, labels or None, dataset description)."""
-    built = load_for_export(name, artifacts)
+    built = load_for_export(ref)
     built.module.eval()
-    x, labels, desc = test_inputs(built.spec, name, artifacts, limit)
+    x, labels, desc = test_inputs(built.spec, ref, limit)
     return built, x, labels, desc
 
 
 def torch_logits(built, x: np.ndarray, batch: int, pad_id: int) -> np.ndarray:
     import torch
-
-    from runtime.preprocess import trim_padding
 
     outs = []
     with torch.inference_mode():
@@ -54,8 +57,6 @@ def run_worker(artifact: Path, backend: str, mode: str, inputs: Path, input_name
                threads: int | None) -> tuple[np.ndarray | None, str | None, float, dict]:
     """(logits or None, error or None, seconds, what the worker reported: {"precision_ran": ...})."""
     out = inputs.parent / f"out-{artifact.stem}-{backend}-{mode}.npy"
-    from runtime.child import python_module, run_child
-
     cmd = python_module("verify.worker", "--artifact", artifact, "--backend", backend, "--mode", mode, "--inputs",
                         inputs, "--input-name", input_name, "--out", out, "--batch", batch, "--pad-id", pad_id,
                         *(["--threads", threads] if threads else []))
@@ -70,14 +71,14 @@ def run_worker(artifact: Path, backend: str, mode: str, inputs: Path, input_name
     return np.load(out), None, secs, info
 
 
-def verify_model(name: str, artifacts: Path, limit: int | None, threads: int | None,
+def verify_model(ref: ModelRef, limit: int | None, threads: int | None,
                  localize_failures: bool = True, key: str | None = None) -> list[dict[str, Any]]:
-    model_dir = artifacts / artifact_name(name)
+    name, model_dir = ref.name, ref.folder
     files = artifact_files(model_dir)
     if not files:
         print(f"verify {name}: no ONNX artifacts in {model_dir}; run 'make export' first")
         return []
-    built, x, labels, data_desc = load_reference(name, artifacts, limit)
+    built, x, labels, data_desc = load_reference(ref, limit)
     spec = built.spec
     pad_id = int(spec.preprocess.get("pad_id", 0))
     batch = min(64, spec.dynamic["batch"].max)
@@ -85,23 +86,22 @@ def verify_model(name: str, artifacts: Path, limit: int | None, threads: int | N
     ref = torch_logits(built, x, batch, pad_id)
     torch_s = time.perf_counter() - t0
     rows = []
-    from runtime.cpu import int8_isa
-
     cpu_isa = int8_isa()
     with tempfile.TemporaryDirectory(prefix="edgeattn-verify-") as tmp:
         inputs = Path(tmp) / "inputs.npy"
         np.save(inputs, x)
         for art in files:
             for backend, mode, prec, role in backend_plan(model_dir, art):
-                got, err, secs, info = run_worker(model_dir / art, backend, mode, inputs, spec.inputs[0].name, batch,
-                                                  pad_id, threads)
-                if err and backend == "onnxruntime" and mode == "all":  # crash at full optimisation: safe level
-                    log.warning("verify %s %s on %s (%s) failed: %s; retrying at 'extended'", name, art, backend,
-                                mode, err)
-                    first_err = err
-                    got, err, secs, info = run_worker(model_dir / art, backend, "extended", inputs,
-                                                      spec.inputs[0].name, batch, pad_id, threads)
-                    mode = f"extended (all: {first_err[:120]})" if got is not None else mode
+                def run(level: str, art=art, backend=backend):
+                    got, err, secs, info = run_worker(model_dir / art, backend, level, inputs, spec.inputs[0].name,
+                                                      batch, pad_id, threads)
+                    return (got, err, secs, info), err
+
+                # a crash at ORT's full optimisation is retried at 'extended' (the FP16 segfault case)
+                levels = levels_from(mode, "extended") if backend == "onnxruntime" and mode == "all" else (mode,)
+                ran_at, (got, err, secs, info), failed = try_levels(run, levels, f"verify {name} {art} on {backend}")
+                if failed and got is not None:
+                    mode = f"{ran_at} ({failed[0][0]}: {failed[0][1][:120]})"
                 asked = prec
                 ran = info.get("precision_ran")
                 if ran and backend == "openvino" and mode == "bf16" and PRECISION_NAMES.get(ran, ran) != prec:
@@ -143,7 +143,6 @@ def _localize(built, path: Path, x, labels, ref, got) -> dict[str, Any] | None:
         from verify.localize import localize
 
         worst = int(np.abs(ref - got).max(1).argmax())
-        from runtime.preprocess import trim_padding
 
         xi = trim_padding(np.ascontiguousarray(x[worst:worst + 1]), int(built.spec.preprocess.get("pad_id", 0)))
         rep = localize(built, path, {built.spec.inputs[0].name: xi})
@@ -207,19 +206,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true", help="re-verify even when nothing verify depends on changed")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    names = model_names(args.models)
+    refs = resolve_models(args.models, args.artifacts)
+    names = [ref.name for ref in refs]
     rows: list[dict[str, Any]] = []
     old = read_json(args.artifacts / "verify.json", []) or []
-    for name in names:
+    for ref in refs:
+        name = ref.name
         try:
-            key = verify_key(name, args.artifacts, args.limit)
+            key = verify_key(ref, args.limit)
             prev = [r for r in old if r.get("model") == name]
             if not args.force and prev and all(r.get("verify_key") == key for r in prev):
                 print(f"verify {name}: up to date ({len(prev)} rows reused: artifacts, checkpoint, CPU and backends "
                       "unchanged; --force to rerun)")
                 rows += prev
                 continue
-            rows += verify_model(name, args.artifacts, args.limit, args.threads, key=key)
+            rows += verify_model(ref, args.limit, args.threads, key=key)
         except Exception as e:  # noqa: BLE001 - one model's missing checkpoint must not hide the others
             print(f"verify {name}: could not run ({type(e).__name__}: {e})")
             rows.append({"model": name, "artifact": "-", "precision": "-", "backend": "-", "passed": False,

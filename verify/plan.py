@@ -17,10 +17,14 @@ from typing import Any
 
 import numpy as np
 
+from runtime import gpu
 from runtime.cpu import cpu_info
-from runtime.modelspec import precision_of
+from runtime.loader import ORT_GPU_MODES
+from runtime.modelspec import ModelRef, precision_of
+from runtime.ort_backend import QDQ_REFERENCE_LEVEL
+from runtime.preprocess import TextEncoder, normalize_images
+from zoo.data import load_dataset
 from zoo.io import read_json, sha256_file
-from zoo.registry import artifact_name
 
 KNOWN_ORDER = ["fp32.onnx", "fp32.sim.onnx", "fp16.onnx", "int8.qdq.onnx", "int8.cpu.onnx"]
 PARITY_SAMPLES = 32  # seeded random images for models without a dataset (torchvision:vit_b_16)
@@ -29,9 +33,30 @@ PARITY_SAMPLES = 32  # seeded random images for models without a dataset (torchv
 PRECISION_NAMES = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}  # OpenVINO's element type names -> ours
 
 
-def artifact_files(model_dir: Path) -> list[str]:
+ENGINE_SUFFIXES = (".engine", ".plan")
+
+
+def artifact_files(model_dir: Path, gpu_present: bool | None = None) -> list[str]:
+    """The model's ONNX files in pipeline order, then its TensorRT engines where a GPU can run them (``gpu_present``:
+    None asks ``runtime.gpu``): on a CPU machine an engine is an artifact to ship, not one to check here."""
     names = [p.name for p in model_dir.glob("*.onnx")]
-    return [n for n in KNOWN_ORDER if n in names] + sorted(n for n in names if n not in KNOWN_ORDER)
+    onnx = [n for n in KNOWN_ORDER if n in names] + sorted(n for n in names if n not in KNOWN_ORDER)
+    if not (gpu.nvidia_gpu_present() if gpu_present is None else gpu_present):
+        return onnx
+    return onnx + sorted(p.name for p in model_dir.iterdir() if p.suffix in ENGINE_SUFFIXES)
+
+
+def ort_gpu_modes() -> list[str]:
+    """The ONNX Runtime GPU modes (runtime.loader.ORT_GPU_MODES) this machine can run: a GPU and the EP installed."""
+    if not gpu.nvidia_gpu_present():
+        return []
+    try:
+        import onnxruntime as ort
+
+        avail = set(ort.get_available_providers())
+    except ImportError:
+        return []
+    return [m for m, providers in ORT_GPU_MODES.items() if providers[0] in avail]
 
 
 def openvino_available() -> bool:
@@ -55,9 +80,9 @@ ROLE_TEXT = {ROLE_ARTIFACT: "artifact on its backend",
 def backend_plan(model_dir: Path, artifact: str) -> list[tuple[str, str, str, str]]:
     """(backend, mode, precision, role) combinations to verify for one artifact; bench times the same ones except
     the reference (an accuracy reference, not a way to deploy)."""
-    from runtime.ort_backend import QDQ_REFERENCE_LEVEL
-
     prec = precision_of(artifact)
+    if Path(artifact).suffix in ENGINE_SUFFIXES:  # listed by artifact_files only where a GPU can run it
+        return [("tensorrt", "engine", prec, ROLE_ARTIFACT)]
     man = read_json(model_dir / "manifest.json", {}) or {}
     ort_mode = "all"
     if artifact == "fp16.onnx":
@@ -70,20 +95,19 @@ def backend_plan(model_dir: Path, artifact: str) -> list[tuple[str, str, str, st
         plan.append(("openvino", "f32", prec, ROLE_CPU_KERNELS if qdq else ROLE_ARTIFACT))
         if artifact == "fp32.sim.onnx":
             plan.append(("openvino", "bf16", "bf16", ROLE_ARTIFACT))
+    if artifact in ("fp32.sim.onnx", "fp16.onnx", "int8.qdq.onnx"):  # the graphs a GPU EP is given
+        plan += [("onnxruntime", m, prec, ROLE_ARTIFACT) for m in ort_gpu_modes()]
     return plan
 
 
 # ---- inputs and the PyTorch reference ---------------------------------------------------------
-def test_inputs(spec, name: str, artifacts: Path, limit: int | None = None, parity_n: int = PARITY_SAMPLES,
+def test_inputs(spec, ref: ModelRef, limit: int | None = None, parity_n: int = PARITY_SAMPLES,
                 parity_seed: int = 1234):
     """(inputs array, labels or None, dataset description) for a model: its full test split (first ``limit``), or
     seeded random inputs for a model without a dataset. Shared with bench, so both judge the same samples."""
-    from runtime.preprocess import TextEncoder, normalize_images
-
     if spec.dataset is None:
         x = spec.example_inputs({"batch": limit or parity_n}, seed=parity_seed)[spec.inputs[0].name]
         return x, None, {"name": "seeded-random", "seed": parity_seed, "n": int(len(x))}
-    from zoo.data import load_dataset
 
     ds = load_dataset(spec.dataset)
     test = ds.test.subset(limit) if limit else ds.test
@@ -91,7 +115,7 @@ def test_inputs(spec, name: str, artifacts: Path, limit: int | None = None, pari
     if pp["kind"] == "image":
         x = normalize_images(np.asarray(test.x), pp["mean"], pp["std"])
     else:
-        x = TextEncoder(artifacts / artifact_name(name) / pp["tokenizer"]).encode(test.x, pad_to=pp["max_len"])
+        x = TextEncoder(ref.file(pp["tokenizer"])).encode(test.x, pad_to=pp["max_len"])
     return x, np.asarray(test.y), {"name": ds.name, "sha256": ds.sha256, "split": "test", "n": int(len(x)),
                                    "n_split": int(len(ds.test))}
 
@@ -99,11 +123,11 @@ def test_inputs(spec, name: str, artifacts: Path, limit: int | None = None, pari
 CODE_VERSION = "verify/3"
 
 
-def verify_key(name: str, artifacts: Path, limit: int | None) -> str:
+def verify_key(ref: ModelRef, limit: int | None) -> str:
     """Digest of everything a model's verify rows depend on: every artifact's bytes, the checkpoint, spec and
     tokenizer, the backend plan, the sample limit, the CPU class and the backends' versions. Equal key: the rows in
     verify.json are still true and are reused."""
-    model_dir = artifacts / artifact_name(name)
+    model_dir = ref.folder
     files = artifact_files(model_dir)
     extra = [f for f in ("model.pt", "spec.json", "tokenizer.json") if (model_dir / f).is_file()]
     versions = {}
@@ -113,11 +137,11 @@ def verify_key(name: str, artifacts: Path, limit: int | None) -> str:
         except importlib.metadata.PackageNotFoundError:
             pass
     cpu = cpu_info()
-    blob = {"code": CODE_VERSION, "name": name, "limit": limit,
+    blob = {"code": CODE_VERSION, "name": ref.name, "limit": limit,
             "files": {f: sha256_file(model_dir / f) for f in files + extra},
             "plan": {f: backend_plan(model_dir, f) for f in files}, "versions": versions,
             "cpu": [cpu["model"], cpu["int8_isa"]],
-            "weights_env": os.environ.get(f"EDGEATTN_WEIGHTS_{artifact_name(name).upper()}")}
+            "weights_env": os.environ.get(ref.weights_env)}
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

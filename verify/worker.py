@@ -1,7 +1,7 @@
 """Run one artifact on one backend over a saved input array, in its own process:
 ``python -m verify.worker --artifact A --backend B --inputs X.npy --out Y.npy``.
 
-A backend that crashes (FACTS: ORT CPU segfaults on some FP16 graphs) takes down only this process; the
+A backend that crashes (ONNX Runtime 1.32 CPU segfaults on FP16 ViT-B/16 at ORT_ENABLE_ALL) takes down only this process; the
 parent records the crash and carries on. Imports the thin runtime only (no torch).
 """
 from __future__ import annotations

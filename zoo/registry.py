@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from zoo.data import FMNIST_LABELS, FMNIST_MEAN, FMNIST_STD, SENTIMENT_LABELS
+from runtime.modelspec import ModelRef, artifact_name
 from zoo.spec import DimRange, ModelSpec, TensorSpec
+from zoo.io import atomic_write
 
 BUILTIN = ("text_transformer", "attention_cnn", "vit")
 EXAMPLE_TORCHVISION = ("torchvision:vit_b_16",)
@@ -42,16 +45,6 @@ class BuiltModel:
     @property
     def artifact_name(self) -> str:
         return artifact_name(self.name)
-
-
-def artifact_name(name: str) -> str:
-    """Folder name under artifacts/: 'torchvision:vit_b_16' -> 'vit_b_16', 'pkg.mod:make' -> 'make'."""
-    return name.split(":")[-1]
-
-
-def model_names(text: str) -> list[str]:
-    """``--models a, b,torchvision:c`` -> ['a', 'b', 'torchvision:c'] (empty items dropped): every stage's CLI."""
-    return [m.strip() for m in str(text).split(",") if m.strip()]
 
 
 def list_models() -> list[str]:
@@ -200,7 +193,6 @@ def create_model(name: str, **overrides: Any) -> BuiltModel:
 def save_checkpoint(built: BuiltModel, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
     import torch
 
-    from zoo.io import atomic_write
 
     payload = {"format": CHECKPOINT_FORMAT, "model": built.name, "config": built.config,
                "state_dict": {k: v.detach().cpu() for k, v in built.module.state_dict().items()}, **(extra or {})}
@@ -271,13 +263,10 @@ def load_checkpoint(path: str | Path, expected_model: str | None = None) -> Buil
     return built
 
 
-def load_for_export(name: str, artifacts: Path) -> BuiltModel:
+def load_for_export(ref: ModelRef) -> BuiltModel:
     """Trained models come from their checkpoint; torchvision ones are built (random head re-initialised, or
     ``weights=`` from EDGEATTN_WEIGHTS_<ARCH> if set)."""
-    import os
-
-    if name.startswith("torchvision:"):
-        env = os.environ.get(f"EDGEATTN_WEIGHTS_{artifact_name(name).upper()}")
-        return create_model(name, **({"weights": env} if env else {}))
-    ckpt = artifacts / artifact_name(name) / "model.pt"
-    return load_checkpoint(ckpt, expected_model=name)
+    if ref.name.startswith("torchvision:"):
+        env = os.environ.get(ref.weights_env)
+        return create_model(ref.name, **({"weights": env} if env else {}))
+    return load_checkpoint(ref.checkpoint, expected_model=ref.name)

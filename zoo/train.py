@@ -22,8 +22,10 @@ from typing import Any
 import numpy as np
 
 from zoo.data import Dataset, load_dataset
-from zoo.io import atomic_write_json, read_json
-from zoo.registry import BuiltModel, create_model, load_checkpoint, model_names, save_checkpoint
+from zoo.io import atomic_write_json, atomic_write_text, read_json
+from runtime.modelspec import ModelRef, resolve_models
+from zoo.registry import BuiltModel, create_model, load_checkpoint, save_checkpoint
+from runtime.preprocess import normalize_images, TextEncoder
 
 log = logging.getLogger("edgeattn.train")
 
@@ -68,7 +70,6 @@ def features(built: BuiltModel, ds: Dataset, split: str, model_dir: Path):
     """A split as model inputs: normalised float images, or token ids from the saved tokenizer."""
     import torch
 
-    from runtime.preprocess import TextEncoder, normalize_images
 
     s = getattr(ds, split)
     pp = built.spec.preprocess
@@ -109,19 +110,19 @@ def config_hash(name: str, recipe: Recipe, data_sha: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def train_model(name: str, artifacts: Path, recipe: Recipe | None = None, force: bool = False,
+def train_model(ref: ModelRef, recipe: Recipe | None = None, force: bool = False,
                 progress: bool = True) -> dict[str, Any]:
     import torch
     from tqdm import tqdm
 
+    name, model_dir = ref.name, ref.folder
     recipe = recipe or RECIPES[name]
-    model_dir = artifacts / name
     model_dir.mkdir(parents=True, exist_ok=True)
     probe = create_model(name, **recipe.overrides)
     ds = load_dataset(probe.spec.dataset)
     key = config_hash(name, recipe, ds.sha256)
     prev = read_json(model_dir / "train.json")
-    if not force and prev and prev.get("config_hash") == key and (model_dir / "model.pt").is_file():
+    if not force and prev and prev.get("config_hash") == key and ref.checkpoint.is_file():
         log.info("%s: up to date (train.json config_hash %s), reusing model.pt", name, key)
         return prev
 
@@ -158,7 +159,7 @@ def train_model(name: str, artifacts: Path, recipe: Recipe | None = None, force:
     gen = torch.Generator().manual_seed(recipe.seed)
 
     history, best_val, t0 = [], -1.0, time.perf_counter()
-    ckpt = model_dir / "model.pt"
+    ckpt = ref.checkpoint
     for epoch in range(recipe.epochs):
         model.train()
         perm = torch.randperm(len(ytr), generator=gen)
@@ -201,7 +202,6 @@ def train_model(name: str, artifacts: Path, recipe: Recipe | None = None, force:
         "history": history, "torch": torch.__version__, "threads": torch.get_num_threads(),
         "checkpoint": str(ckpt.name),
     }
-    from zoo.io import atomic_write_text
 
     atomic_write_text(model_dir / "spec.json", built.spec.to_json())
     atomic_write_json(model_dir / "train.json", result)
@@ -220,13 +220,14 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(int(os.environ.get("EDGEATTN_THREADS", os.cpu_count() or 1)))
     rows = []
-    for name in model_names(args.models):
+    for ref in resolve_models(args.models, args.artifacts):
+        name = ref.name
         if name not in RECIPES:
             ap.error(f"--models: '{name}' has no training recipe; expected some of {sorted(RECIPES)}")
         recipe = RECIPES[name]
         if args.epochs:
             recipe = dataclasses.replace(recipe, epochs=args.epochs)
-        r = train_model(name, args.artifacts, recipe, force=args.force)
+        r = train_model(ref, recipe, force=args.force)
         rows.append(r)
     print(f"\n{'model':<18}{'dataset':<18}{'test acc':>10}{'n_test':>8}{'train s':>9}")
     for r in rows:

@@ -1,0 +1,201 @@
+"""The int8.cpu.onnx choice: which CPU int8 forms to build for this CPU, building them, their accuracy on this CPU's
+integer kernels, their latency next to fp32 (interleaved, in a crash-guarded child) and the pick.
+``python -m optimize.cpu_int8 --child-bench SPEC FEED OUT`` is the latency child's entry point."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from calibration import TensorRange
+from calibration.evalset import EvalSet
+from optimize.fp16 import ort_session, run_guarded
+from optimize.int8_budget import QuantOptions, _brief, judge, logit_error
+from optimize.int8_build import QuantizeError, quantize_dynamic_matmul, quantize_static_cached
+from optimize.qdq_graph import int8_weight_coverage, quantizable_weight_elements
+from runtime.child import python_module, run_child
+from runtime.cpu import int8_isa, int8_saturates
+from verify.compare import figures
+
+log = logging.getLogger("edgeattn.optimize.cpu_int8")
+CPU_CANDIDATES = ("dynamic", "dynamic_conv", "static_qdq_u8s8", "static_qoperator", "qdq_s8s8")
+# 7-bit weights (reduce_range): ORT's u8s8 kernels on CPUs without VNNI add pairs of u8*s8 products in int16 and
+# saturate; 255 * 63 * 2 stays inside int16 (runtime.cpu). Built where the CPU at hand saturates.
+RR_CANDIDATES = ("dynamic_rr", "static_qdq_u8s8_rr", "static_qoperator_rr")
+ALL_CPU_CANDIDATES = CPU_CANDIDATES + RR_CANDIDATES
+
+
+def default_cpu_candidates(isa: str | None = None) -> tuple[str, ...]:
+    """The CPU int8 forms worth building on a CPU of class ``isa`` (runtime.cpu.int8_isa()): the full-range ones
+    everywhere, plus the 7-bit ones where the int8 kernels saturate."""
+    isa = isa or int8_isa()
+    return CPU_CANDIDATES + (RR_CANDIDATES if int8_saturates(isa) else ())
+
+
+# ---- latency -----------------------------------------------------------------------------------------
+def bench_inprocess(models: dict[str, str], feed: dict[str, np.ndarray], runs: int, threads: int,
+                    levels: dict[str, str] | None = None, warmup: int = 3,
+                    seconds_per_model: float = 3.0) -> dict[str, dict[str, float]]:
+    """Interleaved (round-robin) latency of several models on one feed: median / p10 / p90 ms per model.
+    ``runs`` is a minimum: fast models get up to 10x more runs, ~``seconds_per_model`` each, to beat noise."""
+    levels = levels or {}
+    sessions = {k: ort_session(v, levels.get(k, "all"), threads) for k, v in models.items()}
+    slowest = 0.0
+    for s in sessions.values():
+        for _ in range(warmup):
+            t0 = time.perf_counter()
+            s.run(None, feed)
+            dt = time.perf_counter() - t0
+        slowest = max(slowest, dt)
+    runs = max(runs, min(10 * runs, int(seconds_per_model / max(slowest, 1e-6))))
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(runs):
+        for k, s in sessions.items():
+            t0 = time.perf_counter()
+            s.run(None, feed)
+            times[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: {"median_ms": round(float(np.median(v)), 3), "p10_ms": round(float(np.percentile(v, 10)), 3),
+                "p90_ms": round(float(np.percentile(v, 90)), 3), "runs": len(v)} for k, v in times.items()}
+
+
+def bench_guarded(models: dict[str, str], feed: dict[str, np.ndarray], runs: int, threads: int,
+                  levels: dict[str, str] | None = None, timeout_s: float = 1800.0) -> dict[str, Any]:
+    """:func:`bench_inprocess` in a child process, so a backend crash is reported instead of fatal."""
+    with tempfile.TemporaryDirectory(prefix="edgeattn-bench-") as tmp:
+        fp, out = Path(tmp) / "feed.npz", Path(tmp) / "out.json"
+        np.savez(fp, **feed)
+        spec = Path(tmp) / "spec.json"
+        spec.write_text(json.dumps({"models": models, "levels": levels or {}, "runs": runs, "threads": threads}))
+        res = run_child(python_module("optimize.cpu_int8", "--child-bench", spec, fp, out), timeout_s)
+        if not res.ok or not out.is_file():
+            return {"error": f"benchmark child {res.describe()}"}
+        return json.loads(out.read_text())
+
+
+def _child_bench(argv: Sequence[str]) -> int:
+    spec_path, feed_path, out_path = argv
+    spec = json.loads(Path(spec_path).read_text())
+    with np.load(feed_path) as z:
+        feed = {k: z[k] for k in z.files}
+    res = bench_inprocess(spec["models"], feed, int(spec["runs"]), int(spec["threads"]), spec.get("levels"))
+    Path(out_path).write_text(json.dumps(res))
+    return 0
+
+
+# ---- CPU flavour -------------------------------------------------------------------------------------
+def build_cpu_candidates(src: Path, ranges: dict[str, TensorRange], method: str, quantized: Sequence[str],
+                         excluded: Sequence[str], qdq_path: Path, work: Path, opts: QuantOptions) -> dict[str, Path]:
+    """Write each CPU candidate into ``work``; returns name -> path (failures are logged and skipped)."""
+    out: dict[str, Path] = {}
+    for name in opts.cpu_candidates or default_cpu_candidates():
+        p = work / f"{name}.onnx"
+        base, rr = (name[:-3], True) if name.endswith("_rr") else (name, False)
+        try:
+            if name not in ALL_CPU_CANDIDATES:
+                raise QuantizeError(f"CPU candidate: got {name!r}, expected one of {ALL_CPU_CANDIDATES}")
+            if base == "dynamic":
+                quantize_dynamic_matmul(src, p, exclude=excluded, reduce_range=rr)
+            elif base == "dynamic_conv":
+                quantize_dynamic_matmul(src, p, exclude=excluded, conv=True)
+            elif base == "static_qdq_u8s8":
+                quantize_static_cached(src, p, ranges, method, quantized, "qdq_u8s8", reduce_range=rr)
+            elif base == "static_qoperator":
+                quantize_static_cached(src, p, ranges, method, quantized, "qoperator", reduce_range=rr)
+            elif base == "qdq_s8s8":
+                shutil.copyfile(qdq_path, p)
+            out[name] = p
+        except Exception as e:  # noqa: BLE001 - one failing candidate must not stop the others
+            log.warning("int8 CPU candidate %s for %s failed: %s: %s", name, src.parent.name, type(e).__name__, e)
+    return out
+
+
+def pick_cpu(rows: dict[str, dict[str, Any]], fp32_ms: float | None, opts: QuantOptions,
+             labelled: bool) -> tuple[str | None, str]:
+    """(winner or None, why) from measured candidate rows: the fastest candidate that is within the budget, really
+    int8 (``passed`` already holds both) and at least ``opts.min_speedup`` times faster than fp32 here; candidates
+    within ``tie_tolerance`` of the fastest count as tied and the most accurate of them wins. None: no int8 form
+    is both within the budget and faster on this CPU, so fp32 is kept."""
+    within = [k for k, r in rows.items() if r.get("passed") and r.get("latency_ms") is not None]
+    if fp32_ms is None:
+        return None, "fp32 latency could not be measured, so no int8 form is known to be faster: fp32 kept"
+    ok = [k for k in within if fp32_ms / rows[k]["latency_ms"] >= opts.min_speedup]
+
+    def accuracy_rank(k: str) -> tuple:
+        v = rows[k]["val"]
+        return (v.get("accuracy_delta") or 0.0, v["top1_agreement"], v["cosine_mean"]) if labelled else \
+            (v["cosine_mean"], v["top1_agreement"])
+
+    if not ok:
+        if within:
+            fastest = min(within, key=lambda k: rows[k]["latency_ms"])
+            return None, (f"no int8 form within the budget is faster than fp32 on this CPU (best: {fastest} "
+                          f"{rows[fastest]['latency_ms']:.3f} ms vs fp32 {fp32_ms:.3f} ms, needs >= "
+                          f"{opts.min_speedup:.2f}x): fp32 kept")
+        return None, "no int8 form within the budget on this CPU: fp32 kept"
+    best = min(rows[k]["latency_ms"] for k in ok)
+    tied = [k for k in ok if rows[k]["latency_ms"] <= best * (1.0 + opts.tie_tolerance)]
+    winner = max(tied, key=accuracy_rank)
+    why = ("fastest within the budget" if len(tied) == 1 else
+           f"most accurate of {sorted(tied)} (within {opts.tie_tolerance:.0%} of the fastest, within the budget)")
+    return winner, why
+
+
+def choose_cpu(src: Path, candidates: dict[str, Path], es: EvalSet, ref: np.ndarray, feed: dict[str, np.ndarray],
+               opts: QuantOptions) -> dict[str, Any]:
+    """Accuracy of each candidate on this CPU's integer kernels (crash-guarded child, ORT 'all'), latency of all
+    survivors + fp32 side by side, then :func:`pick_cpu`. ``winner`` None: fp32 is kept."""
+    import onnx
+
+    labelled = es.y is not None
+    quantizable = quantizable_weight_elements(onnx.load(str(src)))
+    rows: dict[str, dict[str, Any]] = {}
+    for name, p in candidates.items():
+        coverage = int8_weight_coverage(p, quantizable)
+        run = run_guarded(p, es, "all", opts.threads)
+        if not run.ok:
+            rows[name] = {"ran": False, "error": run.error, "passed": False, "int8_weight_coverage": coverage}
+            continue
+        rows[name] = {"int8_weight_coverage": coverage}
+        cmp = figures(ref, run.logits, es.y)
+        cmp["logit_rel_mse"] = logit_error(ref, run.logits)
+        rows[name].update(ran=True, val=_brief(cmp), passed=judge(cmp, opts, labelled))
+        if coverage < opts.min_int8_coverage:
+            rows[name].update(passed=False, problem=f"only {coverage:.0%} of the Conv/Gemm/MatMul weights are int8, "
+                                                    f"expected >= {opts.min_int8_coverage:.0%}")
+    runnable = {k: str(candidates[k]) for k, r in rows.items() if r["ran"]}
+    lat = bench_guarded({"fp32": str(src), **runnable}, feed, opts.bench_runs, opts.threads)
+    fp32_ms = lat.get("fp32", {}).get("median_ms") if "error" not in lat else None
+    for k in runnable:
+        if k in lat:
+            rows[k]["latency_ms"] = lat[k]["median_ms"]
+            rows[k]["latency_p10_p90_ms"] = [lat[k]["p10_ms"], lat[k]["p90_ms"]]
+            rows[k]["bench_runs"] = lat[k]["runs"]
+            rows[k]["speedup_vs_fp32"] = round(fp32_ms / lat[k]["median_ms"], 3) if fp32_ms else None
+    if not any(r["ran"] for r in rows.values()):
+        raise QuantizeError(f"{src.parent.name}: every CPU int8 candidate crashed or failed: "
+                            f"{ {k: r.get('error') for k, r in rows.items()} }")
+    winner, why = pick_cpu(rows, fp32_ms, opts, labelled)
+    return {"winner": winner, "why": why, "candidates": rows, "fp32_latency_ms": fp32_ms,
+            "latency_error": lat.get("error"), "bench": {"batch": int(next(iter(feed.values())).shape[0]),
+                                                        "runs": opts.bench_runs, "threads": opts.threads,
+                                                        "ort_opt_level": "all"}}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--child-bench"]:
+        return _child_bench(argv[1:])
+    print("optimize.cpu_int8 is run through 'python -m optimize quantize'; '--child-bench SPEC FEED OUT' is its "
+          "latency child.", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
