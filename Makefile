@@ -14,7 +14,7 @@ BENCH_ARGS ?=
 export PYTHONPATH := $(CURDIR)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup train export optimize quantize engines verify bench report demo test clean
+.PHONY: help setup train export optimize quantize engines verify bench report demo test gpu-check clean
 
 help:
 	@echo "make demo      set up, then run every pipeline stage on the bundled data (reuses up-to-date artifacts)"
@@ -28,6 +28,7 @@ help:
 	@echo "make verify    every artifact vs PyTorch on the full test split -> $(ARTIFACTS)/verify.{json,md}"
 	@echo "make bench     latency side by side with peers -> $(ARTIFACTS)/bench.json + plots"
 	@echo "make report    $(ARTIFACTS)/report.md"
+	@echo "make gpu-check first thing on a GPU box or Jetson: CUDA calls, runner plumbing, TensorRT vs ORT -> $(ARTIFACTS)/gpu-check.json"
 
 setup: $(VENV)/.edgeattn-setup
 $(VENV)/.edgeattn-setup: requirements.txt scripts/setup.sh
@@ -76,6 +77,10 @@ demo: setup
 	$(PY) -m bench --models $(ZOO_MODELS) --artifacts $(ARTIFACTS) $(BENCH_ARGS) || exit 1; lap bench; \
 	$(PY) -m bench.report --artifacts $(ARTIFACTS) --summary || exit 1; lap report; \
 	echo "demo: done in $$(( $$(date +%s) - start )) s after setup ($$times ). Read $(ARTIFACTS)/report.md"
+
+# Exit 0: every check passed or was skipped; 1: a check failed; 2: no usable GPU here (nothing checked).
+gpu-check: setup
+	$(PY) -m verify.gpu_check --artifacts $(ARTIFACTS)
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc

@@ -28,12 +28,14 @@ from typing import Any
 import numpy as np
 
 from bench import envinfo
+from bench.engine_timing import format_table as format_engine_table, time_engines
 from bench.peers import _MODE, ALL_PEERS, TORCH_PEERS, default_peers
 from bench.plots import write_plots
 from bench.results import (accuracy_from_verify, find_verify_row, int8_guard, make_row, summarize,
                            verified_mode)
 from bench.timing import TimingConfig, run_interleaved, summarize as stats_of
 from bench.worker import RemoteTimer, Worker, WorkerDied
+from runtime import gpu
 from runtime.modelspec import ModelRef, resolve_models
 from runtime.ort_backend import levels_from
 from verify.plan import ROLE_REFERENCE, artifact_files, backend_plan, test_inputs, verify_key
@@ -468,6 +470,8 @@ def parse_args(argv):
     ap.add_argument("--peers", default=None, help=f"subset of {','.join(ALL_PEERS)} ('' for none; default: the CPU "
                     "peers, and the CUDA ones where PyTorch sees a GPU)")
     ap.add_argument("--no-ours", action="store_true", help="peers only")
+    ap.add_argument("--no-engine-timing", action="store_true",
+                    help="skip the per-engine GPU timing (bench.engine_timing) on a GPU machine")
     ap.add_argument("--no-probe", action="store_true",
                     help="skip the smoke test of candidates verify has not run (a crash is then found while timing)")
     ap.add_argument("--accuracy-samples", type=int, default=None,
@@ -568,6 +572,13 @@ def main(argv: list[str] | None = None) -> int:
     envs[run_id] = env
     all_rows = kept + rows
     doc = {"env": env, "rows": all_rows, "guard": int8_guard(all_rows), "summary": summarize(all_rows), "envs": envs}
+    engines = [e for ref in refs for e in sorted(ref.folder.glob("*.engine"))]
+    if engines and not args.no_engine_timing and gpu.nvidia_gpu_present():
+        # trtexec-grade timing of each engine (CUDA events, H2D/D2H, CUDA graphs on/off, threads, trtexec beside)
+        doc["engine_timing"] = time_engines(engines, batches=args.batches or (1, 8), seconds=1.0)
+        print("\n".join(format_engine_table(doc["engine_timing"])))
+    elif isinstance(old, dict) and old.get("engine_timing"):
+        doc["engine_timing"] = old["engine_timing"]  # kept from the GPU run that measured it
     atomic_write_json(out, doc)
     print(f"bench: {len(rows)} rows, {len(doc['guard'])} INT8 guard flag(s) -> {out} ({env['bench_seconds']} s)")
     for g in doc["guard"]:

@@ -10,7 +10,8 @@ import argparse
 import math
 from pathlib import Path
 
-from bench.results import ok, summarize
+from bench.peers import EAGER_PEER
+from bench.results import device_of, ok, summarize
 from zoo.io import atomic_write_text, read_json
 from runtime.modelspec import ModelRef
 from verify.plan import ROLE_TEXT
@@ -214,11 +215,12 @@ def summary_lines(artifacts: Path) -> list[str]:
         if i8 and not (i8.get("cpu") or {}).get("file"):
             lines.append(f"quantize {m}: no int8.cpu.onnx on this CPU: {(i8.get('cpu') or {}).get('why')}")
     summ = bench.get("summary") or {}
-    for m, s in summ.items():
-        fv = s.get("fastest_verified") or {}
-        ts = ", ".join(f"{t['name']} {x(t.get('measured'))} (target {t['target']:.1f}x)" for t in s.get("targets", []))
-        if fv:
-            lines.append(f"bench {m}: fastest verified {what(fv)} {ms(fv.get('p50_ms'))} ms at batch 1; {ts}")
+    for m, top in summ.items():
+        for s in [top] + ([top["gpu"]] if top.get("gpu") else []):
+            fv = s.get("fastest_verified") or {}
+            ts = ", ".join(f"{t['name']} {x(t.get('measured'))} (target {t['target']:.1f}x)" for t in s.get("targets", []))
+            if fv:
+                lines.append(f"bench {m}: fastest verified {what(fv)} {ms(fv.get('p50_ms'))} ms at batch 1; {ts}")
     return lines
 
 
@@ -231,7 +233,8 @@ def section_latency(bench: dict | None) -> list[str]:
         at = [r for r in rows_all if r["model"] == model and r["batch"] == 1]
         if not at:
             continue
-        eager = next((r for r in at if r.get("peer_kind") == "eager" and ok(r)), None)
+        eager = {dev: next((r for r in at if r.get("peer_kind") == kind and ok(r)), None)
+                 for dev, kind in EAGER_PEER.items()}  # speed-ups within a device: CPU vs CPU eager, GPU vs CUDA
         seq = next((r.get("seq_len") for r in at if r.get("seq_len")), None)
         out += [f"### {model}" + (f" (sequence length {seq})" if seq else ""), ""]
         how = next((r.get("seq_len_source") for r in at if r.get("seq_len_source")), None)
@@ -244,7 +247,8 @@ def section_latency(bench: dict | None) -> list[str]:
                 rows.append([kind, what(r), r["precision"], "failed", "-", "-", "-", "-", "-",
                              yn(r.get("verified")) if not r["is_peer"] else "(ref)"])
                 continue
-            sp = eager["p50_ms"] / r["p50_ms"] if eager else None
+            ref = eager[device_of(r["backend"], r["mode"], r.get("peer_kind"))]
+            sp = ref["p50_ms"] / r["p50_ms"] if ref else None
             accv = r.get("accuracy")
             acc = "-" if accv is None else (pct(accv) + (" agr" if r.get("accuracy_metric") == "top1_agreement" else ""))
             extra = f" (compile {r['compile_seconds']:.0f} s)" if r.get("compile_seconds") else ""
@@ -255,16 +259,19 @@ def section_latency(bench: dict | None) -> list[str]:
         failed = [r for r in at if not ok(r)]
         for r in failed:
             out.append(f"- failed: {what(r)}: {str(r.get('error'))[:240]}")
-        sm = (bench.get("summary") or {}).get(model) or {}
-        fv, bp = sm.get("fastest_verified"), sm.get("best_torch_peer")
-        if fv:
-            out += ["", f"**Fastest verified: {what(fv)}, {ms(fv['p50_ms'])} ms** = {x(sm.get('speedup_vs_eager'))} vs "
-                        f"PyTorch eager FP32 and {x(sm.get('speedup_vs_best_torch_peer'))} vs the best PyTorch peer "
-                        f"({what(bp)}, {ms((bp or {}).get('p50_ms'))} ms)."]
-        else:
-            fa = sm.get("fastest_any_ours")
-            out += ["", "**No verified artifact was timed for this model**" + (
-                f" (fastest unverified: {what(fa)}, {ms(fa['p50_ms'])} ms; run `make verify`)." if fa else ".")]
+        sm_all = (bench.get("summary") or {}).get(model) or {}
+        for sm in [sm_all] + ([sm_all["gpu"]] if sm_all.get("gpu") else []):
+            dev, peer = ("GPU", "CUDA PyTorch") if sm.get("device") == "gpu" else ("CPU", "PyTorch")
+            fv, bp = sm.get("fastest_verified"), sm.get("best_torch_peer")
+            if fv:
+                out += ["", f"**{dev} fastest verified: {what(fv)}, {ms(fv['p50_ms'])} ms** = "
+                            f"{x(sm.get('speedup_vs_eager'))} vs {peer} eager FP32 and "
+                            f"{x(sm.get('speedup_vs_best_torch_peer'))} vs the best {peer} peer "
+                            f"({what(bp)}, {ms((bp or {}).get('p50_ms'))} ms)."]
+            else:
+                fa = sm.get("fastest_any_ours")
+                out += ["", f"**{dev}: no verified artifact was timed for this model**" + (
+                    f" (fastest unverified: {what(fa)}, {ms(fa['p50_ms'])} ms; run `make verify`)." if fa else ".")]
         sources = sorted({r["accuracy_source"] for r in at if r.get("accuracy_source")})
         if sources:
             out += ["", "Accuracy sources: " + "; ".join(sources) + "."]

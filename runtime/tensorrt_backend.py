@@ -25,7 +25,11 @@ What happens, in order:
    error (``cudaGetLastError``, as trtexec does) and falls back to plain execution for that shape.
    tensorrt_rtx -> its own ``IRuntimeConfig.cuda_graph_strategy = WHOLE_GRAPH_CAPTURE`` (RTX JIT-specialises
    kernels, so it captures itself);
-9. optional RTX runtime cache (JIT-compiled kernels) loaded at start and saved by ``close()``.
+9. optional RTX runtime cache (JIT-compiled kernels) loaded at start and saved by ``close()``;
+10. optional GPU-side timing (``timing=True``): four CUDA events per thread recorded on its stream around the H2D
+   copies, the execution (plain or graph launch) and the D2H copies; after the call's synchronise,
+   ``last_timing`` holds ``h2d_ms``, ``compute_ms`` and ``d2h_ms`` (``cudaEventElapsedTime``) of this thread's last
+   call, what trtexec reports as H2D Latency, GPU Compute Time and D2H Latency.
 
 Nothing here imports torch or onnx; tensorrt/tensorrt_rtx/cuda bindings are imported inside functions.
 """
@@ -158,6 +162,8 @@ class _ThreadState:
         self.graph = None
         self.graph_exec = None
         self.graph_failed: set[tuple] = set()
+        self.events: list = []  # timing=True: 4 CUDA events (before H2D, after H2D, after execute, after D2H)
+        self.last_timing: dict[str, float] | None = None
 
 
 class TensorRTRunner(Runner):
@@ -175,10 +181,12 @@ class TensorRTRunner(Runner):
     backend = "tensorrt"
 
     def __init__(self, engine_path: str | Path, flavor: str = "auto", use_cuda_graph: bool = False,
-                 check_manifest: bool = True, runtime_cache: str | Path | None = None, device: int = 0) -> None:
+                 check_manifest: bool = True, runtime_cache: str | Path | None = None, device: int = 0,
+                 timing: bool = False) -> None:
         super().__init__()
         self.path = Path(engine_path)
         self.use_cuda_graph = bool(use_cuda_graph)
+        self.timing = bool(timing)
         self.device = int(device)
         self.runtime_cache_path = Path(runtime_cache) if runtime_cache else None
         self.graph_stats = {"captures": 0, "launches": 0, "fallbacks": 0}
@@ -340,6 +348,8 @@ class TensorRTRunner(Runner):
             raise BackendError(f"create_execution_context returned None: {self._tensorrt_errors()}")
         stream = cuda("cudaStreamCreateWithFlags", cuda.rt.cudaStreamCreateWithFlags(cuda.rt.cudaStreamNonBlocking))
         st = _ThreadState(ctx, stream, _stream_handle(stream), threading.current_thread())
+        if self.timing:  # default flags: timing enabled (cudaEventDisableTiming would make elapsed time an error)
+            st.events = [cuda("cudaEventCreate", cuda.rt.cudaEventCreate()) for _ in range(4)]
         with self._lock:
             dead = [s for s in self._states if not s.thread.is_alive()]
             self._states = [s for s in self._states if s.thread.is_alive()] + [st]
@@ -356,19 +366,37 @@ class TensorRTRunner(Runner):
         shapes = tuple(tuple(int(d) for d in feed[n].shape) for n in self._input_names)
         if shapes != st.shapes:
             self._set_shapes(st, shapes)
+        ev = st.events
+        if ev:
+            cuda("cudaEventRecord", rt.cudaEventRecord(ev[0], st.stream))
         for n in self._input_names:
             arr = feed[n]
             host = st.host[n]
             np.copyto(self._host_view(host, arr.shape, self._dtypes[n]), arr, casting="no")
             cuda(f"cudaMemcpyAsync H2D '{n}'", rt.cudaMemcpyAsync(st.device[n].ptr, host.ptr, arr.nbytes,
                                                                   rt.cudaMemcpyKind.cudaMemcpyHostToDevice, st.stream))
+        if ev:
+            cuda("cudaEventRecord", rt.cudaEventRecord(ev[1], st.stream))
         self._execute(st, shapes)
+        if ev:
+            cuda("cudaEventRecord", rt.cudaEventRecord(ev[2], st.stream))
         for n in self._output_names:
             nbytes = int(np.prod(st.out_shapes[n], dtype=np.int64)) * self._dtypes[n].itemsize
             cuda(f"cudaMemcpyAsync D2H '{n}'", rt.cudaMemcpyAsync(st.host[n].ptr, st.device[n].ptr, nbytes,
                                                                   rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, st.stream))
+        if ev:
+            cuda("cudaEventRecord", rt.cudaEventRecord(ev[3], st.stream))
         cuda("cudaStreamSynchronize", rt.cudaStreamSynchronize(st.stream))
+        if ev:
+            st.last_timing = {k: float(cuda("cudaEventElapsedTime", rt.cudaEventElapsedTime(ev[i], ev[i + 1])))
+                              for i, k in enumerate(("h2d_ms", "compute_ms", "d2h_ms"))}
         return {n: self._host_view(st.host[n], st.out_shapes[n], self._dtypes[n]).copy() for n in self._output_names}
+
+    @property
+    def last_timing(self) -> dict[str, float] | None:
+        """GPU-side times of this thread's last call (``timing=True``): h2d_ms, compute_ms, d2h_ms; else None."""
+        st = getattr(self._local, "state", None)
+        return None if st is None else st.last_timing
 
     # ---- per-shape setup ------------------------------------------------------------------------
     def _pick_profile(self, shapes: tuple) -> int:
@@ -451,6 +479,10 @@ class TensorRTRunner(Runner):
         return np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
 
     # ---- execution, CUDA graphs ----------------------------------------------------------------
+    def _count(self, what: str) -> None:
+        with self._lock:  # threads share one runner: no lost updates
+            self.graph_stats[what] += 1
+
     @property
     def _manual_graphs(self) -> bool:
         return self.use_cuda_graph and self.flavor != "rtx"  # RTX captures via its runtime config
@@ -459,7 +491,7 @@ class TensorRTRunner(Runner):
         cuda = self._cuda
         if self._manual_graphs and st.graph_exec is not None:
             cuda("cudaGraphLaunch", cuda.rt.cudaGraphLaunch(st.graph_exec, st.stream))
-            self.graph_stats["launches"] += 1
+            self._count("launches")
             return
         if not st.context.execute_async_v3(st.handle):
             raise BackendError(f"execute_async_v3 returned False: {self._tensorrt_errors()}")
@@ -492,7 +524,7 @@ class TensorRTRunner(Runner):
             cuda.quiet("cudaGraphDestroy", rt.cudaGraphDestroy(graph))
             return self._capture_failed(st, shapes, f"cudaGraphInstantiate: {em.cuda_error_text(rt, err)}")
         st.graph, st.graph_exec = graph, graph_exec
-        self.graph_stats["captures"] += 1
+        self._count("captures")
 
     def _capture_failed(self, st: _ThreadState, shapes: tuple, why: str) -> None:
         # A failed capture leaves its error as the thread's last CUDA error; clear it as trtexec does
@@ -501,7 +533,7 @@ class TensorRTRunner(Runner):
         log.warning("CUDA graph capture failed for shapes %s (%s); running without a graph for these shapes",
                     shapes, why)
         st.graph_failed.add(shapes)
-        self.graph_stats["fallbacks"] += 1
+        self._count("fallbacks")
 
     def _drop_graph(self, st: _ThreadState) -> None:
         rt = self._cuda.rt
@@ -523,6 +555,9 @@ class TensorRTRunner(Runner):
             cuda.quiet("cudaFreeHost", rt.cudaFreeHost(buf.ptr))
         st.device.clear()
         st.host.clear()
+        for e in st.events:
+            cuda.quiet("cudaEventDestroy", rt.cudaEventDestroy(e))
+        st.events = []
         st.context = None  # destroys the execution context before its stream
         if st.stream is not None:
             cuda.quiet("cudaStreamDestroy", rt.cudaStreamDestroy(st.stream))

@@ -132,6 +132,32 @@ def test_summary_picks_fastest_verified_only_and_computes_speedups():
     assert [t["met"] for t in tv["targets"]] == [True, True]
 
 
+def test_gpu_rows_are_compared_with_gpu_peers_only():
+    """Like against like: an engine is never measured against CPU eager, a CPU artifact never against CUDA eager,
+    and the INT8 guard compares an ORT GPU-provider row with the FP32 graph on the same provider only."""
+    rows = [
+        _row("pytorch", "pytorch", "fp32", "eager", 90.0, is_peer=True, peer_kind="eager"),
+        _row("onnxruntime", "fp32.sim.onnx", "fp32", "all", 30.0),
+        _row("pytorch", "pytorch", "fp32", "cuda-eager", 2.0, is_peer=True, peer_kind="cuda_eager"),
+        _row("pytorch", "pytorch", "fp16", "cuda-fp16-autocast", 1.6, is_peer=True, peer_kind="cuda_fp16_autocast"),
+        _row("tensorrt", "fp16.trt10.engine", "fp16", "engine", 0.5),
+        _row("onnxruntime", "fp32.sim.onnx", "fp32", "cuda-ep", 1.0),
+        _row("onnxruntime", "int8.qdq.onnx", "int8", "cuda-ep", 1.5),  # slower than fp32 on the CUDA EP: flagged
+        _row("onnxruntime", "int8.qdq.onnx", "int8", "all", 20.0),  # faster than fp32 on the CPU: fine
+    ]
+    assert [r["device"] for r in rows] == ["cpu", "cpu", "gpu", "gpu", "gpu", "gpu", "gpu", "cpu"]
+    s = summarize_model(rows, "m")
+    assert s["device"] == "cpu" and s["fastest_verified"]["artifact"] == "int8.qdq.onnx"  # not the 0.5 ms engine
+    assert s["speedup_vs_eager"] == pytest.approx(90.0 / 20.0)
+    g = s["gpu"]
+    assert g["device"] == "gpu" and g["eager_fp32"]["peer_kind"] == "cuda_eager"
+    assert g["fastest_verified"]["artifact"] == "fp16.trt10.engine"
+    assert g["speedup_vs_eager"] == pytest.approx(4.0) and g["speedup_vs_best_torch_peer"] == pytest.approx(3.2)
+    flags = int8_guard(rows)
+    assert [(f["int8_mode"], f["fp32_mode"]) for f in flags] == [("cuda-ep", "cuda-ep")]
+    assert "gpu" not in summarize_model(rows[:2], "m")  # a CPU-only run has no GPU section
+
+
 def test_verify_rows_match_on_model_artifact_backend_mode():
     vrows = [{"model": "m", "artifact": "fp16.onnx", "backend": "onnxruntime", "mode": "extended (all: worker exit -11)",
               "passed": True},

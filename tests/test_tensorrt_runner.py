@@ -2,21 +2,17 @@
 
 Three groups:
 - CPU, real modules: importing needs no tensorrt/CUDA; without a GPU the runner raises a clear BackendError.
-- CPU, FAKE tensorrt runtime + FAKE cuda-python (both below): drive the runner's own logic (shapes, buffer
-  growth, pinned copies, CUDA-graph capture/replay/fallback, one context per thread, clean-up). They prove the
-  call sequence and bookkeeping, not TensorRT or CUDA behaviour.
+- CPU, FAKE tensorrt runtime + FAKE cuda-python (verify/standin_tensorrt.py, shared with ``make gpu-check``):
+  drive the runner's own logic (shapes, buffer growth, pinned copies, CUDA-graph capture/replay/fallback, one
+  context per thread, clean-up). They prove the call sequence and bookkeeping, not TensorRT or CUDA behaviour.
 - ``@pytest.mark.gpu``: the real thing against ONNX Runtime, run only where an NVIDIA GPU is present.
 """
 from __future__ import annotations
 
-import ctypes
-import enum
-import hashlib
 import json
 import subprocess
 import sys
 import threading
-import types
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +21,7 @@ import pytest
 from runtime import engine_manifest as em
 from runtime.base import DimBounds, IOInfo
 from runtime.errors import BackendError, EngineMismatchError, InputError
+from verify.standin_tensorrt import GPU, FakeCudart, fake_tensorrt_runtime, write_fake_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,307 +75,6 @@ def test_no_gpu_gives_a_clear_backend_error(tmp_path):
 
 
 # ---- CPU, fake tensorrt runtime + fake cuda-python ------------------------------------------------
-class _Err(enum.IntEnum):
-    cudaSuccess = 0
-    cudaErrorInvalidValue = 1
-    cudaErrorStreamCaptureInvalidated = 901
-
-
-class _FakeStream:
-    def __init__(self, handle: int) -> None:
-        self.handle, self.capturing, self.invalidated = handle, None, False
-
-    def __int__(self) -> int:
-        return self.handle
-
-
-class FakeCudart:
-    """Host memory stands in for device memory; copies run at once unless the stream is capturing."""
-
-    cudaError_t = _Err
-    cudaMemcpyKind = enum.IntEnum("cudaMemcpyKind", {"cudaMemcpyHostToDevice": 1, "cudaMemcpyDeviceToHost": 2})
-    cudaStreamCaptureMode = enum.IntEnum("cudaStreamCaptureMode", {"cudaStreamCaptureModeGlobal": 0,
-                                                                   "cudaStreamCaptureModeThreadLocal": 2})
-    cudaStreamNonBlocking = 1
-
-    def __init__(self) -> None:
-        self.mem: dict[int, tuple[str, ctypes.Array]] = {}
-        self.streams: dict[int, _FakeStream] = {}
-        self.graphs: set[int] = set()
-        self.mallocs = 0
-        self.lock = threading.Lock()
-        self._next = 100
-        self.last_error = _Err.cudaSuccess  # what cudaGetLastError returns (and resets), as in CUDA
-
-    def cudaGetLastError(self):
-        err, self.last_error = self.last_error, _Err.cudaSuccess
-        return (err,)
-
-    def _ok(self, *values):
-        return (_Err.cudaSuccess, *values)
-
-    def cudaSetDevice(self, d):
-        return self._ok()
-
-    def _alloc(self, n, kind):
-        buf = ctypes.create_string_buffer(int(n))
-        with self.lock:
-            self.mem[ctypes.addressof(buf)] = (kind, buf)
-            self.mallocs += 1
-        return self._ok(ctypes.addressof(buf))
-
-    def cudaMalloc(self, n):
-        return self._alloc(n, "device")
-
-    def cudaMallocHost(self, n):
-        return self._alloc(n, "pinned")
-
-    def _free(self, ptr, kind):
-        with self.lock:
-            if self.mem.get(ptr, ("?",))[0] != kind:
-                return (_Err.cudaErrorInvalidValue,)
-            del self.mem[ptr]
-        return self._ok()
-
-    def cudaFree(self, ptr):
-        return self._free(ptr, "device")
-
-    def cudaFreeHost(self, ptr):
-        return self._free(ptr, "pinned")
-
-    def cudaStreamCreateWithFlags(self, flags):
-        assert flags == self.cudaStreamNonBlocking
-        with self.lock:
-            self._next += 1
-            s = self.streams[self._next] = _FakeStream(self._next)
-        return self._ok(s)
-
-    def cudaStreamDestroy(self, s):
-        with self.lock:
-            del self.streams[s.handle]
-        return self._ok()
-
-    def cudaStreamSynchronize(self, s):
-        return self._ok()
-
-    def _kind(self, ptr):
-        for base, (kind, buf) in self.mem.items():
-            if base <= ptr < base + len(buf):
-                return kind
-        return "pageable"
-
-    def cudaMemcpyAsync(self, dst, src, n, kind, stream):
-        want = ("device", "pinned") if kind == self.cudaMemcpyKind.cudaMemcpyHostToDevice else ("pinned", "device")
-        if (self._kind(dst), self._kind(src)) != want:
-            return (_Err.cudaErrorInvalidValue,)
-
-        def op():
-            ctypes.memmove(dst, src, n)
-
-        if stream.capturing is not None:
-            stream.capturing.append(op)
-        else:
-            op()
-        return self._ok()
-
-    def cudaStreamBeginCapture(self, s, mode):
-        assert mode == self.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
-        s.capturing, s.invalidated = [], False
-        return self._ok()
-
-    def cudaStreamEndCapture(self, s):
-        ops, s.capturing = s.capturing, None
-        if s.invalidated:  # CUDA also records the failure as the thread's last error
-            self.last_error = _Err.cudaErrorStreamCaptureInvalidated
-            return (_Err.cudaErrorStreamCaptureInvalidated, None)
-        g = types.SimpleNamespace(ops=ops)
-        self.graphs.add(id(g))
-        return self._ok(g)
-
-    def cudaGraphInstantiate(self, g, flags):
-        ge = types.SimpleNamespace(ops=list(g.ops))
-        self.graphs.add(id(ge))
-        return self._ok(ge)
-
-    def cudaGraphLaunch(self, ge, s):
-        for op in ge.ops:
-            op()
-        return self._ok()
-
-    def cudaGraphExecDestroy(self, ge):
-        self.graphs.discard(id(ge))
-        return self._ok()
-
-    def cudaGraphDestroy(self, g):
-        self.graphs.discard(id(g))
-        return self._ok()
-
-    def cudaGetErrorName(self, e):
-        return self._ok(_Err(e).name.encode())
-
-    def cudaGetErrorString(self, e):
-        return self._ok(b"fake error")
-
-
-def fake_tensorrt_runtime(cudart: FakeCudart, version: str = "10.3.0.26", capture_fails: bool = False,
-                          execute_fails: bool = False, capture_raises: bool = False, two_profiles: bool = False,
-                          profile_switch_fails: bool = False, infer_shapes_fails: bool = False,
-                          rtx_validity: str | None = None):
-    """An engine computing y = 2 * x + 1 for x (batch 1..64, 4) float32, with the tensorrt 10 runtime API.
-
-    Modelled on the real bindings (TRT release/10.3 and 11.1 python/src/infer/pyCore.cpp):
-    set_optimization_profile_async and infer_shapes RAISE RuntimeError on failure; all_binding_shapes_specified
-    (allInputDimensionsSpecified) "does not work with name-based interfaces" (NvInferRuntime.h), so here it is
-    always False; execute_async_v3 returns False while the thread's last CUDA error is set, as a TensorRT launch
-    that checks cudaGetLastError would. ``two_profiles``: profile 0 covers batch 1..32, profile 1 batch 33..64.
-    ``rtx_validity`` ('VALID' / 'INVALID'): a ``tensorrt_rtx`` module whose Runtime.get_engine_validity answers that
-    (INVALID with UNSUPPORTED_CC), with create_runtime_config as in tensorrt_rtx 1.7."""
-    mod = types.ModuleType("tensorrt_rtx" if rtx_validity else "tensorrt")
-    mod.__version__ = version
-    mod.ILogger = type("ILogger", (), {"Severity": types.SimpleNamespace(INTERNAL_ERROR=0, ERROR=1, WARNING=2, INFO=3,
-                                                                           VERBOSE=4), "__init__": lambda self: None})
-    mod.TensorIOMode = types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
-    mod.nptype = lambda dt: dt
-    mod.runtimes, mod.contexts = [], []
-    profiles = ([[(1, 4), (16, 4), (32, 4)], [(33, 4), (48, 4), (64, 4)]] if two_profiles
-                else [[(1, 4), (8, 4), (64, 4)]])
-
-    class Context:
-        def __init__(self) -> None:
-            self.shape, self.addr, self.threads, self.executions = None, {}, set(), 0
-            self.active_optimization_profile = 0
-            self.switches: list[int] = []
-
-        def set_optimization_profile_async(self, k, handle):
-            assert isinstance(handle, int) and handle != 0
-            if profile_switch_fails:
-                raise RuntimeError("Error in set optimization profile async.")
-            self.active_optimization_profile = k
-            self.switches.append(k)
-            return True
-
-        def set_input_shape(self, name, shape):
-            lo, _, hi = profiles[self.active_optimization_profile]
-            if name != "x" or len(shape) != 2 or shape[1] != 4 or not lo[0] <= shape[0] <= hi[0]:
-                return False
-            self.shape = tuple(shape)
-            return True
-
-        def infer_shapes(self):
-            if infer_shapes_fails:
-                raise RuntimeError("infer_shapes error code: -1")
-            return [] if self.shape else ["x"]
-
-        all_binding_shapes_specified = property(lambda self: False)
-
-        def get_tensor_shape(self, name):
-            return self.shape if self.shape else (-1, 4)
-
-        def set_tensor_address(self, name, ptr):
-            self.addr[name] = ptr
-            return True
-
-        def execute_async_v3(self, handle):
-            assert isinstance(handle, int) and handle != 0  # a real, non-default stream handle
-            self.threads.add(threading.get_ident())
-            stream = cudart.streams[handle]
-            n = int(np.prod(self.shape))
-            x_ptr, y_ptr = self.addr["x"], self.addr["y"]
-
-            def op():
-                x = np.frombuffer((ctypes.c_float * n).from_address(x_ptr), dtype=np.float32)
-                y = np.frombuffer((ctypes.c_float * n).from_address(y_ptr), dtype=np.float32)
-                y[:] = 2 * x + 1
-
-            if execute_fails or cudart.last_error != _Err.cudaSuccess:
-                return False
-            if stream.capturing is not None:
-                if capture_raises:
-                    raise RuntimeError("enqueue raised during capture")
-                if capture_fails:
-                    stream.invalidated = True
-                    return False
-                stream.capturing.append(op)
-            else:
-                self.executions += 1
-                op()
-            return True
-
-    class Engine:
-        num_io_tensors, num_optimization_profiles = 2, len(profiles)
-
-        def get_tensor_name(self, i):
-            return ["x", "y"][i]
-
-        def get_tensor_mode(self, n):
-            return mod.TensorIOMode.INPUT if n == "x" else mod.TensorIOMode.OUTPUT
-
-        def get_tensor_dtype(self, n):
-            return np.float32
-
-        def get_tensor_shape(self, n):
-            return (-1, 4)
-
-        def get_tensor_profile_shape(self, n, k):
-            assert n == "x" and 0 <= k < len(profiles)
-            return profiles[k]
-
-        def is_shape_inference_io(self, n):
-            return False
-
-        def create_execution_context(self, runtime_config=None):
-            assert (runtime_config is not None) == bool(rtx_validity)  # RTX: always with its runtime config
-            ctx = Context()
-            mod.contexts.append(ctx)
-            return ctx
-
-        def create_runtime_config(self):
-            return types.SimpleNamespace(cuda_graph_strategy=None)
-
-    class Runtime:
-        def __init__(self, logger) -> None:
-            mod.runtimes.append(self)
-            self.deserialized = 0
-
-        def deserialize_cuda_engine(self, data):
-            self.deserialized += 1
-            return Engine() if bytes(data).startswith(b"FAKE-ENGINE") else None
-
-        def get_engine_validity(self, data):
-            v = mod.EngineValidity.VALID if rtx_validity == "VALID" else mod.EngineValidity.INVALID
-            return v, 0 if rtx_validity == "VALID" else int(mod.EngineInvalidityDiagnostics.UNSUPPORTED_CC)
-
-    if rtx_validity:
-        mod.EngineValidity = enum.Enum("EngineValidity", "VALID SUBOPTIMAL INVALID")
-        mod.EngineInvalidityDiagnostics = enum.IntFlag("EngineInvalidityDiagnostics",
-                                                       "VERSION_MISMATCH UNSUPPORTED_CC OLD_CUDA_DRIVER")
-        mod.CudaGraphStrategy = types.SimpleNamespace(DISABLED=0, WHOLE_GRAPH_CAPTURE=1)
-    else:
-        del Runtime.get_engine_validity  # tensorrt 10/11 have no such method
-    mod.Runtime = Runtime
-    return mod
-
-
-GPU = {"name": "NVIDIA Jetson AGX Orin", "compute_capability": "8.7", "device": 0, "cuda_runtime": "12.6",
-       "cuda_driver": "12.6"}
-
-
-def write_fake_engine(path: Path, version: str = "10.3.0.26") -> Path:
-    data = b"FAKE-ENGINE y=2x+1"
-    path.write_bytes(data)
-    em.write_manifest(path, {
-        "format": em.MANIFEST_FORMAT, "engine": path.name, "engine_sha256": hashlib.sha256(data).hexdigest(),
-        "engine_bytes": len(data), "model": "fake", "precision": "fp32", "flavor": em.flavor_of("tensorrt", version),
-        "tensorrt": {"module": "tensorrt", "version": version},
-        "built_on": {"name": GPU["name"], "compute_capability": GPU["compute_capability"]},
-        "targets": {"gpu": GPU["name"], "compute_capability": "8.7"}, "builder": {"hardware_compatibility": None},
-        "spec": {"inputs": [{"name": "x", "dtype": "float32", "shape": ["batch", 4]}],
-                 "outputs": [{"name": "y", "dtype": "float32", "shape": ["batch", 4]}],
-                 "dynamic": {"batch": {"min": 1, "opt": 8, "max": 64}}},
-    })
-    return path
-
-
 @pytest.fixture
 def fake(monkeypatch, tmp_path):
     """Install fake cuda-python + fake tensorrt; return a factory (engine path, cudart, trt module)."""
@@ -417,6 +113,32 @@ def test_fake_contract_shapes_and_buffer_growth(fake):
         assert cudart.mallocs == 8
         assert len(mod.contexts) == 1 and mod.contexts[0].executions == 5
     assert cudart.mem == {} and cudart.streams == {}
+
+
+def test_fake_timing_records_h2d_compute_d2h_per_thread_and_frees_its_events(fake):
+    """timing=True: four CUDA events on the thread's stream around H2D, execute and D2H; their elapsed times are the
+    call's GPU-side split (what bench.engine_timing reports beside trtexec). Off by default: no events at all."""
+    from runtime.tensorrt_backend import TensorRTRunner
+
+    engine, cudart, _ = fake()
+    with TensorRTRunner(engine) as plain:
+        plain.infer({"x": _x(2)})
+        assert plain.last_timing is None and not cudart.events
+    for graphs in (False, True):
+        with TensorRTRunner(engine, timing=True, use_cuda_graph=graphs) as r:
+            assert r.last_timing is None  # no call yet on this thread
+            for b in (2, 2, 3):
+                np.testing.assert_array_equal(r.infer({"x": _x(b)})["y"], 2 * _x(b) + 1)
+                t = r.last_timing
+                assert set(t) == {"h2d_ms", "compute_ms", "d2h_ms"} and all(v >= 0.0 for v in t.values())
+            assert len(cudart.events) == 4
+            seen = {}
+            th = threading.Thread(target=lambda: (r.infer({"x": _x(1)}), seen.update(t=r.last_timing)))
+            th.start()
+            th.join()
+            assert set(seen["t"]) == {"h2d_ms", "compute_ms", "d2h_ms"}  # that thread's own events and stream
+            assert len(cudart.events) == 8
+        assert not cudart.events  # close() destroyed every thread's events
 
 
 def test_fake_bad_feeds_raise_input_error_before_execution(fake):
@@ -474,7 +196,7 @@ def test_fake_failed_capture_clears_the_last_cuda_error(fake):
     with TensorRTRunner(engine, use_cuda_graph=True) as r:
         x = _x(4, 0)
         np.testing.assert_array_equal(r.infer({"x": x})["y"], 2 * x + 1)
-        assert cudart.last_error == _Err.cudaSuccess
+        assert cudart.last_error == FakeCudart.cudaError_t.cudaSuccess
         for b in (4, 5):  # plain execution goes on, at the failed shape and at a new one
             x = _x(b, b)
             np.testing.assert_array_equal(r.infer({"x": x})["y"], 2 * x + 1)
@@ -492,7 +214,7 @@ def test_fake_exception_during_capture_ends_it_and_frees_the_graph(fake, caplog)
         assert r.graph_stats == {"captures": 0, "launches": 0, "fallbacks": 1}
         assert not cudart.graphs  # the graph cudaStreamEndCapture returned was destroyed, not leaked
         assert all(s.capturing is None for s in cudart.streams.values())  # capture ended
-        assert cudart.last_error == _Err.cudaSuccess and mod.contexts[0].executions == 3
+        assert cudart.last_error == FakeCudart.cudaError_t.cudaSuccess and mod.contexts[0].executions == 3
     assert "execute_async_v3 raised RuntimeError: enqueue raised during capture" in caplog.text
 
 
