@@ -11,14 +11,15 @@ import math
 from pathlib import Path
 
 from bench.peers import EAGER_PEER
-from bench.results import device_of, ok, summarize
+from bench.results import device_of, ok, per_device, summarize
 from zoo.io import atomic_write_text, read_json
 from runtime.modelspec import ModelRef
 from verify.plan import ROLE_TEXT
 
 PEER_NAMES = {"eager": "PyTorch eager FP32", "bf16_autocast": "PyTorch bf16 autocast",
               "dynamic_int8": "PyTorch dynamic INT8 (Linear)", "compile": "torch.compile (inductor)",
-              "ort_plain": "ONNX Runtime, plain export"}
+              "ort_plain": "ONNX Runtime, plain export", "cuda_eager": "PyTorch CUDA eager FP32",
+              "cuda_fp16_autocast": "PyTorch CUDA fp16 autocast", "cuda_compile": "torch.compile on CUDA (inductor)"}
 
 
 # ---- formatting --------------------------------------------------------------------------------------------
@@ -89,15 +90,16 @@ def section_targets(bench: dict | None) -> list[str]:
         return out + ["No bench.json yet: run `make bench`.", ""]
     summ = bench.get("summary") or summarize(bench["rows"])
     rows, unstable = [], []
-    for model, s in summ.items():
-        fv = s.get("fastest_verified")
-        for t in s.get("targets", []):
-            met = {True: "met", False: "**not met**", None: "not measured"}[t["met"]]
-            m, mm = t.get("measured"), t.get("measured_at_min_latency")
-            if m and mm and max(m / mm, mm / m) > 1.5:
-                unstable.append(f"{model} ({t['name']}: {x(m)} at p50, {x(mm)} at min latency)")
-            rows.append([model, t["name"], f">= {t['target']:.1f}x", x(m), x(mm), met,
-                         what(fv), ms((fv or {}).get("p50_ms"))])
+    for model, top in summ.items():
+        for s in per_device(top):
+            fv = s.get("fastest_verified")
+            for t in s.get("targets", []):
+                met = {True: "met", False: "**not met**", None: "not measured"}[t["met"]]
+                m, mm = t.get("measured"), t.get("measured_at_min_latency")
+                if m and mm and max(m / mm, mm / m) > 1.5:
+                    unstable.append(f"{model} ({t['name']}: {x(m)} at p50, {x(mm)} at min latency)")
+                rows.append([model, t["name"], f">= {t['target']:.1f}x", x(m), x(mm), met,
+                             what(fv), ms((fv or {}).get("p50_ms"))])
     out += table(["model", "target", "wanted", "measured (p50)", "at min latency", "status",
                   "fastest verified artifact", "its p50 ms"], rows)
     out += ["", "Speed-up = p50 of the reference / p50 of the fastest *verified* artifact (peers and unverified "
@@ -216,7 +218,7 @@ def summary_lines(artifacts: Path) -> list[str]:
             lines.append(f"quantize {m}: no int8.cpu.onnx on this CPU: {(i8.get('cpu') or {}).get('why')}")
     summ = bench.get("summary") or {}
     for m, top in summ.items():
-        for s in [top] + ([top["gpu"]] if top.get("gpu") else []):
+        for s in per_device(top):
             fv = s.get("fastest_verified") or {}
             ts = ", ".join(f"{t['name']} {x(t.get('measured'))} (target {t['target']:.1f}x)" for t in s.get("targets", []))
             if fv:
@@ -260,7 +262,7 @@ def section_latency(bench: dict | None) -> list[str]:
         for r in failed:
             out.append(f"- failed: {what(r)}: {str(r.get('error'))[:240]}")
         sm_all = (bench.get("summary") or {}).get(model) or {}
-        for sm in [sm_all] + ([sm_all["gpu"]] if sm_all.get("gpu") else []):
+        for sm in per_device(sm_all):
             dev, peer = ("GPU", "CUDA PyTorch") if sm.get("device") == "gpu" else ("CPU", "PyTorch")
             fv, bp = sm.get("fastest_verified"), sm.get("best_torch_peer")
             if fv:
@@ -297,6 +299,49 @@ def section_batches(bench: dict | None) -> list[str]:
                          x(eager["p50_ms"] / best["p50_ms"] if (eager and best) else None)])
     return out + table(["model", "batch", "fastest verified", "p50 ms", "samples/s", "eager p50 ms", "eager samples/s",
                         "speed-up"], rows) + [""]
+
+
+def section_engine_timing(bench: dict | None) -> list[str]:
+    """The GPU engine timing of bench.json (bench.engine_timing), when a GPU run measured it."""
+    et = (bench or {}).get("engine_timing")
+    if not et:
+        return []
+    out = ["## TensorRT engines on the GPU (bench.engine_timing)", "",
+           "End to end = numpy in, numpy out; compute / H2D / D2H = CUDA events on the runner's stream; samples/s with "
+           "1, 2, 4 threads sharing one runner (a context and stream each); trtexec / tensorrt_rtx on the same engine "
+           "and shapes where installed. GPU: " + _gpu_text(et.get("env") or {}), ""]
+    rows = []
+    for e in et.get("engines", []):
+        name = Path(e["engine"]).name
+        if e.get("error"):
+            rows.append([name, "-", "-", f"failed: {e['error'][:120]}", "-", "-", "-", "-", "-", "-"])
+        for p in e.get("points", []):
+            if p.get("error"):
+                rows.append([name, str(p["batch"]), "on" if p["cuda_graph"] else "off",
+                             f"failed: {p['error'][:120]}"] + ["-"] * 6)
+                continue
+            g, c = p.get("gpu", {}), p.get("cli") or {}
+            tp = " / ".join(rate(t.get("samples_per_s")) for t in p.get("throughput", []))
+            cli = ("-" if not c else f"failed: {c['error'][:60]}" if c.get("error") else
+                   f"{ms((c.get('compute') or {}).get('median_ms'))} compute, {ms((c.get('latency') or {}).get('median_ms'))} latency")
+            rows.append([name, str(p["batch"]), "on" if p["cuda_graph"] else "off", ms(p["e2e"]["p50_ms"]),
+                         ms(p["e2e"]["p99_ms"]),
+                         ms(g.get("compute", {}).get("p50_ms")), ms(g.get("h2d", {}).get("p50_ms")),
+                         ms(g.get("d2h", {}).get("p50_ms")), tp, cli])
+    out += table(["engine", "batch", "CUDA graph", "e2e p50 ms", "e2e p99 ms", "compute p50 ms", "H2D p50 ms",
+                  "D2H p50 ms", "samples/s (1/2/4 threads)", "trtexec median ms"], rows)
+    return out + [""]
+
+
+def _gpu_text(env: dict) -> str:
+    g = ((env.get("gpu") or {}).get("gpus") or [{}])[0]
+    parts = [str(g.get(k)) for k in ("name",) if g.get(k)]
+    parts += [f"{k.replace('_', ' ')} {g[k]}" for k in ("sm_clock_mhz", "max_sm_clock_mhz", "power_limit_w")
+              if g.get(k) is not None]
+    jet = env.get("jetson") or {}
+    if jet.get("nvpmodel"):
+        parts.append(f"nvpmodel {jet['nvpmodel']}")
+    return ", ".join(parts) or "not recorded"
 
 
 def section_guard(bench: dict | None) -> list[str]:
@@ -368,7 +413,7 @@ def build_report(artifacts: Path) -> str:
             "side by side with PyTorch and plain ONNX Runtime. Sources: `<model>/train.json`, `verify.json`, "
             "`bench.json` in this folder.", ""]
     parts = (head + section_targets(bench) + section_models(artifacts, names) + section_latency(bench)
-             + section_batches(bench) + section_guard(bench) + section_quantize(artifacts, names)
+             + section_batches(bench) + section_engine_timing(bench) + section_guard(bench) + section_quantize(artifacts, names)
              + section_verify(verify) + section_plots(artifacts, names) + section_env(bench))
     return "\n".join(parts).rstrip() + "\n"
 

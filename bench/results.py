@@ -208,6 +208,11 @@ def _summarize_device(rows: list[dict], model: str, batch: int, device: str) -> 
             "targets": targets}
 
 
+def per_device(model_summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """A model's summaries, CPU first, then the GPU one where the run had GPU rows."""
+    return [model_summary] + ([model_summary["gpu"]] if model_summary.get("gpu") else [])
+
+
 def summarize(rows: list[dict]) -> dict[str, Any]:
     return {m: summarize_model(rows, m) for m in dict.fromkeys(r["model"] for r in rows)}
 

@@ -43,22 +43,16 @@ def tiny_name(request):
 
 
 def has_nvidia_gpu() -> bool:
-    import shutil
-    import subprocess
+    """The project's one GPU check (runtime.gpu: the driver reports a GPU), so tests skip where the code would."""
+    from runtime.gpu import nvidia_gpu_present
 
-    if not shutil.which("nvidia-smi"):
-        return False
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return out.returncode == 0 and "GPU" in out.stdout
+    return nvidia_gpu_present()
 
 
 def pytest_collection_modifyitems(config, items):
     if has_nvidia_gpu():
         return
-    skip = pytest.mark.skip(reason="needs an NVIDIA GPU with CUDA: none found (nvidia-smi -L lists no GPU)")
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU with CUDA: none found (runtime.gpu.nvidia_gpu_present(): the driver reports no GPU)")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)

@@ -302,3 +302,63 @@ def test_end_to_end_quick_bench_and_report(tiny_artifacts):
                    "## Environment and method"):
         assert needle in md, needle
     assert "fp32.sim.onnx on onnxruntime (all)" in md
+
+
+def test_report_shows_gpu_rows_against_cuda_peers_and_engine_timing():
+    from bench.report import section_engine_timing, section_latency, section_targets
+    from bench.results import summarize
+
+    rows = [
+        _row("pytorch", "pytorch", "fp32", "eager", 90.0, is_peer=True, peer_kind="eager"),
+        _row("onnxruntime", "fp32.sim.onnx", "fp32", "all", 30.0),
+        _row("pytorch", "pytorch", "fp32", "cuda-eager", 2.0, is_peer=True, peer_kind="cuda_eager"),
+        _row("tensorrt", "fp16.trt10.engine", "fp16", "engine", 0.5),
+    ]
+    doc = {"rows": rows, "summary": summarize(rows), "engine_timing": {
+        "env": {"gpu": {"gpus": [{"name": "NVIDIA H200", "sm_clock_mhz": 1980, "power_limit_w": 700}]}},
+        "engines": [{"engine": "a/m/fp16.trt10.engine", "flavor": "trt10", "precision": "fp16", "points": [
+            {"batch": 1, "cuda_graph": True, "e2e": {"p50_ms": 0.21, "p99_ms": 0.3},
+             "gpu": {"compute": {"p50_ms": 0.12}, "h2d": {"p50_ms": 0.01}, "d2h": {"p50_ms": 0.005}},
+             "throughput": [{"threads": 1, "samples_per_s": 4700.0}, {"threads": 2, "samples_per_s": 8100.0}],
+             "cli": {"compute": {"median_ms": 0.118}, "latency": {"median_ms": 0.14}}},
+            {"batch": 8, "cuda_graph": False, "error": "BackendError: execute_async_v3 returned False"}]}]}}
+    text = "\n".join(section_latency(doc))
+    assert "GPU fastest verified: fp16.trt10.engine on tensorrt (engine), 0.500 ms** = 4.00x vs CUDA PyTorch eager" \
+        in text and "(PyTorch CUDA eager FP32, 2.00 ms)" in text
+    assert "CPU fastest verified: fp32.sim.onnx on onnxruntime (all), 30.0 ms** = 3.00x vs PyTorch eager" in text
+    targets = "\n".join(section_targets(doc))
+    assert "fastest verified vs PyTorch eager FP32 (GPU: CUDA peers)" in targets
+    et = "\n".join(section_engine_timing(doc))
+    assert "NVIDIA H200, sm clock mhz 1980, power limit w 700" in et
+    assert "| fp16.trt10.engine | 1 | on | 0.210 | 0.300 | 0.120 |" in et and "0.118 compute" in et
+    assert "failed: BackendError: execute_async_v3 returned False" in et
+    assert section_engine_timing({"rows": rows}) == []  # a CPU-only run has no such section
+
+
+def test_cuda_peer_without_cuda_is_a_load_error_not_a_crash():
+    import torch
+
+    from bench.peers import TorchCandidate, default_peers
+
+    c = TorchCandidate(tiny_model("vit"), "cuda_eager")
+    assert (c.precision, c.mode, c.is_peer) == ("fp32", "cuda-eager", True)
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the gpu-marked test covers the peer")
+    assert c.load() is False and "needs a CUDA GPU" in c.error
+    assert not [p for p in default_peers() if p.startswith("cuda_")]  # not chosen by default without CUDA
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["cuda_eager", "cuda_fp16_autocast", "cuda_compile"])
+def test_gpu_cuda_peers_match_cpu_eager(kind):
+    """The CUDA PyTorch peers compute what the CPU module computes (fp16 autocast within fp16 error)."""
+    from bench.candidates import make_feed
+    from bench.peers import TorchCandidate
+
+    built = tiny_model("vit")
+    ref, peer = TorchCandidate(built, "eager"), TorchCandidate(built, kind)
+    assert ref.load() and peer.load(), peer.error
+    feed = make_feed(built.spec, 4, None)
+    want, got = ref.logits(feed), peer.logits(feed)
+    np.testing.assert_allclose(got, want, rtol=0, atol=5e-2 if kind == "cuda_fp16_autocast" else 1e-3)
+    assert peer.notes["device"] and next(built.module.parameters()).device.type == "cpu"  # the CPU module untouched
