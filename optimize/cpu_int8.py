@@ -16,12 +16,13 @@ import numpy as np
 
 from calibration import TensorRange
 from calibration.evalset import EvalSet
-from optimize.fp16 import ort_session, run_guarded
+from optimize.fp16 import run_guarded
 from optimize.int8_budget import QuantOptions, _brief, judge, logit_error
 from optimize.int8_build import QuantizeError, quantize_dynamic_matmul, quantize_static_cached
 from optimize.qdq_graph import int8_weight_coverage, quantizable_weight_elements
 from runtime.child import python_module, run_child
 from runtime.cpu import int8_isa, int8_saturates
+from runtime.ort_backend import cpu_session
 from verify.compare import figures
 
 log = logging.getLogger("edgeattn.optimize.cpu_int8")
@@ -46,7 +47,7 @@ def bench_inprocess(models: dict[str, str], feed: dict[str, np.ndarray], runs: i
     """Interleaved (round-robin) latency of several models on one feed: median / p10 / p90 ms per model.
     ``runs`` is a minimum: fast models get up to 10x more runs, ~``seconds_per_model`` each, to beat noise."""
     levels = levels or {}
-    sessions = {k: ort_session(v, levels.get(k, "all"), threads) for k, v in models.items()}
+    sessions = {k: cpu_session(v, levels.get(k, "all"), threads) for k, v in models.items()}
     slowest = 0.0
     for s in sessions.values():
         for _ in range(warmup):

@@ -31,7 +31,7 @@ import numpy as np
 from calibration.evalset import EvalSet
 from runtime.child import python_module, run_child
 from verify.compare import figures
-from runtime.ort_backend import OPT_LEVELS, ort_level, try_levels  # one table of ORT optimisation levels
+from runtime.ort_backend import OPT_LEVELS, cpu_session, try_levels  # one table of ORT optimisation levels
 from zoo.io import atomic_write, sha256_file
 
 log = logging.getLogger("edgeattn.optimize.fp16")
@@ -66,22 +66,10 @@ class Fp16Options:
 
 
 # ---- ONNX Runtime helpers ----------------------------------------------------------------------------
-def ort_session(model: str | os.PathLike | bytes, level: str = "all", threads: int = 2):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort_level(level)
-    so.intra_op_num_threads = int(threads)
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    src = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
-
-
 def ort_logits(model: Any, es: EvalSet, level: str = "all", threads: int = 2, batch_size: int = 64,
                progress: str | None = None) -> np.ndarray:
     """Run ``es`` through a session (or a model path) and concatenate the first output, float32."""
-    sess = model if hasattr(model, "run") else ort_session(model, level, threads)
+    sess = model if hasattr(model, "run") else cpu_session(model, level, threads)
     out = []
     it = es.batches(batch_size)
     if progress:

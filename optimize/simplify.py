@@ -15,6 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from runtime.modelspec import load_spec, resolve_models
+from runtime.ort_backend import cpu_session
 from zoo.io import atomic_write, sha256_file, update_manifest
 from zoo.spec import ModelSpec
 
@@ -34,13 +35,7 @@ def _copy_metadata(src, dst) -> None:
 
 
 def _run(model_bytes: bytes, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
-    return sess.run(None, feed)
+    return cpu_session(model_bytes, "disable").run(None, feed)
 
 
 def parity(ref_bytes: bytes, new_bytes: bytes, spec: ModelSpec | None, rtol: float = 1e-5) -> float:
@@ -81,14 +76,10 @@ def _ort_basic(proto):
     import tempfile
 
     import onnx
-    import onnxruntime as ort
 
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "opt.onnx")
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        so.optimized_model_filepath = out
-        ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        cpu_session(proto.SerializeToString(), "basic", optimized_model_path=out)
         return onnx.load(out)
 
 

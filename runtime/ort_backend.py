@@ -185,6 +185,19 @@ def _session_options(threads: int | None, opt_level: str):
     return so
 
 
+def cpu_session(model: str | Path | bytes, opt_level: str = "all", threads: int | None = None,
+                optimized_model_path: str | Path | None = None):
+    """A bare ONNX Runtime CPU session (a file or serialized bytes) with the project's session options: for the
+    stages that run in-memory graphs or read raw outputs (simplify's parity, the FP16/INT8 budget loops, the
+    localiser). Everything else opens an OrtRunner (input contract, spec, providers) via runtime.loader."""
+    ort = _ort()
+    so = _session_options(threads, opt_level)
+    if optimized_model_path is not None:
+        so.optimized_model_filepath = str(optimized_model_path)
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), so,
+                                providers=["CPUExecutionProvider"])
+
+
 class OrtRunner(Runner):
     """A model file on ONNX Runtime. ``spec`` (dict) overrides the spec found in the file / beside it."""
 
@@ -339,6 +352,6 @@ def safe_opt_level(path: str | Path, preferred: str = "all", fallback: str = "ex
     return level
 
 
-__all__ = ["OrtRunner", "probe_in_subprocess", "safe_opt_level", "try_levels", "levels_from", "resolve_providers", "dummy_feed",
+__all__ = ["OrtRunner", "cpu_session", "probe_in_subprocess", "safe_opt_level", "try_levels", "levels_from", "resolve_providers", "dummy_feed",
            "ORT_TYPES", "OPT_LEVELS", "QDQ_REFERENCE_LEVEL", "SPEC_METADATA_KEY", "tensorrt_ep_options",
            "profile_shape_options", "check_first_provider"]

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from runtime.ort_backend import cpu_session
+
 
 @dataclass
 class Divergence:
@@ -108,7 +110,6 @@ def _torch_activations(built, feed: dict[str, np.ndarray]) -> list[tuple[str, st
 def localize(built, onnx_path: str | Path, feed: dict[str, np.ndarray], rtol: float = 1e-3) -> Divergence | None:
     """The first diverging module for ``feed`` (one or a few samples), or None if nothing diverges."""
     import onnx
-    import onnxruntime as ort
 
     model = onnx.load(str(onnx_path))
     cands = candidate_tensors(model)
@@ -121,10 +122,7 @@ def localize(built, onnx_path: str | Path, feed: dict[str, np.ndarray], rtol: fl
         if tensor not in existing and tensor in types and tensor not in wanted:
             wanted.append(tensor)
             model.graph.output.append(onnx.helper.make_tensor_value_info(tensor, types[tensor], None))
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = cpu_session(model.SerializeToString(), "disable")
     names = [o.name for o in sess.get_outputs()]
     values = dict(zip(names, sess.run(None, feed)))
     checked = 0
