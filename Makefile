@@ -31,56 +31,56 @@ help:
 	@echo "make gpu-check first thing on a GPU box or Jetson: CUDA calls, runner plumbing, TensorRT vs ORT -> $(ARTIFACTS)/gpu-check.json"
 
 setup: $(VENV)/.edgeattn-setup
-$(VENV)/.edgeattn-setup: requirements.txt scripts/setup.sh
+$(VENV)/.edgeattn-setup: requirements.txt pyproject.toml scripts/setup.sh
 	@bash scripts/setup.sh
 
 train: setup
-	$(PY) -m zoo.train --models $(MODELS) --artifacts $(ARTIFACTS)
+	$(PY) -m edgeattn train --models $(MODELS) --artifacts $(ARTIFACTS)
 
 export: setup
-	$(PY) -m export --models $(ZOO_MODELS) --artifacts $(ARTIFACTS)
+	$(PY) -m edgeattn export --models $(ZOO_MODELS) --artifacts $(ARTIFACTS)
 
 optimize: setup
-	$(PY) -m optimize simplify --models $(ZOO_MODELS) --artifacts $(ARTIFACTS)
+	$(PY) -m edgeattn simplify --models $(ZOO_MODELS) --artifacts $(ARTIFACTS)
 
 quantize: setup
-	$(PY) -m optimize quantize --models $(ZOO_MODELS) --artifacts $(ARTIFACTS) --max-drop $(MAX_DROP)
+	$(PY) -m edgeattn quantize --models $(ZOO_MODELS) --artifacts $(ARTIFACTS) --max-drop $(MAX_DROP)
 
 engines: setup
-	$(PY) -m optimize engines --models $(ZOO_MODELS) --artifacts $(ARTIFACTS) --flavor $(FLAVOR)
+	$(PY) -m edgeattn engines --models $(ZOO_MODELS) --artifacts $(ARTIFACTS) --flavor $(FLAVOR)
 
 # `make verify` fails (exit 1) when any artifact/backend row fails; the demo keeps going and reports it.
 verify: setup
-	$(PY) -m verify --models $(ZOO_MODELS) --artifacts $(ARTIFACTS) --strict
+	$(PY) -m edgeattn verify --models $(ZOO_MODELS) --artifacts $(ARTIFACTS) --strict
 
 bench: setup
-	$(PY) -m bench --models $(ZOO_MODELS) --artifacts $(ARTIFACTS) $(BENCH_ARGS)
+	$(PY) -m edgeattn bench --models $(ZOO_MODELS) --artifacts $(ARTIFACTS) $(BENCH_ARGS)
 
 report: setup
-	$(PY) -m bench.report --artifacts $(ARTIFACTS)
+	$(PY) -m edgeattn report --artifacts $(ARTIFACTS)
 
 # The demo goes on past a stage that misses (recorded in manifest.json / verify.json / report.md) and ends with a
 # summary; `make quantize` and `make verify` alone exit non-zero on a miss. Up-to-date stages are reused.
 demo: setup
 	@start=$$(date +%s); last=$$start; times=""; \
 	lap() { now=$$(date +%s); times="$$times $$1=$$((now - last))s"; last=$$now; }; \
-	$(PY) -m zoo.train --models $(MODELS) --artifacts $(ARTIFACTS) || exit 1; lap train; \
-	$(PY) -m export --models $(ZOO_MODELS) --artifacts $(ARTIFACTS) || exit 1; lap export; \
-	$(PY) -m optimize simplify --models $(ZOO_MODELS) --artifacts $(ARTIFACTS) || exit 1; lap simplify; \
-	$(PY) -m optimize quantize --models $(ZOO_MODELS) --artifacts $(ARTIFACTS) --max-drop $(MAX_DROP) \
+	$(PY) -m edgeattn train --models $(MODELS) --artifacts $(ARTIFACTS) || exit 1; lap train; \
+	$(PY) -m edgeattn export --models $(ZOO_MODELS) --artifacts $(ARTIFACTS) || exit 1; lap export; \
+	$(PY) -m edgeattn simplify --models $(ZOO_MODELS) --artifacts $(ARTIFACTS) || exit 1; lap simplify; \
+	$(PY) -m edgeattn quantize --models $(ZOO_MODELS) --artifacts $(ARTIFACTS) --max-drop $(MAX_DROP) \
 	  || echo "demo: quantize: an artifact missed its budget (recorded in manifest.json; see the summary); continuing"; \
 	lap quantize; \
-	$(PY) -m optimize engines --models $(ZOO_MODELS) --artifacts $(ARTIFACTS) --flavor $(FLAVOR) \
+	$(PY) -m edgeattn engines --models $(ZOO_MODELS) --artifacts $(ARTIFACTS) --flavor $(FLAVOR) \
 	  || echo "demo: engines stage failed (see above); continuing"; \
 	lap engines; \
-	$(PY) -m verify --models $(ZOO_MODELS) --artifacts $(ARTIFACTS) || exit 1; lap verify; \
-	$(PY) -m bench --models $(ZOO_MODELS) --artifacts $(ARTIFACTS) $(BENCH_ARGS) || exit 1; lap bench; \
-	$(PY) -m bench.report --artifacts $(ARTIFACTS) --summary || exit 1; lap report; \
+	$(PY) -m edgeattn verify --models $(ZOO_MODELS) --artifacts $(ARTIFACTS) || exit 1; lap verify; \
+	$(PY) -m edgeattn bench --models $(ZOO_MODELS) --artifacts $(ARTIFACTS) $(BENCH_ARGS) || exit 1; lap bench; \
+	$(PY) -m edgeattn report --artifacts $(ARTIFACTS) --summary || exit 1; lap report; \
 	echo "demo: done in $$(( $$(date +%s) - start )) s after setup ($$times ). Read $(ARTIFACTS)/report.md"
 
 # Exit 0: every check passed or was skipped; 1: a check failed; 2: no usable GPU here (nothing checked).
 gpu-check: setup
-	$(PY) -m verify.gpu_check --artifacts $(ARTIFACTS)
+	$(PY) -m edgeattn gpu-check --artifacts $(ARTIFACTS)
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc

@@ -38,6 +38,7 @@ from bench.worker import RemoteTimer, Worker, WorkerDied
 from runtime import gpu
 from runtime.modelspec import ModelRef, resolve_models
 from runtime.ort_backend import levels_from
+from runtime.stage import cli
 from verify.plan import ROLE_REFERENCE, artifact_files, backend_plan, test_inputs, verify_key
 from zoo.io import atomic_write_json, read_json
 from zoo.spec import ModelSpec
@@ -593,4 +594,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli("bench", main))

@@ -14,6 +14,7 @@ from bench.peers import EAGER_PEER
 from bench.results import device_of, ok, per_device, summarize
 from zoo.io import atomic_write_text, read_json
 from runtime.modelspec import ModelRef
+from runtime.stage import cli
 from verify.plan import ROLE_TEXT
 
 PEER_NAMES = {"eager": "PyTorch eager FP32", "bf16_autocast": "PyTorch bf16 autocast",
@@ -433,4 +434,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli("report", main))

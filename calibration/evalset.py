@@ -59,7 +59,8 @@ class EvalSet:
 def load_eval_set(spec: Any, model_dir: str | os.PathLike, split: str = "val", n: int | None = None, seed: int = 0,
                   synthetic_n: int = 16, synthetic_seed: int = 1, dataset: Any = None) -> EvalSet:
     """The model's ``split`` (default validation) as an :class:`EvalSet`; a model without a dataset gets
-    ``synthetic_n`` seeded natural-ish images (a seed different from calibration's)."""
+    ``synthetic_n`` seeded inputs (a seed different from calibration's): natural-ish images for an image input, else
+    the spec's example inputs (token ids within its vocabulary, float features) at its opt sizes."""
     if split == "train":
         raise CalibrationError("eval set: got split 'train', expected 'val' (or 'test'): judge on held-out data")
     inp = spec.inputs[0]
@@ -67,9 +68,10 @@ def load_eval_set(spec: Any, model_dir: str | os.PathLike, split: str = "val", n
         raise CalibrationError(f"eval set: model has {len(spec.inputs)} inputs, expected 1")
     pp = spec.preprocess or {}
     if spec.dataset is None:
-        if len(inp.shape) != 4:
-            raise CalibrationError(f"eval set: model '{spec.name}' has no dataset and input shape {inp.shape}; "
-                                   "synthetic data exists only for (N, C, H, W) images")
+        if len(inp.shape) != 4 or not inp.dtype.startswith("float"):
+            sizes = {k: r.opt for k, r in spec.dynamic.items()}
+            x = spec.example_inputs({**sizes, "batch": synthetic_n}, seed=synthetic_seed)[inp.name]
+            return EvalSet(inp.name, x, None, None, f"synthetic {inp.dtype} inputs n={synthetic_n} seed={synthetic_seed}")
         c = int(pp.get("channels", inp.shape[1] if not isinstance(inp.shape[1], str) else 3))
         h, w = pp.get("size", inp.shape[2:])
         u8 = synthetic_uint8_images(synthetic_n, c, int(h), int(w), seed=synthetic_seed)

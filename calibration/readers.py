@@ -18,6 +18,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from runtime.errors import EdgeattnError
 from runtime.preprocess import normalize_images, TextEncoder, trim_padding
 
 log = logging.getLogger("edgeattn.calibration")
@@ -26,7 +27,7 @@ log = logging.getLogger("edgeattn.calibration")
 CALIBRATION_METHODS = ("MinMax", "Entropy", "Percentile")
 
 
-class CalibrationError(ValueError):
+class CalibrationError(EdgeattnError, ValueError):
     """Calibration data cannot be built or used; the message says which input/split and what was expected."""
 
 
@@ -180,6 +181,20 @@ class CalibrationData:
         x = normalize_nchw(u8, pp.get("mean", 0.0), pp.get("std", 1.0))
         src = {"kind": "synthetic_images", "seed": seed, "n_samples": size, "batch_size": batch_size}
         return cls(batch_feeds({inputs[0].name: x}, batch_size), src)
+
+    @classmethod
+    def synthetic(cls, spec: Any, size: int = 64, batch_size: int = 8, seed: int = 0) -> "CalibrationData":
+        """Seeded data valid for every input kind, for models without a dataset: natural-ish images for one
+        (N, C, H, W) input, else ``spec.example_inputs`` for every input (token ids within the spec's vocabulary,
+        float features ~ N(0, 1)) at the spec's opt sizes."""
+        inputs = _spec_attr(spec, "inputs")
+        if len(inputs) == 1 and len(inputs[0].shape) == 4 and inputs[0].dtype.startswith("float"):
+            return cls.synthetic_images(spec, size, batch_size, seed)
+        sizes = {k: r.opt for k, r in spec.dynamic.items()}
+        feeds = spec.example_inputs({**sizes, "batch": size}, seed=seed)
+        src = {"kind": "synthetic_inputs", "seed": seed, "n_samples": size, "batch_size": batch_size,
+               "sizes": {k: v for k, v in sizes.items() if k != "batch"}}
+        return cls(batch_feeds(feeds, batch_size), src)
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray], batch_size: int = 32, pad_id: int | None = None,

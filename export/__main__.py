@@ -1,4 +1,7 @@
-"""``python -m export --models a,b --artifacts DIR``: write <artifacts>/<model>/fp32.onnx for each model."""
+"""``python -m export --models a,b --artifacts DIR [--weights FILE]``: write <artifacts>/<model>/fp32.onnx for each
+model. Our three families export their checkpoint (`make train`); torchvision and your own ``module:factory``
+models are built by their factory, with ``--weights`` (a state dict .pt/.pth or .safetensors; one model only) or
+EDGEATTN_WEIGHTS_<NAME> when given. A model that cannot be exported is one ``error:`` line; the others go on."""
 from __future__ import annotations
 
 import argparse
@@ -6,8 +9,9 @@ import logging
 from pathlib import Path
 
 from runtime.modelspec import resolve_models
+from runtime.stage import StageErrors, cli
 from zoo.io import sha256_file, update_manifest
-from zoo.registry import load_for_export
+from zoo.registry import export_source, load_for_export, weights_for
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,26 +21,36 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", required=True)
     ap.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     ap.add_argument("--opset", type=int, default=None)
+    ap.add_argument("--weights", type=Path, default=None,
+                    help="weights for a torchvision or module:factory model (state dict .pt/.pth or .safetensors)")
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     logging.getLogger("edgeattn").setLevel(logging.INFO)
-
-    for ref in resolve_models(args.models, args.artifacts):
-        name, out, ckpt = ref.name, ref.file("fp32.onnx"), ref.checkpoint
-        man = ref.manifest()
-        src = sha256_file(ckpt) if ckpt.is_file() else "torchvision"
-        if (not args.force and out.is_file() and man.get("export", {}).get("source") == src
-                and man["export"].get("sha256") == sha256_file(out)):
-            print(f"export {name}: up to date ({out})")
-            continue
-        built = load_for_export(ref)
-        section = export_model(built, out, opset=args.opset)
-        section["source"] = src
-        update_manifest(out.parent, "export", section)
-        print(f"export {name}: {out} ({section['nodes']} nodes, opset {section['opset']}, {section['export_seconds']} s)")
-    return 0
+    refs = resolve_models(args.models, args.artifacts)
+    if args.weights and len(refs) != 1:
+        ap.error(f"--weights: one weights file goes with one model; got {len(refs)} models")
+    errors = StageErrors("export")
+    for ref in refs:
+        with errors.model(ref.name):
+            name, out = ref.name, ref.file("fp32.onnx")
+            src = export_source(ref, args.weights)
+            man = ref.manifest()
+            if (not args.force and out.is_file() and man.get("export", {}).get("source") == src
+                    and man["export"].get("sha256") == sha256_file(out)):
+                print(f"export {name}: up to date ({out})")
+                continue
+            built = load_for_export(ref, args.weights)
+            section = export_model(built, out, opset=args.opset)
+            section["source"] = src
+            w = weights_for(ref, args.weights)
+            if w:
+                section["weights"] = str(Path(w).resolve())  # verify and bench load the same weights
+            update_manifest(out.parent, "export", section)
+            print(f"export {name}: {out} ({section['nodes']} nodes, opset {section['opset']}, "
+                  f"{section['export_seconds']} s)")
+    return errors.finish()
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli("export", main))

@@ -3,9 +3,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from runtime.errors import EdgeattnError
+
 TWO_GB = 2 * 1024 ** 3
 
-# ONNX ops the TensorRT ONNX parser (onnx-tensorrt, TensorRT 10/11/RTX) does not import.
+# ONNX ops the TensorRT ONNX parser (onnx-tensorrt, TensorRT 10/11/RTX) does not import. A static list: the
+# authoritative check is the parser itself, which the simplify stage runs (optimize.trt_ready) when tensorrt or
+# tensorrt_rtx is installed; it also sees what no op list can (e.g. upper-case Einsum equations).
 TRT_UNSUPPORTED_OPS = {
     "SequenceConstruct", "SequenceAt", "SequenceEmpty", "SequenceInsert", "SequenceErase", "SequenceLength",
     "SplitToSequence", "ConcatFromSequence", "Optional", "OptionalHasElement", "OptionalGetElement",
@@ -16,7 +20,7 @@ TRT_UNSUPPORTED_OPS = {
 }
 
 
-class ExportCheckError(ValueError):
+class ExportCheckError(EdgeattnError, ValueError):
     """A model cannot be exported as asked (opset too low, model too large for one file, ...)."""
 
 
@@ -50,12 +54,14 @@ def pre_export_check(module, opset: int) -> CheckReport:
 
 
 def post_export_check(model_proto) -> CheckReport:
-    """Look at the exported graph: ops TensorRT cannot parse, float64 tensors."""
+    """Look at the exported graph: ops TensorRT cannot parse (by a static list; the simplify stage runs the
+    installed TensorRT(-RTX) parser itself and names every node it rejects), float64 tensors."""
     rep = CheckReport()
     ops = {n.op_type for n in model_proto.graph.node}
     bad = sorted(ops & TRT_UNSUPPORTED_OPS)
     if bad:
-        rep.warnings.append(f"ops with no TensorRT support: {bad}; engines will fail to build")
+        rep.warnings.append(f"ops with no TensorRT support: {bad}; engines will fail to build (the simplify stage "
+                            "parses the graph with TensorRT(-RTX) when installed and names each rejected node)")
     import onnx
 
     f64 = [t.name for t in model_proto.graph.initializer if t.data_type == onnx.TensorProto.DOUBLE]

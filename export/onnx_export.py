@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from export.checks import TWO_GB, post_export_check, pre_export_check
+from runtime.errors import EdgeattnError
 from runtime.modelspec import SPEC_METADATA_KEY
 from zoo.io import atomic_write, atomic_write_text, sha256_file, update_manifest
 from zoo.registry import BuiltModel
@@ -22,7 +23,7 @@ from zoo.registry import BuiltModel
 log = logging.getLogger("edgeattn.export")
 
 
-class ExportError(RuntimeError):
+class ExportError(EdgeattnError, RuntimeError):
     """torch.onnx.export or the checker failed; the message names the model and the stage."""
 
 

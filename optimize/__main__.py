@@ -4,6 +4,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from runtime.stage import cli
+
 STAGES = {"simplify": "optimize.simplify", "quantize": "optimize.quantize", "engines": "optimize.engines"}
 
 
@@ -12,7 +14,8 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in STAGES:
         print(f"usage: python -m optimize {{{','.join(STAGES)}}} [options]; got {argv[:1] or 'nothing'}", file=sys.stderr)
         return 2
-    return int(importlib.import_module(STAGES[argv[0]]).main(argv[1:]) or 0)
+    stage = importlib.import_module(STAGES[argv[0]])
+    return int(cli(argv[0], lambda: stage.main(argv[1:])) or 0)
 
 
 if __name__ == "__main__":

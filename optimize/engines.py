@@ -31,9 +31,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from optimize.trt_ready import fix_hints, format_parser_error, parser_errors
 from runtime import engine_manifest as em
-from runtime.errors import BackendError, ModelLoadError
+from runtime.errors import BackendError, EdgeattnError, ModelLoadError
 from runtime.modelspec import load_spec, precision_of, resolve_models
+from runtime.stage import cli
 from runtime.tensorrt_backend import tensorrt_logger
 
 log = logging.getLogger("edgeattn.engines")
@@ -47,7 +49,7 @@ QUIET_WARNINGS = ("Make sure input", "Timing cache operations are no-ops")
 HW_COMPAT = {"ampere_plus": "AMPERE_PLUS", "same_compute_capability": "SAME_COMPUTE_CAPABILITY"}
 
 
-class EngineBuildError(RuntimeError):
+class EngineBuildError(EdgeattnError, RuntimeError):
     """Parsing or building failed; the message names the file, the failing nodes/ops or TensorRT's own errors."""
 
 
@@ -97,13 +99,12 @@ def _parse(trt, network, logger, onnx_path: Path):
     ok = parser.parse_from_file(str(onnx_path))  # path form: external weights next to the file are found
     if ok:
         return parser
-    errors = []
-    for i in range(parser.num_errors):
-        e = parser.get_error(i)
-        errors.append(f"node '{e.node_name()}' (op {e.node_operator()}): {e.desc()} [{e.code()}]")
+    entries = parser_errors(parser)  # each rejected node: name, op, index, the parser's message
+    errors = [format_parser_error(e) for e in entries]
     if not errors:
         errors = logger.take_errors() or ["parser returned False without an error record"]
-    raise EngineBuildError(f"ONNX parser rejected '{onnx_path}' ({len(errors)} error(s)): " + "; ".join(errors))
+    raise EngineBuildError(f"ONNX parser rejected '{onnx_path}' ({len(errors)} error(s)): " + "; ".join(errors)
+                           + fix_hints(entries))
 
 
 def _dtype_name(trt, dt) -> str:
@@ -567,5 +568,5 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli("engines", main))
 

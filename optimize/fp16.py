@@ -30,6 +30,7 @@ import numpy as np
 
 from calibration.evalset import EvalSet
 from runtime.child import python_module, run_child
+from runtime.errors import EdgeattnError
 from verify.compare import figures
 from runtime.ort_backend import OPT_LEVELS, cpu_session, try_levels  # one table of ORT optimisation levels
 from zoo.io import atomic_write, sha256_file
@@ -42,7 +43,7 @@ FP32_OPS = ("LayerNormalization", "Softmax", "LogSoftmax", "ReduceMean", "Reduce
 FP32_OPS_WIDE = FP32_OPS + ("Erf", "Div", "Where", "Tanh", "Sigmoid")
 
 
-class Fp16Error(RuntimeError):
+class Fp16Error(EdgeattnError, RuntimeError):
     """FP16 conversion or its check failed; the message names the model and what was expected."""
 
 
@@ -154,7 +155,6 @@ def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike, op_block_list: 
     import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-
     model = onnx.load(str(src))
     block = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(op_block_list))
     fp16 = convert_float_to_float16(model, keep_io_types=keep_io_types, op_block_list=block)
@@ -226,8 +226,8 @@ def build_fp16(model_dir: str | os.PathLike, es: EvalSet, ref_logits: np.ndarray
             tier["problem"] = "ONNX Runtime failed at every optimisation level"
         else:
             cmp = figures(ref_logits, chosen.logits, es.y)
-            ok = not cmp["nonfinite"] and cmp["cosine_mean"] >= opts.min_cosine and \
-                (es.y is None or cmp["accuracy_delta"] >= -opts.max_drop - 1e-9)
+            ok = (not cmp["nonfinite"] and not cmp["degenerate_reference"] and cmp["cosine_mean"] >= opts.min_cosine
+                  and (es.y is None or cmp["accuracy_delta"] >= -opts.max_drop - 1e-9))
             tier.update(ort_opt_level=chosen.level, check=cmp, passed=bool(ok))
         tiers.append(tier)
         log.info("fp16 %s tier %d: %s", model_dir.name, ti, {k: tier.get(k) for k in ("ort_opt_level", "passed")})

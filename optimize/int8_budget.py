@@ -59,7 +59,7 @@ class QuantOptions:
 
 
 def judge(cmp: dict[str, Any], opts: QuantOptions, labelled: bool) -> bool:
-    if cmp.get("nonfinite"):
+    if cmp.get("nonfinite") or cmp.get("degenerate_reference"):  # a reference without signal proves nothing
         return False
     if labelled:
         return cmp["accuracy_delta"] >= -opts.max_drop - 1e-9 and cmp["top1_agreement"] >= opts.min_agreement

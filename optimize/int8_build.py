@@ -16,10 +16,11 @@ from tqdm import tqdm
 
 from calibration import CacheKey, CalibrationData, OrtCalibrationReader, RangeCache, TensorRange
 from optimize.qdq_graph import WEIGHT_OPS, ensure_node_names, gemm_to_matmul
+from runtime.errors import EdgeattnError
 from zoo.io import sha256_file
 
 
-class QuantizeError(RuntimeError):
+class QuantizeError(EdgeattnError, RuntimeError):
     """Quantisation failed; the message names the model, the stage and what was expected."""
 
 

@@ -12,18 +12,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
+from optimize.graph_parity import SimplifyError, parity
+from optimize.trt_ready import fix_hints, format_parser_error, make_trt_ready, parser_check
 from runtime.modelspec import load_spec, resolve_models
 from runtime.ort_backend import cpu_session
+from runtime.stage import StageErrors, cli
 from zoo.io import atomic_write, sha256_file, update_manifest
-from zoo.spec import ModelSpec
 
 log = logging.getLogger("edgeattn.simplify")
-
-
-class SimplifyError(RuntimeError):
-    """No simplifier produced a graph that matches the input numerically."""
 
 
 def _copy_metadata(src, dst) -> None:
@@ -32,28 +28,6 @@ def _copy_metadata(src, dst) -> None:
         if p.key not in have:
             q = dst.metadata_props.add()
             q.key, q.value = p.key, p.value
-
-
-def _run(model_bytes: bytes, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-    return cpu_session(model_bytes, "disable").run(None, feed)
-
-
-def parity(ref_bytes: bytes, new_bytes: bytes, spec: ModelSpec | None, rtol: float = 1e-5) -> float:
-    """Max abs difference between the two graphs' outputs, over min/opt/max input sizes (relative to the
-    output scale); raises SimplifyError when it exceeds ``rtol``."""
-    sizes_list = [{k: getattr(r, w) for k, r in spec.dynamic.items()} for w in ("min", "opt", "max")] if spec else [{}]
-    worst = 0.0
-    for i, sizes in enumerate(sizes_list):
-        feed = spec.example_inputs(sizes, seed=i) if spec else {}
-        a, b = _run(ref_bytes, feed), _run(new_bytes, feed)
-        for x, y in zip(a, b):
-            if x.shape != y.shape:
-                raise SimplifyError(f"output shape changed: {x.shape} -> {y.shape} at sizes {sizes}")
-            scale = max(1.0, float(np.abs(x).max()))
-            worst = max(worst, float(np.abs(x.astype(np.float64) - y).max()) / scale)
-    if worst > rtol:
-        raise SimplifyError(f"simplified graph differs from the input by {worst:.3g} (relative), expected <= {rtol}")
-    return worst
 
 
 def _onnxsim(proto):
@@ -91,7 +65,13 @@ FALLBACK_ONLY = {"ort_basic"}
 
 
 def simplify_file(src: str | Path, dst: str | Path) -> dict[str, Any]:
-    """Simplify ``src`` into ``dst`` with the first simplifier whose result checks and matches numerically."""
+    """Simplify ``src`` into ``dst`` with the first simplifier whose result checks and matches numerically.
+
+    Then the TensorRT-ready passes (optimize.trt_ready: e.g. upper-case Einsum equations, which TensorRT's parser
+    rejects) run on the chosen graph and are kept only when it still matches ``src``; the written file is parsed
+    with the installed TensorRT(-RTX) parser and each node it rejects is named in a warning now, not at engine
+    build time. Both go in the returned section under ``trt_ready``.
+    """
     import onnx
 
     src, dst = Path(src), Path(dst)
@@ -121,10 +101,25 @@ def simplify_file(src: str | Path, dst: str | Path) -> dict[str, Any]:
             best = (n, name, new_bytes, diff)
     if best is not None:
         n, name, new_bytes, diff = best
+        # TensorRT-ready rewrites (optimize.trt_ready), kept only if the result still matches the ORIGINAL graph
+        ready, trt_ready = make_trt_ready(onnx.load_from_string(new_bytes), spec)
+        if any(trt_ready["passes"].values()) and "dropped" not in trt_ready:
+            try:
+                ready_bytes = ready.SerializeToString()
+                diff, new_bytes = parity(ref, ready_bytes, spec), ready_bytes
+            except Exception as e:  # noqa: BLE001 - never write a graph that does not match the source
+                trt_ready["dropped"] = f"against the source graph: {type(e).__name__}: {str(e)[:400]}"
+                log.warning("simplify %s: TensorRT-ready rewrite dropped, writing the simplified graph as it is: %s",
+                            src, trt_ready["dropped"])
         atomic_write(dst, lambda p: p.write_bytes(new_bytes))
+        trt_ready["rejected"] = rejected = parser_check(dst)  # the file engines parse: name rejected nodes now
+        if rejected:
+            log.warning("simplify %s: TensorRT's ONNX parser (%s) rejects %d node(s) of %s, engines will not build: "
+                        "%s", src, trt_ready["parser"], len(rejected), dst.name,
+                        "; ".join(format_parser_error(e) for e in rejected) + fix_hints(rejected))
         return {"file": dst.name, "source": src.name, "source_sha256": sha256_file(src), "sha256": sha256_file(dst),
                 "tool": name, "nodes_before": len(proto.graph.node), "nodes_after": n, "parity_max_rel_diff": diff,
-                "attempts": attempts}
+                "attempts": attempts, "trt_ready": trt_ready}
     raise SimplifyError(f"simplify '{src}': every simplifier failed: {attempts}")
 
 
@@ -136,25 +131,25 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     logging.getLogger("edgeattn").setLevel(logging.INFO)
-    failed = 0
+    errors = StageErrors("simplify")
     for ref in resolve_models(args.models, args.artifacts):
-        name, d = ref.name, ref.folder
-        src, dst = d / "fp32.onnx", d / "fp32.sim.onnx"
-        if not src.is_file():
-            print(f"simplify {name}: {src} missing, run 'make export' first; skipped")
-            failed += 1
-            continue
-        prev = ref.manifest().get("simplify", {})
-        if (not args.force and dst.is_file() and prev.get("source_sha256") == sha256_file(src)
-                and prev.get("sha256") == sha256_file(dst)):
-            print(f"simplify {name}: up to date ({dst})")
-            continue
-        section = simplify_file(src, dst)
-        update_manifest(d, "simplify", section)
-        print(f"simplify {name}: {section['nodes_before']} -> {section['nodes_after']} nodes with {section['tool']} "
-              f"(parity {section['parity_max_rel_diff']:.2e})")
-    return 1 if failed else 0
+        with errors.model(ref.name):
+            name, d = ref.name, ref.folder
+            src, dst = d / "fp32.onnx", d / "fp32.sim.onnx"
+            if not src.is_file():
+                raise SimplifyError(f"{src}: missing; expected the export stage's output (run 'edgeattn export "
+                                    f"--models {name}' or 'make export' first)")
+            prev = ref.manifest().get("simplify", {})
+            if (not args.force and dst.is_file() and prev.get("source_sha256") == sha256_file(src)
+                    and prev.get("sha256") == sha256_file(dst)):
+                print(f"simplify {name}: up to date ({dst})")
+                continue
+            section = simplify_file(src, dst)
+            update_manifest(d, "simplify", section)
+            print(f"simplify {name}: {section['nodes_before']} -> {section['nodes_after']} nodes with "
+                  f"{section['tool']} (parity {section['parity_max_rel_diff']:.2e})")
+    return errors.finish()
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli("simplify", main))

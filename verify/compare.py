@@ -1,7 +1,12 @@
 """Compare a backend's logits with PyTorch's, separately from running them (Polygraphy's Comparator idea).
 
 ``compare(ref, got, labels, tol)`` returns a ``Comparison``: truthy when it passed, with every number a
-report needs and the list of reasons when it did not.
+report needs and the list of reasons when it did not. Two rules hold for every stage's verdict:
+
+- a reference with no signal (``degenerate_reference``: PyTorch's logits near zero, constant over classes or over
+  inputs, or not finite) gets no verdict: the comparison fails and says so, since a check on it cannot fail;
+- an absolute logit tolerance (``Tolerance.max_abs``) is relative to the reference's scale (``reference_scale``,
+  the RMS of its logits): tiny logits cannot pass on a tiny error, huge ones do not fail on float32 rounding.
 """
 from __future__ import annotations
 
@@ -23,6 +28,12 @@ class Comparison:
     reference_accuracy: float | None
     accuracy_delta: float | None  # accuracy points, ours - reference (negative = worse)
     nonfinite: int
+    scaled_max_abs_diff: float  # max_abs_diff / reference_scale: what Tolerance.max_abs bounds
+    reference_scale: float  # RMS of the reference's logits
+    reference_spread: float | None  # std over classes, mean over samples (None: one class)
+    reference_sample_spread: float | None  # std over samples, largest over classes (None: one sample)
+    reference_nonfinite: int
+    degenerate_reference: bool
     passed: bool
     reasons: list[str] = field(default_factory=list)
 
@@ -41,15 +52,61 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
+# The floor under which PyTorch's logits carry no signal. Logits are in nats: a spread of 1e-5 moves no class's
+# probability by more than 1e-5, and it is ~100 float32 eps (1.19e-7), the rounding a network with O(1) activations
+# accumulates (the project's fp32 artifacts differ from PyTorch by 1e-6..8e-6). Relative to the logits' RMS it is
+# ~100 float32 ulps of them: a constant offset with rounding noise on it. Real models: spread 0.5..4, 5 decades above.
+SPREAD_FLOOR = 1e-5
+SPREAD_FLOOR_REL = 1e-5
+
+
+def reference_figures(ref: np.ndarray) -> dict:
+    """The reference's own figures (``ref``: (N, classes) logits): ``reference_scale`` (RMS), ``reference_spread``
+    (std over classes, mean over samples: the signal that picks a class), ``reference_sample_spread`` (std over
+    samples, largest over classes: how much the logits depend on the input), ``reference_nonfinite`` and
+    ``degenerate_reference`` (either spread under the floor, or NaN/Inf). NaN/Inf count as 0 in the others."""
+    r = np.asarray(ref, np.float64)
+    r = r.reshape(r.shape[0], int(np.prod(r.shape[1:])))
+    bad = int((~np.isfinite(r)).sum())
+    r = np.nan_to_num(r, nan=0.0, posinf=0.0, neginf=0.0)
+    scale = float(np.sqrt(np.mean(r ** 2))) if r.size else 0.0
+    spread = float(r.std(1).mean()) if r.shape[1] > 1 and len(r) else None
+    sample_spread = float(r.std(0).max()) if len(r) > 1 and r.size else None
+    floor = spread_floor(scale)
+    low = [v for v in (spread, sample_spread) if v is not None and v < floor]
+    return {"reference_scale": scale, "reference_spread": spread, "reference_sample_spread": sample_spread,
+            "reference_nonfinite": bad, "degenerate_reference": bool(bad or low or not r.size)}
+
+
+def spread_floor(scale: float) -> float:
+    return max(SPREAD_FLOOR, SPREAD_FLOOR_REL * scale)
+
+
+def degenerate_reason(f: dict) -> str | None:
+    """The one-line reason a reference with figures ``f`` (from :func:`reference_figures`) gets no verdict; None
+    when it has a signal."""
+    if not f["degenerate_reference"]:
+        return None
+    g = lambda v: "-" if v is None else f"{v:.3g}"  # noqa: E731
+    what = (f"{f['reference_nonfinite']} NaN/Inf values" if f["reference_nonfinite"] else
+            f"std over classes {g(f['reference_spread'])}, over samples {g(f['reference_sample_spread'])}, RMS "
+            f"{g(f['reference_scale'])}; floor {spread_floor(f['reference_scale']):.3g}")
+    return (f"degenerate reference: PyTorch's logits have no signal ({what}); this check cannot fail on them: fix the "
+            "model's initialisation or give real weights")
+
+
 def figures(ref: np.ndarray, got: np.ndarray, labels: np.ndarray | None = None) -> dict:
     """Every figure of ``got`` against reference logits ``ref`` (and accuracy on ``labels`` if given), under the one
     vocabulary the manifest, verify.json, bench.json and the report share. NaN/Inf count as 0 in the other figures
-    and are counted in ``nonfinite``. ``accuracy_delta`` is in accuracy points, ours - reference."""
+    and are counted in ``nonfinite`` (``reference_nonfinite`` for the reference's). ``accuracy_delta`` is in accuracy
+    points, ours - reference; ``scaled_max_abs_diff`` is ``max_abs_diff`` over ``reference_scale`` (RMS of the
+    reference's logits), one of the reference's own figures (:func:`reference_figures`)."""
     if ref.shape != got.shape:
         raise ValueError(f"compare: got logits of shape {got.shape}, expected {ref.shape}")
     nonfinite = int((~np.isfinite(got)).sum())
     g = np.nan_to_num(np.asarray(got, np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    r = np.asarray(ref, np.float64)
+    ref_f = reference_figures(ref)
+    r = np.nan_to_num(np.asarray(ref, np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     diff = np.abs(g - r)
     cos = cosine_rows(r, g)
     acc = racc = delta = None
@@ -58,23 +115,32 @@ def figures(ref: np.ndarray, got: np.ndarray, labels: np.ndarray | None = None) 
         acc = float((g.argmax(1) == labels).mean())
         racc = float((r.argmax(1) == labels).mean())
         delta = round(100.0 * (acc - racc), 6)
-    return {"n_samples": int(len(ref)), "max_abs_diff": float(diff.max()) if diff.size else 0.0,
+    max_abs = float(diff.max()) if diff.size else 0.0
+    scale = ref_f["reference_scale"]
+    scaled = max_abs / scale if scale > 0 else (float("inf") if max_abs > 0 else 0.0)
+    return {"n_samples": int(len(ref)), "max_abs_diff": max_abs,
             "mean_abs_diff": float(diff.mean()) if diff.size else 0.0,
             "max_rel_diff": float((diff / np.maximum(np.abs(r), 1e-6)).max()) if diff.size else 0.0,
             "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()),
             "top1_agreement": float((r.argmax(1) == g.argmax(1)).mean()), "accuracy": acc,
-            "reference_accuracy": racc, "accuracy_delta": delta, "nonfinite": nonfinite}
+            "reference_accuracy": racc, "accuracy_delta": delta, "nonfinite": nonfinite,
+            "scaled_max_abs_diff": scaled, **ref_f}
 
 
 def compare(ref: np.ndarray, got: np.ndarray, labels: np.ndarray | None, tol) -> Comparison:
     """``ref``/``got``: (N, classes) logits; ``labels``: (N,) ground truth or None (parity only); ``tol``: a
-    zoo.spec.Tolerance-like object (max_abs, min_cosine, min_top1_agreement, max_drop_points)."""
+    zoo.spec.Tolerance-like object (max_abs relative to the reference's RMS, min_cosine, min_top1_agreement,
+    max_drop_points). A degenerate reference fails whatever ``got`` is, with the reason first."""
     f = figures(ref, got, labels)
     reasons = []
+    why = degenerate_reason(f)
+    if why:
+        reasons.append(why)
     if f["nonfinite"]:
         reasons.append(f"{f['nonfinite']} NaN/Inf values in the output")
-    if tol.max_abs is not None and f["max_abs_diff"] > tol.max_abs:
-        reasons.append(f"max_abs_diff {f['max_abs_diff']:.3g} > {tol.max_abs:g}")
+    if tol.max_abs is not None and f["scaled_max_abs_diff"] > tol.max_abs:
+        reasons.append(f"max_abs_diff {f['max_abs_diff']:.3g} > {tol.max_abs:g} x the reference's RMS "
+                       f"{f['reference_scale']:.3g}")
     stat = getattr(tol, "cosine_on", "min")
     cval = f["cosine_mean"] if stat == "mean" else f["cosine_min"]
     if cval < tol.min_cosine:

@@ -120,7 +120,7 @@ def test_inputs(spec, ref: ModelRef, limit: int | None = None, parity_n: int = P
                                    "n_split": int(len(ds.test))}
 
 
-CODE_VERSION = "verify/3"
+CODE_VERSION = "verify/4"  # 4: degenerate references fail, max_abs relative to the reference
 
 
 def verify_key(ref: ModelRef, limit: int | None) -> str:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.errors import EdgeattnError
+
 FMNIST_DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 FMNIST_FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
@@ -29,7 +31,7 @@ FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530
 SENTIMENT_LABELS = ["negative", "positive"]
 
 
-class DataError(RuntimeError):
+class DataError(EdgeattnError, RuntimeError):
     """Data is missing or malformed; the message says where it looked and how to fix it."""
 
 

@@ -4,22 +4,27 @@ Names:
 - ``text_transformer``, ``attention_cnn``, ``vit``: our three families (config overrides as kwargs);
 - ``torchvision:<name>``: any torchvision classifier, random-initialised or from a local weights file
   (``weights="/path/file.pth"``); never downloaded;
-- ``<python.module>:<factory>``: a user model; the module declares ``EDGEATTN_SPEC`` (a dict with inputs,
-  outputs, dynamic axes; see ``_user_model``).
+- ``<python.module>:<factory>``: a user model. The factory (and its weights: loaded by the factory, or a state dict
+  / safetensors file given as ``weights=``, ``--weights`` or EDGEATTN_WEIGHTS_<FACTORY>) is the source of truth; no
+  checkpoint of ours is needed. Its spec comes from the factory (``@model_spec(...)`` or a ``spec`` attribute),
+  else the module's ``EDGEATTN_SPEC`` (one spec, or a dict factory name -> spec; see ``_user_model``).
 """
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from zoo.data import FMNIST_LABELS, FMNIST_MEAN, FMNIST_STD, SENTIMENT_LABELS
+from runtime.errors import EdgeattnError
 from runtime.modelspec import ModelRef, artifact_name
+from zoo.data import FMNIST_LABELS, FMNIST_MEAN, FMNIST_STD, SENTIMENT_LABELS
+from zoo.init_spread import ensure_spread
+from zoo.io import atomic_write, sha256_file
 from zoo.spec import DimRange, ModelSpec, TensorSpec
-from zoo.io import atomic_write
 
 BUILTIN = ("text_transformer", "attention_cnn", "vit")
 EXAMPLE_TORCHVISION = ("torchvision:vit_b_16",)
@@ -27,11 +32,11 @@ CHECKPOINT_FORMAT = "edgeattn-checkpoint/1"
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
-class RegistryError(ValueError):
+class RegistryError(EdgeattnError, ValueError):
     """Unknown model name or bad override."""
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(EdgeattnError, RuntimeError):
     """A checkpoint is missing, corrupt, or does not match the model; the message names the file."""
 
 
@@ -127,7 +132,7 @@ def _torchvision(name: str, overrides: dict[str, Any]) -> BuiltModel:
     if weights:
         _load_state_dict_file(module, Path(weights))
     else:
-        _reinit_zero_heads(module, seed)
+        ensure_spread(module, (3, image_size, image_size), seed)
     num_classes = int(overrides.get("num_classes", 1000))
     spec = _image_spec(name, 3, image_size, [f"class_{i}" for i in range(num_classes)], IMAGENET_MEAN, IMAGENET_STD,
                        max_batch, None)
@@ -135,42 +140,71 @@ def _torchvision(name: str, overrides: dict[str, Any]) -> BuiltModel:
     return BuiltModel(name, module, spec, cfg)
 
 
-def _reinit_zero_heads(module, seed: int) -> None:
-    """torchvision's ViT zero-initialises its head: every logit 0 makes any parity check pass. Re-init it."""
-    import torch
-    from torch import nn
+SPEC_KEYS = ("inputs", "outputs", "dynamic")
 
-    g = torch.Generator().manual_seed(seed)
-    for m in module.modules():
-        if isinstance(m, nn.Linear) and bool(torch.all(m.weight == 0)):
-            with torch.no_grad():
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.02)
-                if m.bias is not None:
-                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.02)
+
+def model_spec(**spec: Any) -> Callable:
+    """Decorator giving a user factory its spec, so one module can offer several models::
+
+        @model_spec(inputs=[{"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"]}],
+                    outputs=[{"name": "logits", "dtype": "float32", "shape": ["batch", 2]}],
+                    dynamic={"batch": {"min": 1, "opt": 8, "max": 32}, "sequence": {"min": 4, "opt": 32, "max": 64}},
+                    preprocess={"vocab_size": 1000})
+        def tiny_text(): ...
+
+    ``preprocess.vocab_size`` bounds the synthetic token ids used for calibration and parity."""
+    def wrap(fn: Callable) -> Callable:
+        fn.spec = spec
+        return fn
+
+    return wrap
+
+
+def _declared_spec(name: str, mod, fn) -> dict[str, Any]:
+    """The factory's ``spec`` attribute, else the module's EDGEATTN_SPEC (one spec, or factory name -> spec)."""
+    factory = name.rsplit(":", 1)[1]
+    declared = getattr(fn, "spec", None)
+    if not isinstance(declared, dict):
+        declared = getattr(mod, "EDGEATTN_SPEC", None)
+        if isinstance(declared, dict) and "inputs" not in declared:  # keyed by factory name
+            declared = declared.get(factory)
+    if not isinstance(declared, dict):
+        raise RegistryError(f"model '{name}': no spec: expected @zoo.registry.model_spec(...) on '{factory}', or "
+                            "EDGEATTN_SPEC in its module (a dict with inputs, outputs, dynamic; or factory name -> "
+                            "such a dict)")
+    missing = [k for k in SPEC_KEYS if k not in declared]
+    if missing:
+        raise RegistryError(f"model '{name}': its spec lacks {missing}; expected keys {list(SPEC_KEYS)} (inputs and "
+                            "outputs as [{name, dtype, shape}], dynamic as {dim: {min, opt, max}})")
+    return declared
 
 
 def _user_model(name: str, overrides: dict[str, Any]) -> BuiltModel:
-    """``pkg.module:factory``: ``factory(**overrides)`` returns an nn.Module; ``pkg.module.EDGEATTN_SPEC`` is a
-    dict like ``{"task": ..., "inputs": [{"name", "dtype", "shape"}], "outputs": [...], "dynamic":
-    {"batch": {"min", "opt", "max"}}, "labels": [...]}``."""
+    """``pkg.module:factory``: ``factory(**overrides)`` returns an nn.Module (put into eval mode); its spec is a dict
+    like ``{"task": ..., "inputs": [{"name", "dtype", "shape"}], "outputs": [...], "dynamic":
+    {"batch": {"min", "opt", "max"}}, "labels": [...], "preprocess": {"vocab_size": ...}}``; ``weights`` (a state
+    dict .pt/.pth or .safetensors file) is loaded into the module when given."""
     mod_name, factory = name.rsplit(":", 1)
+    weights = overrides.pop("weights", None)
     try:
         mod = importlib.import_module(mod_name)
     except ImportError as e:
-        raise RegistryError(f"model '{name}': cannot import module '{mod_name}' ({e})") from e
+        raise RegistryError(f"model '{name}': cannot import module '{mod_name}' ({e}); expected an importable "
+                            "module (its folder on PYTHONPATH or the current directory)") from e
     fn = getattr(mod, factory, None)
     if fn is None:
         raise RegistryError(f"model '{name}': module '{mod_name}' has no factory '{factory}'")
-    declared = getattr(mod, "EDGEATTN_SPEC", None)
-    if not isinstance(declared, dict):
-        raise RegistryError(f"model '{name}': module '{mod_name}' must declare EDGEATTN_SPEC (a dict with inputs, "
-                            "outputs, dynamic); got none")
-    d = {"name": name, "task": "custom", "labels": [], **declared}
+    d = {"name": name, "task": "custom", "labels": [], **_declared_spec(name, mod, fn)}
     try:
         spec = ModelSpec.from_dict(d)
     except (KeyError, TypeError, ValueError) as e:
-        raise RegistryError(f"model '{name}': EDGEATTN_SPEC is malformed ({e!r})") from e
-    return BuiltModel(name, fn(**overrides), spec, dict(overrides))
+        raise RegistryError(f"model '{name}': its spec is malformed ({e!r})") from e
+    module = fn(**overrides)
+    if weights:
+        _load_state_dict_file(module, Path(weights))
+    module.eval()
+    cfg = {**overrides, **({"weights": str(weights)} if weights else {})}
+    return BuiltModel(name, module, spec, cfg)
 
 
 def create_model(name: str, **overrides: Any) -> BuiltModel:
@@ -192,7 +226,6 @@ def create_model(name: str, **overrides: Any) -> BuiltModel:
 # ---- checkpoints ------------------------------------------------------------------------------
 def save_checkpoint(built: BuiltModel, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
     import torch
-
 
     payload = {"format": CHECKPOINT_FORMAT, "model": built.name, "config": built.config,
                "state_dict": {k: v.detach().cpu() for k, v in built.module.state_dict().items()}, **(extra or {})}
@@ -263,10 +296,39 @@ def load_checkpoint(path: str | Path, expected_model: str | None = None) -> Buil
     return built
 
 
-def load_for_export(ref: ModelRef) -> BuiltModel:
-    """Trained models come from their checkpoint; torchvision ones are built (random head re-initialised, or
-    ``weights=`` from EDGEATTN_WEIGHTS_<ARCH> if set)."""
-    if ref.name.startswith("torchvision:"):
-        env = os.environ.get(ref.weights_env)
-        return create_model(ref.name, **({"weights": env} if env else {}))
-    return load_checkpoint(ref.checkpoint, expected_model=ref.name)
+def weights_for(ref: ModelRef, weights: str | Path | None = None) -> str | None:
+    """The weights file of a torchvision or user model: ``weights`` if given, else EDGEATTN_WEIGHTS_<NAME>, else the
+    one export recorded in manifest.json (so verify and bench load what was exported); None: the factory's own."""
+    if weights:
+        return str(weights)
+    return os.environ.get(ref.weights_env) or (ref.manifest().get("export") or {}).get("weights")
+
+
+def load_for_export(ref: ModelRef, weights: str | Path | None = None) -> BuiltModel:
+    """The PyTorch model every stage compares with. Our three families: their checkpoint (`make train`).
+    torchvision and user models (``module:factory``): built by their factory, with :func:`weights_for`'s file when
+    there is one (torchvision without one: random init with a real spread); no checkpoint of ours is needed."""
+    if ref.name in BUILTIN:
+        return load_checkpoint(ref.checkpoint, expected_model=ref.name)
+    w = weights_for(ref, weights)
+    return create_model(ref.name, **({"weights": w} if w else {}))
+
+
+def export_source(ref: ModelRef, weights: str | Path | None = None) -> str:
+    """What an export is made from, for the up-to-date check: the checkpoint's sha256 (our families), else the
+    factory's source file and the weights file (sha256 each), so a changed factory or new weights re-export."""
+    if ref.name in BUILTIN:
+        return sha256_file(ref.checkpoint) if ref.checkpoint.is_file() else "no checkpoint"
+    parts = []
+    if not ref.name.startswith("torchvision:"):
+        try:
+            src = inspect.getsourcefile(importlib.import_module(ref.name.rsplit(":", 1)[0]))
+            parts.append(f"factory {sha256_file(src)}" if src else "factory ?")
+        except (ImportError, TypeError) as e:
+            raise RegistryError(f"model '{ref.name}': cannot import its module ({e})") from e
+    else:
+        parts.append("torchvision")
+    w = weights_for(ref, weights)
+    if w:
+        parts.append(f"weights {sha256_file(w) if Path(w).is_file() else 'missing: ' + w}")
+    return "; ".join(parts)

@@ -24,6 +24,7 @@ import numpy as np
 from zoo.data import Dataset, load_dataset
 from zoo.io import atomic_write_json, atomic_write_text, read_json
 from runtime.modelspec import ModelRef, resolve_models
+from runtime.stage import StageErrors, cli
 from zoo.registry import BuiltModel, create_model, load_checkpoint, save_checkpoint
 from runtime.preprocess import normalize_images, TextEncoder
 
@@ -69,7 +70,6 @@ def seed_everything(seed: int) -> None:
 def features(built: BuiltModel, ds: Dataset, split: str, model_dir: Path):
     """A split as model inputs: normalised float images, or token ids from the saved tokenizer."""
     import torch
-
 
     s = getattr(ds, split)
     pp = built.spec.preprocess
@@ -220,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(int(os.environ.get("EDGEATTN_THREADS", os.cpu_count() or 1)))
     rows = []
+    errors = StageErrors("train")
     for ref in resolve_models(args.models, args.artifacts):
         name = ref.name
         if name not in RECIPES:
@@ -227,13 +228,13 @@ def main(argv: list[str] | None = None) -> int:
         recipe = RECIPES[name]
         if args.epochs:
             recipe = dataclasses.replace(recipe, epochs=args.epochs)
-        r = train_model(ref, recipe, force=args.force)
-        rows.append(r)
+        with errors.model(name):
+            rows.append(train_model(ref, recipe, force=args.force))
     print(f"\n{'model':<18}{'dataset':<18}{'test acc':>10}{'n_test':>8}{'train s':>9}")
     for r in rows:
         print(f"{r['model']:<18}{r['dataset']['name']:<18}{r['test_accuracy']:>10.4f}{r['n_test']:>8}{r['train_seconds']:>9.1f}")
-    return 0
+    return errors.finish()
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli("train", main))
