@@ -47,14 +47,16 @@ def run_all(argv: Sequence[str]) -> int:
     ap.add_argument("--models", required=True)
     ap.add_argument("--artifacts", default="artifacts")
     ap.add_argument("--weights", default=None, help="weights file for one torchvision / module:factory model")
+    ap.add_argument("--data", default=None, help="your calibration/evaluation data for one model (calibration.user_data)")
     ap.add_argument("--max-drop", default="0.5", help="INT8 accuracy budget, points")
     ap.add_argument("--flavor", default="auto", help="engine flavour: auto, trt, trt10, trt11, rtx")
     ap.add_argument("--no-bench", action="store_true", help="skip the latency benchmark")
     ap.add_argument("--strict", action="store_true", help="exit 1 when a gating verify row failed")
     a = ap.parse_args(list(argv))
     refs = resolve_models(a.models, a.artifacts)
-    if a.weights and len(refs) != 1:
-        ap.error(f"--weights: one weights file goes with one model; got {len(refs)} models")
+    for flag, value in (("--weights", a.weights), ("--data", a.data)):
+        if value and len(refs) != 1:
+            ap.error(f"{flag}: one file goes with one model; got {len(refs)} models")
     worst, stopped = 0, []
     for ref in refs:
         rc = run_model(ref.name, a)
@@ -73,7 +75,8 @@ def run_model(name: str, a: argparse.Namespace) -> int:
     """One model through the stages of :func:`run_all`; the exit status that matters (2: stopped, verify's)."""
     common = ["--models", name, "--artifacts", a.artifacts]
     plan: list[tuple[str, list[str], bool]] = [  # (stage, argv, stop this model's run when it fails)
-        ("export", common + (["--weights", a.weights] if a.weights else []), True),
+        ("export", common + (["--weights", a.weights] if a.weights else []) + (["--data", a.data] if a.data else []),
+         True),
         ("simplify", common, True),
         ("quantize", common + ["--max-drop", a.max_drop], False),
         ("engines", common + ["--flavor", a.flavor], False),

@@ -8,6 +8,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from calibration.user_data import data_path
 from runtime.modelspec import resolve_models
 from runtime.stage import StageErrors, cli
 from zoo.io import sha256_file, update_manifest
@@ -23,21 +24,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--opset", type=int, default=None)
     ap.add_argument("--weights", type=Path, default=None,
                     help="weights for a torchvision or module:factory model (state dict .pt/.pth or .safetensors)")
+    ap.add_argument("--data", type=Path, default=None,
+                    help="your calibration/evaluation data for a model without a dataset (a folder of images, a text "
+                         "file with one sample per line, or an .npz per input name; labels optional)")
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     logging.getLogger("edgeattn").setLevel(logging.INFO)
     refs = resolve_models(args.models, args.artifacts)
-    if args.weights and len(refs) != 1:
-        ap.error(f"--weights: one weights file goes with one model; got {len(refs)} models")
+    for flag, value in (("--weights", args.weights), ("--data", args.data)):
+        if value and len(refs) != 1:
+            ap.error(f"{flag}: one file goes with one model; got {len(refs)} models")
+    if args.data and not args.data.exists():
+        ap.error(f"--data: '{args.data}' does not exist; expected a folder of images, a text file or an .npz")
     errors = StageErrors("export")
     for ref in refs:
         with errors.model(ref.name):
             name, out = ref.name, ref.file("fp32.onnx")
             src = export_source(ref, args.weights)
             man = ref.manifest()
+            data = data_path(man, name, args.data)
+            data = str(Path(data).resolve()) if data else None
             if (not args.force and out.is_file() and man.get("export", {}).get("source") == src
-                    and man["export"].get("sha256") == sha256_file(out)):
+                    and man["export"].get("sha256") == sha256_file(out) and man["export"].get("data") == data):
                 print(f"export {name}: up to date ({out})")
                 continue
             built = load_for_export(ref, args.weights)
@@ -46,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             w = weights_for(ref, args.weights)
             if w:
                 section["weights"] = str(Path(w).resolve())  # verify and bench load the same weights
+            if data:
+                section["data"] = data  # quantize and verify read it (calibration.user_data)
             update_manifest(out.parent, "export", section)
             print(f"export {name}: {out} ({section['nodes']} nodes, opset {section['opset']}, "
                   f"{section['export_seconds']} s)")

@@ -38,6 +38,7 @@ import numpy as np
 
 from calibration import CalibrationData, RangeCache
 from calibration.evalset import EvalSet, load_eval_set
+from calibration.user_data import data_digest, data_path, load_user_data
 from optimize.cpu_int8 import ALL_CPU_CANDIDATES, build_cpu_candidates, choose_cpu, default_cpu_candidates
 from optimize.fp16 import Fp16Options, build_fp16, ort_logits
 from optimize.int8_budget import QuantOptions, _brief, _miss, budget_search
@@ -87,17 +88,23 @@ def quantize_model(model_dir: str | os.PathLike, opts: QuantOptions | None = Non
     labelled = spec.dataset is not None
     manifest = read_json(model_dir / "manifest.json", {}) or {}
     src_sha = sha256_file(src)
-    dataset = None
+    dataset = user = None
     if labelled:
         dataset = load_dataset(spec.dataset)
-    es = load_eval_set(spec, model_dir, "val", opts.eval_samples, opts.seed, opts.parity_eval_size, dataset=dataset)
+    udp = None if labelled else data_path(manifest, model_dir.name)
+    if udp:  # the user's own data (export --data): calibrate on one half, judge on the other
+        user, es = user_eval_set(udp, spec, model_dir, opts)
+        labelled = es.y is not None
+    else:
+        es = load_eval_set(spec, model_dir, "val", opts.eval_samples, opts.seed, opts.parity_eval_size, dataset=dataset)
+    data_key = data_digest(udp) if udp else None
     result: dict[str, Any] = {}
     ref = None
 
     # -- fp16
     if opts.fp16:
         f16 = Fp16Options(threads=opts.threads)
-        key = _digest({"src": src_sha, "opts": f16.key(), "code": CODE_VERSION})
+        key = _digest({"src": src_sha, "opts": f16.key(), "code": CODE_VERSION, **({"user_data": data_key} if udp else {})})
         if not force and _up_to_date(model_dir, manifest.get("fp16"), key, ["fp16.onnx"]):
             print(f"quantize {model_dir.name}: fp16.onnx up to date")
             result["fp16"] = manifest["fp16"]
@@ -111,13 +118,18 @@ def quantize_model(model_dir: str | os.PathLike, opts: QuantOptions | None = Non
 
     # -- int8
     if opts.int8:
-        if labelled:
+        if user is not None:
+            cal = user.half("calibration")
+            calib = CalibrationData.from_arrays(cal.inputs, min(8, opts.calib_batch), es.pad_id,
+                                                {"kind": "user_data", "source": cal.source})
+        elif dataset is not None:
             calib = CalibrationData.from_dataset(spec, dataset, model_dir, opts.calib_size, opts.calib_batch, opts.seed)
         else:
             calib = CalibrationData.synthetic(spec, opts.parity_calib_size, min(8, opts.calib_batch), opts.seed)
         # the CPU's int8 class is part of the key: int8.cpu.onnx is chosen and verified for the CPU at hand
         key = _digest({"src": src_sha, "data": calib.sha256, "dataset": getattr(dataset, "sha256", None),
-                       "eval": es.description, "opts": opts.key(), "code": CODE_VERSION, "cpu_isa": isa})
+                       "eval": es.description, "opts": opts.key(), "code": CODE_VERSION, "cpu_isa": isa,
+                       **({"user_data": data_key} if udp else {})})
         old = manifest.get("int8") or {}
         if not force and _up_to_date(model_dir, old, key, list(old.get("files_sha256", {})) or ["int8.qdq.onnx"]):
             print(f"quantize {model_dir.name}: {' and '.join(old['files_sha256'])} up to date"
@@ -127,12 +139,23 @@ def quantize_model(model_dir: str | os.PathLike, opts: QuantOptions | None = Non
         ref = ort_logits(src, es, "all", opts.threads, progress=f"fp32 {model_dir.name} val" if progress else None)
         sec = build_int8(model_dir, src, calib, es, ref, opts, progress, isa)
         sec.update(key=key, source_sha256=src_sha)
-        if labelled:
+        if dataset is not None:
             tj = read_json(model_dir / "train.json", {}) or {}
             sec["pytorch_val_accuracy"] = tj.get("val_accuracy")
         update_manifest(model_dir, "int8", sec)
         result["int8"] = sec
     return result
+
+
+def user_eval_set(path: str, spec, model_dir: Path, opts: QuantOptions):
+    """(the user's data, its evaluation half as an EvalSet): single-input models only (EvalSet holds one input)."""
+    if len(spec.inputs) != 1:
+        raise QuantizeError(f"user data {path}: the budget loop evaluates single-input models; this one has "
+                            f"{[t.name for t in spec.inputs]}")
+    user = load_user_data(path, spec, model_dir)
+    ev, name = user.half("evaluation"), spec.inputs[0].name
+    pad = int(spec.preprocess.get("pad_id", 0)) if (spec.preprocess or {}).get("kind") == "text" else None
+    return user, EvalSet(name, ev.inputs[name], ev.labels, pad, ev.source).subset(opts.eval_samples, opts.seed)
 
 
 def build_int8(model_dir: Path, src: Path, calib: CalibrationData, es: EvalSet, ref: np.ndarray,

@@ -165,3 +165,60 @@ def test_edgeattn_run_takes_user_models_through_every_stage(user_module, tmp_pat
         tv = (art / folder / "manifest.json").read_text()
         assert '"source": "factory ' in tv
     assert (art / "report.md").is_file()
+
+
+def _png_folder(root: Path, classes: dict[str, int], size: int = 16) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls, n in classes.items():
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    return root
+
+
+def test_user_data_forms_halves_and_errors(user_module, tmp_path):
+    from calibration.user_data import UserDataError, load_user_data
+
+    img = create_model("mymods:tiny_image").spec
+    ud = load_user_data(_png_folder(tmp_path / "imgs", {"cat": 5, "dog": 4}), img, tmp_path)
+    assert ud.inputs["pixels"].shape == (9, 1, 16, 16) and ud.inputs["pixels"].dtype == np.float32
+    assert sorted(ud.labels.tolist()) == [0] * 5 + [1] * 4  # sub-folder names, sorted
+    cal, ev = ud.half("calibration"), ud.half("evaluation")
+    assert (len(cal), len(ev)) == (4, 5) and "evaluation half n=5 of 9" in ev.source
+    both = np.concatenate([cal.inputs["pixels"], ev.inputs["pixels"]])
+    assert len(np.unique(both.reshape(9, -1), axis=0)) == 9  # disjoint halves covering every sample
+    np.testing.assert_array_equal(ud.half("evaluation").inputs["pixels"], ev.inputs["pixels"])  # seeded
+    text = create_model("mymods:tiny_text").spec
+    np.savez(tmp_path / "ids.npz", input_ids=np.ones((6, 8), np.int32), labels=np.arange(6) % 3)
+    ud = load_user_data(tmp_path / "ids.npz", text, tmp_path)
+    assert ud.inputs["input_ids"].dtype == np.int64 and ud.labels.tolist() == [0, 1, 2, 0, 1, 2]
+    np.savez(tmp_path / "bad.npz", ids=np.ones((6, 8)))
+    with pytest.raises(UserDataError, match=r"arrays \['ids'\]; expected one per model input \['input_ids'\]"):
+        load_user_data(tmp_path / "bad.npz", text, tmp_path)
+    (tmp_path / "lines.txt").write_text("0\ta fine film\n1\tnot good\n")
+    with pytest.raises(UserDataError, match="text needs the model's tokenizer"):
+        load_user_data(tmp_path / "lines.txt", text, tmp_path)
+    with pytest.raises(UserDataError, match="no such file or folder"):
+        load_user_data(tmp_path / "nothere", text, tmp_path)
+
+
+def test_edgeattn_run_with_the_users_own_images(user_module, tmp_path):
+    """--data: quantize calibrates on one half of the user's images and verify judges on the other, with labels."""
+    data = _png_folder(tmp_path / "imgs", {f"c{i}": 6 for i in range(5)})
+    art = tmp_path / "art"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(user_module)])}
+    p = subprocess.run([sys.executable, "-m", "edgeattn", "run", "--models", "mymods:tiny_image", "--data", str(data),
+                        "--artifacts", str(art), "--no-bench", "--flavor", "rtx"],
+                       capture_output=True, text=True, env=env, timeout=900, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-3000:]
+    man = json.loads((art / "tiny_image" / "manifest.json").read_text())
+    assert man["export"]["data"] == str(data.resolve())
+    cal = man["int8"]["calibration"]["data"]
+    assert cal["kind"] == "user_data" and "calibration half n=15 of 30" in cal["source"]
+    assert "evaluation half n=15 of 30" in man["int8"]["budget"]["data"]
+    rows = [r for r in json.loads((art / "verify.json").read_text()) if r["model"] == "mymods:tiny_image"]
+    assert rows and {r["dataset"] for r in rows} == {f"user images {data} (30 files, labelled by sub-folder), "
+                                                      "evaluation half n=15 of 30 (seed 0)"}
+    assert all(r.get("accuracy") is not None for r in rows)  # labelled by sub-folder: accuracy, not agreement only

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from calibration.user_data import UserDataError, data_digest, data_path, load_user_data
 from runtime import gpu
 from runtime.cpu import cpu_info
 from runtime.loader import ORT_GPU_MODES
@@ -105,6 +106,16 @@ def test_inputs(spec, ref: ModelRef, limit: int | None = None, parity_n: int = P
                 parity_seed: int = 1234):
     """(inputs array, labels or None, dataset description) for a model: its full test split (first ``limit``), or
     seeded random inputs for a model without a dataset. Shared with bench, so both judge the same samples."""
+    udp = data_path(ref.manifest(), ref.name) if spec.dataset is None else None
+    if udp:  # the user's own data: its evaluation half (quantize calibrated on the other half)
+        if len(spec.inputs) != 1:
+            raise UserDataError(f"user data {udp}: verify compares single-input models; this one has "
+                                f"{[t.name for t in spec.inputs]}")
+        ev = load_user_data(udp, spec, ref.folder).half("evaluation")
+        x = ev.inputs[spec.inputs[0].name][:limit] if limit else ev.inputs[spec.inputs[0].name]
+        y = None if ev.labels is None else ev.labels[: len(x)]
+        return x, y, {"name": ev.source, "sha256": data_digest(udp)[:64], "split": "user evaluation half",
+                      "n": int(len(x)), "n_split": int(len(ev))}
     if spec.dataset is None:
         x = spec.example_inputs({"batch": limit or parity_n}, seed=parity_seed)[spec.inputs[0].name]
         return x, None, {"name": "seeded-random", "seed": parity_seed, "n": int(len(x))}
