@@ -151,14 +151,19 @@ def _child_main(argv: Sequence[str]) -> int:
 # ---- conversion --------------------------------------------------------------------------------------
 def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike, op_block_list: Sequence[str] = FP32_OPS,
                  keep_io_types: bool = True) -> dict[str, Any]:
-    """fp32 ONNX -> fp16 ONNX (atomic write); returns node/cast counts."""
+    """fp32 ONNX -> fp16 ONNX (atomic write); returns node/cast counts and how many nodes carry a PyTorch module
+    scope (``scopes``: the converter's Casts get the scope of the node they feed, optimize.node_scopes)."""
     import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
+    from optimize.node_scopes import reattach, record
+
     model = onnx.load(str(src))
+    scope_table = record(model)  # before the converter rewrites the graph in place
     block = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(op_block_list))
     fp16 = convert_float_to_float16(model, keep_io_types=keep_io_types, op_block_list=block)
     toposort(fp16.graph)  # the converter appends its input Casts at the end; checkers and parsers want order
+    scopes = reattach(fp16, scope_table)  # its Casts get the scope of the node they feed (verify.localize)
     # The converter leaves some value_info with stale element types; re-infer them from the graph.
     del fp16.graph.value_info[:]
     fp16 = onnx.shape_inference.infer_shapes(fp16, check_type=True, strict_mode=True)
@@ -170,7 +175,8 @@ def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike, op_block_list: 
     atomic_write(dst, _write)
     kept = sorted({n.op_type for n in fp16.graph.node if n.op_type in set(op_block_list)})
     return {"nodes": len(fp16.graph.node), "casts": sum(n.op_type == "Cast" for n in fp16.graph.node),
-            "fp32_ops_present": kept, "op_block_list": list(op_block_list), "keep_io_types": keep_io_types}
+            "fp32_ops_present": kept, "op_block_list": list(op_block_list), "keep_io_types": keep_io_types,
+            "scopes": scopes}
 
 
 def toposort(graph) -> None:
@@ -241,6 +247,7 @@ def build_fp16(model_dir: str | os.PathLike, es: EvalSet, ref_logits: np.ndarray
         "fp32_ops_present": best["fp32_ops_present"], "casts": best["casts"], "nodes": best["nodes"],
         "ort_opt_level": best.get("ort_opt_level"), "ort_crashed_levels": crashed, "passed": best["passed"],
         "check": {**(best.get("check") or {}), "data": es.description}, "tiers_tried": len(tiers),
+        "scopes": best.get("scopes"),
         "tiers": [{k: v for k, v in t.items() if k not in ("nodes",)} for t in tiers[:-1]],
         "seconds": round(time.perf_counter() - t0, 2),
         "options": {k: v for k, v in opts.key().items() if k != "block_tiers"},

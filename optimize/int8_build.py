@@ -109,13 +109,18 @@ TRT_EXTRA = {
 
 def quantize_static_cached(src: str | os.PathLike, dst: str | os.PathLike, ranges: dict[str, TensorRange],
                            method: str, nodes: Sequence[str], flavour: str = "trt",
-                           quantize_attention: bool = False, reduce_range: bool = False) -> None:
+                           quantize_attention: bool = False, reduce_range: bool = False) -> dict[str, Any]:
     """quantize_static with precomputed ``ranges`` (no calibration pass) on exactly ``nodes``.
 
     flavour ``trt``: QDQ, int8 activations and weights, symmetric, per-channel weights, float bias, no Q/DQ on
     outputs. ``qdq_u8s8``: QDQ with uint8 asymmetric activations, int8 per-channel weights, int32 bias (ORT CPU).
-    ``qoperator``: QLinear* operators, u8s8 (ORT CPU). ``reduce_range``: 7-bit weights (CPU flavours only)."""
+    ``qoperator``: QLinear* operators, u8s8 (ORT CPU). ``reduce_range``: 7-bit weights (CPU flavours only).
+
+    The nodes ORT inserts or replaces get the PyTorch module scopes of ``src``'s nodes (optimize.node_scopes), so
+    verify.localize localises an int8 failure; returns that coverage report (nodes, scoped before/after)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from optimize.node_scopes import carry_file
 
     if not nodes:
         raise QuantizeError(f"{Path(src).name}: no nodes to quantise (all excluded)")
@@ -139,16 +144,21 @@ def quantize_static_cached(src: str | os.PathLike, dst: str | os.PathLike, range
                             extra_options={"MatMulConstBOnly": True}, reduce_range=reduce_range, **common)
         else:
             raise QuantizeError(f"static flavour: got {flavour!r}, expected trt, qdq_u8s8 or qoperator")
+    return carry_file(src, dst)
 
 
 def quantize_dynamic_matmul(src: str | os.PathLike, dst: str | os.PathLike, exclude: Sequence[str] = (),
                             conv: bool = False, reduce_range: bool = False) -> int:
     """Dynamic int8 (DynamicQuantizeLinear + MatMulInteger, fused by ORT into DynamicQuantizeMatMul) on every
-    constant-weight MatMul, after rewriting Gemm as MatMul. Convs stay float unless ``conv`` (ConvInteger)."""
+    constant-weight MatMul, after rewriting Gemm as MatMul. Convs stay float unless ``conv`` (ConvInteger). The
+    written graph carries ``src``'s PyTorch module scopes (optimize.node_scopes). Returns the Gemms rewritten."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from optimize.node_scopes import reattach_file, record
+
     model = onnx.load(str(src))
+    scopes = record(model)  # before gemm_to_matmul replaces the Gemms with metadata-less MatMuls
     ensure_node_names(model)
     n = gemm_to_matmul(model)
     with tempfile.TemporaryDirectory(prefix="edgeattn-dq-") as tmp:
@@ -157,4 +167,5 @@ def quantize_dynamic_matmul(src: str | os.PathLike, dst: str | os.PathLike, excl
         quantize_dynamic(str(mm), str(dst), op_types_to_quantize=["MatMul"] + (["Conv"] if conv else []),
                          per_channel=False, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
                          reduce_range=reduce_range, extra_options={"MatMulConstBOnly": True})
+    reattach_file(dst, scopes)
     return n

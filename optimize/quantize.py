@@ -53,7 +53,7 @@ from zoo.data import load_dataset
 from zoo.io import atomic_write, read_json, sha256_file, update_manifest
 
 log = logging.getLogger("edgeattn.optimize.quantize")
-CODE_VERSION = "int8/2"
+CODE_VERSION = "int8/3"  # 3: module scopes carried into fp16/int8 graphs
 
 
 # ---- one model ---------------------------------------------------------------------------------------
@@ -185,7 +185,8 @@ def build_int8(model_dir: Path, src: Path, calib: CalibrationData, es: EvalSet, 
         ref_sweep = ref if es_sweep is es else ort_logits(src, es_sweep, "all", opts.threads)
         search = budget_search(qsrc, ranges, opts.method, nodes, es, ref, es_sweep, ref_sweep, opts, work, progress)
         cand = work / "candidate.onnx"
-        quantize_static_cached(qsrc, cand, ranges, opts.method, search["quantized"], "trt", opts.quantize_attention)
+        scopes = quantize_static_cached(qsrc, cand, ranges, opts.method, search["quantized"], "trt",
+                                        opts.quantize_attention)  # module scopes carried for the localiser
         violations = check_qdq_rules(cand)
         qdq_dst = model_dir / "int8.qdq.onnx"
         atomic_write(qdq_dst, lambda p: shutil.copyfile(cand, p))
@@ -220,7 +221,7 @@ def build_int8(model_dir: Path, src: Path, calib: CalibrationData, es: EvalSet, 
                              "computes up to rounding, the same on every CPU",
                 "miss": miss, "fallback": None if search["passed"] else
                 "int8.qdq.onnx kept (most accurate found) and marked failed; deploy fp16.onnx / the fp16 engine",
-                "rule_violations": violations, "counts": qdq_counts(qdq_dst),
+                "rule_violations": violations, "counts": qdq_counts(qdq_dst), "scopes": scopes,
                 "quantized_nodes": search["quantized"], "excluded_nodes": search["excluded"],
                 "val": _brief(search["final"]), "steps": search["steps"], "sensitivity": search["sensitivity"],
                 "latency_ms": qdq_lat, "format": "QDQ int8 symmetric, per-channel weights, float bias"},

@@ -20,6 +20,7 @@ from runtime.stage import StageErrors, cli
 from zoo.io import atomic_write, sha256_file, update_manifest
 
 log = logging.getLogger("edgeattn.simplify")
+CODE_VERSION = "simplify/2"  # 2: TensorRT-ready rewrites, parser check, module scopes carried (a new file)
 
 
 def _copy_metadata(src, dst) -> None:
@@ -28,6 +29,19 @@ def _copy_metadata(src, dst) -> None:
         if p.key not in have:
             q = dst.metadata_props.add()
             q.key, q.value = p.key, p.value
+
+
+def _carry_scopes(src, new_bytes: bytes) -> tuple[bytes, dict[str, Any]]:
+    """The chosen graph with the PyTorch module scopes of ``src``'s nodes put back (onnxsim and onnxslim drop node
+    metadata; verify.localize needs it): metadata only, after the parity check. Returns (bytes, coverage report)."""
+    import onnx
+
+    from optimize.node_scopes import carry, summary
+
+    new = onnx.load_from_string(new_bytes)
+    report = carry(src, new)
+    log.info("simplify: %s", summary(report))
+    return (new.SerializeToString() if report["scoped_after"] > report["scoped_before"] else new_bytes), report
 
 
 def _onnxsim(proto):
@@ -111,15 +125,17 @@ def simplify_file(src: str | Path, dst: str | Path) -> dict[str, Any]:
                 trt_ready["dropped"] = f"against the source graph: {type(e).__name__}: {str(e)[:400]}"
                 log.warning("simplify %s: TensorRT-ready rewrite dropped, writing the simplified graph as it is: %s",
                             src, trt_ready["dropped"])
+        new_bytes, scopes = _carry_scopes(proto, new_bytes)
         atomic_write(dst, lambda p: p.write_bytes(new_bytes))
         trt_ready["rejected"] = rejected = parser_check(dst)  # the file engines parse: name rejected nodes now
         if rejected:
             log.warning("simplify %s: TensorRT's ONNX parser (%s) rejects %d node(s) of %s, engines will not build: "
                         "%s", src, trt_ready["parser"], len(rejected), dst.name,
                         "; ".join(format_parser_error(e) for e in rejected) + fix_hints(rejected))
-        return {"file": dst.name, "source": src.name, "source_sha256": sha256_file(src), "sha256": sha256_file(dst),
+        return {"file": dst.name, "code": CODE_VERSION, "source": src.name, "source_sha256": sha256_file(src),
+                "sha256": sha256_file(dst),
                 "tool": name, "nodes_before": len(proto.graph.node), "nodes_after": n, "parity_max_rel_diff": diff,
-                "attempts": attempts, "trt_ready": trt_ready}
+                "attempts": attempts, "trt_ready": trt_ready, "scopes": scopes}
     raise SimplifyError(f"simplify '{src}': every simplifier failed: {attempts}")
 
 
@@ -140,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise SimplifyError(f"{src}: missing; expected the export stage's output (run 'edgeattn export "
                                     f"--models {name}' or 'make export' first)")
             prev = ref.manifest().get("simplify", {})
-            if (not args.force and dst.is_file() and prev.get("source_sha256") == sha256_file(src)
+            if (not args.force and dst.is_file() and prev.get("code") == CODE_VERSION
+                    and prev.get("source_sha256") == sha256_file(src)
                     and prev.get("sha256") == sha256_file(dst)):
                 print(f"simplify {name}: up to date ({dst})")
                 continue

@@ -129,7 +129,7 @@ def verify_model(ref: ModelRef, limit: int | None, threads: int | None,
                     c = compare(ref, got, labels, tol)
                     row["budget_points"] = tol.max_drop_points
                     row.update(c.to_dict())
-                    if not c.passed and localize_failures and prec in ("fp32", "int8") and backend == "onnxruntime" \
+                    if not c.passed and localize_failures and prec in ("fp32", "fp16", "int8") and backend == "onnxruntime" \
                             and role != ROLE_CPU_KERNELS:
                         row["first_divergence"] = _localize(built, model_dir / art, x, labels, ref, got)
                 if key:
