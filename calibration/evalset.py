@@ -12,9 +12,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from calibration.readers import CalibrationError, encode_inputs, normalize_nchw, synthetic_uint8_images
+from calibration.readers import CalibrationError, encode_inputs
 from runtime.preprocess import trim_padding
 from zoo.data import load_dataset
+from zoo.synthetic import normalize_nchw, synthetic_uint8_images
 
 
 @dataclass

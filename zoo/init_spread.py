@@ -9,8 +9,11 @@ left the logits flat (spread under ``MIN_SPREAD``, or degenerate as verify.compa
 
 1. zero Linear weights (ViT's head) are re-initialised ~ N(0, 0.02^2) from ``seed``, as ViT's training init would;
 2. one seeded probe batch (images ~ N(0, 1), the parity inputs' distribution; eval mode, no grad) measures the
-   logits; if flat, the BatchNorm running statistics are set from that batch (BatchNorm in train mode, everything
-   else in eval), so every normalised activation is O(1) again, in fp32 and fp16 alike;
+   logits; if flat, the BatchNorm running statistics are set from a larger seeded batch of both kinds of input the
+   pipeline feeds a parity-only model: N(0, 1) images (verify's parity inputs) and natural-ish images normalised
+   like the model's inputs (calibration and the FP16/INT8 budget, zoo.synthetic), so every normalised activation is
+   O(1) on both, in fp32 and fp16 alike (statistics from 2 noise images alone gave efficientnet_b0 logits of RMS
+   ~1000 on natural-ish images, which no fp16 or int8 graph could follow);
 3. if still flat, the Linear that produces the logits is rescaled so their spread is ``TARGET_SPREAD``.
 
 A model that has a spread as built (vit_b_16 after step 1, resnet18, convnext_tiny) is not changed by the probe.
@@ -23,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from verify.compare import degenerate_reason, reference_figures
+from zoo.synthetic import normalize_nchw, synthetic_uint8_images
 
 log = logging.getLogger("edgeattn.zoo")
 
@@ -31,6 +35,8 @@ log = logging.getLogger("edgeattn.zoo")
 # smallest feature maps (2 images of 2x2 at 64x64 gave efficientnet_b0 logits of std 137 on other inputs).
 PROBE_BATCH = 2
 PROBE_PIXELS = PROBE_BATCH * 3 * 224 * 224
+BN_BATCH = 8  # BatchNorm statistics: half noise, half natural-ish images (at 224x224; more at smaller sizes)
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 # Logits' std over classes (on the probe batch) under MIN_SPREAD are flat: vit_b_16 (head re-initialised) and
 # convnext_tiny have 0.56, resnet18 1.6, and are left as built; efficientnet_b0 has 1e-14, then 0.12 with BatchNorm
 # statistics set, and its head is scaled to TARGET_SPREAD.
@@ -39,7 +45,8 @@ TARGET_SPREAD = 1.0
 HEAD_INIT_STD = 0.02
 
 
-def ensure_spread(module, input_shape: tuple[int, ...], seed: int) -> dict[str, Any]:
+def ensure_spread(module, input_shape: tuple[int, ...], seed: int, mean: Any = IMAGENET_MEAN,
+                  std: Any = IMAGENET_STD) -> dict[str, Any]:
     """Give a random-initialised ``module`` logits with a spread (see the module doc); ``input_shape``: one sample's
     shape, e.g. (3, 224, 224). Returns what it did: ``steps`` (names), ``spread_before``, ``spread`` (std over
     classes of the probe's logits, mean over the batch)."""
@@ -51,7 +58,7 @@ def ensure_spread(module, input_shape: tuple[int, ...], seed: int) -> dict[str, 
     logits, head = probe(module, x)
     f = reference_figures(logits)
     before = f["reference_spread"]
-    if _flat(f) and recalibrate_batchnorm(module, x):
+    if _flat(f) and recalibrate_batchnorm(module, torch.from_numpy(bn_batch(input_shape, seed, mean, std))):
         steps.append("BatchNorm statistics from the probe batch")
         logits, head = probe(module, x)
         f = reference_figures(logits)
@@ -64,6 +71,16 @@ def ensure_spread(module, input_shape: tuple[int, ...], seed: int) -> dict[str, 
         log.warning("random-initialised model still has no signal after %s: %s", steps or "no step",
                     degenerate_reason(f))
     return {"steps": steps, "spread_before": before, "spread": f["reference_spread"]}
+
+
+def bn_batch(input_shape: tuple[int, ...], seed: int, mean: Any, std: Any) -> np.ndarray:
+    """The batch BatchNorm statistics come from: half N(0, 1) images, half natural-ish images normalised with
+    ``mean``/``std`` (``input_shape``: (C, H, W); BN_BATCH images at 224x224, as many pixels at other sizes)."""
+    n = max(BN_BATCH, BN_BATCH * 3 * 224 * 224 // int(np.prod(input_shape)))
+    c, h, w = input_shape
+    noise = np.random.default_rng(seed).standard_normal((n // 2, *input_shape)).astype(np.float32)
+    natural = normalize_nchw(synthetic_uint8_images(n - n // 2, c, h, w, seed=seed), mean, std)
+    return np.concatenate([noise, natural])
 
 
 def _flat(f: dict[str, Any]) -> bool:
