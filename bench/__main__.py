@@ -90,7 +90,7 @@ def load_eval(spec, ref: ModelRef, limit: int | None, parity_n: int):
     x, labels, d = test_inputs(spec, ref, None if spec.dataset is None else limit, parity_n=parity_n,
                                parity_seed=PARITY_SEED)
     if labels is None:
-        return x, None, f"top-1 agreement with PyTorch eager fp32 on {len(x)} seeded random inputs (seed {PARITY_SEED})"
+        return x, None, f"top-1 agreement with PyTorch eager fp32 on {len(x)} {d['name']} (seed {PARITY_SEED})"
     which = "full test split" if d["n"] == d["n_split"] else f"first {d['n']} of {d['n_split']} test samples"
     return x, labels, f"bench: {d['name']} {which}, n={d['n']}"
 

@@ -161,7 +161,8 @@ def test_edgeattn_run_takes_user_models_through_every_stage(user_module, tmp_pat
         mine = [r for r in rows if r["model"] == model]
         assert {r["precision"] for r in mine} >= {"fp32", "fp16", "int8"}
         assert all(r["passed"] for r in mine if r.get("gating", True)), [r for r in mine if not r["passed"]]
-        assert {r["dataset"] for r in mine} == {"seeded-random"}  # verify says which data it used
+        want = "synthetic natural-ish images" if folder == "tiny_image" else "seeded-random"
+        assert {r["dataset"] for r in mine} == {want}  # verify says which data it used
         tv = (art / folder / "manifest.json").read_text()
         assert '"source": "factory ' in tv
     assert (art / "report.md").is_file()

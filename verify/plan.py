@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from calibration.evalset import load_eval_set
 from calibration.user_data import UserDataError, data_digest, data_path, load_user_data
 from runtime import gpu
 from runtime.cpu import cpu_info
@@ -104,8 +105,10 @@ def backend_plan(model_dir: Path, artifact: str) -> list[tuple[str, str, str, st
 # ---- inputs and the PyTorch reference ---------------------------------------------------------
 def test_inputs(spec, ref: ModelRef, limit: int | None = None, parity_n: int = PARITY_SAMPLES,
                 parity_seed: int = 1234):
-    """(inputs array, labels or None, dataset description) for a model: its full test split (first ``limit``), or
-    seeded random inputs for a model without a dataset. Shared with bench, so both judge the same samples."""
+    """(inputs array, labels or None, dataset description) for a model: its full test split (first ``limit``), the
+    user's own data (its evaluation half), or seeded synthetic inputs for a model without a dataset: natural-ish
+    images for an image model (zoo.synthetic, the kind quantize calibrates and judges on, with a seed of verify's
+    own so they are held out), else the spec's example inputs. Shared with bench, so both judge the same samples."""
     udp = data_path(ref.manifest(), ref.name) if spec.dataset is None else None
     if udp:  # the user's own data: its evaluation half (quantize calibrated on the other half)
         if len(spec.inputs) != 1:
@@ -117,7 +120,11 @@ def test_inputs(spec, ref: ModelRef, limit: int | None = None, parity_n: int = P
         return x, y, {"name": ev.source, "sha256": data_digest(udp)[:64], "split": "user evaluation half",
                       "n": int(len(x)), "n_split": int(len(ev))}
     if spec.dataset is None:
-        x = spec.example_inputs({"batch": limit or parity_n}, seed=parity_seed)[spec.inputs[0].name]
+        inp, n = spec.inputs[0], limit or parity_n
+        if len(inp.shape) == 4 and inp.dtype.startswith("float"):
+            es = load_eval_set(spec, ref.folder, synthetic_n=n, synthetic_seed=parity_seed)
+            return es.x, None, {"name": "synthetic natural-ish images", "seed": parity_seed, "n": int(len(es.x))}
+        x = spec.example_inputs({"batch": n}, seed=parity_seed)[inp.name]
         return x, None, {"name": "seeded-random", "seed": parity_seed, "n": int(len(x))}
 
     ds = load_dataset(spec.dataset)
@@ -131,7 +138,7 @@ def test_inputs(spec, ref: ModelRef, limit: int | None = None, parity_n: int = P
                                    "n_split": int(len(ds.test))}
 
 
-CODE_VERSION = "verify/4"  # 4: degenerate references fail, max_abs relative to the reference
+CODE_VERSION = "verify/5"  # 4: degenerate references fail, max_abs relative; 5: natural-ish parity images
 
 
 def verify_key(ref: ModelRef, limit: int | None) -> str:
