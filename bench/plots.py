@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.results import ok
+from runtime.modelspec import artifact_name
 from zoo.io import atomic_write
 
 
@@ -22,7 +23,7 @@ def _label(r: dict) -> str:
 
 
 def folder(model: str) -> str:
-    return model.split(":")[-1]
+    return artifact_name(model)
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from bench.peers import EAGER_PEER
 from bench.results import device_of, ok, per_device, summarize
 from zoo.io import atomic_write_text, read_json
-from runtime.modelspec import ModelRef
+from runtime.modelspec import ModelRef, artifact_name
 from runtime.stage import cli
 from verify.plan import ROLE_TEXT
 
@@ -72,7 +72,7 @@ def models_in(bench: dict | None, verify: list | None, artifacts: Path) -> list[
     for r in (bench or {}).get("rows", []) + (verify or []):
         if r.get("model") and r["model"] not in names:
             names.append(r["model"])
-    folders = {n.split(":")[-1] for n in names}
+    folders = {artifact_name(n) for n in names}
     for tj in sorted(artifacts.glob("*/train.json")):  # trained but not yet verified / benched
         name = (read_json(tj, {}) or {}).get("model") or tj.parent.name
         if tj.parent.name not in folders:
@@ -117,7 +117,7 @@ def section_models(artifacts: Path, names: list[str]) -> list[str]:
     out = ["## Models and training", ""]
     rows = []
     for m in names:
-        tj = read_json(artifacts / m.split(":")[-1] / "train.json", None)
+        tj = read_json(ModelRef.resolve(m, artifacts).file("train.json"), None)  # hf:<dir> too
         if tj:
             ds = tj.get("dataset") or {}
             rows.append([m, str(ds.get("name", "?")), pct(tj.get("test_accuracy")), str(tj.get("n_test", "-")),
@@ -365,7 +365,7 @@ def section_guard(bench: dict | None) -> list[str]:
 def section_plots(artifacts: Path, names: list[str]) -> list[str]:
     out = ["## Plots", ""]
     for m in names:
-        f = m.split(":")[-1]
+        f = artifact_name(m)
         links = [f"[{kind}](plots/{f}_{kind}.png)" for kind in ("latency", "pareto")
                  if (artifacts / "plots" / f"{f}_{kind}.png").is_file()]
         if links:

@@ -23,6 +23,7 @@ import numpy as np
 
 from runtime.errors import EdgeattnError
 from runtime.files import sha256_file
+from runtime.modelspec import artifact_name
 from runtime.preprocess import TextEncoder, load_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -61,7 +62,7 @@ def data_path(manifest: dict[str, Any], name: str, given: str | Path | None = No
     ``export.data``); None: no user data (a dataset of ours, or synthetic inputs)."""
     if given:
         return str(given)
-    env = os.environ.get(f"EDGEATTN_DATA_{name.split(':')[-1].upper()}")
+    env = os.environ.get(f"EDGEATTN_DATA_{artifact_name(name).upper()}")
     return env or (manifest.get("export") or {}).get("data")
 
 

@@ -30,7 +30,7 @@ STAGES = {"train": "zoo.train", "export": "export.__main__", "simplify": "optimi
           "quantize": "optimize.quantize", "engines": "optimize.engines", "verify": "verify.__main__",
           "bench": "bench.__main__", "report": "bench.report", "gpu-check": "verify.gpu_check",
           "engine-timing": "bench.engine_timing"}
-TRAINED = ("text_transformer", "attention_cnn", "vit")  # the families `train` has recipes for
+TRAINED = ("text_transformer", "attention_cnn", "vit", "bert_imdb")  # the models `train` has recipes for
 
 
 def run_stage(stage: str, argv: Sequence[str]) -> int:

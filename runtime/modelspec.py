@@ -273,7 +273,14 @@ def check_model_file(path: str | Path, what: str = "an ONNX model") -> Path:
 
 # ---- artifact layout -------------------------------------------------------------------------------------
 def artifact_name(name: str) -> str:
-    """Folder name under artifacts/: 'torchvision:vit_b_16' -> 'vit_b_16', 'pkg.mod:make' -> 'make'."""
+    """Folder name under artifacts/: 'torchvision:vit_b_16' -> 'vit_b_16', 'pkg.mod:make' -> 'make',
+    'hf:/models/bert-base-uncased' -> 'bert-base-uncased', 'hf:artifacts/bert_imdb/hf' -> 'bert_imdb' (a directory
+    named 'hf' takes its parent's name, as zoo.train saves bert_imdb)."""
+    if name.startswith("hf:"):
+        parts = [p for p in name[3:].replace("\\", "/").split("/") if p not in ("", ".", "..")]
+        if len(parts) > 1 and parts[-1] == "hf":
+            parts.pop()
+        return parts[-1] if parts else "hf"
     return name.split(":")[-1]
 
 

@@ -4,6 +4,8 @@ Names:
 - ``text_transformer``, ``attention_cnn``, ``vit``: our three families (config overrides as kwargs);
 - ``torchvision:<name>``: any torchvision classifier, random-initialised or from a local weights file
   (``weights="/path/file.pth"``); never downloaded;
+- ``hf:<dir>``: a Hugging Face sequence classifier saved with ``save_pretrained`` in a local directory (never
+  downloaded; ``zoo.hf``); ``bert_imdb`` is the one trained here (``<artifacts>/bert_imdb/hf``, ``zoo.train``);
 - ``<python.module>:<factory>``: a user model. The factory (and its weights: loaded by the factory, or a state dict
   / safetensors file given as ``weights=``, ``--weights`` or EDGEATTN_WEIGHTS_<FACTORY>) is the source of truth; no
   checkpoint of ours is needed. Its spec comes from the factory (``@model_spec(...)`` or a ``spec`` attribute),
@@ -15,45 +17,25 @@ import dataclasses
 import importlib
 import inspect
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from runtime.errors import EdgeattnError
 from runtime.modelspec import ModelRef, artifact_name
 from zoo.data import FMNIST_LABELS, FMNIST_MEAN, FMNIST_STD, SENTIMENT_LABELS
 from zoo.init_spread import ensure_spread
 from zoo.io import atomic_write, sha256_file
+from zoo.built import BuiltModel, CheckpointError, RegistryError  # noqa: F401 (re-exported)
 from zoo.spec import DimRange, ModelSpec, TensorSpec
 
 BUILTIN = ("text_transformer", "attention_cnn", "vit")
 EXAMPLE_TORCHVISION = ("torchvision:vit_b_16",)
+HF_MODELS = ("bert_imdb",)  # zoo.hf.ALIASES: HF directories trained here (python -m edgeattn train --models bert_imdb)
 CHECKPOINT_FORMAT = "edgeattn-checkpoint/1"
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
-class RegistryError(EdgeattnError, ValueError):
-    """Unknown model name or bad override."""
-
-
-class CheckpointError(EdgeattnError, RuntimeError):
-    """A checkpoint is missing, corrupt, or does not match the model; the message names the file."""
-
-
-@dataclass
-class BuiltModel:
-    name: str
-    module: Any  # torch.nn.Module
-    spec: ModelSpec
-    config: dict[str, Any]
-
-    @property
-    def artifact_name(self) -> str:
-        return artifact_name(self.name)
-
-
 def list_models() -> list[str]:
-    return list(BUILTIN) + list(EXAMPLE_TORCHVISION)
+    return list(BUILTIN) + list(EXAMPLE_TORCHVISION) + list(HF_MODELS)
 
 
 def _apply(cfg_cls, overrides: dict[str, Any]):
@@ -217,10 +199,27 @@ def create_model(name: str, **overrides: Any) -> BuiltModel:
         return _vit(overrides)
     if name.startswith("torchvision:"):
         return _torchvision(name, overrides)
+    if _is_hf(name):
+        return _hf(name, overrides)
     if ":" in name:
         return _user_model(name, overrides)
-    raise RegistryError(f"model '{name}': unknown; expected one of {list(BUILTIN)}, 'torchvision:<name>' or "
-                        "'<python.module>:<factory>'")
+    raise RegistryError(f"model '{name}': unknown; expected one of {list(BUILTIN) + list(HF_MODELS)}, "
+                        "'torchvision:<name>', 'hf:<directory>' or '<python.module>:<factory>'")
+
+
+def _hf(name: str, overrides: dict[str, Any]) -> BuiltModel:
+    """``hf:<dir>`` or ``bert_imdb``: zoo.hf.load_hf (overrides: directory, dataset, max_len, attn_implementation,
+    batch_max, artifacts); the weights are the directory's own."""
+    from zoo.hf import load_hf
+
+    if "weights" in overrides:
+        raise RegistryError(f"model '{name}': a Hugging Face model loads its weights from its directory; --weights "
+                            "and EDGEATTN_WEIGHTS_<NAME> do not apply (save_pretrained the weights you want there)")
+    allowed = {"directory", "dataset", "max_len", "attn_implementation", "batch_max", "artifacts"}
+    bad = sorted(set(overrides) - allowed)
+    if bad:
+        raise RegistryError(f"model '{name}': unknown override(s) {bad}; expected some of {sorted(allowed)}")
+    return load_hf(name, **overrides)
 
 
 # ---- checkpoints ------------------------------------------------------------------------------
@@ -307,11 +306,53 @@ def weights_for(ref: ModelRef, weights: str | Path | None = None) -> str | None:
 def load_for_export(ref: ModelRef, weights: str | Path | None = None) -> BuiltModel:
     """The PyTorch model every stage compares with. Our three families: their checkpoint (`make train`).
     torchvision and user models (``module:factory``): built by their factory, with :func:`weights_for`'s file when
-    there is one (torchvision without one: random init with a real spread); no checkpoint of ours is needed."""
+    there is one (torchvision without one: random init with a real spread); no checkpoint of ours is needed.
+    ``hf:<dir>`` / ``bert_imdb``: loaded from the directory, whose tokenizer is written into the artifact folder."""
     if ref.name in BUILTIN:
         return load_checkpoint(ref.checkpoint, expected_model=ref.name)
+    if _is_hf(ref.name):
+        return _hf_for_export(ref, weights)
     w = weights_for(ref, weights)
     return create_model(ref.name, **({"weights": w} if w else {}))
+
+
+def _is_hf(name: str) -> bool:
+    return name.startswith("hf:") or name in HF_MODELS
+
+
+def _hf_ref_dir(ref: ModelRef) -> Path:
+    """The HF directory of ``ref``. Refused: an artifact folder name that is a path (``artifact_name`` of
+    ``hf:<path>``), and an artifact folder that is (or lies inside) the HF directory: the stages would write their
+    files (tokenizer.json, manifest.json, ...) into the model's own folder."""
+    from zoo.hf import hf_dir
+
+    d = hf_dir(ref.name, ref.artifacts)
+    folder_name = artifact_name(ref.name)
+    if "/" in folder_name or "\\" in folder_name:
+        raise RegistryError(f"model '{ref.name}': its artifact folder name would be the path '{folder_name}', expected "
+                            "one folder name under the artifacts folder; name the directory as 'hf:<its name>' from "
+                            "its parent folder")
+    folder, src = ref.folder.resolve(), d.resolve()
+    if folder == src or src in folder.parents:
+        raise RegistryError(f"model '{ref.name}': its artifact folder '{ref.folder}' is its own directory '{d}': the "
+                            "stages would write into the model directory; keep the model outside the artifacts folder "
+                            "(or under another name)")
+    return d
+
+
+def _hf_for_export(ref: ModelRef, weights: str | Path | None) -> BuiltModel:
+    """An HF directory's model; its tokenizer goes into the artifact folder (``tokenizer.json``, truncating to the
+    spec's max length), where TextEncoder (calibration, verify, the runtime) reads it."""
+    from zoo.hf import write_tokenizer
+
+    if weights:
+        raise RegistryError(f"model '{ref.name}': a Hugging Face model loads its weights from its directory; "
+                            "--weights does not apply")
+    d = _hf_ref_dir(ref)
+    built = create_model(ref.name, directory=d)
+    pp = built.spec.preprocess
+    write_tokenizer(d, ref.file(pp["tokenizer"]), pp["max_len"], pp.get("truncation_side"), ref.name)
+    return built
 
 
 def export_source(ref: ModelRef, weights: str | Path | None = None) -> str:
@@ -319,6 +360,12 @@ def export_source(ref: ModelRef, weights: str | Path | None = None) -> str:
     factory's source file and the weights file (sha256 each), so a changed factory or new weights re-export."""
     if ref.name in BUILTIN:
         return sha256_file(ref.checkpoint) if ref.checkpoint.is_file() else "no checkpoint"
+    if _is_hf(ref.name):
+        from zoo.hf import check_dir, dir_digest
+
+        d = _hf_ref_dir(ref)
+        check_dir(d, ref.name)
+        return f"hf {dir_digest(d)}"
     parts = []
     if not ref.name.startswith("torchvision:"):
         try:

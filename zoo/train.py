@@ -3,6 +3,8 @@
 Per model it writes into ``<artifacts>/<model>/``: ``model.pt`` (best validation epoch), ``train.json``
 (test accuracy on the full held-out test split, timings, dataset sha256, config) and, for text,
 ``tokenizer.json``. A model whose ``train.json`` matches the current recipe, config and data is reused.
+``bert_imdb`` (``HF_RECIPES``, only when named) is a BERT saved with ``save_pretrained`` into
+``<artifacts>/bert_imdb/hf/`` instead of ``model.pt``; the pipeline loads it from there (``zoo.hf``).
 """
 from __future__ import annotations
 
@@ -59,6 +61,19 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
+# Hugging Face models trained here and saved with save_pretrained into <artifacts>/<model>/hf/, then taken through
+# the pipeline from that directory like any user's (zoo.hf). Not in the default --models: `make bert` trains it.
+# bert_imdb: BERT (see overrides) from scratch on the IMDB train split, WordPiece vocabulary fitted on the same
+# split, the last 128 tokens of each review ([CLS] ... [SEP]). Measured (AMD EPYC, 2 cores): test accuracy 0.8446
+# with 2 epochs (3 epochs gave 0.8390 and 0.8410, best validation at epoch 1-2); 270 ms per step of 64 when the cores
+# are free, i.e. about 3.5 minutes for the 624 steps plus evaluation (20 minutes when they were shared with 2 other runs).
+HF_RECIPES: dict[str, Recipe] = {
+    "bert_imdb": Recipe(epochs=2, lr=1e-3, batch_size=64, weight_decay=0.05, tokenizer_vocab=8000,
+                        overrides={"hidden": 128, "layers": 2, "heads": 2, "intermediate": 512, "dropout": 0.1,
+                                   "max_len": 128, "truncation_side": "left", "dataset": "imdb"}),
+}
+
+
 def seed_everything(seed: int) -> None:
     import torch
 
@@ -110,10 +125,65 @@ def config_hash(name: str, recipe: Recipe, data_sha: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def fit(name: str, model, recipe: Recipe, train: tuple, val: tuple, pad_id: int, on_best,
+        progress: bool = True) -> tuple[list[dict[str, Any]], float, float]:
+    """The training loop every model shares: AdamW (no decay on norms, biases, embeddings, class tokens), linear
+    warm-up then cosine decay, gradient clipping at 1.0, all-padding columns trimmed per batch, validation after each
+    epoch; ``on_best(epoch, val_acc)`` saves a checkpoint whenever validation accuracy improves. ``model(x)`` returns
+    logits. Returns (history, best validation accuracy, seconds)."""
+    import torch
+    from tqdm import tqdm
+
+    (xtr, ytr), (xva, yva) = train, val
+    steps_per_epoch = math.ceil(len(ytr) / recipe.batch_size)
+    total = steps_per_epoch * recipe.epochs
+    warm = max(1, int(total * recipe.warmup_frac))
+    decay, no_decay = [], []
+    for n_, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 or "embed" in n_ or n_.endswith("cls_token") else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm))))
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    gen = torch.Generator().manual_seed(recipe.seed)
+
+    history, best_val, t0 = [], -1.0, time.perf_counter()
+    for epoch in range(recipe.epochs):
+        model.train()
+        perm = torch.randperm(len(ytr), generator=gen)
+        bar = tqdm(range(steps_per_epoch), desc=f"{name} epoch {epoch + 1}/{recipe.epochs}", disable=not progress,
+                   leave=False, dynamic_ncols=True)
+        run_loss = 0.0
+        for i in bar:
+            idx = perm[i * recipe.batch_size:(i + 1) * recipe.batch_size]
+            xb, yb = _trim(xtr[idx], pad_id), ytr[idx]
+            loss = loss_fn(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            lv = loss.item()
+            run_loss = 0.9 * run_loss + 0.1 * lv if i else lv
+            bar.set_postfix(loss=f"{run_loss:.3f}")
+        val_acc, val_loss = evaluate(model, xva, yva, pad_id=pad_id)
+        history.append({"epoch": epoch + 1, "train_loss": round(run_loss, 4), "val_accuracy": val_acc,
+                        "val_loss": round(val_loss, 4), "seconds": round(time.perf_counter() - t0, 1)})
+        msg = f"{name} epoch {epoch + 1}/{recipe.epochs}: train loss {run_loss:.3f}, val acc {val_acc:.4f}"
+        if val_acc > best_val:  # keep the best validation epoch; saved atomically every time it improves
+            best_val = val_acc
+            on_best(epoch + 1, val_acc)
+            msg += " (saved)"
+        if progress:
+            tqdm.write(msg)
+        log.info(msg)
+    return history, best_val, time.perf_counter() - t0
+
+
 def train_model(ref: ModelRef, recipe: Recipe | None = None, force: bool = False,
                 progress: bool = True) -> dict[str, Any]:
     import torch
-    from tqdm import tqdm
 
     name, model_dir = ref.name, ref.folder
     recipe = recipe or RECIPES[name]
@@ -145,51 +215,10 @@ def train_model(ref: ModelRef, recipe: Recipe | None = None, force: bool = False
     xva, yva = features(built, ds, "val", model_dir)
     xte, yte = features(built, ds, "test", model_dir)
 
-    steps_per_epoch = math.ceil(len(ytr) / recipe.batch_size)
-    total = steps_per_epoch * recipe.epochs
-    warm = max(1, int(total * recipe.warmup_frac))
-    decay, no_decay = [], []
-    for n_, p in model.named_parameters():
-        (no_decay if p.ndim <= 1 or "embed" in n_ or n_.endswith("cls_token") else decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm))))
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
-    gen = torch.Generator().manual_seed(recipe.seed)
-
-    history, best_val, t0 = [], -1.0, time.perf_counter()
     ckpt = ref.checkpoint
-    for epoch in range(recipe.epochs):
-        model.train()
-        perm = torch.randperm(len(ytr), generator=gen)
-        bar = tqdm(range(steps_per_epoch), desc=f"{name} epoch {epoch + 1}/{recipe.epochs}", disable=not progress,
-                   leave=False, dynamic_ncols=True)
-        run_loss = 0.0
-        for i in bar:
-            idx = perm[i * recipe.batch_size:(i + 1) * recipe.batch_size]
-            xb, yb = _trim(xtr[idx], pad_id), ytr[idx]
-            loss = loss_fn(model(xb), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            lv = loss.item()
-            run_loss = 0.9 * run_loss + 0.1 * lv if i else lv
-            bar.set_postfix(loss=f"{run_loss:.3f}")
-        val_acc, val_loss = evaluate(model, xva, yva, pad_id=pad_id)
-        history.append({"epoch": epoch + 1, "train_loss": round(run_loss, 4), "val_accuracy": val_acc,
-                        "val_loss": round(val_loss, 4), "seconds": round(time.perf_counter() - t0, 1)})
-        msg = f"{name} epoch {epoch + 1}/{recipe.epochs}: train loss {run_loss:.3f}, val acc {val_acc:.4f}"
-        if val_acc > best_val:  # keep the best validation epoch; saved atomically every time it improves
-            best_val = val_acc
-            save_checkpoint(built, ckpt, extra={"epoch": epoch + 1, "val_accuracy": val_acc})
-            msg += " (saved)"
-        if progress:
-            tqdm.write(msg)
-        log.info(msg)
-    train_seconds = time.perf_counter() - t0
+    history, best_val, train_seconds = fit(
+        name, model, recipe, (xtr, ytr), (xva, yva), pad_id,
+        lambda epoch, val_acc: save_checkpoint(built, ckpt, extra={"epoch": epoch, "val_accuracy": val_acc}), progress)
 
     best = load_checkpoint(ckpt, expected_model=name)
     test_acc, test_loss = evaluate(best.module, xte, yte, pad_id=pad_id)
@@ -208,9 +237,98 @@ def train_model(ref: ModelRef, recipe: Recipe | None = None, force: bool = False
     return result
 
 
+def train_hf_model(ref: ModelRef, recipe: Recipe | None = None, force: bool = False,
+                   progress: bool = True) -> dict[str, Any]:
+    """A BERT sequence classifier trained from scratch (``HF_RECIPES``), the best validation epoch saved with
+    ``save_pretrained`` (model + tokenizer) into ``<artifacts>/<model>/hf/``; test accuracy measured on the model
+    loaded back from that directory the way every stage loads it (``zoo.hf``, mask inside the model)."""
+    import shutil
+
+    import torch
+    import transformers
+
+    from zoo import hf
+
+    name, model_dir = ref.name, ref.folder
+    recipe = recipe or HF_RECIPES[name]
+    o = dict(recipe.overrides)
+    out = hf.hf_dir(name, ref.artifacts)
+    ds = load_dataset(o["dataset"])
+    key = config_hash(name, recipe, ds.sha256)
+    prev = read_json(model_dir / "train.json")
+    if not force and prev and prev.get("config_hash") == key and (out / "config.json").is_file() \
+            and (out / "model.safetensors").is_file():
+        log.info("%s: up to date (train.json config_hash %s), reusing %s", name, key, out)
+        return prev
+
+    t_start = time.perf_counter()
+    if recipe.max_train:
+        ds.train = ds.train.subset(recipe.max_train)
+    if recipe.max_eval:
+        ds.val, ds.test = ds.val.subset(recipe.max_eval), ds.test.subset(recipe.max_eval)
+    max_len, side = int(o["max_len"]), o.get("truncation_side", "left")
+    tok = hf.train_bert_tokenizer(ds.train.x, recipe.tokenizer_vocab, max_len, side)
+    stage = model_dir / "hf.tmp"  # the tokenizer first: the pipeline's TextEncoder encodes the splits from it
+    shutil.rmtree(stage, ignore_errors=True)
+    tok.save_pretrained(str(stage))
+    enc_path = hf.write_tokenizer(stage, model_dir / hf.TOKENIZER_FILE, max_len, side, name)
+    enc = TextEncoder(enc_path)
+    (xtr, ytr), (xva, yva), (xte, yte) = [
+        (torch.from_numpy(enc.encode(s.x, pad_to=max_len)), torch.from_numpy(np.asarray(s.y)))
+        for s in (ds.train, ds.val, ds.test)]
+    pad_id = enc.pad_id
+    tokenizer_seconds = time.perf_counter() - t_start
+
+    seed_everything(recipe.seed)
+    net = hf.bert_classifier(len(tok), max_len, list(ds.labels),
+                             o["dataset"], hidden=o["hidden"], layers=o["layers"], heads=o["heads"],
+                             intermediate=o.get("intermediate"), dropout=o.get("dropout", 0.1), pad_id=pad_id)
+    model = hf.wrap(net, pad_id)
+    best_state: dict[str, Any] = {}
+
+    def keep_best(epoch: int, val_acc: float) -> None:
+        best_state.update(epoch=epoch, state={k: v.detach().clone() for k, v in net.state_dict().items()})
+
+    history, best_val, train_seconds = fit(name, model, recipe, (xtr, ytr), (xva, yva), pad_id, keep_best, progress)
+
+    net.load_state_dict(best_state["state"])
+    net.save_pretrained(str(stage))
+    for f in stage.iterdir():  # shared like every artifact (safetensors writes 0600)
+        f.chmod(0o644)
+    old = model_dir / "hf.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    stage.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+    built = create_model(name, directory=out)  # back from the directory, as export loads it
+    test_acc, test_loss = evaluate(built.module, xte, yte, pad_id=pad_id)
+    c = net.config
+    result = {
+        "model": name, "test_accuracy": test_acc, "test_loss": test_loss, "n_test": int(len(yte)),
+        "val_accuracy": best_val, "n_val": int(len(yva)), "n_train": int(len(ytr)),
+        "train_seconds": round(train_seconds, 1), "tokenizer_seconds": round(tokenizer_seconds, 1),
+        "total_seconds": round(time.perf_counter() - t_start, 1),
+        "dataset": {**ds.describe(), "n_train": int(len(ytr))},
+        "config": {"architecture": "BertForSequenceClassification", "vocab_size": c.vocab_size,
+                   "hidden_size": c.hidden_size, "num_hidden_layers": c.num_hidden_layers,
+                   "num_attention_heads": c.num_attention_heads, "intermediate_size": c.intermediate_size,
+                   "max_position_embeddings": c.max_position_embeddings, "truncation_side": side,
+                   "parameters": sum(p.numel() for p in net.parameters()), "best_epoch": best_state["epoch"]},
+        "recipe": dataclasses.asdict(recipe), "config_hash": key,
+        "history": history, "torch": torch.__version__, "transformers": transformers.__version__,
+        "threads": torch.get_num_threads(), "checkpoint": f"{out.name}/",
+    }
+    atomic_write_text(model_dir / "spec.json", built.spec.to_json())
+    atomic_write_json(model_dir / "train.json", result)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default=",".join(RECIPES), help="comma-separated (default: all three)")
+    ap.add_argument("--models", default=",".join(RECIPES),
+                    help=f"comma-separated (default: the three families; also: {', '.join(HF_RECIPES)})")
     ap.add_argument("--artifacts", default="artifacts", type=Path)
     ap.add_argument("--force", action="store_true", help="retrain even if train.json is up to date")
     ap.add_argument("--epochs", type=int, help="override every recipe's epoch count (quick runs)")
@@ -223,13 +341,14 @@ def main(argv: list[str] | None = None) -> int:
     errors = StageErrors("train")
     for ref in resolve_models(args.models, args.artifacts):
         name = ref.name
-        if name not in RECIPES:
-            ap.error(f"--models: '{name}' has no training recipe; expected some of {sorted(RECIPES)}")
-        recipe = RECIPES[name]
+        if name not in RECIPES and name not in HF_RECIPES:
+            ap.error(f"--models: '{name}' has no training recipe; expected some of {sorted(RECIPES) + sorted(HF_RECIPES)}")
+        recipe = RECIPES.get(name) or HF_RECIPES[name]
         if args.epochs:
             recipe = dataclasses.replace(recipe, epochs=args.epochs)
         with errors.model(name):
-            rows.append(train_model(ref, recipe, force=args.force))
+            trainer = train_hf_model if name in HF_RECIPES else train_model
+            rows.append(trainer(ref, recipe, force=args.force))
     print(f"\n{'model':<18}{'dataset':<18}{'test acc':>10}{'n_test':>8}{'train s':>9}")
     for r in rows:
         print(f"{r['model']:<18}{r['dataset']['name']:<18}{r['test_accuracy']:>10.4f}{r['n_test']:>8}{r['train_seconds']:>9.1f}")
