@@ -138,7 +138,7 @@ def test_inputs(spec, ref: ModelRef, limit: int | None = None, parity_n: int = P
                                    "n_split": int(len(ds.test))}
 
 
-CODE_VERSION = "verify/5"  # 4: degenerate references fail, max_abs relative; 5: natural-ish parity images
+CODE_VERSION = "verify/6"  # 4: degenerate references fail; 5: natural-ish parity images; 6: max_abs per sample
 
 
 def verify_key(ref: ModelRef, limit: int | None) -> str:

@@ -40,6 +40,7 @@ IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 # Logits' std over classes (on the probe batch) under MIN_SPREAD are flat: vit_b_16 (head re-initialised) and
 # convnext_tiny have 0.56, resnet18 1.6, and are left as built; efficientnet_b0 has 1e-14, then 0.12 with BatchNorm
 # statistics set, and its head is scaled to TARGET_SPREAD.
+INIT_VERSION = "spread/2"  # part of a torchvision export's source: a new initialisation re-exports
 MIN_SPREAD = 0.3
 TARGET_SPREAD = 1.0
 HEAD_INIT_STD = 0.02

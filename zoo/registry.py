@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from runtime.modelspec import ModelRef, artifact_name
 from zoo.data import FMNIST_LABELS, FMNIST_MEAN, FMNIST_STD, SENTIMENT_LABELS
-from zoo.init_spread import ensure_spread
+from zoo.init_spread import INIT_VERSION, ensure_spread
 from zoo.io import atomic_write, sha256_file
 from zoo.built import BuiltModel, CheckpointError, RegistryError  # noqa: F401 (re-exported)
 from zoo.spec import DimRange, ModelSpec, TensorSpec
@@ -374,7 +374,7 @@ def export_source(ref: ModelRef, weights: str | Path | None = None) -> str:
         except (ImportError, TypeError) as e:
             raise RegistryError(f"model '{ref.name}': cannot import its module ({e})") from e
     else:
-        parts.append("torchvision")
+        parts.append("torchvision" if weights_for(ref, weights) else f"torchvision {INIT_VERSION}")
     w = weights_for(ref, weights)
     if w:
         parts.append(f"weights {sha256_file(w) if Path(w).is_file() else 'missing: ' + w}")
