@@ -29,6 +29,7 @@ from typing import Any, Callable
 import numpy as np
 
 from bench.candidates import Candidate
+from runtime import gpu
 
 log = logging.getLogger("edgeattn.bench.peers")
 CPU_TORCH_PEERS = ("eager", "bf16_autocast", "dynamic_int8", "compile")
@@ -47,8 +48,6 @@ EAGER_PEER = {"cpu": "eager", "gpu": "cuda_eager"}
 
 def default_peers() -> tuple[str, ...]:
     """Every CPU peer, plus the CUDA peers where PyTorch sees a CUDA GPU (asked only when the driver reports one)."""
-    from runtime import gpu
-
     if not gpu.nvidia_gpu_present():
         return CPU_TORCH_PEERS + ("ort_plain",)
     try:

@@ -34,6 +34,7 @@ from runtime.errors import EdgeattnError
 from verify.compare import figures
 from runtime.ort_backend import OPT_LEVELS, cpu_session, try_levels  # one table of ORT optimisation levels
 from zoo.io import atomic_write, sha256_file
+from optimize.node_scopes import reattach, record
 
 log = logging.getLogger("edgeattn.optimize.fp16")
 # Ops kept float32: normalisation statistics, softmax and exponentials overflow or lose too much in fp16.
@@ -156,7 +157,6 @@ def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike, op_block_list: 
     import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    from optimize.node_scopes import reattach, record
 
     model = onnx.load(str(src))
     scope_table = record(model)  # before the converter rewrites the graph in place

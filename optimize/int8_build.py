@@ -18,6 +18,7 @@ from calibration import CacheKey, CalibrationData, OrtCalibrationReader, RangeCa
 from optimize.qdq_graph import WEIGHT_OPS, ensure_node_names, gemm_to_matmul
 from runtime.errors import EdgeattnError
 from zoo.io import sha256_file
+from optimize.node_scopes import carry_file, reattach_file, record
 
 
 class QuantizeError(EdgeattnError, RuntimeError):
@@ -120,7 +121,6 @@ def quantize_static_cached(src: str | os.PathLike, dst: str | os.PathLike, range
     verify.localize localises an int8 failure; returns that coverage report (nodes, scoped before/after)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from optimize.node_scopes import carry_file
 
     if not nodes:
         raise QuantizeError(f"{Path(src).name}: no nodes to quantise (all excluded)")
@@ -155,7 +155,6 @@ def quantize_dynamic_matmul(src: str | os.PathLike, dst: str | os.PathLike, excl
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from optimize.node_scopes import reattach_file, record
 
     model = onnx.load(str(src))
     scopes = record(model)  # before gemm_to_matmul replaces the Gemms with metadata-less MatMuls

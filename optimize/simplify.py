@@ -18,6 +18,7 @@ from runtime.modelspec import load_spec, resolve_models
 from runtime.ort_backend import cpu_session
 from runtime.stage import StageErrors, cli
 from zoo.io import atomic_write, sha256_file, update_manifest
+from optimize.node_scopes import carry, summary
 
 log = logging.getLogger("edgeattn.simplify")
 CODE_VERSION = "simplify/2"  # 2: TensorRT-ready rewrites, parser check, module scopes carried (a new file)
@@ -36,7 +37,6 @@ def _carry_scopes(src, new_bytes: bytes) -> tuple[bytes, dict[str, Any]]:
     metadata; verify.localize needs it): metadata only, after the parity check. Returns (bytes, coverage report)."""
     import onnx
 
-    from optimize.node_scopes import carry, summary
 
     new = onnx.load_from_string(new_bytes)
     report = carry(src, new)

@@ -32,6 +32,8 @@ import os
 from pathlib import Path
 
 from zoo.built import BuiltModel, RegistryError
+from zoo.io import atomic_write_text
+from zoo.spec import DimRange, ModelSpec, TensorSpec
 
 PREFIX = "hf:"
 DATASET_KEY = "edgeattn_dataset"  # config.json key: the zoo dataset the model is judged on
@@ -153,7 +155,6 @@ def load_hf(name: str, directory: str | os.PathLike | None = None, dataset: str 
     """``hf:<dir>`` (or an alias, whose folder ``directory`` overrides) -> BuiltModel in eval mode, float32."""
     import torch
 
-    from zoo.spec import DimRange, ModelSpec, TensorSpec
 
     d = Path(directory) if directory else hf_dir(name, artifacts)
     check_dir(d, name)
@@ -219,8 +220,6 @@ def tokenizer_json(d: Path, max_len: int, side: str | None = None, name: str = "
 
 def write_tokenizer(d: Path, out: Path, max_len: int, side: str | None = None, name: str = "") -> Path:
     """Write :func:`tokenizer_json` to ``out`` (atomically; untouched when the content is the same)."""
-    from zoo.io import atomic_write_text
-
     text = tokenizer_json(d, max_len, side, name)
     if out.is_file() and out.read_text(encoding="utf-8") == text:
         return out

@@ -22,9 +22,10 @@ from typing import Any, Callable
 
 from runtime.modelspec import ModelRef, artifact_name
 from zoo.data import FMNIST_LABELS, FMNIST_MEAN, FMNIST_STD, SENTIMENT_LABELS
+from zoo.built import BuiltModel, CheckpointError, RegistryError  # noqa: F401 (re-exported)
+from zoo.hf import check_dir, dir_digest, hf_dir, load_hf, write_tokenizer
 from zoo.init_spread import INIT_VERSION, ensure_spread
 from zoo.io import atomic_write, sha256_file
-from zoo.built import BuiltModel, CheckpointError, RegistryError  # noqa: F401 (re-exported)
 from zoo.spec import DimRange, ModelSpec, TensorSpec
 
 BUILTIN = ("text_transformer", "attention_cnn", "vit")
@@ -210,8 +211,6 @@ def create_model(name: str, **overrides: Any) -> BuiltModel:
 def _hf(name: str, overrides: dict[str, Any]) -> BuiltModel:
     """``hf:<dir>`` or ``bert_imdb``: zoo.hf.load_hf (overrides: directory, dataset, max_len, attn_implementation,
     batch_max, artifacts); the weights are the directory's own."""
-    from zoo.hf import load_hf
-
     if "weights" in overrides:
         raise RegistryError(f"model '{name}': a Hugging Face model loads its weights from its directory; --weights "
                             "and EDGEATTN_WEIGHTS_<NAME> do not apply (save_pretrained the weights you want there)")
@@ -324,8 +323,6 @@ def _hf_ref_dir(ref: ModelRef) -> Path:
     """The HF directory of ``ref``. Refused: an artifact folder name that is a path (``artifact_name`` of
     ``hf:<path>``), and an artifact folder that is (or lies inside) the HF directory: the stages would write their
     files (tokenizer.json, manifest.json, ...) into the model's own folder."""
-    from zoo.hf import hf_dir
-
     d = hf_dir(ref.name, ref.artifacts)
     folder_name = artifact_name(ref.name)
     if "/" in folder_name or "\\" in folder_name:
@@ -343,8 +340,6 @@ def _hf_ref_dir(ref: ModelRef) -> Path:
 def _hf_for_export(ref: ModelRef, weights: str | Path | None) -> BuiltModel:
     """An HF directory's model; its tokenizer goes into the artifact folder (``tokenizer.json``, truncating to the
     spec's max length), where TextEncoder (calibration, verify, the runtime) reads it."""
-    from zoo.hf import write_tokenizer
-
     if weights:
         raise RegistryError(f"model '{ref.name}': a Hugging Face model loads its weights from its directory; "
                             "--weights does not apply")
@@ -361,8 +356,6 @@ def export_source(ref: ModelRef, weights: str | Path | None = None) -> str:
     if ref.name in BUILTIN:
         return sha256_file(ref.checkpoint) if ref.checkpoint.is_file() else "no checkpoint"
     if _is_hf(ref.name):
-        from zoo.hf import check_dir, dir_digest
-
         d = _hf_ref_dir(ref)
         check_dir(d, ref.name)
         return f"hf {dir_digest(d)}"
