@@ -47,10 +47,11 @@ from optimize.qdq_graph import ensure_node_names, quantizable_nodes
 from optimize.qdq_rules import check_qdq_rules, qdq_counts
 from runtime.cpu import ISA_METADATA_KEY, cpu_info, int8_isa
 from runtime.errors import ModelLoadError
-from runtime.modelspec import load_spec, resolve_models
+from runtime.modelspec import resolve_models
 from runtime.stage import StageErrors, cli
 from zoo.data import load_dataset
 from zoo.io import atomic_write, read_json, sha256_file, update_manifest
+from zoo.spec import load_spec
 
 log = logging.getLogger("edgeattn.optimize.quantize")
 CODE_VERSION = "int8/3"  # 3: module scopes carried into fp16/int8 graphs

@@ -203,28 +203,6 @@ def read_spec(model_path: str | Path, metadata: dict[str, str] | None = None) ->
     return None
 
 
-def load_spec(source: Any, required: bool = True) -> "ModelSpec | None":
-    """The stages' spec reader: an ONNX model (a path or a loaded ModelProto) -> its ModelSpec, read in
-    ``read_spec``'s order (the model's ``edgeattn.spec`` metadata, then spec.json beside the file). None when
-    neither holds one and not ``required``; ModelLoadError naming the file when ``required``. Needs the onnx
-    package (imported here only)."""
-    import onnx
-
-    if hasattr(source, "graph"):
-        meta = {p.key: p.value for p in source.metadata_props}
-        d = parse_spec(meta[SPEC_METADATA_KEY], f"ONNX model metadata '{SPEC_METADATA_KEY}'") \
-            if SPEC_METADATA_KEY in meta else None
-    else:
-        path = Path(source)
-        meta = ({p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-                if path.is_file() else None)
-        d = read_spec(path, meta)
-    if d is None and required:
-        raise ModelLoadError(f"'{source}': no '{SPEC_METADATA_KEY}' metadata and no {SPEC_FILE} beside it; expected "
-                             "the spec the export stage writes (run 'make export')")
-    return ModelSpec.from_dict(d) if d is not None else None
-
-
 def bounds_from_spec(spec: dict[str, Any] | None) -> dict[str, DimBounds]:
     """``spec['dynamic']`` ({dim: {min, opt, max}}) -> {dim: DimBounds(min, max)}."""
     if not spec:

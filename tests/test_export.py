@@ -10,7 +10,7 @@ from onnx import numpy_helper
 from export.checks import ExportCheckError, pre_export_check
 from export.onnx_export import ExportError, check_against_torch, export_model
 from optimize.simplify import simplify_file
-from runtime.modelspec import load_spec
+from zoo.spec import load_spec
 from tests.conftest import tiny_model
 from verify.compare import compare
 from verify.localize import localize
