@@ -90,16 +90,16 @@ def load_eval(spec, ref: ModelRef, limit: int | None, parity_n: int):
     x, labels, d = test_inputs(spec, ref, None if spec.dataset is None else limit, parity_n=parity_n,
                                parity_seed=PARITY_SEED)
     if labels is None:
-        return x, None, f"top-1 agreement with PyTorch eager fp32 on {len(x)} {d['name']} (seed {PARITY_SEED})"
+        return x, None, f"top-1 agreement with PyTorch eager fp32 on {d['n']} {d['name']} (seed {PARITY_SEED})"
     which = "full test split" if d["n"] == d["n_split"] else f"first {d['n']} of {d['n_split']} test samples"
     return x, labels, f"bench: {d['name']} {which}, n={d['n']}"
 
 
 def peer_accuracies(slots, spec, x, labels, desc: str, batch: int, tmp: Path) -> dict[str, tuple]:
     """key -> (value, metric, source) for each live peer, predictions made by its worker."""
-    inputs = tmp / "eval_inputs.npy"
-    np.save(inputs, x)
-    pad_id = int(spec.preprocess.get("pad_id", 0))
+    inputs = tmp / "eval_inputs.npz"
+    np.savez(inputs, **x)
+    pad_id = spec.trim_pad_id()
     out: dict[str, tuple] = {}
     ref = None
     ordered = sorted(slots, key=lambda s: s.peer_kind != "eager")  # eager first: the agreement reference
@@ -115,9 +115,9 @@ def peer_accuracies(slots, spec, x, labels, desc: str, batch: int, tmp: Path) ->
         if s.peer_kind == "eager":
             ref = logits
         if labels is not None:
-            out[s.key] = (float((logits.argmax(1) == labels).mean()), "accuracy", desc)
+            out[s.key] = (float((logits.argmax(-1) == labels).mean()), "accuracy", desc)
         elif ref is not None:
-            out[s.key] = (float((logits.argmax(1) == ref.argmax(1)).mean()), "top1_agreement", desc)
+            out[s.key] = (float((logits.argmax(-1) == ref.argmax(-1)).mean()), "top1_agreement", desc)
         else:
             out[s.key] = (None, None, "no PyTorch eager reference for top-1 agreement")
     return out
@@ -366,9 +366,10 @@ class ModelBench:
         r = self.spec.dynamic["sequence"]
         if self.args.seq_len:
             return seq_len_for(self.spec, self.args.seq_len), "--seq-len"
-        if self.eval is not None and self.eval[0].dtype.kind in "iu" and self.eval[0].ndim == 2:
+        ids = None if self.eval is None else self.eval[0][self.spec.inputs[0].name]
+        if ids is not None and ids.dtype.kind in "iu" and ids.ndim == 2:
             pad = int(self.spec.preprocess.get("pad_id", 0))
-            med = float(np.median((self.eval[0] != pad).sum(1)))
+            med = float(np.median((ids != pad).sum(1)))
             n = int(min(max(8 * math.ceil(med / 8), r.min), r.max))
             return n, f"median token count of the test inputs ({med:.0f}; {self.eval[2]}), rounded up to a multiple of 8"
         return int(r.opt), f"spec opt size (test inputs unavailable: {self.eval_error})"

@@ -11,7 +11,7 @@ one process (they share the module). The parent drives them one at a time over a
 
 Commands (one JSON object per line, one reply each): feed {batch, seq_len}, warm {key, warmup_s, warmup_calls, heavy_call_s},
 time {key, slice_s, min_calls, max_calls, switch_warmup}, smoke {batches, seq_len}, predict {key, inputs, out,
-batch, pad_id}, exit. After loading, the worker sends a hello: {ok, spec, candidates: [...]}.
+batch, pad_id (null: none)}, exit. After loading, the worker sends a hello: {ok, spec, candidates: [...]}.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from bench.peers import TorchCandidate
 from bench.timing import LocalTimer, describe
 from runtime.child import child_env, describe_returncode, python_module
 from runtime.modelspec import ModelRef
-from runtime.preprocess import trim_padding
+from runtime.preprocess import feed_batches
 from zoo.registry import load_for_export
 from zoo.spec import ModelSpec
 
@@ -221,11 +221,10 @@ def _serve(cands: list, spec, rf, send) -> None:
                 send({"ok": True, "errors": errors})
             elif cmd == "predict":
                 c = by_key[msg["key"]]
-                x = np.load(msg["inputs"], mmap_mode="r")
-                name = spec.inputs[0].name
-                bs, pad = int(msg["batch"]), int(msg.get("pad_id", 0))
-                outs = [c.logits({name: trim_padding(np.ascontiguousarray(x[i:i + bs]), pad)})
-                        for i in range(0, len(x), bs)]
+                with np.load(msg["inputs"]) as z:
+                    x = {k: z[k] for k in z.files}
+                pad = msg.get("pad_id")
+                outs = [c.logits(feed) for feed in feed_batches(x, int(msg["batch"]), None if pad is None else int(pad))]
                 np.save(msg["out"], np.concatenate(outs).astype(np.float32))
                 send({"ok": True})
             else:

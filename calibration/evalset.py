@@ -1,4 +1,5 @@
-"""Labelled evaluation feeds (validation split, or seeded synthetic images for parity-only models).
+"""Labelled evaluation feeds, one array per model input (validation split, user data, or seeded synthetic
+inputs for parity-only models).
 
 Used by optimize/ to judge FP16/INT8 artifacts: the accuracy budget is judged on the VALIDATION split,
 never on test (``make verify`` reports test numbers later). numpy only.
@@ -13,48 +14,53 @@ from typing import Any, Iterator
 import numpy as np
 
 from calibration.readers import CalibrationError, encode_inputs
-from runtime.preprocess import trim_padding
+from runtime.preprocess import feed_batches
 from zoo.data import load_dataset
 from zoo.synthetic import normalize_nchw, synthetic_uint8_images
 
 
 @dataclass
 class EvalSet:
-    """One input's data ``x`` (N, ...) with optional labels ``y`` (N,). Int inputs are trimmed per batch."""
+    """Sample-aligned inputs (name -> (N, ...), every model input) with optional labels ``y`` (N,). With ``pad_id``
+    (text classifiers), each batch's 2-D int inputs lose their all-padding trailing columns."""
 
-    input_name: str
-    x: np.ndarray
+    inputs: dict[str, np.ndarray]
     y: np.ndarray | None = None
     pad_id: int | None = None
     description: str = ""
 
+    def __post_init__(self) -> None:
+        if not self.inputs:
+            raise CalibrationError("eval set: no inputs; expected one array per model input")
+        n = {k: len(v) for k, v in self.inputs.items()}
+        if len(set(n.values())) != 1 or (self.y is not None and len(self.y) != next(iter(n.values()))):
+            raise CalibrationError(f"eval set: inputs have {n} samples and labels "
+                                   f"{None if self.y is None else len(self.y)}; expected one N for all")
+
     def __len__(self) -> int:
-        return int(len(self.x))
+        return int(len(next(iter(self.inputs.values()))))
 
     def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-        for i in range(0, len(self.x), batch_size):
-            xb = self.x[i:i + batch_size]
-            if self.pad_id is not None:
-                xb = trim_padding(xb, self.pad_id)
-            yield {self.input_name: np.ascontiguousarray(xb)}
+        return feed_batches(self.inputs, batch_size, self.pad_id)
 
     def subset(self, n: int | None, seed: int = 0) -> "EvalSet":
         """A seeded random subset of ``n`` rows (all rows if n is None or >= N), in sorted index order."""
-        if n is None or n >= len(self.x):
+        if n is None or n >= len(self):
             return self
-        idx = np.sort(np.random.default_rng(seed).choice(len(self.x), size=n, replace=False))
-        return EvalSet(self.input_name, self.x[idx], None if self.y is None else self.y[idx], self.pad_id,
-                       f"{self.description} (subset {n}, seed {seed})")
+        idx = np.sort(np.random.default_rng(seed).choice(len(self), size=n, replace=False))
+        return EvalSet({k: v[idx] for k, v in self.inputs.items()}, None if self.y is None else self.y[idx],
+                       self.pad_id, f"{self.description} (subset {n}, seed {seed})")
 
     def save_npz(self, path: str | os.PathLike) -> None:
-        np.savez(path, x=self.x, input_name=np.array(self.input_name),
+        np.savez(path, **{f"input:{k}": v for k, v in self.inputs.items()},
                  pad_id=np.array(-1 if self.pad_id is None else self.pad_id))
 
     @classmethod
     def load_npz(cls, path: str | os.PathLike) -> "EvalSet":
         with np.load(path, allow_pickle=False) as z:
             pad = int(z["pad_id"])
-            return cls(str(z["input_name"]), z["x"], None, None if pad < 0 else pad)
+            inputs = {k.split(":", 1)[1]: z[k] for k in z.files if k.startswith("input:")}
+            return cls(inputs, None, None if pad < 0 else pad)
 
 
 def load_eval_set(spec: Any, model_dir: str | os.PathLike, split: str = "val", n: int | None = None, seed: int = 0,
@@ -64,24 +70,26 @@ def load_eval_set(spec: Any, model_dir: str | os.PathLike, split: str = "val", n
     the spec's example inputs (token ids within its vocabulary, float features) at its opt sizes."""
     if split == "train":
         raise CalibrationError("eval set: got split 'train', expected 'val' (or 'test'): judge on held-out data")
-    inp = spec.inputs[0]
-    if len(spec.inputs) != 1:
-        raise CalibrationError(f"eval set: model has {len(spec.inputs)} inputs, expected 1")
     pp = spec.preprocess or {}
+    inp = spec.inputs[0]
     if spec.dataset is None:
-        if len(inp.shape) != 4 or not inp.dtype.startswith("float"):
+        if len(spec.inputs) != 1 or len(inp.shape) != 4 or not inp.dtype.startswith("float"):
             sizes = {k: r.opt for k, r in spec.dynamic.items()}
-            x = spec.example_inputs({**sizes, "batch": synthetic_n}, seed=synthetic_seed)[inp.name]
-            return EvalSet(inp.name, x, None, None, f"synthetic {inp.dtype} inputs n={synthetic_n} seed={synthetic_seed}")
+            feeds = spec.example_inputs({**sizes, "batch": synthetic_n}, seed=synthetic_seed)
+            kinds = ", ".join(f"{t.name} {t.dtype}" for t in spec.inputs)
+            return EvalSet(feeds, None, None, f"synthetic inputs ({kinds}) n={synthetic_n} seed={synthetic_seed}")
         c = int(pp.get("channels", inp.shape[1] if not isinstance(inp.shape[1], str) else 3))
         h, w = pp.get("size", inp.shape[2:])
         u8 = synthetic_uint8_images(synthetic_n, c, int(h), int(w), seed=synthetic_seed)
         x = normalize_nchw(u8, pp.get("mean", 0.0), pp.get("std", 1.0))
-        return EvalSet(inp.name, x, None, None, f"synthetic images n={synthetic_n} seed={synthetic_seed}")
+        return EvalSet({inp.name: x}, None, None, f"synthetic images n={synthetic_n} seed={synthetic_seed}")
+    if len(spec.inputs) != 1:
+        raise CalibrationError(f"eval set: dataset '{spec.dataset}' feeds one input; the model has "
+                               f"{[t.name for t in spec.inputs]}: give its data as an .npz of one array per input "
+                               "(--data)")
     if dataset is None:
         dataset = load_dataset(spec.dataset)
     s = getattr(dataset, split)
     x = encode_inputs(spec, s.x, Path(model_dir))
-    pad = int(pp.get("pad_id", 0)) if pp.get("kind") == "text" else None
-    es = EvalSet(inp.name, x, np.asarray(s.y, np.int64), pad, f"{dataset.name} {split} n={len(s)}")
+    es = EvalSet({inp.name: x}, np.asarray(s.y, np.int64), spec.trim_pad_id(), f"{dataset.name} {split} n={len(s)}")
     return es.subset(n, seed)

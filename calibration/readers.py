@@ -19,7 +19,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from runtime.errors import EdgeattnError
-from runtime.preprocess import TextEncoder, normalize_images, trim_padding
+from runtime.preprocess import TextEncoder, feed_batches, normalize_images, trim_padding
 from zoo.synthetic import normalize_nchw, synthetic_uint8_images
 
 log = logging.getLogger("edgeattn.calibration")
@@ -69,14 +69,7 @@ def batch_feeds(arrays: Mapping[str, np.ndarray], batch_size: int, pad_id: int |
     bad = {k: len(v) for k, v in arrays.items() if len(v) != n}
     if bad:
         raise CalibrationError(f"calibration arrays: leading dims differ ({n} for '{names[0]}', {bad})")
-    out = []
-    for i in range(0, n, batch_size):
-        feed = {}
-        for k in names:
-            a = np.asarray(arrays[k][i:i + batch_size])
-            feed[k] = trim_padding(a, pad_id) if pad_id is not None else a
-        out.append(feed)
-    return out
+    return list(feed_batches({k: np.asarray(v) for k, v in arrays.items()}, batch_size, pad_id))
 
 
 class CalibrationData:

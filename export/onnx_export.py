@@ -51,6 +51,27 @@ def _dynamic_axes(built: BuiltModel) -> dict[str, dict[int, str]]:
     return axes
 
 
+@contextlib.contextmanager
+def causal_mask_check_off():
+    """``nn.TransformerEncoder`` / ``nn.TransformerDecoder`` called with a mask and no ``is_causal`` hint compare the
+    mask with a causal one and branch on the answer (``bool((mask == causal).all())`` in
+    ``torch.nn.modules.transformer._detect_is_causal_mask``): a data-dependent branch that ``torch.export`` refuses
+    ("Could not guard on data-dependent expression"), so an encoder-decoder with a causal target mask did not export.
+    While exporting, an absent hint reads as "not causal": the mask is then applied as given, which is the same
+    arithmetic (the hint only lets PyTorch skip the mask for a fused causal kernel). A hint the model gives is kept."""
+    from torch.nn.modules import transformer as tr
+
+    detect = getattr(tr, "_detect_is_causal_mask", None)
+    if detect is None:  # a torch without the check: nothing to rewrite
+        yield
+        return
+    tr._detect_is_causal_mask = lambda mask, is_causal=None, size=None: is_causal is True
+    try:
+        yield
+    finally:
+        tr._detect_is_causal_mask = detect
+
+
 EXPORTERS = ("dynamo", "torchscript")
 
 
@@ -130,7 +151,7 @@ def export_model(built: BuiltModel, path: str | Path, opset: int | None = None,
             kw.update(dynamo=True, optimize=True, dynamic_shapes=_dynamo_shapes(built), verbose=False)
         else:
             kw.update(dynamo=False, do_constant_folding=True, dynamic_axes=_dynamic_axes(built))
-        with attention_fastpath_disabled(), torch.no_grad(), _quiet():
+        with attention_fastpath_disabled(), causal_mask_check_off(), torch.no_grad(), _quiet():
             torch.onnx.export(module, args, str(tmp), **kw)
 
     def _write(tmp: Path, exporter: str) -> None:

@@ -149,14 +149,10 @@ def quantize_model(model_dir: str | os.PathLike, opts: QuantOptions | None = Non
 
 
 def user_eval_set(path: str, spec, model_dir: Path, opts: QuantOptions):
-    """(the user's data, its evaluation half as an EvalSet): single-input models only (EvalSet holds one input)."""
-    if len(spec.inputs) != 1:
-        raise QuantizeError(f"user data {path}: the budget loop evaluates single-input models; this one has "
-                            f"{[t.name for t in spec.inputs]}")
+    """(the user's data, its evaluation half as an EvalSet of every model input)."""
     user = load_user_data(path, spec, model_dir)
-    ev, name = user.half("evaluation"), spec.inputs[0].name
-    pad = int(spec.preprocess.get("pad_id", 0)) if (spec.preprocess or {}).get("kind") == "text" else None
-    return user, EvalSet(name, ev.inputs[name], ev.labels, pad, ev.source).subset(opts.eval_samples, opts.seed)
+    ev = user.half("evaluation")
+    return user, EvalSet(dict(ev.inputs), ev.labels, spec.trim_pad_id(), ev.source).subset(opts.eval_samples, opts.seed)
 
 
 def build_int8(model_dir: Path, src: Path, calib: CalibrationData, es: EvalSet, ref: np.ndarray,

@@ -133,6 +133,17 @@ class ModelSpec:
                 feed[t.name] = rng.standard_normal(shape).astype(t.dtype)
         return feed
 
+    def trim_pad_id(self) -> int | None:
+        """The pad id whose all-padding trailing columns every stage drops from a batch of token ids (a text
+        classifier's ``preprocess.pad_id``), or None: not a text model, or an output with a dynamic axis past the
+        batch (per-position outputs, whose length must follow the inputs as given). The one rule for every stage."""
+        pp = self.preprocess or {}
+        if pp.get("kind") != "text":
+            return None
+        if any(isinstance(d, str) for t in self.outputs for d in t.shape[1:]):
+            return None
+        return int(pp.get("pad_id", 0))
+
     # ---- (de)serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -6,7 +6,7 @@ image is exactly what the model saw in training.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -109,3 +109,18 @@ def trim_padding(ids: np.ndarray, pad_id: int = 0) -> np.ndarray:
     used = np.nonzero((ids != pad_id).any(axis=0))[0]
     keep = int(used.max()) + 1 if used.size else 1
     return ids[:, :keep]
+
+
+def feed_batches(arrays: Mapping[str, np.ndarray], batch_size: int,
+                 pad_id: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Feed dicts of ``batch_size`` rows (the last may be smaller) from sample-aligned arrays (name -> (N, ...)), C
+    contiguous; with ``pad_id``, each batch's 2-D int arrays lose their all-padding trailing columns
+    (``trim_padding``). The one batching of every stage: calibration, the budget loops, verify and bench."""
+    n = len(next(iter(arrays.values())))
+    for i in range(0, n, batch_size):
+        feed = {}
+        for k, v in arrays.items():
+            vb = v[i:i + batch_size]
+            feed[k] = np.ascontiguousarray(trim_padding(vb, pad_id) if pad_id is not None else vb)
+        yield feed
+

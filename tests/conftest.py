@@ -62,3 +62,24 @@ def pytest_collection_modifyitems(config, items):
 def _threads():
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     yield
+
+
+@pytest.fixture
+def module_from_source(tmp_path, monkeypatch):
+    """``install(name, source) -> folder``: write a user's Python module into a fresh folder on sys.path (removed from
+    sys.modules before and after), as a user's ``--models name:factory`` would find it."""
+    names = []
+
+    def install(name: str, source: str) -> Path:
+        d = tmp_path / "usermods"
+        d.mkdir(exist_ok=True)
+        (d / f"{name}.py").write_text(source)
+        monkeypatch.syspath_prepend(str(d))
+        sys.modules.pop(name, None)
+        names.append(name)
+        return d
+
+    yield install
+    for n in names:
+        sys.modules.pop(n, None)
+

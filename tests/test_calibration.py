@@ -120,14 +120,14 @@ def test_synthetic_images_for_parity_only_models():
     x = np.concatenate(list(b["pixels"] for b in a))
     assert x.shape == (12, 1, 28, 28) and 0.0 <= x.min() and x.max() <= 1.0 and x.std() > 0.05
     ev = load_eval_set(spec, ".", synthetic_n=6)
-    assert ev.y is None and len(ev) == 6 and not np.array_equal(ev.x, x[:6])  # different seed from calibration
+    assert ev.y is None and len(ev) == 6 and not np.array_equal(ev.inputs["pixels"], x[:6])  # different seed from calibration
 
 
 def test_eval_set_refuses_training_split():
     with pytest.raises(CalibrationError, match="train"):
         load_eval_set(image_spec(), ".", split="train", dataset=fake_dataset())
     ev = load_eval_set(image_spec(), ".", split="val", dataset=fake_dataset())
-    assert len(ev) == 50 and np.allclose(ev.x, VAL_VALUE / 255.0)
+    assert len(ev) == 50 and np.allclose(ev.inputs["pixels"], VAL_VALUE / 255.0)
 
 
 def test_range_cache_roundtrip(tmp_path):

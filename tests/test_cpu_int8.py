@@ -89,7 +89,7 @@ def test_reference_level_is_the_float_simulation_of_the_qdq(tmp_path):
     wq = _qdq_matmul(tmp_path / "qdq.onnx", x_scale, w, w_scale)
     xq = np.clip(np.round(x.astype(np.float64) / x_scale), -128, 127)
     expected = (xq * x_scale) @ (wq.astype(np.float64) * w_scale)
-    got = ort_logits(tmp_path / "qdq.onnx", EvalSet("x", x), QDQ_REFERENCE_LEVEL, threads=1)
+    got = ort_logits(tmp_path / "qdq.onnx", EvalSet({"x": x}), QDQ_REFERENCE_LEVEL, threads=1)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4 * np.abs(expected).max())
 
 
@@ -97,7 +97,7 @@ def test_reference_level_is_the_float_simulation_of_the_qdq(tmp_path):
 def test_reduce_range_forms_have_7bit_weights_and_stay_accurate(tmp_path):
     src = _outlier_mlp(tmp_path / "mlp.onnx")
     rng = np.random.default_rng(1)
-    es = EvalSet("x", rng.standard_normal((64, 16)).astype(np.float32))
+    es = EvalSet({"x": rng.standard_normal((64, 16)).astype(np.float32)})
     ref = ort_logits(src, es)
     calib = CalibrationData.from_arrays({"x": rng.standard_normal((64, 16)).astype(np.float32)}, batch_size=32)
     ranges, _ = calibrate_ranges(src, calib, "MinMax")
@@ -179,7 +179,7 @@ def test_budget_loop_on_parity_only_model_keeps_the_harmful_node_float(tmp_path)
     src = _outlier_mlp(tmp_path / "mlp.onnx")
     rng = np.random.default_rng(0)
     calib = CalibrationData.from_arrays({"x": rng.standard_normal((128, 16)).astype(np.float32)}, batch_size=32)
-    es = EvalSet("x", rng.standard_normal((64, 16)).astype(np.float32))  # no labels
+    es = EvalSet({"x": rng.standard_normal((64, 16)).astype(np.float32)})  # no labels
     ref = ort_logits(src, es)
     ranges, _ = calibrate_ranges(src, calib, "MinMax")
     nodes = quantizable_nodes(onnx.load(str(src)))

@@ -54,7 +54,7 @@ def _feeds(spec, n_batches: int = 4, batch: int = 8, seed: int = 0) -> dict[str,
 
 def _evalset(spec, seed: int = 100, n: int = 32) -> EvalSet:
     x = _feeds(spec, n // 8, 8, seed)[spec.inputs[0].name]
-    return EvalSet(spec.inputs[0].name, x)
+    return EvalSet({spec.inputs[0].name: x})
 
 
 # ---- Q/DQ graph for TensorRT ----------------------------------------------------------------------------
@@ -224,7 +224,7 @@ def test_budget_loop_keeps_the_harmful_node_float(tmp_path):
     rng = np.random.default_rng(0)
     calib = CalibrationData.from_arrays({"x": rng.standard_normal((128, 16)).astype(np.float32)}, batch_size=32)
     xv = rng.standard_normal((400, 16)).astype(np.float32)
-    es = EvalSet("x", xv)
+    es = EvalSet({"x": xv})
     ref = ort_logits(src, es)
     es.y = ref.argmax(1)  # labels = fp32 predictions: fp32 accuracy 100 %
     ranges, _ = calibrate_ranges(src, calib, "MinMax")
@@ -257,7 +257,7 @@ def test_dynamic_cpu_candidate_rewrites_gemm_and_respects_exclusions(tmp_path):
     ops = [n.op_type for n in m.graph.node]
     assert "Gemm" not in ops and ops.count("MatMulInteger") == 2  # gemm1, gemm3 int8; gemm2 float MatMul
     assert any(n.op_type == "MatMul" and n.name == "gemm2" for n in m.graph.node)
-    es = EvalSet("x", np.random.default_rng(3).standard_normal((64, 16)).astype(np.float32))
+    es = EvalSet({"x": np.random.default_rng(3).standard_normal((64, 16)).astype(np.float32)})
     ref, out = ort_logits(src, es), ort_logits(dst, es)
     assert (ref.argmax(1) == out.argmax(1)).mean() >= 0.95
 

@@ -75,14 +75,8 @@ def half_spec():
 
 
 @pytest.fixture
-def user_module(tmp_path, monkeypatch):
-    d = tmp_path / "usermods"
-    d.mkdir()
-    (d / "mymods.py").write_text(USER_MODULE)
-    monkeypatch.syspath_prepend(str(d))
-    sys.modules.pop("mymods", None)
-    yield d
-    sys.modules.pop("mymods", None)
+def user_module(module_from_source):
+    return module_from_source("mymods", USER_MODULE)
 
 
 def test_specs_per_factory_and_clear_errors(user_module):

@@ -23,9 +23,9 @@ from runtime.cpu import int8_isa
 from runtime.errors import EdgeattnError
 from runtime.modelspec import ModelRef, resolve_models
 from runtime.ort_backend import levels_from, try_levels
-from runtime.preprocess import trim_padding
+from runtime.preprocess import feed_batches
 from runtime.stage import StageErrors, cli, one_line
-from verify.compare import compare
+from verify.compare import compare_outputs
 from verify.plan import (PRECISION_NAMES, ROLE_CPU_KERNELS, ROLE_TEXT, artifact_files, backend_plan, exit_code,
                          test_inputs, tolerance_for, verify_key)
 from zoo.io import atomic_write_json, atomic_write_text, read_json
@@ -37,31 +37,35 @@ WORKER_TIMEOUT_S = 1800
 
 # ---- the PyTorch reference ----------------------------------------------------------------------------
 def load_reference(ref: ModelRef, limit: int | None = None):
-    """(built model, inputs array, labels or None, dataset description)."""
+    """(built model, inputs: name -> (N, ...) array, labels or None, dataset description)."""
     built = load_for_export(ref)
     built.module.eval()
-    x, labels, desc = test_inputs(built.spec, ref, limit)
-    return built, x, labels, desc
+    inputs, labels, desc = test_inputs(built.spec, ref, limit)
+    return built, inputs, labels, desc
 
 
-def torch_logits(built, x: np.ndarray, batch: int, pad_id: int) -> np.ndarray:
+def torch_outputs(built, inputs: dict[str, np.ndarray], batch: int, pad_id: int | None) -> dict[str, np.ndarray]:
+    """PyTorch's outputs (name -> (N, ...), the spec's output names in order, float32) over ``inputs``, batched and
+    trimmed exactly as the workers feed the artifacts."""
     import torch
 
-    outs = []
+    outs: dict[str, list[np.ndarray]] = {t.name: [] for t in built.spec.outputs}
     with torch.inference_mode():
-        for i in range(0, len(x), batch):
-            xb = torch.from_numpy(trim_padding(np.ascontiguousarray(x[i:i + batch]), pad_id))
-            outs.append(built.module(xb).float().numpy())
-    return np.concatenate(outs)
+        for feed in feed_batches(inputs, batch, pad_id):
+            res = built.module(*[torch.from_numpy(feed[t.name]) for t in built.spec.inputs])
+            res = res if isinstance(res, (tuple, list)) else (res,)
+            for name, r in zip(outs, res):
+                outs[name].append(r.float().numpy())
+    return {k: np.concatenate(v) for k, v in outs.items() if v}
 
 
 # ---- running one artifact -----------------------------------------------------------------------
-def run_worker(artifact: Path, backend: str, mode: str, inputs: Path, input_name: str, batch: int, pad_id: int,
-               threads: int | None) -> tuple[np.ndarray | None, str | None, float, dict]:
-    """(logits or None, error or None, seconds, what the worker reported: {"precision_ran": ...})."""
-    out = inputs.parent / f"out-{artifact.stem}-{backend}-{mode}.npy"
+def run_worker(artifact: Path, backend: str, mode: str, inputs: Path, batch: int, pad_id: int | None,
+               threads: int | None) -> tuple[dict[str, np.ndarray] | None, str | None, float, dict]:
+    """(outputs by name or None, error or None, seconds, what the worker reported: {"precision_ran": ...})."""
+    out = inputs.parent / f"out-{artifact.stem}-{backend}-{mode}.npz"
     cmd = python_module("verify.worker", "--artifact", artifact, "--backend", backend, "--mode", mode, "--inputs",
-                        inputs, "--input-name", input_name, "--out", out, "--batch", batch, "--pad-id", pad_id,
+                        inputs, "--out", out, "--batch", batch, "--pad-id", -1 if pad_id is None else pad_id,
                         *(["--threads", threads] if threads else []))
     res = run_child(cmd, WORKER_TIMEOUT_S)
     secs = res.seconds
@@ -71,7 +75,8 @@ def run_worker(artifact: Path, backend: str, mode: str, inputs: Path, input_name
         info = json.loads((res.stdout.strip().splitlines() or ["{}"])[-1])
     except json.JSONDecodeError:
         info = {}
-    return np.load(out), None, secs, info
+    with np.load(out) as z:
+        return {k: z[k] for k in z.files}, None, secs, info
 
 
 def verify_model(ref: ModelRef, limit: int | None, threads: int | None,
@@ -83,21 +88,21 @@ def verify_model(ref: ModelRef, limit: int | None, threads: int | None,
         return []
     built, x, labels, data_desc = load_reference(ref, limit)
     spec = built.spec
-    pad_id = int(spec.preprocess.get("pad_id", 0))
+    pad_id = spec.trim_pad_id()
     batch = min(64, spec.dynamic["batch"].max)
+    n = len(next(iter(x.values())))
     t0 = time.perf_counter()
-    ref = torch_logits(built, x, batch, pad_id)
+    ref = torch_outputs(built, x, batch, pad_id)
     torch_s = time.perf_counter() - t0
     rows = []
     cpu_isa = int8_isa()
     with tempfile.TemporaryDirectory(prefix="edgeattn-verify-") as tmp:
-        inputs = Path(tmp) / "inputs.npy"
-        np.save(inputs, x)
+        inputs = Path(tmp) / "inputs.npz"
+        np.savez(inputs, **x)
         for art in files:
             for backend, mode, prec, role in backend_plan(model_dir, art):
                 def run(level: str, art=art, backend=backend):
-                    got, err, secs, info = run_worker(model_dir / art, backend, level, inputs, spec.inputs[0].name,
-                                                      batch, pad_id, threads)
+                    got, err, secs, info = run_worker(model_dir / art, backend, level, inputs, batch, pad_id, threads)
                     return (got, err, secs, info), err
 
                 # a crash at ORT's full optimisation is retried at 'extended' (the FP16 segfault case)
@@ -123,10 +128,10 @@ def verify_model(ref: ModelRef, limit: int | None, threads: int | None,
                     if prec != asked:
                         row["precision_asked"] = asked
                 if got is None:
-                    row.update(n_samples=int(len(x)), passed=False, error=err, reasons=[err])
+                    row.update(n_samples=n, passed=False, error=err, reasons=[err])
                 else:
                     tol = tolerance_for(spec, prec, model_dir)
-                    c = compare(ref, got, labels, tol)
+                    c = compare_outputs(ref, got, labels, tol)
                     row["budget_points"] = tol.max_drop_points
                     row.update(c.to_dict())
                     if not c.passed and localize_failures and prec in ("fp32", "fp16", "int8") and backend == "onnxruntime" \
@@ -136,19 +141,21 @@ def verify_model(ref: ModelRef, limit: int | None, threads: int | None,
                     row["verify_key"] = key
                 rows.append(row)
                 _print_row(row)
-    print(f"verify {name}: PyTorch reference on {len(x)} samples took {torch_s:.1f} s")
+    print(f"verify {name}: PyTorch reference on {n} samples took {torch_s:.1f} s")
     return rows
 
 
-def _localize(built, path: Path, x, labels, ref, got) -> dict[str, Any] | None:
-    """Pick the worst sample and name the first PyTorch module whose output diverges on it."""
+def _localize(built, path: Path, x: dict[str, np.ndarray], labels, ref: dict[str, np.ndarray],
+              got: dict[str, np.ndarray]) -> dict[str, Any] | None:
+    """Pick the worst sample of the first output and name the first PyTorch module whose output diverges on it."""
     try:
         from verify.localize import localize
 
-        worst = int(np.abs(ref - got).max(1).argmax())
-
-        xi = trim_padding(np.ascontiguousarray(x[worst:worst + 1]), int(built.spec.preprocess.get("pad_id", 0)))
-        rep = localize(built, path, {built.spec.inputs[0].name: xi})
+        first = built.spec.outputs[0].name
+        r, g = ref[first], got[first]
+        worst = int(np.abs(r - g).reshape(len(r), -1).max(1).argmax())
+        feed = next(feed_batches({k: v[worst:worst + 1] for k, v in x.items()}, 1, built.spec.trim_pad_id()))
+        rep = localize(built, path, feed)
         return rep.to_dict() if rep else None
     except Exception as e:  # noqa: BLE001 - localisation is best effort; never hides the failure itself
         log.warning("localisation of %s failed: %s", path, e)

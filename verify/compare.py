@@ -36,6 +36,7 @@ class Comparison:
     degenerate_reference: bool
     passed: bool
     reasons: list[str] = field(default_factory=list)
+    outputs: dict[str, dict] = field(default_factory=dict)  # every output past the first: its figures and verdict
 
     def __bool__(self) -> bool:
         return self.passed
@@ -61,16 +62,19 @@ SPREAD_FLOOR_REL = 1e-5
 
 
 def reference_figures(ref: np.ndarray) -> dict:
-    """The reference's own figures (``ref``: (N, classes) logits): ``reference_scale`` (RMS), ``reference_spread``
-    (std over classes, mean over samples: the signal that picks a class), ``reference_sample_spread`` (std over
+    """The reference's own figures (``ref``: (N, classes) logits, or (N, ..., classes): a sequence of them per
+    sample): ``reference_scale`` (RMS), ``reference_spread`` (std over classes, mean over samples and positions: the
+    signal that picks a class), ``reference_sample_spread`` (std over
     samples, largest over classes: how much the logits depend on the input), ``reference_nonfinite`` and
     ``degenerate_reference`` (either spread under the floor, or NaN/Inf). NaN/Inf count as 0 in the others."""
     r = np.asarray(ref, np.float64)
+    per_class = r.reshape(-1, r.shape[-1]) if r.ndim > 2 else r.reshape(r.shape[0], -1)  # (positions, classes)
     r = r.reshape(r.shape[0], int(np.prod(r.shape[1:])))
     bad = int((~np.isfinite(r)).sum())
     r = np.nan_to_num(r, nan=0.0, posinf=0.0, neginf=0.0)
+    per_class = np.nan_to_num(per_class, nan=0.0, posinf=0.0, neginf=0.0)
     scale = float(np.sqrt(np.mean(r ** 2))) if r.size else 0.0
-    spread = float(r.std(1).mean()) if r.shape[1] > 1 and len(r) else None
+    spread = float(per_class.std(1).mean()) if per_class.shape[1] > 1 and len(per_class) else None
     sample_spread = float(r.std(0).max()) if len(r) > 1 and r.size else None
     floor = spread_floor(scale)
     low = [v for v in (spread, sample_spread) if v is not None and v < floor]
@@ -114,7 +118,8 @@ def figures(ref: np.ndarray, got: np.ndarray, labels: np.ndarray | None = None) 
     and are counted in ``nonfinite`` (``reference_nonfinite`` for the reference's). ``accuracy_delta`` is in accuracy
     points, ours - reference; ``scaled_max_abs_diff`` is each sample's max |diff| over the RMS of that sample's
     reference logits, the worst sample (:func:`scaled_max_abs`); ``reference_scale`` (the RMS of all the reference's
-    logits) is one of the reference's own figures (:func:`reference_figures`)."""
+    logits) is one of the reference's own figures (:func:`reference_figures`). Logits with a sequence axis,
+    (N, T, classes), are judged per sample (cosine, scaled max abs) and per position (top-1 agreement)."""
     if ref.shape != got.shape:
         raise ValueError(f"compare: got logits of shape {got.shape}, expected {ref.shape}")
     nonfinite = int((~np.isfinite(got)).sum())
@@ -126,8 +131,8 @@ def figures(ref: np.ndarray, got: np.ndarray, labels: np.ndarray | None = None) 
     acc = racc = delta = None
     if labels is not None:
         labels = np.asarray(labels)
-        acc = float((g.argmax(1) == labels).mean())
-        racc = float((r.argmax(1) == labels).mean())
+        acc = float((g.argmax(-1) == labels).mean())
+        racc = float((r.argmax(-1) == labels).mean())
         delta = round(100.0 * (acc - racc), 6)
     max_abs = float(diff.max()) if diff.size else 0.0
     scaled = scaled_max_abs(r, diff)
@@ -135,13 +140,13 @@ def figures(ref: np.ndarray, got: np.ndarray, labels: np.ndarray | None = None) 
             "mean_abs_diff": float(diff.mean()) if diff.size else 0.0,
             "max_rel_diff": float((diff / np.maximum(np.abs(r), 1e-6)).max()) if diff.size else 0.0,
             "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()),
-            "top1_agreement": float((r.argmax(1) == g.argmax(1)).mean()), "accuracy": acc,
+            "top1_agreement": float((r.argmax(-1) == g.argmax(-1)).mean()), "accuracy": acc,
             "reference_accuracy": racc, "accuracy_delta": delta, "nonfinite": nonfinite,
             "scaled_max_abs_diff": scaled, **ref_f}
 
 
 def compare(ref: np.ndarray, got: np.ndarray, labels: np.ndarray | None, tol) -> Comparison:
-    """``ref``/``got``: (N, classes) logits; ``labels``: (N,) ground truth or None (parity only); ``tol``: a
+    """``ref``/``got``: (N, classes) or (N, ..., classes) logits; ``labels``: (N,) ground truth or None (parity only); ``tol``: a
     zoo.spec.Tolerance-like object (max_abs relative to the reference's RMS, min_cosine, min_top1_agreement,
     max_drop_points). A degenerate reference fails whatever ``got`` is, with the reason first."""
     f = figures(ref, got, labels)
@@ -167,3 +172,31 @@ def compare(ref: np.ndarray, got: np.ndarray, labels: np.ndarray | None, tol) ->
     if delta is not None and delta < -tol.max_drop_points - 1e-9:
         reasons.append(f"accuracy_delta {delta:+.2f} points exceeds the {tol.max_drop_points:.2f}-point budget")
     return Comparison(**f, passed=not reasons, reasons=reasons)
+
+
+def compare_outputs(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], labels: np.ndarray | None,
+                    tol) -> Comparison:
+    """Every output of a model (``ref``/``got``: output name -> array, the first one in ``ref``'s order being the
+    logits) under one tolerance: the row's figures are the first output's (with ``labels``); each further output is
+    compared for parity and listed under ``outputs``; the verdict is all of them, and a failing further output's
+    reasons name it. An output the artifact did not produce fails."""
+    names = list(ref)
+    if not names:
+        raise ValueError("compare: the reference has no outputs")
+    missing = [k for k in names if k not in got]
+    first = names[0]
+    if first in missing:
+        raise ValueError(f"compare: the artifact has outputs {sorted(got)}, expected {names}")
+    main = compare(ref[first], got[first], labels, tol)
+    for k in names[1:]:
+        if k in missing:
+            main.outputs[k] = {"passed": False, "reasons": [f"output '{k}' missing (outputs {sorted(got)})"]}
+        else:
+            c = compare(ref[k], got[k], None, tol)
+            main.outputs[k] = {key: getattr(c, key) for key in ("max_abs_diff", "scaled_max_abs_diff", "cosine_min",
+                                                               "cosine_mean", "top1_agreement", "passed", "reasons")}
+        if not main.outputs[k]["passed"]:
+            main.passed = False
+            main.reasons += [f"output '{k}': {r}" for r in main.outputs[k]["reasons"]]
+    return main
+

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from calibration.evalset import load_eval_set
-from calibration.user_data import UserDataError, data_digest, data_path, load_user_data
+from calibration.user_data import data_digest, data_path, load_user_data
 from runtime import gpu
 from runtime.cpu import cpu_info
 from runtime.loader import ORT_GPU_MODES
@@ -105,27 +105,23 @@ def backend_plan(model_dir: Path, artifact: str) -> list[tuple[str, str, str, st
 # ---- inputs and the PyTorch reference ---------------------------------------------------------
 def test_inputs(spec, ref: ModelRef, limit: int | None = None, parity_n: int = PARITY_SAMPLES,
                 parity_seed: int = 1234):
-    """(inputs array, labels or None, dataset description) for a model: its full test split (first ``limit``), the
-    user's own data (its evaluation half), or seeded synthetic inputs for a model without a dataset: natural-ish
-    images for an image model (zoo.synthetic, the kind quantize calibrates and judges on, with a seed of verify's
-    own so they are held out), else the spec's example inputs. Shared with bench, so both judge the same samples."""
+    """(inputs: name -> (N, ...) array for every model input, labels or None, dataset description) for a model: its
+    full test split (first ``limit``), the user's own data (its evaluation half), or seeded synthetic inputs for a
+    model without a dataset: natural-ish images for an image model (zoo.synthetic, the kind quantize calibrates and
+    judges on, with a seed of verify's own so they are held out), else the spec's example inputs for every input at
+    its opt sizes. Shared with bench, so both judge the same samples."""
     udp = data_path(ref.manifest(), ref.name) if spec.dataset is None else None
     if udp:  # the user's own data: its evaluation half (quantize calibrated on the other half)
-        if len(spec.inputs) != 1:
-            raise UserDataError(f"user data {udp}: verify compares single-input models; this one has "
-                                f"{[t.name for t in spec.inputs]}")
         ev = load_user_data(udp, spec, ref.folder).half("evaluation")
-        x = ev.inputs[spec.inputs[0].name][:limit] if limit else ev.inputs[spec.inputs[0].name]
-        y = None if ev.labels is None else ev.labels[: len(x)]
-        return x, y, {"name": ev.source, "sha256": data_digest(udp)[:64], "split": "user evaluation half",
-                      "n": int(len(x)), "n_split": int(len(ev))}
+        inputs = {t.name: ev.inputs[t.name][:limit] if limit else ev.inputs[t.name] for t in spec.inputs}
+        n = len(next(iter(inputs.values())))
+        y = None if ev.labels is None else ev.labels[:n]
+        return inputs, y, {"name": ev.source, "sha256": data_digest(udp)[:64], "split": "user evaluation half",
+                           "n": int(n), "n_split": int(len(ev))}
     if spec.dataset is None:
-        inp, n = spec.inputs[0], limit or parity_n
-        if len(inp.shape) == 4 and inp.dtype.startswith("float"):
-            es = load_eval_set(spec, ref.folder, synthetic_n=n, synthetic_seed=parity_seed)
-            return es.x, None, {"name": "synthetic natural-ish images", "seed": parity_seed, "n": int(len(es.x))}
-        x = spec.example_inputs({"batch": n}, seed=parity_seed)[inp.name]
-        return x, None, {"name": "seeded-random", "seed": parity_seed, "n": int(len(x))}
+        es = load_eval_set(spec, ref.folder, synthetic_n=limit or parity_n, synthetic_seed=parity_seed)
+        name = "synthetic natural-ish images" if es.description.startswith("synthetic images") else "seeded-random"
+        return es.inputs, None, {"name": name, "seed": parity_seed, "n": len(es)}
 
     ds = load_dataset(spec.dataset)
     test = ds.test.subset(limit) if limit else ds.test
@@ -134,11 +130,12 @@ def test_inputs(spec, ref: ModelRef, limit: int | None = None, parity_n: int = P
         x = normalize_images(np.asarray(test.x), pp["mean"], pp["std"])
     else:
         x = TextEncoder(ref.file(pp["tokenizer"])).encode(test.x, pad_to=pp["max_len"])
-    return x, np.asarray(test.y), {"name": ds.name, "sha256": ds.sha256, "split": "test", "n": int(len(x)),
-                                   "n_split": int(len(ds.test))}
+    return {spec.inputs[0].name: x}, np.asarray(test.y), {"name": ds.name, "sha256": ds.sha256, "split": "test",
+                                                          "n": int(len(x)), "n_split": int(len(ds.test))}
 
 
-CODE_VERSION = "verify/6"  # 4: degenerate references fail; 5: natural-ish parity images; 6: max_abs per sample
+CODE_VERSION = "verify/7"  # 4: degenerate references fail; 5: natural-ish parity images; 6: max_abs per sample;
+# 7: every input and every output
 
 
 def verify_key(ref: ModelRef, limit: int | None) -> str:

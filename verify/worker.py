@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from runtime.loader import open_mode
-from runtime.preprocess import trim_padding
+from runtime.preprocess import feed_batches
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,24 +22,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--artifact", required=True)
     ap.add_argument("--backend", required=True)
     ap.add_argument("--mode", default="")
-    ap.add_argument("--inputs", required=True)
-    ap.add_argument("--input-name", required=True)
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--inputs", required=True, help=".npz of one (N, ...) array per model input")
+    ap.add_argument("--out", required=True, help=".npz written with one (N, ...) float32 array per model output")
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--pad-id", type=int, default=0)
+    ap.add_argument("--pad-id", type=int, default=-1, help="trim this padding id per batch (-1: none)")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
-    x = np.load(args.inputs, mmap_mode="r")
-    outs = []
+    with np.load(args.inputs) as z:
+        x = {k: z[k] for k in z.files}
     t0 = time.perf_counter()
     with open_mode(args.artifact, args.backend, args.mode, args.threads) as runner:
         ran = getattr(runner, "execution_precision", None)  # what really ran (OpenVINO: not always the hint)
         provider = (getattr(runner, "providers", None) or [getattr(runner, "device", None) or args.backend])[0]
-        out_name = runner.outputs[0].name
-        for i in range(0, len(x), args.batch):
-            xb = trim_padding(np.ascontiguousarray(x[i:i + args.batch]), args.pad_id)
-            outs.append(runner.infer({args.input_name: xb})[out_name])
-    np.save(args.out, np.concatenate(outs).astype(np.float32))
+        outs: dict[str, list[np.ndarray]] = {o.name: [] for o in runner.outputs}
+        for feed in feed_batches(x, args.batch, None if args.pad_id < 0 else args.pad_id):
+            res = runner.infer(feed)
+            for k in outs:
+                outs[k].append(np.asarray(res[k], np.float32))
+    np.savez(args.out, **{k: np.concatenate(v) for k, v in outs.items()})
     print(json.dumps({"seconds": round(time.perf_counter() - t0, 2), "precision_ran": ran,
                       "execution_provider": provider}))
     return 0
