@@ -11,10 +11,11 @@ MAX_DROP ?= 0.5
 FLAVOR ?= auto
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+HARDEN_ARGS ?=
 export PYTHONPATH := $(CURDIR)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup train export optimize quantize engines verify bench report demo bert test gpu-check clean
+.PHONY: help setup train export optimize quantize engines verify bench report demo bert test gpu-check harden clean
 
 help:
 	@echo "make demo      set up, then run every pipeline stage on the bundled data (reuses up-to-date artifacts)"
@@ -30,6 +31,7 @@ help:
 	@echo "make report    $(ARTIFACTS)/report.md"
 	@echo "make bert      train bert_imdb (a small BERT, save_pretrained -> $(ARTIFACTS)/bert_imdb/hf), then every stage from that directory"
 	@echo "make gpu-check first thing on a GPU box or Jetson: CUDA calls, runner plumbing, TensorRT vs ORT -> $(ARTIFACTS)/gpu-check.json"
+	@echo "make harden    hardening suite: bad inputs, SIGKILL in every stage, tampered files, memory -> $(ARTIFACTS)/harden.{json,md}"
 
 setup: $(VENV)/.edgeattn-setup
 $(VENV)/.edgeattn-setup: requirements.txt pyproject.toml scripts/setup.sh
@@ -90,6 +92,10 @@ bert: setup
 # Exit 0: every check passed or was skipped; 1: a check failed; 2: no usable GPU here (nothing checked).
 gpu-check: setup
 	$(PY) -m edgeattn gpu-check --artifacts $(ARTIFACTS)
+
+# HARDEN_ARGS=--quick: the CI size (40 examples per subject, 2,000 requests per memory run)
+harden: setup
+	$(PY) -m edgeattn harden --artifacts $(ARTIFACTS) $(HARDEN_ARGS)
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc

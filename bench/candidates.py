@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from runtime.child import fault_point
 from runtime.loader import open_mode
 from runtime.modelspec import precision_of
 
@@ -84,6 +85,7 @@ class RunnerCandidate(Candidate):
         self._out_name: str | None = None
 
     def _load(self) -> None:
+        fault_point(self.path)
         self.runner = open_mode(self.path, self.backend, self.mode, self.threads)
         self._out_name = self.runner.outputs[0].name
         providers = getattr(self.runner, "providers", None)

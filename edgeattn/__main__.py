@@ -11,6 +11,7 @@
   edgeattn gpu-check                                        GPU self-check -> gpu-check.json
   edgeattn engine-timing artifacts/vit/fp16.trt10.engine    trtexec-grade engine timing (GPU)
   edgeattn run       --models mymodels:tiny_text            every stage above for these models, in order
+  edgeattn harden                                           hardening suite -> harden.json, harden.md
 
 ``edgeattn <stage> --help`` shows a stage's options. A bad model, a missing file or a failed export is one line
 ``error: <stage> <model>: ...`` and exit status 2, never a traceback; the other models of the run go on.
@@ -28,7 +29,7 @@ from runtime.stage import EXIT_FAILED, cli
 
 STAGES = {"train": "zoo.train", "export": "export.__main__", "simplify": "optimize.simplify",
           "quantize": "optimize.quantize", "engines": "optimize.engines", "verify": "verify.__main__",
-          "bench": "bench.__main__", "report": "bench.report", "gpu-check": "verify.gpu_check",
+          "bench": "bench.__main__", "report": "bench.report", "harden": "verify.harden", "gpu-check": "verify.gpu_check",
           "engine-timing": "bench.engine_timing"}
 TRAINED = ("text_transformer", "attention_cnn", "vit", "bert_imdb")  # the models `train` has recipes for
 

@@ -32,7 +32,7 @@ from calibration.evalset import EvalSet
 from runtime.child import python_module, run_child
 from runtime.errors import EdgeattnError
 from verify.compare import figures
-from runtime.ort_backend import OPT_LEVELS, cpu_session, try_levels  # one table of ORT optimisation levels
+from runtime.ort_backend import ORT_LEVEL_KEY, OPT_LEVELS, cpu_session, try_levels  # one table of ORT optimisation levels
 from zoo.io import atomic_write, sha256_file
 from optimize.node_scopes import reattach, record
 
@@ -208,6 +208,18 @@ def io_types(path: str | os.PathLike) -> dict[str, str]:
             for v in list(m.graph.input) + list(m.graph.output)}
 
 
+def stamp_ort_level(path: Path, level: str) -> None:
+    """Record in the file (metadata ``runtime.ort_backend.ORT_LEVEL_KEY``) the most aggressive ONNX Runtime level
+    that ran it, so the thin runtime opens it there by default instead of crashing at 'all'."""
+    import onnx
+
+    m = onnx.load(str(path))
+    props = {p.key: p for p in m.metadata_props}
+    entry = props.get(ORT_LEVEL_KEY) or m.metadata_props.add()
+    entry.key, entry.value = ORT_LEVEL_KEY, level
+    atomic_write(path, lambda tmp: onnx.save(m, str(tmp)))
+
+
 def build_fp16(model_dir: str | os.PathLike, es: EvalSet, ref_logits: np.ndarray, opts: Fp16Options | None = None,
                argv_factory: Callable[..., list[str]] | None = None, src_name: str = "fp32.sim.onnx",
                dst_name: str = "fp16.onnx") -> dict[str, Any]:
@@ -241,6 +253,8 @@ def build_fp16(model_dir: str | os.PathLike, es: EvalSet, ref_logits: np.ndarray
             break
     best = tiers[-1]
     crashed = {a["level"]: a["error"] for a in best["attempts"] if not a["ok"]}
+    if crashed and best.get("ort_opt_level"):
+        stamp_ort_level(dst, best["ort_opt_level"])
     section = {
         "file": dst.name, "sha256": sha256_file(dst), "source": src.name, "source_sha256": sha256_file(src),
         "keep_io_types": opts.keep_io_types, "io_types": io_types(dst), "op_block_list": best["op_block_list"],

@@ -54,7 +54,7 @@ from zoo.io import atomic_write, read_json, sha256_file, update_manifest
 from zoo.spec import load_spec
 
 log = logging.getLogger("edgeattn.optimize.quantize")
-CODE_VERSION = "int8/3"  # 3: module scopes carried into fp16/int8 graphs
+CODE_VERSION = "int8/4"  # 3: module scopes carried into fp16/int8 graphs; 4: fp16 records its safe ORT level
 
 
 # ---- one model ---------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@
 
 ``infer`` checks names, dtypes, ranks and dynamic-dimension ranges *before* the backend sees the feed and
 raises ``InputError`` saying what it got and what it expected, e.g.
-``input 'input_ids': got shape (2, 900), expected (batch 1..64, sequence 1..64)``.
+``input 'input_ids': got shape (2, 900), expected (batch 1..64, sequence 1..64)``. Float inputs must be finite
+and token ids within the spec's vocabulary; an array in the other byte order is taken as its native twin.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ class DimBounds:
 class InputContract:
     inputs: list[IOInfo]
     bounds: dict[str, DimBounds] = field(default_factory=dict)  # dim name -> bounds
+    value_ranges: dict[str, tuple[int, int]] = field(default_factory=dict)  # int input -> inclusive id range
 
     def describe(self, info: IOInfo) -> str:
         parts = []
@@ -71,8 +73,20 @@ class InputContract:
             if not isinstance(arr, np.ndarray):
                 problems.append(f"input '{name}': got {type(arr).__name__}, expected numpy.ndarray")
                 continue
-            if arr.dtype != np.dtype(info.dtype):
+            want_dtype = np.dtype(info.dtype)
+            if not arr.dtype.isnative and arr.dtype.newbyteorder("=") == want_dtype:
+                arr = arr.astype(want_dtype)  # the same numbers in the other byte order (a big-endian file)
+            if arr.dtype != want_dtype:
                 problems.append(f"input '{name}': got dtype {arr.dtype}, expected {info.dtype}")
+            elif arr.dtype.kind == "f" and arr.size and not np.isfinite(arr).all():
+                bad = int((~np.isfinite(arr)).sum())
+                problems.append(f"input '{name}': got {bad} NaN/Inf value(s) of {arr.size}, expected finite numbers")
+            elif name in self.value_ranges and arr.size:
+                lo, hi = self.value_ranges[name]
+                got_lo, got_hi = int(arr.min()), int(arr.max())
+                if got_lo < lo or got_hi > hi:
+                    problems.append(f"input '{name}': got ids {got_lo}..{got_hi}, expected {lo}..{hi} (the model's "
+                                    "vocabulary)")
             if arr.ndim != len(info.shape):
                 problems.append(f"input '{name}': got rank {arr.ndim} shape {arr.shape}, expected rank "
                                 f"{len(info.shape)} {self.describe(info)}")

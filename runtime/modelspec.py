@@ -24,6 +24,7 @@ import numpy as np
 
 from runtime.base import DimBounds
 from runtime.errors import ModelLoadError
+from runtime.onnx_guard import check_external_data
 from runtime.files import read_json
 
 log = logging.getLogger("edgeattn.runtime.spec")
@@ -221,6 +222,16 @@ def bounds_from_spec(spec: dict[str, Any] | None) -> dict[str, DimBounds]:
     return {name: DimBounds(int(r["min"]), int(r["max"])) for name, r in spec.get("dynamic", {}).items()}
 
 
+def value_ranges_from_spec(spec: dict[str, Any] | None) -> dict[str, tuple[int, int]]:
+    """Integer inputs -> (0, vocab_size - 1) when the spec states ``preprocess.vocab_size``: ids outside it would
+    index past an embedding table (ONNX Runtime raises mid-run, TensorRT reads out of bounds)."""
+    vocab = ((spec or {}).get("preprocess") or {}).get("vocab_size")
+    if not vocab:
+        return {}
+    return {t["name"]: (0, int(vocab) - 1) for t in (spec or {}).get("inputs", [])
+            if str(t.get("dtype", "")).startswith(("int", "uint"))}
+
+
 def spec_dim_names(spec: dict[str, Any] | None, tensor: str, which: str = "inputs") -> tuple[int | str, ...] | None:
     """Shape of ``tensor`` as the spec declares it (str entries are dynamic dim names), or None."""
     for t in (spec or {}).get(which, []):
@@ -251,12 +262,15 @@ def name_dims(tensor: str, graph_shape: list, spec: dict[str, Any] | None, which
 
 
 def check_model_file(path: str | Path, what: str = "an ONNX model") -> Path:
-    """Path -> Path, or ModelLoadError when it does not exist / is empty."""
+    """Path -> Path, or ModelLoadError when it does not exist, is empty, or (ONNX) keeps tensor data outside its
+    folder (``runtime.onnx_guard``)."""
     p = Path(path)
     if not p.is_file():
         raise ModelLoadError(f"model '{p}': no such file; expected {what}")
     if p.stat().st_size == 0:
         raise ModelLoadError(f"model '{p}': file is empty (0 bytes); expected {what}")
+    if p.suffix.lower() == ".onnx":
+        check_external_data(p)  # refused before any backend opens it
     return p
 
 

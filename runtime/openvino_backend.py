@@ -20,7 +20,7 @@ import numpy as np
 from runtime.base import InputContract, IOInfo, Runner
 from runtime.errors import BackendError, ModelLoadError
 from runtime.modelspec import (SPEC_METADATA_KEY, bounds_from_spec, check_model_file, name_dims,
-                               parse_spec, read_spec)
+                               parse_spec, read_spec, value_ranges_from_spec)
 
 log = logging.getLogger("edgeattn.runtime.openvino")
 
@@ -84,7 +84,7 @@ class OpenVINORunner(Runner):
             log.warning("openvino: '%s' asked for %s, the %s plugin runs %s (this CPU has no %s support)", self.path,
                         self.precision_hint, device, self.execution_precision, self.precision_hint)
         self._request = self._compiled.create_infer_request()
-        self._contract = InputContract(inputs=inputs, bounds=bounds)
+        self._contract = InputContract(inputs=inputs, bounds=bounds, value_ranges=value_ranges_from_spec(self.spec))
         self._outputs = [self._io(p, "outputs") for p in model.outputs]
         self._out_ports = list(self._compiled.outputs)
         log.info("openvino %s: loaded '%s' on %s (precision hint %s)", ov.__version__, self.path, device,

@@ -36,7 +36,8 @@ from runtime.child import run_child
 from runtime.cpu import check_int8_isa
 from runtime.errors import BackendError, ModelLoadError
 from runtime.modelspec import (SPEC_METADATA_KEY, bounds_from_spec, check_model_file, name_dims,
-                               precision_of, read_spec)
+                               precision_of, read_spec, value_ranges_from_spec)
+from runtime.onnx_guard import model_metadata
 
 log = logging.getLogger("edgeattn.runtime.ort")
 
@@ -185,6 +186,21 @@ def _session_options(threads: int | None, opt_level: str):
     return so
 
 
+ORT_LEVEL_KEY = "edgeattn.ort_opt_level"  # metadata: the most aggressive level ONNX Runtime survived on this graph
+
+
+def safest_default_level(path: str | Path) -> str:
+    """'all', unless the pipeline found ONNX Runtime crashing on this graph at a more aggressive level than the one it
+    recorded in the file's ``edgeattn.ort_opt_level`` metadata (the FP16 NchwcTransformer segfault): then that level.
+    The metadata is read from the file itself (runtime.onnx_guard), since building the session is what crashes."""
+    level = model_metadata(path).get(ORT_LEVEL_KEY)
+    if level in OPT_LEVELS and level != "all":
+        log.info("onnxruntime: '%s': opt_level '%s' (recorded in the model: ONNX Runtime crashed on it at a higher "
+                 "level)", path, level)
+        return level
+    return "all"
+
+
 def cpu_session(model: str | Path | bytes, opt_level: str = "all", threads: int | None = None,
                 optimized_model_path: str | Path | None = None):
     """A bare ONNX Runtime CPU session (a file or serialized bytes) with the project's session options: for the
@@ -204,10 +220,10 @@ class OrtRunner(Runner):
     backend = "onnxruntime"
 
     def __init__(self, path: str | Path, providers: None | str | Sequence[str] = None, threads: int | None = None,
-                 opt_level: str = "all", spec: dict[str, Any] | None = None, precision: str | None = None):
+                 opt_level: str | None = None, spec: dict[str, Any] | None = None, precision: str | None = None):
         super().__init__()
         self.path = check_model_file(path, "an ONNX model (.onnx)")
-        self.opt_level = opt_level
+        self.opt_level = opt_level = opt_level or safest_default_level(self.path)
         ort = _ort()
         chosen = resolve_providers(providers, ort.get_available_providers())
         so = _session_options(threads, opt_level)
@@ -232,7 +248,8 @@ class OrtRunner(Runner):
 
         self.isa_warning = check_int8_isa(self.path, meta) if "CPUExecutionProvider" == self.providers[0] else None
         self._contract = InputContract(inputs=[self._io(a, "inputs") for a in self._session.get_inputs()],
-                                       bounds=bounds_from_spec(self.spec))
+                                       bounds=bounds_from_spec(self.spec),
+                                       value_ranges=value_ranges_from_spec(self.spec))
         self._outputs = [self._io(a, "outputs") for a in self._session.get_outputs()]
         self._run_options = ort.RunOptions()
         self._run_options.log_severity_level = 4  # failures are raised as BackendError, not logged twice

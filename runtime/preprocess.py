@@ -87,7 +87,21 @@ class TextEncoder:
         """Sentences -> (N, T) int64 ids, [CLS] first, padded with [PAD] to the longest (or ``pad_to``)."""
         if isinstance(texts, str):
             texts = [texts]
-        encs = self._tok.encode_batch(list(texts))
+        texts = list(texts)
+        bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+        if bad:
+            raise PreprocessError(f"text: item {bad[0]} is {type(texts[bad[0]]).__name__}, expected str (decode bytes "
+                                  "as UTF-8 first)")
+        for i, t in enumerate(texts):
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise PreprocessError(f"text: item {i} is not valid Unicode ({e.reason} at character {e.start}: "
+                                      "invalid UTF-8 bytes decoded with surrogateescape?); expected UTF-8 text") from None
+        try:
+            encs = self._tok.encode_batch(texts)
+        except Exception as e:  # noqa: BLE001 - the tokenizers library raises its own types
+            raise PreprocessError(f"text: the tokenizer failed ({type(e).__name__}: {str(e)[:200]})") from e
         longest = max((len(e.ids) for e in encs), default=1)
         t = max(longest, pad_to or 0)
         out = np.full((len(encs), t), self.pad_id, dtype=np.int64)

@@ -46,6 +46,7 @@ import numpy as np
 from runtime import engine_manifest as em
 from runtime.base import DimBounds, InputContract, IOInfo, Runner
 from runtime.errors import BackendError, EngineMismatchError, InputError, ModelLoadError
+from runtime.modelspec import value_ranges_from_spec
 
 log = logging.getLogger("edgeattn.runtime.tensorrt")
 _ALIGN = 256
@@ -287,7 +288,7 @@ class TensorRTRunner(Runner):
                     hi = max(p[n][2][axis] for p in self._profiles)
                     b = bounds.get(d)
                     bounds[d] = DimBounds(lo, hi) if b is None else DimBounds(max(b.min, lo), min(b.max, hi))
-        self._contract = InputContract(infos, bounds)
+        self._contract = InputContract(infos, bounds, value_ranges_from_spec(spec))
         self._outputs = [IOInfo(n, self._dtypes[n].name,
                                 self._named_shape(n, tuple(int(d) for d in engine.get_tensor_shape(n)),
                                                   spec_shapes.get(n)))

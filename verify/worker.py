@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from runtime.child import fault_point
 from runtime.loader import open_mode
 from runtime.preprocess import feed_batches
 
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     with np.load(args.inputs) as z:
         x = {k: z[k] for k in z.files}
     t0 = time.perf_counter()
+    fault_point(args.artifact)
     with open_mode(args.artifact, args.backend, args.mode, args.threads) as runner:
         ran = getattr(runner, "execution_precision", None)  # what really ran (OpenVINO: not always the hint)
         provider = (getattr(runner, "providers", None) or [getattr(runner, "device", None) or args.backend])[0]
