@@ -3,6 +3,7 @@
     python -m runtime artifacts/text_transformer/fp32.onnx --text "a gripping, beautiful film"
     python -m runtime artifacts/attention_cnn/int8.qdq.onnx --image shoe.png --backend openvino --json
     python -m runtime artifacts/vit/fp16.onnx --info
+    python -m runtime artifacts/gpt2_imdb/fp32.onnx --generate "This movie was" --max-new-tokens 40
 
 Errors print one line ``error: ...`` on stderr and exit with status 2.
 """
@@ -29,6 +30,18 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--text", action="append", metavar="SENTENCE", help="a sentence to classify (repeatable)")
     what.add_argument("--image", action="append", metavar="FILE", help="a PNG/JPEG file to classify (repeatable)")
     what.add_argument("--info", action="store_true", help="print the model's inputs, outputs and dim bounds")
+    what.add_argument("--generate", action="append", metavar="PROMPT",
+                      help="continue PROMPT with a decoder model (runtime.generate; repeatable: one left-padded batch)")
+    gen = p.add_argument_group("generation (--generate)")
+    gen.add_argument("--max-new-tokens", type=int, default=40)
+    gen.add_argument("--sample", action="store_true", help="sample instead of greedy (implied by --temperature, "
+                     "--top-k, --top-p)")
+    gen.add_argument("--temperature", type=float, default=None)
+    gen.add_argument("--top-k", type=int, default=None)
+    gen.add_argument("--top-p", type=float, default=None)
+    gen.add_argument("--seed", type=int, default=None, help="makes sampling repeatable")
+    gen.add_argument("--stop-token", type=int, action="append", default=None, metavar="ID",
+                     help="token id that ends a row (repeatable; default: the model's eos)")
     p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "openvino", "tensorrt"])
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the backend")
     p.add_argument("--tokenizer", default=None, help="tokenizer JSON (default: the one the spec names, beside MODEL)")
@@ -96,11 +109,41 @@ def print_table(results: list[dict[str, Any]]) -> None:
             print(f"  {label:<{width}}  {p:.6f}")
 
 
+def generate_text(args: argparse.Namespace) -> int:
+    """--generate: one prompt streams its text to stdout as tokens arrive; several prompts run as one batch (left
+    padding, each row stops on its own) and print one block each (or JSON)."""
+    from runtime.generate import TextGenerator
+
+    sampling = {k: v for k, v in (("temperature", args.temperature), ("top_k", args.top_k), ("top_p", args.top_p))
+                if v is not None}
+    kw = dict(max_new_tokens=args.max_new_tokens, do_sample=bool(args.sample or sampling), seed=args.seed,
+              stop_tokens=tuple(args.stop_token) if args.stop_token else None, **sampling)
+    with TextGenerator(args.model, backend=args.backend, tokenizer=args.tokenizer, threads=args.threads) as g:
+        if len(args.generate) == 1 and not args.json:
+            pieces = g.stream_text(args.generate[0], **kw)
+            first = next(pieces, "")  # a bad prompt or option raises here, before anything is printed
+            print(args.generate[0] + first, end="", flush=True)
+            for piece in pieces:
+                print(piece, end="", flush=True)
+            print()
+            return 0
+        results = g.generate(args.generate, **kw)
+    rows = [{"prompt": p, "text": r.text, "tokens": r.tokens, "finish_reason": r.finish_reason}
+            for p, r in zip(args.generate, results)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print("\n\n".join(f"{r['prompt']}{r['text']}" for r in rows))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.generate:
+            return generate_text(args)
         if args.info:
             d = info(args)
             print(json.dumps(d, indent=2)) if args.json else print_info(d)

@@ -31,12 +31,13 @@ from zoo.spec import DimRange, ModelSpec, TensorSpec
 BUILTIN = ("text_transformer", "attention_cnn", "vit")
 EXAMPLE_TORCHVISION = ("torchvision:vit_b_16",)
 HF_MODELS = ("bert_imdb",)  # zoo.hf.ALIASES: HF directories trained here (python -m edgeattn train --models bert_imdb)
+GENERATIVE_MODELS = ("gpt2_imdb",)  # zoo.gpt2.ALIASES: GPT-2 decoders with KV cache (python -m zoo.gpt2 trains it)
 CHECKPOINT_FORMAT = "edgeattn-checkpoint/1"
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
 def list_models() -> list[str]:
-    return list(BUILTIN) + list(EXAMPLE_TORCHVISION) + list(HF_MODELS)
+    return list(BUILTIN) + list(EXAMPLE_TORCHVISION) + list(HF_MODELS) + list(GENERATIVE_MODELS)
 
 
 def _apply(cfg_cls, overrides: dict[str, Any]):
@@ -200,6 +201,8 @@ def create_model(name: str, **overrides: Any) -> BuiltModel:
         return _vit(overrides)
     if name.startswith("torchvision:"):
         return _torchvision(name, overrides)
+    if _is_gpt2(name):  # before _is_hf: gpt2_imdb, or an hf:<dir> whose config.json says gpt2
+        return _gpt2(name, overrides)
     if _is_hf(name):
         return _hf(name, overrides)
     if ":" in name:
@@ -219,6 +222,27 @@ def _hf(name: str, overrides: dict[str, Any]) -> BuiltModel:
     if bad:
         raise RegistryError(f"model '{name}': unknown override(s) {bad}; expected some of {sorted(allowed)}")
     return load_hf(name, **overrides)
+
+
+def _is_gpt2(name: str) -> bool:
+    """``gpt2_imdb`` or an ``hf:<dir>`` whose config.json says gpt2 (zoo.gpt2, imported when asked)."""
+    if name not in GENERATIVE_MODELS and not name.startswith("hf:"):
+        return False
+    from zoo.gpt2 import is_gpt2_name
+
+    return is_gpt2_name(name)
+
+
+def _gpt2(name: str, overrides: dict[str, Any]) -> BuiltModel:
+    """``gpt2_imdb`` or ``hf:<gpt2 dir>``: zoo.gpt2.load_gpt2, the decoder with its KV cache (overrides: directory,
+    artifacts, batch_max, attn_implementation, dataset)."""
+    from zoo.gpt2 import load_gpt2
+
+    allowed = {"directory", "artifacts", "batch_max", "attn_implementation", "dataset"}
+    bad = sorted(set(overrides) - allowed)
+    if bad:
+        raise RegistryError(f"model '{name}': unknown override(s) {bad}; expected some of {sorted(allowed)}")
+    return load_gpt2(name, **overrides)
 
 
 # ---- checkpoints ------------------------------------------------------------------------------
@@ -309,6 +333,10 @@ def load_for_export(ref: ModelRef, weights: str | Path | None = None) -> BuiltMo
     ``hf:<dir>`` / ``bert_imdb``: loaded from the directory, whose tokenizer is written into the artifact folder."""
     if ref.name in BUILTIN:
         return load_checkpoint(ref.checkpoint, expected_model=ref.name)
+    if _is_gpt2(ref.name):
+        from zoo.gpt2 import load_for_export as gpt2_for_export
+
+        return gpt2_for_export(ref, weights)
     if _is_hf(ref.name):
         return _hf_for_export(ref, weights)
     w = weights_for(ref, weights)
@@ -355,6 +383,10 @@ def export_source(ref: ModelRef, weights: str | Path | None = None) -> str:
     factory's source file and the weights file (sha256 each), so a changed factory or new weights re-export."""
     if ref.name in BUILTIN:
         return sha256_file(ref.checkpoint) if ref.checkpoint.is_file() else "no checkpoint"
+    if _is_gpt2(ref.name):
+        from zoo.gpt2 import export_source as gpt2_source
+
+        return gpt2_source(ref)
     if _is_hf(ref.name):
         d = _hf_ref_dir(ref)
         check_dir(d, ref.name)
