@@ -12,10 +12,15 @@ FLAVOR ?= auto
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 HARDEN_ARGS ?=
+TRITON_MODELS ?= $(ZOO_MODELS)
+TRITON_ARGS ?=
+SERVE_ARGS ?=
+LOADTEST_ARGS ?= --concurrency 1,4,16 --duration 10
 export PYTHONPATH := $(CURDIR)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup train export optimize quantize engines verify bench report demo bert test gpu-check harden clean
+.PHONY: help setup train export optimize quantize engines verify bench report demo bert test gpu-check harden clean \
+	triton serve loadtest
 
 help:
 	@echo "make demo      set up, then run every pipeline stage on the bundled data (reuses up-to-date artifacts)"
@@ -32,9 +37,12 @@ help:
 	@echo "make bert      train bert_imdb (a small BERT, save_pretrained -> $(ARTIFACTS)/bert_imdb/hf), then every stage from that directory"
 	@echo "make gpu-check first thing on a GPU box or Jetson: CUDA calls, runner plumbing, TensorRT vs ORT -> $(ARTIFACTS)/gpu-check.json"
 	@echo "make harden    hardening suite: bad inputs, SIGKILL in every stage, tampered files, memory -> $(ARTIFACTS)/harden.{json,md}"
+	@echo "make triton    Triton model repository from the verified artifacts (after make demo / verify) -> $(ARTIFACTS)/triton/"
+	@echo "make serve     the tritonserver bundled in nvidia-pytriton on 127.0.0.1 over $(ARTIFACTS)/triton (Ctrl-C stops)"
+	@echo "make loadtest  concurrent clients vs the served models, checked against the direct runtime -> $(ARTIFACTS)/triton-loadtest/"
 
 setup: $(VENV)/.edgeattn-setup
-$(VENV)/.edgeattn-setup: requirements.txt pyproject.toml scripts/setup.sh
+$(VENV)/.edgeattn-setup: requirements.txt pyproject.toml scripts/setup.sh serve/requirements-triton.txt
 	@bash scripts/setup.sh
 
 train: setup
@@ -92,6 +100,17 @@ bert: setup
 # Exit 0: every check passed or was skipped; 1: a check failed; 2: no usable GPU here (nothing checked).
 gpu-check: setup
 	$(PY) -m edgeattn gpu-check --artifacts $(ARTIFACTS)
+
+# Triton: a repository from the verified artifacts (verify.json; run `make demo` or the stages through verify first;
+# a model with nothing verified is one error line and the others go on), the bundled server over it, a load test.
+triton: setup
+	$(PY) -m edgeattn triton --models $(TRITON_MODELS) --artifacts $(ARTIFACTS) $(TRITON_ARGS)
+
+serve: setup
+	$(PY) -m edgeattn serve --repository $(ARTIFACTS)/triton $(SERVE_ARGS)
+
+loadtest: setup
+	$(PY) -m edgeattn loadtest --repository $(ARTIFACTS)/triton $(LOADTEST_ARGS)
 
 # HARDEN_ARGS=--quick: the CI size (40 examples per subject, 2,000 requests per memory run)
 harden: setup

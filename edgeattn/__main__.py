@@ -12,6 +12,9 @@
   edgeattn engine-timing artifacts/vit/fp16.trt10.engine    trtexec-grade engine timing (GPU)
   edgeattn run       --models mymodels:tiny_text            every stage above for these models, in order
   edgeattn harden                                           hardening suite -> harden.json, harden.md
+  edgeattn triton    --models bert_imdb                     Triton model repository -> artifacts/triton/
+  edgeattn serve     --repository artifacts/triton          bundled tritonserver on 127.0.0.1 (Ctrl-C stops)
+  edgeattn loadtest  --concurrency 1,4,16 --duration 10     load test vs the direct runtime -> triton-loadtest/
 
 ``edgeattn <stage> --help`` shows a stage's options. A bad model, a missing file or a failed export is one line
 ``error: <stage> <model>: ...`` and exit status 2, never a traceback; the other models of the run go on.
@@ -30,7 +33,8 @@ from runtime.stage import EXIT_FAILED, cli
 STAGES = {"train": "zoo.train", "export": "export.__main__", "simplify": "optimize.simplify",
           "quantize": "optimize.quantize", "engines": "optimize.engines", "verify": "verify.__main__",
           "bench": "bench.__main__", "report": "bench.report", "harden": "verify.harden", "gpu-check": "verify.gpu_check",
-          "engine-timing": "bench.engine_timing"}
+          "engine-timing": "bench.engine_timing", "triton": "serve.repository", "serve": "serve.server",
+          "loadtest": "serve.loadtest"}
 TRAINED = ("text_transformer", "attention_cnn", "vit", "bert_imdb")  # the models `train` has recipes for
 
 

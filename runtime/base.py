@@ -41,6 +41,7 @@ class InputContract:
     inputs: list[IOInfo]
     bounds: dict[str, DimBounds] = field(default_factory=dict)  # dim name -> bounds
     value_ranges: dict[str, tuple[int, int]] = field(default_factory=dict)  # int input -> inclusive id range
+    finite_only: bool = True  # refuse NaN/Inf in float inputs (off only for bit-exact copy checks: verify.gpu_check)
 
     def describe(self, info: IOInfo) -> str:
         parts = []
@@ -78,7 +79,7 @@ class InputContract:
                 arr = arr.astype(want_dtype)  # the same numbers in the other byte order (a big-endian file)
             if arr.dtype != want_dtype:
                 problems.append(f"input '{name}': got dtype {arr.dtype}, expected {info.dtype}")
-            elif arr.dtype.kind == "f" and arr.size and not np.isfinite(arr).all():
+            elif self.finite_only and arr.dtype.kind == "f" and arr.size and not np.isfinite(arr).all():
                 bad = int((~np.isfinite(arr)).sum())
                 problems.append(f"input '{name}': got {bad} NaN/Inf value(s) of {arr.size}, expected finite numbers")
             elif name in self.value_ranges and arr.size:

@@ -26,23 +26,31 @@ def normalize_images(images_u8: np.ndarray, mean: float, std: float) -> np.ndarr
 
 
 def load_image(path: str | Path, preprocess: dict[str, Any]) -> np.ndarray:
-    """Read a PNG/JPEG file and return a (1, C, H, W) float32 feed for the model described by ``preprocess``.
+    """Read a PNG/JPEG file and return a (1, C, H, W) float32 feed for the model described by ``preprocess``
+    (``decode_image`` on the file's bytes)."""
+    p = Path(path)
+    if not p.is_file():
+        raise PreprocessError(f"image '{p}': no such file")
+    return decode_image(p.read_bytes(), preprocess, source=f"image '{p}'")
 
-    ``preprocess`` keys: size [H, W], channels (1 or 3), mean, std, invert (bool: Fashion-MNIST items are
-    light-on-dark, a product photo on white is not).
-    """
+
+def decode_image(data: bytes, preprocess: dict[str, Any], source: str = "image") -> np.ndarray:
+    """Encoded PNG/JPEG bytes (a file's, or a request's) -> a (1, C, H, W) float32 feed for the model described by
+    ``preprocess``: size [H, W], channels (1 or 3), mean, std, invert (bool: Fashion-MNIST items are light-on-dark,
+    a product photo on white is not). Anything Pillow cannot decode raises PreprocessError naming ``source``."""
     try:
         from PIL import Image
     except ImportError as e:  # pragma: no cover - Pillow is a runtime dependency for images only
         raise PreprocessError("images: Pillow is not installed (pip install pillow)") from e
-    p = Path(path)
-    if not p.is_file():
-        raise PreprocessError(f"image '{p}': no such file")
+    import io
+
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise PreprocessError(f"{source}: got {type(data).__name__}, expected encoded image bytes")
     try:
-        img = Image.open(p)
+        img = Image.open(io.BytesIO(bytes(data)))
         img.load()
     except Exception as e:  # noqa: BLE001 - Pillow raises many types; report them as one
-        raise PreprocessError(f"image '{p}': cannot decode ({e}); expected a PNG or JPEG file") from e
+        raise PreprocessError(f"{source}: cannot decode ({e}); expected a PNG or JPEG file") from e
     h, w = preprocess["size"]
     img = img.convert("L" if int(preprocess.get("channels", 1)) == 1 else "RGB").resize((w, h), Image.BILINEAR)
     arr = np.asarray(img, dtype=np.uint8)

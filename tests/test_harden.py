@@ -99,8 +99,8 @@ def test_text_encoder_refuses_what_is_not_text(tmp_path):
 
 def test_hardening_suite_at_ci_size(tmp_path):
     """`python -m verify.harden --quick`: every bad input gives a typed error, every tampered file is refused, every
-    stage survives SIGKILL (and the rebuilt artifacts pass verify), crashing workers become failed rows, and a
-    runner's memory does not grow."""
+    stage survives SIGKILL (and the rebuilt artifacts pass verify), crashing workers become failed rows, a runner's
+    memory does not grow, and the served endpoint answers bad requests with HTTP 4xx and survives a killed model."""
     r = subprocess.run([sys.executable, "-m", "verify.harden", "--artifacts", str(tmp_path), "--quick"], cwd=ROOT,
                        capture_output=True, text=True, timeout=1500)
     rep = json.loads((tmp_path / "harden.json").read_text())
@@ -114,3 +114,9 @@ def test_hardening_suite_at_ci_size(tmp_path):
     assert f["survived"] == f["tried"] == 5 and f["final_verify"]["ok"] and f["stale_or_mismatched_files"] == []
     assert all(v["ok"] for v in f["crashing_workers"].values())
     assert all(v["growth_mb_per_10k"] <= 5.0 for v in rep["memory"].values())
+    sv = rep["served"]  # the bundled Triton server (installed by scripts/setup.sh)
+    br = sv["bad_requests"]
+    assert br["tried"] >= 20 and br["client_error"] > 0 and br["answered"] > 0 and sv["still_serving_after_bad_requests"]
+    assert br["server_error"] == br["accepted_bad"] == br["refused_good"] == br["hung_or_dropped"] == 0
+    kl = sv["killed_while_loading"]
+    assert kl["stubs_killed"] >= 1 and kl["server_alive"] and kl["other_still_serves"]

@@ -14,6 +14,9 @@ through the pipeline in ``<artifacts>/harden/``.
 - **Tampering**: ONNX external data outside the model folder, a changed engine, a changed or corrupt engine
   manifest, a checkpoint or weights file with pickled code: all refused.
 - **Memory**: resident memory of a runner over ``--requests`` calls after warm-up, per backend (MB per 10k).
+- **The served endpoint** (``verify.harden_serve``): the bundled Triton server over ``edgeattn triton``'s repository
+  of the two models: bad requests get HTTP 4xx, never a hang, a 5xx or a dead server; a model's stub killed while it
+  loads leaves the other model serving; the server's memory over ``--requests`` requests.
 
 Writes ``<artifacts>/harden.json`` and ``harden.md``; exits 1 when anything was not as wanted.
 """
@@ -386,6 +389,17 @@ class Suite:
                     {"error": res.describe(tail_lines=2)}
         self.report["memory"] = rows
 
+    # ---- the served endpoint -----------------------------------------------------------------------------------
+    def served(self) -> None:
+        from PIL import Image
+
+        from verify.harden_serve import served_suite
+
+        img = self.work / "served-good.png"
+        Image.fromarray((np.arange(32 * 32) % 251).astype(np.uint8).reshape(32, 32)).save(img)
+        self.report["served"] = served_suite(self.art, MODELS, self.env(), max(20, self.examples // 3),
+                                             self.requests, img, run_child, python_module)
+
     # ---- verdict and report --------------------------------------------------------------------------------
     def verdict(self) -> list[str]:
         problems = []
@@ -411,6 +425,22 @@ class Suite:
         for k, v in (f.get("crashing_workers") or {}).items():
             if not v.get("ok"):
                 problems.append(f"a crashing {k} worker was not recorded as a failed row: {v}")
+        sv = self.report.get("served")
+        if sv is not None:
+            if sv.get("skipped") or sv.get("error"):
+                problems.append(f"served endpoint not checked: {sv.get('skipped') or sv.get('error')}")
+            else:
+                br = sv["bad_requests"]
+                for what in ("server_error", "accepted_bad", "refused_good", "hung_or_dropped"):
+                    if br.get(what):
+                        problems.append(f"served: {br[what]} request(s) {what.replace('_', ' ')}: {br['surprises'][:2]}")
+                if not sv["still_serving_after_bad_requests"]:
+                    problems.append("served: the server stopped answering good requests after the bad ones")
+                if not sv["killed_while_loading"]["ok"]:
+                    problems.append(f"served: a model killed while loading: {sv['killed_while_loading']}")
+                for e, m in sv["memory"].items():
+                    if m["growth_mb_per_10k"] > MEMORY_LIMIT_MB_PER_10K:
+                        problems.append(f"served memory {e}: {m['growth_mb_per_10k']:.1f} MB per 10k requests")
         for k, v in self.report.get("memory", {}).items():
             if v.get("error"):
                 problems.append(f"memory {k}: {v['error']}")
@@ -463,6 +493,30 @@ def write_markdown(rep: dict[str, Any], path: Path) -> None:
                   f"Temp files left by the kills (hidden `.*.tmp`, never loaded): {len(f['leftover_temp_files'])}."]
         for k, v in (f.get("crashing_workers") or {}).items():
             lines.append(f"- A {k} worker that dies with SIGSEGV on fp16.onnx: {'recorded as failed rows, the run went on' if v.get('ok') else 'NOT handled: ' + json.dumps(v)[:200]}")
+    sv = rep.get("served")
+    if sv:
+        lines += ["", "## The served endpoint (bundled Triton server, Python-backend entries, 127.0.0.1)", ""]
+        if sv.get("skipped") or sv.get("error"):
+            lines.append(f"Not checked: {sv.get('skipped') or sv.get('error')}")
+        else:
+            br = sv["bad_requests"]
+            lines += [f"Requests: {br['tried']} (hypothesis-drawn); good ones answered {br['answered']}, bad ones refused "
+                      f"with HTTP 4xx {br['client_error']}, 5xx {br['server_error']}, bad accepted {br['accepted_bad']}, "
+                      f"good refused {br['refused_good']}, hung or dropped {br['hung_or_dropped']}; bodies that are not "
+                      f"JSON: HTTP 500 from Triton's own front end {br.get('core_parse_500', 0)} (before any model; "
+                      "reported, not counted). Still serving good "
+                      f"requests correctly afterwards: {sv['still_serving_after_bad_requests']}.", "",
+                      "| kind | outcomes |", "|---|---|"]
+            lines += [f"| {k} | {', '.join(f'{o} {n}' for o, n in v.items())} |" for k, v in br["by_kind"].items()]
+            kl = sv["killed_while_loading"]
+            lines += ["", f"A model's stub SIGKILLed while it loaded ({kl['stubs_killed']} killed): the server stayed up "
+                      f"{kl['server_alive']}, the other model still served correctly {kl['other_still_serves']}; the "
+                      f"load request answered `{kl['load_result'][:100]}`, the failure reported {kl['reported']}, the "
+                      f"model recovered {kl['recovered']}.", "",
+                      "| entry | requests | server RSS after warm-up MB | after MB | growth MB per 10k | req/s |",
+                      "|---|---|---|---|---|---|"]
+            lines += [f"| {e} | {m['requests']} | {m['rss_warm_mb']} | {m['rss_end_mb']} | {m['growth_mb_per_10k']} | "
+                      f"{m['requests_per_s']} |" for e, m in sv["memory"].items()]
     mem = rep.get("memory")
     if mem:
         lines += ["", "## Memory (resident set size after warm-up)", "",
@@ -479,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--examples", type=int, default=300, help="hypothesis examples per fuzzed subject")
     ap.add_argument("--requests", type=int, default=10_000, help="requests per memory run")
     ap.add_argument("--quick", action="store_true", help="CI size: 40 examples, 2,000 requests")
-    ap.add_argument("--only", default="bad_input,tampering,faults,memory", help="comma-separated parts")
+    ap.add_argument("--only", default="bad_input,tampering,faults,memory,served", help="comma-separated parts")
     args = ap.parse_args(argv)
     if args.quick:
         args.examples, args.requests = min(args.examples, 40), min(args.requests, 2000)
@@ -488,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     print("harden: building the two subject models (export .. verify)", flush=True)
     suite.setup()
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
-    for part in ("bad_input", "tampering", "memory", "faults"):
+    for part in ("bad_input", "tampering", "memory", "served", "faults"):
         if part in parts:
             print(f"harden: {part.replace('_', ' ')} ...", flush=True)
             t = time.perf_counter()

@@ -1,0 +1,273 @@
+"""``edgeattn triton``: write a Triton model repository (default ``artifacts/triton/``) from the verified artifacts.
+
+Per model (``<name>`` = its artifact folder name):
+
+- ``<name>/`` (``backend: "python"``): our thin runtime on the best verified artifact for this machine
+  (``serve.pick.cpu_choice``), raw text or encoded images in, ``logits`` and ``label`` out; the version folder is
+  self-contained (``model.py``, a copy of ``runtime/``, the artifact, ``spec.json``, the tokenizer JSON), so NVIDIA's
+  container serves it with numpy + onnxruntime (+ tokenizers / Pillow) installed;
+- ``<name>_onnx/`` (``onnxruntime_onnx``, TensorRT accelerator at the graph's precision) and ``<name>_trt/``
+  (``tensorrt_plan``, a TensorRT 10/11 engine) for NVIDIA's containers; ``_trt`` only where such an engine was built
+  (engines are built on the target GPU), else the reason is in the manifest and the README.
+
+Also ``README.md`` (how to serve it, perf_analyzer commands) and ``edgeattn-triton.json`` (what was picked and why,
+with sha256s: the load test reads it). Triton reads only the sub-folders. The repository is written beside the final
+folder and swapped in at the end, so a failed run leaves the previous one intact.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from runtime.child import ROOT
+from runtime.files import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
+from runtime.loader import open_runner
+from runtime.modelspec import SPEC_FILE, ModelRef, ModelSpec, artifact_name, read_spec, resolve_models
+from runtime.stage import StageErrors
+from serve import configs, pick
+from serve.configs import Batching
+from serve.errors import RepositoryError
+from serve.pbtxt import to_pbtxt
+from serve.readme import write_readme
+
+log = logging.getLogger("edgeattn.serve.repository")
+
+MANIFEST = "edgeattn-triton.json"
+FORMAT = "edgeattn-triton/1"
+MODEL_PY = Path(__file__).resolve().parent / "triton_model.py"
+
+
+@dataclass(frozen=True)
+class Options:
+    batching: Batching = Batching()
+    threads: int = 0  # ONNX Runtime intra-op threads in the Python model (0: its default)
+    gpu_precision: str = "auto"
+    flavor: str = "auto"
+    onnx_device: str = "gpu"  # gpu: KIND_GPU + TensorRT accelerator; cpu: KIND_CPU, no accelerator
+    warmup: bool = True
+    python_artifact: str | None = None  # the Python entry's artifact (default: serve.pick.cpu_choice's)
+
+
+def model_spec(ref: ModelRef) -> ModelSpec:
+    d = read_spec(ref.file(SPEC_FILE))
+    if d is None:
+        raise RepositoryError(f"model '{ref.name}': no {SPEC_FILE} in {ref.folder}; expected the spec export writes "
+                              "(run `make export`)")
+    return ModelSpec.from_dict(d)
+
+
+def graph_io(path: Path):
+    """(inputs, outputs) IOInfo of an ONNX graph, read with ONNX Runtime (no graph optimisation: just the I/O)."""
+    with open_runner(path, "onnxruntime", providers=["CPUExecutionProvider"], opt_level="disable", threads=1) as r:
+        return list(r.inputs), list(r.outputs)
+
+
+def copy_file(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src, dst)
+    for extra in src.parent.glob(src.name + ".data"):  # ONNX external data, if any
+        shutil.copy2(extra, dst.parent / extra.name)
+
+
+def write_config(folder: Path, cfg: dict[str, Any]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "config.pbtxt", to_pbtxt(cfg))
+
+
+# ---- the three entries ------------------------------------------------------------------------------------
+def python_entry(out: Path, name: str, ref: ModelRef, spec: ModelSpec, choice: pick.Choice, o: Options) -> dict:
+    folder = out / name
+    version = folder / "1"
+    shutil.copytree(ROOT / "runtime", version / "runtime", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copy2(MODEL_PY, version / "model.py")
+    copy_file(ref.file(choice.artifact), version / choice.artifact)
+    atomic_write_text(version / SPEC_FILE, spec.to_json() + "\n")
+    tok = spec.preprocess.get("tokenizer")
+    if tok:
+        if not ref.file(tok).is_file():
+            raise RepositoryError(f"model '{ref.name}': its spec names tokenizer '{tok}', not found in {ref.folder}")
+        shutil.copy2(ref.file(tok), version / tok)
+    write_config(folder, configs.python_config(name, spec, choice.artifact, choice.mode, o.batching, o.threads,
+                                               warm=o.warmup))
+    if o.warmup:
+        fname, data = configs.python_warmup_bytes(spec)
+        atomic_write_bytes(folder / "warmup" / fname, data)
+    inputs, outputs = configs.python_inputs(spec)
+    return {"entry": name, "triton": "python", **choice.to_dict(), "sha256": sha256_file(version / choice.artifact),
+            "inputs": [i.name for i in inputs], "outputs": [x.name for x in outputs], "kind": _kind(spec),
+            "labels": list(spec.labels), "max_batch_size": configs.max_batch_size(spec)}
+
+
+def _kind(spec: ModelSpec) -> str:
+    return configs.python_inputs(spec)[0][0].name.lower()
+
+
+def _warmup(folder: Path, spec: ModelSpec, inputs) -> list[dict[str, Any]]:
+    """``model_warmup`` of a tensor entry, its sample inputs written raw (row-major) to ``warmup/<input>``."""
+    arrays = configs.warmup_arrays(spec, inputs)
+    for n, a in arrays.items():
+        atomic_write_bytes(folder / "warmup" / n, np.ascontiguousarray(a).tobytes())
+    return configs.warmup(spec, arrays, {n: a.dtype.name for n, a in arrays.items()})
+
+
+def onnx_entry(out: Path, name: str, ref: ModelRef, spec: ModelSpec, choice: pick.Choice, o: Options) -> dict:
+    folder = out / f"{name}_onnx"
+    copy_file(ref.file(choice.artifact), folder / "1" / "model.onnx")
+    inputs, outputs = graph_io(folder / "1" / "model.onnx")
+    cfg = configs.onnx_config(folder.name, spec, inputs, outputs, choice.precision, o.batching, o.onnx_device)
+    if o.warmup:
+        cfg["model_warmup"] = _warmup(folder, spec, inputs)
+    write_config(folder, cfg)
+    return {"entry": folder.name, "triton": "onnxruntime_onnx", **choice.to_dict(),
+            "sha256": sha256_file(folder / "1" / "model.onnx"), "device": o.onnx_device,
+            "inputs": [i.name for i in inputs], "outputs": [x.name for x in outputs]}
+
+
+def trt_entry(out: Path, name: str, ref: ModelRef, spec: ModelSpec, choice: pick.Choice, o: Options) -> dict:
+    folder = out / f"{name}_trt"
+    copy_file(ref.file(choice.artifact), folder / "1" / "model.plan")
+    manifest = ref.file(choice.artifact + ".json")
+    if manifest.is_file():  # flavour, TensorRT version, GPU: where this plan deserialises
+        shutil.copy2(manifest, folder / "1" / "model.plan.json")
+    inputs, outputs = graph_io(ref.file(pick.GPU_ONNX[choice.precision]))  # the graph the engine was built from
+    cfg = configs.trt_config(folder.name, spec, inputs, outputs, o.batching)
+    if o.warmup:
+        cfg["model_warmup"] = _warmup(folder, spec, inputs)
+    write_config(folder, cfg)
+    return {"entry": folder.name, "triton": "tensorrt_plan", **choice.to_dict(),
+            "sha256": sha256_file(folder / "1" / "model.plan"), "inputs": [i.name for i in inputs],
+            "outputs": [x.name for x in outputs]}
+
+
+def build_model(out: Path, ref: ModelRef, rows: list[dict], bench: list[dict], o: Options) -> dict[str, Any]:
+    """Every entry of one model into ``out``; the model's manifest record."""
+    spec = model_spec(ref)
+    name = artifact_name(ref.name)
+    rec: dict[str, Any] = {"model": ref.name, "name": name, "spec": spec.to_dict()}
+    rec["python"] = python_entry(out, name, ref, spec, pick.cpu_choice(ref, rows, bench, only=o.python_artifact), o)
+    try:
+        onnx = pick.gpu_onnx_choice(ref, rows, o.gpu_precision)
+    except RepositoryError as e:  # the Python entry still serves; say why there is no _onnx entry
+        if o.gpu_precision != "auto":
+            raise
+        log.warning("triton %s: no %s_onnx entry: %s", ref.name, name, e)
+        rec["onnx"] = {"entry": f"{name}_onnx", "skipped": str(e)}
+        onnx = None
+    else:
+        rec["onnx"] = onnx_entry(out, name, ref, spec, onnx, o)
+    engine, why = pick.engine_choice(ref, rows, onnx.precision if onnx else "fp32", o.flavor)
+    if engine is None:
+        log.warning("triton %s: no %s_trt entry: %s", ref.name, name, why)
+        rec["trt"] = {"entry": f"{name}_trt", "skipped": why, "build": trtexec_command(name, spec)}
+    else:
+        rec["trt"] = trt_entry(out, name, ref, spec, engine, o)
+    return rec
+
+
+def trtexec_command(name: str, spec: ModelSpec) -> str:
+    """How to build ``<name>_trt/1/model.plan`` on the target GPU from the ONNX entry's graph (precision is in the
+    graph: --stronglyTyped), with the spec's profile."""
+    from runtime.ort_backend import profile_shape_options
+
+    shapes = profile_shape_options(spec.to_dict())
+    args = [f"trtexec --onnx={name}_onnx/1/model.onnx --saveEngine={name}_trt/1/model.plan --stronglyTyped"]
+    args += [f"--{k}Shapes={shapes[f'trt_profile_{k}_shapes']}" for k in ("min", "opt", "max")
+             if f"trt_profile_{k}_shapes" in shapes]
+    return " ".join(args)
+
+
+# ---- the repository ---------------------------------------------------------------------------------------
+def build(refs: Sequence[ModelRef], out: Path, o: Options, errors: StageErrors | None = None) -> dict[str, Any]:
+    """Write the repository for ``refs`` into ``out`` (staged beside it, then swapped in); its manifest."""
+    if not refs:
+        raise RepositoryError("--models: got no model names, expected at least one")
+    artifacts = refs[0].artifacts
+    rows = pick.verify_rows(artifacts)
+    bench = pick.bench_rows(artifacts)
+    errors = errors or StageErrors("triton")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    models: list[dict[str, Any]] = []
+    try:
+        for ref in refs:
+            with errors.model(ref.name):
+                t0 = time.perf_counter()
+                rec = build_model(stage, ref, rows, bench, o)
+                models.append(rec)
+                said = [f"{e['entry']} ({e['artifact']})" if "skipped" not in e else f"no {e['entry']}"
+                        for e in (rec["onnx"], rec["trt"])]
+                print(f"triton {ref.name}: {rec['python']['entry']} ({rec['python']['artifact']} on ONNX Runtime CPU, "
+                      f"{rec['python']['mode']}), {', '.join(said)} in {time.perf_counter() - t0:.1f} s", flush=True)
+        if not models:
+            raise RepositoryError(f"no model could be served ({len(refs)} tried; see the errors above); "
+                                  f"{out} left as it was")
+        manifest = {"format": FORMAT, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "artifacts": str(artifacts),
+                    "batching": {"queue_delay_us": o.batching.queue_delay_us, "instances": o.batching.instances},
+                    "threads": o.threads, "models": models}
+        atomic_write_json(stage / MANIFEST, manifest)
+        write_readme(stage / "README.md", manifest)
+        swap_in(stage, out)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
+    return manifest
+
+
+def swap_in(stage: Path, out: Path) -> None:
+    """Replace ``out`` by ``stage`` (renames in one folder; the old tree is removed after)."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{time.time_ns()}"
+        out.rename(old)
+    stage.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_manifest(repo: str | Path) -> dict[str, Any]:
+    """The repository's manifest; RepositoryError when ``repo`` is not one ``edgeattn triton`` wrote."""
+    from runtime.files import read_json
+
+    p = Path(repo) / MANIFEST
+    m = read_json(p, None)
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        raise RepositoryError(f"{p}: got {'no file' if m is None else 'another format'}, expected the manifest "
+                              f"{FORMAT} that `edgeattn triton` writes (run `make triton` first)")
+    return m
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="edgeattn triton", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", required=True)
+    ap.add_argument("--artifacts", default="artifacts")
+    ap.add_argument("--out", default=None, help="repository folder (default: <artifacts>/triton)")
+    ap.add_argument("--queue-delay-us", type=int, default=2000, help="dynamic batching: longest wait for a batch")
+    ap.add_argument("--instances", type=int, default=1, help="instances of each model (instance_group count)")
+    ap.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads in the Python model (0: default)")
+    ap.add_argument("--gpu-precision", default="auto", help="graph of the _onnx/_trt entries: auto, int8, fp16, fp32")
+    ap.add_argument("--flavor", default="auto", help="engine flavour of the _trt entry: auto, trt10, trt11")
+    ap.add_argument("--onnx-device", default="gpu", choices=["gpu", "cpu"], help="instance kind of the _onnx entry")
+    ap.add_argument("--no-warmup", action="store_true", help="write no model_warmup")
+    ap.add_argument("--python-artifact", default=None,
+                    help="artifact of the Python-backend entry, e.g. fp32.sim.onnx (default: the fastest verified)")
+    a = ap.parse_args(list(argv) if argv is not None else None)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    refs = resolve_models(a.models, a.artifacts)
+    out = Path(a.out) if a.out else Path(a.artifacts) / "triton"
+    o = Options(Batching(a.queue_delay_us, a.instances), a.threads, a.gpu_precision, a.flavor, a.onnx_device,
+                not a.no_warmup, a.python_artifact)
+    errors = StageErrors("triton")
+    m = build(refs, out, o, errors)
+    print(f"triton: {len(m['models'])} model(s) -> {out} (README.md there: serving it with NVIDIA's container or "
+          "`make serve`)")
+    return errors.finish()
