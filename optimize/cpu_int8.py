@@ -21,9 +21,10 @@ from optimize.int8_budget import QuantOptions, _brief, judge, logit_error
 from optimize.int8_build import QuantizeError, quantize_dynamic_matmul, quantize_static_cached
 from optimize.qdq_graph import int8_weight_coverage, quantizable_weight_elements
 from runtime.child import python_module, run_child
-from runtime.cpu import int8_isa, int8_saturates
+from runtime.cpu import ISA_METADATA_KEY, int8_isa, int8_saturates
 from runtime.ort_backend import cpu_session
 from verify.compare import figures
+from zoo.io import atomic_write
 
 log = logging.getLogger("edgeattn.optimize.cpu_int8")
 CPU_CANDIDATES = ("dynamic", "dynamic_conv", "static_qdq_u8s8", "static_qoperator", "qdq_s8s8")
@@ -130,8 +131,8 @@ def pick_cpu(rows: dict[str, dict[str, Any]], fp32_ms: float | None, opts: Quant
 
     def accuracy_rank(k: str) -> tuple:
         v = rows[k]["val"]
-        return (v.get("accuracy_delta") or 0.0, v["top1_agreement"], v["cosine_mean"]) if labelled else \
-            (v["cosine_mean"], v["top1_agreement"])
+        return (v.get("accuracy_delta") or 0.0, v["top1_agreement"], v.get("cosine_mean") or 0.0) if labelled else \
+            (v["cosine_mean"], v["top1_agreement"])  # decoders (optimize.decoder_quant) have no logit cosine
 
     if not ok:
         if within:
@@ -187,6 +188,21 @@ def choose_cpu(src: Path, candidates: dict[str, Path], es: EvalSet, ref: np.ndar
             "latency_error": lat.get("error"), "bench": {"batch": int(next(iter(feed.values())).shape[0]),
                                                         "runs": opts.bench_runs, "threads": opts.threads,
                                                         "ort_opt_level": "all"}}
+
+
+def write_cpu_artifact(chosen: Path | None, dst: Path, isa: str) -> None:
+    """Write the chosen CPU form to ``dst`` (int8.cpu.onnx) atomically, stamped with the CPU class it was chosen and
+    verified on (runtime.cpu.ISA_METADATA_KEY); with none chosen, remove a stale ``dst`` (from another CPU or budget:
+    it must not be verified or shipped)."""
+    import onnx
+
+    if chosen is None:
+        if dst.exists():
+            dst.unlink()
+        return
+    m = onnx.load(str(chosen))
+    onnx.helper.set_model_props(m, {**{p.key: p.value for p in m.metadata_props}, ISA_METADATA_KEY: isa})
+    atomic_write(dst, lambda p: onnx.save(m, str(p)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -128,9 +128,34 @@ def _network_io(trt, network) -> list[dict[str, Any]]:
     return io
 
 
-def _profile(builder, network, spec) -> tuple[Any, dict[str, dict[str, list[int]]]]:
-    """One optimisation profile from the spec's min/opt/max; returns it and the shapes TensorRT read back."""
-    rows = {w: spec.profile(w) for w in ("min", "opt", "max")}
+def profile_rows(spec) -> list[tuple[str, dict[str, dict[str, tuple[int, ...]]]]]:
+    """(name, {min|opt|max: input shapes}) per optimisation profile: one from the spec's dynamic min/opt/max, or, for
+    a spec whose ``preprocess['profiles']`` names several (a decoder: prefill with past 0, decode with sequence 1;
+    zoo.gpt2.decoder_spec), one each, with ``total`` = past + sequence."""
+    named = (spec.preprocess or {}).get("profiles")
+    if not named:
+        return [("default", {w: spec.profile(w) for w in ("min", "opt", "max")})]
+    out = []
+    for pname, dims in named.items():
+        rows = {}
+        for i, w in enumerate(("min", "opt", "max")):
+            sizes = {d: int(r[i]) for d, r in dims.items()}
+            if "past" in sizes and "sequence" in sizes:
+                sizes.setdefault("total", sizes["past"] + sizes["sequence"])
+            rows[w] = {t.name: spec.concrete_shape(t, sizes) for t in spec.inputs}
+        out.append((pname, rows))
+    return out
+
+
+def _profiles(builder, network, spec) -> list[tuple[str, Any, dict[str, dict[str, list[int]]]]]:
+    """(name, profile, shapes TensorRT read back) per row of :func:`profile_rows`."""
+    return [(name, *_profile(builder, network, spec, rows)) for name, rows in profile_rows(spec)]
+
+
+def _profile(builder, network, spec, rows: dict | None = None) -> tuple[Any, dict[str, dict[str, list[int]]]]:
+    """One optimisation profile from ``rows`` (default: the spec's min/opt/max); returns it and the shapes TensorRT
+    read back."""
+    rows = rows or {w: spec.profile(w) for w in ("min", "opt", "max")}
     net_inputs = {network.get_input(i).name: tuple(network.get_input(i).shape) for i in range(network.num_inputs)}
     if set(net_inputs) != set(rows["min"]):
         raise EngineBuildError(f"spec '{spec.name}' inputs {sorted(rows['min'])} do not match the ONNX graph's inputs "
@@ -153,13 +178,15 @@ def _profile(builder, network, spec) -> tuple[Any, dict[str, dict[str, list[int]
     return prof, read_back
 
 
-def _cli(flavor: str, onnx_path: Path, engine_path: Path, profiles: Mapping[str, Mapping[str, list[int]]],
+def _cli(flavor: str, onnx_path: Path, engine_path: Path, profiles: Sequence[Mapping[str, Mapping[str, list[int]]]],
          builder_opts: Mapping[str, Any]) -> str:
-    """The equivalent trtexec (TensorRT 10/11) or tensorrt_rtx command line, the same build as flags a user can rerun."""
-    shapes = {k: ",".join(f"{n}:{_dims(p[k])}" for n, p in profiles.items()) for k in ("min", "opt", "max")}
+    """The equivalent trtexec (TensorRT 10/11) or tensorrt_rtx command line, the same build as flags a user can rerun;
+    one --minShapes/--optShapes/--maxShapes group per optimisation profile (trtexec adds a profile per group)."""
     args = ["tensorrt_rtx" if flavor == "rtx" else "trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}"]
-    if profiles:
-        args += [f"--minShapes={shapes['min']}", f"--optShapes={shapes['opt']}", f"--maxShapes={shapes['max']}"]
+    for prof in profiles:
+        if prof:
+            shapes = {k: ",".join(f"{n}:{_dims(p[k])}" for n, p in prof.items()) for k in ("min", "opt", "max")}
+            args += [f"--minShapes={shapes['min']}", f"--optShapes={shapes['opt']}", f"--maxShapes={shapes['max']}"]
     if flavor == "rtx":
         ccs = builder_opts.get("compute_capabilities")
         if ccs:
@@ -204,7 +231,8 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, spec, flavor: s
                  opt_level: int = 3, timing_cache: str | Path | None = None,
                  compute_capabilities: Sequence[str] | None = None, hardware_compatibility: str | None = None,
                  precision: str | None = None) -> dict[str, Any]:
-    """Parse ``onnx_path``, build with one optimisation profile from ``spec`` (a zoo.spec.ModelSpec), write
+    """Parse ``onnx_path``, build with the optimisation profiles of ``spec`` (a zoo.spec.ModelSpec: one from its
+    min/opt/max, or a decoder's prefill and decode profiles, :func:`profile_rows`), write
     ``engine_path`` and ``<engine_path>.json`` atomically; return the manifest.
 
     ``workspace_mb``: WORKSPACE memory-pool limit. ``opt_level``: builder_optimization_level 0..5 (3 = TensorRT's
@@ -275,12 +303,13 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, spec, flavor: s
         "cuda": em.cuda_versions(),  # as cuda-python reports them; None when it is not installed
         "built_on": "cpu-only" if gpu is None else {"name": gpu["name"], "compute_capability": gpu["compute_capability"]},
         "targets": _targets(flavor_name, ccs, gpu, hardware_compatibility),
-        "profiles": [attempt["profile"]],
+        "profiles": attempt["profiles"],
+        **({"profile_names": attempt["profile_names"]} if attempt["profile_names"] != ["default"] else {}),
         "builder": builder_opts,
         "options": build_options(flavor_name, version, gpu, workspace_mb, opt_level, compute_capabilities,
                                  hardware_compatibility, precision),
         "build_seconds": round(seconds, 3),
-        "cli": _cli(flavor_name, onnx_path, engine_path, attempt["profile"], builder_opts),
+        "cli": _cli(flavor_name, onnx_path, engine_path, attempt["profiles"], builder_opts),
         "rebuild": dict(zip(("make", "python"), em.rebuild_commands(spec.name, str(engine_path.parent.parent),
                                                                      flavor_name, precision))),
         "io": attempt["io"],
@@ -383,9 +412,13 @@ def _build_once(trt, logger, flavor: str, onnx_path: Path, spec, workspace_mb: i
                                        f"returned False ({why}); expected {trt.__name__} to accept the targets {ccs}")
     if hw is not None:
         config.hardware_compatibility_level = hw
-    profile, read_back = _profile(builder, network, spec)
-    if config.add_optimization_profile(profile) < 0:
-        raise EngineBuildError(f"add_optimization_profile failed ({'; '.join(logger.take_errors())})")
+    read_back, names = [], []
+    for pname, profile, shapes in _profiles(builder, network, spec):
+        if config.add_optimization_profile(profile) < 0:
+            raise EngineBuildError(f"add_optimization_profile failed for profile '{pname}' "
+                                   f"({'; '.join(logger.take_errors())})")
+        read_back.append(shapes)
+        names.append(pname)
     cache_info, cache_obj = _attach_timing_cache(trt, config, flavor, timing_cache)
     ser = builder.build_serialized_network(network, config)
     errors = logger.take_errors()
@@ -395,7 +428,7 @@ def _build_once(trt, logger, flavor: str, onnx_path: Path, spec, workspace_mb: i
         if cache_obj is not None:
             cache_info = _save_timing_cache(config, cache_info, Path(timing_cache))
     del parser, cache_obj
-    return {"data": data, "errors": errors, "profile": read_back, "io": _network_io(trt, network),
+    return {"data": data, "errors": errors, "profiles": read_back, "profile_names": names, "io": _network_io(trt, network),
             "network_flags": flags, "precision_flags": precision_flags, "tf32": tf32, "timing_cache": cache_info}
 
 
@@ -508,6 +541,11 @@ def main(argv: list[str] | None = None) -> int:
     for i, (ref, prec) in enumerate(jobs, 1):
         model, folder = ref.name, ref.folder
         src = folder / SOURCES[prec]
+        if prec == "fp32" and not src.is_file():
+            from optimize.decoder_quant import decoder_source, is_decoder_dir
+
+            if is_decoder_dir(folder) and (folder / "fp32.onnx").is_file():
+                src = decoder_source(folder)  # a decoder without a simplified graph: the export's fp32.onnx
         engine = folder / em.engine_file_name(prec, flavor)
         row = {"model": model, "precision": prec, "flavor": flavor, "status": "", "seconds": None, "bytes": None,
                "engine": str(engine)}

@@ -133,7 +133,8 @@ def probe_ort_levels(model: str | os.PathLike, es: EvalSet, levels: Sequence[str
     return (last if last.ok else None), attempts
 
 
-def _child_main(argv: Sequence[str]) -> int:
+def child_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The crash-guarded child's arguments (:func:`child_argv`; optimize.decoder_quant's child takes the same)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--child", action="store_true")
     ap.add_argument("--model", required=True)
@@ -142,7 +143,11 @@ def _child_main(argv: Sequence[str]) -> int:
     ap.add_argument("--level", default="all")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=64)
-    a = ap.parse_args(list(argv))
+    return ap.parse_args(list(argv))
+
+
+def _child_main(argv: Sequence[str]) -> int:
+    a = child_args(argv)
     es = EvalSet.load_npz(a.feeds)
     logits = ort_logits(a.model, es, a.level, a.threads, a.batch_size)
     np.save(a.out, logits)
@@ -151,9 +156,11 @@ def _child_main(argv: Sequence[str]) -> int:
 
 # ---- conversion --------------------------------------------------------------------------------------
 def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike, op_block_list: Sequence[str] = FP32_OPS,
-                 keep_io_types: bool = True) -> dict[str, Any]:
+                 keep_io_types: bool | Sequence[str] = True, node_block_list: Sequence[str] = ()) -> dict[str, Any]:
     """fp32 ONNX -> fp16 ONNX (atomic write); returns node/cast counts and how many nodes carry a PyTorch module
-    scope (``scopes``: the converter's Casts get the scope of the node they feed, optimize.node_scopes)."""
+    scope (``scopes``: the converter's Casts get the scope of the node they feed, optimize.node_scopes).
+    ``keep_io_types``: True (every float input/output stays float32) or the names that stay float32;
+    ``node_block_list``: nodes kept float32 by name (e.g. a decoder's residual sums)."""
     import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
@@ -161,7 +168,9 @@ def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike, op_block_list: 
     model = onnx.load(str(src))
     scope_table = record(model)  # before the converter rewrites the graph in place
     block = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(op_block_list))
-    fp16 = convert_float_to_float16(model, keep_io_types=keep_io_types, op_block_list=block)
+    keep = keep_io_types if isinstance(keep_io_types, bool) else list(keep_io_types)
+    fp16 = convert_float_to_float16(model, keep_io_types=keep, op_block_list=block,
+                                    node_block_list=list(node_block_list) or None)
     toposort(fp16.graph)  # the converter appends its input Casts at the end; checkers and parsers want order
     scopes = reattach(fp16, scope_table)  # its Casts get the scope of the node they feed (verify.localize)
     # The converter leaves some value_info with stale element types; re-infer them from the graph.
@@ -175,8 +184,8 @@ def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike, op_block_list: 
     atomic_write(dst, _write)
     kept = sorted({n.op_type for n in fp16.graph.node if n.op_type in set(op_block_list)})
     return {"nodes": len(fp16.graph.node), "casts": sum(n.op_type == "Cast" for n in fp16.graph.node),
-            "fp32_ops_present": kept, "op_block_list": list(op_block_list), "keep_io_types": keep_io_types,
-            "scopes": scopes}
+            "fp32_ops_present": kept, "op_block_list": list(op_block_list), "keep_io_types": keep,
+            **({"node_block_list": list(node_block_list)} if node_block_list else {}), "scopes": scopes}
 
 
 def toposort(graph) -> None:

@@ -7,7 +7,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -19,6 +19,7 @@ from optimize.int8_build import quantize_static_cached
 from optimize.qdq_graph import NodeInfo
 from runtime.ort_backend import QDQ_REFERENCE_LEVEL
 from verify.compare import figures
+from verify.plan import PARITY_SAMPLES
 
 log = logging.getLogger("edgeattn.optimize.int8_budget")
 
@@ -47,7 +48,7 @@ class QuantOptions:
     bench_batch: int = 1
     threads: int = 2
     parity_calib_size: int = 32  # models without a dataset: synthetic calibration images
-    parity_eval_size: int = 16
+    parity_eval_size: int = PARITY_SAMPLES  # as many held-out images as verify judges parity-only models on
     fp16: bool = True
     int8: bool = True
 
@@ -81,37 +82,49 @@ def evaluate_inprocess(path: str | os.PathLike, es: EvalSet, ref: np.ndarray, th
 
 
 def sensitivity_sweep(src: Path, ranges: dict[str, TensorRange], method: str, nodes: Sequence[NodeInfo],
-                      es: EvalSet, ref: np.ndarray, opts: QuantOptions, work: Path,
-                      progress: bool = True) -> list[dict[str, Any]]:
-    """Quantise ONE node at a time; measure its accuracy drop and logit error on ``es``. Most harmful first."""
+                      es: EvalSet, ref: Any, opts: QuantOptions, work: Path,
+                      progress: bool = True, evaluate: Callable[..., tuple[dict, Any]] | None = None,
+                      score_key: str = "logit_rel_mse") -> list[dict[str, Any]]:
+    """Quantise ONE node at a time; measure its accuracy drop and error score (``score_key`` of ``evaluate``'s
+    figures, default the relative logit MSE) on ``es``. Most harmful first."""
+    evaluate = evaluate or evaluate_inprocess
     rows = []
     for nd in tqdm(nodes, desc=f"sensitivity {src.parent.name}", disable=not progress, leave=False, dynamic_ncols=True):
         p = work / "one.onnx"
         quantize_static_cached(src, p, ranges, method, [nd.name], "trt", opts.quantize_attention)
-        cmp, _ = evaluate_inprocess(p, es, ref, opts.threads)
-        rows.append({"node": nd.name, "op_type": nd.op_type, "kind": nd.kind, "logit_rel_mse": cmp["logit_rel_mse"],
+        cmp, _ = evaluate(p, es, ref, opts.threads)
+        rows.append({"node": nd.name, "op_type": nd.op_type, "kind": nd.kind, score_key: cmp[score_key],
                      "accuracy_delta": cmp.get("accuracy_delta"), "top1_agreement": cmp["top1_agreement"],
-                     "cosine_mean": cmp["cosine_mean"]})
-    rows.sort(key=lambda r: -r["logit_rel_mse"])
+                     "cosine_mean": cmp.get("cosine_mean")})
+    rows.sort(key=lambda r: -r[score_key])
     return rows
 
 
 def budget_search(src: Path, ranges: dict[str, TensorRange], method: str, nodes: Sequence[NodeInfo],
-                  es: EvalSet, ref: np.ndarray, es_sweep: EvalSet, ref_sweep: np.ndarray, opts: QuantOptions,
-                  work: Path, progress: bool = True) -> dict[str, Any]:
+                  es: EvalSet, ref: Any, es_sweep: EvalSet, ref_sweep: Any, opts: QuantOptions,
+                  work: Path, progress: bool = True, evaluate: Callable[..., tuple[dict, Any]] | None = None,
+                  judge_fn: Callable[[dict, QuantOptions, bool], bool] | None = None,
+                  score_key: str = "logit_rel_mse", labelled: bool | None = None) -> dict[str, Any]:
     """Fully quantise; while outside the budget, keep the next most sensitive node float. Returns the
-    excluded nodes (with what each cost), every step, the sensitivity table and the final evaluation."""
-    labelled = es.y is not None
+    excluded nodes (with what each cost), every step, the sensitivity table and the final evaluation.
+
+    ``evaluate(path, es, ref, threads) -> (figures, outputs)``, ``judge_fn(figures, opts, labelled)`` and
+    ``score_key`` (the figure that ranks nodes) default to the classifiers' (logits vs ``ref``, the accuracy budget,
+    the relative logit MSE); a decoder passes its own (optimize.decoder_quant: teacher-forced figures)."""
+    evaluate = evaluate or evaluate_inprocess
+    within = judge_fn or judge
+    labelled = es.y is not None if labelled is None else labelled
     names = [n.name for n in nodes]
     p = work / "candidate.onnx"
     quantize_static_cached(src, p, ranges, method, names, "trt", opts.quantize_attention)
-    cmp, _ = evaluate_inprocess(p, es, ref, opts.threads)
+    cmp, _ = evaluate(p, es, ref, opts.threads)
     steps = [{"excluded": None, **_brief(cmp)}]
     sens: list[dict[str, Any]] = []
     excluded: list[dict[str, Any]] = []
-    need = not judge(cmp, opts, labelled)
+    need = not within(cmp, opts, labelled)
     if opts.sweep == "always" or (need and opts.sweep == "auto"):
-        sens = sensitivity_sweep(src, ranges, method, nodes, es_sweep, ref_sweep, opts, work, progress)
+        sens = sensitivity_sweep(src, ranges, method, nodes, es_sweep, ref_sweep, opts, work, progress, evaluate,
+                                 score_key)
     if need and sens:
         limit = opts.max_excluded if opts.max_excluded is not None else len(nodes) - 1
         for row in sens[:limit]:
@@ -120,29 +133,29 @@ def budget_search(src: Path, ranges: dict[str, TensorRange], method: str, nodes:
             if not keep:
                 break
             quantize_static_cached(src, p, ranges, method, keep, "trt", opts.quantize_attention)
-            cmp, _ = evaluate_inprocess(p, es, ref, opts.threads)
+            cmp, _ = evaluate(p, es, ref, opts.threads)
             cost = {"node": row["node"], "op_type": row["op_type"],
-                    "alone_accuracy_delta": row["accuracy_delta"], "alone_logit_rel_mse": row["logit_rel_mse"],
+                    "alone_accuracy_delta": row["accuracy_delta"], f"alone_{score_key}": row[score_key],
                     "recovered_points": None if not labelled else round(cmp["accuracy_delta"] - prev["accuracy_delta"], 4),
                     "recovered_agreement": round(cmp["top1_agreement"] - prev["top1_agreement"], 4)}
             excluded.append(cost)
             steps.append({"excluded": row["node"], **_brief(cmp)})
             log.info("int8 %s: keep %s float -> %s", src.parent.name, row["node"], _brief(cmp))
-            if judge(cmp, opts, labelled):
+            if within(cmp, opts, labelled):
                 break
-    if len(excluded) > 1 and judge(cmp, opts, labelled):
+    if len(excluded) > 1 and within(cmp, opts, labelled):
         # Backward pass: a node kept float early may be unnecessary once later ones are float too.
         for cost in list(excluded[:-1]):
             trial = [n for n in names if n == cost["node"] or n not in {e["node"] for e in excluded}]
             quantize_static_cached(src, p, ranges, method, trial, "trt", opts.quantize_attention)
-            c2, _ = evaluate_inprocess(p, es, ref, opts.threads)
-            if judge(c2, opts, labelled):
+            c2, _ = evaluate(p, es, ref, opts.threads)
+            if within(c2, opts, labelled):
                 excluded.remove(cost)
                 cmp = c2
                 steps.append({"requantized": cost["node"], **_brief(c2)})
                 log.info("int8 %s: %s can be int8 after all -> %s", src.parent.name, cost["node"], _brief(c2))
     return {"excluded": excluded, "steps": steps, "sensitivity": sens, "final": cmp,
-            "passed": judge(cmp, opts, labelled), "quantized": [n for n in names if n not in {e["node"] for e in excluded}]}
+            "passed": within(cmp, opts, labelled), "quantized": [n for n in names if n not in {e["node"] for e in excluded}]}
 
 
 def _miss(cmp: dict[str, Any], opts: QuantOptions, labelled: bool) -> str:
@@ -161,5 +174,6 @@ def _miss(cmp: dict[str, Any], opts: QuantOptions, labelled: bool) -> str:
 
 
 def _brief(cmp: dict[str, Any]) -> dict[str, Any]:
-    keys = ("accuracy", "accuracy_delta", "top1_agreement", "cosine_mean", "logit_rel_mse", "nonfinite")
+    keys = ("accuracy", "accuracy_delta", "top1_agreement", "cosine_mean", "logit_rel_mse", "nonfinite",
+            "perplexity", "perplexity_delta_pct", "nll_rel_mse")  # the last three: decoders' figures
     return {k: (round(cmp[k], 6) if isinstance(cmp.get(k), float) else cmp.get(k)) for k in keys if k in cmp}

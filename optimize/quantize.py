@@ -39,13 +39,14 @@ import numpy as np
 from calibration import CalibrationData, RangeCache
 from calibration.evalset import EvalSet, load_eval_set
 from calibration.user_data import data_digest, data_path, load_user_data
-from optimize.cpu_int8 import ALL_CPU_CANDIDATES, build_cpu_candidates, choose_cpu, default_cpu_candidates
+from optimize.cpu_int8 import ALL_CPU_CANDIDATES, build_cpu_candidates, choose_cpu, default_cpu_candidates, \
+    write_cpu_artifact
 from optimize.fp16 import Fp16Options, build_fp16, ort_logits
 from optimize.int8_budget import QuantOptions, _brief, _miss, budget_search
 from optimize.int8_build import QuantizeError, calibrate_ranges, quantize_static_cached
 from optimize.qdq_graph import ensure_node_names, quantizable_nodes
 from optimize.qdq_rules import check_qdq_rules, qdq_counts
-from runtime.cpu import ISA_METADATA_KEY, cpu_info, int8_isa
+from runtime.cpu import cpu_info, int8_isa
 from runtime.errors import ModelLoadError
 from runtime.modelspec import resolve_models
 from runtime.stage import StageErrors, cli
@@ -73,7 +74,12 @@ def _up_to_date(model_dir: Path, section: dict | None, key: str, files: Iterable
 
 def quantize_model(model_dir: str | os.PathLike, opts: QuantOptions | None = None, force: bool = False,
                    progress: bool = True) -> dict[str, Any]:
-    """FP16 + INT8 artifacts for one model folder; returns {"fp16": section, "int8": section} (as written)."""
+    """FP16 + INT8 artifacts for one model folder; returns {"fp16": section, "int8": section} (as written).
+    A text_generation decoder (KV cache) takes optimize.decoder_quant's path."""
+    from optimize.decoder_quant import is_decoder_dir, quantize_decoder
+
+    if is_decoder_dir(model_dir):
+        return quantize_decoder(model_dir, opts, force, progress)
     opts = opts or QuantOptions()
     isa = int8_isa()
     if opts.cpu_candidates is None:
@@ -193,13 +199,7 @@ def build_int8(model_dir: Path, src: Path, calib: CalibrationData, es: EvalSet, 
         cpu = choose_cpu(src, cands, es, ref, feed, opts)
         cpu_dst = model_dir / "int8.cpu.onnx"
         win = cpu["winner"]
-        if win is not None:
-            m = onnx.load(str(cands[win]))
-            onnx.helper.set_model_props(m, {**{p.key: p.value for p in m.metadata_props}, ISA_METADATA_KEY: isa})
-            atomic_write(cpu_dst, lambda p: onnx.save(m, str(p)))
-            del m
-        elif cpu_dst.exists():
-            cpu_dst.unlink()  # a stale int8.cpu.onnx from another CPU or budget must not be verified or shipped
+        write_cpu_artifact(cands[win] if win is not None else None, cpu_dst, isa)
     qdq_lat = cpu["candidates"].get("qdq_s8s8", {}).get("latency_ms")
     wrow = cpu["candidates"].get(win, {}) if win else {}
     files = {qdq_dst.name: sha256_file(qdq_dst), **({cpu_dst.name: sha256_file(cpu_dst)} if win else {})}
@@ -328,7 +328,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.perf_counter()
         with errors.model(name):
             res = quantize_model(model_dir, mopts, force=args.force)
-            _print_tables(name, res)
+            from optimize.decoder_quant import is_decoder_dir, print_tables
+
+            (print_tables if is_decoder_dir(model_dir) else _print_tables)(name, res)
             bad = [k for k, s in res.items() if not (s.get("passed", True) if k == "fp16" else
                                                        s["qdq"]["passed"] and s["cpu"]["passed"] and s["qdq"]["rules_ok"])]
             if bad:

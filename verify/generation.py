@@ -14,6 +14,15 @@ greedy choice, so the row is counted as tied (with its gap) and the rest of it i
 parted). Any other difference fails the row. Also reported per backend: the largest logit difference over the
 steps both took (scaled by the reference RMS, as verify.compare does).
 
+Reduced precision (``--precisions fp16,int8``, :func:`precision_rows`): fp16.onnx, int8.qdq.onnx (judged by its
+float simulation, the TensorRT reference, at runtime.ort_backend.QDQ_REFERENCE_LEVEL: the same figures on every CPU)
+and int8.cpu.onnx (this CPU's integer kernels: advisory) against PyTorch fp32: **teacher-forced** next-token top-1
+agreement and perplexity change on windows of the test split (:func:`teacher_forced_figures`), and the mean length
+of the greedy prefix that matches PyTorch's (64 new tokens on the same prompts). A row passes within its precision's
+tolerance (spec.tolerances[precision]: ``min_top1_agreement``, ``max_drop_points`` on next-token accuracy) and
+perplexity budget (:data:`PPL_BUDGET_PCT`); the matching prefix is reported, not gated (one flipped near-tie ends
+it, and the texts part after that). optimize.decoder_quant runs the same figures in its budget loop.
+
 Writes ``<artifacts>/<model>/generation.json`` and exits 1 when a row fails (``--strict`` is the default).
 """
 from __future__ import annotations
@@ -21,17 +30,29 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from runtime.errors import EdgeattnError
+from runtime.errors import EdgeattnError, InputError
 
 log = logging.getLogger("edgeattn.verify.generation")
 
 CPU_BACKENDS = ("onnxruntime", "openvino")
 REPORT_FILE = "generation.json"
+# Perplexity change allowed per precision, percent of PyTorch fp32's perplexity on the same tokens: fp16 rounds, int8
+# quantises (mean NLL + 0.01 nats is +1 %)
+PPL_BUDGET_PCT = {"fp16": 0.1, "bf16": 0.5, "int8": 1.0}
+# precision row -> (file in the model folder, tolerance key, how it is judged)
+PRECISION_ARTIFACTS = {
+    "fp16": ("fp16.onnx", "fp16", "ONNX Runtime CPU at the level the quantize stage recorded"),
+    "int8": ("int8.qdq.onnx", "int8", "float simulation of its Q/DQ (ONNX Runtime, graph optimisations off): what "
+                                      "TensorRT computes up to rounding, the same on every CPU"),
+    "int8.cpu": ("int8.cpu.onnx", "int8", "ONNX Runtime's integer kernels on this CPU (advisory)"),
+}
+TF_TOKENS = 16_384  # teacher-forced tokens of the test split (128 windows of 128)
 
 
 class GenerationMismatch(EdgeattnError, AssertionError):
@@ -91,13 +112,16 @@ def torch_greedy(lm, rows: list[list[int]], max_new_tokens: int, pad_id: int, eo
 
 
 def runtime_greedy(model_path: str | Path, backend: str, rows: list[list[int]], max_new_tokens: int,
-                   batch: int = 10, threads: int | None = None) -> tuple[list[tuple[list[int], np.ndarray]], float]:
-    """runtime.generate's greedy on the same batches -> per row (tokens, logits (steps, V)), and the seconds."""
+                   batch: int = 10, threads: int | None = None,
+                   opt_level: str | None = None) -> tuple[list[tuple[list[int], np.ndarray]], float]:
+    """runtime.generate's greedy on the same batches -> per row (tokens, logits (steps, V)), and the seconds.
+    ``opt_level``: the ONNX Runtime level (e.g. the Q/DQ reference level); None: the decoder's default."""
     from runtime.generate import TextGenerator
 
     out: list[tuple[list[int], np.ndarray]] = []
     t0 = time.perf_counter()
-    with TextGenerator(model_path, backend=backend, threads=threads) as g:
+    kw = {"opt_level": opt_level} if opt_level else {}
+    with TextGenerator(model_path, backend=backend, threads=threads, **kw) as g:
         for _, chunk in _batches(rows, batch):
             for r in g.generate(chunk, max_new_tokens=max_new_tokens, output_logits=True, decode=False):
                 out.append((r.tokens, r.logits if r.logits is not None else np.zeros((0, g.info.vocab_size))))
@@ -139,10 +163,262 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "passed": not bad, "max_scaled_logit_diff": max((r["max_scaled_logit_diff"] for r in rows), default=0.0)}
 
 
+# ---- teacher-forced figures: reduced precision vs PyTorch fp32 -----------------------------------------------------
+@dataclass
+class TeacherForced:
+    """Per next-token position of a set of text windows (N, T): the model's top-1 token and the negative
+    log-likelihood of the true next token (NaN where the logits were not finite)."""
+
+    top1: np.ndarray  # (N, T) int64
+    nll: np.ndarray  # (N, T) float64
+
+    def pack(self) -> np.ndarray:
+        """(N, T, 2) float64: what a crash-guarded child writes (top-1 ids are exact in float64)."""
+        return np.stack([self.top1.astype(np.float64), self.nll], axis=-1)
+
+    @classmethod
+    def unpack(cls, a: np.ndarray) -> "TeacherForced":
+        return cls(a[..., 0].astype(np.int64), a[..., 1].astype(np.float64))
+
+
+def text_windows(tokenizer_file: str | Path, split: str = "test", max_tokens: int = TF_TOKENS, block: int = 128,
+                 dataset: str = "imdb"):
+    """Non-overlapping windows of ``block`` tokens over the ``split`` reviews (each preceded by the end-of-text
+    token, as the model was trained: zoo.gpt2.token_stream / eval_windows), at most ``max_tokens`` tokens, as an
+    EvalSet of ``input_ids`` (N, block) and ``labels`` (N, block): the next token of every position."""
+    from types import SimpleNamespace
+
+    from tokenizers import Tokenizer
+
+    from calibration.evalset import EvalSet
+    from zoo.data import load_dataset
+    from zoo.gpt2 import EOS, eval_windows, token_stream
+
+    if block < 2 or max_tokens < block:
+        raise InputError(f"text windows: got block {block}, max_tokens {max_tokens}; expected block >= 2 and "
+                         "max_tokens >= block")
+    tok = Tokenizer.from_file(str(tokenizer_file))
+    eos = tok.token_to_id(EOS)
+    if eos is None:
+        raise InputError(f"tokenizer '{tokenizer_file}': has no '{EOS}' token; expected a GPT-2 byte-level BPE")
+    texts = list(getattr(load_dataset(dataset), split).x)
+    shim = SimpleNamespace(backend_tokenizer=tok)  # token_stream reads a transformers tokenizer's backend
+    parts, have, i = [], 0, 0
+    while have <= max_tokens and i < len(texts):  # encode only the reviews needed
+        parts.append(token_stream(shim, texts[i:i + 64], eos))
+        have += len(parts[-1])
+        i += 64
+    x, y = eval_windows(np.concatenate(parts), block, max_tokens)
+    return EvalSet({"input_ids": x, "labels": y}, None, None,
+                   f"{dataset} {split}: {x.shape[0]} windows of {block} tokens ({x.size} tokens, {i} reviews read)")
+
+
+def prefill_feed(info, input_ids: np.ndarray, cache_dtype=np.float32) -> dict[str, np.ndarray]:
+    """Whole windows as one prefill: no padding, positions 0..T-1, an empty past (B, H, 0, D) per cache input."""
+    b, t = input_ids.shape
+    feed = {"input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
+            "attention_mask": np.ones((b, t), np.int64),
+            "position_ids": np.ascontiguousarray(np.broadcast_to(np.arange(t, dtype=np.int64), (b, t)))}
+    for name in info.past_inputs:
+        feed[name] = np.zeros(info.cache_shape(b, 0), cache_dtype)
+    return feed
+
+
+def _score(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(B, T, V) logits, (B, T) next tokens -> top-1 (B, T) and NLL of the next token (B, T), float64."""
+    x = logits.astype(np.float64)
+    top1 = np.argmax(x, axis=-1)
+    m = x.max(axis=-1, keepdims=True)
+    lse = (m + np.log(np.exp(x - m).sum(axis=-1, keepdims=True)))[..., 0]
+    nll = lse - np.take_along_axis(x, labels[..., None], axis=-1)[..., 0]
+    nll[~np.isfinite(nll)] = np.nan
+    return top1, nll
+
+
+def _tf_loop(run, windows, batch_size: int, progress: str | None) -> TeacherForced:
+    from tqdm import tqdm
+
+    tops, nlls = [], []
+    n = len(windows)
+    for feed in tqdm(windows.batches(batch_size), total=-(-n // batch_size), desc=progress, disable=not progress,
+                     leave=False, dynamic_ncols=True):
+        top1, nll = _score(run(feed["input_ids"]), feed["labels"])
+        tops.append(top1)
+        nlls.append(nll)
+    return TeacherForced(np.concatenate(tops), np.concatenate(nlls))
+
+
+def ort_teacher_forced(model: str | Path, windows, level: str = "all", threads: int | None = None,
+                       batch_size: int = 8, spec: dict[str, Any] | None = None,
+                       progress: str | None = None) -> TeacherForced:
+    """A decoder graph on ONNX Runtime CPU at ``level``, every window as one prefill (the cache inputs in the
+    graph's own type: float32, or float16 for an fp16 graph that narrowed its cache)."""
+    from runtime.generate import DecoderInfo
+    from runtime.ort_backend import ORT_TYPES, cpu_session
+    from runtime.modelspec import read_spec
+
+    sess = cpu_session(model, level, threads)
+    info = DecoderInfo.from_spec(spec or read_spec(Path(model), dict(sess.get_modelmeta().custom_metadata_map)),
+                                 str(model))
+    types = {a.name: ORT_TYPES.get(a.type, "float32") for a in sess.get_inputs()}
+    cache = np.dtype(types.get(info.past_inputs[0], "float32")) if info.past_inputs else np.float32
+    return _tf_loop(lambda x: sess.run(["logits"], prefill_feed(info, x, cache))[0], windows, batch_size, progress)
+
+
+def torch_teacher_forced(lm, windows, batch_size: int = 8, progress: str | None = None) -> TeacherForced:
+    """PyTorch fp32 (the HF LM) on the same windows: the reference."""
+    import torch
+
+    def run(x: np.ndarray) -> np.ndarray:
+        ids = torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64))
+        with torch.no_grad():
+            return lm(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float().numpy()
+
+    return _tf_loop(run, windows, batch_size, progress)
+
+
+def teacher_forced_figures(ref: TeacherForced, got: TeacherForced, labels: np.ndarray) -> dict[str, Any]:
+    """``got`` against the reference on the same positions: top-1 agreement, next-token accuracy on the text (and
+    its delta in accuracy points, the one budget unit), perplexity and its change in percent, ``nll_rel_mse`` (the
+    relative mean squared change of the next token's NLL: a smooth score to rank sensitive nodes), NaN/Inf
+    positions; ``degenerate_reference`` when the reference has NaN/Inf or predicts one token everywhere."""
+    if ref.top1.shape != got.top1.shape or labels.shape != ref.top1.shape:
+        raise InputError(f"teacher-forced figures: got {got.top1.shape}, reference {ref.top1.shape}, labels "
+                         f"{labels.shape}; expected one (windows, tokens) shape")
+    bad = ~np.isfinite(got.nll)
+    ref_bad = int((~np.isfinite(ref.nll)).sum())
+    acc, racc = float((got.top1 == labels).mean()), float((ref.top1 == labels).mean())
+    rnll = float(np.nanmean(ref.nll)) if ref.nll.size else float("nan")
+    gnll = float(got.nll.mean()) if not bad.any() else float("inf")
+    ppl, rppl = float(np.exp(gnll)), float(np.exp(rnll))
+    r, g = np.nan_to_num(ref.nll), np.nan_to_num(got.nll, nan=0.0)
+    return {"n_tokens": int(labels.size), "top1_agreement": float((ref.top1 == got.top1).mean()),
+            "accuracy": acc, "reference_accuracy": racc, "accuracy_delta": round(100.0 * (acc - racc), 6),
+            "perplexity": ppl, "reference_perplexity": rppl,
+            "perplexity_delta_pct": 100.0 * (ppl / rppl - 1.0) if np.isfinite(ppl) else float("inf"),
+            "nll_mean_delta": gnll - rnll,
+            "nll_rel_mse": float(np.mean((g - r) ** 2) / max(float(np.mean(r ** 2)), 1e-12)),
+            "nonfinite": int(bad.sum()), "reference_nonfinite": ref_bad,
+            "degenerate_reference": bool(ref_bad or len(np.unique(ref.top1)) < 2)}
+
+
+@dataclass(frozen=True)
+class DecoderBudget:
+    """A decoder artifact's budget against PyTorch fp32 (or the fp32 graph): teacher-forced top-1 agreement, next-token
+    accuracy change in points, perplexity change in percent."""
+
+    min_agreement: float
+    max_drop_points: float
+    max_ppl_increase_pct: float
+
+    @classmethod
+    def for_precision(cls, tolerances: dict, precision: str) -> "DecoderBudget":
+        tol = tolerances[precision]
+        return cls(float(tol.min_top1_agreement), float(tol.max_drop_points), float(PPL_BUDGET_PCT[precision]))
+
+    def reasons(self, cmp: dict[str, Any]) -> list[str]:
+        """Why ``cmp`` (teacher_forced_figures) is outside the budget; empty when within it."""
+        out = []
+        if cmp.get("degenerate_reference"):
+            out.append("degenerate reference: NaN/Inf or one predicted token everywhere; no verdict on it")
+        if cmp.get("nonfinite"):
+            out.append(f"{cmp['nonfinite']} positions with NaN/Inf logits, expected none")
+        if cmp["top1_agreement"] < self.min_agreement:
+            out.append(f"teacher-forced top-1 agreement {cmp['top1_agreement']:.4f} < {self.min_agreement:g}")
+        if cmp["accuracy_delta"] < -self.max_drop_points - 1e-9:
+            out.append(f"next-token accuracy {cmp['accuracy_delta']:+.2f} points, budget -{self.max_drop_points:g}")
+        if not cmp["perplexity_delta_pct"] <= self.max_ppl_increase_pct + 1e-9:
+            out.append(f"perplexity {cmp['perplexity_delta_pct']:+.3f} %, budget +{self.max_ppl_increase_pct:g} %")
+        return out
+
+    def judge(self, cmp: dict[str, Any]) -> bool:
+        return not self.reasons(cmp)
+
+    def to_dict(self) -> dict[str, float]:
+        return {"min_top1_agreement": self.min_agreement, "max_drop_points": self.max_drop_points,
+                "max_perplexity_increase_pct": self.max_ppl_increase_pct}
+
+
+def matching_prefix(ref: Sequence[int], got: Sequence[int]) -> int:
+    """How many leading tokens of ``got`` equal ``ref``'s."""
+    n = min(len(ref), len(got))
+    return next((i for i in range(n) if int(ref[i]) != int(got[i])), n)
+
+
+def _precision_level(ref, precision: str) -> str | None:
+    from runtime.ort_backend import QDQ_REFERENCE_LEVEL
+
+    if precision == "int8":
+        return QDQ_REFERENCE_LEVEL
+    if precision == "fp16":
+        return (ref.manifest().get("fp16") or {}).get("ort_opt_level") or None
+    return "all"
+
+
+def precision_rows(name: str, artifacts: str | Path = "artifacts", precisions: Sequence[str] = ("fp16", "int8"),
+                   n_prompts: int = 100, max_new_tokens: int = 64, batch: int = 10, threads: int | None = None,
+                   tf_tokens: int = TF_TOKENS, lm=None, reference: list[tuple[list[int], np.ndarray]] | None = None,
+                   rows_ids: list[list[int]] | None = None, progress: bool = True) -> list[dict[str, Any]]:
+    """One row per precision (:data:`PRECISION_ARTIFACTS`: fp16, int8 = int8.qdq.onnx's float simulation, int8.cpu =
+    int8.cpu.onnx on this CPU) of an exported decoder: teacher-forced figures on the test split vs PyTorch fp32, the
+    mean matching greedy prefix vs transformers' greedy generate, the budget and the verdict. A missing file gives a
+    row with ``skipped``. ``lm``/``reference``/``rows_ids``: PyTorch's model, greedy tokens and the prompts when the
+    caller has them (verify_generation), else made here."""
+    from runtime.bpe import ByteLevelBPE
+    from runtime.modelspec import ModelRef
+    from zoo.gpt2 import gpt2_dir, load_lm
+    from zoo.spec import load_spec
+
+    unknown = [p for p in precisions if p not in PRECISION_ARTIFACTS]
+    if unknown:
+        raise InputError(f"precisions: got {unknown}, expected some of {list(PRECISION_ARTIFACTS)}")
+    ref = ModelRef.resolve(name, artifacts)
+    spec = load_spec(ref.file("fp32.onnx"))
+    pre = spec.preprocess
+    lm = lm if lm is not None else load_lm(gpt2_dir(name, artifacts), name)
+    block = min(128, int(pre["max_positions"]))
+    windows = text_windows(ref.file(pre["tokenizer"]), "test", tf_tokens, block, spec.dataset or "imdb")
+    tf_ref = torch_teacher_forced(lm, windows, progress=f"pytorch {name} teacher-forced" if progress else None)
+    if rows_ids is None:
+        rows_ids = prompt_rows(ByteLevelBPE.from_file(ref.file(pre["tokenizer"])), n_prompts,
+                               dataset=spec.dataset or "imdb")
+    if reference is None:
+        reference = torch_greedy(lm, rows_ids, max_new_tokens, int(pre["pad_id"]), int(pre["eos_id"]), batch)
+    out = []
+    for precision in precisions:
+        file, tol_key, judged_by = PRECISION_ARTIFACTS[precision]
+        path = ref.file(file)
+        budget = DecoderBudget.for_precision(spec.tolerances, tol_key)
+        row: dict[str, Any] = {"precision": precision, "artifact": file, "backend": "onnxruntime",
+                               "judged_by": judged_by, "gating": precision != "int8.cpu", "budget": budget.to_dict()}
+        if not path.is_file():
+            out.append({**row, "skipped": f"no {file} (run the quantize stage)", "passed": None})
+            continue
+        level = _precision_level(ref, precision)
+        t0 = time.perf_counter()
+        got = ort_teacher_forced(path, windows, level or "all", threads, spec=spec.to_dict(),
+                                 progress=f"{file} teacher-forced" if progress else None)
+        tf = teacher_forced_figures(tf_ref, got, windows.inputs["labels"])
+        greedy, seconds = runtime_greedy(path, "onnxruntime", rows_ids, max_new_tokens, batch, threads, level)
+        prefix = [matching_prefix(r[0], g[0]) for r, g in zip(reference, greedy)]
+        identical = sum(list(r[0]) == list(g[0]) for r, g in zip(reference, greedy))
+        reasons = budget.reasons(tf)
+        out.append({**row, "ort_opt_level": level or "all", "teacher_forced": {**tf, "data": windows.description},
+                    "generation": {"prompts": len(prefix), "max_new_tokens": max_new_tokens,
+                                   "mean_matching_prefix": float(np.mean(prefix)) if prefix else 0.0,
+                                   "mean_reference_length": float(np.mean([len(r[0]) for r in reference])),
+                                   "identical": int(identical), "seconds": round(seconds, 2)},
+                    "passed": not reasons, "reasons": reasons, "seconds": round(time.perf_counter() - t0, 2)})
+    return out
+
+
 def verify_generation(name: str, artifacts: str | Path = "artifacts", artifact: str = "fp32.onnx",
                       backends: Sequence[str] = CPU_BACKENDS, n_prompts: int = 100, max_new_tokens: int = 64,
-                      batch: int = 10, threads: int | None = None, write: bool = True) -> dict[str, Any]:
-    """Run the comparison for one exported decoder; the report (also written to generation.json)."""
+                      batch: int = 10, threads: int | None = None, write: bool = True,
+                      precisions: Sequence[str] = (), tf_tokens: int = TF_TOKENS) -> dict[str, Any]:
+    """Run the comparison for one exported decoder; the report (also written to generation.json). ``precisions``
+    (e.g. ("fp16", "int8", "int8.cpu")) adds their rows (:func:`precision_rows`) under ``report['precisions']``,
+    on the same prompts and PyTorch tokens; their verdicts count in ``report['passed']`` (gating rows only)."""
     from runtime.bpe import ByteLevelBPE
     from runtime.modelspec import ModelRef
     from zoo.gpt2 import gpt2_dir, load_lm
@@ -172,9 +448,28 @@ def verify_generation(name: str, artifacts: str | Path = "artifacts", artifact: 
         per_row = [compare_row(r, g, tol) for r, g in zip(reference, got)]
         report["backends"][backend] = {**summarize(per_row), "seconds": round(seconds, 2)}
     report["passed"] = all(b.get("passed") for b in report["backends"].values())
+    if precisions:
+        report["precisions"] = precision_rows(name, artifacts, precisions, n_prompts, max_new_tokens, batch, threads,
+                                              tf_tokens, lm=lm, reference=reference, rows_ids=rows)
+        report["passed"] = report["passed"] and all(r["passed"] is not False for r in report["precisions"]
+                                                    if r["gating"])
     if write:
         atomic_write_json(ref.file(REPORT_FILE), report)
     return report
+
+
+def format_precision_row(name: str, row: dict[str, Any]) -> str:
+    """One line per precision row."""
+    head = f"verify {name} {row['artifact']} ({row['precision']}, {row['judged_by'].split(':')[0]})"
+    if row.get("skipped"):
+        return f"{head}: skipped: {row['skipped']}"
+    tf, g = row["teacher_forced"], row["generation"]
+    verdict = "PASS" if row["passed"] else "FAIL: " + "; ".join(row["reasons"])
+    return (f"{head}: teacher-forced agreement {tf['top1_agreement']:.4f}, next-token accuracy "
+            f"{tf['accuracy_delta']:+.2f} pts, perplexity {tf['perplexity']:.2f} vs {tf['reference_perplexity']:.2f} "
+            f"({tf['perplexity_delta_pct']:+.3f} %), greedy prefix {g['mean_matching_prefix']:.1f}/"
+            f"{g['mean_reference_length']:.1f} tokens ({g['identical']}/{g['prompts']} identical): "
+            f"{verdict}{'' if row['gating'] else ' (advisory)'}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,6 +485,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--batch", type=int, default=10)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--precisions", default="", help="also fp16 / int8 / int8.cpu rows, e.g. fp16,int8 (teacher-forced "
+                    "agreement and perplexity change on the test split, mean matching greedy prefix)")
+    ap.add_argument("--tf-tokens", type=int, default=TF_TOKENS, help="teacher-forced test tokens per precision")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     errors = StageErrors("verify")
@@ -197,7 +495,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in model_names(args.models):
         with errors.model(name):
             r = verify_generation(name, args.artifacts, args.artifact, model_names(args.backends), args.prompts,
-                                  args.max_new_tokens, args.batch, args.threads)
+                                  args.max_new_tokens, args.batch, args.threads,
+                                  precisions=[p for p in args.precisions.split(",") if p.strip()],
+                                  tf_tokens=args.tf_tokens)
             for backend, b in r["backends"].items():
                 if "error" in b:
                     print(f"verify {name} {args.artifact} {backend}: FAILED to run: {b['error']}")
@@ -207,6 +507,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{len(b['ties'])} tie(s){' (' + ties + ')' if ties else ''}, {len(b['mismatches'])} "
                       f"mismatch(es), max scaled logit diff {b['max_scaled_logit_diff']:.2g}: "
                       f"{'PASS' if b['passed'] else 'FAIL'}")
+            for row in r.get("precisions", []):
+                print(format_precision_row(name, row))
             failed |= not r["passed"]
     code = errors.finish()
     return code or (1 if failed else 0)

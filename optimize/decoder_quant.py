@@ -1,0 +1,631 @@
+"""FP16 and INT8 for decoders with a KV cache (zoo.gpt2, export.decoder_export): the quantize stage's path for a
+``text_generation`` spec (``python -m optimize quantize --models gpt2_imdb``; optimize.quantize routes here).
+
+Source: ``fp32.sim.onnx`` when the simplify stage wrote one, else the export's ``fp32.onnx``. Every verdict uses
+decoder figures (verify.generation.teacher_forced_figures) on windows of the VALIDATION split, each window one
+prefill, against the fp32 graph (itself within 1e-4 of PyTorch, export.decoder_export's parity check; verify
+judges the artifacts against PyTorch on the test split): teacher-forced next-token top-1 agreement, next-token
+accuracy change in points (the one budget unit) and perplexity change in percent
+(verify.generation.DecoderBudget: the spec's tolerance for the precision plus verify.generation.PPL_BUDGET_PCT).
+
+- ``fp16.onnx``: optimize.fp16.convert_fp16 with the FP32 op block list (LayerNorm, Softmax, Pow, ...); the past and
+  present cache in float16 (``DecoderQuantOptions.fp16_cache``: half the cache memory; the logits stay float32).
+  Tiers, first that is within the budget wins: the op block list; + the residual sums (:func:`residual_adds`) in
+  fp32; the wide block list + residual sums. Each tier runs in crash-guarded children per ONNX Runtime level
+  (optimize.fp16.probe_ort_levels) and must keep a fully padded row finite in prefill and decode
+  (:func:`padded_row_check`: the export's finite -1e4 mask, not -1e20, survives float16). Manifest ``fp16``.
+- ``int8.qdq.onnx`` (TensorRT): explicit Q/DQ, judged by its float simulation (QDQ_REFERENCE_LEVEL: the same on
+  every CPU). Schemes: ``w8a8`` (optimize.int8_build's TensorRT flavour: int8 per-channel weights, per-tensor
+  activations calibrated on TRAINING windows, attention BMMs/Softmax/LayerNorm float) under
+  optimize.int8_budget.budget_search with the decoder figures (nodes ranked by ``nll_rel_mse``, the most sensitive
+  kept float until within the budget); ``weight_only`` (int8 per-channel weights behind DequantizeLinear,
+  activations float: TensorRT's weight-only path; :func:`weight_only_qdq`). W8A8 is chosen when within the budget
+  with >= ``min_int8_coverage`` of the weights int8 (int8 GEMMs on TensorRT), else weight-only when within it,
+  else the more accurate of the two is kept and marked failed (deploy fp16).
+- ``int8.cpu.onnx`` (ONNX Runtime CPU): the fastest within the budget and >= ``min_speedup`` faster than fp32 in
+  decode tokens/s at batch 1 (:func:`decode_bench`, interleaved) among ``dynamic`` (DynamicQuantizeMatMul),
+  ``matmul_nbits8`` (MatMulNBits, 8-bit weight-only, float compute) and ``qdq_s8s8`` (the TensorRT graph); judged
+  on this CPU's kernels and chosen for this CPU (optimize.cpu_int8.pick_cpu; none: fp32 is the CPU artifact).
+  Manifest ``int8``.
+
+``python -m optimize.decoder_quant --child ...`` is the crash-guarded worker (teacher-forced figures of one graph).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from calibration import CalibrationData, RangeCache
+from calibration.evalset import EvalSet
+from optimize.fp16 import FP32_OPS, FP32_OPS_WIDE, Fp16Options, child_args, convert_fp16, io_types, \
+    probe_ort_levels, run_guarded, stamp_ort_level
+from optimize.cpu_int8 import write_cpu_artifact
+from optimize.int8_budget import QuantOptions, _brief, budget_search
+from optimize.int8_build import QuantizeError, calibrate_ranges, quantize_dynamic_matmul, quantize_static_cached
+from optimize.qdq_graph import NodeInfo, ensure_node_names, gemm_to_matmul, int8_weight_coverage, \
+    quantizable_nodes, quantizable_weight_elements
+from optimize.qdq_rules import check_qdq_rules, qdq_counts
+from runtime.child import python_module
+from runtime.cpu import cpu_info, int8_isa
+from runtime.files import read_json
+from runtime.generate import DecoderInfo
+from runtime.ort_backend import QDQ_REFERENCE_LEVEL, cpu_session
+from verify.generation import DecoderBudget, TeacherForced, ort_teacher_forced, prefill_feed, \
+    teacher_forced_figures, text_windows
+from zoo.io import atomic_write, sha256_file, update_manifest
+
+log = logging.getLogger("edgeattn.optimize.decoder_quant")
+
+TASK = "text_generation"
+SOURCES = ("fp32.sim.onnx", "fp32.onnx")  # the simplified graph when there is one
+CODE_VERSION = "decoder/1"
+CPU_FORMS = ("dynamic", "matmul_nbits8", "qdq_s8s8")
+SCORE = "nll_rel_mse"  # the figure that ranks nodes in the sensitivity sweep
+
+
+@dataclass
+class DecoderQuantOptions:
+    """Token budgets of the decoder path (the rest comes from the stage's QuantOptions / Fp16Options)."""
+
+    block: int = 128  # tokens per window (capped by the position table)
+    calib_tokens: int = 4096  # training split: activation ranges
+    eval_tokens: int = 16_384  # validation split: the budget
+    sweep_tokens: int = 4096  # validation subset that ranks nodes
+    batch_size: int = 8
+    fp16_cache: bool = True  # fp16.onnx's past/present in float16 (the logits stay float32)
+    nbits_block: int = 128  # MatMulNBits block size along K
+    bench_prompt: int = 16  # decode benchmark: prompt tokens, new tokens, interleaved rounds
+    bench_new_tokens: int = 32
+    bench_rounds: int = 5
+
+    def key(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("batch_size", "bench_prompt", "bench_new_tokens", "bench_rounds"):
+            d.pop(k)
+        return d
+
+
+# ---- which folders, which source ------------------------------------------------------------------------------------
+def is_decoder_dir(model_dir: str | os.PathLike) -> bool:
+    """True when the folder's spec (spec.json, written by every export) is a text_generation decoder."""
+    spec = read_json(Path(model_dir) / "spec.json", {}) or {}
+    return spec.get("task") == TASK
+
+
+def decoder_source(model_dir: str | os.PathLike) -> Path:
+    d = Path(model_dir)
+    for name in SOURCES:
+        if (d / name).is_file():
+            return d / name
+    raise QuantizeError(f"{d}: no {' or '.join(SOURCES)}; expected an exported decoder (python -m "
+                        f"export.decoder_export --models {d.name} --artifacts {d.parent})")
+
+
+# ---- graph pieces -------------------------------------------------------------------------------------------------
+def fold_constant_transposes(model) -> int:
+    """Replace Transpose(initializer) by the transposed initializer (a tied LM head: MatMul(x, Transpose(wte))), so
+    the MatMul has a constant weight the quantisers see. Returns how many were folded."""
+    from onnx import helper, numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    keep, done = [], 0
+    for n in model.graph.node:
+        if n.op_type == "Transpose" and n.input[0] in inits:
+            perm = next((helper.get_attribute_value(a) for a in n.attribute if a.name == "perm"), None)
+            arr = numpy_helper.to_array(inits[n.input[0]])
+            model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(
+                arr.transpose(perm) if perm is not None else arr.T), n.output[0]))
+            done += 1
+        else:
+            keep.append(n)
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    return done
+
+
+def prepare(src: Path, dst: Path) -> dict[str, Any]:
+    """The int8 source: node names made unique and stable, constant transposes folded."""
+    import onnx
+
+    model = onnx.load(str(src))
+    named = ensure_node_names(model)
+    folded = fold_constant_transposes(model)
+    onnx.save(model, str(dst))
+    return {"named_nodes": named, "folded_transposes": folded}
+
+
+def residual_adds(model) -> list[str]:
+    """Names of the residual-stream Add nodes of a pre-norm decoder: from the embedding sum (an Add of two
+    Gathers), each next Add that takes the current residual as one input and an activation as the other."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    consts = {t.name for t in model.graph.initializer} | {n.output[0] for n in model.graph.node
+                                                          if n.op_type == "Constant"}
+    consumers: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    start = next((n for n in model.graph.node if n.op_type == "Add" and len(n.input) == 2 and all(
+        getattr(producer.get(i), "op_type", None) == "Gather" for i in n.input)), None)
+    if start is None:
+        return []
+    chain, cur = [], start
+    while cur is not None:
+        chain.append(cur.name)
+        cur = next((c for c in consumers.get(cur.output[0], []) if c.op_type == "Add" and len(c.input) == 2
+                    and not any(i in consts for i in c.input)), None)
+    return chain
+
+
+def weight_only_qdq(src: Path, dst: Path, nodes: Sequence[NodeInfo]) -> dict[str, Any]:
+    """Int8 weight-only Q/DQ: each node's constant weight as int8 (symmetric, per output channel, zero point 0)
+    behind a DequantizeLinear; activations stay float. What TensorRT's parser takes for weight-only quantisation
+    (optimize.qdq_rules' weight rules hold)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    inits = {t.name: t for t in model.graph.initializer}
+    by_name = {n.name: n for n in model.graph.node}
+    dq_nodes, done = [], {}
+    for nd in nodes:
+        node = by_name.get(nd.name)
+        if node is None or nd.weight not in inits:
+            raise QuantizeError(f"{src.name}: node '{nd.name}' with constant weight '{nd.weight}' not found; expected "
+                                "the nodes of optimize.qdq_graph.quantizable_nodes on this graph")
+        trans_b = any(a.name == "transB" and helper.get_attribute_value(a) for a in node.attribute)
+        axis = 0 if node.op_type == "Gemm" and trans_b else 1  # output channels: MatMul B[K, N] / Gemm B[N, K]
+        if nd.weight not in done:
+            w = numpy_helper.to_array(inits[nd.weight]).astype(np.float32)
+            amax = np.abs(w).max(axis=1 - axis)
+            scale = (np.maximum(amax, 1e-12) / 127.0).astype(np.float32)
+            q = np.clip(np.rint(w / (scale[None, :] if axis == 1 else scale[:, None])), -127, 127).astype(np.int8)
+            base = nd.weight
+            model.graph.initializer.extend([numpy_helper.from_array(q, f"{base}_wq"),
+                                            numpy_helper.from_array(scale, f"{base}_wscale"),
+                                            numpy_helper.from_array(np.zeros(len(scale), np.int8), f"{base}_wzp")])
+            dq_nodes.append(helper.make_node("DequantizeLinear", [f"{base}_wq", f"{base}_wscale", f"{base}_wzp"],
+                                             [f"{base}_wdq"], name=f"{nd.name}_weight_DequantizeLinear", axis=axis))
+            done[nd.weight] = f"{base}_wdq"
+        node.input[1] = done[nd.weight]
+    used = {i for n in model.graph.node for i in n.input} | {i for n in dq_nodes for i in n.input}
+    keep = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    nodes_all = dq_nodes + list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes_all)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(dst))
+    return {"weights": len(done), "nodes": len(nodes)}
+
+
+def matmul_nbits8(src: Path, dst: Path, exclude: Sequence[str] = (), block_size: int = 128) -> None:
+    """ONNX Runtime's MatMulNBits with 8-bit symmetric blockwise weights (Gemm rewritten as MatMul first); the
+    MatMul runs in float (accuracy level unset): weight-only, the same arithmetic on every CPU up to rounding."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    model = onnx.load(str(src))
+    ensure_node_names(model)
+    gemm_to_matmul(model)
+    q = MatMulNBitsQuantizer(model, bits=8, block_size=int(block_size), is_symmetric=True,
+                             nodes_to_exclude=list(exclude), op_types_to_quantize=("MatMul",))
+    q.process()
+    onnx.save(q.model.model, str(dst))
+
+
+# ---- evaluation ---------------------------------------------------------------------------------------------------
+def child_argv(model: str | os.PathLike, feeds: str | os.PathLike, out: str | os.PathLike, level: str, threads: int,
+               batch_size: int) -> list[str]:
+    """optimize.fp16.run_guarded's child: the teacher-forced figures of ``model`` on the windows in ``feeds``."""
+    return python_module("optimize.decoder_quant", "--child", "--model", model, "--feeds", feeds, "--out", out,
+                         "--level", level, "--threads", threads, "--batch-size", batch_size)
+
+
+def _child_main(argv: Sequence[str]) -> int:
+    a = child_args(argv)
+    tf = ort_teacher_forced(a.model, EvalSet.load_npz(a.feeds), a.level, a.threads, a.batch_size)
+    np.save(a.out, tf.pack())
+    return 0
+
+
+def evaluate_guarded(path: Path, windows: EvalSet, ref: TeacherForced, level: str, threads: int,
+                     batch_size: int, timeout_s: float = 1800.0) -> tuple[dict[str, Any] | None, str | None]:
+    """(figures, None) for ``path`` at ``level`` in a crash-guarded child, or (None, what went wrong)."""
+    run = run_guarded(path, windows, level, threads, batch_size, timeout_s, child_argv)
+    if not run.ok:
+        return None, run.error
+    return teacher_forced_figures(ref, TeacherForced.unpack(run.logits), windows.inputs["labels"]), None
+
+
+def padded_row_check(path: Path, level: str, threads: int | None = None, tokens: int = 6) -> dict[str, Any]:
+    """A prefill of two rows, the second fully padded (attention_mask all 0: every score masked), then one decode
+    step on its cache: every logit and cache value must be finite (a -1e20 or float32-min mask is -inf in fp16)."""
+    sess = cpu_session(path, level, threads)
+    meta = dict(sess.get_modelmeta().custom_metadata_map)
+    from runtime.modelspec import read_spec
+    from runtime.ort_backend import ORT_TYPES
+
+    info = DecoderInfo.from_spec(read_spec(Path(path), meta), str(path))
+    kv = np.dtype({a.name: ORT_TYPES.get(a.type, "float32") for a in sess.get_inputs()}[info.past_inputs[0]])
+    ids = np.full((2, tokens), info.pad_id, np.int64)
+    ids[0] = np.arange(1, tokens + 1) % info.vocab_size
+    feed = prefill_feed(info, ids, kv)
+    feed["attention_mask"][1] = 0
+    feed["position_ids"][1] = 0
+    names = ["logits", *info.present_outputs]
+    out = sess.run(names, feed)
+    bad = {n: int((~np.isfinite(o)).sum()) for n, o in zip(names, out) if not np.isfinite(o).all()}
+    step = {"input_ids": np.array([[1], [info.pad_id]], np.int64),
+            "attention_mask": np.concatenate([feed["attention_mask"], [[1], [0]]], axis=1).astype(np.int64),
+            "position_ids": np.array([[tokens], [0]], np.int64)}
+    step.update(zip(info.past_inputs, out[1:]))
+    out2 = sess.run(names, step)
+    bad.update({f"decode {n}": int((~np.isfinite(o)).sum()) for n, o in zip(names, out2) if not np.isfinite(o).all()})
+    return {"finite": not bad, "nonfinite": bad, "level": level}
+
+
+def decode_bench(models: dict[str, Path], levels: dict[str, str] | None = None, prompt: Sequence[int] = (),
+                 new_tokens: int = 32, rounds: int = 5, threads: int | None = None) -> dict[str, dict[str, float]]:
+    """Greedy decode at batch 1 with runtime.generate (ONNX Runtime, I/O binding, preallocated cache), interleaved
+    round-robin over ``models``: per model the median ms per decode step (after the prefill) and tokens/s."""
+    from runtime.generate import TextGenerator
+
+    levels = levels or {}
+    gens = {k: TextGenerator(p, threads=threads, opt_level=levels.get(k, "all")) for k, p in models.items()}
+    prompt = list(prompt) or [1] * 16
+    times: dict[str, list[float]] = {k: [] for k in gens}
+    try:
+        for r in range(rounds + 1):  # round 0 warms up
+            for k, g in gens.items():
+                it = g.stream([prompt], max_new_tokens=new_tokens, stop_tokens=())
+                next(it)  # prefill + first token
+                t0 = time.perf_counter()
+                for _ in it:
+                    pass
+                if r:
+                    times[k].append((time.perf_counter() - t0) * 1e3 / (new_tokens - 1))
+    finally:
+        for g in gens.values():
+            g.close()
+    return {k: {"ms_per_token": round(float(np.median(v)), 4), "tokens_per_s": round(1e3 / float(np.median(v)), 1),
+                "rounds": len(v), "new_tokens": new_tokens, "prompt_tokens": len(prompt)} for k, v in times.items()}
+
+
+# ---- the stage ----------------------------------------------------------------------------------------------------
+def _windows(spec, model_dir: Path, split: str, tokens: int, dopts: DecoderQuantOptions) -> EvalSet:
+    block = min(dopts.block, int(spec.preprocess["max_positions"]))
+    return text_windows(model_dir / spec.preprocess.get("tokenizer", "tokenizer.json"), split, max(tokens, block),
+                        block, spec.dataset or "imdb")
+
+
+def quantize_decoder(model_dir: str | os.PathLike, opts: QuantOptions | None = None, force: bool = False,
+                     progress: bool = True, dopts: DecoderQuantOptions | None = None,
+                     f16: Fp16Options | None = None) -> dict[str, Any]:
+    """fp16.onnx, int8.qdq.onnx and (when one is within the budget and faster here) int8.cpu.onnx for one decoder
+    folder; returns {"fp16": section, "int8": section} as written to manifest.json. Up-to-date files are kept."""
+    from optimize.quantize import _digest, _up_to_date
+    from zoo.spec import load_spec
+
+    opts, dopts = opts or QuantOptions(), dopts or DecoderQuantOptions()
+    f16 = f16 or Fp16Options(threads=opts.threads)
+    model_dir = Path(model_dir)
+    src = decoder_source(model_dir)
+    spec = load_spec(src)
+    if spec.task != TASK:
+        raise QuantizeError(f"{src}: task '{spec.task}', expected '{TASK}' (a decoder exported by "
+                            "export.decoder_export)")
+    manifest = read_json(model_dir / "manifest.json", {}) or {}
+    src_sha = sha256_file(src)
+    isa = int8_isa()
+    val = _windows(spec, model_dir, "val", dopts.eval_tokens, dopts)
+    ref: TeacherForced | None = None
+    result: dict[str, Any] = {}
+
+    def reference() -> TeacherForced:
+        nonlocal ref
+        if ref is None:
+            ref = ort_teacher_forced(src, val, "all", opts.threads, dopts.batch_size,
+                                     progress=f"fp32 {model_dir.name} val" if progress else None)
+        return ref
+
+    if opts.fp16:
+        budget = DecoderBudget(spec.tolerances["fp16"].min_top1_agreement, f16.max_drop,
+                               DecoderBudget.for_precision(spec.tolerances, "fp16").max_ppl_increase_pct)
+        key = _digest({"src": src_sha, "opts": f16.key(), "decoder": dopts.key(), "budget": budget.to_dict(),
+                       "code": CODE_VERSION})
+        if not force and _up_to_date(model_dir, manifest.get("fp16"), key, ["fp16.onnx"]):
+            print(f"quantize {model_dir.name}: fp16.onnx up to date")
+            result["fp16"] = manifest["fp16"]
+        else:
+            sec = build_decoder_fp16(model_dir, src, val, reference(), budget, dopts, f16)
+            sec.update(key=key, files_sha256={"fp16.onnx": sec["sha256"]})
+            update_manifest(model_dir, "fp16", sec)
+            result["fp16"] = sec
+
+    if opts.int8:
+        budget = DecoderBudget(opts.min_agreement, opts.max_drop,
+                               DecoderBudget.for_precision(spec.tolerances, "int8").max_ppl_increase_pct)
+        calib = _windows(spec, model_dir, "train", dopts.calib_tokens, dopts)
+        key = _digest({"src": src_sha, "opts": opts.key(), "decoder": dopts.key(), "budget": budget.to_dict(),
+                       "calib": calib.description, "eval": val.description, "code": CODE_VERSION, "cpu_isa": isa})
+        old = manifest.get("int8") or {}
+        if not force and _up_to_date(model_dir, old, key, list(old.get("files_sha256", {})) or ["int8.qdq.onnx"]):
+            print(f"quantize {model_dir.name}: {' and '.join(old['files_sha256'])} up to date")
+            result["int8"] = old
+        else:
+            sec = build_decoder_int8(model_dir, src, spec, calib, val, reference(), budget, opts, dopts, progress,
+                                     isa)
+            sec.update(key=key, source_sha256=src_sha)
+            update_manifest(model_dir, "int8", sec)
+            result["int8"] = sec
+    return result
+
+
+def build_decoder_fp16(model_dir: Path, src: Path, windows: EvalSet, ref: TeacherForced, budget: DecoderBudget,
+                       dopts: DecoderQuantOptions, f16: Fp16Options) -> dict[str, Any]:
+    """Convert by tiers (module docstring) until one is within ``budget`` with a finite padded row; the manifest
+    section (the last tier's file is kept, ``passed: false``, when none is)."""
+    import onnx
+
+    t0 = time.perf_counter()
+    dst = model_dir / "fp16.onnx"
+    residual = residual_adds(onnx.load(str(src), load_external_data=False))
+    keep_io = ["logits"] if dopts.fp16_cache else True
+    tiers = [("fp32 ops", FP32_OPS, ()), ("fp32 ops + residual sums", FP32_OPS, residual),
+             ("wide fp32 ops + residual sums", FP32_OPS_WIDE, residual)]
+    tried: list[dict[str, Any]] = []
+    for label, block, nodes in tiers:
+        if nodes is residual and not residual:
+            continue  # no residual chain found: the tier would repeat the previous one
+        conv = convert_fp16(src, dst, block, keep_io, nodes)
+        chosen, attempts = probe_ort_levels(dst, windows, f16.levels, f16.threads, dopts.batch_size, f16.timeout_s,
+                                            child_argv)
+        tier: dict[str, Any] = {"tier": label, **{k: v for k, v in conv.items() if k != "scopes"},
+                                "attempts": [a.summary() for a in attempts]}
+        if chosen is None:
+            tier.update(passed=False, problem="ONNX Runtime failed at every optimisation level")
+        else:
+            cmp = teacher_forced_figures(ref, TeacherForced.unpack(chosen.logits), windows.inputs["labels"])
+            padded = padded_row_check(dst, chosen.level, f16.threads)
+            reasons = budget.reasons(cmp) + ([] if padded["finite"] else
+                                             [f"fully padded row not finite: {padded['nonfinite']}"])
+            tier.update(ort_opt_level=chosen.level, check=cmp, padded_row=padded, passed=not reasons, reasons=reasons)
+        tried.append(tier)
+        log.info("fp16 %s tier '%s': passed %s %s", model_dir.name, label, tier["passed"], tier.get("reasons", ""))
+        if tier["passed"]:
+            break
+    best = tried[-1]
+    crashed = {a["level"]: a["error"] for a in best["attempts"] if not a["ok"]}
+    if crashed and best.get("ort_opt_level"):
+        stamp_ort_level(dst, best["ort_opt_level"])
+    return {"file": dst.name, "sha256": sha256_file(dst), "source": src.name, "source_sha256": sha256_file(src),
+            "task": TASK, "tier": best["tier"], "keep_io_types": keep_io, "io_types": io_types(dst),
+            "op_block_list": best["op_block_list"], "node_block_list": best.get("node_block_list", []),
+            "fp32_ops_present": best["fp32_ops_present"], "casts": best["casts"], "nodes": best["nodes"],
+            "ort_opt_level": best.get("ort_opt_level"), "ort_crashed_levels": crashed, "passed": best["passed"],
+            "reasons": best.get("reasons", [best.get("problem")]),
+            "check": {**(best.get("check") or {}), "data": windows.description, "reference": f"{src.name} on "
+                      "ONNX Runtime (within 1e-4 of PyTorch: the export's parity check)"},
+            "padded_row": best.get("padded_row"), "budget": budget.to_dict(), "tiers_tried": len(tried),
+            "tiers": [{k: v for k, v in t.items() if k not in ("nodes",)} for t in tried[:-1]],
+            "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _calibration(spec, windows: EvalSet, batch: int) -> CalibrationData:
+    info = DecoderInfo.from_spec(spec.to_dict(), spec.name)
+    x = windows.inputs["input_ids"]
+    return CalibrationData.from_arrays(prefill_feed(info, x), batch, None,
+                                       {"kind": "text_windows", "source": windows.description})
+
+
+def build_decoder_int8(model_dir: Path, src: Path, spec, calib_windows: EvalSet, windows: EvalSet,
+                       ref: TeacherForced, budget: DecoderBudget, opts: QuantOptions, dopts: DecoderQuantOptions,
+                       progress: bool = True, isa: str | None = None) -> dict[str, Any]:
+    """Calibrate, search the W8A8 graph under ``budget``, weigh it against weight-only, write int8.qdq.onnx; pick the
+    CPU form for this CPU (or none); the manifest section."""
+    import onnx
+
+    isa = isa or int8_isa()
+    t0 = time.perf_counter()
+    threads, bs = opts.threads, dopts.batch_size
+
+    def evaluate(path, es, reference, n_threads):
+        got = ort_teacher_forced(path, es, QDQ_REFERENCE_LEVEL, n_threads, bs)
+        return teacher_forced_figures(reference, got, es.inputs["labels"]), got
+
+    with tempfile.TemporaryDirectory(prefix=f"edgeattn-int8-{model_dir.name}-") as tmpd:
+        work = Path(tmpd)
+        prepared = work / "prepared.onnx"
+        prep = prepare(src, prepared)
+        model = onnx.load(str(prepared))
+        nodes = quantizable_nodes(model, opts.quantize_attention)
+        quantizable = quantizable_weight_elements(model)
+        del model
+        if not nodes:
+            raise QuantizeError(f"{src}: no Gemm/MatMul node with a constant weight to quantise")
+        cache = RangeCache(model_dir / f"calib.{opts.method.lower()}.json")
+        ranges, cinfo = calibrate_ranges(prepared, _calibration(spec, calib_windows, bs), opts.method, cache,
+                                         progress=progress)
+        n_sweep = max(1, dopts.sweep_tokens // windows.inputs["input_ids"].shape[1])
+        es_sweep = windows.subset(n_sweep, opts.seed + 1)
+        ref_sweep = ref if es_sweep is windows else ort_teacher_forced(src, es_sweep, "all", threads, bs)
+        search = budget_search(prepared, ranges, opts.method, nodes, windows, ref, es_sweep, ref_sweep, opts, work,
+                               progress, evaluate, lambda cmp, _o, _l: budget.judge(cmp), SCORE, labelled=True)
+        w8a8 = work / "w8a8.onnx"
+        scopes = quantize_static_cached(prepared, w8a8, ranges, opts.method, search["quantized"], "trt",
+                                        opts.quantize_attention)
+        wo = work / "weight_only.onnx"
+        weight_only_qdq(prepared, wo, nodes)
+        wo_cmp, _ = evaluate(wo, windows, ref, threads)
+        schemes = {
+            "w8a8": {"file": w8a8, "figures": search["final"], "passed": search["passed"],
+                     "coverage": int8_weight_coverage(w8a8, quantizable)},
+            "weight_only": {"file": wo, "figures": wo_cmp, "passed": budget.judge(wo_cmp),
+                            "coverage": int8_weight_coverage(wo, quantizable)},
+        }
+        scheme, why = choose_scheme(schemes, opts.min_int8_coverage)
+        chosen = schemes[scheme]
+        violations = check_qdq_rules(chosen["file"])
+        qdq_dst = model_dir / "int8.qdq.onnx"
+        atomic_write(qdq_dst, lambda p: shutil.copyfile(chosen["file"], p))
+
+        excluded = [e["node"] for e in search["excluded"]] if scheme == "w8a8" else []
+        cands = build_cpu_forms(prepared, qdq_dst, excluded, work, dopts, opts)
+        cpu = choose_decoder_cpu(src, cands, windows, ref, budget, quantizable, opts, dopts)
+        cpu_dst = model_dir / "int8.cpu.onnx"
+        win = cpu["winner"]
+        write_cpu_artifact(cands[win] if win is not None else None, cpu_dst, isa)
+    fig = chosen["figures"]
+    files = {qdq_dst.name: sha256_file(qdq_dst), **({cpu_dst.name: sha256_file(cpu_dst)} if win else {})}
+    wrow = cpu["candidates"].get(win, {}) if win else {}
+    return {
+        "task": TASK, "artifacts": {"qdq": qdq_dst.name, "cpu": cpu_dst.name if win else None},
+        "files_sha256": files, "source": src.name, "prepare": prep, "calibration": cinfo,
+        "budget": {**budget.to_dict(), "split": "val", "data": windows.description,
+                   "reference": f"{src.name} on ONNX Runtime (within 1e-4 of PyTorch: the export's parity check)"},
+        "qdq": {"file": qdq_dst.name, "scheme": scheme, "why": why, "passed": chosen["passed"],
+                "rules_ok": not violations, "rule_violations": violations, "counts": qdq_counts(qdq_dst),
+                "judged_by": "float simulation of its Q/DQ (ONNX Runtime, graph optimisations off): what TensorRT "
+                             "computes up to rounding, the same on every CPU",
+                "miss": None if chosen["passed"] else "; ".join(budget.reasons(fig)),
+                "fallback": None if chosen["passed"] else
+                "int8.qdq.onnx kept (most accurate found) and marked failed; deploy fp16.onnx / the fp16 engine",
+                "val": _brief(fig), "int8_weight_coverage": chosen["coverage"],
+                "schemes": {k: {"passed": v["passed"], "int8_weight_coverage": v["coverage"], "val": _brief(v["figures"])}
+                            for k, v in schemes.items()},
+                "scopes": scopes if scheme == "w8a8" else None,
+                "quantized_nodes": search["quantized"] if scheme == "w8a8" else [n.name for n in nodes],
+                "excluded_nodes": search["excluded"] if scheme == "w8a8" else [],
+                "steps": search["steps"], "sensitivity": search["sensitivity"]},
+        "cpu": {"file": cpu_dst.name if win else None, "method": win or "fp32", "why": cpu["why"],
+                "ort_opt_level": "all", "cpu_isa": isa, "cpu_model": cpu_info().get("model"),
+                "judged_by": "ONNX Runtime's kernels on this CPU", "fallback": None if win else src.name,
+                "passed": True if win is None else wrow["passed"], "val": wrow.get("val"),
+                "latency_ms": wrow.get("latency_ms"), "latency_unit": "ms per decode token, batch 1",
+                "fp32_latency_ms": cpu["fp32_latency_ms"], "candidates": cpu["candidates"], "bench": cpu["bench"]},
+        "options": opts.key(), "decoder_options": dopts.key(), "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def choose_scheme(schemes: dict[str, dict[str, Any]], min_coverage: float) -> tuple[str, str]:
+    """W8A8 when within the budget with >= ``min_coverage`` of the weights int8 (int8 GEMMs on TensorRT); else
+    weight-only when within the budget; else W8A8 within the budget with fewer int8 weights; else the one with the
+    higher teacher-forced agreement (marked failed)."""
+    w, wo = schemes["w8a8"], schemes["weight_only"]
+    if w["passed"] and w["coverage"] >= min_coverage:
+        return "w8a8", f"W8A8 within the budget with {w['coverage']:.0%} of the weights int8"
+    if wo["passed"]:
+        return "weight_only", ("W8A8 " + ("misses the budget" if not w["passed"] else
+                                         f"holds only {w['coverage']:.0%} of the weights int8")
+                               + "; weight-only int8 is within it")
+    if w["passed"]:
+        return "w8a8", (f"W8A8 within the budget with only {w['coverage']:.0%} of the weights int8; weight-only "
+                        "misses it")
+    best = max(schemes, key=lambda k: schemes[k]["figures"]["top1_agreement"])
+    return best, "neither scheme is within the budget; the one with the higher agreement is kept"
+
+
+def build_cpu_forms(prepared: Path, qdq: Path, excluded: Sequence[str], work: Path, dopts: DecoderQuantOptions,
+                    opts: QuantOptions) -> dict[str, Path]:
+    """The CPU int8 forms (:data:`CPU_FORMS`, or the stage's --cpu-candidates among them); a failing one is logged
+    and skipped."""
+    wanted = [c for c in (opts.cpu_candidates or CPU_FORMS) if c in CPU_FORMS] or list(CPU_FORMS)
+    out: dict[str, Path] = {}
+    for name in wanted:
+        p = work / f"cpu_{name}.onnx"
+        try:
+            if name == "dynamic":
+                quantize_dynamic_matmul(prepared, p, exclude=excluded)
+            elif name == "matmul_nbits8":
+                matmul_nbits8(prepared, p, excluded, dopts.nbits_block)
+            else:
+                shutil.copyfile(qdq, p)
+            out[name] = p
+        except Exception as e:  # noqa: BLE001 - one failing form must not stop the others
+            log.warning("int8 CPU form %s for %s failed: %s: %s", name, prepared.parent.name, type(e).__name__, e)
+    return out
+
+
+def choose_decoder_cpu(src: Path, cands: dict[str, Path], windows: EvalSet, ref: TeacherForced,
+                       budget: DecoderBudget, quantizable: int, opts: QuantOptions,
+                       dopts: DecoderQuantOptions) -> dict[str, Any]:
+    """Each form's figures on this CPU (crash-guarded child, ONNX Runtime 'all'), decode speed of the survivors and
+    fp32 side by side, then optimize.cpu_int8.pick_cpu (latency = ms per decode token at batch 1)."""
+    from optimize.cpu_int8 import pick_cpu
+
+    rows: dict[str, dict[str, Any]] = {}
+    for name, p in cands.items():
+        coverage = int8_weight_coverage(p, quantizable)
+        cmp, err = evaluate_guarded(p, windows, ref, "all", opts.threads, dopts.batch_size)
+        if cmp is None:
+            rows[name] = {"ran": False, "error": err, "passed": False, "int8_weight_coverage": coverage}
+            continue
+        reasons = budget.reasons(cmp)
+        if coverage < opts.min_int8_coverage:
+            reasons.append(f"only {coverage:.0%} of the Gemm/MatMul weights are int8, expected >= "
+                           f"{opts.min_int8_coverage:.0%}")
+        rows[name] = {"ran": True, "int8_weight_coverage": coverage, "val": _brief(cmp), "passed": not reasons,
+                      "reasons": reasons}
+    ran = {k: cands[k] for k, r in rows.items() if r["ran"]}
+    prompt = [int(t) for t in windows.inputs["input_ids"][0, :dopts.bench_prompt]]
+    bench = decode_bench({"fp32": src, **ran}, None, prompt, dopts.bench_new_tokens, dopts.bench_rounds, opts.threads)
+    fp32_ms = bench["fp32"]["ms_per_token"]
+    for k in ran:
+        rows[k].update(latency_ms=bench[k]["ms_per_token"], tokens_per_s=bench[k]["tokens_per_s"],
+                       speedup_vs_fp32=round(fp32_ms / bench[k]["ms_per_token"], 3))
+    winner, why = pick_cpu(rows, fp32_ms, opts, labelled=True)
+    return {"winner": winner, "why": why, "candidates": rows, "fp32_latency_ms": fp32_ms,
+            "bench": {"batch": 1, "unit": "ms per decode token", "fp32_tokens_per_s": bench["fp32"]["tokens_per_s"],
+                      "prompt_tokens": len(prompt), "new_tokens": dopts.bench_new_tokens,
+                      "rounds": dopts.bench_rounds, "threads": opts.threads, "ort_opt_level": "all"}}
+
+
+def print_tables(name: str, res: dict[str, Any]) -> None:
+    """The quantize stage's summary for a decoder."""
+    def tf(v: dict | None) -> str:
+        v = v or {}
+        if "top1_agreement" not in v:
+            return "-"
+        return (f"agree {v['top1_agreement']:.4f}  next-token {v.get('accuracy_delta', 0):+.2f} pts  ppl "
+                f"{v.get('perplexity_delta_pct', float('nan')):+.3f} %")
+
+    f16 = res.get("fp16")
+    if f16:
+        print(f"\n{name}: fp16.onnx  tier '{f16.get('tier')}'  ORT level {f16.get('ort_opt_level')}  "
+              f"{tf(f16.get('check'))}  padded row finite {(f16.get('padded_row') or {}).get('finite')}  "
+              f"passed {f16.get('passed')}" + ("" if f16.get("passed") else f"  ({'; '.join(f16.get('reasons') or [])})"))
+    i8 = res.get("int8")
+    if not i8:
+        return
+    q, cpu = i8["qdq"], i8["cpu"]
+    print(f"{name}: int8.qdq.onnx  {q['scheme']} ({q['why']})  {tf(q['val'])}  weights int8 "
+          f"{q['int8_weight_coverage']:.0%}  rules {'ok' if q['rules_ok'] else q['rule_violations']}  passed "
+          f"{q['passed']}  (float-simulated Q/DQ: the TensorRT reference)"
+          + (f"\n  MISSED: {q['miss']}; {q['fallback']}" if q.get("miss") else ""))
+    for k, v in q["schemes"].items():
+        print(f"  scheme {k:<12} {tf(v['val'])}  weights int8 {v['int8_weight_coverage']:.0%}  passed {v['passed']}")
+    for e in q["excluded_nodes"]:
+        print(f"  kept float: {e['node']} ({e['op_type']})")
+    print(f"  {'cpu form':<16}{'ran':>5}{'int8 w':>8}  {'figures':<52}{'ms/token':>9}{'x fp32':>8}  passed")
+    print(f"  {'fp32':<16}{'':>5}{'':>8}  {'':<52}{cpu['fp32_latency_ms']:>9.3f}{'1.00':>8}")
+    for k, r in cpu["candidates"].items():
+        mark = " <- int8.cpu.onnx" if k == cpu["method"] else ""
+        lat = r.get("latency_ms")
+        print(f"  {k:<16}{str(r['ran']):>5}{r.get('int8_weight_coverage', 0):>8.2f}  {tf(r.get('val')):<52}"
+              f"{'-' if lat is None else f'{lat:.3f}':>9}{r.get('speedup_vs_fp32') or '-':>8}  {r['passed']}{mark}")
+    print(f"  CPU ({cpu.get('cpu_isa')}): " + (f"int8.cpu.onnx = {cpu['method']}: {cpu['why']}" if cpu.get("file")
+                                              else f"no int8.cpu.onnx, {cpu['why']}"))
+
+
+if __name__ == "__main__":  # the crash-guarded child (child_argv); the stage is 'python -m optimize quantize'
+    raise SystemExit(_child_main(sys.argv[1:]))
