@@ -29,6 +29,7 @@ import numpy as np
 
 from bench import envinfo
 from bench.engine_timing import format_table as format_engine_table, time_engines
+from bench.generation import CODE_VERSION as GENERATION_VERSION, bench_decoder, print_section
 from bench.peers import _MODE, ALL_PEERS, TORCH_PEERS, default_peers
 from bench.plots import write_plots
 from bench.results import (accuracy_from_verify, find_verify_row, int8_guard, make_row, summarize,
@@ -39,7 +40,9 @@ from runtime import gpu
 from runtime.modelspec import ModelRef, resolve_models
 from runtime.ort_backend import levels_from
 from runtime.stage import cli
+from verify.decoder import decoder_verify_key
 from verify.plan import ROLE_REFERENCE, artifact_files, backend_plan, test_inputs, verify_key
+from zoo.gpt2 import is_decoder
 from zoo.io import atomic_write_json, read_json
 from zoo.spec import ModelSpec
 
@@ -198,10 +201,7 @@ class ModelBench:
     def _adopt(self, w, planned: list[Slot]) -> list[Slot]:
         """Wait for a worker's hello; its candidates become slots (or the planned ones get its error)."""
 
-        try:
-            hello = w.wait_hello()
-        except WorkerDied as e:
-            hello = {"ok": False, "error": str(e)}
+        hello = w.hello_or_error()
         if not hello.get("ok"):
             for s in planned:
                 s.error = f"worker failed to start: {hello.get('error')}"
@@ -422,6 +422,24 @@ def bench_model(ref: ModelRef, args, cfg) -> list[dict[str, Any]]:
     return rows
 
 
+def _bench_decoder(ref: ModelRef, args, cfg, key: str, prev: dict | None) -> dict[str, Any]:
+    """A decoder's generation section: the previous one when its key is unchanged (marked ``reused``), else
+    measured now (bench.generation); a failure is a section with ``error``, the other models go on."""
+    if not args.force and prev and prev.get("bench_key") == key:
+        print(f"bench {ref.name}: up to date (generation section reused: artifacts, verify verdicts, CPU and "
+              "settings unchanged; --force to rerun)")
+        return {**prev, "reused": True}
+    try:
+        sec = bench_decoder(ref, args, cfg, worker_env(args), verify_rows(args.artifacts, ref.name))
+    except Exception as e:  # noqa: BLE001 - one model failing must not hide the others
+        log.exception("bench %s failed", ref.name)
+        return {"model": ref.name, "candidates": [], "error": f"bench failed: {type(e).__name__}: {str(e)[:400]}",
+                "bench_key": key}
+    sec["bench_key"] = key
+    print_section(sec)
+    return sec
+
+
 def _skeleton(name: str) -> dict[str, Any]:
     return {"model": name, "backend": "-", "artifact": "-", "precision": "-", "mode": "-", "batch": 1, "seq_len": None,
             "p50_ms": None, "p90_ms": None, "p99_ms": None, "mean_ms": None, "min_ms": None, "throughput_per_s": None,
@@ -437,7 +455,9 @@ def bench_key(ref: ModelRef, args, cfg, env: dict[str, Any]) -> str:
     versions), the verify verdicts bench carries, the CPU model, threads, peers and timing settings."""
     vrows = verify_rows(args.artifacts, ref.name)
     verdicts = sorted((r.get("artifact"), r.get("backend"), str(r.get("mode")), bool(r.get("passed"))) for r in vrows)
-    blob = {"code": CODE_VERSION, "verify": verify_key(ref, None), "verdicts": verdicts,
+    decoder = is_decoder(ref)
+    blob = {"code": CODE_VERSION + (f"+{GENERATION_VERSION}" if decoder else ""),
+            "verify": decoder_verify_key(ref, None) if decoder else verify_key(ref, None), "verdicts": verdicts,
             "cpu": env.get("cpu", {}).get("model"), "threads": args.threads, "peers": list(args.peers),
             "no_ours": args.no_ours, "seq_len": args.seq_len, "timing": asdict(cfg), "quick": args.quick,
             "batches": args.batches,
@@ -539,10 +559,17 @@ def main(argv: list[str] | None = None) -> int:
     old = read_json(out, {}) or {}
     old_rows = old.get("rows", []) if isinstance(old, dict) else []
     reused_runs: set[str] = set()
+    old_gen = (old.get("generation") or {}) if isinstance(old, dict) else {}
+    generation: dict[str, dict] = {}
     for ref in refs:
         name = ref.name
         t0 = time.perf_counter()
         key = bench_key(ref, args, cfg, env)
+        if is_decoder(ref):  # a GPT-2 with its KV cache: TTFT and decode tokens/s (bench.generation)
+            generation[name] = _bench_decoder(ref, args, cfg, key, old_gen.get(name))
+            reused_runs |= {generation[name].get("run")} if generation[name].get("reused") else set()
+            print(f"bench {name}: {time.perf_counter() - t0:.1f} s")
+            continue
         prev = [r for r in old_rows if r.get("model") == name]
         if not args.force and prev and all(r.get("bench_key") == key for r in prev):
             print(f"bench {name}: up to date ({len(prev)} rows reused: artifacts, verify verdicts, CPU and settings "
@@ -565,15 +592,18 @@ def main(argv: list[str] | None = None) -> int:
         pass
     env["bench_seconds"] = round(time.perf_counter() - started, 1)
     run_id = env["time_utc"]
-    for r in rows:
+    for r in rows + list(generation.values()):
         if not r.get("run") or r.get("run") not in reused_runs:
             r["run"] = run_id
+        r.pop("reused", None)
     kept = [r for r in old_rows if r.get("model") not in names]
-    envs = {k: v for k, v in (old.get("envs") or {}).items() if any(r.get("run") == k for r in kept + rows)} \
-        if isinstance(old, dict) else {}
+    generation = {**{k: v for k, v in old_gen.items() if k not in names}, **generation}
+    runs = {r.get("run") for r in kept + rows + list(generation.values())}
+    envs = {k: v for k, v in (old.get("envs") or {}).items() if k in runs} if isinstance(old, dict) else {}
     envs[run_id] = env
     all_rows = kept + rows
-    doc = {"env": env, "rows": all_rows, "guard": int8_guard(all_rows), "summary": summarize(all_rows), "envs": envs}
+    doc = {"env": env, "rows": all_rows, "guard": int8_guard(all_rows), "summary": summarize(all_rows), "envs": envs,
+           "generation": generation}
     engines = [e for ref in refs for e in sorted(ref.folder.glob("*.engine"))]
     if engines and not args.no_engine_timing and gpu.nvidia_gpu_present():
         # trtexec-grade timing of each engine (CUDA events, H2D/D2H, CUDA graphs on/off, threads, trtexec beside)

@@ -1,6 +1,7 @@
 """PNG plots from a bench.json document (matplotlib, Agg backend, no display needed).
 
 - ``<folder>_latency.png``: p50 latency (and throughput) vs batch size, one line per candidate; peers dashed.
+- ``<folder>_generation.png``: a decoder's decode tokens/s vs batch size (bench.generation), peers dashed.
 - ``<folder>_pareto.png``: accuracy (or top-1 agreement with PyTorch for parity-only models) vs p50 latency at
   batch 1, one numbered point per candidate (legend: ^ peer, o verified artifact, X not verified); the Pareto
   front (no other point both at most as slow and at least as accurate) is drawn and ringed.
@@ -47,6 +48,18 @@ def _plain_ticks(axis, dense: bool = False) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
+def _batch_axes(ax, batches: list[int], ylabel: str) -> None:
+    """Batch size on a log2 x axis with a tick per batch timed, ``ylabel`` on a log y axis, a grid."""
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(batches)
+    _plain_ticks(ax.xaxis)
+    _plain_ticks(ax.yaxis, dense=True)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+
+
 def _save(fig, path: Path, **kw) -> Path:
     """Atomic PNG write (temp file + rename)."""
     import matplotlib.pyplot as plt
@@ -82,14 +95,7 @@ def latency_plot(rows: list[dict], model: str, path: Path) -> Path | None:
         ax2.plot(bs, [r["throughput_per_s"] for r in rs], style, marker=marker, color=c, label=lab)
     batches = sorted({r["batch"] for r in mine})
     for ax, yl in ((ax1, "p50 latency (ms)"), (ax2, "throughput (samples/s)")):
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xticks(batches)
-        _plain_ticks(ax.xaxis)
-        _plain_ticks(ax.yaxis, dense=True)
-        ax.set_xlabel("batch size")
-        ax.set_ylabel(yl)
-        ax.grid(True, which="both", alpha=0.3)
+        _batch_axes(ax, batches, yl)
     seq = next((r["seq_len"] for r in mine if r.get("seq_len")), None)
     thr = next((r.get("threads") for r in mine if r.get("threads")), None)
     fig.suptitle(f"{model}: latency vs batch ({thr} threads" + (f", sequence {seq}" if seq else "") +
@@ -136,6 +142,33 @@ def pareto_plot(rows: list[dict], model: str, path: Path, batch: int = 1) -> Pat
     return _save(fig, path, bbox_inches="tight")
 
 
+def generation_plot(sec: dict[str, Any], path: Path) -> Path | None:
+    """A decoder's decode tokens/s vs batch size (bench.generation), one line per candidate; peers dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = [(c, sorted((int(b), d["tokens_per_s"]) for b, d in (c.get("decode") or {}).items()
+                        if d.get("tokens_per_s"))) for c in sec.get("candidates", [])]
+    lines = [(c, pts) for c, pts in lines if pts]
+    if not lines:
+        return None
+    fig, ax = plt.subplots(figsize=(10, 5.5))
+    colors = plt.get_cmap("tab10").colors
+    for i, (c, pts) in enumerate(lines):
+        marker = "^" if c["is_peer"] else ("o" if c.get("verified") else "x")
+        label = f"PyTorch {c['mode']}" if c["is_peer"] else f"{c['backend']} {c['artifact']} ({c['mode']})"
+        ax.plot([b for b, _ in pts], [v for _, v in pts], "--" if c["is_peer"] else "-", marker=marker,
+                color=colors[i % len(colors)], label=label)
+    _batch_axes(ax, sorted({b for _, pts in lines for b, _ in pts}), "decode tokens/s (all rows of the batch)")
+    ax.set_title(f"{sec['model']}: greedy decode tokens/s vs batch ({sec.get('threads')} threads); "
+                 "dashed = PyTorch generate, o = verified, x = not verified", fontsize=9)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path, bbox_inches="tight")
+
+
 def write_plots(doc: dict[str, Any], out_dir: Path) -> list[Path]:
     rows = doc["rows"]
     paths = []
@@ -144,4 +177,8 @@ def write_plots(doc: dict[str, Any], out_dir: Path) -> list[Path]:
             p = fn(rows, model, Path(out_dir) / f"{folder(model)}_{suffix}.png")
             if p:
                 paths.append(p)
+    for model, sec in (doc.get("generation") or {}).items():
+        p = generation_plot(sec, Path(out_dir) / f"{folder(model)}_generation.png")
+        if p:
+            paths.append(p)
     return paths

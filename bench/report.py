@@ -15,7 +15,10 @@ from bench.results import device_of, ok, per_device, summarize
 from zoo.io import atomic_write_text, read_json
 from runtime.modelspec import ModelRef, artifact_name
 from runtime.stage import cli
+from verify.decoder import markdown_lines
 from verify.plan import ROLE_TEXT
+
+GEN_TASK = "text_generation"
 
 PEER_NAMES = {"eager": "PyTorch eager FP32", "bf16_autocast": "PyTorch bf16 autocast",
               "dynamic_int8": "PyTorch dynamic INT8 (Linear)", "compile": "torch.compile (inductor)",
@@ -101,8 +104,20 @@ def section_targets(bench: dict | None) -> list[str]:
                     unstable.append(f"{model} ({t['name']}: {x(m)} at p50, {x(mm)} at min latency)")
                 rows.append([model, t["name"], f">= {t['target']:.1f}x", x(m), x(mm), met,
                              what(fv), ms((fv or {}).get("p50_ms"))])
+    for model, sec in (bench.get("generation") or {}).items():
+        gs = sec.get("summary") or {}
+        t, fv = gs.get("target") or {}, gs.get("fastest_verified")
+        if not t:
+            continue
+        m = t.get("measured")
+        mm = _at_min(sec, fv, gs.get("eager"))
+        if m and mm and max(m / mm, mm / m) > 1.5:
+            unstable.append(f"{model} ({t['name']}: {x(m)} at p50, {x(mm)} at min latency)")
+        rows.append([model, t["name"], f">= {t['target']:.1f}x", x(m), x(mm),
+                     {True: "met", False: "**not met**", None: "not measured"}[t.get("met")], what(fv),
+                     f"{rate((fv or {}).get('tokens_per_s'))} tok/s"])
     out += table(["model", "target", "wanted", "measured (p50)", "at min latency", "status",
-                  "fastest verified artifact", "its p50 ms"], rows)
+                  "fastest verified artifact", "its p50 ms (decoders: tok/s)"], rows)
     out += ["", "Speed-up = p50 of the reference / p50 of the fastest *verified* artifact (peers and unverified "
             "rows are never picked); targets are judged on p50. \"Best PyTorch peer\" = the fastest of eager FP32, "
             "bf16 autocast, dynamic INT8 and torch.compile at batch 1. \"At min latency\" is the same ratio from the "
@@ -135,7 +150,7 @@ def section_verify(verify: list | None) -> list[str]:
     if not verify:
         return out + ["No verify.json yet: run `make verify`.", ""]
     rows = []
-    for r in verify:
+    for r in (r for r in verify if r.get("task") != GEN_TASK):  # decoders: in the text generation section
         delta = r.get("accuracy_delta")
         prec = r.get("precision", "-") + (f" ({r['precision_asked']} asked)" if r.get("precision_asked") else "")
         verdict = yn(bool(r.get("passed"))) if r.get("passed") or r.get("gating", True) else "no (advisory)"
@@ -147,6 +162,8 @@ def section_verify(verify: list | None) -> list[str]:
     out += table(["model", "artifact", "backend", "mode", "judged as", "precision", "accuracy %", "delta pts",
                   "top-1 agree %", "cosine mean", "max abs diff", "passed"], rows)
     gating, fails, adv = gating_split(verify)
+    if any(r.get("task") == GEN_TASK for r in verify):
+        out += ["", "Decoders (greedy generation, token for token): see \"Text generation\" below."]
     out += ["", f"{len(gating) - len(fails)}/{len(gating)} gating rows passed. Details: [verify.md](verify.md). "
             "int8.qdq.onnx (the TensorRT graph) is judged by its float simulation (Q/DQ as float ops, the same on "
             "every CPU); its runs on CPU integer kernels are advisory rows for this machine only."]
@@ -217,6 +234,13 @@ def summary_lines(artifacts: Path) -> list[str]:
             lines.append(f"quantize {m}: int8.qdq.onnx MISSED its budget ({q['miss']}); {q.get('fallback')}")
         if i8 and not (i8.get("cpu") or {}).get("file"):
             lines.append(f"quantize {m}: no int8.cpu.onnx on this CPU: {(i8.get('cpu') or {}).get('why')}")
+    for m, sec in (bench.get("generation") or {}).items():
+        t, fv = ((sec.get("summary") or {}).get(k) or {} for k in ("target", "fastest_verified"))
+        if sec.get("error"):
+            lines.append(f"bench {m}: generation FAILED: {sec['error'][:200]}")
+        elif t:
+            lines.append(f"bench {m}: fastest verified decoder {what(fv)} {rate(fv.get('tokens_per_s'))} tok/s at "
+                         f"batch 1; {t['name']} {x(t.get('measured'))} (target {t['target']:.1f}x)")
     summ = bench.get("summary") or {}
     for m, top in summ.items():
         for s in per_device(top):
@@ -302,6 +326,80 @@ def section_batches(bench: dict | None) -> list[str]:
                         "speed-up"], rows) + [""]
 
 
+def _at_min(sec: dict, a: dict | None, b: dict | None) -> float | None:
+    """The decode speed-up of ``a`` over ``b`` (summary briefs) from the fastest single calls."""
+    by_key = {c.get("key"): c for c in sec.get("candidates", [])}
+    ra, rb = (((by_key.get((c or {}).get("key")) or {}).get("decode") or {}).get("1", {}).get("tokens_per_s_at_min")
+              for c in (a, b))
+    return ra / rb if ra and rb else None
+
+
+def section_generation(bench: dict | None, verify: list | None, artifacts: Path) -> list[str]:
+    """Decoders with a KV cache: training (perplexity), verify (greedy tokens vs PyTorch), speed (bench.generation)."""
+    gen = (bench or {}).get("generation") or {}
+    vrows = [r for r in verify or [] if r.get("task") == GEN_TASK]
+    names = list(dict.fromkeys([*gen, *(r["model"] for r in vrows)]))
+    if not names:
+        return []
+    out = ["## Text generation (decoders with a KV cache)", ""]
+    for m in names:
+        out += [f"### {m}", ""]
+        tj = read_json(ModelRef.resolve(m, artifacts).file("train.json"), None) or {}
+        if tj.get("val_perplexity") is not None:
+            c = tj.get("config") or {}
+            out += [f"Trained here: {c.get('n_layer')} layers, width {c.get('n_embd')}, {c.get('n_head')} heads, "
+                    f"vocabulary {c.get('vocab_size')}, {c.get('parameters', 0) / 1e6:.1f}M parameters; validation "
+                    f"perplexity **{tj['val_perplexity']:.1f}** (unigram floor {tj.get('unigram_perplexity', 0):.1f}, "
+                    f"{'beaten' if tj.get('beats_unigram_floor') else '**not beaten**'}) after {tj.get('steps')} steps "
+                    f"({tj.get('stopped_by')}, {tj.get('total_seconds', 0) / 60:.1f} min, budget "
+                    f"{tj.get('budget_seconds', 0):.0f} s).", ""]
+        mine = [r for r in vrows if r["model"] == m]
+        if mine:  # verify.md's tables for the model, without its heading
+            out += markdown_lines(m, mine)[2:]
+        sec = gen.get(m)
+        if not sec:
+            out += ["No generation bench yet: run `make bench`.", ""]
+            continue
+        if sec.get("error"):
+            out += [f"Bench failed: {sec['error']}", ""]
+            continue
+        pts = sec.get("points") or {}
+        prompts = sorted({p["prompt"] for b in pts.values() for p in b if p["new"] == 1 and p["batch"] == 1})
+        batches = sorted(int(b) for b in pts)
+        dec = next((p for b in pts.values() for p in b if p["new"] > 1), {})
+        rows = []
+        for c in sorted(sec.get("candidates", []), key=lambda c: -(((c.get("decode") or {}).get("1") or {})
+                                                                    .get("tokens_per_s") or 0)):
+            name = (f"PyTorch {c['mode']}" + (f" (compile {c['compile_seconds']:.0f} s)" if c.get("compile_seconds")
+                                               else "")) if c["is_peer"] else f"{c['artifact']} on {c['backend']}"
+            if c.get("error") and not c.get("decode"):
+                rows.append([name, "failed: " + str(c["error"])[:120]] + ["-"] * (len(prompts) + 2 * len(batches) + 1))
+                continue
+            d = c.get("decode") or {}
+            rows.append([name, c["precision"]] + [ms((c.get("ttft_ms") or {}).get(str(p))) for p in prompts]
+                        + [rate((d.get(str(b)) or {}).get("tokens_per_s")) for b in batches]
+                        + [ms((d.get(str(b)) or {}).get("ms_per_step")) for b in batches]
+                        + [f"{c.get('kv_bytes_per_token'):,}", "(ref)" if c["is_peer"] else yn(c.get("verified"))])
+        out += [f"Speed ({sec.get('threads')} threads; TTFT = one generate call for 1 new token at batch 1; decode "
+                f"tokens/s = batch x (N-1) / (t_N - t_1) with N = {dec.get('new', '?')} new tokens after a "
+                f"{dec.get('prompt', '?')}-token prompt, p50 times, all candidates interleaved; KV bytes per token = "
+                f"2 x {sec.get('layers')} layers x {sec.get('cache_shape', ['', '?'])[1]} heads x "
+                f"{sec.get('cache_shape', ['', '', '', '?'])[3]} head dim x bytes per value):", ""]
+        out += table(["how", "precision"] + [f"TTFT {p} ms" for p in prompts] + [f"tok/s b{b}" for b in batches]
+                     + [f"ms/step b{b}" for b in batches] + ["KV bytes/token", "verified"], rows)
+        gs = sec.get("summary") or {}
+        fv, t = gs.get("fastest_verified"), gs.get("target") or {}
+        if fv:
+            out += ["", f"**Fastest verified: {what(fv)}, {rate(fv.get('tokens_per_s'))} tokens/s at batch 1 = "
+                        f"{x(gs.get('speedup_vs_eager'))} PyTorch eager generate** (target {t.get('target', 2):.1f}x: "
+                        f"{'met' if t.get('met') else 'not met'}) and {x(gs.get('speedup_vs_best_torch_peer'))} the "
+                        f"best PyTorch peer ({what(gs.get('best_torch_peer'))})."]
+        else:
+            out += ["", "**No verified decoder was timed** (run `make verify`)."]
+        out.append("")
+    return out
+
+
 def section_engine_timing(bench: dict | None) -> list[str]:
     """The GPU engine timing of bench.json (bench.engine_timing), when a GPU run measured it."""
     et = (bench or {}).get("engine_timing")
@@ -366,7 +464,7 @@ def section_plots(artifacts: Path, names: list[str]) -> list[str]:
     out = ["## Plots", ""]
     for m in names:
         f = artifact_name(m)
-        links = [f"[{kind}](plots/{f}_{kind}.png)" for kind in ("latency", "pareto")
+        links = [f"[{kind}](plots/{f}_{kind}.png)" for kind in ("latency", "pareto", "generation")
                  if (artifacts / "plots" / f"{f}_{kind}.png").is_file()]
         if links:
             out.append(f"- {m}: " + ", ".join(links))
@@ -415,7 +513,8 @@ def build_report(artifacts: Path) -> str:
             "`bench.json` in this folder.", ""]
     parts = (head + section_targets(bench) + section_models(artifacts, names) + section_latency(bench)
              + section_batches(bench) + section_engine_timing(bench) + section_guard(bench) + section_quantize(artifacts, names)
-             + section_verify(verify) + section_plots(artifacts, names) + section_env(bench))
+             + section_verify(verify) + section_generation(bench, verify, artifacts) + section_plots(artifacts, names)
+             + section_env(bench))
     return "\n".join(parts).rstrip() + "\n"
 
 

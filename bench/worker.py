@@ -9,7 +9,8 @@ one process (they share the module). The parent drives them one at a time over a
     python -m bench.worker --in-fd R --out-fd W --threads 2 --torch NAME --artifacts DIR --peers eager,compile
     python -m bench.worker --in-fd R --out-fd W --threads 2 --runner PATH --backend B --mode M --model NAME
 
-Commands (one JSON object per line, one reply each): feed {batch, seq_len}, warm {key, warmup_s, warmup_calls, heavy_call_s},
+Commands (one JSON object per line, one reply each): feed {batch, seq_len}, gen_points {points: [{tag, rows, new}]}
+(``--generation`` workers: bench.generation), warm {key, warmup_s, warmup_calls, heavy_call_s},
 time {key, slice_s, min_calls, max_calls, switch_warmup}, smoke {batches, seq_len}, predict {key, inputs, out,
 batch, pad_id (null: none)}, exit. After loading, the worker sends a hello: {ok, spec, candidates: [...]}.
 """
@@ -111,6 +112,13 @@ class Worker:
         self.hello = self._readline(timeout)
         return self.hello
 
+    def hello_or_error(self, timeout: float = HELLO_TIMEOUT_S) -> dict[str, Any]:
+        """The worker's hello, or ``{"ok": False, "error": why}`` when it died before sending one."""
+        try:
+            return self.wait_hello(timeout)
+        except WorkerDied as e:
+            return {"ok": False, "error": str(e)}
+
     def request(self, msg: dict[str, Any], timeout: float = COMMAND_TIMEOUT_S) -> dict[str, Any]:
         if self.dead:
             raise WorkerDied(f"{self.label}: {self.dead}")
@@ -163,6 +171,10 @@ def _identity(c) -> dict[str, Any]:
 
 def _build(args) -> tuple[list, Any]:
     """(candidates, ModelSpec or None), every candidate loaded (load errors recorded on the candidate)."""
+    if args.generation:  # a decoder: generate calls (bench.generation), no spec-shaped feeds
+        from bench.generation import build_candidates
+
+        return build_candidates(args), None
     if args.torch:
         import torch
 
@@ -200,6 +212,11 @@ def _serve(cands: list, spec, rf, send) -> None:
                             timers[c.key] = LocalTimer(c.call(feed))
                         except Exception as e:  # noqa: BLE001
                             errors[c.key] = describe(e)
+                send({"ok": True, "errors": errors})
+            elif cmd == "gen_points":  # decoders: one timer per candidate and point, keyed <key>@<tag>
+                from bench.generation import point_timers
+
+                timers, errors = point_timers(cands, msg["points"], LocalTimer)
                 send({"ok": True, "errors": errors})
             elif cmd == "warm":
                 send({"ok": True, **timers[msg["key"]].warm(float(msg["warmup_s"]), int(msg["warmup_calls"]),
@@ -247,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precision", default="")
     ap.add_argument("--model", default="")
     ap.add_argument("--peer-kind", default="")
+    ap.add_argument("--generation", action="store_true", help="a decoder with KV cache: time generate calls")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     rf = os.fdopen(args.in_fd, "r", encoding="utf-8")

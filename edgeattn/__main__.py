@@ -35,7 +35,7 @@ STAGES = {"train": "zoo.train", "export": "export.__main__", "simplify": "optimi
           "bench": "bench.__main__", "report": "bench.report", "harden": "verify.harden", "gpu-check": "verify.gpu_check",
           "engine-timing": "bench.engine_timing", "triton": "serve.repository", "serve": "serve.server",
           "loadtest": "serve.loadtest"}
-TRAINED = ("text_transformer", "attention_cnn", "vit", "bert_imdb")  # the models `train` has recipes for
+TRAINED = ("text_transformer", "attention_cnn", "vit", "bert_imdb", "gpt2_imdb")  # the models `train` has recipes for
 
 
 def run_stage(stage: str, argv: Sequence[str]) -> int:

@@ -11,6 +11,8 @@ from pathlib import Path
 from calibration.user_data import data_path
 from runtime.modelspec import resolve_models
 from runtime.stage import StageErrors, cli
+from export.checks import ExportCheckError
+from zoo.gpt2 import is_decoder
 from zoo.io import sha256_file, update_manifest
 from zoo.registry import export_source, load_for_export, weights_for
 
@@ -40,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     errors = StageErrors("export")
     for ref in refs:
         with errors.model(ref.name):
+            if is_decoder(ref):  # a GPT-2 with its KV cache: one decoder graph (export.decoder_export)
+                _export_decoder(ref, args)
+                continue
             name, out = ref.name, ref.file("fp32.onnx")
             src = export_source(ref, args.weights)
             man = ref.manifest()
@@ -61,6 +66,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"export {name}: {out} ({section['nodes']} nodes, opset {section['opset']}, "
                   f"{section['export_seconds']} s)")
     return errors.finish()
+
+
+def _export_decoder(ref, args) -> None:
+    from export.decoder_export import export_gpt2
+
+    for flag, value in (("--weights", args.weights), ("--data", args.data), ("--opset", args.opset)):
+        if value:
+            raise ExportCheckError(f"export {ref.name}: {flag} does not apply to a GPT-2 decoder (got {value}; "
+                                   "expected its own folder's weights, the IMDB prompts and opset 18)")
+    out = ref.file("fp32.onnx")
+    before = out.stat().st_mtime_ns if out.is_file() else None
+    s = export_gpt2(ref.name, ref.artifacts, args.force)
+    if before is not None and out.stat().st_mtime_ns == before:  # every export replaces the file
+        print(f"export {ref.name}: up to date ({out})")
+        return
+    worst = max(s.get("parity", {}).values(), default=0.0)
+    print(f"export {ref.name}: {out} ({s['nodes']} nodes, decoder with KV cache, {s['exporter']}, "
+          f"opset {s['opset']}, parity {worst:.2g} over {len(s.get('parity', {}))} shapes, {s['export_seconds']} s)")
 
 
 if __name__ == "__main__":

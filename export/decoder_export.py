@@ -23,12 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from export.checks import TWO_GB, post_export_check, pre_export_check
-from export.onnx_export import EXPORTERS, ExportError, _quiet, attention_fastpath_disabled
-from runtime.generate import DecoderInfo, decoder_feed
-from runtime.modelspec import SPEC_METADATA_KEY
+from export.checks import post_export_check, pre_export_check
+from export.onnx_export import EXPORTERS, ExportError, _quiet, attention_fastpath_disabled, export_checked
+from runtime.generate import DecoderInfo, decoder_feed, parity_cases
 from zoo.built import BuiltModel
-from zoo.io import atomic_write, atomic_write_text, sha256_file, update_manifest
+from zoo.io import atomic_write_text, sha256_file, update_manifest
 
 log = logging.getLogger("edgeattn.export.decoder")
 
@@ -84,32 +83,13 @@ def _torch_export(built: BuiltModel, tmp: Path, exporter: str, opset: int) -> No
         torch.onnx.export(built.module, args, str(tmp), **kw)
 
 
-def parity_cases(built: BuiltModel) -> list[tuple[str, int, int, int]]:
-    """(label, batch, sequence, past): the min, opt and max of every dynamic axis, an empty past among them, each
-    max with the other axes small (all maxes at once would be batch x the whole position table, minutes of PyTorch
-    for a real GPT-2), and past + sequence within the position table."""
-    d = built.spec.dynamic
-    n = int(built.spec.preprocess["max_positions"])
-    b, s, p = d["batch"], d["sequence"], d["past"]
-    cases = [("min: batch 1, sequence 1, empty past", b.min, s.min, 0),
-             ("min past", b.min, s.min, p.min),
-             ("opt prefill, empty past", b.opt, s.opt, 0),
-             ("opt decode", b.opt, 1, p.opt),
-             ("opt sequence and past", max(2, b.opt), s.opt, min(p.opt, n - s.opt)),
-             ("max batch prefill, empty past", b.max, s.opt, 0),
-             ("max batch decode", b.max, 1, p.opt),
-             ("max sequence, empty past", 2, s.max, 0),
-             ("max past, decode", 2, 1, min(p.max, n - 1))]
-    return [(label, bb, ss, pp) for label, bb, ss, pp in cases if ss + pp <= n]
-
-
 def check_decoder_parity(built: BuiltModel, onnx_path: str | Path, rtol: float = 1e-4,
                          cases: list[tuple[str, int, int, int]] | None = None) -> dict[str, float]:
-    """ONNX Runtime vs PyTorch at :func:`parity_cases` (left padding in every other row): the largest |diff| over
-    max(1, max |reference|) per case, over what a later step can read: the logits of real (unpadded) positions and
-    the present cache at real positions (a padded slot is always masked; its values, computed from a query row that
-    sees nothing, differ more and are only checked to be finite). ExportError naming every case over ``rtol`` (or
-    that fails to run)."""
+    """ONNX Runtime vs PyTorch at :func:`runtime.generate.parity_cases` (left padding in every other row): the
+    largest |diff| over max(1, max |reference|) per case, over what a later step can read: the logits of real
+    (unpadded) positions and the present cache at real positions (a padded slot is always masked; its values,
+    computed from a query row that sees nothing, differ more and are only checked to be finite). ExportError naming
+    every case over ``rtol`` (or that fails to run)."""
     import torch
 
     from runtime.ort_backend import cpu_session
@@ -118,7 +98,7 @@ def check_decoder_parity(built: BuiltModel, onnx_path: str | Path, rtol: float =
     info = DecoderInfo.from_spec(built.spec.to_dict(), built.name)
     ins, outs = _names(built)
     result, problems = {}, []
-    for i, (label, b, s, p) in enumerate(cases or parity_cases(built)):
+    for i, (label, b, s, p) in enumerate(cases or parity_cases(built.spec.to_dict())):
         feed = decoder_feed(info, b, s, p, seed=100 + i)
         try:
             got = sess.run(outs, feed)
@@ -169,46 +149,13 @@ def export_decoder(built: BuiltModel, path: str | Path, opset: int | None = None
     parity: dict[str, float] = {}
     t0 = time.perf_counter()
 
-    def _write(tmp: Path, exporter: str) -> None:
-        try:
-            _torch_export(built, tmp, exporter, opset)
-        except Exception as e:  # noqa: BLE001 - the exporters raise many kinds
-            raise ExportError(f"export '{built.name}': torch.onnx.export ({exporter}) failed: {type(e).__name__}: "
-                              f"{str(e)[:500]}") from e
-        proto = onnx.load(str(tmp))
-        for side in tmp.parent.glob(f"{tmp.name}*.data"):
-            side.unlink()
-        if proto.ByteSize() >= TWO_GB:
-            raise ExportError(f"export '{built.name}': graph is {proto.ByteSize() / 1e9:.2f} GB, over the 2 GB "
-                              "single-file protobuf limit; external-data export is not supported yet")
-        _rename_dims(proto, built)
-        meta = proto.metadata_props.add()
-        meta.key, meta.value = SPEC_METADATA_KEY, spec.to_json()
-        proto.producer_name = "edgeattn"
-        try:
-            proto = onnx.shape_inference.infer_shapes(proto, check_type=True)
-        except Exception as e:  # noqa: BLE001
-            raise ExportError(f"export '{built.name}': ONNX shape inference failed: {e}") from e
-        onnx.save(proto, str(tmp))
-        try:
-            onnx.checker.check_model(str(tmp), full_check=True)
-        except onnx.checker.ValidationError as e:
-            raise ExportError(f"export '{built.name}': onnx.checker rejected the graph: {e}") from e
+    def _check(tmp: Path) -> None:
         parity.clear()
         parity.update(check_decoder_parity(built, tmp))
 
-    attempts: list[str] = []
-    used = None
-    for exporter in exporters or EXPORTERS:
-        try:
-            atomic_write(path, lambda tmp, ex=exporter: _write(tmp, ex))
-            used = exporter
-            break
-        except ExportError as e:
-            attempts.append(str(e))
-            log.warning("%s", e)
-    if used is None:
-        raise ExportError(f"export '{built.name}': every exporter failed: " + " | ".join(attempts))
+    used, attempts = export_checked(path, built.name, spec, lambda tmp, ex: _torch_export(built, tmp, ex, opset),
+                                    _check, exporters, edit=lambda proto: _rename_dims(proto, built),
+                                    strict_shapes=False)
     seconds = time.perf_counter() - t0
     proto = onnx.load(str(path), load_external_data=False)
     post = post_export_check(proto)

@@ -10,7 +10,7 @@ import contextlib
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -85,6 +85,63 @@ def _quiet():
         yield
 
 
+def finish_graph(tmp: Path, name: str, spec, edit: Callable[[Any], None] | None = None,
+                 strict_shapes: bool = True) -> None:
+    """What every export does to the file an exporter wrote at ``tmp``: load it (pulling in external data the
+    exporter may have written beside it, then removing that), refuse a graph over the 2 GB protobuf limit, apply
+    ``edit(proto)`` (e.g. rename dims), put the spec in the metadata, run shape inference and onnx.checker, save.
+    ExportError naming the model on any failure."""
+    import onnx
+
+    proto = onnx.load(str(tmp))
+    for side in tmp.parent.glob(f"{tmp.name}*.data"):
+        side.unlink()
+    if proto.ByteSize() >= TWO_GB:
+        raise ExportError(f"export '{name}': graph is {proto.ByteSize() / 1e9:.2f} GB, over the 2 GB "
+                          "single-file protobuf limit; external-data export is not supported yet")
+    if edit is not None:
+        edit(proto)
+    meta = proto.metadata_props.add()
+    meta.key, meta.value = SPEC_METADATA_KEY, spec.to_json()
+    proto.producer_name = "edgeattn"
+    try:
+        proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=strict_shapes)
+    except Exception as e:  # noqa: BLE001
+        raise ExportError(f"export '{name}': ONNX shape inference failed: {e}") from e
+    onnx.save(proto, str(tmp))
+    try:
+        onnx.checker.check_model(str(tmp), full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise ExportError(f"export '{name}': onnx.checker rejected the graph: {e}") from e
+
+
+def export_checked(path: Path, name: str, spec, export: Callable[[Path, str], None], check: Callable[[Path], Any],
+                   exporters: tuple[str, ...] | None = None, edit: Callable[[Any], None] | None = None,
+                   strict_shapes: bool = True) -> tuple[str, list[str]]:
+    """Each exporter in turn until one passes, into ``path`` atomically: ``export(tmp, exporter)`` writes the graph,
+    :func:`finish_graph` (``edit``, spec, shape inference, checker), then ``check(tmp)`` (parity with PyTorch).
+    Returns (the exporter used, the errors of those that failed); ExportError listing every failure when none
+    passes."""
+    def write(tmp: Path, exporter: str) -> None:
+        try:
+            export(tmp, exporter)
+        except Exception as e:  # noqa: BLE001 - the exporters raise many kinds
+            raise ExportError(f"export '{name}': torch.onnx.export ({exporter}) failed: {type(e).__name__}: "
+                              f"{str(e)[:500]}") from e
+        finish_graph(tmp, name, spec, edit, strict_shapes)
+        check(tmp)
+
+    attempts: list[str] = []
+    for exporter in exporters or EXPORTERS:
+        try:
+            atomic_write(path, lambda tmp, ex=exporter: write(tmp, ex))
+            return exporter, attempts
+        except ExportError as e:
+            attempts.append(str(e))
+            log.warning("%s", e)
+    raise ExportError(f"export '{name}': every exporter failed: " + " | ".join(attempts))
+
+
 def _dynamo_shapes(built: BuiltModel) -> tuple[dict[int, Any], ...]:
     """Positional (one dict per input, in spec order), so forward()'s argument names need not match."""
     import torch
@@ -154,44 +211,8 @@ def export_model(built: BuiltModel, path: str | Path, opset: int | None = None,
         with attention_fastpath_disabled(), causal_mask_check_off(), torch.no_grad(), _quiet():
             torch.onnx.export(module, args, str(tmp), **kw)
 
-    def _write(tmp: Path, exporter: str) -> None:
-        try:
-            _torch_export(tmp, exporter)
-        except Exception as e:  # noqa: BLE001 - the exporters raise many kinds
-            raise ExportError(f"export '{built.name}': torch.onnx.export ({exporter}) failed: {type(e).__name__}: "
-                              f"{str(e)[:500]}") from e
-        proto = onnx.load(str(tmp))  # pulls in external data the exporter may have written beside tmp
-        for side in tmp.parent.glob(f"{tmp.name}*.data"):
-            side.unlink()
-        if proto.ByteSize() >= TWO_GB:
-            raise ExportError(f"export '{built.name}': graph is {proto.ByteSize() / 1e9:.2f} GB, over the 2 GB "
-                              "single-file protobuf limit; external-data export is not supported yet")
-        meta = proto.metadata_props.add()
-        meta.key, meta.value = SPEC_METADATA_KEY, spec.to_json()
-        proto.producer_name = "edgeattn"
-        try:
-            proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
-        except Exception as e:  # noqa: BLE001
-            raise ExportError(f"export '{built.name}': ONNX shape inference failed: {e}") from e
-        onnx.save(proto, str(tmp))
-        try:
-            onnx.checker.check_model(str(tmp), full_check=True)
-        except onnx.checker.ValidationError as e:
-            raise ExportError(f"export '{built.name}': onnx.checker rejected the graph: {e}") from e
-        check_against_torch(built, tmp)
-
-    attempts: list[str] = []
-    used = None
-    for exporter in (exporters or EXPORTERS):
-        try:
-            atomic_write(path, lambda tmp, ex=exporter: _write(tmp, ex))
-            used = exporter
-            break
-        except ExportError as e:
-            attempts.append(str(e))
-            log.warning("%s", e)
-    if used is None:
-        raise ExportError(f"export '{built.name}': every exporter failed: " + " | ".join(attempts))
+    used, attempts = export_checked(path, built.name, spec, _torch_export,
+                                    lambda tmp: check_against_torch(built, tmp), exporters)
     seconds = time.perf_counter() - t0
     proto = onnx.load(str(path), load_external_data=False)
     post = post_export_check(proto)

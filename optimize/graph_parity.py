@@ -17,19 +17,34 @@ def _run(model_bytes: bytes, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
     return cpu_session(model_bytes, "disable").run(None, feed)
 
 
+def parity_feeds(spec: ModelSpec | None) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """(label, feed) for every size the two graphs are compared at: the spec's min/opt/max sizes, or for a decoder
+    with KV cache (task text_generation, whose total = past + sequence the spec's independent sizes would break)
+    runtime.generate.parity_cases, an empty past and left padding among them."""
+    if spec is None:
+        return [("no spec", {})]
+    if spec.task == "text_generation":
+        from runtime.generate import DecoderInfo, decoder_feed, parity_cases
+
+        d = spec.to_dict()
+        info = DecoderInfo.from_spec(d, spec.name)
+        return [(f"{label} (batch {b}, sequence {s}, past {p})", decoder_feed(info, b, s, p, seed=i))
+                for i, (label, b, s, p) in enumerate(parity_cases(d))]
+    sizes_list = [{k: getattr(r, w) for k, r in spec.dynamic.items()} for w in ("min", "opt", "max")]
+    return [(f"sizes {sizes}", spec.example_inputs(sizes, seed=i)) for i, sizes in enumerate(sizes_list)]
+
+
 def parity(ref_bytes: bytes, new_bytes: bytes, spec: ModelSpec | None, rtol: float = 1e-5) -> float:
-    """Max abs difference between the two graphs' outputs, over min/opt/max input sizes (relative to the
-    output scale); raises SimplifyError when it exceeds ``rtol``."""
-    sizes_list = [{k: getattr(r, w) for k, r in spec.dynamic.items()} for w in ("min", "opt", "max")] if spec else [{}]
+    """Max abs difference between the two graphs' outputs, over :func:`parity_feeds` (relative to the output
+    scale); raises SimplifyError when it exceeds ``rtol``."""
     worst = 0.0
-    for i, sizes in enumerate(sizes_list):
-        feed = spec.example_inputs(sizes, seed=i) if spec else {}
+    for label, feed in parity_feeds(spec):
         a, b = _run(ref_bytes, feed), _run(new_bytes, feed)
         for x, y in zip(a, b):
             if x.shape != y.shape:
-                raise SimplifyError(f"output shape changed: {x.shape} -> {y.shape} at sizes {sizes}")
-            scale = max(1.0, float(np.abs(x).max()))
-            worst = max(worst, float(np.abs(x.astype(np.float64) - y).max()) / scale)
+                raise SimplifyError(f"output shape changed: {x.shape} -> {y.shape} at {label}")
+            scale = max(1.0, float(np.abs(x).max(initial=0.0)))
+            worst = max(worst, float(np.abs(x.astype(np.float64) - y).max(initial=0.0)) / scale)
     if worst > rtol:
         raise SimplifyError(f"simplified graph differs from the input by {worst:.3g} (relative), expected <= {rtol}")
     return worst

@@ -33,6 +33,13 @@ class QuantOptions:
     max_drop: float = 0.5  # accuracy points vs fp32 on the validation split
     min_agreement: float = 0.99  # top-1 agreement with fp32 on the validation split
     min_cosine: float = 0.99  # parity-only models (no dataset)
+    # parity-only models: the loop aims this share of the way from min_cosine to 1 (0.5: 0.995 for 0.99), because
+    # verify judges on other images than the loop chose on (efficientnet_b0 random-init: 0.9903 on the loop's 32
+    # images, 0.9855 on verify's 32)
+    parity_margin: float = 0.5
+
+    def parity_target(self) -> float:
+        return self.min_cosine + self.parity_margin * (1.0 - self.min_cosine)
     quantize_attention: bool = False  # Q/DQ on attention BMMs (MatMul of two activations) too
     sweep: str = "auto"  # auto: only when the fully quantised model misses the budget | always | never
     sweep_samples: int = 1000  # validation rows used to rank nodes
@@ -64,7 +71,7 @@ def judge(cmp: dict[str, Any], opts: QuantOptions, labelled: bool) -> bool:
         return False
     if labelled:
         return cmp["accuracy_delta"] >= -opts.max_drop - 1e-9 and cmp["top1_agreement"] >= opts.min_agreement
-    return cmp["cosine_mean"] >= opts.min_cosine
+    return cmp["cosine_mean"] >= opts.parity_target()
 
 
 def logit_error(ref: np.ndarray, out: np.ndarray) -> float:
@@ -163,7 +170,9 @@ def _miss(cmp: dict[str, Any], opts: QuantOptions, labelled: bool) -> str:
     if cmp.get("nonfinite"):
         return f"{cmp['nonfinite']} NaN/Inf values in the output"
     if not labelled:
-        return f"cosine mean {cmp['cosine_mean']:.5f} < {opts.min_cosine} (short by {opts.min_cosine - cmp['cosine_mean']:.5f})"
+        target = opts.parity_target()
+        return (f"cosine mean {cmp['cosine_mean']:.5f} < {target:g} (min_cosine {opts.min_cosine}, parity margin "
+                f"{opts.parity_margin} of the way to 1; short by {target - cmp['cosine_mean']:.5f})")
     parts = []
     if cmp["accuracy_delta"] < -opts.max_drop - 1e-9:
         parts.append(f"accuracy delta {cmp['accuracy_delta']:+.2f} points, budget -{opts.max_drop} (over by "

@@ -212,6 +212,7 @@ def build_int8(model_dir: Path, src: Path, calib: CalibrationData, es: EvalSet, 
                    "max_drop_points": opts.max_drop if labelled else None,
                    "min_top1_agreement": opts.min_agreement if labelled else None,
                    "min_cosine": None if labelled else opts.min_cosine,
+                   "loop_min_cosine": None if labelled else opts.parity_target(),
                    "fp32_ort_accuracy": float((ref.argmax(1) == es.y).mean()) if labelled else None},
         "qdq": {"file": qdq_dst.name, "passed": search["passed"], "rules_ok": not violations,
                 "judged_by": "float simulation of its Q/DQ (ONNX Runtime, graph optimisations off): what TensorRT "

@@ -175,7 +175,7 @@ def ort_level(name: str):
             "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}[name]
 
 
-def _session_options(threads: int | None, opt_level: str):
+def _session_options(threads: int | None, opt_level: str, config: dict[str, str] | None = None):
     ort = _ort()
     so = ort.SessionOptions()
     so.graph_optimization_level = ort_level(opt_level)
@@ -183,6 +183,8 @@ def _session_options(threads: int | None, opt_level: str):
         so.intra_op_num_threads = int(threads)
         so.inter_op_num_threads = 1
     so.log_severity_level = 3  # errors only; run failures come back to the caller as BackendError
+    for key, value in (config or {}).items():  # e.g. session.intra_op.allow_spinning (runtime.generate)
+        so.add_session_config_entry(key, str(value))
     return so
 
 
@@ -220,13 +222,14 @@ class OrtRunner(Runner):
     backend = "onnxruntime"
 
     def __init__(self, path: str | Path, providers: None | str | Sequence[str] = None, threads: int | None = None,
-                 opt_level: str | None = None, spec: dict[str, Any] | None = None, precision: str | None = None):
+                 opt_level: str | None = None, spec: dict[str, Any] | None = None, precision: str | None = None,
+                 session_config: dict[str, str] | None = None):
         super().__init__()
         self.path = check_model_file(path, "an ONNX model (.onnx)")
         self.opt_level = opt_level = opt_level or safest_default_level(self.path)
         ort = _ort()
         chosen = resolve_providers(providers, ort.get_available_providers())
-        so = _session_options(threads, opt_level)
+        so = _session_options(threads, opt_level, session_config)
         # GPU execution providers: options from the precision (``precision`` or the file name) and the spec
         self.precision = precision or precision_of(self.path, default=None)
         wants_trt = any(_provider_name(p) == TRT_EP for p in chosen)

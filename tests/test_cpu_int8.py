@@ -15,7 +15,7 @@ from calibration import CalibrationData  # noqa: E402
 from calibration.evalset import EvalSet  # noqa: E402
 from optimize.fp16 import ort_logits  # noqa: E402
 from optimize.cpu_int8 import RR_CANDIDATES, default_cpu_candidates, pick_cpu  # noqa: E402
-from optimize.int8_budget import QuantOptions, budget_search  # noqa: E402
+from optimize.int8_budget import QuantOptions, budget_search, judge  # noqa: E402
 from optimize.int8_build import calibrate_ranges, quantize_dynamic_matmul, quantize_static_cached  # noqa: E402
 from optimize.qdq_graph import quantizable_nodes  # noqa: E402
 from runtime.cpu import ISA_METADATA_KEY, cpu_info, int8_saturates, isa_class, isa_mismatch  # noqa: E402
@@ -183,9 +183,20 @@ def test_budget_loop_on_parity_only_model_keeps_the_harmful_node_float(tmp_path)
     ref = ort_logits(src, es)
     ranges, _ = calibrate_ranges(src, calib, "MinMax")
     nodes = quantizable_nodes(onnx.load(str(src)))
-    opts = QuantOptions(min_cosine=0.999, threads=1)  # sweep "auto": only because all-int8 misses
+    opts = QuantOptions(min_cosine=0.999, parity_margin=0.0, threads=1)  # sweep "auto": only because all-int8 misses
     res = budget_search(src, ranges, "MinMax", nodes, es, ref, es, ref, opts, tmp_path, progress=False)
     assert res["steps"][0]["cosine_mean"] < 0.9  # all-int8 (simulated) misses the cosine budget
     assert [r["node"] for r in res["sensitivity"]][0] == "gemm2" and len(res["sensitivity"]) == 3
     assert [e["node"] for e in res["excluded"]] == ["gemm2"] and res["excluded"][0]["recovered_points"] is None
     assert res["passed"] and res["final"]["cosine_mean"] >= 0.999 and res["quantized"] == ["gemm1", "gemm3"]
+
+
+def test_parity_only_budget_aims_above_verifys_bar():
+    """The loop chooses on its own images and verify judges on others: a parity-only model must clear min_cosine by
+    half the way to 1 in the loop (0.995 for 0.99), so a held-out 0.99 is not left to chance."""
+    opts = QuantOptions()
+    assert opts.parity_target() == pytest.approx(0.995)
+    base = {"nonfinite": 0, "degenerate_reference": False}
+    assert not judge({**base, "cosine_mean": 0.9903}, opts, labelled=False)  # efficientnet_b0's near miss
+    assert judge({**base, "cosine_mean": 0.9951}, opts, labelled=False)
+    assert judge({**base, "cosine_mean": 0.9903}, QuantOptions(parity_margin=0.0), labelled=False)

@@ -26,8 +26,11 @@ from runtime.ort_backend import levels_from, try_levels
 from runtime.preprocess import feed_batches
 from runtime.stage import StageErrors, cli, one_line
 from verify.compare import compare_outputs
+from verify.decoder import TASK as DECODER_TASK, decoder_verify_key, verify_decoder
+from verify.decoder import markdown_lines as decoder_markdown
 from verify.plan import (PRECISION_NAMES, ROLE_CPU_KERNELS, ROLE_TEXT, artifact_files, backend_plan, exit_code,
                          test_inputs, tolerance_for, verify_key)
+from zoo.gpt2 import is_decoder
 from zoo.io import atomic_write_json, atomic_write_text, read_json
 from zoo.registry import load_for_export
 
@@ -180,6 +183,10 @@ def write_markdown(rows: list[dict[str, Any]], path: Path) -> None:
              "by its float simulation (ONNX Runtime with graph optimisations off: Q/DQ as float ops, the same on every "
              "CPU); its runs on CPU integer kernels are advisory rows for this machine only.", ""]
     for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        if any(r.get("task") == DECODER_TASK for r in mine):
+            lines += decoder_markdown(model, mine)
+            continue
         lines += [f"## {model}", "", "| artifact | backend | mode | judged as | precision | n | accuracy % | torch % | "
                   "delta pts | top-1 agree | max abs diff | cosine mean | cosine min | passed |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -224,14 +231,15 @@ def main(argv: list[str] | None = None) -> int:
     for ref in refs:
         name = ref.name
         with errors.model(name), _failed_row(rows, name):
-            key = verify_key(ref, args.limit)
+            decoder = is_decoder(ref)  # a GPT-2 with its KV cache: greedy tokens vs transformers (verify.decoder)
+            key = decoder_verify_key(ref, args.limit) if decoder else verify_key(ref, args.limit)
             prev = [r for r in old if r.get("model") == name]
             if not args.force and prev and all(r.get("verify_key") == key for r in prev):
                 print(f"verify {name}: up to date ({len(prev)} rows reused: artifacts, checkpoint, CPU and backends "
                       "unchanged; --force to rerun)")
                 rows += prev
                 continue
-            rows += verify_model(ref, args.limit, args.threads, key=key)
+            rows += (verify_decoder if decoder else verify_model)(ref, args.limit, args.threads, key=key)
     out = args.artifacts / "verify.json"
     kept = [r for r in old if r.get("model") not in names]  # rows of models not re-verified this time
     all_rows = kept + rows

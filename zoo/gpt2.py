@@ -66,6 +66,17 @@ def is_gpt2_name(name: str, artifacts: str | os.PathLike = "artifacts") -> bool:
         return False
 
 
+def is_decoder(ref) -> bool:
+    """Whether a stage takes ModelRef ``ref`` down the text-generation path: a GPT-2 name (:func:`is_gpt2_name`),
+    or a model folder whose spec.json says task ``text_generation`` (read as JSON: nothing heavy imported)."""
+    if is_gpt2_name(ref.name, ref.artifacts):
+        return True
+    try:
+        return json.loads(ref.file("spec.json").read_text(encoding="utf-8")).get("task") == TASK
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def gpt2_dir(name: str, artifacts: str | os.PathLike = "artifacts") -> Path:
     if name in ALIASES:
         return Path(artifacts) / ALIASES[name]
@@ -318,6 +329,13 @@ class GPT2Recipe:
 
 
 RECIPE = GPT2Recipe()
+# `make demo`'s share of a 30-minute budget: a 2-layer, 128-wide GPT-2 (same tokenizer size and position table) for
+# 90 s, the BPE fitted on 4,000 reviews and the token stream from 8,000 (more than 90 s of training reads), 16k
+# validation tokens. It is there to take a decoder through every stage, not to write reviews: `make gpt2` trains
+# RECIPE, and a model trained with RECIPE is reused by a demo (train_gpt2's ``accept``).
+DEMO_RECIPE = GPT2Recipe(n_layer=2, n_embd=128, n_head=2, lr=3e-3, warmup_steps=20, budget_seconds=90.0,
+                         eval_reserve_seconds=10.0, eval_tokens=16_384, tokenizer_docs=4000, max_train_docs=8000)
+RECIPES = {"full": RECIPE, "demo": DEMO_RECIPE}
 
 
 def train_bpe_tokenizer(texts, vocab_size: int):
@@ -450,14 +468,15 @@ def fit_lm(model, stream: np.ndarray, recipe: GPT2Recipe, deadline: float, progr
 
 
 def train_gpt2(artifacts: str | os.PathLike = "artifacts", recipe: GPT2Recipe | None = None, force: bool = False,
-               progress: bool = True, name: str = "gpt2_imdb") -> dict[str, Any]:
+               progress: bool = True, name: str = "gpt2_imdb", accept: tuple[GPT2Recipe, ...] = ()) -> dict[str, Any]:
     """Train ``gpt2_imdb`` (see the module docstring) into ``<artifacts>/<name>/hf`` and write ``train.json``;
-    reused when train.json matches this recipe and data."""
+    reused when train.json matches this recipe, or one of ``accept`` (e.g. the full recipe when the demo's is
+    asked), and the data."""
     import torch
     import transformers
 
     from zoo.data import load_dataset
-    from zoo.io import atomic_write_json, read_json
+    from zoo.io import atomic_write_json, publish_dir, read_json
     from zoo.train import config_hash, seed_everything
 
     recipe = recipe or RECIPE
@@ -467,9 +486,10 @@ def train_gpt2(artifacts: str | os.PathLike = "artifacts", recipe: GPT2Recipe | 
     out = model_dir / "hf"
     ds = load_dataset(recipe.dataset)
     key = config_hash(name, recipe, ds.sha256)
+    keys = [key] + [config_hash(name, r, ds.sha256) for r in accept]
     prev = read_json(model_dir / "train.json")
-    if not force and prev and prev.get("config_hash") == key and (out / "config.json").is_file():
-        log.info("%s: up to date (train.json config_hash %s), reusing %s", name, key, out)
+    if not force and prev and prev.get("config_hash") in keys and (out / "config.json").is_file():
+        log.info("%s: up to date (train.json config_hash %s), reusing %s", name, prev["config_hash"], out)
         return prev
     seed_everything(recipe.seed)
     train_texts = list(ds.train.x[: recipe.max_train_docs] if recipe.max_train_docs else ds.train.x)
@@ -500,14 +520,7 @@ def train_gpt2(artifacts: str | os.PathLike = "artifacts", recipe: GPT2Recipe | 
     model.generation_config.pad_token_id = eos_id
     model.save_pretrained(str(stage))
     tok.save_pretrained(str(stage))
-    for f in stage.iterdir():
-        f.chmod(0o644)
-    old = model_dir / "hf.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.rename(old)
-    stage.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+    publish_dir(stage, out)
     result = {
         "model": name, "val_perplexity": round(val_ppl, 3), "unigram_perplexity": round(floor, 3),
         "beats_unigram_floor": bool(val_ppl < floor), "n_val_tokens": int(yv.size), "n_val_windows": int(len(xv)),
@@ -528,29 +541,47 @@ def train_gpt2(artifacts: str | os.PathLike = "artifacts", recipe: GPT2Recipe | 
     return result
 
 
+def recipe_for(which: str = "full", budget: float | None = None,
+               max_steps: int | None = None) -> tuple[GPT2Recipe, tuple[GPT2Recipe, ...]]:
+    """(the recipe to train, the recipes whose model is reused instead): ``which`` of RECIPES, its budget and step
+    cap replaced when given; a demo run reuses a model of the full recipe."""
+    if which not in RECIPES:
+        raise RegistryError(f"gpt2 recipe: got {which!r}, expected one of {sorted(RECIPES)}")
+    recipe = RECIPES[which]
+    if budget:
+        recipe = dataclasses.replace(recipe, budget_seconds=float(budget))
+    if max_steps:
+        recipe = dataclasses.replace(recipe, max_steps=int(max_steps))
+    return recipe, ((RECIPE,) if which == "demo" else ())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Train gpt2_imdb (byte-level BPE + a small GPT-2 on the IMDB train split) "
                                  "into <artifacts>/gpt2_imdb/hf with train.json beside it.")
     ap.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     ap.add_argument("--force", action="store_true", help="retrain even if train.json is up to date")
+    ap.add_argument("--recipe", choices=sorted(RECIPES), default="full",
+                    help="full (make gpt2) or demo (make demo's short one; a full model is reused)")
     ap.add_argument("--budget", type=float, default=None,
-                    help=f"seconds for everything (default {RECIPE.budget_seconds:g})")
+                    help=f"seconds for everything (default {RECIPE.budget_seconds:g}; demo "
+                         f"{DEMO_RECIPE.budget_seconds:g})")
     ap.add_argument("--max-steps", type=int, default=None)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     import torch
 
     torch.set_num_threads(int(os.environ.get("EDGEATTN_THREADS", os.cpu_count() or 1)))
-    recipe = RECIPE
-    if args.budget:
-        recipe = dataclasses.replace(recipe, budget_seconds=float(args.budget))
-    if args.max_steps:
-        recipe = dataclasses.replace(recipe, max_steps=int(args.max_steps))
-    r = train_gpt2(args.artifacts, recipe, force=args.force)
-    print(f"gpt2_imdb: validation perplexity {r['val_perplexity']:.2f} (unigram floor {r['unigram_perplexity']:.2f}), "
-          f"{r['steps']} steps ({r['stopped_by']}), {r['total_seconds']:.0f} s in all")
+    recipe, accept = recipe_for(args.recipe, args.budget, args.max_steps)
+    r = train_gpt2(args.artifacts, recipe, force=args.force, accept=accept)
+    print(summary_line(r))
     return 0
 
+
+def summary_line(r: dict[str, Any]) -> str:
+    """One line for a train.json of this module."""
+    return (f"{r['model']}: validation perplexity {r['val_perplexity']:.2f} (unigram floor "
+            f"{r['unigram_perplexity']:.2f}), {r['steps']} steps ({r['stopped_by']}), {r['total_seconds']:.0f} s "
+            "in all")
 
 if __name__ == "__main__":
     from runtime.stage import cli

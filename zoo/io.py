@@ -3,6 +3,7 @@ that copies runtime/ has them too); this module adds the per-model-folder manife
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from runtime.files import (  # noqa: F401 - re-exported: one implementation of each
@@ -21,3 +22,19 @@ def update_manifest(model_dir: str | os.PathLike, section: str, payload: dict) -
     data = read_json(p, default={}) or {}
     data[section] = payload
     return atomic_write_json(p, data)
+
+
+def publish_dir(stage: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Put the finished folder ``stage`` in place of ``out``, its files made readable by all (safetensors writes
+    0600): ``out`` is moved aside to ``<out>.old``, ``stage`` renamed to ``out``, the old folder removed. A crash
+    leaves the old or the new folder, never a half-written one, at ``out``."""
+    stage, out = Path(stage), Path(out)
+    for f in stage.iterdir():
+        f.chmod(0o644)
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    stage.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+    return out

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from zoo.data import Dataset, load_dataset
-from zoo.io import atomic_write_json, atomic_write_text, read_json
+from zoo.io import atomic_write_json, atomic_write_text, publish_dir, read_json
 from runtime.modelspec import ModelRef, resolve_models
 from runtime.stage import StageErrors, cli
 from zoo.registry import BuiltModel, create_model, load_checkpoint, save_checkpoint
@@ -293,14 +293,7 @@ def train_hf_model(ref: ModelRef, recipe: Recipe | None = None, force: bool = Fa
 
     net.load_state_dict(best_state["state"])
     net.save_pretrained(str(stage))
-    for f in stage.iterdir():  # shared like every artifact (safetensors writes 0600)
-        f.chmod(0o644)
-    old = model_dir / "hf.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.rename(old)
-    stage.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+    publish_dir(stage, out)
 
     built = create_model(name, directory=out)  # back from the directory, as export loads it
     test_acc, test_loss = evaluate(built.module, xte, yte, pad_id=pad_id)
@@ -326,34 +319,49 @@ def train_hf_model(ref: ModelRef, recipe: Recipe | None = None, force: bool = Fa
 
 
 def main(argv: list[str] | None = None) -> int:
+    from zoo import gpt2
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default=",".join(RECIPES),
-                    help=f"comma-separated (default: the three families; also: {', '.join(HF_RECIPES)})")
+    also = ", ".join([*HF_RECIPES, *gpt2.ALIASES])
+    ap.add_argument("--models", default=",".join(RECIPES), help=f"comma-separated (default: the three families; also: "
+                    f"{also})")
     ap.add_argument("--artifacts", default="artifacts", type=Path)
     ap.add_argument("--force", action="store_true", help="retrain even if train.json is up to date")
     ap.add_argument("--epochs", type=int, help="override every recipe's epoch count (quick runs)")
+    ap.add_argument("--gpt2-recipe", choices=sorted(gpt2.RECIPES), default="full",
+                    help="gpt2_imdb: full (make gpt2, 8 minutes) or demo (make demo's short one; a full model is "
+                         "reused)")
+    ap.add_argument("--budget", type=float, default=None, help="gpt2_imdb: seconds for everything (default: the "
+                    "recipe's)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     import torch
 
     torch.set_num_threads(int(os.environ.get("EDGEATTN_THREADS", os.cpu_count() or 1)))
-    rows = []
+    rows, lm_rows = [], []
     errors = StageErrors("train")
+    known = sorted(RECIPES) + sorted(HF_RECIPES) + sorted(gpt2.ALIASES)
     for ref in resolve_models(args.models, args.artifacts):
         name = ref.name
-        if name not in RECIPES and name not in HF_RECIPES:
-            ap.error(f"--models: '{name}' has no training recipe; expected some of {sorted(RECIPES) + sorted(HF_RECIPES)}")
-        recipe = RECIPES.get(name) or HF_RECIPES[name]
-        if args.epochs:
-            recipe = dataclasses.replace(recipe, epochs=args.epochs)
+        if name not in RECIPES and name not in HF_RECIPES and name not in gpt2.ALIASES:
+            ap.error(f"--models: '{name}' has no training recipe; expected some of {known}")
         with errors.model(name):
+            if name in gpt2.ALIASES:  # a language model: perplexity, a time budget instead of epochs
+                recipe, accept = gpt2.recipe_for(args.gpt2_recipe, args.budget)
+                lm_rows.append(gpt2.train_gpt2(ref.artifacts, recipe, force=args.force, name=name, accept=accept))
+                continue
+            recipe = RECIPES.get(name) or HF_RECIPES[name]
+            if args.epochs:
+                recipe = dataclasses.replace(recipe, epochs=args.epochs)
             trainer = train_hf_model if name in HF_RECIPES else train_model
             rows.append(trainer(ref, recipe, force=args.force))
-    print(f"\n{'model':<18}{'dataset':<18}{'test acc':>10}{'n_test':>8}{'train s':>9}")
+    if rows:
+        print(f"\n{'model':<18}{'dataset':<18}{'test acc':>10}{'n_test':>8}{'train s':>9}")
     for r in rows:
         print(f"{r['model']:<18}{r['dataset']['name']:<18}{r['test_accuracy']:>10.4f}{r['n_test']:>8}{r['train_seconds']:>9.1f}")
+    for r in lm_rows:
+        print(gpt2.summary_line(r))
     return errors.finish()
-
 
 if __name__ == "__main__":
     raise SystemExit(cli("train", main))

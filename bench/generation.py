@@ -1,0 +1,418 @@
+"""Generation speed of decoders with a KV cache (task ``text_generation``), ours vs PyTorch, in ONE interleaved run:
+bench.json's ``generation`` section, written by the bench stage (``edgeattn bench --models gpt2_imdb``).
+
+Candidates: the decoders and CPU backends of verify.decoder.bench_plan (fp32.onnx on ONNX Runtime, fp32.sim.onnx on
+every CPU backend, fp16.onnx and int8.cpu.onnx on ONNX Runtime where the quantize stage wrote them) through the thin
+runtime (``runtime.generate.TextGenerator``: ONNX Runtime with I/O binding, OpenVINO), and the PyTorch peers in one
+worker:
+transformers' ``generate`` with its cache (DynamicCache, SDPA attention, greedy) in eager mode, and the same with
+``torch.compile(model.forward, dynamic=True)`` where ``compile`` is among the peers (its compilation is the first
+call of each point, reported as ``compile_seconds``, never timed). Each candidate runs in a bench worker process
+(bench/worker.py) and all of them are timed interleaved, round-robin (bench.timing.run_interleaved), per batch size.
+
+What is measured, on IMDB test-split prompts (the first k tokens of reviews that have k; the same ids for all):
+
+- TTFT (time to first token): p50 wall time of a whole generate call for 1 new token, batch 1, prompts of 32 and
+  128 tokens: token ids in, the first new token out (prefill, sampling, the runtime's own checks).
+- decode tokens/s at batch 1 and 8: ``batch x (N - 1) / (t_N - t_1)``, t_N and t_1 the p50 times of generating
+  N = 64 and 1 new tokens from a 32-token prompt: the prefill and the first token cancel, what is left is the
+  N - 1 decode steps. Every call must return exactly N new tokens (stop tokens off), else the candidate fails.
+- KV-cache bytes per token: ``2 (key, value) x layers x heads x head_dim x bytes`` of the cache's dtype.
+
+The headline (``summary``): the fastest verified artifact's decode tokens/s at batch 1 over PyTorch eager's, target
+>= 2x. "Verified": verify.json's row of the same artifact and backend passed (verify.decoder).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from bench.candidates import Candidate
+from bench.timing import run_interleaved, summarize as stats_of
+from runtime.child import fault_point
+from runtime.modelspec import ModelRef, precision_of
+
+log = logging.getLogger("edgeattn.bench.generation")
+
+TTFT_PROMPTS = (32, 128)
+DECODE_PROMPT = 32
+NEW_TOKENS = 64
+BATCHES = (1, 8)
+TARGET_VS_EAGER = 2.0
+PEERS = {"eager": "eager-generate", "compile": "compile-generate"}  # bench's peer names that apply to a decoder
+MODES = {"onnxruntime": "all", "openvino": "f32"}
+CODE_VERSION = "bench-generation/1"
+
+
+# ---- worker side: candidates ------------------------------------------------------------------------------------
+def _expect(new: int, got: list[int]) -> None:
+    if min(got) != new or max(got) != new:
+        raise RuntimeError(f"generate: got {min(got)}..{max(got)} new tokens per row, expected exactly {new} (stop "
+                           "tokens off); the decode rate needs every call to run its steps")
+
+
+class DecoderCandidate(Candidate):
+    """One decoder artifact on one backend through ``runtime.generate.TextGenerator`` (what a user's code calls)."""
+
+    def __init__(self, model: str, path: str | Path, backend: str, threads: int | None) -> None:
+        self.path = Path(path)
+        super().__init__(model, backend, self.path.name, precision_of(self.path.name), MODES.get(backend, "-"),
+                         is_peer=False)
+        self.threads = threads
+        self.gen = None
+
+    def _load(self) -> None:
+        from runtime.generate import TextGenerator
+
+        fault_point(self.path)
+        self.gen = TextGenerator(self.path, backend=self.backend, threads=self.threads)
+        dec = self.gen.decoder
+        self.notes.update(kv_dtype=str(dec.cache_dtype), decoder=type(dec).__name__)
+        if getattr(dec.runner, "opt_level", None):
+            self.notes["ort_opt_level"] = dec.runner.opt_level
+
+    def generate_call(self, rows: list[list[int]], new: int) -> Callable[[], Any]:
+        g = self.gen
+
+        def fn():
+            out = g.generate(rows, max_new_tokens=new, stop_tokens=(), decode=False)
+            _expect(new, [len(r.tokens) for r in out])
+        return fn
+
+    def close(self) -> None:
+        if self.gen is not None:
+            self.gen.close()
+            self.gen = None
+
+
+class TorchGenerate(Candidate):
+    """transformers' ``generate`` (greedy, its DynamicCache) on the HF model the artifacts were exported from."""
+
+    def __init__(self, model: str, artifacts: str | Path, kind: str) -> None:
+        if kind not in PEERS:
+            raise ValueError(f"generation peer '{kind}': unknown; expected one of {list(PEERS)}")
+        super().__init__(model, "pytorch", "pytorch", "fp32", PEERS[kind], is_peer=True, peer_kind=kind)
+        self.artifacts, self.kind = artifacts, kind
+        self.lm = None
+        self.pad_id = 0
+
+    def _load(self) -> None:
+        import torch
+
+        from zoo.gpt2 import gpt2_dir, load_lm
+
+        lm = load_lm(gpt2_dir(self.model, self.artifacts), self.model, attn_implementation="sdpa")
+        if self.kind == "compile":
+            lm.forward = torch.compile(lm.forward, dynamic=True)
+            self.notes["compile"] = "torch.compile(model.forward, dynamic=True), inductor, default mode"
+        self.notes.update(kv_dtype="float32", attention="sdpa", cache="DynamicCache")
+        self.pad_id = int(lm.config.pad_token_id if lm.config.pad_token_id is not None else lm.config.eos_token_id)
+        self.lm = lm
+
+    def generate_call(self, rows: list[list[int]], new: int) -> Callable[[], Any]:
+        import torch
+
+        lm, pad = self.lm, self.pad_id
+        ids = torch.tensor(rows, dtype=torch.int64)  # equal lengths: no padding
+        mask = torch.ones_like(ids)
+
+        def fn():
+            with torch.inference_mode():
+                out = lm.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, do_sample=False,
+                                  use_cache=True, pad_token_id=pad, eos_token_id=None)
+            _expect(new, [out.shape[1] - ids.shape[1]] * len(rows))
+        return fn
+
+    def close(self) -> None:
+        self.lm = None
+
+
+def build_candidates(args) -> list[Candidate]:
+    """The worker's candidates (bench.worker --generation): the torch peers of ``args.torch``, or one artifact."""
+    if args.torch:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        cands = [TorchGenerate(args.torch, args.artifacts, k) for k in args.peers.split(",") if k]
+    else:
+        cands = [DecoderCandidate(args.model, args.runner, args.backend, args.threads)]
+    for c in cands:
+        c.load()
+    return cands
+
+
+def point_timers(cands: list[Candidate], points: list[dict[str, Any]], timer) -> tuple[dict, dict]:
+    """(timers ``<key>@<tag>`` -> timer(fn), errors key -> text) for every loaded candidate at every point
+    ({tag, rows, new})."""
+    timers, errors = {}, {}
+    for c in cands:
+        if c.error is not None:
+            continue
+        try:
+            for p in points:
+                timers[f"{c.key}@{p['tag']}"] = timer(c.generate_call(p["rows"], int(p["new"])))
+        except Exception as e:  # noqa: BLE001 - recorded for this candidate; the others go on
+            errors[c.key] = f"{type(e).__name__}: {' '.join(str(e).split())[:400]}"
+    return timers, errors
+
+
+# ---- parent side ----------------------------------------------------------------------------------------------------
+def kv_bytes_per_token(pre: dict[str, Any], dtype: str = "float32") -> int:
+    """2 (key and value) x layers x heads x head_dim x the cache dtype's bytes."""
+    return 2 * int(pre["layers"]) * int(pre["heads"]) * int(pre["head_dim"]) * np.dtype(dtype).itemsize
+
+
+def plan_points(pre: dict[str, Any], batch_max: int, batches: list[int] | None = None) -> dict[int, list[dict]]:
+    """batch -> points ({tag, batch, prompt, new}) that fit the position table; TTFT prompts and the decode pair
+    (prompt 32, 1 and N new tokens) at batch 1, the decode pair at the other batches."""
+    n = int(pre["max_positions"])
+    prompt = min(DECODE_PROMPT, n // 2)
+    new = max(2, min(NEW_TOKENS, n - prompt))
+    out: dict[int, list[dict]] = {}
+    for b in sorted({min(int(b), batch_max) for b in (batches or BATCHES)}):
+        pts = [{"tag": f"b{b}_n1", "batch": b, "prompt": prompt, "new": 1},
+               {"tag": f"b{b}_n{new}", "batch": b, "prompt": prompt, "new": new}]
+        if b == 1:
+            pts += [{"tag": f"ttft{p}", "batch": 1, "prompt": p, "new": 1} for p in TTFT_PROMPTS if p != prompt
+                    and p + 1 <= n]
+        out[b] = pts
+    return out
+
+
+def prompt_rows(tokenizer: Path, length: int, batch: int, dataset: str = "imdb") -> list[list[int]]:
+    """The first ``length`` tokens of the first ``batch`` test-split reviews that have that many."""
+    from runtime.bpe import ByteLevelBPE
+    from zoo.data import load_dataset
+
+    tok = ByteLevelBPE.from_file(tokenizer)
+    rows = []
+    for text in load_dataset(dataset).test.x:
+        ids = tok.encode(text)
+        if len(ids) >= length:
+            rows.append(ids[:length])
+            if len(rows) == batch:
+                return rows
+    raise ValueError(f"prompts: got {len(rows)} test reviews of >= {length} tokens, expected {batch}")
+
+
+def _verified(vrows: list[dict], artifact: str, backend: str) -> bool | None:
+    hit = [r for r in vrows if r.get("artifact") == artifact and r.get("backend") == backend]
+    return None if not hit else bool(hit[-1].get("passed"))
+
+
+class GenerationBench:
+    """The workers of one decoder, timed interleaved per batch; :meth:`run` -> the model's generation section."""
+
+    def __init__(self, ref: ModelRef, args, cfg, env: dict[str, str], vrows: list[dict]) -> None:
+        self.ref, self.args, self.cfg, self.env, self.vrows = ref, args, cfg, env, vrows
+        self.spec = json.loads(ref.file("spec.json").read_text(encoding="utf-8"))
+        self.pre = self.spec["preprocess"]
+        self.workers: list = []
+        self.cands: list[dict[str, Any]] = []  # identity + worker + results
+
+    def _spawn(self, argv: list[str], label: str, planned: list[dict]) -> None:
+        from bench.worker import Worker
+
+        w = Worker(["--generation", "--threads", str(self.args.threads), *argv], f"{self.ref.name} {label}", self.env)
+        self.workers.append(w)
+        hello = w.hello_or_error()
+        if not hello.get("ok"):
+            for c in planned:
+                c["error"] = f"worker failed to start: {hello.get('error')}"
+                self.cands.append(c)
+            return
+        for c in hello["candidates"]:
+            self.cands.append({**c, "worker": w})
+
+    def start(self) -> None:
+        from verify.decoder import bench_plan
+
+        name, args = self.ref.name, self.args
+        kinds = [k for k in PEERS if k in args.peers]
+        if kinds:
+            self._spawn(["--torch", name, "--artifacts", str(args.artifacts), "--peers", ",".join(kinds)],
+                        "pytorch peers", [{"key": f"pytorch|pytorch|{PEERS[k]}", "backend": "pytorch",
+                                           "artifact": "pytorch", "mode": PEERS[k], "precision": "fp32",
+                                           "is_peer": True, "peer_kind": k, "notes": {}} for k in kinds])
+        if not args.no_ours:
+            for art, backends in bench_plan(self.ref.folder):
+                for backend in backends:
+                    mode = MODES.get(backend, "-")
+                    self._spawn(["--runner", str(self.ref.folder / art), "--backend", backend, "--model", name],
+                                f"{backend}|{art}|{mode}",
+                                [{"key": f"{backend}|{art}|{mode}", "backend": backend, "artifact": art, "mode": mode,
+                                  "precision": precision_of(art), "is_peer": False, "peer_kind": None, "notes": {}}])
+        for c in self.cands:
+            c["verified"] = None if c["is_peer"] else _verified(self.vrows, c["artifact"], c["backend"])
+            c["kv_bytes_per_token"] = kv_bytes_per_token(self.pre, (c.get("notes") or {}).get("kv_dtype", "float32"))
+            c["timed"] = {}
+
+    def time_batch(self, b: int, points: list[dict]) -> None:
+        from bench.worker import RemoteTimer
+
+        timers = {}
+        for w in self.workers:
+            mine = [c for c in self.cands if c.get("worker") is w and not c.get("error")]
+            if not mine or w.dead:
+                continue
+            try:
+                errors = w.request({"cmd": "gen_points", "points": points})["errors"]
+            except Exception as e:  # noqa: BLE001 - the worker is gone: its candidates fail from now on
+                errors = {c["key"]: str(e) for c in mine}
+            for c in mine:
+                if c["key"] in errors:
+                    c["error"] = errors[c["key"]]
+                    continue
+                for p in points:
+                    timers[f"{c['key']}@{p['tag']}"] = RemoteTimer(w, f"{c['key']}@{p['tag']}")
+        cfg = self.cfg
+        if b == 1 and cfg.min_iters_batch1 > cfg.min_iters:
+            cfg = replace(cfg, min_iters=cfg.min_iters_batch1)
+        timed = run_interleaved(timers, cfg)
+        for c in self.cands:
+            for p in points:
+                t = timed.get(f"{c['key']}@{p['tag']}")
+                if t is None:
+                    continue
+                if t.error:
+                    c["error"] = c.get("error") or t.error
+                    continue
+                c["timed"][p["tag"]] = {**stats_of(t.samples_s, p["batch"]), "first_call_s": t.first_call_s,
+                                        "batch": p["batch"], "prompt": p["prompt"], "new": p["new"]}
+
+    def result(self, plan: dict[int, list[dict]]) -> dict[str, Any]:
+        out = []
+        for c in self.cands:
+            timed = c["timed"]
+            row = {k: c.get(k) for k in ("key", "backend", "artifact", "mode", "precision", "is_peer", "peer_kind",
+                                         "verified", "kv_bytes_per_token", "load_seconds", "error", "notes")}
+            row["ttft_ms"] = {str(p["prompt"]): timed[p["tag"]]["p50_ms"] for b in plan for p in plan[b]
+                              if p["new"] == 1 and p["batch"] == 1 and p["tag"] in timed}
+            row["decode"] = {}
+            for b, pts in plan.items():
+                t1, tn = (timed.get(p["tag"]) for p in pts[:2])
+                if t1 and tn:
+                    steps = tn["new"] - t1["new"]
+                    dt = (tn["p50_ms"] - t1["p50_ms"]) / 1e3
+                    dt_min = (tn["min_ms"] - t1["min_ms"]) / 1e3
+                    row["decode"][str(b)] = {
+                        "t1_ms": t1["p50_ms"], "tN_ms": tn["p50_ms"], "new_tokens": tn["new"], "prompt": tn["prompt"],
+                        "tokens_per_s": b * steps / dt if dt > 0 else None,
+                        "tokens_per_s_at_min": b * steps / dt_min if dt_min > 0 else None,
+                        "ms_per_step": 1e3 * dt / steps if dt > 0 else None,
+                        "iterations": [t1["iterations"], tn["iterations"]]}
+            firsts = [t["first_call_s"] for t in timed.values() if t.get("first_call_s") is not None]
+            row["compile_seconds"] = round(sum(firsts), 2) if c.get("peer_kind") == "compile" and firsts else None
+            out.append(row)
+        return {"model": self.ref.name, "candidates": out, "summary": summarize(out),
+                "kv_bytes_per_token_fp32": kv_bytes_per_token(self.pre),
+                "cache_shape": ["batch", self.pre["heads"], "tokens", self.pre["head_dim"]],
+                "layers": self.pre["layers"], "threads": self.args.threads,
+                "points": {str(b): [{k: p[k] for k in ("tag", "batch", "prompt", "new")} for p in pts]
+                           for b, pts in plan.items()},
+                "prompts": "first k tokens of IMDB test-split reviews with >= k tokens (runtime.bpe)",
+                "method": "interleaved round-robin (bench.timing); decode tokens/s = batch x (N-1) / (p50 t_N - p50 "
+                          "t_1); TTFT = p50 of generate(max_new_tokens=1)"}
+
+    def run(self) -> dict[str, Any]:
+        batch_max = int(self.spec["dynamic"]["batch"]["max"])
+        plan = plan_points(self.pre, batch_max, self.args.batches)
+        dataset = self.spec.get("dataset") or "imdb"
+        tok = self.ref.file(self.pre.get("tokenizer", "tokenizer.json"))
+        rows_cache: dict[tuple[int, int], list[list[int]]] = {}
+        for pts in plan.values():
+            for p in pts:
+                key = (p["prompt"], p["batch"])
+                if key not in rows_cache:
+                    rows_cache[key] = prompt_rows(tok, p["prompt"], p["batch"], dataset)
+                p["rows"] = rows_cache[key]
+        t0 = time.perf_counter()
+        self.start()
+        print(f"bench {self.ref.name}: {len(self.cands)} generation candidates loaded in "
+              f"{time.perf_counter() - t0:.1f} s; batches {list(plan)}, prompts {sorted({k[0] for k in rows_cache})} "
+              f"tokens, {max(p['new'] for pts in plan.values() for p in pts)} new", flush=True)
+        for b, pts in plan.items():
+            t0 = time.perf_counter()
+            self.time_batch(b, pts)
+            print(f"bench {self.ref.name}: generation batch {b} timed in {time.perf_counter() - t0:.1f} s", flush=True)
+        return self.result(plan)
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.close()
+
+
+def bench_decoder(ref: ModelRef, args, cfg, env: dict[str, str], vrows: list[dict]) -> dict[str, Any]:
+    """bench.json's generation section for one decoder (see the module docstring)."""
+    gb = GenerationBench(ref, args, cfg, env, vrows)
+    try:
+        return gb.run()
+    finally:
+        gb.close()
+
+
+def _rate(c: dict | None, batch: int = 1) -> float | None:
+    return (((c or {}).get("decode") or {}).get(str(batch)) or {}).get("tokens_per_s")
+
+
+def summarize(cands: list[dict[str, Any]], batch: int = 1) -> dict[str, Any]:
+    """The fastest verified artifact's decode tokens/s at ``batch`` over PyTorch eager's (and the best peer's)."""
+    ok = [c for c in cands if _rate(c, batch)]
+    eager = next((c for c in ok if c.get("peer_kind") == "eager"), None)
+    peers = [c for c in ok if c.get("is_peer")]
+    best_peer = max(peers, key=_rate, default=None)
+    verified = [c for c in ok if not c.get("is_peer") and c.get("verified") is True]
+    fastest = max(verified, key=_rate, default=None)
+    fastest_any = max((c for c in ok if not c.get("is_peer")), key=_rate, default=None)
+    sp = _rate(fastest, batch) / _rate(eager, batch) if fastest and eager else None
+    sp_peer = _rate(fastest, batch) / _rate(best_peer, batch) if fastest and best_peer else None
+
+    def brief(c: dict | None) -> dict | None:
+        if c is None:
+            return None
+        return {**{k: c.get(k) for k in ("key", "backend", "artifact", "mode", "precision", "peer_kind", "verified")},
+                "tokens_per_s": _rate(c, batch), "ttft_ms": c.get("ttft_ms")}
+
+    return {"batch": batch, "fastest_verified": brief(fastest), "fastest_any_ours": brief(fastest_any),
+            "eager": brief(eager), "best_torch_peer": brief(best_peer), "speedup_vs_eager": sp,
+            "speedup_vs_best_torch_peer": sp_peer,
+            "target": {"name": "decode tokens/s at batch 1, fastest verified vs PyTorch eager generate",
+                       "target": TARGET_VS_EAGER, "measured": sp, "met": None if sp is None else sp >= TARGET_VS_EAGER}}
+
+
+def print_section(sec: dict[str, Any]) -> None:
+    """The generation table the bench stage prints."""
+    name = sec["model"]
+    pts = sec.get("points", {})
+    ttft_keys = sorted({p["prompt"] for b in pts.values() for p in b if p["new"] == 1 and p["batch"] == 1})
+    batches = sorted(int(b) for b in pts)
+    print(f"  {name} generation: TTFT p50 ms at prompt {'/'.join(map(str, ttft_keys))}; decode tokens/s at batch "
+          f"{'/'.join(map(str, batches))}; KV bytes per token")
+    for c in sorted(sec["candidates"], key=lambda c: -(_rate(c) or 0)):
+        tag = "peer" if c["is_peer"] else {True: "ok", False: "FAIL", None: "unver"}[c.get("verified")]
+        head = f"    {c['backend']:<12} {c['artifact']:<15} {c['mode']:<17} {tag:<5}"
+        if c.get("error") and not c.get("decode"):
+            print(f"{head} ERROR {str(c['error'])[:120]}")
+            continue
+        ttft = "/".join(_num(c["ttft_ms"].get(str(k))) for k in ttft_keys)
+        rates = "/".join(_num(_rate(c, b)) for b in batches)
+        extra = f"  (compile {c['compile_seconds']:.0f} s)" if c.get("compile_seconds") else ""
+        print(f"{head} TTFT {ttft} ms  decode {rates} tok/s  KV {c['kv_bytes_per_token']} B/token{extra}", flush=True)
+    s = sec.get("summary") or {}
+    t = s.get("target") or {}
+    if t.get("measured") is not None:
+        print(f"  {name}: fastest verified {s['fastest_verified']['key']} decodes {_num(t['measured'])}x PyTorch eager "
+              f"generate at batch 1 (target {t['target']:.1f}x: {'met' if t['met'] else 'NOT met'})")
+
+
+def _num(v: float | None) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return f"{v:.3g}" if v < 100 else f"{v:,.0f}"
