@@ -30,13 +30,12 @@ import math
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from bench.candidates import Candidate
+from bench.generation_candidates import MODES, PEERS  # noqa: F401 (re-exported)
 from bench.timing import run_interleaved, summarize as stats_of
-from runtime.child import fault_point
 from runtime.modelspec import ModelRef, precision_of
 
 log = logging.getLogger("edgeattn.bench.generation")
@@ -46,121 +45,7 @@ DECODE_PROMPT = 32
 NEW_TOKENS = 64
 BATCHES = (1, 8)
 TARGET_VS_EAGER = 2.0
-PEERS = {"eager": "eager-generate", "compile": "compile-generate"}  # bench's peer names that apply to a decoder
-MODES = {"onnxruntime": "all", "openvino": "f32"}
 CODE_VERSION = "bench-generation/1"
-
-
-# ---- worker side: candidates ------------------------------------------------------------------------------------
-def _expect(new: int, got: list[int]) -> None:
-    if min(got) != new or max(got) != new:
-        raise RuntimeError(f"generate: got {min(got)}..{max(got)} new tokens per row, expected exactly {new} (stop "
-                           "tokens off); the decode rate needs every call to run its steps")
-
-
-class DecoderCandidate(Candidate):
-    """One decoder artifact on one backend through ``runtime.generate.TextGenerator`` (what a user's code calls)."""
-
-    def __init__(self, model: str, path: str | Path, backend: str, threads: int | None) -> None:
-        self.path = Path(path)
-        super().__init__(model, backend, self.path.name, precision_of(self.path.name), MODES.get(backend, "-"),
-                         is_peer=False)
-        self.threads = threads
-        self.gen = None
-
-    def _load(self) -> None:
-        from runtime.generate import TextGenerator
-
-        fault_point(self.path)
-        self.gen = TextGenerator(self.path, backend=self.backend, threads=self.threads)
-        dec = self.gen.decoder
-        self.notes.update(kv_dtype=str(dec.cache_dtype), decoder=type(dec).__name__)
-        if getattr(dec.runner, "opt_level", None):
-            self.notes["ort_opt_level"] = dec.runner.opt_level
-
-    def generate_call(self, rows: list[list[int]], new: int) -> Callable[[], Any]:
-        g = self.gen
-
-        def fn():
-            out = g.generate(rows, max_new_tokens=new, stop_tokens=(), decode=False)
-            _expect(new, [len(r.tokens) for r in out])
-        return fn
-
-    def close(self) -> None:
-        if self.gen is not None:
-            self.gen.close()
-            self.gen = None
-
-
-class TorchGenerate(Candidate):
-    """transformers' ``generate`` (greedy, its DynamicCache) on the HF model the artifacts were exported from."""
-
-    def __init__(self, model: str, artifacts: str | Path, kind: str) -> None:
-        if kind not in PEERS:
-            raise ValueError(f"generation peer '{kind}': unknown; expected one of {list(PEERS)}")
-        super().__init__(model, "pytorch", "pytorch", "fp32", PEERS[kind], is_peer=True, peer_kind=kind)
-        self.artifacts, self.kind = artifacts, kind
-        self.lm = None
-        self.pad_id = 0
-
-    def _load(self) -> None:
-        import torch
-
-        from zoo.gpt2 import gpt2_dir, load_lm
-
-        lm = load_lm(gpt2_dir(self.model, self.artifacts), self.model, attn_implementation="sdpa")
-        if self.kind == "compile":
-            lm.forward = torch.compile(lm.forward, dynamic=True)
-            self.notes["compile"] = "torch.compile(model.forward, dynamic=True), inductor, default mode"
-        self.notes.update(kv_dtype="float32", attention="sdpa", cache="DynamicCache")
-        self.pad_id = int(lm.config.pad_token_id if lm.config.pad_token_id is not None else lm.config.eos_token_id)
-        self.lm = lm
-
-    def generate_call(self, rows: list[list[int]], new: int) -> Callable[[], Any]:
-        import torch
-
-        lm, pad = self.lm, self.pad_id
-        ids = torch.tensor(rows, dtype=torch.int64)  # equal lengths: no padding
-        mask = torch.ones_like(ids)
-
-        def fn():
-            with torch.inference_mode():
-                out = lm.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, do_sample=False,
-                                  use_cache=True, pad_token_id=pad, eos_token_id=None)
-            _expect(new, [out.shape[1] - ids.shape[1]] * len(rows))
-        return fn
-
-    def close(self) -> None:
-        self.lm = None
-
-
-def build_candidates(args) -> list[Candidate]:
-    """The worker's candidates (bench.worker --generation): the torch peers of ``args.torch``, or one artifact."""
-    if args.torch:
-        import torch
-
-        torch.set_num_threads(args.threads)
-        cands = [TorchGenerate(args.torch, args.artifacts, k) for k in args.peers.split(",") if k]
-    else:
-        cands = [DecoderCandidate(args.model, args.runner, args.backend, args.threads)]
-    for c in cands:
-        c.load()
-    return cands
-
-
-def point_timers(cands: list[Candidate], points: list[dict[str, Any]], timer) -> tuple[dict, dict]:
-    """(timers ``<key>@<tag>`` -> timer(fn), errors key -> text) for every loaded candidate at every point
-    ({tag, rows, new})."""
-    timers, errors = {}, {}
-    for c in cands:
-        if c.error is not None:
-            continue
-        try:
-            for p in points:
-                timers[f"{c.key}@{p['tag']}"] = timer(c.generate_call(p["rows"], int(p["new"])))
-        except Exception as e:  # noqa: BLE001 - recorded for this candidate; the others go on
-            errors[c.key] = f"{type(e).__name__}: {' '.join(str(e).split())[:400]}"
-    return timers, errors
 
 
 # ---- parent side ----------------------------------------------------------------------------------------------------

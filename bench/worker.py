@@ -172,7 +172,7 @@ def _identity(c) -> dict[str, Any]:
 def _build(args) -> tuple[list, Any]:
     """(candidates, ModelSpec or None), every candidate loaded (load errors recorded on the candidate)."""
     if args.generation:  # a decoder: generate calls (bench.generation), no spec-shaped feeds
-        from bench.generation import build_candidates
+        from bench.generation_candidates import build_candidates
 
         return build_candidates(args), None
     if args.torch:
@@ -214,7 +214,7 @@ def _serve(cands: list, spec, rf, send) -> None:
                             errors[c.key] = describe(e)
                 send({"ok": True, "errors": errors})
             elif cmd == "gen_points":  # decoders: one timer per candidate and point, keyed <key>@<tag>
-                from bench.generation import point_timers
+                from bench.generation_candidates import point_timers
 
                 timers, errors = point_timers(cands, msg["points"], LocalTimer)
                 send({"ok": True, "errors": errors})

@@ -61,7 +61,7 @@ from runtime.generate import DecoderInfo
 from runtime.ort_backend import QDQ_REFERENCE_LEVEL, cpu_session
 from verify.generation import DecoderBudget, TeacherForced, ort_teacher_forced, prefill_feed, \
     teacher_forced_figures, text_windows
-from zoo.io import atomic_write, sha256_file, update_manifest
+from zoo.io import atomic_write, digest, section_up_to_date, sha256_file, update_manifest
 
 log = logging.getLogger("edgeattn.optimize.decoder_quant")
 
@@ -313,7 +313,6 @@ def quantize_decoder(model_dir: str | os.PathLike, opts: QuantOptions | None = N
                      f16: Fp16Options | None = None) -> dict[str, Any]:
     """fp16.onnx, int8.qdq.onnx and (when one is within the budget and faster here) int8.cpu.onnx for one decoder
     folder; returns {"fp16": section, "int8": section} as written to manifest.json. Up-to-date files are kept."""
-    from optimize.quantize import _digest, _up_to_date
     from zoo.spec import load_spec
 
     opts, dopts = opts or QuantOptions(), dopts or DecoderQuantOptions()
@@ -341,9 +340,9 @@ def quantize_decoder(model_dir: str | os.PathLike, opts: QuantOptions | None = N
     if opts.fp16:
         budget = DecoderBudget(spec.tolerances["fp16"].min_top1_agreement, f16.max_drop,
                                DecoderBudget.for_precision(spec.tolerances, "fp16").max_ppl_increase_pct)
-        key = _digest({"src": src_sha, "opts": f16.key(), "decoder": dopts.key(), "budget": budget.to_dict(),
+        key = digest({"src": src_sha, "opts": f16.key(), "decoder": dopts.key(), "budget": budget.to_dict(),
                        "code": CODE_VERSION})
-        if not force and _up_to_date(model_dir, manifest.get("fp16"), key, ["fp16.onnx"]):
+        if not force and section_up_to_date(model_dir, manifest.get("fp16"), key, ["fp16.onnx"]):
             print(f"quantize {model_dir.name}: fp16.onnx up to date")
             result["fp16"] = manifest["fp16"]
         else:
@@ -356,10 +355,10 @@ def quantize_decoder(model_dir: str | os.PathLike, opts: QuantOptions | None = N
         budget = DecoderBudget(opts.min_agreement, opts.max_drop,
                                DecoderBudget.for_precision(spec.tolerances, "int8").max_ppl_increase_pct)
         calib = _windows(spec, model_dir, "train", dopts.calib_tokens, dopts)
-        key = _digest({"src": src_sha, "opts": opts.key(), "decoder": dopts.key(), "budget": budget.to_dict(),
+        key = digest({"src": src_sha, "opts": opts.key(), "decoder": dopts.key(), "budget": budget.to_dict(),
                        "calib": calib.description, "eval": val.description, "code": CODE_VERSION, "cpu_isa": isa})
         old = manifest.get("int8") or {}
-        if not force and _up_to_date(model_dir, old, key, list(old.get("files_sha256", {})) or ["int8.qdq.onnx"]):
+        if not force and section_up_to_date(model_dir, old, key, list(old.get("files_sha256", {})) or ["int8.qdq.onnx"]):
             print(f"quantize {model_dir.name}: {' and '.join(old['files_sha256'])} up to date")
             result["int8"] = old
         else:

@@ -22,8 +22,6 @@ judged by parity only (logit cosine vs fp32).
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import logging
 import os
 import shutil
@@ -32,7 +30,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -51,7 +49,7 @@ from runtime.errors import ModelLoadError
 from runtime.modelspec import resolve_models
 from runtime.stage import StageErrors, cli
 from zoo.data import load_dataset
-from zoo.io import atomic_write, read_json, sha256_file, update_manifest
+from zoo.io import atomic_write, digest, read_json, section_up_to_date, sha256_file, update_manifest
 from zoo.spec import load_spec
 
 log = logging.getLogger("edgeattn.optimize.quantize")
@@ -59,15 +57,6 @@ CODE_VERSION = "int8/4"  # 3: module scopes carried into fp16/int8 graphs; 4: fp
 
 
 # ---- one model ---------------------------------------------------------------------------------------
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _up_to_date(model_dir: Path, section: dict | None, key: str, files: Iterable[str]) -> bool:
-    if not section or section.get("key") != key:
-        return False
-    shas = section.get("files_sha256", {})
-    return all((model_dir / f).is_file() and shas.get(f) == sha256_file(model_dir / f) for f in files)
 
 
 
@@ -111,8 +100,8 @@ def quantize_model(model_dir: str | os.PathLike, opts: QuantOptions | None = Non
     # -- fp16
     if opts.fp16:
         f16 = Fp16Options(threads=opts.threads)
-        key = _digest({"src": src_sha, "opts": f16.key(), "code": CODE_VERSION, **({"user_data": data_key} if udp else {})})
-        if not force and _up_to_date(model_dir, manifest.get("fp16"), key, ["fp16.onnx"]):
+        key = digest({"src": src_sha, "opts": f16.key(), "code": CODE_VERSION, **({"user_data": data_key} if udp else {})})
+        if not force and section_up_to_date(model_dir, manifest.get("fp16"), key, ["fp16.onnx"]):
             print(f"quantize {model_dir.name}: fp16.onnx up to date")
             result["fp16"] = manifest["fp16"]
         else:
@@ -134,11 +123,11 @@ def quantize_model(model_dir: str | os.PathLike, opts: QuantOptions | None = Non
         else:
             calib = CalibrationData.synthetic(spec, opts.parity_calib_size, min(8, opts.calib_batch), opts.seed)
         # the CPU's int8 class is part of the key: int8.cpu.onnx is chosen and verified for the CPU at hand
-        key = _digest({"src": src_sha, "data": calib.sha256, "dataset": getattr(dataset, "sha256", None),
+        key = digest({"src": src_sha, "data": calib.sha256, "dataset": getattr(dataset, "sha256", None),
                        "eval": es.description, "opts": opts.key(), "code": CODE_VERSION, "cpu_isa": isa,
                        **({"user_data": data_key} if udp else {})})
         old = manifest.get("int8") or {}
-        if not force and _up_to_date(model_dir, old, key, list(old.get("files_sha256", {})) or ["int8.qdq.onnx"]):
+        if not force and section_up_to_date(model_dir, old, key, list(old.get("files_sha256", {})) or ["int8.qdq.onnx"]):
             print(f"quantize {model_dir.name}: {' and '.join(old['files_sha256'])} up to date"
                   + ("" if (old.get("cpu") or {}).get("file") else " (CPU: fp32 kept, no int8.cpu.onnx)"))
             result["int8"] = old

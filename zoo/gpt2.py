@@ -477,7 +477,7 @@ def train_gpt2(artifacts: str | os.PathLike = "artifacts", recipe: GPT2Recipe | 
 
     from zoo.data import load_dataset
     from zoo.io import atomic_write_json, publish_dir, read_json
-    from zoo.train import config_hash, seed_everything
+    from zoo.repro import config_hash, seed_everything
 
     recipe = recipe or RECIPE
     t_start = time.perf_counter()

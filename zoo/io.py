@@ -2,9 +2,12 @@
 that copies runtime/ has them too); this module adds the per-model-folder manifest."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any, Iterable
 
 from runtime.files import (  # noqa: F401 - re-exported: one implementation of each
     atomic_write,
@@ -38,3 +41,17 @@ def publish_dir(stage: str | os.PathLike, out: str | os.PathLike) -> Path:
     stage.rename(out)
     shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+def digest(obj: Any) -> str:
+    """A stage's key: the sha256 (16 hex digits) of ``obj`` as sorted JSON."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def section_up_to_date(model_dir: Path, section: dict | None, key: str, files: Iterable[str]) -> bool:
+    """A manifest section is current: its key is ``key`` and each of ``files`` exists with the sha256 it records."""
+    if not section or section.get("key") != key:
+        return False
+    shas = section.get("files_sha256", {})
+    return all((Path(model_dir) / f).is_file() and shas.get(f) == sha256_file(Path(model_dir) / f) for f in files)
+

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import logging
 import math
 import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +26,7 @@ from zoo.io import atomic_write_json, atomic_write_text, publish_dir, read_json
 from runtime.modelspec import ModelRef, resolve_models
 from runtime.stage import StageErrors, cli
 from zoo.registry import BuiltModel, create_model, load_checkpoint, save_checkpoint
+from zoo.repro import config_hash, seed_everything  # noqa: F401 (re-exported)
 from runtime.preprocess import normalize_images, TextEncoder
 
 log = logging.getLogger("edgeattn.train")
@@ -74,14 +73,6 @@ HF_RECIPES: dict[str, Recipe] = {
 }
 
 
-def seed_everything(seed: int) -> None:
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def features(built: BuiltModel, ds: Dataset, split: str, model_dir: Path):
     """A split as model inputs: normalised float images, or token ids from the saved tokenizer."""
     import torch
@@ -118,11 +109,6 @@ def evaluate(module, x, y, batch_size: int = 512, pad_id: int = 0) -> tuple[floa
             loss_sum += float(torch.nn.functional.cross_entropy(logits, yb, reduction="sum"))
             correct += int((logits.argmax(-1) == yb).sum())
     return correct / len(y), loss_sum / len(y)
-
-
-def config_hash(name: str, recipe: Recipe, data_sha: str) -> str:
-    blob = json.dumps({"model": name, "recipe": dataclasses.asdict(recipe), "data": data_sha}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def fit(name: str, model, recipe: Recipe, train: tuple, val: tuple, pad_id: int, on_best,
