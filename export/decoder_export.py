@@ -23,11 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from export.checks import post_export_check, pre_export_check
-from export.onnx_export import EXPORTERS, ExportError, _quiet, attention_fastpath_disabled, export_checked
+from export.checks import pre_export_check
+from export.onnx_export import (EXPORTERS, ExportError, _quiet, attention_fastpath_disabled, export_checked,
+                                export_section)
 from runtime.generate import DecoderInfo, decoder_feed, parity_cases
 from zoo.built import BuiltModel
-from zoo.io import atomic_write_text, sha256_file, update_manifest
+from zoo.io import sha256_file, update_manifest
 
 log = logging.getLogger("edgeattn.export.decoder")
 
@@ -137,9 +138,6 @@ def export_decoder(built: BuiltModel, path: str | Path, opset: int | None = None
                    exporters: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Export ``built`` (zoo.gpt2.load_gpt2) to ``path`` atomically, checked (onnx.checker, shape inference, parity);
     return the manifest section."""
-    import onnx
-    import torch
-
     path = Path(path)
     spec = built.spec
     opset = int(opset or spec.opset)
@@ -156,16 +154,8 @@ def export_decoder(built: BuiltModel, path: str | Path, opset: int | None = None
     used, attempts = export_checked(path, built.name, spec, lambda tmp, ex: _torch_export(built, tmp, ex, opset),
                                     _check, exporters, edit=lambda proto: _rename_dims(proto, built),
                                     strict_shapes=False)
-    seconds = time.perf_counter() - t0
-    proto = onnx.load(str(path), load_external_data=False)
-    post = post_export_check(proto)
-    for w in post.warnings:
-        log.warning("export '%s': %s", built.name, w)
-    atomic_write_text(path.parent / "spec.json", spec.to_json())
-    return {"file": path.name, "sha256": sha256_file(path), "opset": opset, "nodes": len(proto.graph.node),
-            "export_seconds": round(seconds, 2), "torch": torch.__version__, "onnx": onnx.__version__,
-            "warnings": report.warnings + post.warnings, "config": built.config, "exporter": used,
-            "failed_exporters": attempts, "graph": "one graph: prefill (empty past) and decode", "parity": parity}
+    section = export_section(built, path, opset, report.warnings, used, attempts, time.perf_counter() - t0)
+    return {**section, "graph": "one graph: prefill (empty past) and decode", "parity": parity}
 
 
 def export_gpt2(name: str, artifacts: str | Path = "artifacts", force: bool = False,

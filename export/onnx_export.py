@@ -185,7 +185,6 @@ def check_against_torch(built: BuiltModel, onnx_path: str | Path, rtol: float = 
 def export_model(built: BuiltModel, path: str | Path, opset: int | None = None,
                  exporters: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Export ``built`` to ``path`` atomically; return a manifest section (checks, node count, time)."""
-    import onnx
     import torch
 
     path = Path(path)
@@ -213,17 +212,24 @@ def export_model(built: BuiltModel, path: str | Path, opset: int | None = None,
 
     used, attempts = export_checked(path, built.name, spec, _torch_export,
                                     lambda tmp: check_against_torch(built, tmp), exporters)
-    seconds = time.perf_counter() - t0
+    section = export_section(built, path, opset, report.warnings, used, attempts, time.perf_counter() - t0)
+    update_manifest(path.parent, "export", section)
+    return section
+
+
+def export_section(built: BuiltModel, path: Path, opset: int, warnings: list[str], used: str, attempts: list[str],
+                   seconds: float) -> dict[str, Any]:
+    """After an export landed at ``path``: the post-export check (its warnings logged), spec.json beside the file,
+    and the manifest section every exporter writes (classifiers here, decoders in export.decoder_export)."""
+    import onnx
+    import torch
+
     proto = onnx.load(str(path), load_external_data=False)
     post = post_export_check(proto)
     for w in post.warnings:
         log.warning("export '%s': %s", built.name, w)
-    atomic_write_text(path.parent / "spec.json", spec.to_json())
-    section = {
-        "file": path.name, "sha256": sha256_file(path), "opset": opset, "nodes": len(proto.graph.node),
-        "export_seconds": round(seconds, 2), "torch": torch.__version__, "onnx": onnx.__version__,
-        "warnings": report.warnings + post.warnings, "config": built.config, "exporter": used,
-        "failed_exporters": attempts,
-    }
-    update_manifest(path.parent, "export", section)
-    return section
+    atomic_write_text(path.parent / "spec.json", built.spec.to_json())
+    return {"file": path.name, "sha256": sha256_file(path), "opset": opset, "nodes": len(proto.graph.node),
+            "export_seconds": round(seconds, 2), "torch": torch.__version__, "onnx": onnx.__version__,
+            "warnings": warnings + post.warnings, "config": built.config, "exporter": used,
+            "failed_exporters": attempts}
