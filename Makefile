@@ -51,7 +51,7 @@ help:
 	@echo "make loadtest  concurrent clients vs the served models, checked against the direct runtime -> $(ARTIFACTS)/triton-loadtest/"
 
 setup: $(VENV)/.edgeattn-setup
-$(VENV)/.edgeattn-setup: requirements.txt pyproject.toml scripts/setup.sh serve/requirements-triton.txt
+$(VENV)/.edgeattn-setup: requirements.txt requirements-dev.txt pyproject.toml scripts/setup.sh serve/requirements-triton.txt
 	@bash scripts/setup.sh
 
 train: setup

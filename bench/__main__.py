@@ -30,16 +30,16 @@ import numpy as np
 from bench import envinfo
 from bench.engine_timing import format_table as format_engine_table, time_engines
 from bench.generation import CODE_VERSION as GENERATION_VERSION, bench_decoder, print_section
-from bench.peers import _MODE, ALL_PEERS, TORCH_PEERS, default_peers
+from bench.peers import PEER_MODES, ALL_PEERS, TORCH_PEERS, default_peers
 from bench.plots import write_plots
 from bench.results import (accuracy_from_verify, find_verify_row, int8_guard, make_row, summarize,
                            verified_mode)
 from bench.timing import TimingConfig, run_interleaved, summarize as stats_of
 from bench.worker import RemoteTimer, Worker, WorkerDied
 from runtime import gpu
-from runtime.modelspec import ModelRef, resolve_models
+from pipeline.artifacts import ModelRef, resolve_models
 from runtime.ort_backend import levels_from
-from runtime.stage import cli
+from pipeline.stage import cli
 from verify.decoder import decoder_verify_key
 from verify.plan import ROLE_REFERENCE, artifact_files, backend_plan, test_inputs, verify_key
 from zoo.gpt2 import is_decoder
@@ -193,7 +193,7 @@ class ModelBench:
     def _spawn_torch(self, kinds: list[str]):
         argv = ["--torch", self.name, "--artifacts", str(self.args.artifacts), "--peers", ",".join(kinds),
                 "--threads", str(self.args.threads)]
-        slots = [Slot(self.name, "pytorch", "pytorch", _MODE[k][0], _MODE[k][1], True, k) for k in kinds]
+        slots = [Slot(self.name, "pytorch", "pytorch", PEER_MODES[k][0], PEER_MODES[k][1], True, k) for k in kinds]
         w = Worker(argv, f"{self.name} pytorch peers", self.env)
         self.workers.append(w)
         return w, slots

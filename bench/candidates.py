@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from runtime.child import fault_point
+from pipeline.faults import fault_point
 from runtime.loader import open_mode
 from runtime.modelspec import precision_of
 

@@ -36,7 +36,8 @@ import numpy as np
 
 from bench.generation_candidates import MODES, PEERS  # noqa: F401 (re-exported)
 from bench.timing import run_interleaved, summarize as stats_of
-from runtime.modelspec import ModelRef, precision_of
+from runtime.modelspec import precision_of
+from pipeline.artifacts import ModelRef
 
 log = logging.getLogger("edgeattn.bench.generation")
 

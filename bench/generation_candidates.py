@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench.candidates import Candidate
-from runtime.child import fault_point
+from pipeline.faults import fault_point
 from runtime.modelspec import precision_of
 
 PEERS = {"eager": "eager-generate", "compile": "compile-generate"}  # bench's peer names that apply to a decoder

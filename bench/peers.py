@@ -36,7 +36,7 @@ CPU_TORCH_PEERS = ("eager", "bf16_autocast", "dynamic_int8", "compile")
 CUDA_TORCH_PEERS = ("cuda_eager", "cuda_fp16_autocast", "cuda_compile")
 TORCH_PEERS = CPU_TORCH_PEERS + CUDA_TORCH_PEERS
 ALL_PEERS = TORCH_PEERS + ("ort_plain",)
-_MODE = {"eager": ("fp32", "eager"), "bf16_autocast": ("bf16", "bf16-autocast"),
+PEER_MODES = {"eager": ("fp32", "eager"), "bf16_autocast": ("bf16", "bf16-autocast"),
          "dynamic_int8": ("int8", "dynamic-int8-linear"), "compile": ("fp32", "compile-inductor"),
          "cuda_eager": ("fp32", "cuda-eager"), "cuda_fp16_autocast": ("fp16", "cuda-fp16-autocast"),
          "cuda_compile": ("fp32", "cuda-compile-inductor")}
@@ -65,7 +65,7 @@ class TorchCandidate(Candidate):
     def __init__(self, built, kind: str) -> None:
         if kind not in TORCH_PEERS:
             raise ValueError(f"peer '{kind}': unknown; expected one of {list(TORCH_PEERS)}")
-        precision, mode = _MODE[kind]
+        precision, mode = PEER_MODES[kind]
         super().__init__(built.name, "pytorch", "pytorch", precision, mode, is_peer=True, peer_kind=kind)
         self.built = built
         self.kind = kind

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.results import ok
-from runtime.modelspec import artifact_name
+from pipeline.artifacts import artifact_name
 from zoo.io import atomic_write
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from bench.peers import EAGER_PEER
 from bench.results import device_of, ok, per_device, summarize
 from zoo.io import atomic_write_text, read_json
-from runtime.modelspec import ModelRef, artifact_name
-from runtime.stage import cli
+from pipeline.artifacts import ModelRef, artifact_name
+from pipeline.stage import cli
 from verify.decoder import markdown_lines
 from verify.plan import ROLE_TEXT
 

@@ -33,7 +33,7 @@ from bench.candidates import RunnerCandidate, make_feed
 from bench.peers import TorchCandidate
 from bench.timing import LocalTimer, describe
 from runtime.child import child_env, describe_returncode, python_module
-from runtime.modelspec import ModelRef
+from pipeline.artifacts import ModelRef
 from runtime.preprocess import feed_batches
 from zoo.registry import load_for_export
 from zoo.spec import ModelSpec

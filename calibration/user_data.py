@@ -23,7 +23,7 @@ import numpy as np
 
 from runtime.errors import EdgeattnError
 from runtime.files import sha256_file
-from runtime.modelspec import artifact_name
+from pipeline.artifacts import artifact_name
 from runtime.preprocess import TextEncoder, load_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")

@@ -27,12 +27,12 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from runtime.modelspec import resolve_models
-from runtime.stage import EXIT_FAILED, cli
+from pipeline.artifacts import resolve_models
+from pipeline.stage import EXIT_FAILED, cli
 
 STAGES = {"train": "zoo.train", "export": "export.__main__", "simplify": "optimize.simplify",
           "quantize": "optimize.quantize", "engines": "optimize.engines", "verify": "verify.__main__",
-          "bench": "bench.__main__", "report": "bench.report", "harden": "verify.harden", "gpu-check": "verify.gpu_check",
+          "bench": "bench.__main__", "report": "bench.report", "harden": "devtools.harden", "gpu-check": "devtools.gpu_check",
           "engine-timing": "bench.engine_timing", "triton": "serve.repository", "serve": "serve.server",
           "loadtest": "serve.loadtest"}
 TRAINED = ("text_transformer", "attention_cnn", "vit", "bert_imdb", "gpt2_imdb")  # the models `train` has recipes for

@@ -9,8 +9,8 @@ import logging
 from pathlib import Path
 
 from calibration.user_data import data_path
-from runtime.modelspec import resolve_models
-from runtime.stage import StageErrors, cli
+from pipeline.artifacts import resolve_models
+from pipeline.stage import StageErrors, cli
 from export.checks import ExportCheckError
 from zoo.gpt2 import is_decoder
 from zoo.io import sha256_file, update_manifest

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from export.checks import pre_export_check
-from export.onnx_export import (EXPORTERS, ExportError, _quiet, attention_fastpath_disabled, export_checked,
+from export.onnx_export import (EXPORTERS, ExportError, quiet_exporter, attention_fastpath_disabled, export_checked,
                                 export_section)
 from runtime.generate import DecoderInfo, decoder_feed, parity_cases
 from zoo.built import BuiltModel
@@ -80,7 +80,7 @@ def _torch_export(built: BuiltModel, tmp: Path, exporter: str, opset: int) -> No
         for t in list(built.spec.inputs) + list(built.spec.outputs):
             axes[t.name] = {i: d for i, d in enumerate(t.shape) if isinstance(d, str)}
         kw.update(dynamo=False, do_constant_folding=True, dynamic_axes=axes)
-    with attention_fastpath_disabled(), torch.no_grad(), _quiet():
+    with attention_fastpath_disabled(), torch.no_grad(), quiet_exporter():
         torch.onnx.export(built.module, args, str(tmp), **kw)
 
 
@@ -162,7 +162,7 @@ def export_gpt2(name: str, artifacts: str | Path = "artifacts", force: bool = Fa
                 exporters: tuple[str, ...] | None = None) -> dict[str, Any]:
     """``gpt2_imdb`` or ``hf:<gpt2 dir>`` -> ``<artifacts>/<model>/fp32.onnx`` + spec.json + tokenizer.json +
     manifest; up to date (same source folder digest, same file) unless ``force``."""
-    from runtime.modelspec import ModelRef
+    from pipeline.artifacts import ModelRef
     from zoo.gpt2 import export_source, load_for_export
 
     ref = ModelRef.resolve(name, artifacts)
@@ -180,8 +180,8 @@ def export_gpt2(name: str, artifacts: str | Path = "artifacts", force: bool = Fa
 
 
 def main(argv: list[str] | None = None) -> int:
-    from runtime.modelspec import model_names
-    from runtime.stage import StageErrors
+    from pipeline.artifacts import model_names
+    from pipeline.stage import StageErrors
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="gpt2_imdb", help="gpt2_imdb and/or hf:<gpt2 dir>, comma-separated")
@@ -203,6 +203,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from runtime.stage import cli
+    from pipeline.stage import cli
 
     raise SystemExit(cli("export", main))

@@ -76,7 +76,7 @@ EXPORTERS = ("dynamo", "torchscript")
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet_exporter():
     """The dynamo exporter prints progress lines to stdout; keep the pipeline's own output readable."""
     import io
 
@@ -207,7 +207,7 @@ def export_model(built: BuiltModel, path: str | Path, opset: int | None = None,
             kw.update(dynamo=True, optimize=True, dynamic_shapes=_dynamo_shapes(built), verbose=False)
         else:
             kw.update(dynamo=False, do_constant_folding=True, dynamic_axes=_dynamic_axes(built))
-        with attention_fastpath_disabled(), causal_mask_check_off(), torch.no_grad(), _quiet():
+        with attention_fastpath_disabled(), causal_mask_check_off(), torch.no_grad(), quiet_exporter():
             torch.onnx.export(module, args, str(tmp), **kw)
 
     used, attempts = export_checked(path, built.name, spec, _torch_export,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from runtime.stage import cli
+from pipeline.stage import cli
 
 STAGES = {"simplify": "optimize.simplify", "quantize": "optimize.quantize", "engines": "optimize.engines"}
 

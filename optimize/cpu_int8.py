@@ -17,7 +17,7 @@ import numpy as np
 from calibration import TensorRange
 from calibration.evalset import EvalSet
 from optimize.fp16 import run_guarded
-from optimize.int8_budget import QuantOptions, _brief, judge, logit_error
+from optimize.int8_budget import QuantOptions, brief_figures, judge, logit_error
 from optimize.int8_build import QuantizeError, quantize_dynamic_matmul, quantize_static_cached
 from optimize.qdq_graph import int8_weight_coverage, quantizable_weight_elements
 from runtime.child import python_module, run_child
@@ -167,7 +167,7 @@ def choose_cpu(src: Path, candidates: dict[str, Path], es: EvalSet, ref: np.ndar
         rows[name] = {"int8_weight_coverage": coverage}
         cmp = figures(ref, run.logits, es.y)
         cmp["logit_rel_mse"] = logit_error(ref, run.logits)
-        rows[name].update(ran=True, val=_brief(cmp), passed=judge(cmp, opts, labelled))
+        rows[name].update(ran=True, val=brief_figures(cmp), passed=judge(cmp, opts, labelled))
         if coverage < opts.min_int8_coverage:
             rows[name].update(passed=False, problem=f"only {coverage:.0%} of the Conv/Gemm/MatMul weights are int8, "
                                                     f"expected >= {opts.min_int8_coverage:.0%}")

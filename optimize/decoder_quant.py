@@ -49,7 +49,7 @@ from calibration.evalset import EvalSet
 from optimize.fp16 import FP32_OPS, FP32_OPS_WIDE, Fp16Options, child_args, convert_fp16, io_types, \
     probe_ort_levels, run_guarded, stamp_ort_level
 from optimize.cpu_int8 import write_cpu_artifact
-from optimize.int8_budget import QuantOptions, _brief, budget_search
+from optimize.int8_budget import QuantOptions, brief_figures, budget_search
 from optimize.int8_build import QuantizeError, calibrate_ranges, quantize_dynamic_matmul, quantize_static_cached
 from optimize.qdq_graph import NodeInfo, ensure_node_names, gemm_to_matmul, int8_weight_coverage, \
     quantizable_nodes, quantizable_weight_elements
@@ -499,8 +499,8 @@ def build_decoder_int8(model_dir: Path, src: Path, spec, calib_windows: EvalSet,
                 "miss": None if chosen["passed"] else "; ".join(budget.reasons(fig)),
                 "fallback": None if chosen["passed"] else
                 "int8.qdq.onnx kept (most accurate found) and marked failed; deploy fp16.onnx / the fp16 engine",
-                "val": _brief(fig), "int8_weight_coverage": chosen["coverage"],
-                "schemes": {k: {"passed": v["passed"], "int8_weight_coverage": v["coverage"], "val": _brief(v["figures"])}
+                "val": brief_figures(fig), "int8_weight_coverage": chosen["coverage"],
+                "schemes": {k: {"passed": v["passed"], "int8_weight_coverage": v["coverage"], "val": brief_figures(v["figures"])}
                             for k, v in schemes.items()},
                 "scopes": scopes if scheme == "w8a8" else None,
                 "quantized_nodes": search["quantized"] if scheme == "w8a8" else [n.name for n in nodes],
@@ -573,7 +573,7 @@ def choose_decoder_cpu(src: Path, cands: dict[str, Path], windows: EvalSet, ref:
         if coverage < opts.min_int8_coverage:
             reasons.append(f"only {coverage:.0%} of the Gemm/MatMul weights are int8, expected >= "
                            f"{opts.min_int8_coverage:.0%}")
-        rows[name] = {"ran": True, "int8_weight_coverage": coverage, "val": _brief(cmp), "passed": not reasons,
+        rows[name] = {"ran": True, "int8_weight_coverage": coverage, "val": brief_figures(cmp), "passed": not reasons,
                       "reasons": reasons}
     ran = {k: cands[k] for k, r in rows.items() if r["ran"]}
     prompt = [int(t) for t in windows.inputs["input_ids"][0, :dopts.bench_prompt]]

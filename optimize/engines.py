@@ -34,8 +34,9 @@ from typing import Any, Mapping, Sequence
 from optimize.trt_ready import fix_hints, format_parser_error, parser_errors
 from runtime import engine_manifest as em
 from runtime.errors import BackendError, EdgeattnError, ModelLoadError
-from runtime.modelspec import precision_of, resolve_models
-from runtime.stage import cli
+from runtime.modelspec import precision_of
+from pipeline.artifacts import resolve_models
+from pipeline.stage import cli
 from runtime.tensorrt_backend import tensorrt_logger
 from zoo.spec import load_spec
 

@@ -125,7 +125,7 @@ def budget_search(src: Path, ranges: dict[str, TensorRange], method: str, nodes:
     p = work / "candidate.onnx"
     quantize_static_cached(src, p, ranges, method, names, "trt", opts.quantize_attention)
     cmp, _ = evaluate(p, es, ref, opts.threads)
-    steps = [{"excluded": None, **_brief(cmp)}]
+    steps = [{"excluded": None, **brief_figures(cmp)}]
     sens: list[dict[str, Any]] = []
     excluded: list[dict[str, Any]] = []
     need = not within(cmp, opts, labelled)
@@ -146,8 +146,8 @@ def budget_search(src: Path, ranges: dict[str, TensorRange], method: str, nodes:
                     "recovered_points": None if not labelled else round(cmp["accuracy_delta"] - prev["accuracy_delta"], 4),
                     "recovered_agreement": round(cmp["top1_agreement"] - prev["top1_agreement"], 4)}
             excluded.append(cost)
-            steps.append({"excluded": row["node"], **_brief(cmp)})
-            log.info("int8 %s: keep %s float -> %s", src.parent.name, row["node"], _brief(cmp))
+            steps.append({"excluded": row["node"], **brief_figures(cmp)})
+            log.info("int8 %s: keep %s float -> %s", src.parent.name, row["node"], brief_figures(cmp))
             if within(cmp, opts, labelled):
                 break
     if len(excluded) > 1 and within(cmp, opts, labelled):
@@ -159,13 +159,13 @@ def budget_search(src: Path, ranges: dict[str, TensorRange], method: str, nodes:
             if within(c2, opts, labelled):
                 excluded.remove(cost)
                 cmp = c2
-                steps.append({"requantized": cost["node"], **_brief(c2)})
-                log.info("int8 %s: %s can be int8 after all -> %s", src.parent.name, cost["node"], _brief(c2))
+                steps.append({"requantized": cost["node"], **brief_figures(c2)})
+                log.info("int8 %s: %s can be int8 after all -> %s", src.parent.name, cost["node"], brief_figures(c2))
     return {"excluded": excluded, "steps": steps, "sensitivity": sens, "final": cmp,
             "passed": within(cmp, opts, labelled), "quantized": [n for n in names if n not in {e["node"] for e in excluded}]}
 
 
-def _miss(cmp: dict[str, Any], opts: QuantOptions, labelled: bool) -> str:
+def miss_reason(cmp: dict[str, Any], opts: QuantOptions, labelled: bool) -> str:
     """What missed the budget and by how much, in words."""
     if cmp.get("nonfinite"):
         return f"{cmp['nonfinite']} NaN/Inf values in the output"
@@ -182,7 +182,7 @@ def _miss(cmp: dict[str, Any], opts: QuantOptions, labelled: bool) -> str:
     return "; ".join(parts) or "within the budget"
 
 
-def _brief(cmp: dict[str, Any]) -> dict[str, Any]:
+def brief_figures(cmp: dict[str, Any]) -> dict[str, Any]:
     keys = ("accuracy", "accuracy_delta", "top1_agreement", "cosine_mean", "logit_rel_mse", "nonfinite",
             "perplexity", "perplexity_delta_pct", "nll_rel_mse")  # the last three: decoders' figures
     return {k: (round(cmp[k], 6) if isinstance(cmp.get(k), float) else cmp.get(k)) for k in keys if k in cmp}

@@ -40,14 +40,14 @@ from calibration.user_data import data_digest, data_path, load_user_data
 from optimize.cpu_int8 import ALL_CPU_CANDIDATES, build_cpu_candidates, choose_cpu, default_cpu_candidates, \
     write_cpu_artifact
 from optimize.fp16 import Fp16Options, build_fp16, ort_logits
-from optimize.int8_budget import QuantOptions, _brief, _miss, budget_search
+from optimize.int8_budget import QuantOptions, brief_figures, miss_reason, budget_search
 from optimize.int8_build import QuantizeError, calibrate_ranges, quantize_static_cached
 from optimize.qdq_graph import ensure_node_names, quantizable_nodes
 from optimize.qdq_rules import check_qdq_rules, qdq_counts
 from runtime.cpu import cpu_info, int8_isa
 from runtime.errors import ModelLoadError
-from runtime.modelspec import resolve_models
-from runtime.stage import StageErrors, cli
+from pipeline.artifacts import resolve_models
+from pipeline.stage import StageErrors, cli
 from zoo.data import load_dataset
 from zoo.io import atomic_write, digest, read_json, section_up_to_date, sha256_file, update_manifest
 from zoo.spec import load_spec
@@ -192,7 +192,7 @@ def build_int8(model_dir: Path, src: Path, calib: CalibrationData, es: EvalSet, 
     qdq_lat = cpu["candidates"].get("qdq_s8s8", {}).get("latency_ms")
     wrow = cpu["candidates"].get(win, {}) if win else {}
     files = {qdq_dst.name: sha256_file(qdq_dst), **({cpu_dst.name: sha256_file(cpu_dst)} if win else {})}
-    miss = None if search["passed"] else _miss(search["final"], opts, labelled)
+    miss = None if search["passed"] else miss_reason(search["final"], opts, labelled)
     sec = {
         "artifacts": {"qdq": qdq_dst.name, "cpu": cpu_dst.name if win else None},
         "files_sha256": files,
@@ -210,7 +210,7 @@ def build_int8(model_dir: Path, src: Path, calib: CalibrationData, es: EvalSet, 
                 "int8.qdq.onnx kept (most accurate found) and marked failed; deploy fp16.onnx / the fp16 engine",
                 "rule_violations": violations, "counts": qdq_counts(qdq_dst), "scopes": scopes,
                 "quantized_nodes": search["quantized"], "excluded_nodes": search["excluded"],
-                "val": _brief(search["final"]), "steps": search["steps"], "sensitivity": search["sensitivity"],
+                "val": brief_figures(search["final"]), "steps": search["steps"], "sensitivity": search["sensitivity"],
                 "latency_ms": qdq_lat, "format": "QDQ int8 symmetric, per-channel weights, float bias"},
         "cpu": {"file": cpu_dst.name if win else None, "method": win or "fp32", "why": cpu["why"],
                 "ort_opt_level": "all", "cpu_isa": isa, "cpu_model": cpu_info().get("model"),

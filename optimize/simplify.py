@@ -14,9 +14,9 @@ from typing import Any, Callable
 
 from optimize.graph_parity import SimplifyError, parity
 from optimize.trt_ready import fix_hints, format_parser_error, make_trt_ready, parser_check
-from runtime.modelspec import resolve_models
+from pipeline.artifacts import resolve_models
 from runtime.ort_backend import cpu_session
-from runtime.stage import StageErrors, cli
+from pipeline.stage import StageErrors, cli
 from zoo.io import atomic_write, sha256_file, update_manifest
 from zoo.spec import load_spec
 from optimize.node_scopes import carry, summary

@@ -41,7 +41,7 @@ class InputContract:
     inputs: list[IOInfo]
     bounds: dict[str, DimBounds] = field(default_factory=dict)  # dim name -> bounds
     value_ranges: dict[str, tuple[int, int]] = field(default_factory=dict)  # int input -> inclusive id range
-    finite_only: bool = True  # refuse NaN/Inf in float inputs (off only for bit-exact copy checks: verify.gpu_check)
+    finite_only: bool = True  # refuse NaN/Inf in float inputs (off only for bit-exact copy checks: devtools.gpu_check)
 
     def describe(self, info: IOInfo) -> str:
         parts = []

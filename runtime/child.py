@@ -71,15 +71,3 @@ def run_child(argv: Sequence[str], timeout_s: float, env: dict[str, str] | None 
         err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
         return ChildResult(None, out, err, time.perf_counter() - t0, timeout_s)
     return ChildResult(p.returncode, p.stdout, p.stderr, time.perf_counter() - t0, timeout_s)
-
-
-FAULT_ENV = "EDGEATTN_FAULT_CRASH"
-
-
-def fault_point(artifact: str | os.PathLike) -> None:
-    """Fault injection for the hardening suite (verify.harden): a worker about to run the artifact named in
-    ``EDGEATTN_FAULT_CRASH`` kills itself with SIGSEGV, as a crashing backend would. Unset: nothing happens."""
-    name = os.environ.get(FAULT_ENV)
-    if name and os.path.basename(str(artifact)) == name:
-        os.kill(os.getpid(), signal.SIGSEGV)
-

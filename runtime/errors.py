@@ -5,7 +5,7 @@ from __future__ import annotations
 
 class EdgeattnError(Exception):
     """Base of every error the project raises on purpose (a bad model, a missing file, a failed stage): every stage's
-    CLI prints its message as one line ``error: <stage> <model>: ...`` and exits 2 (runtime.stage), never a
+    CLI prints its message as one line ``error: <stage> <model>: ...`` and exits 2 (pipeline.stage), never a
     traceback. An exception of another type is a bug and keeps its traceback."""
 
 

@@ -6,8 +6,6 @@
   ``spec.json`` beside the file (``read_spec``), as a plain dict on a device.
 - Dim naming for runners (``name_dims``, ``bounds_from_spec``), the file-name precision (``precision_of``) and the
   model-file check (``check_model_file``).
-- The artifact layout: a model name is resolved once per stage (``resolve_models`` -> ``ModelRef``: the name, its
-  folder ``artifacts/<artifact_name>``, its files and manifest), and that object is passed on.
 
 Backends and the loader import from here, so nothing in runtime/ imports in a circle.
 """
@@ -25,14 +23,11 @@ import numpy as np
 from runtime.base import DimBounds
 from runtime.errors import ModelLoadError
 from runtime.onnx_guard import check_external_data
-from runtime.files import read_json
 
 log = logging.getLogger("edgeattn.runtime.spec")
 
 SPEC_METADATA_KEY = "edgeattn.spec"
 SPEC_FILE = "spec.json"
-MANIFEST_FILE = "manifest.json"
-CHECKPOINT_FILE = "model.pt"
 
 
 @dataclass(frozen=True)
@@ -272,63 +267,3 @@ def check_model_file(path: str | Path, what: str = "an ONNX model") -> Path:
     if p.suffix.lower() == ".onnx":
         check_external_data(p)  # refused before any backend opens it
     return p
-
-
-# ---- artifact layout -------------------------------------------------------------------------------------
-def artifact_name(name: str) -> str:
-    """Folder name under artifacts/: 'torchvision:vit_b_16' -> 'vit_b_16', 'pkg.mod:make' -> 'make',
-    'hf:/models/bert-base-uncased' -> 'bert-base-uncased', 'hf:artifacts/bert_imdb/hf' -> 'bert_imdb' (a directory
-    named 'hf' takes its parent's name, as zoo.train saves bert_imdb)."""
-    if name.startswith("hf:"):
-        parts = [p for p in name[3:].replace("\\", "/").split("/") if p not in ("", ".", "..")]
-        if len(parts) > 1 and parts[-1] == "hf":
-            parts.pop()
-        return parts[-1] if parts else "hf"
-    return name.split(":")[-1]
-
-
-def model_names(text: str) -> list[str]:
-    """``--models a, b,torchvision:c`` -> ['a', 'b', 'torchvision:c'] (empty items dropped): every stage's CLI."""
-    return [m.strip() for m in str(text).split(",") if m.strip()]
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """A model name resolved once per stage: the name as the user gave it and its folder under artifacts/.
-    Every stage takes this object instead of rebuilding ``artifacts / artifact_name(name)``."""
-
-    name: str
-    folder: Path
-
-    @classmethod
-    def resolve(cls, name: str, artifacts: str | Path) -> "ModelRef":
-        return cls(name, Path(artifacts) / artifact_name(name))
-
-    @property
-    def artifacts(self) -> Path:
-        return self.folder.parent
-
-    def file(self, fname: str) -> Path:
-        return self.folder / fname
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.folder / CHECKPOINT_FILE
-
-    @property
-    def manifest_path(self) -> Path:
-        return self.folder / MANIFEST_FILE
-
-    def manifest(self) -> dict[str, Any]:
-        """manifest.json as a dict ({} when missing or unreadable)."""
-        return read_json(self.manifest_path, {}) or {}
-
-    @property
-    def weights_env(self) -> str:
-        """The environment variable that points a torchvision model at local weights: EDGEATTN_WEIGHTS_<ARCH>."""
-        return f"EDGEATTN_WEIGHTS_{artifact_name(self.name).upper()}"
-
-
-def resolve_models(text: str, artifacts: str | Path) -> list[ModelRef]:
-    """``--models`` text and ``--artifacts`` folder -> one ModelRef per model, in the order given."""
-    return [ModelRef.resolve(n, artifacts) for n in model_names(text)]

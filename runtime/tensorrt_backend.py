@@ -101,7 +101,7 @@ def tensorrt_logger(trt):
 
 
 # ---- checked CUDA calls ---------------------------------------------------------------------------
-class _Cuda:
+class CudaCalls:
     """cuda-python calls return ``(err, *values)``; turn a non-success ``err`` into BackendError."""
 
     def __init__(self, cudart) -> None:
@@ -136,11 +136,11 @@ def _stream_handle(stream) -> int:
         return int(stream)
 
 
-def _round_up(n: int) -> int:
+def round_up(n: int) -> int:
     return max(_ALIGN, (int(n) + _ALIGN - 1) // _ALIGN * _ALIGN)
 
 
-class _Buffer:
+class DeviceBuffer:
     __slots__ = ("ptr", "capacity")
 
     def __init__(self, ptr: int, capacity: int) -> None:
@@ -155,8 +155,8 @@ class _ThreadState:
         self.stream = stream
         self.handle = handle
         self.thread = thread  # the owner; its state is freed once it has exited
-        self.device: dict[str, _Buffer] = {}
-        self.host: dict[str, _Buffer] = {}
+        self.device: dict[str, DeviceBuffer] = {}
+        self.host: dict[str, DeviceBuffer] = {}
         self.shapes: tuple | None = None  # input shapes the context is set to
         self.out_shapes: dict[str, tuple[int, ...]] = {}
         self.profile = 0
@@ -215,7 +215,7 @@ class TensorRTRunner(Runner):
             raise BackendError(f"no NVIDIA GPU/CUDA driver: {why}; engine '{self.path}' needs one to run "
                                f"({trt.__name__} {self.version})")
         self.gpu = gpu
-        self._cuda = _Cuda(em.import_cudart())
+        self._cuda = CudaCalls(em.import_cudart())
         self._cuda("cudaSetDevice", self._cuda.rt.cudaSetDevice(self.device))
         self._logger = tensorrt_logger(trt)
         self._logger.take_errors()
@@ -454,7 +454,7 @@ class TensorRTRunner(Runner):
         st.out_shapes = out_shapes
         st.shapes = shapes
 
-    def _ensure(self, pool: dict[str, _Buffer], name: str, nbytes: int, pinned: bool) -> None:
+    def _ensure(self, pool: dict[str, DeviceBuffer], name: str, nbytes: int, pinned: bool) -> None:
         """Keep one buffer per tensor; reallocate only when a shape needs more bytes than it has."""
         buf = pool.get(name)
         if buf is not None and buf.capacity >= nbytes:
@@ -466,13 +466,13 @@ class TensorRTRunner(Runner):
                 cuda("cudaFreeHost", rt.cudaFreeHost(buf.ptr))
             else:
                 cuda("cudaFree", rt.cudaFree(buf.ptr))
-        cap = _round_up(nbytes)
+        cap = round_up(nbytes)
         ptr = cuda("cudaMallocHost" if pinned else "cudaMalloc",
                    rt.cudaMallocHost(cap) if pinned else rt.cudaMalloc(cap))
-        pool[name] = _Buffer(int(ptr), cap)
+        pool[name] = DeviceBuffer(int(ptr), cap)
 
     @staticmethod
-    def _host_view(buf: _Buffer, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    def _host_view(buf: DeviceBuffer, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         count = int(np.prod(shape, dtype=np.int64))
         if count == 0:
             return np.empty(shape, dtype)

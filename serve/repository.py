@@ -31,8 +31,9 @@ import numpy as np
 from runtime.child import ROOT
 from runtime.files import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
 from runtime.loader import open_runner
-from runtime.modelspec import SPEC_FILE, ModelRef, ModelSpec, artifact_name, read_spec, resolve_models
-from runtime.stage import StageErrors
+from runtime.modelspec import SPEC_FILE, ModelSpec, read_spec
+from pipeline.artifacts import ModelRef, artifact_name, resolve_models
+from pipeline.stage import StageErrors
 from serve import configs, pick
 from serve.configs import Batching
 from serve.errors import RepositoryError

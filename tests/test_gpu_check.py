@@ -1,9 +1,9 @@
 """``make gpu-check`` (verify/gpu_check.py).
 
-- CPU: every check against verify.standin_tensorrt.FakeCudart must PASS (the TensorRT one SKIPs: no real GPU), and a
+- CPU: every check against devtools.standin_tensorrt.FakeCudart must PASS (the TensorRT one SKIPs: no real GPU), and a
   deliberately broken stand-in (a copy that corrupts a byte, a leak, a misaligned cudaMalloc, an old driver, capture
   that never works, ...) must FAIL the check that is about it, with a message saying what was measured.
-- CPU: without a GPU, ``python -m verify.gpu_check`` exits 2 at once with one clear message and still writes the
+- CPU: without a GPU, ``python -m devtools.gpu_check`` exits 2 at once with one clear message and still writes the
   JSON report (status "no-gpu").
 - ``@pytest.mark.gpu``: the real checks on the real cudart, where an NVIDIA GPU is present.
 """
@@ -22,8 +22,8 @@ import pytest
 from runtime import engine_manifest as em
 from runtime.errors import BackendError
 from tests.conftest import has_nvidia_gpu
-from verify import gpu_check as gc
-from verify.standin_tensorrt import FakeCudart
+from devtools import gpu_check as gc
+from devtools.standin_tensorrt import FakeCudart
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["cuda-environment", "cuda-calls", "runner-plumbing", "manifest-refusals", "tensorrt-vs-onnxruntime"]
@@ -220,7 +220,7 @@ def test_no_gpu_exits_2_with_one_message_and_writes_the_report(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if has_nvidia_gpu():  # this checks the no-GPU path: hide the GPU
         env["EDGEATTN_FORCE_CPU"] = "1"
-    out = subprocess.run([sys.executable, "-m", "verify.gpu_check", "--artifacts", str(tmp_path / "art")], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "devtools.gpu_check", "--artifacts", str(tmp_path / "art")], cwd=ROOT,
                          env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2, out.stderr
     assert out.stdout == ""
@@ -233,7 +233,7 @@ def test_no_gpu_exits_2_with_one_message_and_writes_the_report(tmp_path):
 
 def test_importing_gpu_check_needs_no_cuda_tensorrt_onnx_or_torch():
     code = ("import sys\n"
-            "import verify.gpu_check, verify.standin_tensorrt\n"
+            "import devtools.gpu_check, devtools.standin_tensorrt\n"
             "heavy = [m for m in ('torch', 'onnx', 'onnxruntime', 'tensorrt', 'tensorrt_rtx', 'cuda.bindings')"
             " if m in sys.modules]\n"
             "assert not heavy, heavy\n")

@@ -98,10 +98,10 @@ def test_text_encoder_refuses_what_is_not_text(tmp_path):
 
 
 def test_hardening_suite_at_ci_size(tmp_path):
-    """`python -m verify.harden --quick`: every bad input gives a typed error, every tampered file is refused, every
+    """`python -m devtools.harden --quick`: every bad input gives a typed error, every tampered file is refused, every
     stage survives SIGKILL (and the rebuilt artifacts pass verify), crashing workers become failed rows, a runner's
     memory does not grow, and the served endpoint answers bad requests with HTTP 4xx and survives a killed model."""
-    r = subprocess.run([sys.executable, "-m", "verify.harden", "--artifacts", str(tmp_path), "--quick"], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "devtools.harden", "--artifacts", str(tmp_path), "--quick"], cwd=ROOT,
                        capture_output=True, text=True, timeout=1500)
     rep = json.loads((tmp_path / "harden.json").read_text())
     assert r.returncode == 0 and rep["problems"] == [], rep["problems"] or r.stdout[-2000:] + r.stderr[-2000:]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.modelspec import ModelRef, artifact_name
+from pipeline.artifacts import ModelRef, artifact_name
 from zoo.registry import RegistryError, create_model, export_source, load_for_export
 
 WORDS = ("the a film movie plot acting good bad great awful dull boring fun loved hated story actor actors scene "

@@ -393,7 +393,7 @@ def test_level_fallback_is_one_loop():
 
 def test_model_ref_resolves_a_name_once(tmp_path):
     """A model name -> its folder, files, manifest and weights variable, in one place for every stage."""
-    from runtime.modelspec import ModelRef, resolve_models
+    from pipeline.artifacts import ModelRef, resolve_models
 
     refs = resolve_models(" text_transformer, ,torchvision:vit_b_16,my.models:make_tiny ", tmp_path)
     assert [r.name for r in refs] == ["text_transformer", "torchvision:vit_b_16", "my.models:make_tiny"]

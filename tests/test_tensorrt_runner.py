@@ -21,7 +21,7 @@ import pytest
 from runtime import engine_manifest as em
 from runtime.base import DimBounds, IOInfo
 from runtime.errors import BackendError, EngineMismatchError, InputError
-from verify.standin_tensorrt import GPU, FakeCudart, fake_tensorrt_runtime, write_fake_engine
+from devtools.standin_tensorrt import GPU, FakeCudart, fake_tensorrt_runtime, write_fake_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 

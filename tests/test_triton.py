@@ -83,7 +83,7 @@ def artifacts(tmp_path_factory, text_model, image_model):  # noqa: F811
 
 @pytest.fixture(scope="module")
 def repository(artifacts):
-    from runtime.modelspec import resolve_models
+    from pipeline.artifacts import resolve_models
     from serve.repository import Options, build
 
     out = artifacts / "triton"
@@ -143,7 +143,7 @@ def test_pbtxt_writes_what_triton_parses():
 
 
 def test_pick_rules(tmp_path):
-    from runtime.modelspec import ModelRef
+    from pipeline.artifacts import ModelRef
     from serve.errors import RepositoryError
     from serve.pick import cpu_choice, engine_choice, gpu_onnx_choice
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.modelspec import ModelRef
-from runtime.stage import StageErrors
+from pipeline.artifacts import ModelRef
+from pipeline.stage import StageErrors
 from zoo.registry import RegistryError, create_model, export_source, load_for_export
 
 ROOT = Path(__file__).resolve().parents[1]

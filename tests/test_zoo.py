@@ -167,7 +167,7 @@ def test_tokenizer_roundtrip_is_torch_free(tmp_path):
 
 
 def test_short_training_run_lowers_the_loss(tmp_path):
-    from runtime.modelspec import ModelRef
+    from pipeline.artifacts import ModelRef
     from zoo.train import Recipe, train_model
 
     r = Recipe(epochs=2, lr=3e-3, batch_size=64, max_train=1024, max_eval=256, overrides=TINY["attention_cnn"])

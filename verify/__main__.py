@@ -21,10 +21,10 @@ import numpy as np
 from runtime.child import python_module, run_child
 from runtime.cpu import int8_isa
 from runtime.errors import EdgeattnError
-from runtime.modelspec import ModelRef, resolve_models
+from pipeline.artifacts import ModelRef, resolve_models
 from runtime.ort_backend import levels_from, try_levels
 from runtime.preprocess import feed_batches
-from runtime.stage import StageErrors, cli, one_line
+from pipeline.stage import StageErrors, cli, one_line
 from verify.compare import compare_outputs
 from verify.decoder import TASK as DECODER_TASK, decoder_verify_key, verify_decoder
 from verify.decoder import markdown_lines as decoder_markdown

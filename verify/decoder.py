@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from runtime.cpu import int8_isa
-from runtime.modelspec import ModelRef, precision_of
+from runtime.modelspec import precision_of
+from pipeline.artifacts import ModelRef
 from verify.plan import ROLE_ARTIFACT, ROLE_CPU_KERNELS, ROLE_REFERENCE, artifact_files, openvino_available, verify_key
 
 log = logging.getLogger("edgeattn.verify.decoder")

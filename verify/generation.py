@@ -365,7 +365,7 @@ def precision_rows(name: str, artifacts: str | Path = "artifacts", precisions: S
     row with ``skipped``. ``lm``/``reference``/``rows_ids``: PyTorch's model, greedy tokens and the prompts when the
     caller has them (verify_generation), else made here."""
     from runtime.bpe import ByteLevelBPE
-    from runtime.modelspec import ModelRef
+    from pipeline.artifacts import ModelRef
     from zoo.gpt2 import gpt2_dir, load_lm
     from zoo.spec import load_spec
 
@@ -420,7 +420,7 @@ def verify_generation(name: str, artifacts: str | Path = "artifacts", artifact: 
     (e.g. ("fp16", "int8", "int8.cpu")) adds their rows (:func:`precision_rows`) under ``report['precisions']``,
     on the same prompts and PyTorch tokens; their verdicts count in ``report['passed']`` (gating rows only)."""
     from runtime.bpe import ByteLevelBPE
-    from runtime.modelspec import ModelRef
+    from pipeline.artifacts import ModelRef
     from zoo.gpt2 import gpt2_dir, load_lm
     from zoo.io import atomic_write_json
     from zoo.spec import load_spec
@@ -473,8 +473,8 @@ def format_precision_row(name: str, row: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from runtime.modelspec import model_names
-    from runtime.stage import StageErrors
+    from pipeline.artifacts import model_names
+    from pipeline.stage import StageErrors
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="gpt2_imdb")
@@ -515,6 +515,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from runtime.stage import cli
+    from pipeline.stage import cli
 
     raise SystemExit(cli("verify", main))

@@ -22,7 +22,8 @@ from calibration.user_data import data_digest, data_path, load_user_data
 from runtime import gpu
 from runtime.cpu import cpu_info
 from runtime.loader import ORT_GPU_MODES
-from runtime.modelspec import ModelRef, precision_of
+from runtime.modelspec import precision_of
+from pipeline.artifacts import ModelRef
 from runtime.ort_backend import QDQ_REFERENCE_LEVEL
 from runtime.preprocess import TextEncoder, normalize_images
 from zoo.data import load_dataset

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from runtime.child import fault_point
+from pipeline.faults import fault_point
 from runtime.loader import open_mode
 from runtime.preprocess import feed_batches
 

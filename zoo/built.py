@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from runtime.errors import EdgeattnError
-from runtime.modelspec import ModelSpec, artifact_name
+from runtime.modelspec import ModelSpec
+from pipeline.artifacts import artifact_name
 
 
 class RegistryError(EdgeattnError, ValueError):

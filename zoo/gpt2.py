@@ -584,6 +584,6 @@ def summary_line(r: dict[str, Any]) -> str:
             "in all")
 
 if __name__ == "__main__":
-    from runtime.stage import cli
+    from pipeline.stage import cli
 
     raise SystemExit(cli("train", main))

@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from runtime.modelspec import ModelRef, artifact_name
+from pipeline.artifacts import ModelRef, artifact_name
 from zoo.data import FMNIST_LABELS, FMNIST_MEAN, FMNIST_STD, SENTIMENT_LABELS
 from zoo.built import BuiltModel, CheckpointError, RegistryError  # noqa: F401 (re-exported)
 from zoo.hf import check_dir, dir_digest, hf_dir, load_hf, write_tokenizer

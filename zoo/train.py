@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -23,8 +22,8 @@ import numpy as np
 
 from zoo.data import Dataset, load_dataset
 from zoo.io import atomic_write_json, atomic_write_text, publish_dir, read_json
-from runtime.modelspec import ModelRef, resolve_models
-from runtime.stage import StageErrors, cli
+from pipeline.artifacts import ModelRef, resolve_models
+from pipeline.stage import StageErrors, cli
 from zoo.registry import BuiltModel, create_model, load_checkpoint, save_checkpoint
 from zoo.repro import config_hash, seed_everything  # noqa: F401 (re-exported)
 from runtime.preprocess import normalize_images, TextEncoder

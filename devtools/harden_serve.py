@@ -1,4 +1,4 @@
-"""The hardening suite's served part (``verify.harden``): the bundled Triton server over a repository of the suite's
+"""The hardening suite's served part (``devtools.harden``): the bundled Triton server over a repository of the suite's
 two tiny models (``edgeattn triton``), on 127.0.0.1.
 
 - **Bad requests**, drawn by hypothesis: junk bytes as images, invalid UTF-8 as text, empty and huge items, the wrong

@@ -1,4 +1,4 @@
-"""``make gpu-check`` / ``python -m verify.gpu_check [--artifacts DIR] [--device 0] [--json PATH]``.
+"""``make gpu-check`` / ``python -m devtools.gpu_check [--artifacts DIR] [--device 0] [--json PATH]``.
 
 The first thing to run on a Jetson or GPU box, and whenever a GPU is at hand. Why: the TensorRT runner's CUDA
 plumbing (pinned buffers, async copies on a non-blocking stream, buffer growth, CUDA graphs, one context per thread,
@@ -30,7 +30,7 @@ plus environment facts. Exit 0 when nothing FAILed, 1 when a check FAILed, 2 whe
 checked; the JSON says ``"status": "no-gpu"`` and why).
 
 Every check takes the cudart module as a parameter (check 3 also the stand-in factory), so tests/test_gpu_check.py
-runs them against verify.standin_tensorrt.FakeCudart. numpy and the project's runtime only at import; cuda-python,
+runs them against devtools.standin_tensorrt.FakeCudart. numpy and the project's runtime only at import; cuda-python,
 TensorRT, onnx and onnxruntime are imported where used. No torch.
 """
 from __future__ import annotations
@@ -61,8 +61,8 @@ from runtime import engine_manifest as em
 from runtime import gpu as gpu_probe
 from runtime.errors import BackendError, EngineMismatchError
 from runtime.files import atomic_write_json
-from runtime.tensorrt_backend import TensorRTRunner, _Buffer, _Cuda, _round_up  # the runner's own helpers
-from verify import standin_tensorrt as standin
+from runtime.tensorrt_backend import TensorRTRunner, DeviceBuffer, CudaCalls, round_up  # the runner's own helpers
+from devtools import standin_tensorrt as standin
 
 FORMAT = "edgeattn-gpu-check/1"
 REPORT_NAME = "gpu-check.json"
@@ -180,7 +180,7 @@ def _version(v: int) -> str:
 
 def device_properties(cudart, device: int) -> dict[str, Any]:
     """Name, compute capability, memory and SM count from ``cudaGetDeviceProperties`` (raises BackendError)."""
-    prop = _Cuda(cudart)(f"cudaGetDeviceProperties({device})", cudart.cudaGetDeviceProperties(device))
+    prop = CudaCalls(cudart)(f"cudaGetDeviceProperties({device})", cudart.cudaGetDeviceProperties(device))
     name = prop.name.decode(errors="replace") if isinstance(prop.name, (bytes, bytearray)) else str(prop.name)
     return {"name": name.split("\x00")[0].strip(), "compute_capability": f"{prop.major}.{prop.minor}",
             "device": device, "total_memory": int(getattr(prop, "totalGlobalMem", 0)),
@@ -354,18 +354,18 @@ class _Allocations:
     """Device and pinned buffers a check makes, each free checked; ``release`` frees what is left, also after a
     failure, so a failing check does not leak into the next."""
 
-    def __init__(self, cuda: _Cuda) -> None:
+    def __init__(self, cuda: CudaCalls) -> None:
         self.cuda, self.live = cuda, []  # [(buffer, pinned)]
 
-    def new(self, nbytes: int, pinned: bool) -> _Buffer:
-        rt, cap = self.cuda.rt, _round_up(nbytes)  # the runner's rounding: >= 256 bytes, multiple of 256
+    def new(self, nbytes: int, pinned: bool) -> DeviceBuffer:
+        rt, cap = self.cuda.rt, round_up(nbytes)  # the runner's rounding: >= 256 bytes, multiple of 256
         ptr = self.cuda("cudaMallocHost" if pinned else "cudaMalloc", rt.cudaMallocHost(cap) if pinned
                         else rt.cudaMalloc(cap))
-        buf = _Buffer(int(ptr), cap)
+        buf = DeviceBuffer(int(ptr), cap)
         self.live.append((buf, pinned))
         return buf
 
-    def free(self, buf: _Buffer) -> None:
+    def free(self, buf: DeviceBuffer) -> None:
         pinned = next(p for b, p in self.live if b is buf)
         self.live = [(b, p) for b, p in self.live if b is not buf]
         rt = self.cuda.rt
@@ -380,7 +380,7 @@ class _Allocations:
 
 
 @contextlib.contextmanager
-def _stream(cuda: _Cuda, device: int) -> Iterator[Any]:
+def _stream(cuda: CudaCalls, device: int) -> Iterator[Any]:
     rt = cuda.rt
     cuda("cudaSetDevice", rt.cudaSetDevice(device))
     stream = cuda("cudaStreamCreateWithFlags", rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking))
@@ -390,7 +390,7 @@ def _stream(cuda: _Cuda, device: int) -> Iterator[Any]:
         cuda("cudaStreamDestroy", rt.cudaStreamDestroy(stream))
 
 
-def _free_memory(cuda: _Cuda, readings: int = 3) -> int:
+def _free_memory(cuda: CudaCalls, readings: int = 3) -> int:
     """Free device memory (cudaMemGetInfo), the highest of a few readings 20 ms apart, so another process's passing
     allocation does not look like a leak of ours."""
     best = 0
@@ -411,11 +411,11 @@ def _pattern(dtype: str, count: int, seed: int) -> np.ndarray:
     return np.frombuffer(rng.bytes(count * dt.itemsize), dtype=dt).copy()
 
 
-def _view(buf: _Buffer, arr: np.ndarray) -> np.ndarray:
+def _view(buf: DeviceBuffer, arr: np.ndarray) -> np.ndarray:
     return TensorRTRunner._host_view(buf, arr.shape, arr.dtype)
 
 
-def _copy(cuda: _Cuda, stream, dst: _Buffer, src: _Buffer, nbytes: int, kind: str) -> None:
+def _copy(cuda: CudaCalls, stream, dst: DeviceBuffer, src: DeviceBuffer, nbytes: int, kind: str) -> None:
     rt = cuda.rt
     cuda(f"cudaMemcpyAsync {kind}", rt.cudaMemcpyAsync(dst.ptr, src.ptr, nbytes,
                                                        getattr(rt.cudaMemcpyKind, f"cudaMemcpy{kind}"), stream))
@@ -433,7 +433,7 @@ def _differs(what: str, got: np.ndarray, want: np.ndarray) -> list[str]:
             f"sent {b[first]:#04x})"]
 
 
-def _round_trip(cuda: _Cuda, alloc: _Allocations, stream, data: np.ndarray, what: str) -> list[str]:
+def _round_trip(cuda: CudaCalls, alloc: _Allocations, stream, data: np.ndarray, what: str) -> list[str]:
     """pinned -H2D-> device -D2H-> pinned (the runner's path), then device -D2D-> device -D2H-> pinned (the
     stand-in engine's path); every destination poisoned first so a copy that did nothing cannot pass."""
     nbytes = data.nbytes
@@ -455,7 +455,7 @@ def _round_trip(cuda: _Cuda, alloc: _Allocations, stream, data: np.ndarray, what
 
 
 @contextlib.contextmanager
-def _events(cuda: _Cuda, n: int) -> Iterator[list]:
+def _events(cuda: CudaCalls, n: int) -> Iterator[list]:
     rt = cuda.rt
     events = [cuda("cudaEventCreate", rt.cudaEventCreate()) for _ in range(n)]
     try:
@@ -465,7 +465,7 @@ def _events(cuda: _Cuda, n: int) -> Iterator[list]:
             cuda("cudaEventDestroy", rt.cudaEventDestroy(e))
 
 
-def _growth(cuda: _Cuda, alloc: _Allocations, stream) -> tuple[list[str], dict[str, float]]:
+def _growth(cuda: CudaCalls, alloc: _Allocations, stream) -> tuple[list[str], dict[str, float]]:
     """Grow one device + pinned pair as the runner's ``_ensure`` does (free, allocate bigger), checking the data at
     each size; the biggest copies are timed with events (what the runner's ``timing=True`` uses)."""
     problems, rates, rt = [], {}, cuda.rt
@@ -493,7 +493,7 @@ def _growth(cuda: _Cuda, alloc: _Allocations, stream) -> tuple[list[str], dict[s
 
 
 def check_cuda_calls(cudart, device: int = 0, slack: int | None = None) -> Outcome:
-    cuda = _Cuda(cudart)
+    cuda = CudaCalls(cudart)
     slack = memory_slack(cudart, device) if slack is None else slack
     with _stream(cuda, device) as stream:
         alloc = _Allocations(cuda)
@@ -596,7 +596,7 @@ def check_runner_plumbing(cudart, gpu: Mapping[str, Any], device: int = 0,
                           threads: int = RUNNER_THREADS, calls: int = RUNNER_CALLS, width: int = RUNNER_WIDTH,
                           slack: int | None = None) -> Outcome:
     io = copy_io(width)
-    cuda = _Cuda(cudart)
+    cuda = CudaCalls(cudart)
     slack = memory_slack(cudart, device) if slack is None else slack
     cuda("cudaSetDevice", cudart.cudaSetDevice(device))
     problems: list[str] = []
@@ -838,7 +838,7 @@ def main(argv: list[str] | None = None, load_cudart: Callable[[], Any] | None = 
          gpu_present: Callable[[], bool] | None = None,
          make_standin: Callable[..., Any] = standin.fake_tensorrt_runtime) -> int:
     """CLI. ``load_cudart`` / ``gpu_present`` / ``make_standin``: the tests' hooks (default: the real ones)."""
-    ap = argparse.ArgumentParser(prog="python -m verify.gpu_check", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m devtools.gpu_check", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="where gpu-check.json goes")
     ap.add_argument("--device", type=int, default=0, help="CUDA device index (default 0)")

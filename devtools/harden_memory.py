@@ -1,4 +1,4 @@
-"""``python -m verify.harden_memory --path MODEL --backend B --requests N --out JSON``: resident memory of one runner
+"""``python -m devtools.harden_memory --path MODEL --backend B --requests N --out JSON``: resident memory of one runner
 over N requests after warm-up (the hardening suite's memory check; a child process of its own, so other work does
 not blur the figure). Linux: VmRSS from /proc/self/status."""
 from __future__ import annotations
@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 from runtime.loader import open_runner
 from runtime.ort_backend import dummy_feed

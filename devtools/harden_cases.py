@@ -1,6 +1,6 @@
 """The hardening suite's subjects and bad inputs: two tiny user models (a text classifier with its tokenizer, an
 image classifier), feed mutations drawn by hypothesis, junk texts and image files, and the fuzz loop that runs in a
-child process (a backend that dies takes only that child with it). Used by ``verify.harden``."""
+child process (a backend that dies takes only that child with it). Used by ``devtools.harden``."""
 from __future__ import annotations
 
 import argparse
@@ -18,7 +18,7 @@ from runtime.errors import EdgeattnError
 VOCAB = 200
 MODULE_NAME = "harden_models"
 MODELS = (f"{MODULE_NAME}:tiny_text", f"{MODULE_NAME}:tiny_image")
-MODULE_SOURCE = f'''"""Two tiny models for the hardening suite (written by verify.harden)."""
+MODULE_SOURCE = f'''"""Two tiny models for the hardening suite (written by devtools.harden)."""
 import os
 
 import torch
@@ -276,7 +276,7 @@ def fuzz_images(folder: Path, examples: int, preprocess: dict[str, Any]) -> dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Child entry: ``python -m verify.harden_cases --what runner|text|images ... --out JSON``."""
+    """Child entry: ``python -m devtools.harden_cases --what runner|text|images ... --out JSON``."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--what", required=True, choices=["runner", "text", "images"])
     ap.add_argument("--path", required=True)

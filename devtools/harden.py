@@ -1,4 +1,4 @@
-"""``python -m verify.harden [--artifacts DIR] [--examples N] [--requests N] [--quick]`` (``make harden``): the
+"""``python -m devtools.harden [--artifacts DIR] [--examples N] [--requests N] [--quick]`` (``make harden``): the
 hardening suite, on two tiny models of its own (a text classifier with a tokenizer, an image classifier) taken
 through the pipeline in ``<artifacts>/harden/``.
 
@@ -14,7 +14,7 @@ through the pipeline in ``<artifacts>/harden/``.
 - **Tampering**: ONNX external data outside the model folder, a changed engine, a changed or corrupt engine
   manifest, a checkpoint or weights file with pickled code: all refused.
 - **Memory**: resident memory of a runner over ``--requests`` calls after warm-up, per backend (MB per 10k).
-- **The served endpoint** (``verify.harden_serve``): the bundled Triton server over ``edgeattn triton``'s repository
+- **The served endpoint** (``devtools.harden_serve``): the bundled Triton server over ``edgeattn triton``'s repository
   of the two models: bad requests get HTTP 4xx, never a hang, a 5xx or a dead server; a model's stub killed while it
   loads leaves the other model serving; the server's memory over ``--requests`` requests.
 
@@ -37,9 +37,9 @@ import numpy as np
 
 from runtime.child import python_module, run_child
 from runtime.cpu import cpu_info
-from runtime.stage import cli
+from pipeline.stage import cli
 from verify.plan import openvino_available
-from verify.harden_cases import MODELS, MODULE_NAME, MODULE_SOURCE, write_subjects
+from devtools.harden_cases import MODELS, MODULE_NAME, MODULE_SOURCE, write_subjects
 from zoo.io import atomic_write_json, atomic_write_text, read_json, sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +92,7 @@ class Suite:
     def child_fuzz(self, what: str, path: Path | str, backend: str = "onnxruntime", preprocess: dict | None = None,
                    examples: int | None = None) -> dict[str, Any]:
         out = self.work / f"fuzz-{what}-{Path(str(path)).parent.name}-{Path(str(path)).name}-{backend}.json"
-        res = run_child(python_module("verify.harden_cases", "--what", what, "--path", path, "--backend", backend,
+        res = run_child(python_module("devtools.harden_cases", "--what", what, "--path", path, "--backend", backend,
                                       "--examples", examples or self.examples, "--preprocess",
                                       json.dumps(preprocess or {}), "--out", out), 1800, env=self.env())
         if not res.ok:
@@ -382,7 +382,7 @@ class Suite:
         for be in ["onnxruntime"] + (["openvino"] if openvino_available() else []):
             for model in MODELS:
                 out = self.work / f"mem-{be}-{self.folder(model).name}.json"
-                res = run_child(python_module("verify.harden_memory", "--path", self.folder(model) / "fp32.sim.onnx",
+                res = run_child(python_module("devtools.harden_memory", "--path", self.folder(model) / "fp32.sim.onnx",
                                               "--backend", be, "--requests", self.requests, "--out", out), 1800,
                                 env=self.env())
                 rows[f"{self.folder(model).name} {be}"] = json.loads(out.read_text()) if res.ok else \
@@ -393,7 +393,7 @@ class Suite:
     def served(self) -> None:
         from PIL import Image
 
-        from verify.harden_serve import served_suite
+        from devtools.harden_serve import served_suite
 
         img = self.work / "served-good.png"
         Image.fromarray((np.arange(32 * 32) % 251).astype(np.uint8).reshape(32, 32)).save(img)
