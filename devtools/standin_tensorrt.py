@@ -10,6 +10,11 @@ keeps what the tests prove and what gpu-check measures the same thing.
   inside allocations of the kinds its ``cudaMemcpyKind`` names (so an overrun or a pageable host buffer is an
   error, not silent); copies and event records run at once unless the stream is capturing, then they go into the
   graph. ``cudaMemGetInfo`` counts live device bytes exactly, so a leak shows.
+  Each stream keeps a device timeline, as a GPU does: work starts when the stream is free AND has been enqueued
+  (``max(busy_until, host now)``), a copy costs ``bytes / COPY_BYTES_PER_S``, a kernel what its engine says; an
+  event is stamped with the device time at which the stream reaches it, not the host time of the record call. So
+  host work done between two records (staging into pinned memory, an enqueue that takes long) shows in the elapsed
+  time exactly as it would on a GPU that idles meanwhile.
 - ``fake_tensorrt_runtime``: a module with the TensorRT 10 runtime API (TensorRT-RTX's with ``rtx_validity``) whose
   engine maps each input to an output of the same shape. ``kernel="affine"``: y = 2x + 1 computed in FakeCudart's
   host memory (FakeCudart only). ``kernel="copy"``: a device-to-device ``cudaMemcpyAsync`` on the stream
@@ -43,6 +48,8 @@ ALIGN = 256  # cudaMalloc returns pointers aligned to at least 256 bytes (CUDA C
 AFFINE_IO = (("x", "y", "float32", 4),)
 BATCH = {"min": 1, "opt": 8, "max": 64}
 ENGINE_MAGIC = b"FAKE-ENGINE"
+RUNTIME_CACHE_MAGIC = b"FAKE-RTX-RUNTIME-CACHE"
+COPY_BYTES_PER_S = 10e9  # the stand-in's PCIe / device copy rate (device timeline only)
 
 
 # ---- cudart ---------------------------------------------------------------------------------------
@@ -60,6 +67,7 @@ class CudaError(enum.IntEnum):
 class FakeStream:
     def __init__(self, handle: int) -> None:
         self.handle, self.capturing, self.invalidated = handle, None, False
+        self.busy_until = 0.0  # device time (perf_counter seconds) at which the work enqueued so far finishes
 
     def __int__(self) -> int:
         return self.handle
@@ -70,6 +78,13 @@ class FakeEvent:
         self.time: float | None = None
 
 
+class EventMark:
+    """An event record on a stream: stamped with the device time at which the stream reaches it."""
+
+    def __init__(self, event: FakeEvent) -> None:
+        self.event = event
+
+
 class FakeCudart:
     """cudart on host memory. ``gpu`` (and ``integrated``): what cudaGetDeviceProperties reports; ``driver`` /
     ``runtime``: what cudaDriverGetVersion / cudaRuntimeGetVersion answer (CUDA's 1000 * major + 10 * minor)."""
@@ -78,7 +93,8 @@ class FakeCudart:
     cudaMemcpyKind = enum.IntEnum("cudaMemcpyKind", {"cudaMemcpyHostToHost": 0, "cudaMemcpyHostToDevice": 1,
                                                      "cudaMemcpyDeviceToHost": 2, "cudaMemcpyDeviceToDevice": 3})
     cudaStreamCaptureMode = enum.IntEnum("cudaStreamCaptureMode", {"cudaStreamCaptureModeGlobal": 0,
-                                                                   "cudaStreamCaptureModeThreadLocal": 2})
+                                                                   "cudaStreamCaptureModeThreadLocal": 1,
+                                                                   "cudaStreamCaptureModeRelaxed": 2})
     cudaStreamCaptureStatus = enum.IntEnum("cudaStreamCaptureStatus", {"cudaStreamCaptureStatusNone": 0,
                                                                        "cudaStreamCaptureStatusActive": 1,
                                                                        "cudaStreamCaptureStatusInvalidated": 2})
@@ -95,6 +111,7 @@ class FakeCudart:
         self.graphs: set[int] = set()
         self.events: set[int] = set()
         self.mallocs = 0
+        self.copied: dict[int, int] = {}  # cudaMemcpyKind -> bytes copied (cudaMemcpyAsync, cudaMemcpy2D)
         self.lock = threading.Lock()
         self._next = 100
         self.last_error = CudaError.cudaSuccess  # what cudaGetLastError returns (and resets), as in CUDA
@@ -179,13 +196,24 @@ class FakeCudart:
     def stream(self, s) -> FakeStream:
         return s if isinstance(s, FakeStream) else self.streams[int(s)]
 
-    def enqueue(self, s, op) -> None:
-        """Run ``op`` now, or record it into the graph when the stream is capturing."""
+    def enqueue(self, s, op, cost_s: float = 0.0) -> None:
+        """Run ``op`` now on the stream's device timeline (taking ``cost_s`` of device time), or record it into the
+        graph when the stream is capturing. ``op``: a callable, or an EventMark."""
         st = self.stream(s)
         if st.capturing is not None:
-            st.capturing.append(op)
+            st.capturing.append((op, float(cost_s)))
+        else:
+            self.run_on(st, op, float(cost_s))
+
+    @staticmethod
+    def run_on(st: FakeStream, op, cost_s: float) -> None:
+        """The GPU reaches ``op`` once the stream is free and the op has been enqueued; it then takes ``cost_s``."""
+        start = max(st.busy_until, time.perf_counter())
+        if isinstance(op, EventMark):
+            op.event.time = start
         else:
             op()
+        st.busy_until = start + cost_s
 
     def cudaStreamCreateWithFlags(self, flags):
         assert flags == self.cudaStreamNonBlocking
@@ -200,6 +228,10 @@ class FakeCudart:
         return self._ok()
 
     def cudaStreamSynchronize(self, s):
+        """Blocks until the stream's device timeline has caught up, as the real call does."""
+        wait = self.stream(s).busy_until - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
         return self._ok()
 
     def cudaStreamIsCapturing(self, s):
@@ -211,7 +243,23 @@ class FakeCudart:
         want = self.COPY_KINDS.get(int(kind))
         if want is None or (self.kind_of(dst, n), self.kind_of(src, n)) != want:
             return (CudaError.cudaErrorInvalidValue,)
-        self.enqueue(stream, lambda: ctypes.memmove(dst, src, n))
+        self.enqueue(stream, lambda: ctypes.memmove(dst, src, n), n / COPY_BYTES_PER_S)
+        with self.lock:
+            self.copied[int(kind)] = self.copied.get(int(kind), 0) + int(n)
+        return self._ok()
+
+    def cudaMemcpy2D(self, dst, dpitch, src, spitch, width, height, kind):
+        """Synchronous strided copy: ``height`` rows of ``width`` bytes, rows ``dpitch`` / ``spitch`` apart."""
+        want = self.COPY_KINDS.get(int(kind))
+        if want is None or width > min(dpitch, spitch) or height < 0:
+            return (CudaError.cudaErrorInvalidValue,)
+        span = lambda pitch: (height - 1) * pitch + width if height else 0  # noqa: E731
+        if height and (self.kind_of(dst, span(dpitch)), self.kind_of(src, span(spitch))) != want:
+            return (CudaError.cudaErrorInvalidValue,)
+        for r in range(height):
+            ctypes.memmove(dst + r * dpitch, src + r * spitch, width)
+        with self.lock:
+            self.copied[int(kind)] = self.copied.get(int(kind), 0) + int(width * height)
         return self._ok()
 
     def cudaEventCreate(self):
@@ -221,7 +269,7 @@ class FakeCudart:
         return self._ok(ev)
 
     def cudaEventRecord(self, ev, stream):
-        self.enqueue(stream, lambda: setattr(ev, "time", time.perf_counter()))
+        self.enqueue(stream, EventMark(ev))
         return self._ok()
 
     def cudaEventSynchronize(self, ev):
@@ -260,8 +308,9 @@ class FakeCudart:
         return self._ok(ge)
 
     def cudaGraphLaunch(self, ge, s):
-        for op in ge.ops:
-            op()
+        st = self.stream(s)
+        for op, cost in ge.ops:
+            self.run_on(st, op, cost)
         return self._ok()
 
     def cudaGraphExecDestroy(self, ge):
@@ -287,18 +336,18 @@ def _capturing(cudart, handle: int) -> bool:
         status == cudart.cudaStreamCaptureStatus.cudaStreamCaptureStatusActive
 
 
-def _affine(cudart, handle: int, x_ptr: int, y_ptr: int, count: int, dtype: np.dtype) -> bool:
-    """y = 2x + 1 in host memory: FakeCudart only (its device memory is host memory)."""
+def _affine(cudart, handle: int, x_ptr: int, y_ptr: int, count: int, dtype: np.dtype, cost_s: float = 0.0) -> bool:
+    """y = 2x + 1 in host memory: FakeCudart only (its device memory is host memory); ``cost_s`` of device time."""
     def op():
         x = np.frombuffer((ctypes.c_ubyte * (count * dtype.itemsize)).from_address(x_ptr), dtype=dtype)
         y = np.frombuffer((ctypes.c_ubyte * (count * dtype.itemsize)).from_address(y_ptr), dtype=dtype)
         y[:] = 2 * x + 1
 
-    cudart.enqueue(handle, op)
+    cudart.enqueue(handle, op, cost_s)
     return True
 
 
-def _copy(cudart, handle: int, x_ptr: int, y_ptr: int, count: int, dtype: np.dtype) -> bool:
+def _copy(cudart, handle: int, x_ptr: int, y_ptr: int, count: int, dtype: np.dtype, cost_s: float = 0.0) -> bool:
     """y = x by a device-to-device copy on the given stream (any cudart: real GPU work on the real one)."""
     if count == 0:
         return True
@@ -314,7 +363,8 @@ def fake_tensorrt_runtime(cudart, version: str = "10.3.0.26", capture_fails: boo
                           execute_fails: bool = False, capture_raises: bool = False, two_profiles: bool = False,
                           profile_switch_fails: bool = False, infer_shapes_fails: bool = False,
                           rtx_validity: str | None = None, kernel: str = "affine",
-                          io: Sequence[tuple[str, str, str, int]] = AFFINE_IO, module_name: str | None = None):
+                          io: Sequence[tuple[str, str, str, int]] = AFFINE_IO, module_name: str | None = None,
+                          kernel_s: float = 0.0, launch_s: float = 0.0, stream_capturable: bool = True):
     """A TensorRT module whose engine computes, for each (input, output, dtype, width) of ``io``, output = f(input)
     on (batch 1..64, width) tensors: f is y = 2x + 1 (``kernel="affine"``) or a device-to-device copy ("copy").
 
@@ -327,6 +377,15 @@ def fake_tensorrt_runtime(cudart, version: str = "10.3.0.26", capture_fails: boo
     (INVALID with UNSUPPORTED_CC), with create_runtime_config as in tensorrt_rtx 1.7. ``capture_fails`` (FakeCudart
     only): execute_async_v3 invalidates the capture and returns False. ``module_name``: the module's ``__name__``
     (default tensorrt / tensorrt_rtx; gpu-check uses its own so it never shares the real module's logger).
+
+    Stricter where the real API is: ``set_tensor_address`` returns False for a pointer that is not 256-byte aligned
+    (TensorRT 10 NvInferRuntime.h: "The pointer must have at least 256-byte alignment"). Timing: each output's
+    kernel takes ``kernel_s`` of device time (``kernel="affine"``) and ``execute_async_v3`` spends ``launch_s`` of
+    host time before it enqueues (the CPU cost of a launch), so a measurement that mixes the two can be caught.
+    RTX (tensorrt_rtx 1.7 IRuntimeConfig): ``dynamic_shapes_kernel_specialization_strategy`` (LAZY by default),
+    ``cuda_graph_strategy`` (DISABLED by default), ``create_runtime_cache`` / ``set_runtime_cache`` /
+    ``get_runtime_cache``, an IRuntimeCache whose ``deserialize`` answers False for bytes it did not ``serialize``,
+    and ``IExecutionContext.is_stream_capturable(stream)`` (``stream_capturable``).
     """
     if kernel not in KERNELS:
         raise ValueError(f"kernel '{kernel}': expected one of {sorted(KERNELS)}")
@@ -378,12 +437,16 @@ def fake_tensorrt_runtime(cudart, version: str = "10.3.0.26", capture_fails: boo
             return self.shapes.get(source.get(name, name), (-1, width[name]))
 
         def set_tensor_address(self, name, ptr):
+            if name not in width or int(ptr) % ALIGN:  # the real runtime logs an error and returns False
+                return False
             self.addr[name] = ptr
             return True
 
         def execute_async_v3(self, handle):
             assert isinstance(handle, int) and handle != 0  # a real, non-default stream handle
             self.threads.add(threading.get_ident())
+            if launch_s:
+                time.sleep(launch_s)  # the host side of a launch: the GPU idles meanwhile unless work is queued
             if execute_fails or getattr(cudart, "last_error", success) != success:
                 return False
             capturing = _capturing(cudart, handle)
@@ -395,7 +458,11 @@ def fake_tensorrt_runtime(cudart, version: str = "10.3.0.26", capture_fails: boo
             if not capturing:
                 self.executions += 1
             return all(run(cudart, handle, self.addr[source[o]], self.addr[o],
-                           int(np.prod(self.shapes[source[o]])), dtype[o]) for o in outputs)
+                           int(np.prod(self.shapes[source[o]])), dtype[o], kernel_s) for o in outputs)
+
+        def is_stream_capturable(self, handle):
+            assert isinstance(handle, int) and handle != 0
+            return bool(stream_capturable)
 
     class Engine:
         num_io_tensors, num_optimization_profiles = len(inputs) + len(outputs), len(profiles)
@@ -426,7 +493,43 @@ def fake_tensorrt_runtime(cudart, version: str = "10.3.0.26", capture_fails: boo
             return ctx
 
         def create_runtime_config(self):
-            return types.SimpleNamespace(cuda_graph_strategy=None)
+            return RuntimeConfig()
+
+    class RuntimeCache:
+        def __init__(self) -> None:
+            self.entries = 0
+
+        def deserialize(self, blob):
+            data = bytes(blob)
+            if not data.startswith(RUNTIME_CACHE_MAGIC):
+                return False  # another RTX version / GPU / OS / driver, or not a runtime cache at all
+            self.entries = int(data[len(RUNTIME_CACHE_MAGIC):] or 0)
+            return True
+
+        def serialize(self):
+            return RUNTIME_CACHE_MAGIC + str(self.entries).encode()
+
+        def reset(self):
+            self.entries = 0
+
+    class RuntimeConfig:
+        def __init__(self) -> None:
+            self.cuda_graph_strategy = mod.CudaGraphStrategy.DISABLED
+            self.dynamic_shapes_kernel_specialization_strategy = \
+                mod.DynamicShapesKernelSpecializationStrategy.LAZY
+            self.cache = None
+
+        def create_runtime_cache(self):
+            return RuntimeCache()
+
+        def set_runtime_cache(self, cache):
+            if not isinstance(cache, RuntimeCache):
+                return False
+            self.cache = cache
+            return True
+
+        def get_runtime_cache(self):
+            return self.cache
 
     class Runtime:
         def __init__(self, logger) -> None:
@@ -445,9 +548,12 @@ def fake_tensorrt_runtime(cudart, version: str = "10.3.0.26", capture_fails: boo
         mod.EngineValidity = enum.Enum("EngineValidity", "VALID SUBOPTIMAL INVALID")
         mod.EngineInvalidityDiagnostics = enum.IntFlag("EngineInvalidityDiagnostics",
                                                        "VERSION_MISMATCH UNSUPPORTED_CC OLD_CUDA_DRIVER")
-        mod.CudaGraphStrategy = types.SimpleNamespace(DISABLED=0, WHOLE_GRAPH_CAPTURE=1)
+        mod.CudaGraphStrategy = enum.Enum("CudaGraphStrategy", "DISABLED WHOLE_GRAPH_CAPTURE")
+        mod.DynamicShapesKernelSpecializationStrategy = enum.Enum("DynamicShapesKernelSpecializationStrategy",
+                                                                  "LAZY EAGER NONE")
     else:
         del Runtime.get_engine_validity  # tensorrt 10/11 have no such method
+        del Engine.create_runtime_config, Context.is_stream_capturable  # RTX only
     mod.Runtime = Runtime
     return mod
 

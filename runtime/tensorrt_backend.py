@@ -24,12 +24,20 @@ What happens, in order:
    capture (False, an exception or a CUDA error) ends the capture, frees any graph, clears the thread's last CUDA
    error (``cudaGetLastError``, as trtexec does) and falls back to plain execution for that shape.
    tensorrt_rtx -> its own ``IRuntimeConfig.cuda_graph_strategy = WHOLE_GRAPH_CAPTURE`` (RTX JIT-specialises
-   kernels, so it captures itself);
-9. optional RTX runtime cache (JIT-compiled kernels) loaded at start and saved by ``close()``;
-10. optional GPU-side timing (``timing=True``): four CUDA events per thread recorded on its stream around the H2D
-   copies, the execution (plain or graph launch) and the D2H copies; after the call's synchronise,
-   ``last_timing`` holds ``h2d_ms``, ``compute_ms`` and ``d2h_ms`` (``cudaEventElapsedTime``) of this thread's last
-   call, what trtexec reports as H2D Latency, GPU Compute Time and D2H Latency.
+   kernels, so it captures itself); whether it can is asked per shape with ``is_stream_capturable(stream)`` and
+   counted in ``rtx_capture`` (``capturable`` / ``not_capturable``): the only evidence RTX gives;
+9. optional RTX runtime cache (JIT-compiled kernels) loaded at start and saved by ``close()``; RTX's
+   ``dynamic_shapes_kernel_specialization_strategy`` is left at its default (LAZY: generic kernels until the
+   shape-specialised ones finish compiling in the background) unless ``rtx_specialization`` says "eager" (what
+   timing wants: the specialised kernels are compiled before the first call returns) or "none";
+   ``rtx_settings`` records what was set;
+10. optional GPU-side timing (``timing=True``): the inputs are staged into pinned memory first, then four CUDA
+   events per thread are recorded on its stream around the H2D copies, the execution (plain or graph launch) and
+   the D2H copies; after the call's synchronise, ``last_timing`` holds ``h2d_ms`` (the transfers only),
+   ``compute_ms`` and ``d2h_ms`` (``cudaEventElapsedTime``) of this thread's last call. ``compute_ms`` of one
+   synchronised call INCLUDES the launch: the GPU idles while ``execute_async_v3`` enqueues. GPU compute alone, as
+   trtexec's "GPU Compute Time", comes from :meth:`TensorRTRunner.compute_burst_ms` (several executions enqueued
+   back to back, so each launch overlaps the previous execution).
 
 Nothing here imports torch or onnx; tensorrt/tensorrt_rtx/cuda bindings are imported inside functions.
 """
@@ -50,6 +58,7 @@ from runtime.modelspec import value_ranges_from_spec
 
 log = logging.getLogger("edgeattn.runtime.tensorrt")
 _ALIGN = 256
+RTX_SPECIALIZATION = ("LAZY", "EAGER", "NONE")  # IRuntimeConfig.dynamic_shapes_kernel_specialization_strategy
 
 # ---- one logger per TensorRT module (TensorRT warns when a process uses several) ---------------
 _LOGGERS: dict[str, Any] = {}
@@ -136,6 +145,11 @@ def _stream_handle(stream) -> int:
         return int(stream)
 
 
+def _enum_name(value) -> str:
+    """'EAGER' for ``DynamicShapesKernelSpecializationStrategy.EAGER`` (pybind11 and Python enums alike)."""
+    return str(getattr(value, "name", value)).split(".")[-1]
+
+
 def round_up(n: int) -> int:
     return max(_ALIGN, (int(n) + _ALIGN - 1) // _ALIGN * _ALIGN)
 
@@ -183,14 +197,21 @@ class TensorRTRunner(Runner):
 
     def __init__(self, engine_path: str | Path, flavor: str = "auto", use_cuda_graph: bool = False,
                  check_manifest: bool = True, runtime_cache: str | Path | None = None, device: int = 0,
-                 timing: bool = False) -> None:
+                 timing: bool = False, rtx_specialization: str | None = None) -> None:
         super().__init__()
         self.path = Path(engine_path)
         self.use_cuda_graph = bool(use_cuda_graph)
         self.timing = bool(timing)
+        if rtx_specialization is not None and rtx_specialization.upper() not in RTX_SPECIALIZATION:
+            raise BackendError(f"rtx_specialization '{rtx_specialization}': expected one of "
+                               f"{[v.lower() for v in RTX_SPECIALIZATION]} or None (TensorRT-RTX's default)")
+        self.rtx_specialization = rtx_specialization
+        self.rtx_settings: dict[str, str] | None = None  # RTX: the runtime-config settings in force
         self.device = int(device)
         self.runtime_cache_path = Path(runtime_cache) if runtime_cache else None
         self.graph_stats = {"captures": 0, "launches": 0, "fallbacks": 0}
+        # RTX with CUDA graphs: per shape set, what is_stream_capturable answered (RTX's only evidence of capture)
+        self.rtx_capture = {"capturable": 0, "not_capturable": 0}
         self.manifest: dict[str, Any] | None = None
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -313,6 +334,12 @@ class TensorRTRunner(Runner):
             raise BackendError(f"create_runtime_config failed: {self._tensorrt_errors()}")
         if self.use_cuda_graph:
             rc.cuda_graph_strategy = trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
+        if self.rtx_specialization is not None:
+            rc.dynamic_shapes_kernel_specialization_strategy = getattr(
+                trt.DynamicShapesKernelSpecializationStrategy, self.rtx_specialization.upper())
+        self.rtx_settings = {
+            "cuda_graph_strategy": _enum_name(rc.cuda_graph_strategy),
+            "kernel_specialization": _enum_name(rc.dynamic_shapes_kernel_specialization_strategy)}
         if self.runtime_cache_path is not None:
             cache = rc.create_runtime_cache()
             if cache is None:
@@ -368,14 +395,10 @@ class TensorRTRunner(Runner):
         if shapes != st.shapes:
             self._set_shapes(st, shapes)
         ev = st.events
+        self._stage(st, feed)  # host-side copies into pinned memory: before the first event, so h2d_ms excludes them
         if ev:
             cuda("cudaEventRecord", rt.cudaEventRecord(ev[0], st.stream))
-        for n in self._input_names:
-            arr = feed[n]
-            host = st.host[n]
-            np.copyto(self._host_view(host, arr.shape, self._dtypes[n]), arr, casting="no")
-            cuda(f"cudaMemcpyAsync H2D '{n}'", rt.cudaMemcpyAsync(st.device[n].ptr, host.ptr, arr.nbytes,
-                                                                  rt.cudaMemcpyKind.cudaMemcpyHostToDevice, st.stream))
+        self._upload(st, feed)
         if ev:
             cuda("cudaEventRecord", rt.cudaEventRecord(ev[1], st.stream))
         self._execute(st, shapes)
@@ -392,6 +415,45 @@ class TensorRTRunner(Runner):
             st.last_timing = {k: float(cuda("cudaEventElapsedTime", rt.cudaEventElapsedTime(ev[i], ev[i + 1])))
                               for i, k in enumerate(("h2d_ms", "compute_ms", "d2h_ms"))}
         return {n: self._host_view(st.host[n], st.out_shapes[n], self._dtypes[n]).copy() for n in self._output_names}
+
+    def _stage(self, st: _ThreadState, feed: dict[str, np.ndarray]) -> None:
+        for n in self._input_names:
+            arr = feed[n]
+            np.copyto(self._host_view(st.host[n], arr.shape, self._dtypes[n]), arr, casting="no")
+
+    def _upload(self, st: _ThreadState, feed: dict[str, np.ndarray]) -> None:
+        rt = self._cuda.rt
+        for n in self._input_names:
+            self._cuda(f"cudaMemcpyAsync H2D '{n}'", rt.cudaMemcpyAsync(
+                st.device[n].ptr, st.host[n].ptr, feed[n].nbytes, rt.cudaMemcpyKind.cudaMemcpyHostToDevice,
+                st.stream))
+
+    def compute_burst_ms(self, feed: dict[str, np.ndarray], executions: int = 10) -> float:
+        """GPU compute per execution with ``executions`` executions (or graph launches) enqueued back to back after
+        one that is not counted, all on this thread's stream: each launch overlaps the execution before it, so
+        unlike ``last_timing['compute_ms']`` the figure leaves out the launch whenever the GPU work takes longer than
+        enqueueing it (what trtexec reports as GPU Compute Time). Needs ``timing=True``; inputs are checked."""
+        if not self.timing:
+            raise BackendError(f"compute_burst_ms: runner for '{self.path}' was opened with timing=False; expected "
+                               "timing=True (CUDA events)")
+        if int(executions) < 1:
+            raise BackendError(f"compute_burst_ms: got executions={executions}, expected >= 1")
+        feed = self.contract.check(feed)
+        st = self._thread_state()
+        cuda, rt = self._cuda, self._cuda.rt
+        shapes = tuple(tuple(int(d) for d in feed[n].shape) for n in self._input_names)
+        if shapes != st.shapes:
+            self._set_shapes(st, shapes)
+        self._stage(st, feed)
+        self._upload(st, feed)
+        self._execute(st, shapes)  # the first one: its launch is not overlapped, so it precedes the start event
+        start, end = st.events[1], st.events[2]
+        cuda("cudaEventRecord", rt.cudaEventRecord(start, st.stream))
+        for _ in range(int(executions)):
+            self._execute(st, shapes)
+        cuda("cudaEventRecord", rt.cudaEventRecord(end, st.stream))
+        cuda("cudaStreamSynchronize", rt.cudaStreamSynchronize(st.stream))
+        return float(cuda("cudaEventElapsedTime", rt.cudaEventElapsedTime(start, end))) / int(executions)
 
     @property
     def last_timing(self) -> dict[str, float] | None:
@@ -451,6 +513,10 @@ class TensorRTRunner(Runner):
         for n in self._input_names + self._output_names:  # every I/O tensor needs an address
             if not ctx.set_tensor_address(n, st.device[n].ptr):
                 raise BackendError(f"set_tensor_address('{n}') returned False: {self._tensorrt_errors()}")
+        if self.use_cuda_graph and self.flavor == "rtx":  # RTX captures inside; the context says whether it can
+            key = "capturable" if ctx.is_stream_capturable(st.handle) else "not_capturable"
+            with self._lock:
+                self.rtx_capture[key] += 1
         st.out_shapes = out_shapes
         st.shapes = shapes
 

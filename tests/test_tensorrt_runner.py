@@ -533,3 +533,141 @@ def test_gpu_manifest_records_the_gpu(gpu_artifacts):
     if man["flavor"] != "rtx":
         assert man["built_on"] == {"name": gpu["name"], "compute_capability": gpu["compute_capability"]}
     assert json.loads(em.manifest_path(engine).read_text())["engine_sha256"] == em.sha256_file(engine)
+
+
+# ---- #22: what the GPU-side figures include, RTX settings, stricter stand-ins ---------------------------------
+class _SlowStaging:
+    """numpy, except that ``copyto`` (the runner's host-side staging into pinned memory) takes 40 ms."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    @staticmethod
+    def copyto(dst, src, **kw):
+        import time
+
+        time.sleep(0.04)
+        np.copyto(dst, src, **kw)
+
+
+def test_fake_h2d_ms_excludes_the_host_staging_copy(fake, monkeypatch):
+    """The stand-in's events carry device time: the GPU idles while the host stages the inputs, so a start event
+    recorded before the staging counts it (#22 item 2: the old order gave h2d_ms >= 40 here)."""
+    import runtime.tensorrt_backend as tb
+
+    engine, cudart, _ = fake()
+    monkeypatch.setattr(tb, "np", _SlowStaging())
+    with tb.TensorRTRunner(engine, timing=True) as r:
+        for _ in range(3):
+            np.testing.assert_array_equal(r.infer({"x": _x(8)})["y"], 2 * _x(8) + 1)
+            assert r.last_timing["h2d_ms"] < 20.0, r.last_timing
+
+
+def test_fake_compute_per_call_includes_the_launch_and_the_burst_does_not(fake):
+    """A 40 ms kernel whose launch takes 10 ms of host time: one synchronised call's compute_ms holds both (the GPU
+    idles while execute_async_v3 enqueues); compute_burst_ms enqueues executions back to back, so each launch hides
+    behind the execution before it and only the 40 ms remain (#22 item 3)."""
+    from runtime.tensorrt_backend import TensorRTRunner
+
+    engine, _, mod = fake(kernel_s=0.04, launch_s=0.01)
+    for graphs in (False, True):
+        with TensorRTRunner(engine, timing=True, use_cuda_graph=graphs) as r:
+            r.infer({"x": _x(2)})
+            r.infer({"x": _x(2)})
+            per_call = r.last_timing["compute_ms"]
+            burst = r.compute_burst_ms({"x": _x(2)}, executions=4)
+            if not graphs:
+                assert per_call >= 49.0, per_call  # launch (10 ms) + kernel (40 ms)
+            assert 39.0 <= burst < 46.0, burst
+    with TensorRTRunner(engine) as r, pytest.raises(BackendError, match="timing=False; expected timing=True"):
+        r.compute_burst_ms({"x": _x(2)})
+
+
+def _rtx(fake, monkeypatch, tmp_path, **kw):
+    _, cudart, _ = fake()
+    mod = fake_tensorrt_runtime(cudart, version="1.7.1.116", rtx_validity="VALID", **kw)
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", mod)
+    monkeypatch.delitem(sys.modules, "tensorrt")
+    engine = write_fake_engine(tmp_path / "fp32.rtx.engine", version="1.7.1.116")
+    man = json.loads(em.manifest_path(engine).read_text())
+    man.update(flavor="rtx", tensorrt={"module": "tensorrt_rtx", "version": "1.7.1.116"}, built_on="cpu-only",
+               targets={"compute_capabilities": ["8.7"], "default": False})
+    em.write_manifest(engine, man)
+    return engine, mod
+
+
+def test_fake_rtx_specialization_strategy_is_set_and_recorded(fake, monkeypatch, tmp_path):
+    """#22 item 4: LAZY (RTX's default) times generic kernels; timing asks for EAGER and the runner says what ran."""
+    from runtime.tensorrt_backend import TensorRTRunner
+
+    engine, mod = _rtx(fake, monkeypatch, tmp_path)
+    with TensorRTRunner(engine) as r:
+        assert r.rtx_settings == {"cuda_graph_strategy": "DISABLED", "kernel_specialization": "LAZY"}
+    with TensorRTRunner(engine, rtx_specialization="eager", use_cuda_graph=True) as r:
+        assert r.rtx_settings == {"cuda_graph_strategy": "WHOLE_GRAPH_CAPTURE", "kernel_specialization": "EAGER"}
+        assert r._runtime_config.dynamic_shapes_kernel_specialization_strategy == \
+            mod.DynamicShapesKernelSpecializationStrategy.EAGER
+    with pytest.raises(BackendError, match=r"rtx_specialization 'fast': expected one of \['lazy', 'eager', 'none'\]"):
+        TensorRTRunner(engine, rtx_specialization="fast")
+
+
+@pytest.mark.parametrize("capturable", [True, False])
+def test_fake_rtx_graph_rows_carry_is_stream_capturable(fake, monkeypatch, tmp_path, capturable):
+    """#22 item 12: RTX captures inside its runtime; per shape the runner asks is_stream_capturable and counts it."""
+    from runtime.tensorrt_backend import TensorRTRunner
+
+    engine, _ = _rtx(fake, monkeypatch, tmp_path, stream_capturable=capturable)
+    with TensorRTRunner(engine, use_cuda_graph=True) as r:
+        for b in (2, 2, 3):
+            r.infer({"x": _x(b)})
+        assert r.rtx_capture == ({"capturable": 2, "not_capturable": 0} if capturable
+                                 else {"capturable": 0, "not_capturable": 2})
+        assert r.graph_stats == {"captures": 0, "launches": 0, "fallbacks": 0}  # no manual capture on RTX
+    with TensorRTRunner(engine) as r:
+        r.infer({"x": _x(2)})
+        assert r.rtx_capture == {"capturable": 0, "not_capturable": 0}  # graphs off: not asked
+
+
+def test_fake_rtx_runtime_cache_round_trip_and_a_foreign_cache(fake, monkeypatch, tmp_path, caplog):
+    """#22 item 14: the RTX runtime-cache calls exist in the stand-in; a cache it did not write is refused (False)
+    and the runner starts empty, then saves its own on close."""
+    from devtools.standin_tensorrt import RUNTIME_CACHE_MAGIC
+    from runtime.tensorrt_backend import TensorRTRunner
+
+    engine, _ = _rtx(fake, monkeypatch, tmp_path)
+    cache = tmp_path / "rtx.cache"
+    cache.write_bytes(b"written by another TensorRT-RTX")
+    with TensorRTRunner(engine, runtime_cache=cache) as r:
+        assert r._runtime_config.get_runtime_cache() is r._runtime_cache
+        r.infer({"x": _x(2)})
+    assert "does not match this TensorRT-RTX" in caplog.text
+    assert cache.read_bytes().startswith(RUNTIME_CACHE_MAGIC)
+    caplog.clear()
+    with TensorRTRunner(engine, runtime_cache=cache) as r:
+        r.infer({"x": _x(2)})
+    assert "does not match" not in caplog.text
+
+
+def test_standin_is_as_strict_as_the_real_apis(fake):
+    """#22 item 14: cudaStreamCaptureModeThreadLocal is 1 as in CUDA; set_tensor_address refuses a pointer that is
+    not 256-byte aligned; an event is stamped when the stream reaches it, not when the host records it."""
+    import time
+
+    _, cudart, mod = fake()
+    assert int(cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal) == 1
+    assert int(cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal) == 0
+    engine = mod.Runtime(None).deserialize_cuda_engine(b"FAKE-ENGINE")
+    c = engine.create_execution_context()
+    ptr = cudart.cudaMalloc(512)[1]
+    assert c.set_tensor_address("x", ptr) and not c.set_tensor_address("x", ptr + 4)
+    s = cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking)[1]
+    a, b = cudart.cudaEventCreate()[1], cudart.cudaEventCreate()[1]
+    cudart.cudaEventRecord(a, s)
+    cudart.enqueue(s, lambda: None, 0.5)  # half a second of device work, enqueued at once
+    cudart.cudaEventRecord(b, s)
+    assert abs(cudart.cudaEventElapsedTime(a, b)[1] - 500.0) < 50.0
+    t0 = time.perf_counter()
+    cudart.cudaEventRecord(a, s)  # reached only once the 0.5 s of work is done
+    assert a.time >= t0 + 0.4
+    cudart.cudaFree(ptr)
+    cudart.cudaStreamDestroy(s)
