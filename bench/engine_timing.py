@@ -5,12 +5,19 @@ Per engine and batch size, with CUDA graphs off and on:
 
 - end-to-end latency (numpy in, numpy out: what a caller of ``TensorRTRunner.infer`` waits), p50/p90/p99/mean/min;
 - the GPU side alone, from CUDA events on the runner's own stream (``TensorRTRunner(timing=True)``): the H2D copies,
-  the compute (``execute_async_v3`` or the graph launch) and the D2H copies, each p50/p90/p99 — what trtexec calls
-  H2D Latency, GPU Compute Time and D2H Latency;
+  the compute of one synchronised call (launch included: the GPU idles while ``execute_async_v3`` enqueues) and the
+  D2H copies, each p50/p90/p99; and ``compute_burst``, GPU compute per execution with executions enqueued back to
+  back (launches overlapped), which is what trtexec calls GPU Compute Time and what to put beside its figure;
 - throughput with 1, 2 and 4 threads calling one runner at once (each thread gets its own execution context and
   stream in the runner), samples/s over a fixed time;
 - where ``trtexec`` (TensorRT; also /usr/src/tensorrt/bin on Jetson) or ``tensorrt_rtx`` (RTX) is found, its own
   numbers on the same engine, shapes and CUDA-graph setting, parsed from its performance summary, beside ours.
+
+Every point states what each of its figures includes (``includes``, :data:`INCLUDES`), the engine's TF32 mode
+(``tf32``, from the manifest), for TensorRT-RTX the runtime settings in force (``rtx``: kernel specialisation EAGER,
+so no row is timed on the generic kernels LAZY runs until the specialised ones are compiled; the CUDA-graph
+strategy) and whether a CUDA graph was captured (``cuda_graph_captured``: our own capture on TensorRT 10/11; on RTX,
+which captures inside its runtime, what ``is_stream_capturable`` answered).
 
 The GPU itself (NVML: name, clocks, power limit; Jetson: nvpmodel / jetson_clocks) is recorded with the results,
 since clocks and power modes move these numbers more than anything in the engine.
@@ -42,6 +49,20 @@ log = logging.getLogger("edgeattn.bench.engine_timing")
 THREADS = (1, 2, 4)
 JETSON_TRTEXEC = Path("/usr/src/tensorrt/bin/trtexec")
 CLI_TIMEOUT_S = 300.0
+BURSTS, BURST_EXECUTIONS = 20, 10  # compute_burst: 20 samples of 10 executions enqueued back to back
+RTX_SPECIALIZATION = "eager"  # never time RTX's LAZY fallback kernels
+INCLUDES = {
+    "e2e": "host wall time of one infer call: input checks, staging into pinned memory, H2D, launch, GPU compute, "
+           "D2H, synchronise, output copy",
+    "h2d": "GPU time of the host-to-device transfers only (inputs staged into pinned memory before the start event)",
+    "compute": "one synchronised call: the launch (execute_async_v3 or graph launch; the GPU idles while it enqueues) "
+               "plus GPU compute",
+    "compute_burst": f"GPU compute per execution, {BURST_EXECUTIONS} executions enqueued back to back (each launch "
+                     "overlaps the execution before it unless launching takes longer): trtexec's GPU Compute Time",
+    "d2h": "GPU time of the device-to-host transfers only",
+    "throughput": "samples/s over wall time, each thread with its own context and stream, end to end as e2e",
+    "cli": "trtexec / tensorrt_rtx's own performance summary for the same engine, shapes and CUDA-graph setting",
+}
 
 
 # ---- our measurement ----------------------------------------------------------------------------------------
@@ -69,7 +90,46 @@ def latency(runner, feed: dict[str, np.ndarray], batch: int, seconds: float, min
         runner.infer(feed)
         samples.append(time.perf_counter() - t0)
         gpu_times.append(runner.last_timing)
-    return {"e2e": summarize(samples, batch), "gpu": gpu_side(gpu_times)}
+    out = {"e2e": summarize(samples, batch), "gpu": gpu_side(gpu_times)}
+    burst = compute_burst(runner, feed)
+    if burst:
+        out["gpu"]["compute_burst"] = burst
+    return out
+
+
+def compute_burst(runner, feed: dict[str, np.ndarray], bursts: int = BURSTS,
+                  executions: int = BURST_EXECUTIONS) -> dict[str, float] | None:
+    """p50/p90/p99/mean of ``runner.compute_burst_ms`` over ``bursts`` samples; None for a runner without it."""
+    fn = getattr(runner, "compute_burst_ms", None)
+    if fn is None:
+        return None
+    vals = [float(fn(feed, executions)) for _ in range(bursts)]
+    p50, p90, p99 = percentiles(vals)
+    return {"p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "mean_ms": float(np.mean(vals))}
+
+
+def tf32_mode(manifest: dict[str, Any]) -> str:
+    """The engine's TF32 mode from its manifest (``builder.tf32``: False = cleared, True = allowed, None = unknown)."""
+    tf32 = (manifest.get("builder") or {}).get("tf32")
+    if tf32 is False:
+        return "off (BuilderFlag.TF32 cleared: FP32 layers compute in FP32)"
+    if tf32 is True:
+        return "allowed (TensorRT's default: FP32 GEMMs/convolutions may run in TF32)"
+    return "unknown (this TensorRT has no TF32 flag, or the manifest predates the field)"
+
+
+def graph_captured(runner, graph: bool, flavor: str) -> dict[str, Any]:
+    """Whether a CUDA graph ran, with its evidence: our capture counts (TensorRT 10/11), or RTX's
+    ``is_stream_capturable`` answers (RTX captures inside its runtime and reports nothing else)."""
+    if not graph:
+        return {"captured": False, "evidence": "CUDA graphs off"}
+    if flavor == "rtx":
+        cap = dict(getattr(runner, "rtx_capture", None) or {})
+        ok = cap.get("capturable", 0) > 0 and cap.get("not_capturable", 0) == 0
+        return {"captured": ok, "evidence": f"RTX WHOLE_GRAPH_CAPTURE, is_stream_capturable per shape: {cap}"}
+    stats = dict(getattr(runner, "graph_stats", None) or {})
+    ok = stats.get("captures", 0) > 0 and stats.get("fallbacks", 0) == 0
+    return {"captured": ok, "evidence": f"own capture: {stats}"}
 
 
 def throughput(runner, feed: dict[str, np.ndarray], batch: int, threads: int, seconds: float) -> dict[str, Any]:
@@ -201,17 +261,21 @@ def time_engine(engine: str | Path, batches: Sequence[int] = (1, 8), seconds: fl
     r = spec.dynamic["batch"]
     cli = find_cli(flavor) if use_cli else None
     out: dict[str, Any] = {"engine": str(engine), "flavor": flavor, "precision": man.get("precision"),
-                           "cli": cli, "seq_len": seq, "points": []}
+                           "cli": cli, "seq_len": seq, "tf32": tf32_mode(man), "points": []}
+    extra = {"rtx_specialization": RTX_SPECIALIZATION} if flavor == "rtx" else {}
     for b in sorted({min(max(int(b), r.min), r.max) for b in batches}):
         feed = make_feed(spec, b, seq)
         for graph in graphs:
-            point: dict[str, Any] = {"batch": b, "cuda_graph": graph}
+            point: dict[str, Any] = {"batch": b, "cuda_graph": graph, "tf32": out["tf32"], "includes": INCLUDES}
             try:
-                with open_runner(engine, use_cuda_graph=graph, timing=True) as runner:
+                with open_runner(engine, use_cuda_graph=graph, timing=True, **extra) as runner:
                     point.update(latency(runner, feed, b, seconds))
                     point["throughput"] = [throughput(runner, feed, b, n, seconds) for n in threads]
                     if hasattr(runner, "graph_stats") and graph:
                         point["graph_stats"] = dict(runner.graph_stats)
+                    point["cuda_graph_captured"] = graph_captured(runner, graph, flavor)
+                    if getattr(runner, "rtx_settings", None):
+                        point["rtx"] = dict(runner.rtx_settings)
             except Exception as e:  # noqa: BLE001 - one failing point must not hide the others
                 point["error"] = f"{type(e).__name__}: {' '.join(str(e).split())[:400]}"
             if cli:
@@ -244,10 +308,10 @@ def format_table(doc: dict[str, Any]) -> list[str]:
     def f(v: Any) -> str:
         return "-" if v is None else f"{v:.3g}"
 
-    lines = []
+    lines = ["what each figure includes: " + "; ".join(f"{k}: {v}" for k, v in INCLUDES.items())]
     for e in doc["engines"]:
-        lines.append(f"{e['engine']} ({e['flavor']}, {e.get('precision')})" + (f": FAILED {e['error'][:200]}"
-                                                                               if e.get("error") else ""))
+        lines.append(f"{e['engine']} ({e['flavor']}, {e.get('precision')}, TF32 {e.get('tf32', 'unknown')})"
+                     + (f": FAILED {e['error'][:200]}" if e.get("error") else ""))
         for p in e["points"]:
             head = f"  batch {p['batch']:>3} graph {'on ' if p['cuda_graph'] else 'off'}"
             if p.get("error"):
@@ -255,9 +319,15 @@ def format_table(doc: dict[str, Any]) -> list[str]:
             else:
                 g = p.get("gpu", {})
                 tp = " ".join(f"{t['threads']}t {f(t.get('samples_per_s'))}/s" for t in p.get("throughput", []))
-                lines.append(f"{head}: e2e p50 {f(p['e2e']['p50_ms'])} p99 {f(p['e2e']['p99_ms'])} ms | GPU compute "
-                             f"{f(g.get('compute', {}).get('p50_ms'))} H2D {f(g.get('h2d', {}).get('p50_ms'))} D2H "
-                             f"{f(g.get('d2h', {}).get('p50_ms'))} ms | {tp}")
+                cap = p.get("cuda_graph_captured") or {}
+                rtx = p.get("rtx")
+                lines.append(f"{head}: e2e p50 {f(p['e2e']['p50_ms'])} p99 {f(p['e2e']['p99_ms'])} ms | compute "
+                             f"(launch incl.) {f(g.get('compute', {}).get('p50_ms'))} GPU compute (back to back) "
+                             f"{f(g.get('compute_burst', {}).get('p50_ms'))} H2D {f(g.get('h2d', {}).get('p50_ms'))} "
+                             f"D2H {f(g.get('d2h', {}).get('p50_ms'))} ms | {tp} | graph captured "
+                             f"{cap.get('captured', '-')}"
+                             + (f" | RTX {rtx.get('kernel_specialization')}, {rtx.get('cuda_graph_strategy')}"
+                                if rtx else ""))
             c = p.get("cli")
             if c:
                 lines.append(f"    {Path(e['cli'] or '?').name}: " + (

@@ -9,9 +9,16 @@ The input contract comes from the session (names, dtypes, ranks) plus the model 
 Providers: "auto" uses CPU unless ``runtime.gpu.nvidia_gpu_present()`` (never ORT's own provider list, which
 names CUDA on machines without a GPU), then TensorRT EP -> CUDA EP -> CPU as far as installed.
 The TensorRT EP gets options per precision (``trt_fp16_enable`` for fp16 graphs, ``trt_int8_enable`` for Q/DQ int8
-graphs), an engine cache (``<model dir>/ort_trt_cache``) and one optimisation profile from the spec's min/opt/max
-(``trt_profile_{min,opt,max}_shapes``), so the engine is built once, not per session or per new shape; options the
-caller passes as ``("TensorrtExecutionProvider", {...})`` win. ONNX Runtime silently drops an EP that cannot start
+graphs), an engine cache and one optimisation profile from the spec's min/opt/max
+(``trt_profile_{min,opt,max}_shapes``; a decoder's past starts at the spec's ``past_min``, 0, so a prefill fits), so
+the engine is built once, not per session or per new shape; options the caller passes as
+``("TensorrtExecutionProvider", {...})`` win. The cache folder is ``<model dir>/ort_trt_cache/<sha256 of the ONNX
+file>`` (``-tf32off`` appended under ``NVIDIA_TF32_OVERRIDE=0``): ORT's own cache key hashes the file name and the
+input/initializer/node-output NAMES, not the weights, so a retrained or re-quantised model with the same names would
+otherwise reuse the old engine. The hash is computed once per file version (cached by path, size and mtime).
+TF32 is set explicitly: the CUDA EP gets ``use_tf32`` 0 for fp32 graphs (as our fp32 engines clear TF32) and 1
+otherwise; the TensorRT EP has no TF32 option (TensorRT's default allows it; ``NVIDIA_TF32_OVERRIDE=0`` in the
+process turns it off). ``OrtRunner.tf32`` says which applies. ONNX Runtime silently drops an EP that cannot start
 (missing TensorRT/CUDA/cuDNN libraries, no GPU) and falls back to the next: when the first provider it really uses
 is not the first one asked for, an explicit request raises BackendError ('auto' logs a warning), and the run-time
 fallback is disabled so a session never changes provider after it was checked.
@@ -24,7 +31,9 @@ that verify, bench and the FP16 stage use.
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
@@ -35,6 +44,7 @@ from runtime.base import InputContract, IOInfo, Runner
 from runtime.child import run_child
 from runtime.cpu import check_int8_isa
 from runtime.errors import BackendError, ModelLoadError
+from runtime.files import sha256_file
 from runtime.modelspec import (SPEC_METADATA_KEY, bounds_from_spec, check_model_file, name_dims,
                                precision_of, read_spec, value_ranges_from_spec)
 from runtime.onnx_guard import model_metadata
@@ -58,7 +68,36 @@ PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvide
                     "tensorrt": "TensorrtExecutionProvider"}
 GPU_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 TRT_EP = "TensorrtExecutionProvider"
-TRT_CACHE_DIR = "ort_trt_cache"  # beside the model: ORT names each engine by model hash, so models can share it
+TRT_CACHE_DIR = "ort_trt_cache"  # beside the model; one sub-folder per ONNX file content (sha256)
+CUDA_EP = "CUDAExecutionProvider"
+TF32_ENV = "NVIDIA_TF32_OVERRIDE"  # "0": cuBLAS/cuDNN/TensorRT compute FP32 without TF32 in this process
+_SHA_CACHE: dict[tuple[str, int, int, int], str] = {}
+_SHA_LOCK = threading.Lock()
+
+
+def model_sha256(path: str | Path) -> str:
+    """sha256 of a model file, hashed once per (resolved path, inode, size, mtime_ns): a session open does not
+    re-read a large file it has already hashed, and a rewrite (in place or by atomic rename) changes the key."""
+    p = Path(path).resolve()
+    st = p.stat()
+    key = (str(p), st.st_ino, st.st_size, st.st_mtime_ns)
+    with _SHA_LOCK:
+        hit = _SHA_CACHE.get(key)
+    if hit is None:
+        hit = sha256_file(p)
+        with _SHA_LOCK:
+            _SHA_CACHE[key] = hit
+    return hit
+
+
+def tf32_overridden_off() -> bool:
+    return os.environ.get(TF32_ENV, "").strip() == "0"
+
+
+def trt_cache_dir(model_path: str | Path) -> Path:
+    """The TensorRT EP engine cache of this exact file: ``<model dir>/ort_trt_cache/<sha256>[-tf32off]``."""
+    p = Path(model_path).resolve()
+    return p.parent / TRT_CACHE_DIR / (model_sha256(p) + ("-tf32off" if tf32_overridden_off() else ""))
 
 
 def _ort():
@@ -96,7 +135,10 @@ def profile_shape_options(spec: dict[str, Any] | None) -> dict[str, str]:
     all dynamic inputs or none)."""
     if not spec:
         return {}
-    dyn = spec.get("dynamic") or {}
+    dyn = dict(spec.get("dynamic") or {})
+    past_min = (spec.get("preprocess") or {}).get("past_min")
+    if past_min is not None and "past" in dyn:  # DimRange cannot say 0; a decoder's prefill binds an empty past
+        dyn["past"] = {**dyn["past"], "min": int(past_min)}
     rows: dict[str, list[str]] = {"min": [], "opt": [], "max": []}
     for t in spec.get("inputs", []):
         shape = list(t.get("shape", []))
@@ -128,16 +170,36 @@ def tensorrt_ep_options(precision: str | None, spec: dict[str, Any] | None, cach
     return opts
 
 
+def cuda_ep_options(precision: str | None) -> dict[str, str]:
+    """CUDA EP options: TF32 set explicitly, off for fp32 graphs (like-for-like with our fp32 engines)."""
+    return {"use_tf32": "0" if precision == "fp32" else "1"}
+
+
+def tf32_mode(provider: str, options: dict[str, str]) -> str | None:
+    """What TF32 does on the provider a session runs on first (None on CPU, where there is no TF32)."""
+    if provider == CUDA_EP:
+        return "off (CUDA EP use_tf32=0)" if options.get("use_tf32") == "0" else "allowed (CUDA EP use_tf32=1)"
+    if provider == TRT_EP:
+        if tf32_overridden_off():
+            return f"off ({TF32_ENV}=0)"
+        return "allowed (TensorRT's default; the TensorRT EP has no TF32 option)"
+    return None
+
+
 def with_provider_options(providers: Sequence, model_path: str | Path, precision: str | None,
                           spec: dict[str, Any] | None) -> list:
-    """``providers`` with the TensorRT EP as ``(name, options)``; options the caller gave win over ours."""
+    """``providers`` with the TensorRT EP and the CUDA EP as ``(name, options)``; options the caller gave win."""
     out: list = []
     for p in providers:
-        if _provider_name(p) != TRT_EP:
+        name = _provider_name(p)
+        given = {str(k): str(v) for k, v in (p[1] if isinstance(p, tuple) else {}).items()}
+        if name == CUDA_EP:
+            out.append((CUDA_EP, {**cuda_ep_options(precision), **given}))
+            continue
+        if name != TRT_EP:
             out.append(p)
             continue
-        given = {str(k): str(v) for k, v in (p[1] if isinstance(p, tuple) else {}).items()}
-        opts = {**tensorrt_ep_options(precision, spec, Path(model_path).resolve().parent / TRT_CACHE_DIR), **given}
+        opts = {**tensorrt_ep_options(precision, spec, trt_cache_dir(model_path)), **given}
         if opts.get("trt_engine_cache_enable", "").lower() in ("1", "true"):
             Path(opts["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
         out.append((TRT_EP, opts))
@@ -234,7 +296,7 @@ class OrtRunner(Runner):
         self.precision = precision or precision_of(self.path, default=None)
         wants_trt = any(_provider_name(p) == TRT_EP for p in chosen)
         pre_spec = (spec if spec is not None else read_spec(self.path, None)) if wants_trt else None
-        requested = with_provider_options(chosen, self.path, self.precision, pre_spec) if wants_trt else chosen
+        requested = with_provider_options(chosen, self.path, self.precision, pre_spec)
         self._session = self._load(ort, so, requested)
         meta = dict(self._session.get_modelmeta().custom_metadata_map)
         self.spec: dict[str, Any] | None = spec if spec is not None else read_spec(self.path, meta)
@@ -248,6 +310,8 @@ class OrtRunner(Runner):
             self._session.disable_fallback()  # an EP failure at run time raises instead of switching to CPU
         self.providers: list[str] = list(self._session.get_providers())
         check_first_provider(requested, self.providers, providers not in (None, "auto"), self.path)
+        chosen_opts = {_provider_name(p): p[1] for p in requested if isinstance(p, tuple)}
+        self.tf32 = tf32_mode(self.providers[0], chosen_opts.get(self.providers[0], {}))
 
         self.isa_warning = check_int8_isa(self.path, meta) if "CPUExecutionProvider" == self.providers[0] else None
         self._contract = InputContract(inputs=[self._io(a, "inputs") for a in self._session.get_inputs()],
@@ -374,4 +438,5 @@ def safe_opt_level(path: str | Path, preferred: str = "all", fallback: str = "ex
 
 __all__ = ["OrtRunner", "cpu_session", "probe_in_subprocess", "safe_opt_level", "try_levels", "levels_from", "resolve_providers", "dummy_feed",
            "ORT_TYPES", "OPT_LEVELS", "QDQ_REFERENCE_LEVEL", "SPEC_METADATA_KEY", "tensorrt_ep_options",
-           "profile_shape_options", "check_first_provider"]
+           "profile_shape_options", "check_first_provider", "model_sha256", "trt_cache_dir", "cuda_ep_options",
+           "tf32_mode"]

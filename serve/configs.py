@@ -3,7 +3,7 @@
 - dims leave the batch axis out when every input and output starts with the spec's ``batch`` dim; then
   ``max_batch_size`` is the spec's batch max and ``dynamic_batching`` prefers its opt and max sizes;
 - ``onnx_config``: ``onnxruntime_onnx``, on a GPU with the TensorRT accelerator at the graph's precision and the spec's
-  profile (``runtime.ort_backend.profile_shape_options``); ``trt_config``: ``tensorrt_plan`` on profile 0 (the
+  profile (``runtime.ort_backend.profile_shape_options``), its engine cache keyed by the model file's sha256; ``trt_config``: ``tensorrt_plan`` on profile 0 (the
   engines stage builds one profile from the spec);
 - ``python_config``: our thin runtime in the Python backend: ``TEXT`` or ``IMAGE`` (BYTES) in, ``logits`` and
   ``label`` out; the artifact and its ONNX Runtime level are parameters that ``model.py`` reads;
@@ -131,15 +131,24 @@ def warmup_image(spec: ModelSpec) -> bytes:
 
 
 # ---- the three entries --------------------------------------------------------------------------------------
+def trt_cache_path(name: str, model_sha256: str) -> str:
+    """The TensorRT accelerator's engine cache on the Triton host, one folder per entry AND per model content: ORT's
+    cache key hashes names, not weights, so a re-exported model.onnx must never meet the old entry's engine."""
+    if len(model_sha256) != 64 or any(c not in "0123456789abcdef" for c in model_sha256):
+        raise RepositoryError(f"entry '{name}': model sha256 {model_sha256!r}: expected 64 lowercase hex digits")
+    return f"/tmp/edgeattn_trt_cache/{name}/{model_sha256}"
+
+
 def onnx_config(name: str, spec: ModelSpec, inputs: Sequence[IOInfo], outputs: Sequence[IOInfo], precision: str,
-                b: Batching, device: str = "gpu") -> dict[str, Any]:
+                b: Batching, device: str = "gpu", *, model_sha256: str) -> dict[str, Any]:
     """``onnxruntime_onnx``; on a GPU with the TensorRT accelerator at ``precision`` (the graph's: fp16 casts and
-    int8 Q/DQ are in the graph, the accelerator must be allowed to run them) and the spec's profile."""
+    int8 Q/DQ are in the graph, the accelerator must be allowed to run them), the spec's profile and an engine cache
+    keyed by ``model_sha256`` (the entry's model.onnx)."""
     cfg = {**_base(name, spec, inputs, outputs, b, "KIND_GPU" if device == "gpu" else "KIND_CPU"),
            "platform": "onnxruntime_onnx", "default_model_filename": "model.onnx"}
     if device == "gpu":
         trt = {"precision_mode": TRT_PRECISION[precision], "max_workspace_size_bytes": str(1 << 30),
-               "trt_engine_cache_enable": "1", "trt_engine_cache_path": f"/tmp/edgeattn_trt_cache/{name}",
+               "trt_engine_cache_enable": "1", "trt_engine_cache_path": trt_cache_path(name, model_sha256),
                **profile_shape_options(spec.to_dict())}
         cfg["optimization"] = {"execution_accelerators": {
             "gpu_execution_accelerator": [{"name": "tensorrt", "parameters": key_values(trt)}]}}

@@ -124,12 +124,14 @@ def onnx_entry(out: Path, name: str, ref: ModelRef, spec: ModelSpec, choice: pic
     folder = out / f"{name}_onnx"
     copy_file(ref.file(choice.artifact), folder / "1" / "model.onnx")
     inputs, outputs = graph_io(folder / "1" / "model.onnx")
-    cfg = configs.onnx_config(folder.name, spec, inputs, outputs, choice.precision, o.batching, o.onnx_device)
+    sha = sha256_file(folder / "1" / "model.onnx")
+    cfg = configs.onnx_config(folder.name, spec, inputs, outputs, choice.precision, o.batching, o.onnx_device,
+                              model_sha256=sha)
     if o.warmup:
         cfg["model_warmup"] = _warmup(folder, spec, inputs)
     write_config(folder, cfg)
     return {"entry": folder.name, "triton": "onnxruntime_onnx", **choice.to_dict(),
-            "sha256": sha256_file(folder / "1" / "model.onnx"), "device": o.onnx_device,
+            "sha256": sha, "device": o.onnx_device,
             "inputs": [i.name for i in inputs], "outputs": [x.name for x in outputs]}
 
 

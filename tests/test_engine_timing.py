@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.engine_timing import (cli_args, format_table, gpu_side, parse_cli_summary, throughput, time_engine,
-                                 time_engines)
+from bench.engine_timing import (INCLUDES, cli_args, format_table, gpu_side, parse_cli_summary, throughput,
+                                 time_engine, time_engines)
 from runtime import engine_manifest as em
 from zoo.registry import create_model
 
@@ -56,13 +56,18 @@ def test_gpu_side_percentiles():
 
 
 class _StandInRunner:
-    """What time_engine needs of TensorRTRunner: infer, last_timing (per thread), graph_stats, a context manager."""
+    """What time_engine needs of TensorRTRunner: infer, last_timing (per thread), compute_burst_ms, graph_stats,
+    rtx_capture / rtx_settings, a context manager."""
 
     opened: list[dict] = []
 
-    def __init__(self, path, use_cuda_graph=False, timing=False) -> None:
-        self.kw = {"path": Path(path), "use_cuda_graph": use_cuda_graph, "timing": timing}
+    def __init__(self, path, use_cuda_graph=False, timing=False, **kw) -> None:
+        self.kw = {"path": Path(path), "use_cuda_graph": use_cuda_graph, "timing": timing, **kw}
         self.graph_stats = {"captures": 1, "launches": 0, "fallbacks": 0}
+        self.rtx_capture = {"capturable": 1, "not_capturable": 0}
+        if "rtx_specialization" in kw:
+            self.rtx_settings = {"kernel_specialization": kw["rtx_specialization"].upper(),
+                                 "cuda_graph_strategy": "WHOLE_GRAPH_CAPTURE" if use_cuda_graph else "DISABLED"}
         self._local = threading.local()
         self.calls = 0
         _StandInRunner.opened.append(self.kw)
@@ -84,6 +89,10 @@ class _StandInRunner:
     @property
     def last_timing(self):
         return getattr(self._local, "t", None)
+
+    def compute_burst_ms(self, feed, executions):
+        assert executions == 10
+        return 0.4 if self.kw["use_cuda_graph"] else 0.45
 
 
 def test_time_engine_measures_every_point_with_the_runner_it_is_given(tmp_path):
@@ -108,7 +117,8 @@ def test_time_engine_measures_every_point_with_the_runner_it_is_given(tmp_path):
         assert all(t["calls"] > 0 and t["samples_per_s"] > 0 and "error" not in t for t in p["throughput"])
         assert ("graph_stats" in p) == p["cuda_graph"]
     lines = format_table({"engines": [doc]})
-    assert len(lines) == 1 + len(doc["points"]) and "GPU compute 0.5" in lines[2]
+    assert len(lines) == 2 + len(doc["points"]) and "compute (launch incl.) 0.5 GPU compute (back to back) 0.4" \
+        in lines[3]
 
 
 def test_a_failing_runner_is_recorded_per_point_and_per_thread(tmp_path):
@@ -144,3 +154,48 @@ def test_no_gpu_cli_exits_2_with_a_message(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(runtime.gpu, "nvidia_gpu_present", lambda: False)
     assert main([str(tmp_path / "x.engine"), "--out", str(tmp_path / "t.json")]) == 2
     assert "no NVIDIA GPU" in capsys.readouterr().err and not (tmp_path / "t.json").exists()
+
+
+def _engine(tmp_path: Path, flavor: str, tf32) -> Path:
+    built = create_model("vit", depth=1, dim=16, heads=2, mlp_dim=32)
+    (tmp_path / "spec.json").write_text(built.spec.to_json())
+    engine = tmp_path / f"fp32.{flavor}.engine"
+    engine.write_bytes(b"not a real engine")
+    em.manifest_path(engine).write_text(json.dumps({"format": em.MANIFEST_FORMAT, "flavor": flavor,
+                                                    "precision": "fp32", "builder": {"tf32": tf32}}))
+    return engine
+
+
+@pytest.mark.parametrize("flavor,tf32", [("trt10", False), ("rtx", True), ("trt11", None)])
+def test_every_point_states_what_it_includes_tf32_rtx_settings_and_capture(tmp_path, flavor, tf32):
+    """#22: per row, what each figure includes (H2D, compute with its launch, compute back to back, D2H), the TF32
+    mode, RTX's specialisation strategy (EAGER asked for) and whether a CUDA graph was captured."""
+    _StandInRunner.opened.clear()
+    doc = time_engine(_engine(tmp_path, flavor, tf32), batches=(2,), seconds=0.02, threads=(1,), use_cli=False,
+                      open_runner=_StandInRunner)
+    want_tf32 = {False: "off (", True: "allowed (", None: "unknown ("}[tf32]
+    assert doc["tf32"].startswith(want_tf32)
+    for p in doc["points"]:
+        assert p["includes"] == INCLUDES and p["tf32"] == doc["tf32"]
+        assert p["gpu"]["compute_burst"]["p50_ms"] == pytest.approx(0.4 if p["cuda_graph"] else 0.45)
+        assert p["cuda_graph_captured"]["captured"] is p["cuda_graph"]
+        if flavor == "rtx":
+            assert p["rtx"]["kernel_specialization"] == "EAGER"
+            assert "is_stream_capturable" in p["cuda_graph_captured"]["evidence"] or not p["cuda_graph"]
+        else:
+            assert "rtx" not in p
+    assert all(("rtx_specialization" in kw) == (flavor == "rtx") for kw in _StandInRunner.opened)
+    assert "h2d: GPU time of the host-to-device transfers only" in format_table({"engines": [doc]})[0]
+    assert INCLUDES["compute"].startswith("one synchronised call: the launch")
+
+
+def test_capture_not_claimed_without_evidence(tmp_path):
+    from bench.engine_timing import graph_captured
+
+    class R:
+        graph_stats = {"captures": 1, "launches": 9, "fallbacks": 1}
+        rtx_capture = {"capturable": 1, "not_capturable": 1}
+
+    assert graph_captured(R(), True, "trt10")["captured"] is False  # a shape fell back to plain execution
+    assert graph_captured(R(), True, "rtx")["captured"] is False  # RTX said one shape was not capturable
+    assert graph_captured(R(), False, "trt10") == {"captured": False, "evidence": "CUDA graphs off"}

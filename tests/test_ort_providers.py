@@ -112,6 +112,12 @@ def fake_ort(monkeypatch):
     return install
 
 
+def _sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _feed(b: int = 3, s: int = 5, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {"x": rng.standard_normal((b, 4)).astype(np.float32), "t": rng.standard_normal((b, s)).astype(np.float32)}
@@ -131,11 +137,12 @@ def test_tensorrt_ep_gets_options_per_precision(fake_ort, tmp_path, fname, preci
         np.testing.assert_array_equal(out["y"], 2 * feed["x"])
         np.testing.assert_array_equal(out["z"], feed["t"] + 1)
     assert len(fake.created) == 1  # spec.json beside the model: options known up front, one session
-    cache = tmp_path / "m" / "ort_trt_cache"
+    cache = tmp_path / "m" / "ort_trt_cache" / _sha(model)
+    tf32 = "0" if fname.startswith("fp32") else "1"
     assert fake.options() == {TRT: {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache),
-                                    **precision_opts, **PROFILE}}
+                                    **precision_opts, **PROFILE}, CUDA: {"use_tf32": tf32}}
     assert cache.is_dir()
-    assert fake.created[0][1:] == [CUDA, CPU]  # the CUDA EP and CPU: as asked
+    assert fake.created[0][1:] == [(CUDA, {"use_tf32": tf32}), CPU]  # the CUDA EP (TF32 explicit) and CPU
     assert fake.sessions[0].fallback_disabled  # a run-time EP failure raises instead of switching to CPU
 
 
@@ -240,3 +247,80 @@ def test_real_onnxruntime_cpu_is_unchanged(tmp_path):
     if TRT not in ort.get_available_providers():
         with pytest.raises(BackendError, match="not available"):
             OrtRunner(model, providers="tensorrt")
+
+
+def test_trt_cache_is_keyed_by_the_files_content(fake_ort, tmp_path, monkeypatch):
+    """#22 item 1: ORT's own cache key hashes names, not weights; a retrained model (same names, new weights) must get
+    a new cache folder, the same file the same one, and the hash is computed once per file version."""
+    import runtime.ort_backend as ob
+    from runtime.ort_backend import OrtRunner
+
+    fake = fake_ort()
+    model = write_model(tmp_path / "m" / "fp16.onnx")
+    with OrtRunner(model, providers=["tensorrt", "cpu"]):
+        pass
+    first = fake.options()[TRT]["trt_engine_cache_path"]
+    assert first == str(tmp_path / "m" / "ort_trt_cache" / _sha(model))
+    calls = []
+    monkeypatch.setattr(ob, "sha256_file", lambda p: calls.append(p) or "x" * 64)
+    with OrtRunner(model, providers=["tensorrt", "cpu"]):
+        pass
+    assert fake.options()[TRT]["trt_engine_cache_path"] == first and calls == []  # same file version: no re-hash
+    monkeypatch.undo()
+    fake = fake_ort()
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(model))
+    m.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.array(3, np.float32), "two"))  # "retrained"
+    onnx.save(m, str(model))
+    with OrtRunner(model, providers=["tensorrt", "cpu"]) as r:
+        np.testing.assert_array_equal(r.infer(_feed())["y"], 3 * _feed()["x"])
+    second = fake.options()[TRT]["trt_engine_cache_path"]
+    assert second != first and second == str(tmp_path / "m" / "ort_trt_cache" / _sha(model))
+    monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "0")
+    with OrtRunner(model, providers=["tensorrt", "cpu"]) as r:
+        assert r.tf32 == "off (NVIDIA_TF32_OVERRIDE=0)"
+    assert fake.options()[TRT]["trt_engine_cache_path"] == second + "-tf32off"  # TF32 off builds another engine
+
+
+@pytest.mark.parametrize("fname,providers,want", [
+    ("fp32.onnx", ["cuda", "cpu"], "off (CUDA EP use_tf32=0)"),
+    ("fp16.onnx", ["cuda", "cpu"], "allowed (CUDA EP use_tf32=1)"),
+    ("fp32.onnx", ["tensorrt", "cpu"], "allowed (TensorRT's default; the TensorRT EP has no TF32 option)"),
+    ("fp32.onnx", ["cpu"], None)])
+def test_tf32_is_explicit_and_recorded(fake_ort, tmp_path, fname, providers, want, monkeypatch):
+    """#22 item 7: the CUDA EP's TF32 is set, not left to its default (on); the runner says what applies."""
+    from runtime.ort_backend import OrtRunner
+
+    monkeypatch.delenv("NVIDIA_TF32_OVERRIDE", raising=False)
+    fake_ort()
+    with OrtRunner(write_model(tmp_path / "m" / fname), providers=providers) as r:
+        assert r.tf32 == want
+
+
+def test_decoder_profile_starts_the_past_at_past_min():
+    """#22 item 6: DimRange cannot say 0, so dynamic['past'] starts at 1; the prefill binds an empty past, which
+    the TensorRT EP profile must cover (preprocess['past_min'] = 0)."""
+    from runtime.ort_backend import profile_shape_options
+
+    spec = {"inputs": [{"name": "ids", "dtype": "int64", "shape": ["batch", "sequence"]},
+                       {"name": "past", "dtype": "float32", "shape": ["batch", 2, "past", 4]}],
+            "dynamic": {"batch": {"min": 1, "opt": 2, "max": 4}, "sequence": {"min": 1, "opt": 8, "max": 16},
+                        "past": {"min": 1, "opt": 8, "max": 15}},
+            "preprocess": {"past_min": 0}}
+    got = profile_shape_options(spec)
+    assert got["trt_profile_min_shapes"] == "ids:1x1,past:1x2x0x4"
+    assert got["trt_profile_max_shapes"] == "ids:4x16,past:4x2x15x4"
+    no_pre = {k: v for k, v in spec.items() if k != "preprocess"}
+    assert profile_shape_options(no_pre)["trt_profile_min_shapes"] == "ids:1x1,past:1x2x1x4"
+
+
+def test_triton_cache_path_is_keyed_by_the_model_sha256():
+    from serve.configs import trt_cache_path
+    from serve.errors import RepositoryError
+
+    a, b = "a" * 64, "b" * 64
+    assert trt_cache_path("m_onnx", a) == f"/tmp/edgeattn_trt_cache/m_onnx/{a}" != trt_cache_path("m_onnx", b)
+    with pytest.raises(RepositoryError, match=r"model sha256 'abc': expected 64 lowercase hex digits"):
+        trt_cache_path("m_onnx", "abc")

@@ -9,6 +9,8 @@ Tests that need the server skip only where the wheel or its Python environment i
 """
 from __future__ import annotations
 
+import hashlib
+
 import json
 import os
 import shutil
@@ -245,6 +247,8 @@ def test_repository_entries_and_configs(repository, artifacts):
     trt_acc = onnx.optimization.execution_accelerators.gpu_execution_accelerator[0]
     assert trt_acc.name == "tensorrt" and trt_acc.parameters["precision_mode"] == "FP32"
     assert trt_acc.parameters["trt_profile_max_shapes"] == f"input_ids:{bmax.max}x{seq.max}"
+    sha = hashlib.sha256((out / f"{TEXT}_onnx" / "1" / "model.onnx").read_bytes()).hexdigest()
+    assert trt_acc.parameters["trt_engine_cache_path"] == f"/tmp/edgeattn_trt_cache/{TEXT}_onnx/{sha}"  # #22 item 1
     assert onnx.instance_group[0].kind == pb.ModelInstanceGroup.KIND_GPU
     w = onnx.model_warmup[0].inputs["input_ids"]
     ids = np.frombuffer((out / f"{TEXT}_onnx" / "warmup" / w.input_data_file).read_bytes(), np.int64)
