@@ -30,12 +30,13 @@ import numpy as np
 from bench import envinfo
 from bench.engine_timing import format_table as format_engine_table, time_engines
 from bench.generation import CODE_VERSION as GENERATION_VERSION, bench_decoder, print_section
-from bench.peers import PEER_MODES, ALL_PEERS, TORCH_PEERS, default_peers
+from bench.peers import PEER_DEVICE, PEER_MODES, ALL_PEERS, TORCH_PEERS, default_peers
 from bench.plots import write_plots
 from bench.results import (accuracy_from_verify, find_verify_row, int8_guard, make_row, summarize,
                            verified_mode)
+from bench.results import device_of
 from bench.timing import TimingConfig, run_interleaved, summarize as stats_of
-from bench.worker import RemoteTimer, Worker, WorkerDied
+from bench.worker import RemoteTimer, Worker, WorkerDied, adopt_in_turn
 from runtime import gpu
 from pipeline.artifacts import ModelRef, resolve_models
 from runtime.ort_backend import levels_from
@@ -229,23 +230,18 @@ class ModelBench:
         args = self.args
         kinds = [k for k in TORCH_PEERS if k in args.peers]
         plain = self.model_dir / "fp32.onnx"
-        launches = []
+        launches = []  # (launch, on the GPU)
         if kinds:
-            launches.append(lambda: self._spawn_torch(kinds))
+            launches.append((lambda: self._spawn_torch(kinds), any(PEER_DEVICE[k] == "gpu" for k in kinds)))
         if "ort_plain" in args.peers and plain.is_file():
-            launches.append(lambda: self._spawn_runner({"path": plain, "backend": "onnxruntime", "mode": "all",
-                                                        "precision": "fp32"}, "ort_plain"))
+            launches.append((lambda: self._spawn_runner({"path": plain, "backend": "onnxruntime", "mode": "all",
+                                                         "precision": "fp32"}, "ort_plain"), False))
         if not args.no_ours:
             for item in plan_ours(self.name, self.model_dir, self.vrows, "ort_plain" in args.peers and plain.is_file()):
-                launches.append(lambda item=item: self._spawn_runner(item))
-        # two workers load at a time (2 cores; bounded memory for the heavy model)
-        pending: list = []
-        for launch in launches:
-            pending.append(launch())
-            if len(pending) >= 2:
-                self.slots += self._adopt(*pending.pop(0))
-        for p in pending:
-            self.slots += self._adopt(*p)
+                launches.append((lambda item=item: self._spawn_runner(item),
+                                 device_of(item["backend"], item["mode"]) == "gpu"))
+        # CPU workers two at a time (2 cores; bounded memory for the heavy model), GPU workers one at a time
+        self.slots += adopt_in_turn(launches, self._adopt)
         for s in self.slots:
             if not s.is_peer:
                 s.vrow = _verify_row_of(self.vrows, self.name, s)
@@ -315,7 +311,8 @@ class ModelBench:
         if b == 1 and cfg.min_iters_batch1 > cfg.min_iters:
 
             cfg = replace(cfg, min_iters=cfg.min_iters_batch1)
-        timed = run_interleaved(timers, cfg)
+        gpu_keys = {s.key for s in self.slots if device_of(s.backend, s.mode, s.peer_kind) == "gpu"}
+        timed = run_interleaved(timers, cfg, gpu_keys=gpu_keys)
         for s in self.slots:
             if s.key in timed:
                 t = timed[s.key]

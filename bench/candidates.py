@@ -91,6 +91,11 @@ class RunnerCandidate(Candidate):
         providers = getattr(self.runner, "providers", None)
         if providers:
             self.notes["providers"] = list(providers)
+        tf32 = runner_tf32(self.runner)
+        if tf32:
+            self.notes["tf32"] = tf32
+        if getattr(self.runner, "rtx_settings", None):
+            self.notes["rtx"] = dict(self.runner.rtx_settings)
 
     def call(self, feed: dict[str, np.ndarray]) -> Callable[[], Any]:
         runner = self.runner
@@ -103,6 +108,27 @@ class RunnerCandidate(Candidate):
         if self.runner is not None:
             self.runner.close()
             self.runner = None
+
+
+def engine_tf32_mode(manifest: dict[str, Any]) -> str:
+    """An engine's TF32 mode from its manifest (``builder.tf32``: False = cleared, True = allowed, None = unknown)."""
+    tf32 = (manifest.get("builder") or {}).get("tf32")
+    if tf32 is False:
+        return "off (BuilderFlag.TF32 cleared: FP32 layers compute in FP32)"
+    if tf32 is True:
+        return "allowed (TensorRT's default: FP32 GEMMs/convolutions may run in TF32)"
+    return "unknown (this TensorRT has no TF32 flag, or the manifest predates the field)"
+
+
+def runner_tf32(runner) -> str | None:
+    """What TF32 does in a runner's rows: ONNX Runtime GPU providers say it (``OrtRunner.tf32``), engines carry it in
+    their manifest; None on CPU backends (no TF32 there)."""
+    mode = getattr(runner, "tf32", None)
+    if mode:
+        return mode
+    if getattr(runner, "backend", None) == "tensorrt":
+        return engine_tf32_mode(getattr(runner, "manifest", None) or {})
+    return None
 
 
 def make_feed(spec, batch: int, seq_len: int | None, seed: int = 0) -> dict[str, np.ndarray]:

@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from bench.candidates import make_feed
+from bench.candidates import engine_tf32_mode, make_feed
 from bench.envinfo import gpu_info, jetson_info
 from bench.timing import percentiles, summarize
 from runtime import engine_manifest as em
@@ -106,16 +106,6 @@ def compute_burst(runner, feed: dict[str, np.ndarray], bursts: int = BURSTS,
     vals = [float(fn(feed, executions)) for _ in range(bursts)]
     p50, p90, p99 = percentiles(vals)
     return {"p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "mean_ms": float(np.mean(vals))}
-
-
-def tf32_mode(manifest: dict[str, Any]) -> str:
-    """The engine's TF32 mode from its manifest (``builder.tf32``: False = cleared, True = allowed, None = unknown)."""
-    tf32 = (manifest.get("builder") or {}).get("tf32")
-    if tf32 is False:
-        return "off (BuilderFlag.TF32 cleared: FP32 layers compute in FP32)"
-    if tf32 is True:
-        return "allowed (TensorRT's default: FP32 GEMMs/convolutions may run in TF32)"
-    return "unknown (this TensorRT has no TF32 flag, or the manifest predates the field)"
 
 
 def graph_captured(runner, graph: bool, flavor: str) -> dict[str, Any]:
@@ -261,7 +251,7 @@ def time_engine(engine: str | Path, batches: Sequence[int] = (1, 8), seconds: fl
     r = spec.dynamic["batch"]
     cli = find_cli(flavor) if use_cli else None
     out: dict[str, Any] = {"engine": str(engine), "flavor": flavor, "precision": man.get("precision"),
-                           "cli": cli, "seq_len": seq, "tf32": tf32_mode(man), "points": []}
+                           "cli": cli, "seq_len": seq, "tf32": engine_tf32_mode(man), "points": []}
     extra = {"rtx_specialization": RTX_SPECIALIZATION} if flavor == "rtx" else {}
     for b in sorted({min(max(int(b), r.min), r.max) for b in batches}):
         feed = make_feed(spec, b, seq)

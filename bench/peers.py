@@ -6,15 +6,21 @@ CUDA peers with GPU artifacts (engines, ONNX Runtime GPU providers) only (``PEER
 | ``eager`` | PyTorch eager FP32, ``torch.inference_mode()`` |
 | ``bf16_autocast`` | ``torch.autocast("cpu", dtype=torch.bfloat16)`` around the eager module |
 | ``dynamic_int8`` | ``torch.ao.quantization.quantize_dynamic`` on ``nn.Linear`` (qint8 weights, x86 engine); the fused MHA fast path is switched off for its calls (it reads ``linear.weight``, a method after quantisation) |
-| ``compile`` | ``torch.compile(module)`` (inductor, default mode); compilation time of each new input shape is the first call at that shape, reported as ``compile_seconds`` |
+| ``compile`` | ``torch.compile(module, dynamic=False)`` per input shape (inductor, default mode), compiled when the shape's feed arrives, never inside timed calls; that compile time is reported as ``compile_seconds`` |
 | ``ort_plain`` | ONNX Runtime on the plain export ``fp32.onnx`` at ORT's default level (ORT_ENABLE_ALL), CPU provider |
 | ``cuda_eager`` | PyTorch eager FP32 on the GPU (a copy of the module on ``cuda:0``) |
 | ``cuda_fp16_autocast`` | ``torch.autocast("cuda", dtype=torch.float16)`` around the CUDA eager module |
-| ``cuda_compile`` | ``torch.compile`` of the CUDA module (inductor, default mode) |
+| ``cuda_compile`` | ``torch.compile(dynamic=False)`` of the CUDA module per input shape, as ``compile`` |
 
 The CUDA peers are timed like our engines, numpy in and numpy out: the host-to-device copy of the inputs and the
 device-to-host copy of the logits (which waits for the GPU) are inside every timed call. They are chosen by default
-only where ``torch.cuda.is_available()`` (``default_peers``).
+only where ``torch.cuda.is_available()`` (``default_peers``). TF32 is set, not left to PyTorch's defaults (TF32 on
+for cuDNN convolutions, off for matmuls): off for every CUDA peer (``torch.backends.cuda.matmul.allow_tf32`` and
+``torch.backends.cudnn.allow_tf32``), like our fp32 engines (BuilderFlag.TF32 cleared); rows carry ``notes.tf32``.
+
+With ``dynamic=None`` (torch.compile's default) the second batch size recompiles with dynamic shapes, and a shape
+seen first by the smoke test or the accuracy pass moves its compile out of ``compile_seconds`` (or into a timed
+call); one static compile per shape, done before timing, avoids both.
 
 Peers are the reference implementations, so bench rows mark them ``verified: null`` and never pick one as
 "fastest ours". The PyTorch peers of a model share one worker process (bench/worker.py); ``ort_plain`` is a
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from typing import Any, Callable
 
 import numpy as np
@@ -40,7 +47,9 @@ PEER_MODES = {"eager": ("fp32", "eager"), "bf16_autocast": ("bf16", "bf16-autoca
          "dynamic_int8": ("int8", "dynamic-int8-linear"), "compile": ("fp32", "compile-inductor"),
          "cuda_eager": ("fp32", "cuda-eager"), "cuda_fp16_autocast": ("fp16", "cuda-fp16-autocast"),
          "cuda_compile": ("fp32", "cuda-compile-inductor")}
-COMPILE_PEERS = ("compile", "cuda_compile")  # their first call at a new shape compiles: reported as compile_seconds
+COMPILE_PEERS = ("compile", "cuda_compile")  # compiled per input shape before timing: reported as compile_seconds
+RECOMPILE_LIMIT = 64  # dynamo's per-function cache (default 8) must hold one static graph per shape we run
+TF32_NOTE = "off (torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False)"
 PEER_DEVICE = {k: ("gpu" if k in CUDA_TORCH_PEERS else "cpu") for k in ALL_PEERS}
 # the eager FP32 reference each device's speed-ups are measured against
 EAGER_PEER = {"cpu": "eager", "gpu": "cuda_eager"}
@@ -59,6 +68,22 @@ def default_peers() -> tuple[str, ...]:
     return ALL_PEERS if cuda else CPU_TORCH_PEERS + ("ort_plain",)
 
 
+def set_cuda_tf32(torch, allowed: bool) -> str:
+    """Set TF32 for CUDA matmuls and cuDNN convolutions explicitly (process-wide: every CUDA peer of a worker gets
+    the same); returns the note the rows carry."""
+    torch.backends.cuda.matmul.allow_tf32 = bool(allowed)
+    torch.backends.cudnn.allow_tf32 = bool(allowed)
+    return TF32_NOTE if not allowed else "allowed (torch.backends.cuda.matmul/cudnn.allow_tf32 = True)"
+
+
+def raise_recompile_limit(torch, limit: int = RECOMPILE_LIMIT) -> None:
+    """Room for one static graph per input shape (``recompile_limit``; ``cache_size_limit`` before torch 2.6)."""
+    cfg = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(cfg, name) and getattr(cfg, name) < limit:
+            setattr(cfg, name, limit)
+
+
 class TorchCandidate(Candidate):
     """A PyTorch peer around ``built.module`` (shared, not copied, except for dynamic int8)."""
 
@@ -71,6 +96,8 @@ class TorchCandidate(Candidate):
         self.kind = kind
         self.input_names = [t.name for t in built.spec.inputs]
         self.module = None
+        self._compiled: dict[tuple, Any] = {}  # compile peers: input shapes -> torch.compile(module, dynamic=False)
+        self._compile_s: dict[tuple, float] = {}
 
     @property
     def on_cuda(self) -> bool:
@@ -86,9 +113,7 @@ class TorchCandidate(Candidate):
                                    f"(torch.version.cuda={torch.version.cuda})")
             m = copy.deepcopy(m).to("cuda").eval()  # a copy: the CPU peers in this worker keep the CPU module
             self.notes["device"] = torch.cuda.get_device_name(0)
-            if self.kind == "cuda_compile":
-                m = torch.compile(m)
-                self.notes["compile"] = "torch.compile(module on cuda), inductor, default mode, dynamic=None"
+            self.notes["tf32"] = set_cuda_tf32(torch, False)
         elif self.kind == "dynamic_int8":
             import warnings
 
@@ -97,15 +122,34 @@ class TorchCandidate(Candidate):
                 m = torch.ao.quantization.quantize_dynamic(copy.deepcopy(m), {torch.nn.Linear}, dtype=torch.qint8)
             self.notes["quantized_engine"] = torch.backends.quantized.engine
             self.notes["mha_fastpath"] = "disabled for this peer (fused encoder path needs float Linear weights)"
-        elif self.kind == "compile":
-            m = torch.compile(m)
-            self.notes["compile"] = "torch.compile(module), inductor, default mode, dynamic=None"
+        if self.kind in COMPILE_PEERS:
+            raise_recompile_limit(torch)
+            self.notes["compile"] = ("torch.compile(module, dynamic=False) per input shape, inductor, default mode; "
+                                     "compiled before timing, compile time = compile_seconds")
         self.module = m
 
-    def _forward(self, args) -> Callable[[], Any]:
+    def _compiled_for(self, args) -> Any:
+        """The module compiled for these input shapes (``dynamic=False``), compiling it now (its first call, timed
+        into ``compile_seconds_of``) if this shape is new."""
         import torch
 
-        m = self.module
+        key = tuple(tuple(a.shape) for a in args)
+        if key not in self._compiled:
+            compiled = torch.compile(self.module, dynamic=False)
+            t0 = time.perf_counter()
+            self._forward(args, compiled)()  # compiles; a CUDA peer's .cpu() waits for the GPU
+            self._compile_s[key] = time.perf_counter() - t0
+            self._compiled[key] = compiled
+        return self._compiled[key]
+
+    def compile_seconds_of(self, feed: dict[str, np.ndarray]) -> float | None:
+        """Seconds the compile for this feed's shapes took (None: not a compile peer, or not compiled yet)."""
+        return self._compile_s.get(tuple(tuple(np.shape(feed[n])) for n in self.input_names))
+
+    def _forward(self, args, module=None) -> Callable[[], Any]:
+        import torch
+
+        m = self.module if module is None else module
         if self.on_cuda:
             autocast = self.kind == "cuda_fp16_autocast"
 
@@ -136,7 +180,10 @@ class TorchCandidate(Candidate):
     def call(self, feed: dict[str, np.ndarray]) -> Callable[[], Any]:
         import torch
 
-        return self._forward([torch.from_numpy(np.ascontiguousarray(feed[n])) for n in self.input_names])
+        args = [torch.from_numpy(np.ascontiguousarray(feed[n])) for n in self.input_names]
+        if self.kind in COMPILE_PEERS:
+            return self._forward(args, self._compiled_for(args))
+        return self._forward(args)
 
     def logits(self, feed: dict[str, np.ndarray]) -> np.ndarray:
         out = self.call(feed)()
@@ -144,3 +191,4 @@ class TorchCandidate(Candidate):
 
     def close(self) -> None:
         self.module = None
+        self._compiled.clear()

@@ -10,6 +10,12 @@ round-robin order rotates every round (3+ candidates). When a slice holds severa
 from another candidate leaves cold caches and parked thread pools). A candidate that raises is recorded and
 dropped; the others carry on. The calls themselves run in worker processes (bench/worker.py), driven one at a
 time by the parent; ``LocalTimer`` is the in-process loop a worker (or a test) uses.
+
+GPU candidates (``gpu_keys``: engines, ONNX Runtime GPU providers, CUDA peers) get their own warm-up: at least
+``gpu_warmup_calls`` calls and ``gpu_warmup_s`` seconds, whatever the first call cost, so GPU clocks ramp up and
+lazy JIT / autotuning (RTX kernel specialisation, cuDNN/cuBLAS heuristics, the TensorRT EP's engine build) settle
+before timing. The CPU rule (a first call slower than ``heavy_call_s`` is the whole warm-up) would give a GPU
+candidate whose first call built an engine no warm-up at all.
 """
 from __future__ import annotations
 
@@ -55,6 +61,9 @@ class TimingConfig:
     warmup_s: float = 0.15  # warm-up seconds per candidate after its first call (at least ``warmup_calls``), excluded
     warmup_calls: int = 1
     heavy_call_s: float = 1.0  # a first call slower than this is the whole warm-up (ViT-B/16 at batch 8 on 2 cores)
+    gpu_warmup_s: float = 2.0  # GPU candidates: warm-up seconds (clocks, JIT, autotuning), never cut by heavy_call_s
+    gpu_warmup_calls: int = 20
+    gpu_warmup_max_calls: int = 100_000  # the time, not a call cap, ends a GPU warm-up of fast calls
 
 
 @dataclass
@@ -79,9 +88,11 @@ class LocalTimer:
     def __init__(self, fn: Callable[[], Any]) -> None:
         self.fn = fn
 
-    def warm(self, warmup_s: float, warmup_calls: int, heavy_call_s: float = math.inf) -> dict[str, Any]:
+    def warm(self, warmup_s: float, warmup_calls: int, heavy_call_s: float = math.inf,
+             max_calls: int = 50) -> dict[str, Any]:
         """First call (timed separately: lazy init / compilation), then calls until warm (none after a first call
-        slower than ``heavy_call_s``). Returns {first_call_s, est_s (fastest warm call), calls}."""
+        slower than ``heavy_call_s``): at least ``warmup_calls``, then more until ``warmup_s`` has passed or
+        ``max_calls`` were made. Returns {first_call_s, est_s (fastest warm call), calls}."""
         fn = self.fn
         t0 = time.perf_counter()
         fn()
@@ -89,7 +100,7 @@ class LocalTimer:
         if first > heavy_call_s:
             warmup_calls, warmup_s = 0, 0.0
         best, n, start = math.inf, 0, time.perf_counter()
-        while n < warmup_calls or (time.perf_counter() - start < warmup_s and n < 50):
+        while n < warmup_calls or (time.perf_counter() - start < warmup_s and n < max_calls):
             c0 = time.perf_counter()
             fn()
             best = min(best, time.perf_counter() - c0)
@@ -116,15 +127,23 @@ class LocalTimer:
         return samples
 
 
+def warm_args(cfg: TimingConfig, gpu: bool) -> tuple[float, int, float, int]:
+    """(warmup_s, warmup_calls, heavy_call_s, max_calls) for a CPU or a GPU candidate."""
+    if gpu:
+        return cfg.gpu_warmup_s, cfg.gpu_warmup_calls, math.inf, cfg.gpu_warmup_max_calls
+    return cfg.warmup_s, cfg.warmup_calls, cfg.heavy_call_s, 50
+
+
 def run_interleaved(timers: dict[str, Any], cfg: TimingConfig,
-                    on_progress: Callable[[str], None] | None = None) -> dict[str, Timed]:
+                    on_progress: Callable[[str], None] | None = None, gpu_keys=frozenset()) -> dict[str, Timed]:
     """Time every timer (key -> object with ``warm`` and ``time_slice`` like LocalTimer, local or in a worker
-    process) interleaved; see the module docstring. A timer that raises is recorded and dropped."""
+    process) interleaved; see the module docstring (``gpu_keys``: the GPU candidates' warm-up). A timer that
+    raises is recorded and dropped."""
     out = {k: Timed(k) for k in timers}
     est: dict[str, float] = {}
     for key, tm in timers.items():
         try:
-            w = tm.warm(cfg.warmup_s, cfg.warmup_calls, cfg.heavy_call_s)
+            w = tm.warm(*warm_args(cfg, key in gpu_keys))
             out[key].first_call_s, out[key].warmup_calls, est[key] = w["first_call_s"], w["calls"], w["est_s"]
         except Exception as e:  # noqa: BLE001 - one candidate's failure must not end the run
             out[key].error = describe(e)

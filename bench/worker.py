@@ -25,7 +25,8 @@ import signal
 import subprocess
 import tempfile
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -33,6 +34,8 @@ from bench.candidates import RunnerCandidate, make_feed
 from bench.peers import TorchCandidate
 from bench.timing import LocalTimer, describe
 from runtime.child import child_env, describe_returncode, python_module
+from runtime.modelspec import precision_of
+from runtime.ort_backend import TF32_ENV
 from pipeline.artifacts import ModelRef
 from runtime.preprocess import feed_batches
 from zoo.registry import load_for_export
@@ -153,13 +156,36 @@ class RemoteTimer:
     def __init__(self, worker: Worker, key: str) -> None:
         self.worker, self.key = worker, key
 
-    def warm(self, warmup_s: float, warmup_calls: int, heavy_call_s: float = 1e9) -> dict[str, Any]:
+    def warm(self, warmup_s: float, warmup_calls: int, heavy_call_s: float = 1e9,
+             max_calls: int = 50) -> dict[str, Any]:
         return self.worker.request({"cmd": "warm", "key": self.key, "warmup_s": warmup_s, "warmup_calls": warmup_calls,
-                                    "heavy_call_s": heavy_call_s})
+                                    "heavy_call_s": min(heavy_call_s, 1e9), "max_calls": max_calls})
 
     def time_slice(self, slice_s: float, min_calls: int, max_calls: int, switch_warmup: bool) -> list[float]:
         return self.worker.request({"cmd": "time", "key": self.key, "slice_s": slice_s, "min_calls": min_calls,
                                     "max_calls": max_calls, "switch_warmup": bool(switch_warmup)})["samples"]
+
+
+def adopt_in_turn(launches: Sequence[tuple[Callable[[], tuple], bool]], adopt: Callable[..., list],
+                  parallel: int = 2) -> list:
+    """Start workers (``launch()`` -> the arguments of ``adopt``) and adopt them (``adopt`` waits for the hello,
+    i.e. until the worker has loaded its candidates): CPU workers ``parallel`` at a time; a GPU worker (flag True)
+    alone: every worker still loading is adopted first, and the GPU one before the next starts, so no two workers
+    build engines or take GPU memory at once."""
+    out: list = []
+    pending: list = []
+    for launch, on_gpu in launches:
+        if on_gpu:
+            while pending:
+                out += adopt(*pending.pop(0))
+            out += adopt(*launch())
+            continue
+        pending.append(launch())
+        if len(pending) >= parallel:
+            out += adopt(*pending.pop(0))
+    while pending:
+        out += adopt(*pending.pop(0))
+    return out
 
 
 # ---- worker side ----------------------------------------------------------------------------------------------
@@ -167,6 +193,15 @@ def _identity(c) -> dict[str, Any]:
     return {"key": c.key, "model": c.model, "backend": c.backend, "artifact": c.artifact, "precision": c.precision,
             "mode": c.mode, "is_peer": c.is_peer, "peer_kind": c.peer_kind, "error": c.error,
             "load_seconds": c.load_seconds, "notes": c.notes}
+
+
+def tf32_environment(runner: str | None, mode: str, precision: str | None) -> dict[str, str]:
+    """Process environment an ONNX Runtime TensorRT-EP worker needs so its fp32 rows compute in FP32: the TensorRT
+    EP has no TF32 option and TensorRT allows TF32 by default; NVIDIA_TF32_OVERRIDE=0 turns it off for TensorRT,
+    cuBLAS and cuDNN in this process (each candidate has its own worker, so nothing else is affected)."""
+    if runner and mode == "tensorrt-ep" and (precision or precision_of(Path(runner).name, default=None)) == "fp32":
+        return {TF32_ENV: "0"}
+    return {}
 
 
 def _build(args) -> tuple[list, Any]:
@@ -197,6 +232,7 @@ def _build(args) -> tuple[list, Any]:
 def _serve(cands: list, spec, rf, send) -> None:
     by_key = {c.key: c for c in cands}
     timers: dict[str, LocalTimer] = {}
+    compile_s: dict[str, float | None] = {}
     for line in rf:
         msg = json.loads(line)
         cmd = msg.get("cmd")
@@ -205,11 +241,13 @@ def _serve(cands: list, spec, rf, send) -> None:
         try:
             if cmd == "feed":
                 feed = make_feed(spec, int(msg["batch"]), msg.get("seq_len"))
-                timers, errors = {}, {}
+                timers, errors, compile_s = {}, {}, {}
                 for c in cands:
                     if c.error is None:
                         try:
                             timers[c.key] = LocalTimer(c.call(feed))
+                            if getattr(c, "compile_seconds_of", None):  # torch.compile peers: compiled per shape
+                                compile_s[c.key] = c.compile_seconds_of(feed)
                         except Exception as e:  # noqa: BLE001
                             errors[c.key] = describe(e)
                 send({"ok": True, "errors": errors})
@@ -219,8 +257,12 @@ def _serve(cands: list, spec, rf, send) -> None:
                 timers, errors = point_timers(cands, msg["points"], LocalTimer)
                 send({"ok": True, "errors": errors})
             elif cmd == "warm":
-                send({"ok": True, **timers[msg["key"]].warm(float(msg["warmup_s"]), int(msg["warmup_calls"]),
-                                                            float(msg.get("heavy_call_s", 1e9)))})
+                got = timers[msg["key"]].warm(float(msg["warmup_s"]), int(msg["warmup_calls"]),
+                                              float(msg.get("heavy_call_s", 1e9)), int(msg.get("max_calls", 50)))
+                compiled = compile_s.get(msg["key"])
+                if compiled is not None:  # compiled when the feed arrived: that was the first call at this shape
+                    got["first_call_s"] = compiled
+                send({"ok": True, **got})
             elif cmd == "time":
                 samples = timers[msg["key"]].time_slice(float(msg["slice_s"]), int(msg["min_calls"]),
                                                         int(msg["max_calls"]), bool(msg["switch_warmup"]))
@@ -275,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         while data:
             data = data[os.write(out_fd, data):]
 
+    os.environ.update(tf32_environment(args.runner, args.mode, args.precision))  # before any CUDA library loads
     try:
         cands, spec = _build(args)
     except Exception as e:  # noqa: BLE001

@@ -45,7 +45,9 @@ def open_mode(path: str | Path, backend: str, mode: str, threads: int | None = N
     - ``onnxruntime``: ``mode`` is a CPU optimisation level (``all``, ``extended``, ``basic``, ``disable``) on the
       CPU provider, on every machine; or a GPU mode (``cuda-ep``, ``tensorrt-ep``: that provider first, at ``all``).
     - ``openvino``: ``mode`` is the precision hint (``f32``, ``bf16``, ``f16``) on its CPU plugin.
-    - ``tensorrt``: an engine (``mode`` is informational: the flavour is in the engine's manifest)."""
+    - ``tensorrt``: an engine (``mode`` is informational: the flavour is in the engine's manifest); TensorRT-RTX
+      with EAGER kernel specialisation, so no row is checked or timed on the generic kernels LAZY (RTX's default)
+      runs until the shape-specialised ones finish compiling in the background."""
     if backend == "onnxruntime":
         if mode in ORT_GPU_MODES:
             return open_runner(path, "onnxruntime", providers=ORT_GPU_MODES[mode], threads=threads, opt_level="all")
@@ -54,7 +56,7 @@ def open_mode(path: str | Path, backend: str, mode: str, threads: int | None = N
     if backend == "openvino":
         return open_runner(path, "openvino", precision_hint=mode or "f32", threads=threads)
     if backend == "tensorrt":
-        return open_runner(path, "tensorrt")
+        return open_runner(path, "tensorrt", rtx_specialization="eager")
     raise BackendError(f"backend '{backend}': unknown; expected onnxruntime, openvino or tensorrt")
 
 
