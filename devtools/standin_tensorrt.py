@@ -249,12 +249,14 @@ class FakeCudart:
         return self._ok()
 
     def cudaMemcpy2D(self, dst, dpitch, src, spitch, width, height, kind):
-        """Synchronous strided copy: ``height`` rows of ``width`` bytes, rows ``dpitch`` / ``spitch`` apart."""
+        """Synchronous strided copy: ``height`` rows of ``width`` bytes, rows ``dpitch`` / ``spitch`` apart. A
+        synchronous copy may use pageable host memory; the device side must lie inside a device allocation."""
         want = self.COPY_KINDS.get(int(kind))
         if want is None or width > min(dpitch, spitch) or height < 0:
             return (CudaError.cudaErrorInvalidValue,)
         span = lambda pitch: (height - 1) * pitch + width if height else 0  # noqa: E731
-        if height and (self.kind_of(dst, span(dpitch)), self.kind_of(src, span(spitch))) != want:
+        got = (self.kind_of(dst, span(dpitch)), self.kind_of(src, span(spitch)))
+        if height and any(w == "device" and g != "device" for w, g in zip(want, got)):
             return (CudaError.cudaErrorInvalidValue,)
         for r in range(height):
             ctypes.memmove(dst + r * dpitch, src + r * spitch, width)

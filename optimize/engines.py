@@ -15,6 +15,12 @@ One builder for three flavours (see runtime/engine_manifest.py for the naming an
 Inputs (precision <- file): ``fp32.sim.onnx`` -> fp32, ``fp16.onnx`` -> fp16, ``int8.qdq.onnx`` -> int8.
 TF32: TensorRT enables BuilderFlag.TF32 by default (10.x, 11.x and RTX alike), so an "fp32" engine would run its
 FP32 GEMMs/convolutions in TF32; it is cleared for fp32 sources (``builder.tf32`` in the manifest, ``--noTF32``).
+Layer precisions: a strongly typed engine computes each layer in the type the ONNX graph gives it, so the manifest's
+``layers`` counts, from the parsed network, the GEMM/convolution layers per precision (``int8`` when both inputs come
+from DequantizeLinear, i.e. TensorRT runs an INT8 kernel; otherwise the layer's type: float16, float32, with
+``tf32`` saying whether FP32 ones may use TF32) and the other layers per output type. An INT8 engine whose Q/DQ graph
+was made from fp32.sim.onnx keeps every unquantised layer in FP32/TF32 and can be slower than the FP16 engine: the
+build warns and the manifest's ``warnings`` say so.
 Outputs: ``<model dir>/<precision>.<flavor>.engine`` + ``<engine>.json`` manifest, written atomically.
 Timing cache (trt10/trt11): one file per flavour/version/GPU under ``<artifacts>/timing/``, loaded before and saved
 after every build. TensorRT-RTX made timing caches a no-op in 1.2: the path is recorded with ``applicable: false``.
@@ -216,6 +222,58 @@ def _cli(flavor: str, onnx_path: Path, engine_path: Path, profiles: Sequence[Map
     return " ".join(shlex.quote(a) for a in args)
 
 
+GEMM_CONV = ("MATRIX_MULTIPLY", "CONVOLUTION", "DECONVOLUTION")
+NOT_COMPUTE = ("CONSTANT", "QUANTIZE", "DEQUANTIZE")
+
+
+def _layer_type(layer) -> str:
+    return str(layer.type).split(".")[-1]
+
+
+def layer_precisions(trt, network) -> dict[str, dict[str, int]]:
+    """{gemm_conv: {precision: n}, other: {output dtype: n}} of a parsed network (see the module docstring)."""
+    producer: dict[str, Any] = {}
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        for j in range(layer.num_outputs):
+            producer[layer.get_output(j).name] = layer
+
+    def dequantized(tensor) -> bool:  # DQ -> (a Shuffle, e.g. the transpose of a Gemm weight) -> this input
+        src = producer.get(tensor.name) if tensor is not None else None
+        if src is not None and _layer_type(src) == "SHUFFLE" and src.num_inputs:
+            src = producer.get(src.get_input(0).name) if src.get_input(0) is not None else None
+        return src is not None and _layer_type(src) == "DEQUANTIZE"
+
+    gemm: dict[str, int] = {}
+    other: dict[str, int] = {}
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        kind = _layer_type(layer)
+        if kind in NOT_COMPUTE or not layer.num_outputs:
+            continue
+        out = _dtype_name(trt, layer.get_output(0).dtype)
+        if kind in GEMM_CONV:
+            ins = [layer.get_input(j) for j in range(min(2, layer.num_inputs))]
+            key = "int8" if ins and all(dequantized(t) for t in ins) else out
+            gemm[key] = gemm.get(key, 0) + 1
+        else:
+            other[out] = other.get(out, 0) + 1
+    return {"gemm_conv": gemm, "other": other}
+
+
+def precision_warning(precision: str | None, layers: Mapping[str, Any]) -> str | None:
+    """The warning an INT8 engine with unquantised FP32 GEMMs/convolutions deserves (None otherwise)."""
+    gemm = layers.get("gemm_conv") or {}
+    fp32 = gemm.get("float32", 0)
+    if precision != "int8" or not fp32:
+        return None
+    total = sum(gemm.values())
+    how = "FP32/TF32" if layers.get("tf32") else "FP32"
+    return (f"INT8 engine: {fp32} of {total} GEMM/convolution layers are not quantised and compute in {how} (the Q/DQ "
+            "graph keeps the float parts of its source in float32); such an engine can be slower than the FP16 one. "
+            "Expected unquantised layers in FP16: build the Q/DQ graph on the FP16 graph")
+
+
 def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(x) for x in re.findall(r"\d+", version)[:2])
 
@@ -281,6 +339,10 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, spec, flavor: s
         if "not self-consistent" in w:
             log.warning("engine %s: TensorRT says the graph cannot run at every shape of its profile "
                         "(a shape baked into the ONNX at export?): %s", engine_path.name, w)
+    why = precision_warning(precision, attempt["layers"])
+    if why:
+        log.warning("engine %s: %s", engine_path.name, why)
+        warnings.append(why)
     em.atomic_write_bytes(engine_path, data)
     builder_opts = {
         "workspace_mb": int(workspace_mb), "opt_level": int(opt_level), "timing_cache": attempt["timing_cache"],
@@ -314,6 +376,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, spec, flavor: s
         "rebuild": dict(zip(("make", "python"), em.rebuild_commands(spec.name, str(engine_path.parent.parent),
                                                                      flavor_name, precision))),
         "io": attempt["io"],
+        "layers": attempt["layers"],
         "warnings": warnings,
         "spec": spec.to_dict(),
         "host": em.host_info(),
@@ -392,6 +455,7 @@ def _build_once(trt, logger, flavor: str, onnx_path: Path, spec, workspace_mb: i
         flags = 0  # trt11 and rtx: always strongly typed; no flag needed (11.x bit values moved)
     network = builder.create_network(flags)
     parser = _parse(trt, network, logger, onnx_path)
+    layers = layer_precisions(trt, network)
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
     config.builder_optimization_level = int(opt_level)
@@ -429,8 +493,10 @@ def _build_once(trt, logger, flavor: str, onnx_path: Path, spec, workspace_mb: i
         if cache_obj is not None:
             cache_info = _save_timing_cache(config, cache_info, Path(timing_cache))
     del parser, cache_obj
+    layers.update(tf32=tf32, strongly_typed=strongly_typed)  # weakly typed: TensorRT picks per layer (flags)
     return {"data": data, "errors": errors, "profiles": read_back, "profile_names": names, "io": _network_io(trt, network),
-            "network_flags": flags, "precision_flags": precision_flags, "tf32": tf32, "timing_cache": cache_info}
+            "network_flags": flags, "precision_flags": precision_flags, "tf32": tf32, "timing_cache": cache_info,
+            "layers": layers}
 
 
 def tf32_allowed(precision: str | None) -> bool:

@@ -21,8 +21,10 @@ loop ends when every row has finished or ``max_new_tokens`` is reached.
 The KV cache lives in preallocated buffers (:class:`OrtDecoder`, ONNX Runtime I/O binding): two buffers per cache
 tensor, sized for the batch and the longest sequence of the call; a step reads the past from one and the graph
 writes the present (past + new) into the other, then they swap. Nothing is allocated per step, the cache never
-leaves them, and on a GPU execution provider they are device memory (only the last position's logits come back to
-the host). :class:`FeedDecoder` runs the same loop on any runtime Runner (OpenVINO, or ONNX Runtime without
+leaves them, and on a GPU execution provider they are device memory. The loop asks each step for the last
+position's logits only (``step(..., last_only=True)``): on a GPU provider the logits (B, S, V) are written to device
+memory and one strided copy (``cudaMemcpy2D``) brings back the (B, V) rows the next token is chosen from, not the
+whole prefill's B x S x V. :class:`FeedDecoder` runs the same loop on any runtime Runner (OpenVINO, or ONNX Runtime without
 binding) by feeding numpy arrays: it is what verify uses for "every CPU backend". A TensorRT decoder is the same
 contract (``start`` / ``step`` / ``close``) with device buffers bound by ``set_tensor_address`` and two optimisation
 profiles (``spec.preprocess['profiles']``: prefill with past 0, decode with sequence 1).
@@ -195,6 +197,8 @@ class OrtDecoder:
         self._bufs: list[list[Any]] = []  # per cache tensor: [buffer A, buffer B]
         self._slots: list[tuple[str, str, tuple[int, int]]] = []
         self._logits: np.ndarray | None = None
+        self._dev_logits = None  # GPU providers: the graph's logits (B, S, V) stay on the device
+        self._cudart = None
         self._flip = 0
         self.past_length = 0
         self._keep: list[np.ndarray] = []
@@ -223,12 +227,19 @@ class OrtDecoder:
         n_logits = batch * (max_sequence or capacity) * self.info.vocab_size
         if self._logits is None or self._logits.size < n_logits:
             self._logits = np.empty(n_logits, dtype=self.logits_dtype)
+            if self.device != "cpu":
+                import onnxruntime as ort
+
+                self._dev_logits = ort.OrtValue.ortvalue_from_shape_and_type([n_logits], self.logits_dtype.type,
+                                                                             "cuda", 0)
         self._flip = 0
         self.past_length = 0
 
-    def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray) -> np.ndarray:
+    def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
+             last_only: bool = False) -> np.ndarray:
         """One graph call: ``input_ids`` (B, S) after the ``past_length`` cached positions, ``attention_mask``
-        (B, past_length + S), ``position_ids`` (B, S) -> logits (B, S, V) (a view into the logits buffer)."""
+        (B, past_length + S), ``position_ids`` (B, S) -> logits (B, S, V), or (B, 1, V) of the last position with
+        ``last_only`` (on a GPU provider only those rows leave the device); a view into the logits buffer."""
         info = self.info
         b, s = input_ids.shape
         p = self.past_length
@@ -251,7 +262,9 @@ class OrtDecoder:
             bind_in(pin, dev, 0, kv, past_shape, ptr[src])
             bind_out(pout, dev, 0, kv, present_shape, ptr[dst])
         logits = self._logits[:n_logits]
-        bind_out("logits", "cpu", 0, self.logits_dtype.type, (b, s, info.vocab_size), logits.ctypes.data)
+        on_device = last_only and dev != "cpu"
+        bind_out("logits", dev if on_device else "cpu", 0, self.logits_dtype.type, (b, s, info.vocab_size),
+                 self._ptr(self._dev_logits) if on_device else logits.ctypes.data)
         try:
             self._sess.run_with_iobinding(io, self._run_options)
         except Exception as e:  # noqa: BLE001 - ORT raises many kinds
@@ -259,11 +272,36 @@ class OrtDecoder:
                                f"{type(e).__name__}: {str(e).splitlines()[0][:400] if str(e) else ''}") from None
         self._flip = dst
         self.past_length = total
-        return logits.reshape(b, s, info.vocab_size)
+        if on_device:
+            io.synchronize_outputs()
+            if self._cudart is None:
+                from runtime.engine_manifest import import_cudart
+
+                self._cudart = import_cudart()
+            last = self._logits[:b * info.vocab_size]
+            copy_last_positions(self._cudart, last, self._ptr(self._dev_logits), b, s)
+            return last.reshape(b, 1, info.vocab_size)
+        out = logits.reshape(b, s, info.vocab_size)
+        return out[:, -1:, :] if last_only else out
 
     def close(self) -> None:
         self._bufs, self._slots, self._cache_room, self._logits, self._io = [], [], 0, None, None
+        self._dev_logits = None
         self.runner.close()
+
+
+def copy_last_positions(cudart, host: np.ndarray, device_ptr: int, batch: int, sequence: int) -> None:
+    """Copy the last position of device logits (B, S, V) into ``host`` (B * V, C-contiguous) with ONE strided
+    ``cudaMemcpy2D``: B rows of V values, S * V apart on the device; only B * V values cross the bus."""
+    row = host.size // batch * host.itemsize  # V values
+    if host.size % batch or not host.flags.c_contiguous:
+        raise BackendError(f"copy_last_positions: got a host buffer of {host.size} values ({host.flags.c_contiguous=}), "
+                           f"expected a contiguous multiple of batch {batch}")
+    (err,) = cudart.cudaMemcpy2D(host.ctypes.data, row, device_ptr + (sequence - 1) * row, sequence * row, row, batch,
+                                 cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost)
+    if err != cudart.cudaError_t.cudaSuccess:
+        raise BackendError(f"cudaMemcpy2D of the last position's logits (batch {batch}, sequence {sequence}) failed: "
+                           f"{err}")
 
 
 class FeedDecoder:
@@ -290,13 +328,14 @@ class FeedDecoder:
         self._past = [np.zeros(self.info.cache_shape(batch, 0), self.cache_dtype) for _ in self.info.past_inputs]
         self.past_length = 0
 
-    def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray) -> np.ndarray:
+    def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
+             last_only: bool = False) -> np.ndarray:
         feed = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
         feed.update(zip(self.info.past_inputs, self._past))
         out = self.runner.infer(feed)
         self._past = [out[n] for n in self.info.present_outputs]
         self.past_length += input_ids.shape[1]
-        return out["logits"]
+        return out["logits"][:, -1:, :] if last_only else out["logits"]
 
     def close(self) -> None:
         self.runner.close()
@@ -468,7 +507,7 @@ class TextGenerator:
         done = np.zeros(b, dtype=bool)
         length = t
         for step in range(cfg.max_new_tokens):
-            logits = self.decoder.step(ids, np.ascontiguousarray(mask[:, :length]), pos)[:, -1, :]  # (B, V)
+            logits = self.decoder.step(ids, np.ascontiguousarray(mask[:, :length]), pos, last_only=True)[:, -1, :]
             nxt = choose(logits, cfg, rng)
             nxt = np.where(done, info.pad_id, nxt)
             out = np.where(done, FINISHED, nxt)

@@ -353,3 +353,46 @@ def test_unigram_floor_and_a_tiny_training_run(tmp_path):
 
     built = create_model("gpt2_imdb", artifacts=tmp_path)  # loads back from <artifacts>/gpt2_imdb/hf
     assert built.spec.dataset == "imdb" and built.spec.preprocess["vocab_size"] == 300
+
+
+# ---- #22 item 11: only the last position's logits leave the device ---------------------------------------------------
+def test_last_position_copy_moves_only_b_times_v_values():
+    """On a GPU provider the prefill's logits (B, S, V) stay on the device; one strided cudaMemcpy2D brings back the
+    (B, V) rows the next token is chosen from (checked on the cudart stand-in, which counts the bytes copied)."""
+    import ctypes
+
+    from devtools.standin_tensorrt import FakeCudart
+    from runtime.generate import copy_last_positions
+
+    cudart = FakeCudart()
+    b, s, v = 3, 7, 11
+    logits = np.random.default_rng(0).standard_normal((b, s, v)).astype(np.float32)
+    dev = cudart.cudaMalloc(logits.nbytes)[1]
+    ctypes.memmove(dev, logits.ctypes.data, logits.nbytes)
+    host = np.zeros(b * v, np.float32)  # pageable: allowed for a synchronous copy
+    copy_last_positions(cudart, host, dev, b, s)
+    np.testing.assert_array_equal(host.reshape(b, v), logits[:, -1, :])
+    assert cudart.copied == {2: b * v * 4}  # not b * s * v * 4
+    with pytest.raises(Exception, match="cudaMemcpy2D of the last position's logits"):
+        copy_last_positions(cudart, host, dev + logits.nbytes, b, s)  # outside the device allocation
+    cudart.cudaFree(dev)
+
+
+def test_decoder_step_last_only_and_the_loop_asks_for_it(onnx_path, gen, monkeypatch):
+    from runtime.generate import OrtDecoder, left_pad, positions
+
+    ids, mask = left_pad([[5, 60, 61, 62, 100], [40, 41, 42]], 0)
+    pos = positions(mask)
+    dec = OrtDecoder(onnx_path, threads=1)
+    dec.start(2, ids.shape[1], max_sequence=ids.shape[1])
+    full = dec.step(ids, mask, pos).copy()
+    dec.start(2, ids.shape[1], max_sequence=ids.shape[1])
+    last = dec.step(ids, mask, pos, last_only=True)
+    assert last.shape == (2, 1, full.shape[2])
+    np.testing.assert_array_equal(last[:, 0], full[:, -1])
+    dec.close()
+    asked = []
+    real = gen.decoder.step
+    monkeypatch.setattr(gen.decoder, "step", lambda *a, **k: asked.append(k.get("last_only")) or real(*a, **k))
+    gen.generate("This movie was", max_new_tokens=3)
+    assert asked == [True, True, True]
