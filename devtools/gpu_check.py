@@ -17,7 +17,8 @@ measured or why):
 3. ``runner-plumbing``: runtime.tensorrt_backend.TensorRTRunner itself, without TensorRT: a stand-in TensorRT module
    (verify/standin_tensorrt.py) whose engine copies inputs to outputs with a device-to-device ``cudaMemcpyAsync`` on
    the runner's stream, so outputs must equal inputs bit for bit; plain and with ``use_cuda_graph=True``, 4 threads x
-   50 calls over mixed batch sizes, one context per thread, memory back to baseline after ``close()``.
+   50 calls over mixed batch sizes, one context per thread, memory back to baseline after ``close()``; with event
+   timing, ``compute_burst_ms`` (executions enqueued back to back) must give a finite time on the real driver.
 4. ``manifest-refusals``: runtime.engine_manifest.check_engine with THIS GPU's name and compute capability accepts
    an engine built here and refuses one built for another GPU / compute capability / TensorRT version / flavour /
    RTX targets, or with modified bytes, naming the rebuild command.
@@ -591,6 +592,22 @@ def _runner_kwargs(graphs: bool) -> dict[str, Any]:
     return kw
 
 
+def _burst(runner: TensorRTRunner, io, label: str, problems: list[str]) -> float | None:
+    """GPU time per execution with 10 executions enqueued back to back (the runner's compute_burst_ms, what
+    bench.engine_timing puts beside trtexec's GPU Compute Time): finite and >= 0 on the real driver."""
+    if not hasattr(runner, "compute_burst_ms"):
+        return None
+    _, feed = next(_feeds(io, 0, 1))
+    try:
+        ms = float(runner.compute_burst_ms(feed, 10))
+    except Exception as e:  # noqa: BLE001 - reported as this check's failure
+        problems.append(f"{label}: compute_burst_ms raised {type(e).__name__}: {e}")
+        return None
+    if not (np.isfinite(ms) and ms >= 0):
+        problems.append(f"{label}: compute_burst_ms {ms}, expected a finite time >= 0")
+    return ms
+
+
 def check_runner_plumbing(cudart, gpu: Mapping[str, Any], device: int = 0,
                           make_standin: Callable[..., Any] = standin.fake_tensorrt_runtime,
                           threads: int = RUNNER_THREADS, calls: int = RUNNER_CALLS, width: int = RUNNER_WIDTH,
@@ -612,10 +629,11 @@ def check_runner_plumbing(cudart, gpu: Mapping[str, Any], device: int = 0,
             kw = _runner_kwargs(graphs)
             with standin.standin_installed(mod, cudart, gpu), TensorRTRunner(engine, device=device, **kw) as r:
                 problems += [f"{label}: {e}" for e in _drive(r, io, threads, calls)]
+                burst = _burst(r, io, label, problems) if kw.get("timing") else None
                 stats = dict(r.graph_stats)
             problems += _context_problems(mod, label)
             data[label.replace(" ", "_")] = {"graph_stats": stats, "contexts": len(mod.contexts),
-                                             "timing": bool(kw.get("timing"))}
+                                             "timing": bool(kw.get("timing")), "compute_burst_ms": burst}
             if graphs and (stats["fallbacks"] or not stats["captures"] or not stats["launches"]):
                 problems.append(f"cuda graphs: graph_stats {stats}, expected captures and replays and no fallback "
                                 "(a device-to-device copy is capturable)")

@@ -97,7 +97,9 @@ def test_every_check_passes_on_the_stand_in_and_frees_everything():
     assert cudart.mem == {} and cudart.streams == {} and not cudart.events and not cudart.graphs
     plumbing = res["runner-plumbing"].data
     assert plumbing["cuda_graphs"]["graph_stats"]["fallbacks"] == 0
-    assert plumbing["cuda_graphs"]["contexts"] == plumbing["plain"]["contexts"] == 4  # one per worker thread
+    # one per worker thread, plus the main thread's compute_burst_ms
+    assert plumbing["cuda_graphs"]["contexts"] == plumbing["plain"]["contexts"] == 4 + 1
+    assert all(plumbing[k]["compute_burst_ms"] >= 0 for k in ("plain", "cuda_graphs"))  # #22: beside trtexec's
     assert "256-byte aligned" in res["cuda-calls"].detail and "bit-exact" in res["cuda-calls"].detail
 
 
@@ -288,3 +290,24 @@ def test_gpu_cuda_calls_and_runner_plumbing_on_the_real_cudart():
     assert data["memory_lost_bytes"] <= gc.MEMORY_SLACK and data["h2d_gb_s"] > 0, detail
     detail, data = gc.check_runner_plumbing(cudart, gpu)
     assert data["cuda_graphs"]["graph_stats"]["fallbacks"] == 0, detail
+
+
+# ---- scripts/gpu_device_check.sh (#22 item 13) ---------------------------------------------------------------------
+@pytest.mark.parametrize("check_rc,pytest_rc,want", [(0, 0, 0), (1, 0, 1), (0, 1, 1), (2, 1, 2), (0, 5, 5)])
+def test_device_check_script_exits_with_the_worst_status(tmp_path, check_rc, pytest_rc, want):
+    """The old script always exited 0 (tee last, pytest's status dropped); now the worst step status comes out,
+    and each step's status is in its log. A stand-in python answers for gpu_check and pytest."""
+    root = Path(__file__).resolve().parents[1]
+    fake = tmp_path / "python"
+    fake.write_text("#!/usr/bin/env bash\n"
+                    f'case "$*" in *devtools.gpu_check*) echo "gpu-check ran"; exit {check_rc};;\n'
+                    f'*pytest*) echo "pytest ran"; exit {pytest_rc};;\n'
+                    '*) cat >/dev/null; echo "env ran";; esac\n')
+    fake.chmod(0o755)
+    out = tmp_path / "out"
+    res = subprocess.run(["bash", str(root / "scripts" / "gpu_device_check.sh")], cwd=root, capture_output=True,
+                         text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "OUT": str(out)})
+    assert res.returncode == want, res.stdout + res.stderr
+    assert f"gpu-check exit: {check_rc}" in (out / "gpu-check.txt").read_text()
+    assert f"pytest-gpu exit: {pytest_rc}" in (out / "pytest-gpu.txt").read_text()
+    assert f"worst exit status {want}" in res.stdout
