@@ -322,7 +322,8 @@ def format_table(doc: dict[str, Any]) -> list[str]:
             if c:
                 lines.append(f"    {Path(e['cli'] or '?').name}: " + (
                     f"FAILED {c['error'][:200]}" if c.get("error") else
-                    f"compute median {f(c.get('compute', {}).get('median_ms'))} ms, latency median "
+                    f"GPU Compute Time median {f(c.get('compute', {}).get('median_ms'))} ms (ours, back to back: "
+                    f"{f((p.get('gpu') or {}).get('compute_burst', {}).get('p50_ms'))} ms), latency median "
                     f"{f(c.get('latency', {}).get('median_ms'))} ms, {f(c.get('throughput_qps'))} qps"))
     return lines
 

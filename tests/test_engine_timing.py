@@ -199,3 +199,41 @@ def test_capture_not_claimed_without_evidence(tmp_path):
     assert graph_captured(R(), True, "trt10")["captured"] is False  # a shape fell back to plain execution
     assert graph_captured(R(), True, "rtx")["captured"] is False  # RTX said one shape was not capturable
     assert graph_captured(R(), False, "trt10") == {"captured": False, "evidence": "CUDA graphs off"}
+
+
+def test_trtexec_figure_is_printed_beside_ours():
+    """#22 item 3: trtexec's GPU Compute Time and our back-to-back compute of the same point on one line."""
+    doc = {"engines": [{"engine": "e.engine", "flavor": "trt10", "precision": "fp16", "tf32": "allowed (x)",
+                        "cli": "/usr/bin/trtexec",
+                        "points": [{"batch": 1, "cuda_graph": False, "error": "RuntimeError: x",
+                                    "gpu": {"compute_burst": {"p50_ms": 0.41}},
+                                    "cli": parse_cli_summary(TRTEXEC_TAIL)}]}]}
+    lines = format_table(doc)
+    assert "TF32 allowed (x)" in lines[1]
+    assert lines[3] == ("    trtexec: GPU Compute Time median 0.405 ms (ours, back to back: 0.41 ms), latency median "
+                        "0.476 ms, 2.46e+03 qps")
+
+
+def test_time_engine_with_the_real_runner_on_the_stand_ins(tmp_path, monkeypatch):
+    """The whole point with TensorRTRunner itself (stand-in TensorRT + cudart): a 2 ms kernel whose launch costs
+    1 ms of host time; per-call compute holds both, the back-to-back figure only the kernel; graphs captured."""
+    import runtime.tensorrt_backend as tb
+    from devtools.standin_tensorrt import GPU, FakeCudart, fake_tensorrt_runtime, standin_installed, write_fake_engine
+    from zoo.spec import DimRange, ModelSpec, TensorSpec
+
+    monkeypatch.setattr(tb, "_LOGGERS", {})
+    spec = ModelSpec("fake", "custom", [TensorSpec("x", "float32", ("batch", 4))],
+                     [TensorSpec("y", "float32", ("batch", 4))], {"batch": DimRange(1, 8, 64)}, [])
+    (tmp_path / "spec.json").write_text(spec.to_json())
+    engine = write_fake_engine(tmp_path / "fp32.trt10.engine")
+    cudart = FakeCudart()
+    mod = fake_tensorrt_runtime(cudart, kernel_s=0.002, launch_s=0.001)
+    with standin_installed(mod, cudart, GPU):
+        doc = time_engine(engine, batches=(2,), seconds=0.05, threads=(1,), use_cli=False)
+    for p in doc["points"]:
+        assert "error" not in p, p.get("error")
+        per_call, burst = p["gpu"]["compute"]["p50_ms"], p["gpu"]["compute_burst"]["p50_ms"]
+        assert 1.9 <= burst < per_call if not p["cuda_graph"] else 1.9 <= burst
+        assert p["cuda_graph_captured"]["captured"] is p["cuda_graph"]
+        assert p["gpu"]["h2d"]["p50_ms"] < 1.0
+    assert cudart.mem == {} and cudart.streams == {}
