@@ -32,7 +32,7 @@ from verify.plan import (PRECISION_NAMES, ROLE_CPU_KERNELS, ROLE_TEXT, artifact_
                          test_inputs, tolerance_for, verify_key)
 from zoo.gpt2 import is_decoder
 from zoo.io import atomic_write_json, atomic_write_text, read_json
-from zoo.registry import load_reference
+from zoo.registry import load_reference as source_reference
 
 log = logging.getLogger("edgeattn.verify")
 WORKER_TIMEOUT_S = 1800
@@ -42,7 +42,7 @@ WORKER_TIMEOUT_S = 1800
 def load_reference(ref: ModelRef, limit: int | None = None):
     """(built model, inputs: name -> (N, ...) array, labels or None, dataset description). The model is its
     source's reference (zoo.registry.load_reference): PyTorch, or an ONNX file's own fp32 graph on ONNX Runtime."""
-    built = load_reference(ref)
+    built = source_reference(ref)
     built.module.eval()
     inputs, labels, desc = test_inputs(built.spec, ref, limit)
     return built, inputs, labels, desc

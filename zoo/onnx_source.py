@@ -3,8 +3,9 @@
 There is no PyTorch behind it: the reference every stage compares with is the given fp32 graph on ONNX Runtime
 (:class:`BuiltModel` whose module runs it), and the spec is read from the graph (:func:`graph_spec`):
 
-- inputs and outputs with their dtypes; each input's first axis is the batch (``batch``, 1..16 by default; a static
-  first axis is a batch of exactly that size); other named or unnamed dynamic axes keep (or get) a name and take
+- inputs and outputs with their dtypes; each input's and output's first axis is the batch (``batch``, 1..16; a
+  graph exported with a static batch is made dynamic there, and the export check proves it at 1, 4 and 16 against
+  the given graph, run a static batch at a time, or refuses it); other named or unnamed dynamic axes keep (or get) a name and take
   :data:`DEFAULT_DIM` sizes, the spatial axes of an image input :data:`DEFAULT_IMAGE_SIZE`, or the sizes of the
   user's ``--data`` (.npz: one array per input name);
 - the task, given (``--task``) or inferred from the graph: one 2-D float output is classification logits (image
@@ -94,17 +95,24 @@ def batch_params(proto) -> set[str]:
 
 
 def name_dims(proto) -> None:
-    """Edit the graph in place: each input's first axis named ``batch`` (its dim_param renamed everywhere), every
-    other unnamed dynamic axis of an input or output named ``<tensor>_<axis>``."""
+    """Edit the graph in place: the first axis of every input and output is ``batch`` (a dim_param renamed
+    everywhere; an unnamed or static one made dynamic, the stored intermediate shapes dropped: the export check runs
+    the result at batch 1..16 against the given graph), every other unnamed dynamic axis ``<tensor>_<axis>``."""
     batch = batch_params(proto)
     inits = {i.name for i in proto.graph.initializer}
-    firsts = {v.name for v in [*proto.graph.input, *proto.graph.output] if v.name not in inits}
-    for v in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]:
+    ends = [v for v in [*proto.graph.input, *proto.graph.output] if v.name not in inits]
+    static = False
+    for v in [*ends, *proto.graph.value_info]:
         for i, d in enumerate(v.type.tensor_type.shape.dim):
             if d.HasField("dim_param") and d.dim_param in batch:
                 d.dim_param = BATCH
+            elif i == 0 and v in ends and not d.dim_param:
+                static = static or d.HasField("dim_value")
+                d.dim_param = BATCH  # clears dim_value (a oneof)
             elif not d.HasField("dim_value") and not d.dim_param and v.name not in inits:
-                d.dim_param = BATCH if i == 0 and v.name in firsts else f"{_safe(v.name)}_{i}"
+                d.dim_param = f"{_safe(v.name)}_{i}"
+    if static:
+        del proto.graph.value_info[:]
 
 
 def _tensors(name: str, values) -> list[TensorSpec]:
@@ -136,18 +144,6 @@ def _ranges(inputs: list[TensorSpec], data: dict[str, tuple[int, ...]]) -> dict[
                 out[d] = DimRange(DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE)
             else:
                 out[d] = DEFAULT_DIM
-    return out
-
-
-def _batched(inputs: list[TensorSpec], dynamic: dict[str, DimRange]) -> list[TensorSpec]:
-    """A static first axis of size b is the batch, 1..b exactly b (a graph with no dynamic axes)."""
-    out = []
-    for t in inputs:
-        if t.shape and isinstance(t.shape[0], int) and t.shape[0] > 0:
-            dynamic.setdefault(BATCH, DimRange(t.shape[0], t.shape[0], t.shape[0]))
-            if dynamic[BATCH].max == t.shape[0] == dynamic[BATCH].min:
-                t = TensorSpec(t.name, t.dtype, (BATCH, *t.shape[1:]))
-        out.append(t)
     return out
 
 
@@ -185,8 +181,6 @@ def graph_spec(name: str, proto, task: str | None = None, data: str | Path | Non
         raise RegistryError(f"model '{name}': the graph has {len(inputs)} input(s) and {len(outputs)} output(s); "
                             "expected at least one of each")
     dynamic = _ranges(inputs, _data_sizes(data))
-    inputs = _batched(inputs, dynamic)
-    outputs = _batched(outputs, dynamic)
     task = task or infer_task(inputs, outputs)
     n_out = outputs[0].shape[-1] if task.endswith("_classification") else None
     labels = [str(i) for i in range(n_out)] if isinstance(n_out, int) else []
@@ -195,8 +189,15 @@ def graph_spec(name: str, proto, task: str | None = None, data: str | Path | Non
                      preprocess=_preprocess(task, inputs, dynamic), opset=int(opset), dataset=None)
 
 
+def _static_batch(session) -> int | None:
+    """The given graph's batch size when its first input's first axis is static (else None)."""
+    shape = session.get_inputs()[0].shape
+    return shape[0] if shape and isinstance(shape[0], int) and shape[0] > 0 else None
+
+
 def _reference_module(path: Path, spec: ModelSpec):
-    """The given graph on ONNX Runtime's CPU provider as the torch module the stages call (tensors in and out)."""
+    """The given graph on ONNX Runtime's CPU provider as the torch module the stages call (tensors in and out); a
+    graph with a static batch b runs a batch of n in n / b calls."""
     import torch
 
     from runtime.ort_backend import cpu_session
@@ -209,10 +210,18 @@ def _reference_module(path: Path, spec: ModelSpec):
             self.session = cpu_session(path)
             self.inputs = [t.name for t in spec.inputs]
             self.outputs = [t.name for t in spec.outputs]
+            self.step = _static_batch(self.session)
 
         def forward(self, *xs):
-            feed = {n: x.detach().cpu().numpy() for n, x in zip(self.inputs, xs)}
-            res = tuple(torch.from_numpy(np.ascontiguousarray(o)) for o in self.session.run(self.outputs, feed))
+            arrays = [x.detach().cpu().numpy() for x in xs]
+            n = len(arrays[0])
+            step = self.step or n
+            if n % step:
+                raise RegistryError(f"model '{spec.name}': got a batch of {n}, expected a multiple of the graph's "
+                                    f"static batch {step}")
+            parts = [self.session.run(self.outputs, {k: a[i:i + step] for k, a in zip(self.inputs, arrays)})
+                     for i in range(0, n, step)]
+            res = tuple(torch.from_numpy(np.ascontiguousarray(np.concatenate(o))) for o in zip(*parts))
             return res[0] if len(res) == 1 else res
 
     return OnnxReference().eval()
