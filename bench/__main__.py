@@ -228,7 +228,7 @@ class ModelBench:
             self.spec = ModelSpec.from_json(spec_file.read_text(encoding="utf-8"))
             self.spec_source = str(spec_file)
         args = self.args
-        kinds = [k for k in TORCH_PEERS if k in args.peers]
+        kinds = [k for k in TORCH_PEERS if k in args.peers] if self.ref.source.policy.pytorch else []
         plain = self.model_dir / "fp32.onnx"
         launches = []
         if kinds:

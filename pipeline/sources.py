@@ -42,6 +42,7 @@ class SourcePolicy:
     heavy: bool = False  # a big parity-only model: few bench runs, batch 1 only, measured against PyTorch peers
     weights_env: bool = False  # EDGEATTN_WEIGHTS_<NAME> may point at its weights file
     no_training: str | None = None  # the report's "dataset" cell for a model that has no train.json
+    pytorch: bool = True  # a PyTorch model stands behind the name (bench times it as the PyTorch peers)
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ register_kind(SourceKind("torchvision", "torchvision:<arch>", "torchvision:", _s
     heavy=True, weights_env=True, no_training="none (torchvision architecture, random init unless weights given)")))
 register_kind(SourceKind("hf", "hf:<directory>", "hf:", _hf_folder))
 register_kind(SourceKind("onnx", "onnx:<file.onnx>", "onnx:", _onnx_folder, SourcePolicy(
-    no_training="none (ONNX file: judged against its own fp32 graph)")))
+    no_training="none (ONNX file: judged against its own fp32 graph)", pytorch=False)))
 register_kind(SourceKind("module", "<python.module>:<factory>", None, lambda loc: loc.rsplit(":", 1)[1],
                          SourcePolicy(weights_env=True)))
 UNKNOWN = SourceKind("unknown", "", None, _same)  # a plain name no kind knows: zoo.registry names the known ones

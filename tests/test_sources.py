@@ -56,15 +56,15 @@ def test_an_unknown_prefix_is_one_clear_error_naming_the_known_ones(tmp_path):
 
 
 # ---- onnx:<file> ---------------------------------------------------------------------------------------------------
-def _tiny_classifier():
+def _tiny_classifier(seed: int = 0):
     import torch
     from torch import nn
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(12, 32), nn.GELU(), nn.Linear(32, 32), nn.GELU(), nn.Linear(32, 5)).eval()
 
 
-def _to_onnx(path: Path, dynamic: bool = True, external: bool = False) -> Path:
+def _to_onnx(path: Path, dynamic: bool = True, external: bool = False, seed: int = 0) -> Path:
     """A tiny torch classifier exported elsewhere (then forgotten): (batch, 12) float -> (batch, 5) logits."""
     import onnx
     import torch
@@ -73,7 +73,7 @@ def _to_onnx(path: Path, dynamic: bool = True, external: bool = False) -> Path:
     if dynamic:
         kw["dynamic_axes"] = {"features": {0: "N"}, "scores": {0: "N"}}
     example = torch.randn(1 if not dynamic else 2, 12)
-    torch.onnx.export(_tiny_classifier(), (example,), str(path), **kw)
+    torch.onnx.export(_tiny_classifier(seed), (example,), str(path), **kw)
     if external:
         proto = onnx.load(str(path))
         onnx.save(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
@@ -122,6 +122,28 @@ def test_task_inferred_from_a_2d_float_output_of_an_image_graph(tmp_path):
     assert spec.preprocess["size"] == [32, 32] and spec.preprocess["channels"] == 3
 
 
+def test_task_given_at_export_wins_and_is_refused_where_the_spec_says_it(tmp_path, capsys):
+    import torch
+    from torch import nn
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 7)).eval()
+    path = tmp_path / "img.onnx"
+    torch.onnx.export(net, (torch.randn(1, 3, 16, 16),), str(path), input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "b"}, "y": {0: "b"}}, opset_version=17, dynamo=False)
+    art = tmp_path / "art"
+
+    def task() -> str:
+        return json.loads((art / "img" / "spec.json").read_text())["task"]
+
+    assert _stage("export.__main__", "--models", f"onnx:{path}", "--artifacts", str(art), "--task", "custom") == 0
+    assert task() == "custom" and json.loads((art / "img" / "manifest.json").read_text())["export"]["task"] == "custom"
+    assert _stage("export.__main__", "--models", f"onnx:{path}", "--artifacts", str(art)) == 0
+    assert task() == "image_classification"  # not given: inferred again
+    assert _stage("export.__main__", "--models", "vit", "--artifacts", str(art), "--task", "custom") == 2
+    assert "error: export vit: model 'vit': got task 'custom', expected none: its spec gives its task" in \
+        capsys.readouterr().err
+
+
 def _stage(module: str, *argv: str) -> int:
     import importlib
 
@@ -153,12 +175,30 @@ def test_onnx_file_goes_through_every_stage_judged_against_its_own_graph(tmp_pat
     fp32 = [r for r in rows if r["artifact"] == "fp32.onnx" and r["backend"] == "onnxruntime"]
     assert fp32 and all(r["passed"] for r in fp32), fp32
     assert all(r["dataset"] == "seeded-random" for r in rows)
-    # the reference is the given graph, not the copy: a changed source file fails the copy's fp32 row
     x = np.random.default_rng(1).standard_normal((4, 12)).astype(np.float32)
     np.testing.assert_allclose(_ort(folder / "fp32.onnx", {"features": x})[0], _ort(src, {"features": x})[0],
                                rtol=0, atol=1e-6)
     assert _stage("export.__main__", "--models", name, "--artifacts", str(art)) == 0  # up to date: same file
     assert json.loads((folder / "manifest.json").read_text())["export"]["sha256"] == man["export"]["sha256"]
+
+    # bench: our artifacts and plain ONNX Runtime; no PyTorch peer (there is no PyTorch model behind the name)
+    assert _stage("bench.__main__", "--models", name, "--artifacts", str(art), "--quick", "--threads", "1",
+                  "--batches", "1", "--peers", "eager,ort_plain", "--accuracy-samples", "0") == 0
+    brows = [r for r in json.loads((art / "bench.json").read_text())["rows"] if r["model"] == name]
+    assert {r.get("peer_kind") for r in brows if r["is_peer"]} == {"ort_plain"}
+    assert all(r["error"] is None and r["p50_ms"] > 0 for r in brows), brows
+    assert any(r["artifact"] == "fp32.sim.onnx" and r["verified"] is True for r in brows)
+    assert _stage("bench.report", "--artifacts", str(art)) == 0
+    assert "none (ONNX file: judged against its own fp32 graph)" in (art / "report.md").read_text()
+
+    # the reference is the given graph, not the copy: other weights in the given file fail the copy's fp32 row
+    _to_onnx(src, seed=1)
+    assert _stage("verify.__main__", "--models", name, "--artifacts", str(art), "--limit", "32", "--force") in (0, 1)
+    rows = [r for r in json.loads((art / "verify.json").read_text()) if r["model"] == name]
+    fp32 = [r for r in rows if r["artifact"] == "fp32.onnx" and r["backend"] == "onnxruntime"]
+    assert fp32 and not any(r["passed"] for r in fp32), fp32
+    assert _stage("export.__main__", "--models", name, "--artifacts", str(art)) == 0  # a changed file re-exports
+    assert json.loads((folder / "manifest.json").read_text())["export"]["sha256"] != man["export"]["sha256"]
 
 
 def test_external_data_beside_the_file_is_honoured_and_outside_refused(tmp_path):
