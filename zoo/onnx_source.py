@@ -262,11 +262,9 @@ class OnnxSource(ZooSource):
 
     def export_source(self, ref: ModelRef, weights: str | Path | None = None) -> str:
         """The file's sha256 and its external-data files' (a changed graph re-exports)."""
-        from runtime.onnx_guard import external_locations
-
         path = onnx_file(ref.name, ref.source.path)
         parts = [f"onnx {sha256_file(path)}"]
-        for loc in sorted(set(external_locations(path.read_bytes()))):
+        for loc in sorted(set(check_external_data(path))):
             f = path.parent / loc
             parts.append(f"{loc} {sha256_file(f) if f.is_file() else 'missing'}")
         return "; ".join(parts)

@@ -9,7 +9,13 @@ Names:
 - ``<python.module>:<factory>``: a user model. The factory (and its weights: loaded by the factory, or a state dict
   / safetensors file given as ``weights=``, ``--weights`` or EDGEATTN_WEIGHTS_<FACTORY>) is the source of truth; no
   checkpoint of ours is needed. Its spec comes from the factory (``@model_spec(...)`` or a ``spec`` attribute),
-  else the module's ``EDGEATTN_SPEC`` (one spec, or a dict factory name -> spec; see ``_user_model``).
+  else the module's ``EDGEATTN_SPEC`` (one spec, or a dict factory name -> spec; see ``_user_model``);
+- ``onnx:<file>``: an ONNX file with no PyTorch behind it (``zoo.onnx_source``): its spec read from the graph, its
+  own fp32 graph on ONNX Runtime the reference.
+
+Which kind a name is (and its folder, its policy) is pipeline.sources' one rule; what zoo/ does for each kind is
+one :class:`zoo.sources.ZooSource` in :data:`SOURCES`. ``create_model``, ``load_for_export``, ``load_reference`` and
+``export_source`` ask the name's source; none tests a prefix.
 """
 from __future__ import annotations
 
