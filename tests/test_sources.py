@@ -122,6 +122,36 @@ def test_task_inferred_from_a_2d_float_output_of_an_image_graph(tmp_path):
     assert spec.preprocess["size"] == [32, 32] and spec.preprocess["channels"] == 3
 
 
+def test_a_text_graph_gets_token_ids_inside_its_vocabulary(tmp_path):
+    import torch
+    from torch import nn
+
+    from zoo.registry import create_model
+
+    class Text(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.head = nn.Embedding(30, 8), nn.Linear(8, 2)
+
+        def forward(self, ids):  # (B, T) int64 -> (B, 2)
+            return self.head(self.emb(ids).mean(1))
+
+    path = tmp_path / "txt.onnx"
+    torch.onnx.export(Text().eval(), (torch.ones(2, 5, dtype=torch.int64),), str(path), input_names=["ids"],
+                      output_names=["logits"], dynamic_axes={"ids": {0: "b", 1: "t"}, "logits": {0: "b"}},
+                      opset_version=17, dynamo=False)
+    spec = create_model(f"onnx:{path}").spec
+    assert spec.task == "text_classification" and spec.preprocess["vocab_size"] == 30
+    assert spec.inputs[0].shape == ("batch", "t") and spec.dynamic["t"].max == 64
+    art = tmp_path / "art"
+    assert _stage("export.__main__", "--models", f"onnx:{path}", "--artifacts", str(art)) == 0  # runs at 1..64
+    data = tmp_path / "ids.npz"
+    np.savez(data, ids=np.random.default_rng(0).integers(1, 30, size=(40, 7)))
+    assert _stage("export.__main__", "--models", f"onnx:{path}", "--artifacts", str(art), "--data", str(data)) == 0
+    dyn = json.loads((art / "txt" / "spec.json").read_text())["dynamic"]
+    assert dyn["t"] == {"min": 7, "opt": 7, "max": 7} and dyn["batch"]["max"] == 16  # the data's length
+
+
 def test_task_given_at_export_wins_and_is_refused_where_the_spec_says_it(tmp_path, capsys):
     import torch
     from torch import nn

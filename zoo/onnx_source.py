@@ -159,10 +159,21 @@ def infer_task(inputs: list[TensorSpec], outputs: list[TensorSpec]) -> str:
     return "text_classification" if x.dtype.startswith("int") else "custom"
 
 
-def _preprocess(task: str, inputs: list[TensorSpec], dynamic: dict[str, DimRange]) -> dict[str, Any]:
-    """An image classifier's image facts (size, channels; no normalisation known: mean 0, std 1)."""
+def vocab_size(proto) -> int | None:
+    """The smallest table an integer graph input indexes (``Gather(table, input)``: an embedding), so synthetic token
+    ids stay inside it; None when no input is used so."""
+    tables = {i.name: i for i in proto.graph.initializer}
+    ids = {v.name for v in proto.graph.input if v.type.tensor_type.elem_type in (6, 7)}
+    sizes = [int(tables[n.input[0]].dims[0]) for n in proto.graph.node
+             if n.op_type == "Gather" and len(n.input) > 1 and n.input[1] in ids and n.input[0] in tables]
+    return min(sizes) if sizes else None
+
+
+def _preprocess(task: str, inputs: list[TensorSpec], dynamic: dict[str, DimRange], vocab: int | None) -> dict[str, Any]:
+    """An image classifier's image facts (size, channels; no normalisation known: mean 0, std 1); the vocabulary
+    of token-id inputs."""
     if task != "image_classification":
-        return {"source": "onnx"}
+        return {"source": "onnx", **({"vocab_size": vocab} if vocab else {})}
     c, h, w = (d if isinstance(d, int) else dynamic[d].opt for d in inputs[0].shape[1:])
     return {"kind": "image", "size": [h, w], "channels": c, "mean": [0.0] * c, "std": [1.0] * c, "invert": False,
             "source": "onnx"}
@@ -186,7 +197,7 @@ def graph_spec(name: str, proto, task: str | None = None, data: str | Path | Non
     labels = [str(i) for i in range(n_out)] if isinstance(n_out, int) else []
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 18)
     return ModelSpec(name=name, task=task, inputs=inputs, outputs=outputs, dynamic=dynamic, labels=labels,
-                     preprocess=_preprocess(task, inputs, dynamic), opset=int(opset), dataset=None)
+                     preprocess=_preprocess(task, inputs, dynamic, vocab_size(proto)), opset=int(opset), dataset=None)
 
 
 def _static_batch(session) -> int | None:
