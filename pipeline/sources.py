@@ -2,14 +2,14 @@
 
 A name is one of:
 
-| name                        | kind          | folder under artifacts/          |
-|-----------------------------|---------------|----------------------------------|
-| ``text_transformer`` ...    | ``builtin``   | the name                         |
-| ``bert_imdb``, ``gpt2_imdb``| ``hf``        | the name (trained here)          |
-| ``torchvision:<arch>``      | ``torchvision``| ``<arch>``                      |
-| ``hf:<dir>``                | ``hf``        | the directory's name             |
-| ``onnx:<file>``             | ``onnx``      | the file's stem                  |
-| ``<python.module>:<factory>``| ``module``   | ``<factory>``                    |
+| name                          | kind          | folder under artifacts/     |
+|-------------------------------|---------------|-----------------------------|
+| ``text_transformer`` ...      | ``builtin``   | the name                    |
+| ``bert_imdb``, ``gpt2_imdb``  | ``hf``        | the name (trained here)     |
+| ``torchvision:<arch>``        | ``torchvision``| ``<arch>``                 |
+| ``hf:<dir>``                  | ``hf``        | the directory's name        |
+| ``onnx:<file>``               | ``onnx``      | the file's stem             |
+| ``<python.module>:<factory>`` | ``module``    | ``<factory>``               |
 
 This table (floor 2: pipeline) holds the name -> kind -> folder rule and each kind's policy; zoo/ registers the
 builders against the kinds (``zoo.registry.SOURCES``). :func:`source_of` resolves a name into a :class:`Source`,
