@@ -145,7 +145,8 @@ def verify_model(ref: ModelRef, limit: int | None, threads: int | None,
                     row["verify_key"] = key
                 rows.append(row)
                 _print_row(row)
-    print(f"verify {name}: PyTorch reference on {n} samples took {torch_s:.1f} s")
+    what = "PyTorch reference" if built.graph is None else f"reference ({built.graph.name} on ONNX Runtime)"
+    print(f"verify {name}: {what} on {n} samples took {torch_s:.1f} s")
     return rows
 
 
