@@ -39,6 +39,7 @@ from bench.timing import TimingConfig, run_interleaved, summarize as stats_of
 from bench.worker import RemoteTimer, Worker, WorkerDied, adopt_in_turn
 from runtime import gpu
 from pipeline.artifacts import ModelRef, resolve_models
+from pipeline.sources import source_of
 from runtime.ort_backend import levels_from
 from pipeline.stage import cli
 from verify.decoder import decoder_verify_key
@@ -56,11 +57,11 @@ PARITY_SEED = 1234  # verify's seeded images for models without a dataset: agree
 # ---- planning ----------------------------------------------------------------------------------------------
 def batch_sweep(spec, name: str, wanted: list[int] | None = None) -> list[int]:
     """``wanted`` (within the profile's batch range) when given; else 1, 8 and the profile max for the small models
-    and batch 1 only for torchvision (heavy) models, which keeps `make demo` inside its time budget."""
+    and batch 1 only for heavy models (torchvision: pipeline.sources), which keeps `make demo` inside its time budget."""
     r = spec.dynamic["batch"]
     if wanted:
         return sorted({min(max(int(b), r.min), r.max) for b in wanted})
-    if name.startswith("torchvision:"):
+    if source_of(name).policy.heavy:
         return [max(1, int(r.min))]
     return sorted({b for b in SMALL_SWEEP if r.min <= b <= r.max} | {int(r.max)})
 
@@ -228,7 +229,7 @@ class ModelBench:
             self.spec = ModelSpec.from_json(spec_file.read_text(encoding="utf-8"))
             self.spec_source = str(spec_file)
         args = self.args
-        kinds = [k for k in TORCH_PEERS if k in args.peers]
+        kinds = [k for k in TORCH_PEERS if k in args.peers] if self.ref.source.policy.pytorch else []
         plain = self.model_dir / "fp32.onnx"
         launches = []  # (launch, on the GPU)
         if kinds:

@@ -14,11 +14,13 @@ from bench.peers import EAGER_PEER
 from bench.results import device_of, ok, per_device, summarize
 from zoo.io import atomic_write_text, read_json
 from pipeline.artifacts import ModelRef, artifact_name
+from pipeline.sources import source_of
+from runtime.modelspec import TEXT_GENERATION
 from pipeline.stage import cli
 from verify.decoder import markdown_lines
 from verify.plan import ROLE_TEXT
 
-GEN_TASK = "text_generation"
+GEN_TASK = TEXT_GENERATION
 
 PEER_NAMES = {"eager": "PyTorch eager FP32", "bf16_autocast": "PyTorch bf16 autocast",
               "dynamic_int8": "PyTorch dynamic INT8 (Linear)", "compile": "torch.compile (inductor)",
@@ -137,9 +139,8 @@ def section_models(artifacts: Path, names: list[str]) -> list[str]:
             ds = tj.get("dataset") or {}
             rows.append([m, str(ds.get("name", "?")), pct(tj.get("test_accuracy")), str(tj.get("n_test", "-")),
                          pct(tj.get("val_accuracy")), f"{tj.get('train_seconds', 0) / 60:.1f} min"])
-        elif m.startswith("torchvision:"):
-            rows.append([m, "none (torchvision architecture, random init unless weights given)", "- (parity only)",
-                         "-", "-", "-"])
+        elif source_of(m).policy.no_training:
+            rows.append([m, source_of(m).policy.no_training, "- (parity only)", "-", "-", "-"])
         else:
             rows.append([m, "?", "- (no train.json)", "-", "-", "-"])
     return out + table(["model", "dataset", "test accuracy %", "n test", "val accuracy %", "training time"], rows) + [""]

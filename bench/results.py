@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from bench.peers import COMPILE_PEERS, CPU_TORCH_PEERS, CUDA_TORCH_PEERS, EAGER_PEER, PEER_DEVICE
+from pipeline.sources import source_of
 from runtime.loader import ORT_GPU_MODES
 
 ROW_KEYS: dict[str, tuple[type, ...]] = {
@@ -197,7 +198,7 @@ def _summarize_device(rows: list[dict], model: str, batch: int, device: str) -> 
     targets = [{"name": f"fastest verified vs PyTorch eager FP32{where}", "target": SPEEDUP_TARGETS["vs_eager"],
                 "measured": sp_eager, "met": None if sp_eager is None else sp_eager >= SPEEDUP_TARGETS["vs_eager"],
                 "measured_at_min_latency": at_min(eager)}]
-    if model.startswith("torchvision:"):
+    if source_of(model).policy.heavy:  # a big architecture: measured against the best PyTorch peer too
         t = SPEEDUP_TARGETS["vs_best_torch_peer"]
         targets.append({"name": f"fastest verified vs best PyTorch peer{where}", "target": t, "measured": sp_peer,
                         "met": None if sp_peer is None else sp_peer >= t, "measured_at_min_latency": at_min(best_peer)})

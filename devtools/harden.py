@@ -37,6 +37,7 @@ import numpy as np
 
 from runtime.child import python_module, run_child
 from runtime.cpu import cpu_info
+from pipeline.artifacts import ModelRef
 from pipeline.stage import cli
 from verify.plan import openvino_available
 from devtools.harden_cases import MODELS, MODULE_NAME, MODULE_SOURCE, write_subjects
@@ -65,7 +66,7 @@ class Suite:
                                        *args), timeout, env=env or self.env())
 
     def folder(self, model: str) -> Path:
-        return self.art / model.split(":")[1]
+        return ModelRef.resolve(model, self.art).folder
 
     def set_version(self, version: int) -> None:
         (self.mods / f"{MODULE_NAME}.py").write_text(

@@ -1,5 +1,6 @@
 """``python -m export --models a,b --artifacts DIR [--weights FILE]``: write <artifacts>/<model>/fp32.onnx for each
-model. Our three families export their checkpoint (`make train`); torchvision and your own ``module:factory``
+model. Our three families export their checkpoint (`make train`); ``onnx:<file>`` is copied (its spec read from
+the graph, ``--task`` when inference is not what you want); torchvision and your own ``module:factory``
 models are built by their factory, with ``--weights`` (a state dict .pt/.pth or .safetensors; one model only) or
 EDGEATTN_WEIGHTS_<NAME> when given. A model that cannot be exported is one ``error:`` line; the others go on."""
 from __future__ import annotations
@@ -29,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=None,
                     help="your calibration/evaluation data for a model without a dataset (a folder of images, a text "
                          "file with one sample per line, or an .npz per input name; labels optional)")
+    ap.add_argument("--task", default=None,
+                    help="the task of an onnx:<file> model (image_classification, text_classification, custom); "
+                         "default: inferred from the graph's outputs")
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
@@ -51,10 +55,11 @@ def main(argv: list[str] | None = None) -> int:
             data = data_path(man, name, args.data)
             data = str(Path(data).resolve()) if data else None
             if (not args.force and out.is_file() and man.get("export", {}).get("source") == src
-                    and man["export"].get("sha256") == sha256_file(out) and man["export"].get("data") == data):
+                    and man["export"].get("sha256") == sha256_file(out) and man["export"].get("data") == data
+                    and man["export"].get("task") == args.task):
                 print(f"export {name}: up to date ({out})")
                 continue
-            built = load_for_export(ref, args.weights)
+            built = load_for_export(ref, args.weights, task=args.task, data=data)
             section = export_model(built, out, opset=args.opset)
             section["source"] = src
             w = weights_for(ref, args.weights)
@@ -62,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
                 section["weights"] = str(Path(w).resolve())  # verify and bench load the same weights
             if data:
                 section["data"] = data  # quantize and verify read it (calibration.user_data)
+            if args.task:
+                section["task"] = args.task  # given for an onnx:<file> model (its spec.json holds it)
             update_manifest(out.parent, "export", section)
             print(f"export {name}: {out} ({section['nodes']} nodes, opset {section['opset']}, "
                   f"{section['export_seconds']} s)")
@@ -71,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
 def _export_decoder(ref, args) -> None:
     from export.decoder_export import export_gpt2
 
-    for flag, value in (("--weights", args.weights), ("--data", args.data), ("--opset", args.opset)):
+    for flag, value in (("--weights", args.weights), ("--data", args.data), ("--opset", args.opset),
+                        ("--task", args.task)):
         if value:
             raise ExportCheckError(f"export {ref.name}: {flag} does not apply to a GPT-2 decoder (got {value}; "
                                    "expected its own folder's weights, the IMDB prompts and opset 18)")

@@ -188,6 +188,8 @@ def export_model(built: BuiltModel, path: str | Path, opset: int | None = None,
     import torch
 
     path = Path(path)
+    if built.graph is not None:  # the model is an ONNX file already (onnx:<file>): copied, not traced
+        return import_graph(built, path)
     spec = built.spec
     opset = int(opset or spec.opset)
     module = built.module
@@ -213,6 +215,31 @@ def export_model(built: BuiltModel, path: str | Path, opset: int | None = None,
     used, attempts = export_checked(path, built.name, spec, _torch_export,
                                     lambda tmp: check_against_torch(built, tmp), exporters)
     section = export_section(built, path, opset, report.warnings, used, attempts, time.perf_counter() - t0)
+    update_manifest(path.parent, "export", section)
+    return section
+
+
+def import_graph(built: BuiltModel, path: Path) -> dict[str, Any]:
+    """``onnx:<file>``'s export into ``path``: the given graph with its external data pulled in (the source checked
+    its locations stay beside it), its batch axis named, the spec in its metadata (:func:`finish_graph`), then run
+    on ONNX Runtime at the spec's min/opt/max sizes against the given file (:func:`check_against_torch`, whose
+    reference module runs it)."""
+    import onnx
+
+    from zoo.onnx_source import name_dims, read_graph
+
+    t0 = time.perf_counter()
+
+    def copy(tmp: Path, exporter: str) -> None:
+        proto = read_graph(built.name, built.graph, external=True)
+        if proto.ByteSize() >= TWO_GB:
+            raise ExportError(f"export '{built.name}': graph with its data is {proto.ByteSize() / 1e9:.2f} GB, over "
+                              "the 2 GB single-file protobuf limit; external-data artifacts are not supported yet")
+        onnx.save(proto, str(tmp))
+
+    used, attempts = export_checked(path, built.name, built.spec, copy, lambda tmp: check_against_torch(built, tmp),
+                                    ("copy",), edit=name_dims, strict_shapes=False)
+    section = export_section(built, path, built.spec.opset, [], used, attempts, time.perf_counter() - t0)
     update_manifest(path.parent, "export", section)
     return section
 

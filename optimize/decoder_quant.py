@@ -58,6 +58,7 @@ from runtime.child import python_module
 from runtime.cpu import cpu_info, int8_isa
 from runtime.files import read_json
 from runtime.generate import DecoderInfo
+from runtime.modelspec import TEXT_GENERATION
 from runtime.ort_backend import QDQ_REFERENCE_LEVEL, cpu_session
 from verify.generation import DecoderBudget, TeacherForced, ort_teacher_forced, prefill_feed, \
     teacher_forced_figures, text_windows
@@ -65,7 +66,7 @@ from zoo.io import atomic_write, digest, section_up_to_date, sha256_file, update
 
 log = logging.getLogger("edgeattn.optimize.decoder_quant")
 
-TASK = "text_generation"
+TASK = TEXT_GENERATION
 SOURCES = ("fp32.sim.onnx", "fp32.onnx")  # the simplified graph when there is one
 CODE_VERSION = "decoder/1"
 CPU_FORMS = ("dynamic", "matmul_nbits8", "qdq_s8s8")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from runtime.errors import EdgeattnError
-from runtime.modelspec import ModelSpec
+from runtime.modelspec import TEXT_GENERATION, ModelSpec
 from runtime.ort_backend import cpu_session
 
 
@@ -23,7 +23,7 @@ def parity_feeds(spec: ModelSpec | None) -> list[tuple[str, dict[str, np.ndarray
     runtime.generate.parity_cases, an empty past and left padding among them."""
     if spec is None:
         return [("no spec", {})]
-    if spec.task == "text_generation":
+    if spec.task == TEXT_GENERATION:
         from runtime.generate import DecoderInfo, decoder_feed, parity_cases
 
         d = spec.to_dict()

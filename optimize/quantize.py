@@ -313,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for ref in resolve_models(args.models, args.artifacts):
         name, model_dir = ref.name, ref.folder
         mopts = opts
-        if name.startswith("torchvision:"):  # big parity-only model: keep it to a few minutes on 2 cores
+        if ref.source.policy.heavy:  # big parity-only model: keep it to a few minutes on 2 cores
             mopts = replace(opts, bench_runs=min(opts.bench_runs, 10))
         t0 = time.perf_counter()
         with errors.model(name):

@@ -7,22 +7,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.sources import Source, source_of
 from runtime.files import read_json
+from runtime.modelspec import SPEC_FILE
 
 MANIFEST_FILE = "manifest.json"
 CHECKPOINT_FILE = "model.pt"
 
 
 def artifact_name(name: str) -> str:
-    """Folder name under artifacts/: 'torchvision:vit_b_16' -> 'vit_b_16', 'pkg.mod:make' -> 'make',
-    'hf:/models/bert-base-uncased' -> 'bert-base-uncased', 'hf:artifacts/bert_imdb/hf' -> 'bert_imdb' (a directory
-    named 'hf' takes its parent's name, as zoo.train saves bert_imdb)."""
-    if name.startswith("hf:"):
-        parts = [p for p in name[3:].replace("\\", "/").split("/") if p not in ("", ".", "..")]
-        if len(parts) > 1 and parts[-1] == "hf":
-            parts.pop()
-        return parts[-1] if parts else "hf"
-    return name.split(":")[-1]
+    """Folder name under artifacts/ (pipeline.sources' rule): 'torchvision:vit_b_16' -> 'vit_b_16', 'pkg.mod:make' ->
+    'make', 'hf:/models/bert-base-uncased' -> 'bert-base-uncased', 'hf:artifacts/bert_imdb/hf' -> 'bert_imdb' (a
+    directory named 'hf' takes its parent's name, as zoo.train saves bert_imdb), 'onnx:/x/model.onnx' -> 'model'."""
+    return source_of(name).folder_name
 
 
 def model_names(text: str) -> list[str]:
@@ -40,6 +37,7 @@ class ModelRef:
 
     @classmethod
     def resolve(cls, name: str, artifacts: str | Path) -> "ModelRef":
+        """SourceError (naming the known kinds) for a name no source kind knows."""
         return cls(name, Path(artifacts) / artifact_name(name))
 
     @property
@@ -62,9 +60,26 @@ class ModelRef:
         return read_json(self.manifest_path, {}) or {}
 
     @property
+    def source(self) -> Source:
+        """Where the model comes from (pipeline.sources): its kind, locator and policy."""
+        return source_of(self.name)
+
+    @property
+    def task(self) -> str | None:
+        """The model's task: its exported spec.json's, else what its source tells (a GPT-2 folder: text generation);
+        None before export when the source does not say."""
+        try:
+            spec = read_json(self.file(SPEC_FILE), None)
+        except (OSError, ValueError):  # unreadable: the stage that reads the spec reports it
+            spec = None
+        if isinstance(spec, dict) and spec.get("task"):
+            return str(spec["task"])
+        return self.source.declared_task()
+
+    @property
     def weights_env(self) -> str:
         """The environment variable that points a torchvision model at local weights: EDGEATTN_WEIGHTS_<ARCH>."""
-        return f"EDGEATTN_WEIGHTS_{artifact_name(self.name).upper()}"
+        return f"EDGEATTN_WEIGHTS_{self.source.folder_name.upper()}"
 
 
 def resolve_models(text: str, artifacts: str | Path) -> list[ModelRef]:

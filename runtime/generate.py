@@ -44,10 +44,11 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from runtime.errors import BackendError, InputError, ModelLoadError, PreprocessError
+from runtime.modelspec import TEXT_GENERATION
 
 log = logging.getLogger("edgeattn.runtime.generate")
 
-TASK = "text_generation"
+TASK = TEXT_GENERATION
 FINISHED = -1  # what stream() yields for a row that has already finished
 
 

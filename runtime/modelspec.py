@@ -28,6 +28,7 @@ log = logging.getLogger("edgeattn.runtime.spec")
 
 SPEC_METADATA_KEY = "edgeattn.spec"
 SPEC_FILE = "spec.json"
+TEXT_GENERATION = "text_generation"  # the task of a decoder with KV cache: the one spelling of it
 
 
 @dataclass(frozen=True)

@@ -156,12 +156,13 @@ def test_registry_recognises_gpt2_dirs_and_the_wrapper_equals_hf(tiny_dir, lm):
 
 def test_missing_pieces_are_named(tmp_path):
     from zoo.built import RegistryError
-    from zoo.gpt2 import check_gpt2_dir
+    from zoo.gpt2 import GPT2_TOKENIZERS
+    from zoo.hf import check_dir
 
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     with pytest.raises(RegistryError, match=r"has no weights \(model.safetensors or pytorch_model.bin\), no "
                                             r"tokenizer \(tokenizer.json, or vocab.json"):
-        check_gpt2_dir(tmp_path, "hf:x")
+        check_dir(tmp_path, "hf:x", GPT2_TOKENIZERS)
 
 
 def test_export_parity_at_min_opt_max_with_an_empty_past(exported, onnx_path):

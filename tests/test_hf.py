@@ -113,7 +113,7 @@ def test_missing_pieces_name_the_directory(tmp_path, tiny_bert):
     with pytest.raises(RegistryError, match=r"'.*nowhere' does not exist"):
         create_model(f"hf:{tmp_path / 'nowhere'}")
     for f, what in (("config.json", "config.json"), ("model.safetensors", "weights"),
-                    ("tokenizer.json", "a tokenizer")):
+                    ("tokenizer.json", "tokenizer")):
         d = tmp_path / f"no_{f}"
         d.mkdir()
         for p in tiny_bert.iterdir():

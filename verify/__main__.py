@@ -32,7 +32,7 @@ from verify.plan import (PRECISION_NAMES, ROLE_CPU_KERNELS, ROLE_TEXT, artifact_
                          test_inputs, tolerance_for, verify_key)
 from zoo.gpt2 import is_decoder
 from zoo.io import atomic_write_json, atomic_write_text, read_json
-from zoo.registry import load_for_export
+from zoo.registry import load_reference as source_reference
 
 log = logging.getLogger("edgeattn.verify")
 WORKER_TIMEOUT_S = 1800
@@ -40,8 +40,9 @@ WORKER_TIMEOUT_S = 1800
 
 # ---- the PyTorch reference ----------------------------------------------------------------------------
 def load_reference(ref: ModelRef, limit: int | None = None):
-    """(built model, inputs: name -> (N, ...) array, labels or None, dataset description)."""
-    built = load_for_export(ref)
+    """(built model, inputs: name -> (N, ...) array, labels or None, dataset description). The model is its
+    source's reference (zoo.registry.load_reference): PyTorch, or an ONNX file's own fp32 graph on ONNX Runtime."""
+    built = source_reference(ref)
     built.module.eval()
     inputs, labels, desc = test_inputs(built.spec, ref, limit)
     return built, inputs, labels, desc
@@ -144,7 +145,8 @@ def verify_model(ref: ModelRef, limit: int | None, threads: int | None,
                     row["verify_key"] = key
                 rows.append(row)
                 _print_row(row)
-    print(f"verify {name}: PyTorch reference on {n} samples took {torch_s:.1f} s")
+    what = "PyTorch reference" if built.graph is None else f"reference ({built.graph.name} on ONNX Runtime)"
+    print(f"verify {name}: {what} on {n} samples took {torch_s:.1f} s")
     return rows
 
 

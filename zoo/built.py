@@ -3,6 +3,7 @@ Face models for it), so neither imports the other."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from runtime.errors import EdgeattnError
@@ -24,6 +25,7 @@ class BuiltModel:
     module: Any  # torch.nn.Module
     spec: ModelSpec
     config: dict[str, Any]
+    graph: Path | None = None  # the ONNX file the model already is (onnx:<file>): export copies it, no tracing
 
     @property
     def artifact_name(self) -> str:

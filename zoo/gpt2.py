@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -37,7 +36,10 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.sources import source_of
+from runtime.modelspec import TEXT_GENERATION
 from zoo.built import BuiltModel, RegistryError
+from zoo.hf import check_dir
 from zoo.spec import DimRange, ModelSpec, TensorSpec
 
 log = logging.getLogger("edgeattn.gpt2")
@@ -45,62 +47,32 @@ log = logging.getLogger("edgeattn.gpt2")
 ALIASES = {"gpt2_imdb": "gpt2_imdb/hf"}  # trained here: <artifacts>/<folder>
 EOS = "<|endoftext|>"
 TOKENIZER_FILE = "tokenizer.json"
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
 MASK_VALUE = -1e4  # added to masked attention scores: exp(-1e4) is 0 in fp32 and fp16, and it is finite in fp16
 MAX_BATCH = 32
-TASK = "text_generation"
+TASK = TEXT_GENERATION
+GPT2_TOKENIZERS = ((TOKENIZER_FILE,), ("vocab.json", "merges.txt"))
 
 
 # ---- names and directories ---------------------------------------------------------------------------------------
-def is_gpt2_name(name: str, artifacts: str | os.PathLike = "artifacts") -> bool:
-    """``gpt2_imdb``, or ``hf:<dir>`` whose config.json says model_type gpt2 (read as JSON: no transformers)."""
-    if name in ALIASES:
-        return True
-    if not name.startswith("hf:"):
-        return False
-    cfg = Path(name[3:].strip()).expanduser() / "config.json"
-    try:
-        return json.loads(cfg.read_text(encoding="utf-8")).get("model_type") == "gpt2"
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def is_decoder(ref) -> bool:
-    """Whether a stage takes ModelRef ``ref`` down the text-generation path: a GPT-2 name (:func:`is_gpt2_name`),
-    or a model folder whose spec.json says task ``text_generation`` (read as JSON: nothing heavy imported)."""
-    if is_gpt2_name(ref.name, ref.artifacts):
-        return True
-    try:
-        return json.loads(ref.file("spec.json").read_text(encoding="utf-8")).get("task") == TASK
-    except (OSError, ValueError, AttributeError):
-        return False
+    """Whether a stage takes ModelRef ``ref`` down the text-generation path: its task (the exported spec.json's, or
+    what its source says: ``gpt2_imdb``, an ``hf:<dir>`` whose config.json says gpt2) is text generation."""
+    return ref.task == TASK
 
 
 def gpt2_dir(name: str, artifacts: str | os.PathLike = "artifacts") -> Path:
     if name in ALIASES:
         return Path(artifacts) / ALIASES[name]
-    if not name.startswith("hf:") or not name[3:].strip():
+    src = source_of(name)
+    if src.kind != "hf" or not src.locator.strip():
         raise RegistryError(f"model '{name}': expected 'gpt2_imdb' or 'hf:<directory>' (a GPT-2 folder written by "
                             "save_pretrained)")
-    return Path(name[3:].strip()).expanduser()
+    return src.path
 
 
-def check_gpt2_dir(d: Path, name: str) -> None:
-    """RegistryError naming ``d`` and every missing piece, before transformers says it in its own words."""
-    hint = (f" (run 'python -m zoo.gpt2 --artifacts {d.parent.parent}' first)" if name in ALIASES else
-            "; expected a GPT-2 folder written by save_pretrained (model and tokenizer)")
-    if not d.is_dir():
-        raise RegistryError(f"model '{name}': directory '{d}' does not exist{hint}")
-    missing = []
-    if not (d / "config.json").is_file():
-        missing.append("config.json")
-    if not any((d / f).is_file() for f in WEIGHT_FILES):
-        missing.append("weights (model.safetensors or pytorch_model.bin)")
-    if not ((d / TOKENIZER_FILE).is_file() or ((d / "vocab.json").is_file() and (d / "merges.txt").is_file())):
-        missing.append("tokenizer (tokenizer.json, or vocab.json and merges.txt)")
-    if missing:
-        raise RegistryError(f"model '{name}': directory '{d}' has no {', no '.join(missing)}{hint}")
+def train_hint(name: str, d: Path) -> str | None:
+    """The command that makes ``d`` when ``name`` is trained here (for zoo.hf.check_dir's message)."""
+    return f"python -m zoo.gpt2 --artifacts {d.parent.parent}" if name in ALIASES else None
 
 
 # ---- the exported module -----------------------------------------------------------------------------------------
@@ -212,7 +184,7 @@ def load_gpt2(name: str, directory: str | os.PathLike | None = None, artifacts: 
               batch_max: int = MAX_BATCH, attn_implementation: str = "eager", dataset: str | None = None) -> BuiltModel:
     """``gpt2_imdb`` or ``hf:<gpt2 dir>`` (``directory`` overrides) -> BuiltModel: the decoder with cache, its spec."""
     d = Path(directory) if directory else gpt2_dir(name, artifacts)
-    check_gpt2_dir(d, name)
+    check_dir(d, name, GPT2_TOKENIZERS, train_hint(name, d))
     model = load_lm(d, name, attn_implementation)
     c = model.config
     if c.model_type != "gpt2":
@@ -268,7 +240,7 @@ def _ref_dir(ref) -> Path:
     """The GPT-2 directory of a ModelRef, refused when the artifact folder is (or lies inside) it: the stages would
     write their files into the model's own folder."""
     d = gpt2_dir(ref.name, ref.artifacts)
-    check_gpt2_dir(d, ref.name)
+    check_dir(d, ref.name, GPT2_TOKENIZERS, train_hint(ref.name, d))
     folder, src = ref.folder.resolve(), d.resolve()
     if folder == src or src in folder.parents:
         raise RegistryError(f"model '{ref.name}': its artifact folder '{ref.folder}' is its own directory '{d}'; keep "

@@ -31,19 +31,20 @@ import inspect
 import os
 from pathlib import Path
 
+from pipeline.sources import source_of
 from zoo.built import BuiltModel, RegistryError
 from zoo.io import atomic_write_text
 from zoo.spec import DimRange, ModelSpec, TensorSpec
 
-PREFIX = "hf:"
 DATASET_KEY = "edgeattn_dataset"  # config.json key: the zoo dataset the model is judged on
 TOKENIZER_FILE = "tokenizer.json"  # in the artifact folder: what TextEncoder reads
 MAX_SEQUENCE = 128  # the longest sequence the pipeline builds for (engines' max profile)
 MAX_BATCH = 32
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+TOKENIZERS = (("tokenizer.json",), ("vocab.txt",))  # a BERT fast tokenizer: either file
 # HF model folders, relative to the artifacts folder, under names of their own (trained by zoo.train)
 ALIASES = {"bert_imdb": "bert_imdb/hf"}
+TRAIN_HINT = "python -m edgeattn train --models bert_imdb"
 
 
 def _registry_error(msg: str) -> Exception:
@@ -51,22 +52,22 @@ def _registry_error(msg: str) -> Exception:
     return RegistryError(msg)
 
 
-def is_hf_name(name: str) -> bool:
-    return name.startswith(PREFIX) or name in ALIASES
-
-
 def hf_dir(name: str, artifacts: str | os.PathLike = "artifacts") -> Path:
     """The local directory a name stands for: ``hf:<dir>`` -> <dir>; an alias -> <artifacts>/<its folder>."""
     if name in ALIASES:
         return Path(artifacts) / ALIASES[name]
-    if not name.startswith(PREFIX) or not name[len(PREFIX):].strip():
+    src = source_of(name)
+    if src.kind != "hf" or not src.locator.strip():
         raise _registry_error(f"model '{name}': expected 'hf:<directory>' (a folder written by save_pretrained)")
-    return Path(name[len(PREFIX):].strip()).expanduser()
+    return src.path
 
 
-def check_dir(d: Path, name: str) -> None:
-    """RegistryError naming ``d`` and what is missing, before transformers says it in its own words."""
-    hint = (" (run 'python -m edgeattn train --models bert_imdb' first)" if name in ALIASES else
+def check_dir(d: Path, name: str, tokenizers: tuple[tuple[str, ...], ...] = TOKENIZERS,
+              train_hint: str | None = None) -> None:
+    """The one check of a Hugging Face folder (classifier or GPT-2): RegistryError naming ``d`` and every missing
+    piece (config.json, weights, one of the ``tokenizers`` file sets), before transformers says it in its own words.
+    ``train_hint``: the command that makes the folder (a model trained here)."""
+    hint = (f" (run '{train_hint}' first)" if train_hint else
             "; expected a folder written by save_pretrained (model and tokenizer)")
     if not d.is_dir():
         raise _registry_error(f"model '{name}': directory '{d}' does not exist{hint}")
@@ -75,8 +76,8 @@ def check_dir(d: Path, name: str) -> None:
         missing.append("config.json")
     if not any((d / f).is_file() for f in WEIGHT_FILES):
         missing.append("weights (" + " or ".join(WEIGHT_FILES[::2]) + ")")
-    if not any((d / f).is_file() for f in TOKENIZER_FILES):
-        missing.append("a tokenizer (tokenizer.json or vocab.txt)")
+    if not any(all((d / f).is_file() for f in files) for files in tokenizers):
+        missing.append("tokenizer (" + ", or ".join(" and ".join(files) for files in tokenizers) + ")")
     if missing:
         raise _registry_error(f"model '{name}': directory '{d}' has no {', no '.join(missing)}{hint}")
 
@@ -157,7 +158,7 @@ def load_hf(name: str, directory: str | os.PathLike | None = None, dataset: str 
 
 
     d = Path(directory) if directory else hf_dir(name, artifacts)
-    check_dir(d, name)
+    check_dir(d, name, train_hint=TRAIN_HINT if name in ALIASES else None)
     from transformers import AutoConfig, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 

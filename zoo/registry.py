@@ -9,7 +9,13 @@ Names:
 - ``<python.module>:<factory>``: a user model. The factory (and its weights: loaded by the factory, or a state dict
   / safetensors file given as ``weights=``, ``--weights`` or EDGEATTN_WEIGHTS_<FACTORY>) is the source of truth; no
   checkpoint of ours is needed. Its spec comes from the factory (``@model_spec(...)`` or a ``spec`` attribute),
-  else the module's ``EDGEATTN_SPEC`` (one spec, or a dict factory name -> spec; see ``_user_model``).
+  else the module's ``EDGEATTN_SPEC`` (one spec, or a dict factory name -> spec; see ``_user_model``);
+- ``onnx:<file>``: an ONNX file with no PyTorch behind it (``zoo.onnx_source``): its spec read from the graph, its
+  own fp32 graph on ONNX Runtime the reference.
+
+Which kind a name is (and its folder, its policy) is pipeline.sources' one rule; what zoo/ does for each kind is
+one :class:`zoo.sources.ZooSource` in :data:`SOURCES`. ``create_model``, ``load_for_export``, ``load_reference`` and
+``export_source`` ask the name's source; none tests a prefix.
 """
 from __future__ import annotations
 
@@ -21,17 +27,22 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.artifacts import ModelRef, artifact_name
+from pipeline.sources import BUILTIN_NAMES, TRAINED_HF, known, source_of
+from runtime.modelspec import TEXT_GENERATION
 from zoo.data import FMNIST_LABELS, FMNIST_MEAN, FMNIST_STD, SENTIMENT_LABELS
 from zoo.built import BuiltModel, CheckpointError, RegistryError  # noqa: F401 (re-exported)
-from zoo.hf import check_dir, dir_digest, hf_dir, load_hf, write_tokenizer
+from zoo.gpt2 import export_source as gpt2_source, load_for_export as gpt2_for_export, load_gpt2
+from zoo.hf import TRAIN_HINT as HF_TRAIN_HINT, check_dir, dir_digest, hf_dir, load_hf, write_tokenizer
 from zoo.init_spread import INIT_VERSION, ensure_spread
 from zoo.io import atomic_write, sha256_file
+from zoo.onnx_source import OnnxSource
+from zoo.sources import ZooSource, no_task
 from zoo.spec import DimRange, ModelSpec, TensorSpec
 
-BUILTIN = ("text_transformer", "attention_cnn", "vit")
+BUILTIN = BUILTIN_NAMES
 EXAMPLE_TORCHVISION = ("torchvision:vit_b_16",)
-HF_MODELS = ("bert_imdb",)  # zoo.hf.ALIASES: HF directories trained here (python -m edgeattn train --models bert_imdb)
-GENERATIVE_MODELS = ("gpt2_imdb",)  # zoo.gpt2.ALIASES: GPT-2 decoders with KV cache (python -m zoo.gpt2 trains it)
+HF_MODELS = tuple(n for n, t in TRAINED_HF.items() if t != TEXT_GENERATION)  # bert_imdb (edgeattn train)
+GENERATIVE_MODELS = tuple(n for n, t in TRAINED_HF.items() if t == TEXT_GENERATION)  # gpt2_imdb (python -m zoo.gpt2)
 CHECKPOINT_FORMAT = "edgeattn-checkpoint/1"
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
@@ -193,22 +204,7 @@ def _user_model(name: str, overrides: dict[str, Any]) -> BuiltModel:
 
 def create_model(name: str, **overrides: Any) -> BuiltModel:
     """Build a model and its spec. ``overrides`` change config fields (tests use tiny configs)."""
-    if name == "text_transformer":
-        return _text_transformer(overrides)
-    if name == "attention_cnn":
-        return _attention_cnn(overrides)
-    if name == "vit":
-        return _vit(overrides)
-    if name.startswith("torchvision:"):
-        return _torchvision(name, overrides)
-    if _is_gpt2(name):  # before _is_hf: gpt2_imdb, or an hf:<dir> whose config.json says gpt2
-        return _gpt2(name, overrides)
-    if _is_hf(name):
-        return _hf(name, overrides)
-    if ":" in name:
-        return _user_model(name, overrides)
-    raise RegistryError(f"model '{name}': unknown; expected one of {list(BUILTIN) + list(HF_MODELS)}, "
-                        "'torchvision:<name>', 'hf:<directory>' or '<python.module>:<factory>'")
+    return source_for(name).create(name, overrides)
 
 
 def _hf(name: str, overrides: dict[str, Any]) -> BuiltModel:
@@ -224,20 +220,9 @@ def _hf(name: str, overrides: dict[str, Any]) -> BuiltModel:
     return load_hf(name, **overrides)
 
 
-def _is_gpt2(name: str) -> bool:
-    """``gpt2_imdb`` or an ``hf:<dir>`` whose config.json says gpt2 (zoo.gpt2, imported when asked)."""
-    if name not in GENERATIVE_MODELS and not name.startswith("hf:"):
-        return False
-    from zoo.gpt2 import is_gpt2_name
-
-    return is_gpt2_name(name)
-
-
 def _gpt2(name: str, overrides: dict[str, Any]) -> BuiltModel:
     """``gpt2_imdb`` or ``hf:<gpt2 dir>``: zoo.gpt2.load_gpt2, the decoder with its KV cache (overrides: directory,
     artifacts, batch_max, attn_implementation, dataset)."""
-    from zoo.gpt2 import load_gpt2
-
     allowed = {"directory", "artifacts", "batch_max", "attn_implementation", "dataset"}
     bad = sorted(set(overrides) - allowed)
     if bad:
@@ -311,7 +296,7 @@ def load_checkpoint(path: str | Path, expected_model: str | None = None) -> Buil
     if expected_model and name != expected_model:
         raise CheckpointError(f"checkpoint '{path}': holds model '{name}', expected '{expected_model}'")
     cfg = dict(payload["config"])
-    built = create_model(name, **({} if name.startswith("torchvision:") else cfg))
+    built = create_model(name, **({} if source_of(name).kind == "torchvision" else cfg))
     _check_state_dict(built.module, payload["state_dict"], path)
     built.module.load_state_dict(payload["state_dict"])
     built.module.eval()
@@ -323,28 +308,23 @@ def weights_for(ref: ModelRef, weights: str | Path | None = None) -> str | None:
     one export recorded in manifest.json (so verify and bench load what was exported); None: the factory's own."""
     if weights:
         return str(weights)
-    return os.environ.get(ref.weights_env) or (ref.manifest().get("export") or {}).get("weights")
+    env = os.environ.get(ref.weights_env) if ref.source.policy.weights_env else None
+    return env or (ref.manifest().get("export") or {}).get("weights")
 
 
-def load_for_export(ref: ModelRef, weights: str | Path | None = None) -> BuiltModel:
-    """The PyTorch model every stage compares with. Our three families: their checkpoint (`make train`).
-    torchvision and user models (``module:factory``): built by their factory, with :func:`weights_for`'s file when
-    there is one (torchvision without one: random init with a real spread); no checkpoint of ours is needed.
-    ``hf:<dir>`` / ``bert_imdb``: loaded from the directory, whose tokenizer is written into the artifact folder."""
-    if ref.name in BUILTIN:
-        return load_checkpoint(ref.checkpoint, expected_model=ref.name)
-    if _is_gpt2(ref.name):
-        from zoo.gpt2 import load_for_export as gpt2_for_export
-
-        return gpt2_for_export(ref, weights)
-    if _is_hf(ref.name):
-        return _hf_for_export(ref, weights)
-    w = weights_for(ref, weights)
-    return create_model(ref.name, **({"weights": w} if w else {}))
+def load_for_export(ref: ModelRef, weights: str | Path | None = None, **hints: Any) -> BuiltModel:
+    """What export exports (its source's :meth:`ZooSource.build`): our three families, their
+    checkpoint (`make train`); torchvision and user models (``module:factory``), built by their factory with
+    :func:`weights_for`'s file when there is one (torchvision without one: random init with a real spread);
+    ``hf:<dir>`` / ``bert_imdb``, loaded from the directory, whose tokenizer is written into the artifact folder;
+    ``onnx:<file>``, the given graph on ONNX Runtime. ``hints``: ``task`` (given for an ONNX file), ``data``."""
+    return source_for(ref.name).build(ref, weights, **hints)
 
 
-def _is_hf(name: str) -> bool:
-    return name.startswith("hf:") or name in HF_MODELS
+def load_reference(ref: ModelRef) -> BuiltModel:
+    """What verify and bench compare with, after export (its source's :meth:`ZooSource.reference`): the model export
+    exported (PyTorch), or for ``onnx:<file>`` the given graph on ONNX Runtime with the spec export wrote."""
+    return source_for(ref.name).reference(ref)
 
 
 def _hf_ref_dir(ref: ModelRef) -> Path:
@@ -365,12 +345,9 @@ def _hf_ref_dir(ref: ModelRef) -> Path:
     return d
 
 
-def _hf_for_export(ref: ModelRef, weights: str | Path | None) -> BuiltModel:
+def _hf_for_export(ref: ModelRef) -> BuiltModel:
     """An HF directory's model; its tokenizer goes into the artifact folder (``tokenizer.json``, truncating to the
     spec's max length), where TextEncoder (calibration, verify, the runtime) reads it."""
-    if weights:
-        raise RegistryError(f"model '{ref.name}': a Hugging Face model loads its weights from its directory; "
-                            "--weights does not apply")
     d = _hf_ref_dir(ref)
     built = create_model(ref.name, directory=d)
     pp = built.spec.preprocess
@@ -379,28 +356,106 @@ def _hf_for_export(ref: ModelRef, weights: str | Path | None) -> BuiltModel:
 
 
 def export_source(ref: ModelRef, weights: str | Path | None = None) -> str:
-    """What an export is made from, for the up-to-date check: the checkpoint's sha256 (our families), else the
-    factory's source file and the weights file (sha256 each), so a changed factory or new weights re-export."""
-    if ref.name in BUILTIN:
-        return sha256_file(ref.checkpoint) if ref.checkpoint.is_file() else "no checkpoint"
-    if _is_gpt2(ref.name):
-        from zoo.gpt2 import export_source as gpt2_source
+    """What an export is made from, for the up-to-date check (its source's :meth:`ZooSource.export_source`): the
+    checkpoint's sha256 (our families), the factory's source file and the weights file (sha256 each), the HF
+    directory's digest, the ONNX file's; a changed source re-exports."""
+    return source_for(ref.name).export_source(ref, weights)
 
-        return gpt2_source(ref)
-    if _is_hf(ref.name):
-        d = _hf_ref_dir(ref)
-        check_dir(d, ref.name)
-        return f"hf {dir_digest(d)}"
-    parts = []
-    if not ref.name.startswith("torchvision:"):
+
+def _weights_part(ref: ModelRef, weights: str | Path | None) -> list[str]:
+    w = weights_for(ref, weights)
+    return [f"weights {sha256_file(w) if Path(w).is_file() else 'missing: ' + w}"] if w else []
+
+
+# ---- the sources, registered once (pipeline.sources holds the name -> kind rule) ----------------------------------
+class FactorySource(ZooSource):
+    """A model a factory builds (torchvision, ``module:factory``), with :func:`weights_for`'s file when there is one
+    (``data`` is calibration's, not the model's)."""
+
+    def build(self, ref: ModelRef, weights: str | Path | None = None, task: str | None = None,
+              data: str | Path | None = None) -> BuiltModel:
+        no_task(ref, task)
+        w = weights_for(ref, weights)
+        return create_model(ref.name, **({"weights": w} if w else {}))
+
+
+class BuiltinSource(ZooSource):
+    FAMILIES = {"text_transformer": _text_transformer, "attention_cnn": _attention_cnn, "vit": _vit}
+
+    def create(self, name: str, overrides: dict[str, Any]) -> BuiltModel:
+        return self.FAMILIES[name](overrides)
+
+    def build(self, ref: ModelRef, weights: str | Path | None = None, task: str | None = None,
+              data: str | Path | None = None) -> BuiltModel:
+        no_task(ref, task)
+        return load_checkpoint(ref.checkpoint, expected_model=ref.name)
+
+    def export_source(self, ref: ModelRef, weights: str | Path | None = None) -> str:
+        return sha256_file(ref.checkpoint) if ref.checkpoint.is_file() else "no checkpoint"
+
+
+class TorchvisionSource(FactorySource):
+    def create(self, name: str, overrides: dict[str, Any]) -> BuiltModel:
+        return _torchvision(name, overrides)
+
+    def export_source(self, ref: ModelRef, weights: str | Path | None = None) -> str:
+        init = "torchvision" if weights_for(ref, weights) else f"torchvision {INIT_VERSION}"
+        return "; ".join([init, *_weights_part(ref, weights)])
+
+
+class ModuleSource(FactorySource):
+    def create(self, name: str, overrides: dict[str, Any]) -> BuiltModel:
+        return _user_model(name, overrides)
+
+    def export_source(self, ref: ModelRef, weights: str | Path | None = None) -> str:
         try:
             src = inspect.getsourcefile(importlib.import_module(ref.name.rsplit(":", 1)[0]))
-            parts.append(f"factory {sha256_file(src)}" if src else "factory ?")
         except (ImportError, TypeError) as e:
             raise RegistryError(f"model '{ref.name}': cannot import its module ({e})") from e
-    else:
-        parts.append("torchvision" if weights_for(ref, weights) else f"torchvision {INIT_VERSION}")
-    w = weights_for(ref, weights)
-    if w:
-        parts.append(f"weights {sha256_file(w) if Path(w).is_file() else 'missing: ' + w}")
-    return "; ".join(parts)
+        return "; ".join([f"factory {sha256_file(src)}" if src else "factory ?", *_weights_part(ref, weights)])
+
+
+class HFSource(ZooSource):
+    """``hf:<dir>``, ``bert_imdb``, ``gpt2_imdb``: a sequence classifier, or a GPT-2 decoder when its config says so."""
+
+    def create(self, name: str, overrides: dict[str, Any]) -> BuiltModel:
+        return (_gpt2 if source_of(name).declared_task() == TEXT_GENERATION else _hf)(name, overrides)
+
+    def build(self, ref: ModelRef, weights: str | Path | None = None, task: str | None = None,
+              data: str | Path | None = None) -> BuiltModel:
+        no_task(ref, task)
+        if weights:
+            raise RegistryError(f"model '{ref.name}': a Hugging Face model loads its weights from its directory; "
+                                "--weights does not apply")
+        if ref.source.declared_task() == TEXT_GENERATION:
+            return gpt2_for_export(ref)
+        return _hf_for_export(ref)
+
+    def export_source(self, ref: ModelRef, weights: str | Path | None = None) -> str:
+        if ref.source.declared_task() == TEXT_GENERATION:
+            return gpt2_source(ref)
+        d = _hf_ref_dir(ref)
+        check_dir(d, ref.name, train_hint=HF_TRAIN_HINT if ref.name in HF_MODELS else None)
+        return f"hf {dir_digest(d)}"
+
+
+class UnknownSource(ZooSource):
+    def create(self, name: str, overrides: dict[str, Any]) -> BuiltModel:
+        raise RegistryError(f"model '{name}': unknown; expected one of {known()}")
+
+    def build(self, ref: ModelRef, weights: str | Path | None = None, task: str | None = None,
+              data: str | Path | None = None) -> BuiltModel:
+        return self.create(ref.name, {})
+
+    def export_source(self, ref: ModelRef, weights: str | Path | None = None) -> str:
+        return self.create(ref.name, {}).name
+
+
+SOURCES: dict[str, ZooSource] = {"builtin": BuiltinSource(), "torchvision": TorchvisionSource(),
+                                 "module": ModuleSource(), "hf": HFSource(), "onnx": OnnxSource(),
+                                 "unknown": UnknownSource()}
+
+
+def source_for(name: str) -> ZooSource:
+    """The zoo side of a name's source kind (pipeline.sources.source_of); SourceError for an unknown prefix."""
+    return SOURCES[source_of(name).kind]
