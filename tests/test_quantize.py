@@ -440,3 +440,18 @@ def test_tensorrt_rtx_parser_accepts_our_qdq_and_fp16_and_rejects_int32_bias(tin
     onnx.save(m, str(bad))
     assert any("int32" in e for e in check_qdq_rules(bad))
     assert any("Int32" in e for e in _rtx_parse(bad))  # the parser refuses the same DQ for the same reason
+
+
+def test_cli_refuses_a_budget_its_evaluation_set_cannot_resolve(tiny_dirs, tmp_path, capsys):
+    """0.5 points on 300 validation samples is 1.5 samples: refused before anything is written, with how many
+    samples the budget needs (judge.budget's resolution rule), exit 2."""
+    from optimize.quantize import main
+
+    md = _cli_model_dir(tiny_dirs, tmp_path)
+    before = sorted(p.name for p in md.iterdir())
+    argv = ["--models", "attention_cnn", "--artifacts", str(tmp_path), "--only", "int8", "--eval-samples", "300"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "int8 budget does not resolve on 300 samples (0.5 points is 1.5 samples" in err
+    assert "needs >= 400 samples" in err
+    assert sorted(p.name for p in md.iterdir()) == before  # nothing written, nothing removed
