@@ -158,14 +158,22 @@ def accuracy_reasons(f: dict[str, Any], budget: Any, labelled: bool) -> list[str
         if res:
             out.append(res)
         if delta < -budget.max_drop_points - EPS:
-            ci = f.get("accuracy_delta_ci95")
-            ci_txt = f", 95 % CI {ci[0]:+.2f}..{ci[1]:+.2f}" if ci else ""
-            out.append(f"accuracy_delta {delta:+.2f} points (n {n} {unit}{ci_txt}) exceeds the "
-                       f"{budget.max_drop_points:g}-point budget")
+            out.append(f"accuracy_delta {delta_statement(f)} exceeds the {budget.max_drop_points:g}-point budget")
     ppl, bar = f.get("perplexity_delta_pct"), getattr(budget, "max_ppl_increase_pct", None)
     if ppl is not None and bar is not None and not ppl <= bar + EPS:
         out.append(f"perplexity {ppl:+.3f} %, budget +{bar:g} %")
     return out
+
+
+def delta_statement(f: dict[str, Any]) -> str:
+    """The accuracy delta as every verdict states it: ``-0.20 points (n 2490 samples, 95 % CI -0.52..+0.12)``;
+    "-" without labels."""
+    if f.get("accuracy_delta") is None:
+        return "-"
+    n, unit = scored_count(f)
+    ci = f.get("accuracy_delta_ci95")
+    return (f"{f['accuracy_delta']:+.2f} points (n {n} {unit}"
+            + (f", 95 % CI {ci[0]:+.2f}..{ci[1]:+.2f})" if ci else ")"))
 
 
 def passes(f: dict[str, Any], budget: Any, labelled: bool) -> bool:

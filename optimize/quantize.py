@@ -41,7 +41,7 @@ from optimize.cpu_int8 import ALL_CPU_CANDIDATES, build_cpu_candidates, choose_c
     write_cpu_artifact
 from optimize.fp16 import Fp16Options, build_fp16, ort_logits
 from optimize.int8_budget import QuantOptions, brief_figures, miss_reason, budget_search
-from judge.budget import check_resolution
+from judge.budget import check_resolution, delta_statement
 from optimize.int8_build import QuantizeError, calibrate_ranges, quantize_static_cached
 from optimize.qdq_graph import ensure_node_names, quantizable_nodes
 from optimize.qdq_rules import check_qdq_rules, qdq_counts
@@ -251,7 +251,7 @@ def _print_tables(name: str, res: dict[str, Any]) -> None:
     if f16:
         c = f16.get("check", {})
         print(f"\n{name}: fp16.onnx  ORT level {f16.get('ort_opt_level')}  crashed {list(f16.get('ort_crashed_levels', {}))}"
-              f"  nan/inf {c.get('nonfinite')}  delta {c.get('accuracy_delta')} pts  agree {c.get('top1_agreement')}"
+              f"  nan/inf {c.get('nonfinite')}  delta {delta_statement(c)}  agree {c.get('top1_agreement')}"
               f"  cos {c.get('cosine_mean', float('nan')):.6f}  passed {f16.get('passed')}")
     i8 = res.get("int8")
     if not i8:
@@ -259,7 +259,7 @@ def _print_tables(name: str, res: dict[str, Any]) -> None:
     q, cpu = i8["qdq"], i8["cpu"]
     v = q["val"]
     print(f"{name}: int8.qdq.onnx  {len(q['quantized_nodes'])} nodes int8, {len(q['excluded_nodes'])} float  "
-          f"delta {_f(v.get('accuracy_delta'), 2)} pts  agree {_f(v.get('top1_agreement'), 4)}  "
+          f"delta {delta_statement(v)}  agree {_f(v.get('top1_agreement'), 4)}  "
           f"cos {_f(v.get('cosine_mean'), 5)}  "
           f"rules {'ok' if q['rules_ok'] else q['rule_violations']}  passed {q['passed']}  (float-simulated Q/DQ: "
           f"the TensorRT reference)" + (f"\n  MISSED: {q['miss']}; {q['fallback']}" if q.get("miss") else ""))

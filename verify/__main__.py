@@ -26,6 +26,7 @@ from runtime.ort_backend import levels_from, try_levels
 from runtime.preprocess import feed_batches
 from pipeline.stage import StageErrors, cli, one_line
 from judge.figures import compare_outputs
+from judge.budget import delta_statement
 from judge.rows import VerifyRow
 from verify.decoder import TASK as DECODER_TASK, decoder_verify_key, verify_decoder
 from verify.decoder import markdown_lines as decoder_markdown
@@ -167,7 +168,7 @@ def _fmt(v, spec=".4f"):
 def _print_row(r: dict[str, Any]) -> None:
     status = "PASS" if r.get("passed") else ("FAIL" if r.get("gating", True) else "MISS (advisory: CPU kernels)")
     print(f"  {r['model']:<18} {r['artifact']:<15} {r['backend']:<12} {r['precision']:<5} acc {_fmt(r.get('accuracy'))} "
-          f"d {_fmt(r.get('accuracy_delta'), '+.2f')} pts agree {_fmt(r.get('top1_agreement'))} "
+          f"d {delta_statement(r)} agree {_fmt(r.get('top1_agreement'))} "
           f"maxabs {_fmt(r.get('max_abs_diff'), '.2e')} {status}" + ("" if r.get("passed") else f"  {r.get('reasons')}"))
 
 
@@ -183,11 +184,13 @@ def write_markdown(rows: list[dict[str, Any]], path: Path) -> None:
             lines += decoder_markdown(model, mine)
             continue
         lines += [f"## {model}", "", "| artifact | backend | mode | judged as | precision | n | accuracy % | torch % | "
-                  "delta pts | top-1 agree | max abs diff | cosine mean | cosine min | passed |",
+                  "delta pts (95 % CI) | top-1 agree | max abs diff | cosine mean | cosine min | passed |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in (r for r in rows if r["model"] == model):
             pct = lambda v: "-" if v is None else f"{100 * v:.2f}"  # noqa: E731
-            delta = "-" if r.get("accuracy_delta") is None else f"{r['accuracy_delta']:+.2f}"
+            ci = r.get("accuracy_delta_ci95")
+            delta = "-" if r.get("accuracy_delta") is None else f"{r['accuracy_delta']:+.2f}" + (
+                f" ({ci[0]:+.2f}..{ci[1]:+.2f})" if ci else "")
             prec = r["precision"] + (f" ({r['precision_asked']} asked)" if r.get("precision_asked") else "")
             verdict = "yes" if r.get("passed") else ("NO" if r.get("gating", True) else "no (advisory)")
             lines.append(f"| {r['artifact']} | {r['backend']} | {str(r.get('mode', ''))[:24]} | "

@@ -36,7 +36,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from calibration.windows import TF_TOKENS, ort_teacher_forced, text_windows
-from judge.budget import budget_for, reasons as budget_reasons
+from judge.budget import budget_for, delta_statement, reasons as budget_reasons
 from judge.teacher_forced import TeacherForced, teacher_forced_figures, teacher_forced_run
 from runtime.errors import EdgeattnError, InputError
 
@@ -301,7 +301,7 @@ def format_precision_row(name: str, row: dict[str, Any]) -> str:
     tf, g = row["teacher_forced"], row["generation"]
     verdict = "PASS" if row["passed"] else "FAIL: " + "; ".join(row["reasons"])
     return (f"{head}: teacher-forced agreement {tf['top1_agreement']:.4f}, next-token accuracy "
-            f"{tf['accuracy_delta']:+.2f} pts, perplexity {tf['perplexity']:.2f} vs {tf['reference_perplexity']:.2f} "
+            f"{delta_statement(tf)}, perplexity {tf['perplexity']:.2f} vs {tf['reference_perplexity']:.2f} "
             f"({tf['perplexity_delta_pct']:+.3f} %), greedy prefix {g['mean_matching_prefix']:.1f}/"
             f"{g['mean_reference_length']:.1f} tokens ({g['identical']}/{g['prompts']} identical): "
             f"{verdict}{'' if row['gating'] else ' (advisory)'}")
