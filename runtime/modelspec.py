@@ -56,7 +56,7 @@ class TensorSpec:
 class Tolerance:
     """Parity tolerances for one precision against PyTorch fp32 logits."""
 
-    # max |logit diff| over the RMS of the reference's logits (verify.compare's scaled_max_abs_diff), so 1e-4 is
+    # max |logit diff| over the RMS of the reference's logits (judge.figures' scaled_max_abs_diff), so 1e-4 is
     # float32 parity at any logit scale; None: reported, not gated (reduced precision: cosine, top-1, accuracy)
     max_abs: float | None
     min_cosine: float

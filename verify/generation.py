@@ -9,10 +9,10 @@ PyTorch and the runtime get the same batches (left-padded alike) and the same st
 
 A row passes when its tokens are the same as PyTorch's. Where they first differ, the step is a **tie** when
 PyTorch's own top two logits there differ by less than the fp32 tolerance (``spec.tolerances['fp32'].max_abs``
-times the RMS of that step's logits, the unit verify.compare uses for fp32 parity): either token is a correct
+times the RMS of that step's logits, the unit judge.figures uses for fp32 parity): either token is a correct
 greedy choice, so the row is counted as tied (with its gap) and the rest of it is not compared (the texts have
 parted). Any other difference fails the row. Also reported per backend: the largest logit difference over the
-steps both took (scaled by the reference RMS, as verify.compare does).
+steps both took (scaled by the reference RMS, as judge.figures does).
 
 Reduced precision (``--precisions fp16,int8``, :func:`precision_rows`): fp16.onnx, int8.qdq.onnx (judged by its
 float simulation, the TensorRT reference, at runtime.ort_backend.QDQ_REFERENCE_LEVEL: the same figures on every CPU)
