@@ -154,7 +154,8 @@ def accuracy_reasons(f: dict[str, Any], budget: Any, labelled: bool) -> list[str
     n, unit = scored_count(f)
     delta = f.get("accuracy_delta")
     if labelled and delta is not None:
-        res = resolution_reason(budget if isinstance(budget, Budget) else Budget.from_tolerance(budget, "-"), n, unit)
+        res = resolution_reason(budget if isinstance(budget, Budget) else Budget.from_tolerance(budget, "the"), n,
+                                unit)
         if res:
             out.append(res)
         if delta < -budget.max_drop_points - EPS:

@@ -129,8 +129,8 @@ def budget_search(src: Path, ranges: dict[str, TensorRange], method: str, nodes:
     labelled = es.y is not None if labelled is None else labelled
     budget = budget or opts.loop_budget(None, labelled)
 
-    def within(cmp: dict[str, Any], _opts: QuantOptions, lab: bool) -> bool:
-        return passes(cmp, budget, lab)
+    def within(cmp: dict[str, Any]) -> bool:
+        return passes(cmp, budget, labelled)
 
     names = [n.name for n in nodes]
     p = work / "candidate.onnx"
@@ -139,7 +139,7 @@ def budget_search(src: Path, ranges: dict[str, TensorRange], method: str, nodes:
     steps = [{"excluded": None, **brief_figures(cmp)}]
     sens: list[dict[str, Any]] = []
     excluded: list[dict[str, Any]] = []
-    need = not within(cmp, opts, labelled)
+    need = not within(cmp)
     if opts.sweep == "always" or (need and opts.sweep == "auto"):
         sens = sensitivity_sweep(src, ranges, method, nodes, es_sweep, ref_sweep, opts, work, progress, evaluate,
                                  score_key)
@@ -159,21 +159,21 @@ def budget_search(src: Path, ranges: dict[str, TensorRange], method: str, nodes:
             excluded.append(cost)
             steps.append({"excluded": row["node"], **brief_figures(cmp)})
             log.info("int8 %s: keep %s float -> %s", src.parent.name, row["node"], brief_figures(cmp))
-            if within(cmp, opts, labelled):
+            if within(cmp):
                 break
-    if len(excluded) > 1 and within(cmp, opts, labelled):
+    if len(excluded) > 1 and within(cmp):
         # Backward pass: a node kept float early may be unnecessary once later ones are float too.
         for cost in list(excluded[:-1]):
             trial = [n for n in names if n == cost["node"] or n not in {e["node"] for e in excluded}]
             quantize_static_cached(src, p, ranges, method, trial, "trt", opts.quantize_attention)
             c2, _ = evaluate(p, es, ref, opts.threads)
-            if within(c2, opts, labelled):
+            if within(c2):
                 excluded.remove(cost)
                 cmp = c2
                 steps.append({"requantized": cost["node"], **brief_figures(c2)})
                 log.info("int8 %s: %s can be int8 after all -> %s", src.parent.name, cost["node"], brief_figures(c2))
     return {"excluded": excluded, "steps": steps, "sensitivity": sens, "final": cmp, "budget": budget.to_dict(),
-            "passed": within(cmp, opts, labelled), "quantized": [n for n in names if n not in {e["node"] for e in excluded}]}
+            "passed": within(cmp), "quantized": [n for n in names if n not in {e["node"] for e in excluded}]}
 
 
 def miss_reason(cmp: dict[str, Any], budget: Budget, labelled: bool) -> str:
