@@ -260,8 +260,8 @@ def _failed_row(rows: list[dict[str, Any]], name: str):
     try:
         yield
     except Exception as e:
-        rows.append({"model": name, "artifact": "-", "precision": "-", "backend": "-", "passed": False,
-                     "error": f"{type(e).__name__}: {one_line(e)}", "reasons": [one_line(e)]})
+        rows.append(VerifyRow(name, passed=False, error=f"{type(e).__name__}: {one_line(e)}",
+                              reasons=[one_line(e)]).to_dict())
         if isinstance(e, EdgeattnError):
             raise
         log.exception("verify %s: unexpected %s (a bug; the other models go on)", name, type(e).__name__)
