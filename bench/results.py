@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from judge.rows import VerifyRow, split_mode
 from bench.peers import COMPILE_PEERS, CPU_TORCH_PEERS, CUDA_TORCH_PEERS, EAGER_PEER, PEER_DEVICE
 from pipeline.sources import source_of
 from runtime.loader import ORT_GPU_MODES
@@ -38,8 +39,9 @@ GUARD_MARGIN = 0.05  # an INT8 row is flagged when its p50 exceeds the FP32 p50 
 
 # ---- verify.json ------------------------------------------------------------------------------------
 def verify_mode(mode: Any) -> str:
-    """verify writes 'extended (all: <why>)' when it fell back; the mode actually run is the first word."""
-    return str(mode or "").split(" ")[0]
+    """The mode a verify row ran (judge.rows: a field; rows of older verify.json files wrote 'extended (all: <why>)'
+    when it fell back)."""
+    return split_mode(mode)[0]
 
 
 def find_verify_row(vrows: Iterable[dict], model: str, artifact: str, backend: str, mode: str,
@@ -64,9 +66,9 @@ def verified_mode(vrows: Iterable[dict], model: str, artifact: str, backend: str
     for r in vrows:
         if (r.get("model"), r.get("artifact"), r.get("backend")) != (model, artifact, backend):
             continue
-        m = str(r.get("mode") or "")
-        if m == planned or (planned == "all" and m.startswith("extended (all:")):
-            return verify_mode(m)
+        row = VerifyRow.from_dict(r)
+        if planned in (row.mode, row.mode_asked):
+            return row.mode
     return planned
 
 

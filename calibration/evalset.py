@@ -18,6 +18,10 @@ from runtime.preprocess import feed_batches
 from zoo.data import load_dataset
 from zoo.synthetic import normalize_nchw, synthetic_uint8_images
 
+# Seeded images for models without a dataset (torchvision:vit_b_16): verify judges parity on this many, and the
+# quantize stage's budget loop judges on as many held-out ones, so both state a verdict on the same n.
+PARITY_SAMPLES = 32
+
 
 @dataclass
 class EvalSet:

@@ -17,13 +17,14 @@ import numpy as np
 from calibration import TensorRange
 from calibration.evalset import EvalSet
 from optimize.fp16 import run_guarded
-from optimize.int8_budget import QuantOptions, brief_figures, judge, logit_error
+from optimize.int8_budget import QuantOptions, brief_figures, logit_error
 from optimize.int8_build import QuantizeError, quantize_dynamic_matmul, quantize_static_cached
 from optimize.qdq_graph import int8_weight_coverage, quantizable_weight_elements
 from runtime.child import python_module, run_child
 from runtime.cpu import ISA_METADATA_KEY, int8_isa, int8_saturates
 from runtime.ort_backend import cpu_session
-from verify.compare import figures
+from judge.budget import Budget, passes
+from judge.figures import figures
 from zoo.io import atomic_write
 
 log = logging.getLogger("edgeattn.optimize.cpu_int8")
@@ -150,12 +151,14 @@ def pick_cpu(rows: dict[str, dict[str, Any]], fp32_ms: float | None, opts: Quant
 
 
 def choose_cpu(src: Path, candidates: dict[str, Path], es: EvalSet, ref: np.ndarray, feed: dict[str, np.ndarray],
-               opts: QuantOptions) -> dict[str, Any]:
-    """Accuracy of each candidate on this CPU's integer kernels (crash-guarded child, ORT 'all'), latency of all
-    survivors + fp32 side by side, then :func:`pick_cpu`. ``winner`` None: fp32 is kept."""
+               opts: QuantOptions, budget: Budget | None = None) -> dict[str, Any]:
+    """Accuracy of each candidate on this CPU's integer kernels (crash-guarded child, ORT 'all'), judged by verify's
+    verdict (``budget``; None: ``opts.loop_budget`` on the default tolerances), latency of all survivors + fp32 side by
+    side, then :func:`pick_cpu`. ``winner`` None: fp32 is kept."""
     import onnx
 
     labelled = es.y is not None
+    budget = budget or opts.loop_budget(None, labelled)
     quantizable = quantizable_weight_elements(onnx.load(str(src)))
     rows: dict[str, dict[str, Any]] = {}
     for name, p in candidates.items():
@@ -167,7 +170,7 @@ def choose_cpu(src: Path, candidates: dict[str, Path], es: EvalSet, ref: np.ndar
         rows[name] = {"int8_weight_coverage": coverage}
         cmp = figures(ref, run.logits, es.y)
         cmp["logit_rel_mse"] = logit_error(ref, run.logits)
-        rows[name].update(ran=True, val=brief_figures(cmp), passed=judge(cmp, opts, labelled))
+        rows[name].update(ran=True, val=brief_figures(cmp), passed=passes(cmp, budget, labelled))
         if coverage < opts.min_int8_coverage:
             rows[name].update(passed=False, problem=f"only {coverage:.0%} of the Conv/Gemm/MatMul weights are int8, "
                                                     f"expected >= {opts.min_int8_coverage:.0%}")

@@ -2,11 +2,12 @@
 ``text_generation`` spec (``python -m optimize quantize --models gpt2_imdb``; optimize.quantize routes here).
 
 Source: ``fp32.sim.onnx`` when the simplify stage wrote one, else the export's ``fp32.onnx``. Every verdict uses
-decoder figures (verify.generation.teacher_forced_figures) on windows of the VALIDATION split, each window one
+decoder figures (judge.teacher_forced.teacher_forced_figures) on windows of the VALIDATION split, each window one
 prefill, against the fp32 graph (itself within 1e-4 of PyTorch, export.decoder_export's parity check; verify
 judges the artifacts against PyTorch on the test split): teacher-forced next-token top-1 agreement, next-token
 accuracy change in points (the one budget unit) and perplexity change in percent
-(verify.generation.DecoderBudget: the spec's tolerance for the precision plus verify.generation.PPL_BUDGET_PCT).
+(judge.budget: the spec's tolerance for the precision, perplexity bar included, with the user's overrides; the verdict
+is judge.budget.reasons, the one verify's decoder rows use).
 
 - ``fp16.onnx``: optimize.fp16.convert_fp16 with the FP32 op block list (LayerNorm, Softmax, Pow, ...); the past and
   present cache in float16 (``DecoderQuantOptions.fp16_cache``: half the cache memory; the logits stay float32).
@@ -60,15 +61,16 @@ from runtime.files import read_json
 from runtime.generate import DecoderInfo
 from runtime.modelspec import TEXT_GENERATION
 from runtime.ort_backend import QDQ_REFERENCE_LEVEL, cpu_session
-from verify.generation import DecoderBudget, TeacherForced, ort_teacher_forced, prefill_feed, \
-    teacher_forced_figures, text_windows
+from calibration.windows import ort_teacher_forced, prefill_feed, text_windows
+from judge.budget import Budget, budget_for, check_resolution, passes, reasons as budget_reasons
+from judge.teacher_forced import TeacherForced, teacher_forced_figures
 from zoo.io import atomic_write, digest, section_up_to_date, sha256_file, update_manifest
 
 log = logging.getLogger("edgeattn.optimize.decoder_quant")
 
 TASK = TEXT_GENERATION
 SOURCES = ("fp32.sim.onnx", "fp32.onnx")  # the simplified graph when there is one
-CODE_VERSION = "decoder/1"
+CODE_VERSION = "decoder/2"  # 2: judged by judge.budget (the budget dict has its fields; resolution checked)
 CPU_FORMS = ("dynamic", "matmul_nbits8", "qdq_s8s8")
 SCORE = "nll_rel_mse"  # the figure that ranks nodes in the sensitivity sweep
 
@@ -338,9 +340,13 @@ def quantize_decoder(model_dir: str | os.PathLike, opts: QuantOptions | None = N
                                      progress=f"fp32 {model_dir.name} val" if progress else None)
         return ref
 
+    b16 = budget_for(spec.tolerances, "fp16", max_drop_points=f16.max_drop)
+    b8 = budget_for(spec.tolerances, "int8", max_drop_points=opts.max_drop, min_top1_agreement=opts.min_agreement)
+    for on, b in ((opts.fp16, b16), (opts.int8, b8)):  # refused before anything is written
+        if on:
+            check_resolution(b, val.inputs["labels"].size, True, f"quantize {model_dir.name} {b.precision}", "tokens")
     if opts.fp16:
-        budget = DecoderBudget(spec.tolerances["fp16"].min_top1_agreement, f16.max_drop,
-                               DecoderBudget.for_precision(spec.tolerances, "fp16").max_ppl_increase_pct)
+        budget = b16
         key = digest({"src": src_sha, "opts": f16.key(), "decoder": dopts.key(), "budget": budget.to_dict(),
                        "code": CODE_VERSION})
         if not force and section_up_to_date(model_dir, manifest.get("fp16"), key, ["fp16.onnx"]):
@@ -353,8 +359,7 @@ def quantize_decoder(model_dir: str | os.PathLike, opts: QuantOptions | None = N
             result["fp16"] = sec
 
     if opts.int8:
-        budget = DecoderBudget(opts.min_agreement, opts.max_drop,
-                               DecoderBudget.for_precision(spec.tolerances, "int8").max_ppl_increase_pct)
+        budget = b8
         calib = _windows(spec, model_dir, "train", dopts.calib_tokens, dopts)
         key = digest({"src": src_sha, "opts": opts.key(), "decoder": dopts.key(), "budget": budget.to_dict(),
                        "calib": calib.description, "eval": val.description, "code": CODE_VERSION, "cpu_isa": isa})
@@ -371,7 +376,7 @@ def quantize_decoder(model_dir: str | os.PathLike, opts: QuantOptions | None = N
     return result
 
 
-def build_decoder_fp16(model_dir: Path, src: Path, windows: EvalSet, ref: TeacherForced, budget: DecoderBudget,
+def build_decoder_fp16(model_dir: Path, src: Path, windows: EvalSet, ref: TeacherForced, budget: Budget,
                        dopts: DecoderQuantOptions, f16: Fp16Options) -> dict[str, Any]:
     """Convert by tiers (module docstring) until one is within ``budget`` with a finite padded row; the manifest
     section (the last tier's file is kept, ``passed: false``, when none is)."""
@@ -397,7 +402,7 @@ def build_decoder_fp16(model_dir: Path, src: Path, windows: EvalSet, ref: Teache
         else:
             cmp = teacher_forced_figures(ref, TeacherForced.unpack(chosen.logits), windows.inputs["labels"])
             padded = padded_row_check(dst, chosen.level, f16.threads)
-            reasons = budget.reasons(cmp) + ([] if padded["finite"] else
+            reasons = budget_reasons(cmp, budget, True) + ([] if padded["finite"] else
                                              [f"fully padded row not finite: {padded['nonfinite']}"])
             tier.update(ort_opt_level=chosen.level, check=cmp, padded_row=padded, passed=not reasons, reasons=reasons)
         tried.append(tier)
@@ -429,7 +434,7 @@ def _calibration(spec, windows: EvalSet, batch: int) -> CalibrationData:
 
 
 def build_decoder_int8(model_dir: Path, src: Path, spec, calib_windows: EvalSet, windows: EvalSet,
-                       ref: TeacherForced, budget: DecoderBudget, opts: QuantOptions, dopts: DecoderQuantOptions,
+                       ref: TeacherForced, budget: Budget, opts: QuantOptions, dopts: DecoderQuantOptions,
                        progress: bool = True, isa: str | None = None) -> dict[str, Any]:
     """Calibrate, search the W8A8 graph under ``budget``, weigh it against weight-only, write int8.qdq.onnx; pick the
     CPU form for this CPU (or none); the manifest section."""
@@ -460,7 +465,7 @@ def build_decoder_int8(model_dir: Path, src: Path, spec, calib_windows: EvalSet,
         es_sweep = windows.subset(n_sweep, opts.seed + 1)
         ref_sweep = ref if es_sweep is windows else ort_teacher_forced(src, es_sweep, "all", threads, bs)
         search = budget_search(prepared, ranges, opts.method, nodes, windows, ref, es_sweep, ref_sweep, opts, work,
-                               progress, evaluate, lambda cmp, _o, _l: budget.judge(cmp), SCORE, labelled=True)
+                               progress, evaluate, budget, SCORE, labelled=True)
         w8a8 = work / "w8a8.onnx"
         scopes = quantize_static_cached(prepared, w8a8, ranges, opts.method, search["quantized"], "trt",
                                         opts.quantize_attention)
@@ -470,7 +475,7 @@ def build_decoder_int8(model_dir: Path, src: Path, spec, calib_windows: EvalSet,
         schemes = {
             "w8a8": {"file": w8a8, "figures": search["final"], "passed": search["passed"],
                      "coverage": int8_weight_coverage(w8a8, quantizable)},
-            "weight_only": {"file": wo, "figures": wo_cmp, "passed": budget.judge(wo_cmp),
+            "weight_only": {"file": wo, "figures": wo_cmp, "passed": passes(wo_cmp, budget, True),
                             "coverage": int8_weight_coverage(wo, quantizable)},
         }
         scheme, why = choose_scheme(schemes, opts.min_int8_coverage)
@@ -497,7 +502,7 @@ def build_decoder_int8(model_dir: Path, src: Path, spec, calib_windows: EvalSet,
                 "rules_ok": not violations, "rule_violations": violations, "counts": qdq_counts(qdq_dst),
                 "judged_by": "float simulation of its Q/DQ (ONNX Runtime, graph optimisations off): what TensorRT "
                              "computes up to rounding, the same on every CPU",
-                "miss": None if chosen["passed"] else "; ".join(budget.reasons(fig)),
+                "miss": None if chosen["passed"] else "; ".join(budget_reasons(fig, budget, True)),
                 "fallback": None if chosen["passed"] else
                 "int8.qdq.onnx kept (most accurate found) and marked failed; deploy fp16.onnx / the fp16 engine",
                 "val": brief_figures(fig), "int8_weight_coverage": chosen["coverage"],
@@ -557,7 +562,7 @@ def build_cpu_forms(prepared: Path, qdq: Path, excluded: Sequence[str], work: Pa
 
 
 def choose_decoder_cpu(src: Path, cands: dict[str, Path], windows: EvalSet, ref: TeacherForced,
-                       budget: DecoderBudget, quantizable: int, opts: QuantOptions,
+                       budget: Budget, quantizable: int, opts: QuantOptions,
                        dopts: DecoderQuantOptions) -> dict[str, Any]:
     """Each form's figures on this CPU (crash-guarded child, ONNX Runtime 'all'), decode speed of the survivors and
     fp32 side by side, then optimize.cpu_int8.pick_cpu (latency = ms per decode token at batch 1)."""
@@ -570,7 +575,7 @@ def choose_decoder_cpu(src: Path, cands: dict[str, Path], windows: EvalSet, ref:
         if cmp is None:
             rows[name] = {"ran": False, "error": err, "passed": False, "int8_weight_coverage": coverage}
             continue
-        reasons = budget.reasons(cmp)
+        reasons = budget_reasons(cmp, budget, True)
         if coverage < opts.min_int8_coverage:
             reasons.append(f"only {coverage:.0%} of the Gemm/MatMul weights are int8, expected >= "
                            f"{opts.min_int8_coverage:.0%}")

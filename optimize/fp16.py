@@ -11,8 +11,10 @@ The check runs the converted graph on real samples in a CHILD PROCESS per ONNX R
 crash must not take the pipeline down. The first level that runs is recorded in the manifest
 (``fp16.ort_opt_level``) for verify/bench; crashed levels are listed with their signal.
 
-This module also holds the ORT evaluation helpers optimize.quantize uses (``ort_logits``, ``run_guarded``); the
-figures come from the one comparison, verify.compare.figures. ``python -m optimize.fp16 --child ...`` is the child entry point.
+Each tier is judged by verify's verdict (judge.budget.reasons on judge.figures' figures) with the spec's fp16
+budget (``Fp16Options.budget``: the spec's tolerance, the user's explicit overrides on top), on the stage's whole
+evaluation set by default. This module also holds the ORT evaluation helpers optimize.quantize uses (``ort_logits``,
+``run_guarded``). ``python -m optimize.fp16 --child ...`` is the child entry point.
 """
 from __future__ import annotations
 
@@ -31,7 +33,8 @@ import numpy as np
 from calibration.evalset import EvalSet
 from runtime.child import python_module, run_child
 from runtime.errors import EdgeattnError
-from verify.compare import figures
+from judge.budget import Budget, budget_for, reasons
+from judge.figures import figures
 from runtime.ort_backend import ORT_LEVEL_KEY, OPT_LEVELS, cpu_session, try_levels  # one table of ORT optimisation levels
 from zoo.io import atomic_write, sha256_file
 from optimize.node_scopes import reattach, record
@@ -52,19 +55,25 @@ class Fp16Error(EdgeattnError, RuntimeError):
 class Fp16Options:
     keep_io_types: bool = True
     block_tiers: tuple[tuple[str, ...], ...] = (FP32_OPS, FP32_OPS_WIDE)
-    check_samples: int = 2000  # real validation samples for the NaN/Inf + accuracy check (0.1 pts = 2 samples)
+    check_samples: int | None = None  # validation samples for the NaN/Inf + budget check (None: the whole set)
     levels: tuple[str, ...] = OPT_LEVELS
     threads: int = 2
     batch_size: int = 64
     timeout_s: float = 900.0
-    max_drop: float = 0.1  # accuracy points vs fp32 on the check samples (the one budget unit)
-    min_cosine: float = 0.999
+    # the user's overrides of the spec's fp16 tolerance (None: the spec's; runtime.modelspec.DEFAULT_TOLERANCES is the
+    # only place defaults live): accuracy points vs fp32, cosine
+    max_drop: float | None = None
+    min_cosine: float | None = None
 
     def key(self) -> dict[str, Any]:
         d = asdict(self)
         for k in ("threads", "timeout_s", "levels"):
             d.pop(k)
         return d
+
+    def budget(self, tolerances: dict[str, Any] | None = None) -> Budget:
+        """Verify's fp16 budget: the spec's tolerance (None: the defaults) with these overrides."""
+        return budget_for(tolerances, "fp16", max_drop_points=self.max_drop, min_cosine=self.min_cosine)
 
 
 # ---- ONNX Runtime helpers ----------------------------------------------------------------------------
@@ -231,13 +240,15 @@ def stamp_ort_level(path: Path, level: str) -> None:
 
 def build_fp16(model_dir: str | os.PathLike, es: EvalSet, ref_logits: np.ndarray, opts: Fp16Options | None = None,
                argv_factory: Callable[..., list[str]] | None = None, src_name: str = "fp32.sim.onnx",
-               dst_name: str = "fp16.onnx") -> dict[str, Any]:
+               dst_name: str = "fp16.onnx", budget: Budget | None = None) -> dict[str, Any]:
     """Convert, then check on ``es`` (real samples) in crash-guarded children; return the manifest section.
 
-    Tiers of block lists are tried until one gives finite logits within ``max_drop`` points / ``min_cosine``;
-    if none does, the last tier's file is kept and the section says ``passed: false``.
+    Tiers of block lists are tried until one passes verify's verdict for ``budget`` (None: ``opts.budget()`` on the
+    default tolerances); if none does, the last tier's file is kept and the section says ``passed: false`` with the
+    reasons.
     """
     opts = opts or Fp16Options()
+    budget = budget or opts.budget()
     model_dir = Path(model_dir)
     src, dst = model_dir / src_name, model_dir / dst_name
     t0 = time.perf_counter()
@@ -253,9 +264,8 @@ def build_fp16(model_dir: str | os.PathLike, es: EvalSet, ref_logits: np.ndarray
             tier["problem"] = "ONNX Runtime failed at every optimisation level"
         else:
             cmp = figures(ref_logits, chosen.logits, es.y)
-            ok = (not cmp["nonfinite"] and not cmp["degenerate_reference"] and cmp["cosine_mean"] >= opts.min_cosine
-                  and (es.y is None or cmp["accuracy_delta"] >= -opts.max_drop - 1e-9))
-            tier.update(ort_opt_level=chosen.level, check=cmp, passed=bool(ok))
+            why = reasons(cmp, budget, es.y is not None)
+            tier.update(ort_opt_level=chosen.level, check=cmp, passed=not why, reasons=why)
         tiers.append(tier)
         log.info("fp16 %s tier %d: %s", model_dir.name, ti, {k: tier.get(k) for k in ("ort_opt_level", "passed")})
         if tier["passed"]:
@@ -273,7 +283,8 @@ def build_fp16(model_dir: str | os.PathLike, es: EvalSet, ref_logits: np.ndarray
         "scopes": best.get("scopes"),
         "tiers": [{k: v for k, v in t.items() if k not in ("nodes",)} for t in tiers[:-1]],
         "seconds": round(time.perf_counter() - t0, 2),
-        "options": {k: v for k, v in opts.key().items() if k != "block_tiers"},
+        "options": {k: v for k, v in opts.key().items() if k != "block_tiers"}, "budget": budget.to_dict(),
+        "reasons": best.get("reasons") or ([best["problem"]] if best.get("problem") else []),
     }
     return section
 

@@ -1,6 +1,11 @@
-"""The accuracy budget of the TensorRT Q/DQ graph: the stage's options (QuantOptions), the verdict against the
-budget, the per-node sensitivity sweep and the search that keeps the most sensitive nodes float until the float
-simulation of the graph is within the budget."""
+"""The accuracy budget of the TensorRT Q/DQ graph: the stage's options (QuantOptions), the per-node sensitivity sweep
+and the search that keeps the most sensitive nodes float until the float simulation of the graph is within the budget.
+
+The budget and the verdict are the judge's (judge.budget): ``QuantOptions.budget`` builds it from the spec's int8
+tolerance with the user's explicit overrides (``--max-drop``, ``--min-agreement``, ``--min-cosine``; None: the spec's),
+and every candidate is judged by judge.budget.reasons on judge.figures' figures, exactly as verify judges the written
+file. Parity-only models (no labels) get a guard band on the cosine bar (``parity_margin``), because the loop chooses
+on other images than verify judges on: stricter than verify, never looser."""
 from __future__ import annotations
 
 import logging
@@ -13,13 +18,13 @@ import numpy as np
 from tqdm import tqdm
 
 from calibration import TensorRange
-from calibration.evalset import EvalSet
+from calibration.evalset import EvalSet, PARITY_SAMPLES
+from judge.budget import Budget, budget_for, passes, reasons
+from judge.figures import figures
 from optimize.fp16 import ort_logits
 from optimize.int8_build import quantize_static_cached
 from optimize.qdq_graph import NodeInfo
 from runtime.ort_backend import QDQ_REFERENCE_LEVEL
-from verify.compare import figures
-from verify.plan import PARITY_SAMPLES
 
 log = logging.getLogger("edgeattn.optimize.int8_budget")
 
@@ -30,16 +35,15 @@ class QuantOptions:
     calib_size: int = 256
     calib_batch: int = 32
     seed: int = 0
-    max_drop: float = 0.5  # accuracy points vs fp32 on the validation split
-    min_agreement: float = 0.99  # top-1 agreement with fp32 on the validation split
-    min_cosine: float = 0.99  # parity-only models (no dataset)
+    # the user's overrides of the spec's int8 tolerance (None: the spec's; runtime.modelspec.DEFAULT_TOLERANCES is
+    # the only place defaults live): accuracy points vs fp32, top-1 agreement, cosine (its statistic: the spec's)
+    max_drop: float | None = None
+    min_agreement: float | None = None
+    min_cosine: float | None = None
     # parity-only models: the loop aims this share of the way from min_cosine to 1 (0.5: 0.995 for 0.99), because
     # verify judges on other images than the loop chose on (efficientnet_b0 random-init: 0.9903 on the loop's 32
     # images, 0.9855 on verify's 32)
     parity_margin: float = 0.5
-
-    def parity_target(self) -> float:
-        return self.min_cosine + self.parity_margin * (1.0 - self.min_cosine)
     quantize_attention: bool = False  # Q/DQ on attention BMMs (MatMul of two activations) too
     sweep: str = "auto"  # auto: only when the fully quantised model misses the budget | always | never
     sweep_samples: int = 1000  # validation rows used to rank nodes
@@ -65,13 +69,15 @@ class QuantOptions:
             d.pop(k)
         return d
 
+    def budget(self, tolerances: dict[str, Any] | None = None) -> Budget:
+        """Verify's int8 budget: the spec's tolerance (None: the defaults) with this stage's explicit overrides."""
+        return budget_for(tolerances, "int8", max_drop_points=self.max_drop, min_top1_agreement=self.min_agreement,
+                          min_cosine=self.min_cosine)
 
-def judge(cmp: dict[str, Any], opts: QuantOptions, labelled: bool) -> bool:
-    if cmp.get("nonfinite") or cmp.get("degenerate_reference"):  # a reference without signal proves nothing
-        return False
-    if labelled:
-        return cmp["accuracy_delta"] >= -opts.max_drop - 1e-9 and cmp["top1_agreement"] >= opts.min_agreement
-    return cmp["cosine_mean"] >= opts.parity_target()
+    def loop_budget(self, tolerances: dict[str, Any] | None, labelled: bool) -> Budget:
+        """What the loop accepts: verify's budget, with the parity guard band where there are no labels."""
+        b = self.budget(tolerances)
+        return b if labelled else b.tightened(self.parity_margin)
 
 
 def logit_error(ref: np.ndarray, out: np.ndarray) -> float:
@@ -110,17 +116,22 @@ def sensitivity_sweep(src: Path, ranges: dict[str, TensorRange], method: str, no
 def budget_search(src: Path, ranges: dict[str, TensorRange], method: str, nodes: Sequence[NodeInfo],
                   es: EvalSet, ref: Any, es_sweep: EvalSet, ref_sweep: Any, opts: QuantOptions,
                   work: Path, progress: bool = True, evaluate: Callable[..., tuple[dict, Any]] | None = None,
-                  judge_fn: Callable[[dict, QuantOptions, bool], bool] | None = None,
-                  score_key: str = "logit_rel_mse", labelled: bool | None = None) -> dict[str, Any]:
+                  budget: Budget | None = None, score_key: str = "logit_rel_mse",
+                  labelled: bool | None = None) -> dict[str, Any]:
     """Fully quantise; while outside the budget, keep the next most sensitive node float. Returns the
     excluded nodes (with what each cost), every step, the sensitivity table and the final evaluation.
 
-    ``evaluate(path, es, ref, threads) -> (figures, outputs)``, ``judge_fn(figures, opts, labelled)`` and
-    ``score_key`` (the figure that ranks nodes) default to the classifiers' (logits vs ``ref``, the accuracy budget,
-    the relative logit MSE); a decoder passes its own (optimize.decoder_quant: teacher-forced figures)."""
+    Every candidate is judged by judge.budget.passes(figures, ``budget``, labelled): verify's verdict (``budget``
+    None: ``opts.loop_budget`` on the default tolerances). ``evaluate(path, es, ref, threads) -> (figures, outputs)``
+    and ``score_key`` (the figure that ranks nodes) default to the classifiers' (logits vs ``ref``, the relative
+    logit MSE); a decoder passes its own (optimize.decoder_quant: teacher-forced figures)."""
     evaluate = evaluate or evaluate_inprocess
-    within = judge_fn or judge
     labelled = es.y is not None if labelled is None else labelled
+    budget = budget or opts.loop_budget(None, labelled)
+
+    def within(cmp: dict[str, Any]) -> bool:
+        return passes(cmp, budget, labelled)
+
     names = [n.name for n in nodes]
     p = work / "candidate.onnx"
     quantize_static_cached(src, p, ranges, method, names, "trt", opts.quantize_attention)
@@ -128,7 +139,7 @@ def budget_search(src: Path, ranges: dict[str, TensorRange], method: str, nodes:
     steps = [{"excluded": None, **brief_figures(cmp)}]
     sens: list[dict[str, Any]] = []
     excluded: list[dict[str, Any]] = []
-    need = not within(cmp, opts, labelled)
+    need = not within(cmp)
     if opts.sweep == "always" or (need and opts.sweep == "auto"):
         sens = sensitivity_sweep(src, ranges, method, nodes, es_sweep, ref_sweep, opts, work, progress, evaluate,
                                  score_key)
@@ -148,41 +159,30 @@ def budget_search(src: Path, ranges: dict[str, TensorRange], method: str, nodes:
             excluded.append(cost)
             steps.append({"excluded": row["node"], **brief_figures(cmp)})
             log.info("int8 %s: keep %s float -> %s", src.parent.name, row["node"], brief_figures(cmp))
-            if within(cmp, opts, labelled):
+            if within(cmp):
                 break
-    if len(excluded) > 1 and within(cmp, opts, labelled):
+    if len(excluded) > 1 and within(cmp):
         # Backward pass: a node kept float early may be unnecessary once later ones are float too.
         for cost in list(excluded[:-1]):
             trial = [n for n in names if n == cost["node"] or n not in {e["node"] for e in excluded}]
             quantize_static_cached(src, p, ranges, method, trial, "trt", opts.quantize_attention)
             c2, _ = evaluate(p, es, ref, opts.threads)
-            if within(c2, opts, labelled):
+            if within(c2):
                 excluded.remove(cost)
                 cmp = c2
                 steps.append({"requantized": cost["node"], **brief_figures(c2)})
                 log.info("int8 %s: %s can be int8 after all -> %s", src.parent.name, cost["node"], brief_figures(c2))
-    return {"excluded": excluded, "steps": steps, "sensitivity": sens, "final": cmp,
-            "passed": within(cmp, opts, labelled), "quantized": [n for n in names if n not in {e["node"] for e in excluded}]}
+    return {"excluded": excluded, "steps": steps, "sensitivity": sens, "final": cmp, "budget": budget.to_dict(),
+            "passed": within(cmp), "quantized": [n for n in names if n not in {e["node"] for e in excluded}]}
 
 
-def miss_reason(cmp: dict[str, Any], opts: QuantOptions, labelled: bool) -> str:
-    """What missed the budget and by how much, in words."""
-    if cmp.get("nonfinite"):
-        return f"{cmp['nonfinite']} NaN/Inf values in the output"
-    if not labelled:
-        target = opts.parity_target()
-        return (f"cosine mean {cmp['cosine_mean']:.5f} < {target:g} (min_cosine {opts.min_cosine}, parity margin "
-                f"{opts.parity_margin} of the way to 1; short by {target - cmp['cosine_mean']:.5f})")
-    parts = []
-    if cmp["accuracy_delta"] < -opts.max_drop - 1e-9:
-        parts.append(f"accuracy delta {cmp['accuracy_delta']:+.2f} points, budget -{opts.max_drop} (over by "
-                     f"{-cmp['accuracy_delta'] - opts.max_drop:.2f})")
-    if cmp["top1_agreement"] < opts.min_agreement:
-        parts.append(f"top-1 agreement {cmp['top1_agreement']:.4f} < {opts.min_agreement}")
-    return "; ".join(parts) or "within the budget"
+def miss_reason(cmp: dict[str, Any], budget: Budget, labelled: bool) -> str:
+    """What missed the budget and by how much, in words (judge.budget.reasons, joined)."""
+    return "; ".join(reasons(cmp, budget, labelled)) or "within the budget"
 
 
 def brief_figures(cmp: dict[str, Any]) -> dict[str, Any]:
-    keys = ("accuracy", "accuracy_delta", "top1_agreement", "cosine_mean", "logit_rel_mse", "nonfinite",
+    keys = ("n_samples", "n_tokens", "accuracy", "accuracy_delta", "accuracy_delta_ci95", "top1_agreement",
+            "cosine_mean", "cosine_min", "logit_rel_mse", "nonfinite",
             "perplexity", "perplexity_delta_pct", "nll_rel_mse")  # the last three: decoders' figures
     return {k: (round(cmp[k], 6) if isinstance(cmp.get(k), float) else cmp.get(k)) for k in keys if k in cmp}

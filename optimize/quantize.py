@@ -41,6 +41,7 @@ from optimize.cpu_int8 import ALL_CPU_CANDIDATES, build_cpu_candidates, choose_c
     write_cpu_artifact
 from optimize.fp16 import Fp16Options, build_fp16, ort_logits
 from optimize.int8_budget import QuantOptions, brief_figures, miss_reason, budget_search
+from judge.budget import check_resolution, delta_statement
 from optimize.int8_build import QuantizeError, calibrate_ranges, quantize_static_cached
 from optimize.qdq_graph import ensure_node_names, quantizable_nodes
 from optimize.qdq_rules import check_qdq_rules, qdq_counts
@@ -53,7 +54,8 @@ from zoo.io import atomic_write, digest, read_json, section_up_to_date, sha256_f
 from zoo.spec import load_spec
 
 log = logging.getLogger("edgeattn.optimize.quantize")
-CODE_VERSION = "int8/4"  # 3: module scopes carried into fp16/int8 graphs; 4: fp16 records its safe ORT level
+CODE_VERSION = "int8/5"  # 3: module scopes carried into fp16/int8 graphs; 4: fp16 records its safe ORT level;
+# 5: candidates judged by verify's verdict (judge.budget: cosine too), fp16 on the whole evaluation set
 
 
 # ---- one model ---------------------------------------------------------------------------------------
@@ -89,25 +91,35 @@ def quantize_model(model_dir: str | os.PathLike, opts: QuantOptions | None = Non
         dataset = load_dataset(spec.dataset)
     udp = None if labelled else data_path(manifest, model_dir.name)
     if udp:  # the user's own data (export --data): calibrate on one half, judge on the other
-        user, es = user_eval_set(udp, spec, model_dir, opts)
-        labelled = es.y is not None
+        user, es_all = user_eval_set(udp, spec, model_dir)
+        labelled = es_all.y is not None
     else:
-        es = load_eval_set(spec, model_dir, "val", opts.eval_samples, opts.seed, opts.parity_eval_size, dataset=dataset)
+        es_all = load_eval_set(spec, model_dir, "val", None, opts.seed, opts.parity_eval_size, dataset=dataset)
+    es = es_all.subset(opts.eval_samples, opts.seed)  # --eval-samples: the int8 loop's rows (fp16: all of them)
     data_key = data_digest(udp) if udp else None
     result: dict[str, Any] = {}
     ref = None
+    # the budgets verify judges with (the spec's tolerances, the user's overrides); refused before anything is
+    # written when the evaluation set cannot resolve them (judge.budget)
+    f16 = Fp16Options(threads=opts.threads)
+    es16 = es_all.subset(f16.check_samples, opts.seed)
+    b16 = f16.budget(spec.tolerances)
+    b8 = opts.loop_budget(spec.tolerances, labelled)
+    if opts.fp16:
+        check_resolution(b16, len(es16), labelled, f"quantize {model_dir.name} fp16")
+    if opts.int8:
+        check_resolution(b8, len(es), labelled, f"quantize {model_dir.name} int8")
 
     # -- fp16
     if opts.fp16:
-        f16 = Fp16Options(threads=opts.threads)
-        key = digest({"src": src_sha, "opts": f16.key(), "code": CODE_VERSION, **({"user_data": data_key} if udp else {})})
+        key = digest({"src": src_sha, "opts": f16.key(), "budget": b16.to_dict(), "code": CODE_VERSION,
+                      **({"user_data": data_key} if udp else {})})
         if not force and section_up_to_date(model_dir, manifest.get("fp16"), key, ["fp16.onnx"]):
             print(f"quantize {model_dir.name}: fp16.onnx up to date")
             result["fp16"] = manifest["fp16"]
         else:
-            es16 = es.subset(f16.check_samples, opts.seed)
             ref16 = ort_logits(src, es16, "all", opts.threads, progress=f"fp32 {model_dir.name}" if progress else None)
-            sec = build_fp16(model_dir, es16, ref16, f16)
+            sec = build_fp16(model_dir, es16, ref16, f16, budget=b16)
             sec.update(key=key, files_sha256={"fp16.onnx": sec["sha256"]})
             update_manifest(model_dir, "fp16", sec)
             result["fp16"] = sec
@@ -124,7 +136,8 @@ def quantize_model(model_dir: str | os.PathLike, opts: QuantOptions | None = Non
             calib = CalibrationData.synthetic(spec, opts.parity_calib_size, min(8, opts.calib_batch), opts.seed)
         # the CPU's int8 class is part of the key: int8.cpu.onnx is chosen and verified for the CPU at hand
         key = digest({"src": src_sha, "data": calib.sha256, "dataset": getattr(dataset, "sha256", None),
-                       "eval": es.description, "opts": opts.key(), "code": CODE_VERSION, "cpu_isa": isa,
+                       "eval": es.description, "opts": opts.key(), "budget": b8.to_dict(), "code": CODE_VERSION,
+                       "cpu_isa": isa,
                        **({"user_data": data_key} if udp else {})})
         old = manifest.get("int8") or {}
         if not force and section_up_to_date(model_dir, old, key, list(old.get("files_sha256", {})) or ["int8.qdq.onnx"]):
@@ -133,7 +146,7 @@ def quantize_model(model_dir: str | os.PathLike, opts: QuantOptions | None = Non
             result["int8"] = old
             return result
         ref = ort_logits(src, es, "all", opts.threads, progress=f"fp32 {model_dir.name} val" if progress else None)
-        sec = build_int8(model_dir, src, calib, es, ref, opts, progress, isa)
+        sec = build_int8(model_dir, src, calib, es, ref, opts, progress, isa, spec.tolerances)
         sec.update(key=key, source_sha256=src_sha)
         if dataset is not None:
             tj = read_json(model_dir / "train.json", {}) or {}
@@ -143,23 +156,27 @@ def quantize_model(model_dir: str | os.PathLike, opts: QuantOptions | None = Non
     return result
 
 
-def user_eval_set(path: str, spec, model_dir: Path, opts: QuantOptions):
+def user_eval_set(path: str, spec, model_dir: Path):
     """(the user's data, its evaluation half as an EvalSet of every model input)."""
     user = load_user_data(path, spec, model_dir)
     ev = user.half("evaluation")
-    return user, EvalSet(dict(ev.inputs), ev.labels, spec.trim_pad_id(), ev.source).subset(opts.eval_samples, opts.seed)
+    return user, EvalSet(dict(ev.inputs), ev.labels, spec.trim_pad_id(), ev.source)
 
 
 def build_int8(model_dir: Path, src: Path, calib: CalibrationData, es: EvalSet, ref: np.ndarray,
-               opts: QuantOptions, progress: bool = True, isa: str | None = None) -> dict[str, Any]:
+               opts: QuantOptions, progress: bool = True, isa: str | None = None,
+               tolerances: dict[str, Any] | None = None) -> dict[str, Any]:
     """Calibrate, budget-search the TensorRT Q/DQ graph (judged by its float simulation), pick the CPU graph for
     this CPU (judged on its integer kernels); write both atomically. When no int8 form is both within the budget
-    and faster than fp32 here, no int8.cpu.onnx is written (a stale one is removed) and fp32 is the CPU artifact."""
+    and faster than fp32 here, no int8.cpu.onnx is written (a stale one is removed) and fp32 is the CPU artifact.
+    Every candidate is judged by verify's verdict on the spec's ``tolerances`` (judge.budget; None: the defaults)
+    with ``opts``' overrides."""
     import onnx
 
     isa = isa or int8_isa()
     t0 = time.perf_counter()
     labelled = es.y is not None
+    vb, budget = opts.budget(tolerances), opts.loop_budget(tolerances, labelled)
     with tempfile.TemporaryDirectory(prefix=f"edgeattn-int8-{model_dir.name}-") as tmpd:
         work = Path(tmpd)
         model = onnx.load(str(src))
@@ -175,7 +192,8 @@ def build_int8(model_dir: Path, src: Path, calib: CalibrationData, es: EvalSet, 
         ranges, cinfo = calibrate_ranges(qsrc, calib, opts.method, cache, progress=progress)
         es_sweep = es.subset(opts.sweep_samples, opts.seed + 1)
         ref_sweep = ref if es_sweep is es else ort_logits(src, es_sweep, "all", opts.threads)
-        search = budget_search(qsrc, ranges, opts.method, nodes, es, ref, es_sweep, ref_sweep, opts, work, progress)
+        search = budget_search(qsrc, ranges, opts.method, nodes, es, ref, es_sweep, ref_sweep, opts, work, progress,
+                               budget=budget)
         cand = work / "candidate.onnx"
         scopes = quantize_static_cached(qsrc, cand, ranges, opts.method, search["quantized"], "trt",
                                         opts.quantize_attention)  # module scopes carried for the localiser
@@ -185,23 +203,22 @@ def build_int8(model_dir: Path, src: Path, calib: CalibrationData, es: EvalSet, 
         excluded = [e["node"] for e in search["excluded"]]
         cands = build_cpu_candidates(qsrc, ranges, opts.method, search["quantized"], excluded, qdq_dst, work, opts)
         feed = next(es.subset(opts.bench_batch, opts.seed).batches(opts.bench_batch))
-        cpu = choose_cpu(src, cands, es, ref, feed, opts)
+        cpu = choose_cpu(src, cands, es, ref, feed, opts, budget)
         cpu_dst = model_dir / "int8.cpu.onnx"
         win = cpu["winner"]
         write_cpu_artifact(cands[win] if win is not None else None, cpu_dst, isa)
     qdq_lat = cpu["candidates"].get("qdq_s8s8", {}).get("latency_ms")
     wrow = cpu["candidates"].get(win, {}) if win else {}
     files = {qdq_dst.name: sha256_file(qdq_dst), **({cpu_dst.name: sha256_file(cpu_dst)} if win else {})}
-    miss = None if search["passed"] else miss_reason(search["final"], opts, labelled)
+    miss = None if search["passed"] else miss_reason(search["final"], budget, labelled)
     sec = {
         "artifacts": {"qdq": qdq_dst.name, "cpu": cpu_dst.name if win else None},
         "files_sha256": files,
         "source": src.name, "calibration": cinfo,
         "budget": {"split": "val" if labelled else "synthetic", "data": es.description, "n": len(es),
-                   "max_drop_points": opts.max_drop if labelled else None,
-                   "min_top1_agreement": opts.min_agreement if labelled else None,
-                   "min_cosine": None if labelled else opts.min_cosine,
-                   "loop_min_cosine": None if labelled else opts.parity_target(),
+                   "max_drop_points": vb.max_drop_points if labelled else None,
+                   "min_top1_agreement": vb.min_top1_agreement, "min_cosine": vb.min_cosine,
+                   "cosine_on": vb.cosine_on, "loop_min_cosine": budget.min_cosine,
                    "fp32_ort_accuracy": float((ref.argmax(1) == es.y).mean()) if labelled else None},
         "qdq": {"file": qdq_dst.name, "passed": search["passed"], "rules_ok": not violations,
                 "judged_by": "float simulation of its Q/DQ (ONNX Runtime, graph optimisations off): what TensorRT "
@@ -234,7 +251,7 @@ def _print_tables(name: str, res: dict[str, Any]) -> None:
     if f16:
         c = f16.get("check", {})
         print(f"\n{name}: fp16.onnx  ORT level {f16.get('ort_opt_level')}  crashed {list(f16.get('ort_crashed_levels', {}))}"
-              f"  nan/inf {c.get('nonfinite')}  delta {c.get('accuracy_delta')} pts  agree {c.get('top1_agreement')}"
+              f"  nan/inf {c.get('nonfinite')}  delta {delta_statement(c)}  agree {c.get('top1_agreement')}"
               f"  cos {c.get('cosine_mean', float('nan')):.6f}  passed {f16.get('passed')}")
     i8 = res.get("int8")
     if not i8:
@@ -242,7 +259,7 @@ def _print_tables(name: str, res: dict[str, Any]) -> None:
     q, cpu = i8["qdq"], i8["cpu"]
     v = q["val"]
     print(f"{name}: int8.qdq.onnx  {len(q['quantized_nodes'])} nodes int8, {len(q['excluded_nodes'])} float  "
-          f"delta {_f(v.get('accuracy_delta'), 2)} pts  agree {_f(v.get('top1_agreement'), 4)}  "
+          f"delta {delta_statement(v)}  agree {_f(v.get('top1_agreement'), 4)}  "
           f"cos {_f(v.get('cosine_mean'), 5)}  "
           f"rules {'ok' if q['rules_ok'] else q['rule_violations']}  passed {q['passed']}  (float-simulated Q/DQ: "
           f"the TensorRT reference)" + (f"\n  MISSED: {q['miss']}; {q['fallback']}" if q.get("miss") else ""))

@@ -57,13 +57,16 @@ class TensorSpec:
 class Tolerance:
     """Parity tolerances for one precision against PyTorch fp32 logits."""
 
-    # max |logit diff| over the RMS of the reference's logits (verify.compare's scaled_max_abs_diff), so 1e-4 is
+    # max |logit diff| over the RMS of the reference's logits (judge.figures' scaled_max_abs_diff), so 1e-4 is
     # float32 parity at any logit scale; None: reported, not gated (reduced precision: cosine, top-1, accuracy)
     max_abs: float | None
     min_cosine: float
     min_top1_agreement: float
     max_drop_points: float  # accuracy points, the one budget unit (make quantize MAX_DROP=0.5 is this too)
     cosine_on: str = "min"  # "min" over samples, or "mean" (INT8/bf16: one outlier sample must not fail 10k)
+    # decoders: perplexity change allowed, percent of the reference's (fp16 rounds, int8 quantises: mean NLL + 0.01
+    # nats is +1 %); None: not gated
+    max_ppl_increase_pct: float | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Tolerance":
@@ -75,9 +78,12 @@ class Tolerance:
 
 DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(max_abs=1e-4, min_cosine=0.99999, min_top1_agreement=1.0, max_drop_points=0.0),
-    "fp16": Tolerance(max_abs=None, min_cosine=0.999, min_top1_agreement=0.99, max_drop_points=0.1),
-    "bf16": Tolerance(max_abs=None, min_cosine=0.99, min_top1_agreement=0.99, max_drop_points=0.5, cosine_on="mean"),
-    "int8": Tolerance(max_abs=None, min_cosine=0.99, min_top1_agreement=0.99, max_drop_points=0.5, cosine_on="mean"),
+    "fp16": Tolerance(max_abs=None, min_cosine=0.999, min_top1_agreement=0.99, max_drop_points=0.1,
+                      max_ppl_increase_pct=0.1),
+    "bf16": Tolerance(max_abs=None, min_cosine=0.99, min_top1_agreement=0.99, max_drop_points=0.5, cosine_on="mean",
+                      max_ppl_increase_pct=0.5),
+    "int8": Tolerance(max_abs=None, min_cosine=0.99, min_top1_agreement=0.99, max_drop_points=0.5, cosine_on="mean",
+                      max_ppl_increase_pct=1.0),
 }
 
 

@@ -3,7 +3,7 @@
 Per concurrency level: requests/s, p50/p90/p99 latency, the batch sizes Triton formed (the difference of its
 statistics endpoint before and after the level), errors; every response is compared with the direct runtime's
 output on the same input (the same artifact opened in this process, one item per call) under the artifact's
-tolerance (``verify.compare``, the project's one comparison: max |diff| relative to the logits' RMS for fp32, cosine
+tolerance (``judge.figures``, the project's one comparison: max |diff| relative to the logits' RMS for fp32, cosine
 for reduced precisions). The direct runtime's own throughput (one item per call, and whole batches) is measured in
 this process before the server starts, so the two never share the CPU. Writes ``<out>/loadtest.{json,md}`` and
 ``<out>/loadtest.png`` (throughput and p99 against concurrency).
@@ -228,11 +228,11 @@ def run_level(url: str, model: str, protocol: str, items: Sequence, concurrency:
 
 def check_responses(level: Level, ref: np.ndarray, tol: Tolerance, labels: list[str]) -> dict[str, Any]:
     """The level's responses against the direct runtime's logits of the same items, judged as verify judges the
-    artifact (``verify.compare`` with its tolerance: max |diff| per sample relative to its logits' RMS and the
+    artifact (``judge.figures`` with its tolerance: max |diff| per sample relative to its logits' RMS and the
     cosine over samples by ``cosine_on``: every response for fp32/fp16, the mean for int8/bf16) plus top-1 agreement
     with the direct runtime; also how many single responses fall outside the per-sample bounds (a dynamically
     quantised artifact gives a request other logits in another batch), and labels against their own logits."""
-    from verify.compare import compare, cosine_rows, scaled_max_abs
+    from judge.figures import compare, cosine_rows, scaled_max_abs
 
     if not level.responses:
         return {"checked": 0, "matched": False, "outside_per_sample": 0, "top1_agreement": None,

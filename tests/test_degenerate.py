@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from verify.compare import compare, figures
+from judge.figures import compare, figures
 from zoo.init_spread import MIN_SPREAD, ensure_spread
 from zoo.registry import create_model
 from zoo.spec import DEFAULT_TOLERANCES

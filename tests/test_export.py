@@ -12,7 +12,7 @@ from export.onnx_export import ExportError, check_against_torch, export_model
 from optimize.simplify import simplify_file
 from zoo.spec import load_spec
 from tests.conftest import tiny_model
-from verify.compare import compare
+from judge.figures import compare
 from verify.localize import localize
 from zoo.spec import DEFAULT_TOLERANCES
 

@@ -393,7 +393,7 @@ def test_cli_records_a_budget_miss_and_exits_nonzero(tiny_dirs, tmp_path, capsys
     err = capsys.readouterr().err
     assert "int8 outside the budget" in err
     q = json.loads((md / "manifest.json").read_text())["int8"]["qdq"]
-    assert q["passed"] is False and q["miss"].startswith("top-1 agreement") and "< 1.01" in q["miss"]
+    assert q["passed"] is False and "top1_agreement" in q["miss"] and "< 1.01" in q["miss"]  # verify's words
     assert "fp16" in q["fallback"] and (md / "int8.qdq.onnx").is_file()
     assert "missed its budget" in build_report(tmp_path)
     assert any("int8.qdq.onnx MISSED its budget" in line for line in summary_lines(tmp_path))
@@ -440,3 +440,18 @@ def test_tensorrt_rtx_parser_accepts_our_qdq_and_fp16_and_rejects_int32_bias(tin
     onnx.save(m, str(bad))
     assert any("int32" in e for e in check_qdq_rules(bad))
     assert any("Int32" in e for e in _rtx_parse(bad))  # the parser refuses the same DQ for the same reason
+
+
+def test_cli_refuses_a_budget_its_evaluation_set_cannot_resolve(tiny_dirs, tmp_path, capsys):
+    """0.5 points on 300 validation samples is 1.5 samples: refused before anything is written, with how many
+    samples the budget needs (judge.budget's resolution rule), exit 2."""
+    from optimize.quantize import main
+
+    md = _cli_model_dir(tiny_dirs, tmp_path)
+    before = sorted(p.name for p in md.iterdir())
+    argv = ["--models", "attention_cnn", "--artifacts", str(tmp_path), "--only", "int8", "--eval-samples", "300"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "int8 budget does not resolve on 300 samples (0.5 points is 1.5 samples" in err
+    assert "needs >= 400 samples" in err
+    assert sorted(p.name for p in md.iterdir()) == before  # nothing written, nothing removed

@@ -15,7 +15,7 @@ import pytest
 
 from calibration.evalset import EvalSet, load_eval_set
 from runtime.modelspec import ModelSpec
-from verify.compare import compare, compare_outputs
+from judge.figures import compare, compare_outputs
 from zoo.spec import DEFAULT_TOLERANCES
 
 ROOT = Path(__file__).resolve().parents[1]

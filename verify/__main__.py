@@ -25,7 +25,9 @@ from pipeline.artifacts import ModelRef, resolve_models
 from runtime.ort_backend import levels_from, try_levels
 from runtime.preprocess import feed_batches
 from pipeline.stage import StageErrors, cli, one_line
-from verify.compare import compare_outputs
+from judge.figures import compare_outputs
+from judge.budget import delta_statement
+from judge.rows import VerifyRow
 from verify.decoder import TASK as DECODER_TASK, decoder_verify_key, verify_decoder
 from verify.decoder import markdown_lines as decoder_markdown
 from verify.plan import (PRECISION_NAMES, ROLE_CPU_KERNELS, ROLE_TEXT, artifact_files, backend_plan, exit_code,
@@ -112,37 +114,31 @@ def verify_model(ref: ModelRef, limit: int | None, threads: int | None,
                 # a crash at ORT's full optimisation is retried at 'extended' (the FP16 segfault case)
                 levels = levels_from(mode, "extended") if backend == "onnxruntime" and mode == "all" else (mode,)
                 ran_at, (got, err, secs, info), failed = try_levels(run, levels, f"verify {name} {art} on {backend}")
+                row = VerifyRow(name, art, prec, backend, mode, role=role, gating=role != ROLE_CPU_KERNELS,
+                                judged_as=ROLE_TEXT[role], dataset=data_desc["name"], seconds=round(secs, 2),
+                                cpu_isa=cpu_isa, execution_provider=info.get("execution_provider"), verify_key=key)
                 if failed and got is not None:
-                    mode = f"{ran_at} ({failed[0][0]}: {failed[0][1][:120]})"
-                asked = prec
+                    row.mode, row.mode_asked, row.fallback_reason = ran_at, failed[0][0], failed[0][1][:120]
                 ran = info.get("precision_ran")
                 if ran and backend == "openvino" and mode == "bf16" and PRECISION_NAMES.get(ran, ran) != prec:
                     # the bf16 hint on fp32.sim.onnx ran in another precision (f32 on a CPU without bf16): the row is
                     # judged as what ran. (fp16.onnx on OpenVINO reports f32 too: fp16 weights, f32 arithmetic; it
                     # stays an fp16 row, its error comes from the fp16 weights.)
-                    prec = PRECISION_NAMES.get(ran, ran)
-                row: dict[str, Any] = {"model": name, "artifact": art, "precision": prec, "backend": backend,
-                                       "mode": mode, "role": role, "gating": role != ROLE_CPU_KERNELS,
-                                       "judged_as": ROLE_TEXT[role], "dataset": data_desc["name"],
-                                       "seconds": round(secs, 2), "cpu_isa": cpu_isa}
-                if info.get("execution_provider"):
-                    row["execution_provider"] = info["execution_provider"]
+                    row.precision, row.precision_asked = PRECISION_NAMES.get(ran, ran), prec
                 if ran:
-                    row["precision_ran"] = PRECISION_NAMES.get(ran, ran)
-                    if prec != asked:
-                        row["precision_asked"] = asked
+                    row.precision_ran = PRECISION_NAMES.get(ran, ran)
                 if got is None:
-                    row.update(n_samples=n, passed=False, error=err, reasons=[err])
+                    row.n_samples, row.passed, row.error, row.reasons = n, False, err, [err]
                 else:
-                    tol = tolerance_for(spec, prec, model_dir)
-                    c = compare_outputs(ref, got, labels, tol)
-                    row["budget_points"] = tol.max_drop_points
-                    row.update(c.to_dict())
-                    if not c.passed and localize_failures and prec in ("fp32", "fp16", "int8") and backend == "onnxruntime" \
-                            and role != ROLE_CPU_KERNELS:
-                        row["first_divergence"] = _localize(built, model_dir / art, x, labels, ref, got)
-                if key:
-                    row["verify_key"] = key
+                    tol = tolerance_for(spec, row.precision, model_dir)
+                    c = compare_outputs(ref, got, labels, tol).to_dict()
+                    row.budget_points, row.n_samples = tol.max_drop_points, c.pop("n_samples")
+                    row.passed, row.reasons = c.pop("passed"), c.pop("reasons")
+                    row.figures = c
+                    if not row.passed and localize_failures and row.precision in ("fp32", "fp16", "int8") \
+                            and backend == "onnxruntime" and role != ROLE_CPU_KERNELS:
+                        row.first_divergence = _localize(built, model_dir / art, x, labels, ref, got)
+                row = row.to_dict()
                 rows.append(row)
                 _print_row(row)
     what = "PyTorch reference" if built.graph is None else f"reference ({built.graph.name} on ONNX Runtime)"
@@ -174,7 +170,7 @@ def _fmt(v, spec=".4f"):
 def _print_row(r: dict[str, Any]) -> None:
     status = "PASS" if r.get("passed") else ("FAIL" if r.get("gating", True) else "MISS (advisory: CPU kernels)")
     print(f"  {r['model']:<18} {r['artifact']:<15} {r['backend']:<12} {r['precision']:<5} acc {_fmt(r.get('accuracy'))} "
-          f"d {_fmt(r.get('accuracy_delta'), '+.2f')} pts agree {_fmt(r.get('top1_agreement'))} "
+          f"d {delta_statement(r)} agree {_fmt(r.get('top1_agreement'))} "
           f"maxabs {_fmt(r.get('max_abs_diff'), '.2e')} {status}" + ("" if r.get("passed") else f"  {r.get('reasons')}"))
 
 
@@ -190,11 +186,13 @@ def write_markdown(rows: list[dict[str, Any]], path: Path) -> None:
             lines += decoder_markdown(model, mine)
             continue
         lines += [f"## {model}", "", "| artifact | backend | mode | judged as | precision | n | accuracy % | torch % | "
-                  "delta pts | top-1 agree | max abs diff | cosine mean | cosine min | passed |",
+                  "delta pts (95 % CI) | top-1 agree | max abs diff | cosine mean | cosine min | passed |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in (r for r in rows if r["model"] == model):
             pct = lambda v: "-" if v is None else f"{100 * v:.2f}"  # noqa: E731
-            delta = "-" if r.get("accuracy_delta") is None else f"{r['accuracy_delta']:+.2f}"
+            ci = r.get("accuracy_delta_ci95")
+            delta = "-" if r.get("accuracy_delta") is None else f"{r['accuracy_delta']:+.2f}" + (
+                f" ({ci[0]:+.2f}..{ci[1]:+.2f})" if ci else "")
             prec = r["precision"] + (f" ({r['precision_asked']} asked)" if r.get("precision_asked") else "")
             verdict = "yes" if r.get("passed") else ("NO" if r.get("gating", True) else "no (advisory)")
             lines.append(f"| {r['artifact']} | {r['backend']} | {str(r.get('mode', ''))[:24]} | "
@@ -264,8 +262,8 @@ def _failed_row(rows: list[dict[str, Any]], name: str):
     try:
         yield
     except Exception as e:
-        rows.append({"model": name, "artifact": "-", "precision": "-", "backend": "-", "passed": False,
-                     "error": f"{type(e).__name__}: {one_line(e)}", "reasons": [one_line(e)]})
+        rows.append(VerifyRow(name, passed=False, error=f"{type(e).__name__}: {one_line(e)}",
+                              reasons=[one_line(e)]).to_dict())
         if isinstance(e, EdgeattnError):
             raise
         log.exception("verify %s: unexpected %s (a bug; the other models go on)", name, type(e).__name__)

@@ -9,19 +9,19 @@ PyTorch and the runtime get the same batches (left-padded alike) and the same st
 
 A row passes when its tokens are the same as PyTorch's. Where they first differ, the step is a **tie** when
 PyTorch's own top two logits there differ by less than the fp32 tolerance (``spec.tolerances['fp32'].max_abs``
-times the RMS of that step's logits, the unit verify.compare uses for fp32 parity): either token is a correct
+times the RMS of that step's logits, the unit judge.figures uses for fp32 parity): either token is a correct
 greedy choice, so the row is counted as tied (with its gap) and the rest of it is not compared (the texts have
 parted). Any other difference fails the row. Also reported per backend: the largest logit difference over the
-steps both took (scaled by the reference RMS, as verify.compare does).
+steps both took (scaled by the reference RMS, as judge.figures does).
 
 Reduced precision (``--precisions fp16,int8``, :func:`precision_rows`): fp16.onnx, int8.qdq.onnx (judged by its
 float simulation, the TensorRT reference, at runtime.ort_backend.QDQ_REFERENCE_LEVEL: the same figures on every CPU)
 and int8.cpu.onnx (this CPU's integer kernels: advisory) against PyTorch fp32: **teacher-forced** next-token top-1
-agreement and perplexity change on windows of the test split (:func:`teacher_forced_figures`), and the mean length
-of the greedy prefix that matches PyTorch's (64 new tokens on the same prompts). A row passes within its precision's
-tolerance (spec.tolerances[precision]: ``min_top1_agreement``, ``max_drop_points`` on next-token accuracy) and
-perplexity budget (:data:`PPL_BUDGET_PCT`); the matching prefix is reported, not gated (one flipped near-tie ends
-it, and the texts part after that). optimize.decoder_quant runs the same figures in its budget loop.
+agreement and perplexity change on windows of the test split (judge.teacher_forced), and the mean length
+of the greedy prefix that matches PyTorch's (64 new tokens on the same prompts). A row passes judge.budget's verdict
+for its precision's budget (spec.tolerances[precision]: ``min_top1_agreement``, ``max_drop_points`` on next-token
+accuracy, ``max_ppl_increase_pct``); the matching prefix is reported, not gated (one flipped near-tie ends
+it, and the texts part after that). optimize.decoder_quant runs the same figures and verdict in its budget loop.
 
 Writes ``<artifacts>/<model>/generation.json`` and exits 1 when a row fails (``--strict`` is the default).
 """
@@ -30,21 +30,20 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from calibration.windows import TF_TOKENS, ort_teacher_forced, text_windows
+from judge.budget import budget_for, delta_statement, reasons as budget_reasons
+from judge.teacher_forced import TeacherForced, teacher_forced_figures, teacher_forced_run
 from runtime.errors import EdgeattnError, InputError
 
 log = logging.getLogger("edgeattn.verify.generation")
 
 CPU_BACKENDS = ("onnxruntime", "openvino")
 REPORT_FILE = "generation.json"
-# Perplexity change allowed per precision, percent of PyTorch fp32's perplexity on the same tokens: fp16 rounds, int8
-# quantises (mean NLL + 0.01 nats is +1 %)
-PPL_BUDGET_PCT = {"fp16": 0.1, "bf16": 0.5, "int8": 1.0}
 # precision row -> (file in the model folder, tolerance key, how it is judged)
 PRECISION_ARTIFACTS = {
     "fp16": ("fp16.onnx", "fp16", "ONNX Runtime CPU at the level the quantize stage recorded"),
@@ -52,7 +51,6 @@ PRECISION_ARTIFACTS = {
                                       "TensorRT computes up to rounding, the same on every CPU"),
     "int8.cpu": ("int8.cpu.onnx", "int8", "ONNX Runtime's integer kernels on this CPU (advisory)"),
 }
-TF_TOKENS = 16_384  # teacher-forced tokens of the test split (128 windows of 128)
 
 
 class GenerationMismatch(EdgeattnError, AssertionError):
@@ -163,108 +161,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "passed": not bad, "max_scaled_logit_diff": max((r["max_scaled_logit_diff"] for r in rows), default=0.0)}
 
 
-# ---- teacher-forced figures: reduced precision vs PyTorch fp32 -----------------------------------------------------
-@dataclass
-class TeacherForced:
-    """Per next-token position of a set of text windows (N, T): the model's top-1 token and the negative
-    log-likelihood of the true next token (NaN where the logits were not finite)."""
-
-    top1: np.ndarray  # (N, T) int64
-    nll: np.ndarray  # (N, T) float64
-
-    def pack(self) -> np.ndarray:
-        """(N, T, 2) float64: what a crash-guarded child writes (top-1 ids are exact in float64)."""
-        return np.stack([self.top1.astype(np.float64), self.nll], axis=-1)
-
-    @classmethod
-    def unpack(cls, a: np.ndarray) -> "TeacherForced":
-        return cls(a[..., 0].astype(np.int64), a[..., 1].astype(np.float64))
-
-
-def text_windows(tokenizer_file: str | Path, split: str = "test", max_tokens: int = TF_TOKENS, block: int = 128,
-                 dataset: str = "imdb"):
-    """Non-overlapping windows of ``block`` tokens over the ``split`` reviews (each preceded by the end-of-text
-    token, as the model was trained: zoo.gpt2.token_stream / eval_windows), at most ``max_tokens`` tokens, as an
-    EvalSet of ``input_ids`` (N, block) and ``labels`` (N, block): the next token of every position."""
-    from types import SimpleNamespace
-
-    from tokenizers import Tokenizer
-
-    from calibration.evalset import EvalSet
-    from zoo.data import load_dataset
-    from zoo.gpt2 import EOS, eval_windows, token_stream
-
-    if block < 2 or max_tokens < block:
-        raise InputError(f"text windows: got block {block}, max_tokens {max_tokens}; expected block >= 2 and "
-                         "max_tokens >= block")
-    tok = Tokenizer.from_file(str(tokenizer_file))
-    eos = tok.token_to_id(EOS)
-    if eos is None:
-        raise InputError(f"tokenizer '{tokenizer_file}': has no '{EOS}' token; expected a GPT-2 byte-level BPE")
-    texts = list(getattr(load_dataset(dataset), split).x)
-    shim = SimpleNamespace(backend_tokenizer=tok)  # token_stream reads a transformers tokenizer's backend
-    parts, have, i = [], 0, 0
-    while have <= max_tokens and i < len(texts):  # encode only the reviews needed
-        parts.append(token_stream(shim, texts[i:i + 64], eos))
-        have += len(parts[-1])
-        i += 64
-    x, y = eval_windows(np.concatenate(parts), block, max_tokens)
-    return EvalSet({"input_ids": x, "labels": y}, None, None,
-                   f"{dataset} {split}: {x.shape[0]} windows of {block} tokens ({x.size} tokens, {i} reviews read)")
-
-
-def prefill_feed(info, input_ids: np.ndarray, cache_dtype=np.float32) -> dict[str, np.ndarray]:
-    """Whole windows as one prefill: no padding, positions 0..T-1, an empty past (B, H, 0, D) per cache input."""
-    b, t = input_ids.shape
-    feed = {"input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
-            "attention_mask": np.ones((b, t), np.int64),
-            "position_ids": np.ascontiguousarray(np.broadcast_to(np.arange(t, dtype=np.int64), (b, t)))}
-    for name in info.past_inputs:
-        feed[name] = np.zeros(info.cache_shape(b, 0), cache_dtype)
-    return feed
-
-
-def _score(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(B, T, V) logits, (B, T) next tokens -> top-1 (B, T) and NLL of the next token (B, T), float64."""
-    x = logits.astype(np.float64)
-    top1 = np.argmax(x, axis=-1)
-    m = x.max(axis=-1, keepdims=True)
-    lse = (m + np.log(np.exp(x - m).sum(axis=-1, keepdims=True)))[..., 0]
-    nll = lse - np.take_along_axis(x, labels[..., None], axis=-1)[..., 0]
-    nll[~np.isfinite(nll)] = np.nan
-    return top1, nll
-
-
-def _tf_loop(run, windows, batch_size: int, progress: str | None) -> TeacherForced:
-    from tqdm import tqdm
-
-    tops, nlls = [], []
-    n = len(windows)
-    for feed in tqdm(windows.batches(batch_size), total=-(-n // batch_size), desc=progress, disable=not progress,
-                     leave=False, dynamic_ncols=True):
-        top1, nll = _score(run(feed["input_ids"]), feed["labels"])
-        tops.append(top1)
-        nlls.append(nll)
-    return TeacherForced(np.concatenate(tops), np.concatenate(nlls))
-
-
-def ort_teacher_forced(model: str | Path, windows, level: str = "all", threads: int | None = None,
-                       batch_size: int = 8, spec: dict[str, Any] | None = None,
-                       progress: str | None = None) -> TeacherForced:
-    """A decoder graph on ONNX Runtime CPU at ``level``, every window as one prefill (the cache inputs in the
-    graph's own type: float32, or float16 for an fp16 graph that narrowed its cache)."""
-    from runtime.generate import DecoderInfo
-    from runtime.ort_backend import ORT_TYPES, cpu_session
-    from runtime.modelspec import read_spec
-
-    sess = cpu_session(model, level, threads)
-    info = DecoderInfo.from_spec(spec or read_spec(Path(model), dict(sess.get_modelmeta().custom_metadata_map)),
-                                 str(model))
-    types = {a.name: ORT_TYPES.get(a.type, "float32") for a in sess.get_inputs()}
-    cache = np.dtype(types.get(info.past_inputs[0], "float32")) if info.past_inputs else np.float32
-    return _tf_loop(lambda x: sess.run(["logits"], prefill_feed(info, x, cache))[0], windows, batch_size, progress)
-
-
+# ---- teacher-forced figures: reduced precision vs PyTorch fp32 (the figures and the verdict: judge/) ---------------
 def torch_teacher_forced(lm, windows, batch_size: int = 8, progress: str | None = None) -> TeacherForced:
     """PyTorch fp32 (the HF LM) on the same windows: the reference."""
     import torch
@@ -274,69 +171,7 @@ def torch_teacher_forced(lm, windows, batch_size: int = 8, progress: str | None 
         with torch.no_grad():
             return lm(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float().numpy()
 
-    return _tf_loop(run, windows, batch_size, progress)
-
-
-def teacher_forced_figures(ref: TeacherForced, got: TeacherForced, labels: np.ndarray) -> dict[str, Any]:
-    """``got`` against the reference on the same positions: top-1 agreement, next-token accuracy on the text (and
-    its delta in accuracy points, the one budget unit), perplexity and its change in percent, ``nll_rel_mse`` (the
-    relative mean squared change of the next token's NLL: a smooth score to rank sensitive nodes), NaN/Inf
-    positions; ``degenerate_reference`` when the reference has NaN/Inf or predicts one token everywhere."""
-    if ref.top1.shape != got.top1.shape or labels.shape != ref.top1.shape:
-        raise InputError(f"teacher-forced figures: got {got.top1.shape}, reference {ref.top1.shape}, labels "
-                         f"{labels.shape}; expected one (windows, tokens) shape")
-    bad = ~np.isfinite(got.nll)
-    ref_bad = int((~np.isfinite(ref.nll)).sum())
-    acc, racc = float((got.top1 == labels).mean()), float((ref.top1 == labels).mean())
-    rnll = float(np.nanmean(ref.nll)) if ref.nll.size else float("nan")
-    gnll = float(got.nll.mean()) if not bad.any() else float("inf")
-    ppl, rppl = float(np.exp(gnll)), float(np.exp(rnll))
-    r, g = np.nan_to_num(ref.nll), np.nan_to_num(got.nll, nan=0.0)
-    return {"n_tokens": int(labels.size), "top1_agreement": float((ref.top1 == got.top1).mean()),
-            "accuracy": acc, "reference_accuracy": racc, "accuracy_delta": round(100.0 * (acc - racc), 6),
-            "perplexity": ppl, "reference_perplexity": rppl,
-            "perplexity_delta_pct": 100.0 * (ppl / rppl - 1.0) if np.isfinite(ppl) else float("inf"),
-            "nll_mean_delta": gnll - rnll,
-            "nll_rel_mse": float(np.mean((g - r) ** 2) / max(float(np.mean(r ** 2)), 1e-12)),
-            "nonfinite": int(bad.sum()), "reference_nonfinite": ref_bad,
-            "degenerate_reference": bool(ref_bad or len(np.unique(ref.top1)) < 2)}
-
-
-@dataclass(frozen=True)
-class DecoderBudget:
-    """A decoder artifact's budget against PyTorch fp32 (or the fp32 graph): teacher-forced top-1 agreement, next-token
-    accuracy change in points, perplexity change in percent."""
-
-    min_agreement: float
-    max_drop_points: float
-    max_ppl_increase_pct: float
-
-    @classmethod
-    def for_precision(cls, tolerances: dict, precision: str) -> "DecoderBudget":
-        tol = tolerances[precision]
-        return cls(float(tol.min_top1_agreement), float(tol.max_drop_points), float(PPL_BUDGET_PCT[precision]))
-
-    def reasons(self, cmp: dict[str, Any]) -> list[str]:
-        """Why ``cmp`` (teacher_forced_figures) is outside the budget; empty when within it."""
-        out = []
-        if cmp.get("degenerate_reference"):
-            out.append("degenerate reference: NaN/Inf or one predicted token everywhere; no verdict on it")
-        if cmp.get("nonfinite"):
-            out.append(f"{cmp['nonfinite']} positions with NaN/Inf logits, expected none")
-        if cmp["top1_agreement"] < self.min_agreement:
-            out.append(f"teacher-forced top-1 agreement {cmp['top1_agreement']:.4f} < {self.min_agreement:g}")
-        if cmp["accuracy_delta"] < -self.max_drop_points - 1e-9:
-            out.append(f"next-token accuracy {cmp['accuracy_delta']:+.2f} points, budget -{self.max_drop_points:g}")
-        if not cmp["perplexity_delta_pct"] <= self.max_ppl_increase_pct + 1e-9:
-            out.append(f"perplexity {cmp['perplexity_delta_pct']:+.3f} %, budget +{self.max_ppl_increase_pct:g} %")
-        return out
-
-    def judge(self, cmp: dict[str, Any]) -> bool:
-        return not self.reasons(cmp)
-
-    def to_dict(self) -> dict[str, float]:
-        return {"min_top1_agreement": self.min_agreement, "max_drop_points": self.max_drop_points,
-                "max_perplexity_increase_pct": self.max_ppl_increase_pct}
+    return teacher_forced_run(run, windows, batch_size, progress)
 
 
 def matching_prefix(ref: Sequence[int], got: Sequence[int]) -> int:
@@ -388,7 +223,7 @@ def precision_rows(name: str, artifacts: str | Path = "artifacts", precisions: S
     for precision in precisions:
         file, tol_key, judged_by = PRECISION_ARTIFACTS[precision]
         path = ref.file(file)
-        budget = DecoderBudget.for_precision(spec.tolerances, tol_key)
+        budget = budget_for(spec.tolerances, tol_key)
         row: dict[str, Any] = {"precision": precision, "artifact": file, "backend": "onnxruntime",
                                "judged_by": judged_by, "gating": precision != "int8.cpu", "budget": budget.to_dict()}
         if not path.is_file():
@@ -402,7 +237,7 @@ def precision_rows(name: str, artifacts: str | Path = "artifacts", precisions: S
         greedy, seconds = runtime_greedy(path, "onnxruntime", rows_ids, max_new_tokens, batch, threads, level)
         prefix = [matching_prefix(r[0], g[0]) for r, g in zip(reference, greedy)]
         identical = sum(list(r[0]) == list(g[0]) for r, g in zip(reference, greedy))
-        reasons = budget.reasons(tf)
+        reasons = budget_reasons(tf, budget, labelled=True)
         out.append({**row, "ort_opt_level": level or "all", "teacher_forced": {**tf, "data": windows.description},
                     "generation": {"prompts": len(prefix), "max_new_tokens": max_new_tokens,
                                    "mean_matching_prefix": float(np.mean(prefix)) if prefix else 0.0,
@@ -466,7 +301,7 @@ def format_precision_row(name: str, row: dict[str, Any]) -> str:
     tf, g = row["teacher_forced"], row["generation"]
     verdict = "PASS" if row["passed"] else "FAIL: " + "; ".join(row["reasons"])
     return (f"{head}: teacher-forced agreement {tf['top1_agreement']:.4f}, next-token accuracy "
-            f"{tf['accuracy_delta']:+.2f} pts, perplexity {tf['perplexity']:.2f} vs {tf['reference_perplexity']:.2f} "
+            f"{delta_statement(tf)}, perplexity {tf['perplexity']:.2f} vs {tf['reference_perplexity']:.2f} "
             f"({tf['perplexity_delta_pct']:+.3f} %), greedy prefix {g['mean_matching_prefix']:.1f}/"
             f"{g['mean_reference_length']:.1f} tokens ({g['identical']}/{g['prompts']} identical): "
             f"{verdict}{'' if row['gating'] else ' (advisory)'}")

@@ -3,7 +3,8 @@
 - ``artifact_files`` and ``backend_plan``: which (artifact, backend, mode, precision, role) rows a model gets;
   ``ROLE_*``: gating rows vs advisory ones (a TensorRT Q/DQ graph on a CPU's integer kernels);
 - ``test_inputs``: the samples every stage judges on (full test split, or seeded images for parity-only models);
-- ``tolerance_for``: the spec's tolerance, int8 with the budget the artifact was built under;
+- ``tolerance_for``: the judge's budget (judge.budget) from the spec's tolerance, int8 with the overrides the
+  artifact was built under;
 - ``verify_key``: what a model's rows depend on, so unchanged rows are reused; ``exit_code``: `--strict`.
 """
 from __future__ import annotations
@@ -17,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from calibration.evalset import load_eval_set
+from calibration.evalset import PARITY_SAMPLES, load_eval_set
 from calibration.user_data import data_digest, data_path, load_user_data
+from judge.budget import Budget, budget_for
 from runtime import gpu
 from runtime.cpu import cpu_info
 from runtime.loader import ORT_GPU_MODES
@@ -30,7 +32,6 @@ from zoo.data import load_dataset
 from zoo.io import read_json, sha256_file
 
 KNOWN_ORDER = ["fp32.onnx", "fp32.sim.onnx", "fp16.onnx", "int8.qdq.onnx", "int8.cpu.onnx"]
-PARITY_SAMPLES = 32  # seeded random images for models without a dataset (torchvision:vit_b_16)
 
 
 PRECISION_NAMES = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}  # OpenVINO's element type names -> ours
@@ -161,17 +162,14 @@ def verify_key(ref: ModelRef, limit: int | None) -> str:
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def tolerance_for(spec, precision: str, model_dir: Path):
-    """The spec's tolerance for ``precision``; for int8, with the accuracy budget the artifact was built under
-    (manifest int8.budget, `make quantize MAX_DROP=...`), so quantize and verify judge against one budget."""
-    from dataclasses import replace
-
-    tol = spec.tolerances[precision]
-    if precision == "int8":
-        budget = ((read_json(model_dir / "manifest.json", {}) or {}).get("int8") or {}).get("budget") or {}
-        if budget.get("max_drop_points") is not None:
-            tol = replace(tol, max_drop_points=float(budget["max_drop_points"]))
-    return tol
+def tolerance_for(spec, precision: str, model_dir: Path) -> Budget:
+    """The judge's budget for ``precision`` from the spec's tolerances; for int8 and fp16, with the overrides the
+    artifact was built under (manifest ``<precision>.budget``, `edgeattn quantize --max-drop ...`), so quantize and
+    verify judge against one budget."""
+    built = ((read_json(model_dir / "manifest.json", {}) or {}).get(precision) or {}).get("budget") or {} \
+        if precision in ("int8", "fp16") else {}
+    keys = ("max_drop_points", "min_top1_agreement", "min_cosine")
+    return budget_for(spec.tolerances, precision, **{k: float(built[k]) for k in keys if built.get(k) is not None})
 
 
 def exit_code(rows: list[dict[str, Any]], strict: bool) -> int:

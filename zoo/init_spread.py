@@ -5,7 +5,7 @@ logit 0), and EfficientNet / MobileNetV3 scale their convolutions by fan-out, so
 initial running statistics, mean 0 and variance 1) the signal shrinks layer after layer to logits of ~1e-14
 (efficientnet_b0) or ~1e-9 (mobilenet_v3_small). On those, fp32 passes any absolute tolerance and fp16 flushes them to
 zero. ``ensure_spread`` gives such a model a spread, deterministically per seed, each step only when the one before
-left the logits flat (spread under ``MIN_SPREAD``, or degenerate as verify.compare judges a reference):
+left the logits flat (spread under ``MIN_SPREAD``, or degenerate as judge.figures judges a reference):
 
 1. zero Linear weights (ViT's head) are re-initialised ~ N(0, 0.02^2) from ``seed``, as ViT's training init would;
 2. one seeded probe batch (images ~ N(0, 1), the parity inputs' distribution; eval mode, no grad) measures the
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from verify.compare import degenerate_reason, reference_figures
+from judge.figures import degenerate_reason, reference_figures
 from zoo.synthetic import normalize_nchw, synthetic_uint8_images
 
 log = logging.getLogger("edgeattn.zoo")

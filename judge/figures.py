@@ -1,7 +1,11 @@
-"""Compare a backend's logits with PyTorch's, separately from running them (Polygraphy's Comparator idea).
+"""The figures of a classifier's (or any logits') output against a reference, separately from running them
+(Polygraphy's Comparator idea); verify, the quantize/fp16 budget loops, the zoo's init check and serve's load test all
+use these, so every stage judges with one vocabulary.
 
-``compare(ref, got, labels, tol)`` returns a ``Comparison``: truthy when it passed, with every number a
-report needs and the list of reasons when it did not. Two rules hold for every stage's verdict:
+``figures(ref, got, labels)`` is every number (with ``n_samples`` and the accuracy delta's 95 % interval,
+``accuracy_delta_ci95``, judge.interval); ``compare(ref, got, labels, budget)`` returns a ``Comparison``: truthy when
+it passed judge.budget's verdict, with every number a report needs and the list of reasons when it did not. Two
+rules hold for every stage's verdict:
 
 - a reference with no signal (``degenerate_reference``: PyTorch's logits near zero, constant over classes or over
   inputs, or not finite) gets no verdict: the comparison fails and says so, since a check on it cannot fail;
@@ -13,6 +17,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+from judge.budget import reasons as budget_reasons
+from judge.interval import delta_interval
 
 
 @dataclass
@@ -27,6 +34,7 @@ class Comparison:
     accuracy: float | None
     reference_accuracy: float | None
     accuracy_delta: float | None  # accuracy points, ours - reference (negative = worse)
+    accuracy_delta_ci95: list[float] | None  # 95 % paired-bootstrap interval of accuracy_delta (judge.interval)
     nonfinite: int
     scaled_max_abs_diff: float  # max over samples of |diff| / that sample's logit RMS: what Tolerance.max_abs bounds
     reference_scale: float  # RMS of the reference's logits
@@ -128,12 +136,14 @@ def figures(ref: np.ndarray, got: np.ndarray, labels: np.ndarray | None = None) 
     r = np.nan_to_num(np.asarray(ref, np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     diff = np.abs(g - r)
     cos = cosine_rows(r, g)
-    acc = racc = delta = None
+    acc = racc = delta = ci = None
     if labels is not None:
         labels = np.asarray(labels)
-        acc = float((g.argmax(-1) == labels).mean())
-        racc = float((r.argmax(-1) == labels).mean())
+        ok, rok = g.argmax(-1) == labels, r.argmax(-1) == labels
+        acc, racc = float(ok.mean()), float(rok.mean())
         delta = round(100.0 * (acc - racc), 6)
+        per = lambda a: a.reshape(len(a), -1).mean(1)  # noqa: E731 - per sample (mean over positions)
+        ci = list(delta_interval(per(ok), per(rok))) if len(ok) else None
     max_abs = float(diff.max()) if diff.size else 0.0
     scaled = scaled_max_abs(r, diff)
     return {"n_samples": int(len(ref)), "max_abs_diff": max_abs,
@@ -141,36 +151,17 @@ def figures(ref: np.ndarray, got: np.ndarray, labels: np.ndarray | None = None) 
             "max_rel_diff": float((diff / np.maximum(np.abs(r), 1e-6)).max()) if diff.size else 0.0,
             "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()),
             "top1_agreement": float((r.argmax(-1) == g.argmax(-1)).mean()), "accuracy": acc,
-            "reference_accuracy": racc, "accuracy_delta": delta, "nonfinite": nonfinite,
+            "reference_accuracy": racc, "accuracy_delta": delta, "accuracy_delta_ci95": ci, "nonfinite": nonfinite,
             "scaled_max_abs_diff": scaled, **ref_f}
 
 
 def compare(ref: np.ndarray, got: np.ndarray, labels: np.ndarray | None, tol) -> Comparison:
-    """``ref``/``got``: (N, classes) or (N, ..., classes) logits; ``labels``: (N,) ground truth or None (parity only); ``tol``: a
-    zoo.spec.Tolerance-like object (max_abs relative to the reference's RMS, min_cosine, min_top1_agreement,
-    max_drop_points). A degenerate reference fails whatever ``got`` is, with the reason first."""
+    """``ref``/``got``: (N, classes) or (N, ..., classes) logits; ``labels``: (N,) ground truth or None (parity only);
+    ``tol``: a judge.budget.Budget (or a runtime.modelspec.Tolerance: the same bars). The verdict is
+    judge.budget.reasons, the one the budget loops use; a degenerate reference fails whatever ``got`` is, with the
+    reason first."""
     f = figures(ref, got, labels)
-    reasons = []
-    why = degenerate_reason(f)
-    if why:
-        reasons.append(why)
-    if f["nonfinite"]:
-        reasons.append(f"{f['nonfinite']} NaN/Inf values in the output")
-    if tol.max_abs is not None and f["scaled_max_abs_diff"] > tol.max_abs:
-        reasons.append(f"max_abs_diff {f['max_abs_diff']:.3g} is {f['scaled_max_abs_diff']:.3g} x its sample's logit "
-                       f"RMS > {tol.max_abs:g} (RMS of all logits {f['reference_scale']:.3g})")
-    stat = getattr(tol, "cosine_on", "min")
-    cval = f["cosine_mean"] if stat == "mean" else f["cosine_min"]
-    if cval < tol.min_cosine:
-        reasons.append(f"cosine_{stat} {cval:.6f} < {tol.min_cosine:g}")
-    # Parity-only runs (no labels: random images through a random-init head) have near-tied logits, where top-1
-    # flips under any rounding; there the pass criterion is cosine/max-abs, and top-1 agreement is reported only.
-    agree = f["top1_agreement"]
-    if agree < tol.min_top1_agreement and (labels is not None or tol.min_top1_agreement >= 1.0):
-        reasons.append(f"top1_agreement {agree:.4f} < {tol.min_top1_agreement:g}")
-    delta = f["accuracy_delta"]
-    if delta is not None and delta < -tol.max_drop_points - 1e-9:
-        reasons.append(f"accuracy_delta {delta:+.2f} points exceeds the {tol.max_drop_points:.2f}-point budget")
+    reasons = budget_reasons({**f, "degenerate_reason": degenerate_reason(f)}, tol, labels is not None)
     return Comparison(**f, passed=not reasons, reasons=reasons)
 
 
