@@ -120,9 +120,9 @@ def int_range(low: int, high: int) -> Callable[[str], int]:
 def int_list(text: str, what: str = "comma-separated integers >= 1 such as 1,8,32") -> list[int]:
     """``1,8,32`` -> [1, 8, 32]; empty, non-integer or < 1 items are refused."""
     items = [b.strip() for b in str(text).split(",") if b.strip()]
-    if not items:
+    if not items or not all(re.fullmatch(r"\+?\d+", b) and int(b) >= 1 for b in items):
         raise _bad(text, what)
-    return [count(b, what) for b in items]
+    return [int(b) for b in items]
 
 
 def max_drop(text: str) -> float:
