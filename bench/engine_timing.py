@@ -31,7 +31,7 @@ import numpy as np
 from bench.candidates import make_feed
 from bench.envinfo import gpu_info, jetson_info
 from bench.timing import percentiles, summarize
-from pipeline.args import add_batches, existing_path, positive_seconds, stage_parser
+from pipeline.args import add_batches, positive_seconds, stage_parser
 from pipeline.stage import cli
 from runtime import engine_manifest as em
 from runtime import gpu
@@ -270,7 +270,7 @@ def format_table(doc: dict[str, Any]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = stage_parser("engine-timing", __doc__)
-    ap.add_argument("engines", nargs="+", type=existing_path, help=".engine files (their model folder holds spec.json)")
+    ap.add_argument("engines", nargs="+", type=Path, help=".engine files (their model folder holds spec.json)")
     add_batches(ap, "1,8", help="batch sizes, clamped to the engine's profile (default 1,8)")
     ap.add_argument("--seconds", type=positive_seconds, default=2.0, help="timed seconds per point and per thread count")
     ap.add_argument("--no-cli", action="store_true", help="do not run trtexec / tensorrt_rtx beside ours")

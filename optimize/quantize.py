@@ -45,8 +45,8 @@ from optimize.qdq_graph import ensure_node_names, quantizable_nodes
 from optimize.qdq_rules import check_qdq_rules, qdq_counts
 from runtime.cpu import cpu_info, int8_isa
 from runtime.errors import ModelLoadError
-from pipeline.args import (add_artifacts, add_force, add_max_drop, add_models, add_threads, choice_list, fraction,
-                           non_negative_int, positive_int, positive_number, stage_parser)
+from pipeline.args import (add_artifacts, add_force, add_max_drop, add_models, add_threads, choice_list,
+                           non_negative_int, non_negative_number, positive_int, stage_parser)
 from pipeline.artifacts import resolve_models
 from pipeline.stage import StageErrors, cli
 from zoo.data import load_dataset
@@ -307,8 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_models(ap)
     add_artifacts(ap, must_exist=True)
     add_max_drop(ap, default=str(d.max_drop))
-    ap.add_argument("--min-agreement", type=fraction, default=d.min_agreement)
-    ap.add_argument("--min-cosine", type=fraction, default=d.min_cosine, help="parity-only models")
+    ap.add_argument("--min-agreement", type=non_negative_number, default=d.min_agreement)
+    ap.add_argument("--min-cosine", type=non_negative_number, default=d.min_cosine, help="parity-only models")
     ap.add_argument("--method", choices=("MinMax", "Entropy", "Percentile"), default=d.method)
     ap.add_argument("--calib-size", type=positive_int, default=d.calib_size)
     ap.add_argument("--calib-batch", type=positive_int, default=d.calib_batch)
@@ -321,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--cpu-candidates", type=choice_list(ALL_CPU_CANDIDATES), default=None,
                     help=f"comma-separated subset of {','.join(ALL_CPU_CANDIDATES)} (default: the forms for this "
                          "CPU: the 7-bit '_rr' ones are added where int8 kernels saturate, i.e. without VNNI/AMX)")
-    ap.add_argument("--min-speedup", type=positive_number, default=d.min_speedup,
+    ap.add_argument("--min-speedup", type=non_negative_number, default=d.min_speedup,
                     help="int8.cpu.onnx must be this much faster than fp32 here, else fp32 is kept")
     ap.add_argument("--bench-runs", type=positive_int, default=d.bench_runs)
     add_threads(ap, default=os.environ.get("EDGEATTN_THREADS", str(d.threads)))

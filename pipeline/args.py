@@ -129,15 +129,8 @@ def max_drop(text: str) -> float:
     return number(text, "a number of accuracy points >= 0 (e.g. 0.5)", minimum=0.0)
 
 
-def fraction(text: str) -> float:
-    v = number(text, "a number from 0 to 1", minimum=0.0)
-    if v > 1:
-        raise _bad(text, "a number from 0 to 1")
-    return v
-
-
-def positive_number(text: str) -> float:
-    return number(text, "a number > 0", minimum=0.0, strict=True)
+def non_negative_number(text: str) -> float:
+    return number(text, "a number >= 0", minimum=0.0)
 
 
 def positive_seconds(text: str) -> float:

@@ -134,7 +134,7 @@ def test_unknown_flavour_in_every_stage(stage, flag, art, capsys):
     (["verify", "--limit", "0"], "--limit: got '0', expected an integer >= 1"),
     (["engines", "--opt-level", "9"], "--opt-level: got '9', expected an integer from 0 to 5"),
     (["engines", "--precisions", "int4"], "--precisions: got 'int4', expected some of fp32,fp16,int8, comma-separated"),
-    (["quantize", "--min-agreement", "1.5"], "--min-agreement: got '1.5', expected a number from 0 to 1"),
+    (["quantize", "--min-agreement", "-0.1"], "--min-agreement: got '-0.1', expected a number >= 0"),
     (["quantize", "--calib-size", "-1"], "--calib-size: got '-1', expected an integer >= 1"),
     (["quantize", "--cpu-candidates", "fastest"], "--cpu-candidates: got 'fastest', expected some of "),
     (["triton", "--instances", "0"], "--instances: got '0', expected an integer >= 1"),
@@ -218,3 +218,39 @@ def test_no_cpu_form_moves_the_old_file_aside_never_deletes_it(tmp_path):
     dst.write_bytes(b"verified elsewhere")
     write_cpu_artifact(None, dst, "avx2")
     assert not dst.exists() and (tmp_path / "int8.cpu.onnx.prev").read_bytes() == b"verified elsewhere"
+
+
+def test_a_quantize_run_that_misses_keeps_the_verified_int8_files(tmp_path, capsys):
+    """The stage itself: a passing run writes int8.qdq.onnx and int8.cpu.onnx; a second run under a budget it cannot
+    meet exits 1, rewrites and deletes nothing, and the manifest keeps the passing section (its key: the next run
+    tries again) with ``last_run`` saying what missed."""
+    pytest.importorskip("onnxruntime")
+    from export.onnx_export import export_model
+    from optimize.quantize import main as quantize
+    from tests.conftest import tiny_model
+    from zoo.data import DataError, load_dataset
+
+    try:
+        load_dataset("fashion_mnist")
+    except DataError as e:
+        pytest.skip(str(e))
+    built = tiny_model("attention_cnn")
+    md = tmp_path / "attention_cnn"
+    export_model(built, md / "fp32.sim.onnx")
+    (md / "spec.json").write_text(built.spec.to_json())
+    argv = ["--models", "attention_cnn", "--artifacts", str(tmp_path), "--only", "int8", "--max-drop", "100",
+            "--min-agreement", "0", "--sweep", "never", "--calib-size", "32", "--eval-samples", "200",
+            "--bench-runs", "3", "--cpu-candidates", "dynamic,qdq_s8s8", "--min-speedup", "0"]
+    assert quantize(argv) == 0
+    files = ("int8.qdq.onnx", "int8.cpu.onnx")
+    before = {f: hashlib.sha256((md / f).read_bytes()).hexdigest() for f in files}
+    first = json.loads((md / "manifest.json").read_text())["int8"]
+    capsys.readouterr()
+    miss = [("1.01" if a == "0" and argv[i - 1] == "--min-agreement" else a) for i, a in enumerate(argv)]
+    assert quantize(miss) == 1  # top-1 agreement can never reach 1.01
+    assert "int8 outside the budget" in capsys.readouterr().err
+    assert {f: hashlib.sha256((md / f).read_bytes()).hexdigest() for f in files} == before
+    kept = json.loads((md / "manifest.json").read_text())["int8"]
+    assert kept["key"] == first["key"] and kept["files_sha256"] == first["files_sha256"] == before
+    assert kept["last_run"]["passed"] is False and "1.01" in kept["last_run"]["why"]
+    assert kept["last_run"]["kept"] == sorted(files)
