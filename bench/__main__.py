@@ -478,7 +478,8 @@ def worker_env(args) -> dict[str, str]:
 
 
 # ---- CLI ---------------------------------------------------------------------------------------------------
-def parse_args(argv):
+def bench_parser():
+    """bench's argument parser (``edgeattn run`` checks its --bench-args with it before any stage starts)."""
     ap = stage_parser("bench", __doc__)
     add_models(ap)
     add_artifacts(ap, must_exist=True)
@@ -509,7 +510,11 @@ def parse_args(argv):
     ap.add_argument("--omp-wait-policy", choices=("passive", "active", "default"), default="passive",
                     help="OMP_WAIT_POLICY for PyTorch's libgomp (default passive: robust when other processes load "
                          "the CPUs; an OMP_WAIT_POLICY already in the environment wins)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def parse_args(argv):
+    args = bench_parser().parse_args(argv)
     args.peers = default_peers() if args.peers is None else args.peers
     if args.threads is None:
         try:

@@ -81,13 +81,29 @@ def run_options(argv: Sequence[str]) -> RunOptions:
         extra = [n for n in names if n not in models]
         if extra:
             raise ArgumentsError(f"{flag}: got {', '.join(extra)}, expected some of --models ({', '.join(models)})")
-    try:
-        bench_args = tuple(shlex.split(a.bench_args))
-    except ValueError as e:
-        raise ArgumentsError(f"--bench-args: got {a.bench_args!r} ({e}), expected shell words") from None
+    bench_args = check_bench_args(a.bench_args, models)
     return RunOptions(models, str(a.artifacts), str(a.max_drop), a.flavor, a.gpt2_recipe,
                       a.weights and str(a.weights), a.data and str(a.data), skip_q, skip_e, not a.no_bench,
                       bench_args, a.keep_going, a.summary)
+
+
+def check_bench_args(text: str, models: Sequence[str]) -> tuple[str, ...]:
+    """``--bench-args`` as bench's own parser takes them, checked now (not after the stages before bench ran)."""
+    from bench.__main__ import bench_parser
+
+    try:
+        words = tuple(shlex.split(text))
+    except ValueError as e:
+        raise ArgumentsError(f"--bench-args: got {text!r} ({e}), expected shell words") from None
+    taken = sorted({w.split("=")[0] for w in words} & {"--models", "--artifacts"})
+    if taken:
+        raise ArgumentsError(f"--bench-args: got {', '.join(taken)}, expected bench's other options (run's own "
+                             "--models and --artifacts are passed to bench)")
+    try:
+        bench_parser().parse_args(["--models", ",".join(models), "--artifacts", ".", *words])
+    except ArgumentsError as e:
+        raise ArgumentsError(f"--bench-args: {e}") from None
+    return words
 
 
 def run_all(argv: Sequence[str]) -> int:

@@ -145,6 +145,8 @@ def test_unknown_flavour_in_every_stage(stage, flag, art, capsys):
     (["train", "--models", "vit,nope"], "--models: got nope (no training recipe), expected some of "),
     (["train", "--epochs", "0"], "--epochs: got '0', expected an integer >= 1"),
     (["run", "--skip-quantize", "gpt2_imdb"], "--skip-quantize: got gpt2_imdb, expected some of --models (vit)"),
+    (["run", "--bench-args=--batches 0"], "--bench-args: --batches: got '0', expected comma-separated integers >= 1"),
+    (["run", "--bench-args=--quick --artifacts x"], "--bench-args: got --artifacts, expected bench's other options"),
 ])
 def test_each_kind_of_bad_value(argv, expected, art, capsys):
     stage, rest = argv[0], [a.replace("{art}", str(art)) for a in argv[1:]]
