@@ -10,13 +10,16 @@
   edgeattn report                                           -> artifacts/report.md
   edgeattn gpu-check                                        GPU self-check -> gpu-check.json
   edgeattn engine-timing artifacts/vit/fp16.trt10.engine    trtexec-grade engine timing (GPU)
-  edgeattn run       --models mymodels:tiny_text            every stage above for these models, in order
+  edgeattn run       --models mymodels:tiny_text            every stage above for these models, stage by stage;
+                                                            exit 1 on a failed gating verify row (--keep-going:
+                                                            summarise and exit 0, the demo's rule)
   edgeattn harden                                           hardening suite -> harden.json, harden.md
   edgeattn triton    --models bert_imdb                     Triton model repository -> artifacts/triton/
   edgeattn serve     --repository artifacts/triton          bundled tritonserver on 127.0.0.1 (Ctrl-C stops)
   edgeattn loadtest  --concurrency 1,4,16 --duration 10     load test vs the direct runtime -> triton-loadtest/
 
-``edgeattn <stage> --help`` shows a stage's options. A bad model, a missing file or a failed export is one line
+``edgeattn <stage> --help`` shows a stage's options; a bad argument is one line ``error: <stage>: ...`` and exit
+status 2 before any file is touched (pipeline.args). A bad model, a missing file or a failed export is one line
 ``error: <stage> <model>: ...`` and exit status 2, never a traceback; the other models of the run go on.
 """
 from __future__ import annotations
