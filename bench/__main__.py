@@ -36,8 +36,8 @@ from bench.results import (accuracy_from_verify, find_verify_row, int8_guard, ma
 from bench.timing import TimingConfig, run_interleaved, summarize as stats_of
 from bench.worker import RemoteTimer, Worker, WorkerDied
 from runtime import gpu
-from pipeline.args import (add_artifacts, add_batches, add_force, add_models, add_threads, choice_list, non_negative_int,
-                           positive_int, positive_seconds, stage_parser)
+from pipeline.args import (add_artifacts, add_batches, add_force, add_models, add_threads, choice_list,
+                           non_negative_int, positive_int, positive_seconds, stage_parser)
 from pipeline.artifacts import ModelRef, resolve_models
 from runtime.ort_backend import levels_from
 from pipeline.stage import cli
@@ -491,7 +491,8 @@ def bench_parser():
     ap.add_argument("--seq-len", type=positive_int, default=None,
                     help="sequence length for text models (default: the median token count of the test inputs, "
                          "rounded up to a multiple of 8)")
-    ap.add_argument("--peers", type=choice_list(ALL_PEERS, allow_empty=True), default=None, help=f"subset of {','.join(ALL_PEERS)} ('' for none; default: the CPU "
+    ap.add_argument("--peers", type=choice_list(ALL_PEERS, allow_empty=True), default=None,
+                    help=f"subset of {','.join(ALL_PEERS)} ('' for none; default: the CPU "
                     "peers, and the CUDA ones where PyTorch sees a GPU)")
     ap.add_argument("--no-ours", action="store_true", help="peers only")
     ap.add_argument("--no-engine-timing", action="store_true",

@@ -272,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = stage_parser("engine-timing", __doc__)
     ap.add_argument("engines", nargs="+", type=Path, help=".engine files (their model folder holds spec.json)")
     add_batches(ap, "1,8", help="batch sizes, clamped to the engine's profile (default 1,8)")
-    ap.add_argument("--seconds", type=positive_seconds, default=2.0, help="timed seconds per point and per thread count")
+    ap.add_argument("--seconds", type=positive_seconds, default=2.0,
+                    help="timed seconds per point and per thread count")
     ap.add_argument("--no-cli", action="store_true", help="do not run trtexec / tensorrt_rtx beside ours")
     ap.add_argument("--out", type=Path, default=Path("artifacts/engine_timing.json"))
     args = ap.parse_args(argv)

@@ -65,7 +65,8 @@ def run_parser():
     ap.add_argument("--skip-quantize", type=models_text, default=None, help="models quantize leaves out")
     ap.add_argument("--skip-engines", type=models_text, default=None, help="models engines leaves out")
     ap.add_argument("--no-bench", action="store_true", help="skip the latency benchmark")
-    ap.add_argument("--bench-args", default="", help="more options for bench, one string: --bench-args='--quick --batches 1,8'")
+    ap.add_argument("--bench-args", default="",
+                    help="more options for bench, one string: --bench-args='--quick --batches 1,8'")
     ap.add_argument("--keep-going", action="store_true", help="the demo's rule: go on past a budget miss or a "
                     "failed gating verify row, summarise, exit 0 (errors still fail)")
     ap.add_argument("--summary", action="store_true", help="end with report's short summary (the demo's)")

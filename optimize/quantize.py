@@ -352,8 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             (print_tables if is_decoder_dir(model_dir) else _print_tables)(name, res)
             bad = [k for k, s in res.items() if not (s.get("passed", True) if k == "fp16" else
-                                                       s["qdq"]["passed"] and s["cpu"]["passed"] and s["qdq"]["rules_ok"]
-                                                       and not s.get("last_run"))]
+                                                       s["qdq"]["passed"] and s["cpu"]["passed"]
+                                                       and s["qdq"]["rules_ok"] and not s.get("last_run"))]
             if bad:
                 print(f"quantize {name}: {', '.join(bad)} outside the budget (see manifest.json)", file=sys.stderr)
                 missed.append(name)

@@ -182,11 +182,13 @@ def add_max_drop(ap: argparse.ArgumentParser, default: str = DEFAULT_MAX_DROP) -
     ap.add_argument("--max-drop", type=max_drop, default=default, help="INT8 accuracy budget: points vs fp32 (>= 0)")
 
 
-def add_flavor(ap: argparse.ArgumentParser, flavors: Sequence[str] = ENGINE_FLAVORS, help: str = "engine flavour") -> None:
+def add_flavor(ap: argparse.ArgumentParser, flavors: Sequence[str] = ENGINE_FLAVORS,
+               help: str = "engine flavour") -> None:
     ap.add_argument("--flavor", default="auto", choices=list(flavors), help=f"{help}: {', '.join(flavors)}")
 
 
-def add_batches(ap: argparse.ArgumentParser, default: str | None = None, help: str = "comma-separated batch sizes") -> None:
+def add_batches(ap: argparse.ArgumentParser, default: str | None = None,
+                help: str = "comma-separated batch sizes") -> None:
     ap.add_argument("--batches", type=int_list, default=default, help=help)
 
 

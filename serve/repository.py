@@ -251,10 +251,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_models(ap)
     add_artifacts(ap, must_exist=True)
     ap.add_argument("--out", default=None, help="repository folder (default: <artifacts>/triton)")
-    ap.add_argument("--queue-delay-us", type=non_negative_int, default=2000, help="dynamic batching: longest wait for a batch")
+    ap.add_argument("--queue-delay-us", type=non_negative_int, default=2000,
+                    help="dynamic batching: longest wait for a batch")
     ap.add_argument("--instances", type=positive_int, default=1, help="instances of each model (instance_group count)")
-    ap.add_argument("--threads", type=non_negative_int, default=0, help="ONNX Runtime threads in the Python model (0: default)")
-    ap.add_argument("--gpu-precision", default="auto", choices=["auto", "int8", "fp16", "fp32"], help="graph of the _onnx/_trt entries: auto, int8, fp16, fp32")
+    ap.add_argument("--threads", type=non_negative_int, default=0,
+                    help="ONNX Runtime threads in the Python model (0: default)")
+    ap.add_argument("--gpu-precision", default="auto", choices=["auto", "int8", "fp16", "fp32"],
+                    help="graph of the _onnx/_trt entries: auto, int8, fp16, fp32")
     add_flavor(ap, ("auto", "trt10", "trt11"), help="engine flavour of the _trt entry")
     ap.add_argument("--onnx-device", default="gpu", choices=["gpu", "cpu"], help="instance kind of the _onnx entry")
     ap.add_argument("--no-warmup", action="store_true", help="write no model_warmup")

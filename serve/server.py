@@ -338,11 +338,13 @@ def python_entries(repository: str | Path) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = stage_parser("serve", __doc__)
     ap.add_argument("--repository", type=existing_folder, default="artifacts/triton")
-    ap.add_argument("--models", type=models_text, default=None, help="entries to load (default: every Python-backend entry)")
+    ap.add_argument("--models", type=models_text, default=None,
+                    help="entries to load (default: every Python-backend entry)")
     ap.add_argument("--http-port", type=int_range(0, 65535), default=0, help="0: a free port")
     ap.add_argument("--grpc-port", type=int_range(0, 65535), default=0, help="0: a free port")
     ap.add_argument("--log", default=None, help="server log file (default: <repository>-serve.log)")
-    ap.add_argument("--ready-timeout", type=positive_seconds, default=180.0, help="seconds to wait for the server and models")
+    ap.add_argument("--ready-timeout", type=positive_seconds, default=180.0,
+                    help="seconds to wait for the server and models")
     ap.add_argument("--log-verbose", type=non_negative_int, default=0)
     a = ap.parse_args(list(argv) if argv is not None else None)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)

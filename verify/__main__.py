@@ -218,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = stage_parser("verify", __doc__)
     add_models(ap)
     add_artifacts(ap, must_exist=True)
-    ap.add_argument("--limit", type=positive_int, default=None, help="first N test samples only (default: the full split)")
+    ap.add_argument("--limit", type=positive_int, default=None,
+                    help="first N test samples only (default: the full split)")
     add_threads(ap)
     ap.add_argument("--strict", action="store_true", help="exit 1 when any gating row failed")
     add_force(ap, help="re-verify even when nothing verify depends on changed")
