@@ -12,7 +12,6 @@ Writes ``<artifacts>/bench.json`` ({"env", "rows", "guard", "summary"}; see benc
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -38,6 +37,8 @@ from bench.results import device_of
 from bench.timing import TimingConfig, run_interleaved, summarize as stats_of
 from bench.worker import RemoteTimer, Worker, WorkerDied, adopt_in_turn
 from runtime import gpu
+from pipeline.args import (add_artifacts, add_batches, add_force, add_models, add_threads, choice_list,
+                           non_negative_int, positive_int, positive_seconds, stage_parser)
 from pipeline.artifacts import ModelRef, resolve_models
 from pipeline.sources import source_of
 from runtime.ort_backend import levels_from
@@ -475,47 +476,45 @@ def worker_env(args) -> dict[str, str]:
 
 
 # ---- CLI ---------------------------------------------------------------------------------------------------
-def parse_args(argv):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", required=True, help="comma-separated model names (zoo registry)")
-    ap.add_argument("--artifacts", type=Path, default=Path("artifacts"))
-    ap.add_argument("--threads", type=int, default=None, help="intra-op threads for every backend (default: usable cores)")
+def bench_parser():
+    """bench's argument parser (``edgeattn run`` checks its --bench-args with it before any stage starts)."""
+    ap = stage_parser("bench", __doc__)
+    add_models(ap)
+    add_artifacts(ap, must_exist=True)
+    add_threads(ap, help="intra-op threads for every backend (default: usable cores)")
     ap.add_argument("--quick", action="store_true", help="a few iterations only (smoke test, numbers are noisy)")
-    ap.add_argument("--budget", type=float, default=None, help="timed seconds per candidate per batch size")
-    ap.add_argument("--rounds", type=int, default=None)
-    ap.add_argument("--min-iters", type=int, default=None)
-    ap.add_argument("--seq-len", type=int, default=None,
+    ap.add_argument("--budget", type=positive_seconds, default=None, help="timed seconds per candidate per batch size")
+    ap.add_argument("--rounds", type=positive_int, default=None)
+    ap.add_argument("--min-iters", type=positive_int, default=None)
+    ap.add_argument("--seq-len", type=positive_int, default=None,
                     help="sequence length for text models (default: the median token count of the test inputs, "
                          "rounded up to a multiple of 8)")
-    ap.add_argument("--peers", default=None, help=f"subset of {','.join(ALL_PEERS)} ('' for none; default: the CPU "
+    ap.add_argument("--peers", type=choice_list(ALL_PEERS, allow_empty=True), default=None,
+                    help=f"subset of {','.join(ALL_PEERS)} ('' for none; default: the CPU "
                     "peers, and the CUDA ones where PyTorch sees a GPU)")
     ap.add_argument("--no-ours", action="store_true", help="peers only")
     ap.add_argument("--no-engine-timing", action="store_true",
                     help="skip the per-engine GPU timing (bench.engine_timing) on a GPU machine")
     ap.add_argument("--no-probe", action="store_true",
                     help="skip the smoke test of candidates verify has not run (a crash is then found while timing)")
-    ap.add_argument("--accuracy-samples", type=int, default=None,
+    ap.add_argument("--accuracy-samples", type=non_negative_int, default=None,
                     help="peer accuracy (and the text length) on the first N test samples (default: full split; "
                          "--quick: 512; 0: no peer accuracy)")
-    ap.add_argument("--parity-samples", type=int, default=None,
+    ap.add_argument("--parity-samples", type=positive_int, default=None,
                     help="seeded inputs for top-1 agreement of peers on models without a dataset (default 8, quick 4)")
-    ap.add_argument("--batches", default=None,
-                    help="comma-separated batch sizes for every model (default: 1, 8 and the profile max; batch 1 "
+    add_batches(ap, help="comma-separated batch sizes for every model (default: 1, 8 and the profile max; batch 1 "
                          "only for torchvision models)")
     ap.add_argument("--no-plots", action="store_true")
-    ap.add_argument("--force", action="store_true", help="re-time even when nothing the rows depend on changed")
+    add_force(ap, help="re-time even when nothing the rows depend on changed")
     ap.add_argument("--omp-wait-policy", choices=("passive", "active", "default"), default="passive",
                     help="OMP_WAIT_POLICY for PyTorch's libgomp (default passive: robust when other processes load "
                          "the CPUs; an OMP_WAIT_POLICY already in the environment wins)")
-    args = ap.parse_args(argv)
-    args.peers = default_peers() if args.peers is None else tuple(p.strip() for p in args.peers.split(",") if p.strip())
-    try:
-        args.batches = [int(b) for b in args.batches.split(",") if b.strip()] if args.batches else None
-    except ValueError:
-        ap.error(f"--batches: got {args.batches!r}, expected comma-separated integers such as 1,8,32")
-    bad = [p for p in args.peers if p not in ALL_PEERS]
-    if bad:
-        ap.error(f"--peers: unknown {bad}; expected some of {list(ALL_PEERS)}")
+    return ap
+
+
+def parse_args(argv):
+    args = bench_parser().parse_args(argv)
+    args.peers = default_peers() if args.peers is None else args.peers
     if args.threads is None:
         try:
             args.threads = len(os.sched_getaffinity(0))

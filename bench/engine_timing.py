@@ -24,7 +24,6 @@ since clocks and power modes move these numbers more than anything in the engine
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import re
 import shutil
@@ -39,6 +38,8 @@ import numpy as np
 from bench.candidates import engine_tf32_mode, make_feed
 from bench.envinfo import gpu_info, jetson_info
 from bench.timing import percentiles, summarize
+from pipeline.args import add_batches, positive_seconds, stage_parser
+from pipeline.stage import cli
 from runtime import engine_manifest as em
 from runtime import gpu
 from runtime.child import run_child
@@ -329,10 +330,11 @@ def format_table(doc: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = stage_parser("engine-timing", __doc__)
     ap.add_argument("engines", nargs="+", type=Path, help=".engine files (their model folder holds spec.json)")
-    ap.add_argument("--batches", default="1,8", help="batch sizes, clamped to the engine's profile (default 1,8)")
-    ap.add_argument("--seconds", type=float, default=2.0, help="timed seconds per point and per thread count")
+    add_batches(ap, "1,8", help="batch sizes, clamped to the engine's profile (default 1,8)")
+    ap.add_argument("--seconds", type=positive_seconds, default=2.0,
+                    help="timed seconds per point and per thread count")
     ap.add_argument("--no-cli", action="store_true", help="do not run trtexec / tensorrt_rtx beside ours")
     ap.add_argument("--out", type=Path, default=Path("artifacts/engine_timing.json"))
     args = ap.parse_args(argv)
@@ -341,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         print("engine_timing: no NVIDIA GPU (the driver reports none); TensorRT engines run only on a GPU",
               file=sys.stderr)
         return 2
-    doc = time_engines(args.engines, batches=[int(b) for b in args.batches.split(",") if b.strip()],
+    doc = time_engines(args.engines, batches=args.batches,
                        seconds=args.seconds, use_cli=not args.no_cli)
     atomic_write_json(args.out, doc)
     print("\n".join(format_table(doc)))
@@ -350,4 +352,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli("engine-timing", main))

@@ -6,13 +6,13 @@ guard, the environment) and links the plots. Missing inputs are said to be missi
 """
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 
 from bench.peers import EAGER_PEER
 from bench.results import device_of, ok, per_device, summarize
 from zoo.io import atomic_write_text, read_json
+from pipeline.args import add_artifacts, stage_parser
 from pipeline.artifacts import ModelRef, artifact_name
 from pipeline.sources import source_of
 from runtime.modelspec import TEXT_GENERATION
@@ -520,8 +520,8 @@ def build_report(artifacts: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    ap = stage_parser("report", __doc__)
+    add_artifacts(ap, must_exist=True)
     ap.add_argument("--out", type=Path, default=None, help="default: <artifacts>/report.md")
     ap.add_argument("--summary", action="store_true", help="also print a short summary (the end of `make demo`)")
     args = ap.parse_args(argv)

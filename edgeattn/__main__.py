@@ -10,24 +10,30 @@
   edgeattn report                                           -> artifacts/report.md
   edgeattn gpu-check                                        GPU self-check -> gpu-check.json
   edgeattn engine-timing artifacts/vit/fp16.trt10.engine    trtexec-grade engine timing (GPU)
-  edgeattn run       --models mymodels:tiny_text            every stage above for these models, in order
+  edgeattn run       --models mymodels:tiny_text            every stage above for these models, stage by stage;
+                                                            exit 1 on a failed gating verify row (--keep-going:
+                                                            summarise and exit 0, the demo's rule)
   edgeattn harden                                           hardening suite -> harden.json, harden.md
   edgeattn triton    --models bert_imdb                     Triton model repository -> artifacts/triton/
   edgeattn serve     --repository artifacts/triton          bundled tritonserver on 127.0.0.1 (Ctrl-C stops)
   edgeattn loadtest  --concurrency 1,4,16 --duration 10     load test vs the direct runtime -> triton-loadtest/
 
-``edgeattn <stage> --help`` shows a stage's options. A bad model, a missing file or a failed export is one line
+``edgeattn <stage> --help`` shows a stage's options; a bad argument is one line ``error: <stage>: ...`` and exit
+status 2 before any file is touched (pipeline.args). A bad model, a missing file or a failed export is one line
 ``error: <stage> <model>: ...`` and exit status 2, never a traceback; the other models of the run go on.
 """
 from __future__ import annotations
 
-import argparse
 import importlib
+import shlex
 import sys
-from pathlib import Path
 from typing import Sequence
 
-from pipeline.artifacts import resolve_models
+from edgeattn import orchestrator
+from edgeattn.orchestrator import RunOptions
+from pipeline.args import (ArgumentsError, add_artifacts, add_flavor, add_max_drop, add_models, existing_path,
+                           models_text, require_one_model, stage_parser)
+from pipeline.artifacts import model_names
 from pipeline.stage import EXIT_FAILED, cli
 
 STAGES = {"train": "zoo.train", "export": "export.__main__", "simplify": "optimize.simplify",
@@ -35,7 +41,6 @@ STAGES = {"train": "zoo.train", "export": "export.__main__", "simplify": "optimi
           "bench": "bench.__main__", "report": "bench.report", "harden": "devtools.harden", "gpu-check": "devtools.gpu_check",
           "engine-timing": "bench.engine_timing", "triton": "serve.repository", "serve": "serve.server",
           "loadtest": "serve.loadtest"}
-TRAINED = ("text_transformer", "attention_cnn", "vit", "bert_imdb", "gpt2_imdb")  # the models `train` has recipes for
 
 
 def run_stage(stage: str, argv: Sequence[str]) -> int:
@@ -43,64 +48,75 @@ def run_stage(stage: str, argv: Sequence[str]) -> int:
     return int(cli(stage, lambda: module.main(list(argv))) or 0)
 
 
-def run_all(argv: Sequence[str]) -> int:
-    """Every stage for each model of ``--models``, as `make demo` runs them: train (our families only), export,
-    simplify, quantize, engines, verify, bench (unless --no-bench), then one report. Each model goes on its own: an
-    export or simplify failure ends that model's run (the later stages need its file) and the other models go on;
-    a quantize miss or an engines failure is recorded and the model's run goes on."""
-    ap = argparse.ArgumentParser(prog="edgeattn run", description=run_all.__doc__)
-    ap.add_argument("--models", required=True)
-    ap.add_argument("--artifacts", default="artifacts")
-    ap.add_argument("--weights", default=None, help="weights file for one torchvision / module:factory model")
-    ap.add_argument("--data", default=None, help="your calibration/evaluation data for one model (calibration.user_data)")
-    ap.add_argument("--max-drop", default="0.5", help="INT8 accuracy budget, points")
-    ap.add_argument("--flavor", default="auto", help="engine flavour: auto, trt, trt10, trt11, rtx")
+def run_parser():
+    from zoo.gpt2 import RECIPES as GPT2_RECIPES
+
+    ap = stage_parser("run", run_all.__doc__)
+    add_models(ap)
+    add_artifacts(ap, must_exist=False)
+    ap.add_argument("--weights", type=existing_path, default=None,
+                    help="weights file for one torchvision / module:factory model")
+    ap.add_argument("--data", type=existing_path, default=None,
+                    help="your calibration/evaluation data for one model (calibration.user_data)")
+    add_max_drop(ap)
+    add_flavor(ap)
+    ap.add_argument("--gpt2-recipe", choices=sorted(GPT2_RECIPES), default=None,
+                    help="gpt2_imdb's training recipe (default: train's, full; the demo: demo)")
+    ap.add_argument("--skip-quantize", type=models_text, default=None, help="models quantize leaves out")
+    ap.add_argument("--skip-engines", type=models_text, default=None, help="models engines leaves out")
     ap.add_argument("--no-bench", action="store_true", help="skip the latency benchmark")
-    ap.add_argument("--strict", action="store_true", help="exit 1 when a gating verify row failed")
-    a = ap.parse_args(list(argv))
-    refs = resolve_models(a.models, a.artifacts)
+    ap.add_argument("--bench-args", default="",
+                    help="more options for bench, one string: --bench-args='--quick --batches 1,8'")
+    ap.add_argument("--keep-going", action="store_true", help="the demo's rule: go on past a budget miss or a "
+                    "failed gating verify row, summarise, exit 0 (errors still fail)")
+    ap.add_argument("--summary", action="store_true", help="end with report's short summary (the demo's)")
+    ap.add_argument("--strict", action="store_true", help="(the default now: a failed gating row is exit 1)")
+    return ap
+
+
+def run_options(argv: Sequence[str]) -> RunOptions:
+    """``edgeattn run`` arguments -> RunOptions; every check before any stage starts."""
+    a = run_parser().parse_args(list(argv))
+    models = tuple(model_names(a.models))
     for flag, value in (("--weights", a.weights), ("--data", a.data)):
-        if value and len(refs) != 1:
-            ap.error(f"{flag}: one file goes with one model; got {len(refs)} models")
-    worst, stopped = 0, []
-    for ref in refs:
-        rc = run_model(ref.name, a)
-        worst = max(worst, rc)
-        if rc == EXIT_FAILED:
-            stopped.append(ref.name)
-    run_stage("report", ["--artifacts", a.artifacts])
-    if stopped:
-        print(f"edgeattn run: {len(stopped)} of {len(refs)} model(s) stopped early: {', '.join(stopped)}",
-              file=sys.stderr)
-    print(f"edgeattn run: done; read {Path(a.artifacts) / 'report.md'}")
-    return worst
+        require_one_model(flag, value, len(models))
+    skip_q, skip_e = (tuple(model_names(x or "")) for x in (a.skip_quantize, a.skip_engines))
+    for flag, names in (("--skip-quantize", skip_q), ("--skip-engines", skip_e)):
+        extra = [n for n in names if n not in models]
+        if extra:
+            raise ArgumentsError(f"{flag}: got {', '.join(extra)}, expected some of --models ({', '.join(models)})")
+    bench_args = check_bench_args(a.bench_args, models)
+    return RunOptions(models, str(a.artifacts), None if a.max_drop is None else str(a.max_drop), a.flavor, a.gpt2_recipe,
+                      a.weights and str(a.weights), a.data and str(a.data), skip_q, skip_e, not a.no_bench,
+                      bench_args, a.keep_going, a.summary)
 
 
-def run_model(name: str, a: argparse.Namespace) -> int:
-    """One model through the stages of :func:`run_all`; the exit status that matters (2: stopped, verify's)."""
-    common = ["--models", name, "--artifacts", a.artifacts]
-    plan: list[tuple[str, list[str], bool]] = [  # (stage, argv, stop this model's run when it fails)
-        ("export", common + (["--weights", a.weights] if a.weights else []) + (["--data", a.data] if a.data else []),
-         True),
-        ("simplify", common, True),
-        ("quantize", common + ["--max-drop", a.max_drop], False),
-        ("engines", common + ["--flavor", a.flavor], False),
-        ("verify", common + (["--strict"] if a.strict else []), False),
-    ] + ([] if a.no_bench else [("bench", common, False)])
-    if name in TRAINED:
-        plan.insert(0, ("train", common, True))
-    worst = 0
-    for stage, args, stop in plan:
-        print(f"== edgeattn {stage} {' '.join(args)}", flush=True)
-        rc = run_stage(stage, args)
-        if rc and stop:
-            print(f"edgeattn run {name}: {stage} failed (exit {rc}); the later stages need its output", file=sys.stderr)
-            return EXIT_FAILED
-        if rc:
-            print(f"edgeattn run {name}: {stage} exit {rc} (recorded above); going on", file=sys.stderr)
-        if stage == "verify":
-            worst = rc
-    return worst
+def check_bench_args(text: str, models: Sequence[str]) -> tuple[str, ...]:
+    """``--bench-args`` as bench's own parser takes them, checked now (not after the stages before bench ran)."""
+    from bench.__main__ import bench_parser
+
+    try:
+        words = tuple(shlex.split(text))
+    except ValueError as e:
+        raise ArgumentsError(f"--bench-args: got {text!r} ({e}), expected shell words") from None
+    taken = sorted({w.split("=")[0] for w in words} & {"--models", "--artifacts"})
+    if taken:
+        raise ArgumentsError(f"--bench-args: got {', '.join(taken)}, expected bench's other options (run's own "
+                             "--models and --artifacts are passed to bench)")
+    try:
+        bench_parser().parse_args(["--models", ",".join(models), "--artifacts", ".", *words])
+    except ArgumentsError as e:
+        raise ArgumentsError(f"--bench-args: {e}") from None
+    return words
+
+
+def run_all(argv: Sequence[str]) -> int:
+    """Every stage for the models of ``--models``, stage-major as `make demo` runs them: train (our families only),
+    export, simplify, quantize, engines, verify, bench (unless --no-bench), then one report, each stage in its own
+    process. A model whose train, export or simplify fails is dropped from the later stages and the others go on
+    (exit 2 at the end); a quantize budget miss is recorded; a failed gating verify row is exit 1 unless
+    --keep-going (the demo: summarise and exit 0). Laps per stage and a summary at the end."""
+    return orchestrator.run(run_options(argv))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -110,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if argv else EXIT_FAILED
     stage, rest = argv[0], argv[1:]
     if stage == "run":
-        return run_all(rest)
+        return cli("run", lambda: run_all(rest))
     if stage not in STAGES:
         print(f"error: edgeattn: unknown stage '{stage}'; expected one of {', '.join([*STAGES, 'run'])}",
               file=sys.stderr)

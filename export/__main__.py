@@ -5,11 +5,12 @@ models are built by their factory, with ``--weights`` (a state dict .pt/.pth or 
 EDGEATTN_WEIGHTS_<NAME> when given. A model that cannot be exported is one ``error:`` line; the others go on."""
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
 from calibration.user_data import data_path
+from pipeline.args import (add_artifacts, add_force, add_models, existing_path, positive_int, require_one_model,
+                           stage_parser)
 from pipeline.artifacts import resolve_models
 from pipeline.stage import StageErrors, cli
 from export.checks import ExportCheckError
@@ -21,28 +22,25 @@ from zoo.registry import export_source, load_for_export, weights_for
 def main(argv: list[str] | None = None) -> int:
     from export.onnx_export import export_model
 
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--models", required=True)
-    ap.add_argument("--artifacts", type=Path, default=Path("artifacts"))
-    ap.add_argument("--opset", type=int, default=None)
-    ap.add_argument("--weights", type=Path, default=None,
+    ap = stage_parser("export", __doc__)
+    add_models(ap)
+    add_artifacts(ap, must_exist=False)
+    ap.add_argument("--opset", type=positive_int, default=None)
+    ap.add_argument("--weights", type=existing_path, default=None,
                     help="weights for a torchvision or module:factory model (state dict .pt/.pth or .safetensors)")
-    ap.add_argument("--data", type=Path, default=None,
+    ap.add_argument("--data", type=existing_path, default=None,
                     help="your calibration/evaluation data for a model without a dataset (a folder of images, a text "
                          "file with one sample per line, or an .npz per input name; labels optional)")
     ap.add_argument("--task", default=None,
                     help="the task of an onnx:<file> model (image_classification, text_classification, custom); "
                          "default: inferred from the graph's outputs")
-    ap.add_argument("--force", action="store_true")
+    add_force(ap)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    logging.getLogger("edgeattn").setLevel(logging.INFO)
     refs = resolve_models(args.models, args.artifacts)
     for flag, value in (("--weights", args.weights), ("--data", args.data)):
-        if value and len(refs) != 1:
-            ap.error(f"{flag}: one file goes with one model; got {len(refs)} models")
-    if args.data and not args.data.exists():
-        ap.error(f"--data: '{args.data}' does not exist; expected a folder of images, a text file or an .npz")
+        require_one_model(flag, value, len(refs))
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    logging.getLogger("edgeattn").setLevel(logging.INFO)
     errors = StageErrors("export")
     for ref in refs:
         with errors.model(ref.name):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -195,13 +196,14 @@ def choose_cpu(src: Path, candidates: dict[str, Path], es: EvalSet, ref: np.ndar
 
 def write_cpu_artifact(chosen: Path | None, dst: Path, isa: str) -> None:
     """Write the chosen CPU form to ``dst`` (int8.cpu.onnx) atomically, stamped with the CPU class it was chosen and
-    verified on (runtime.cpu.ISA_METADATA_KEY); with none chosen, remove a stale ``dst`` (from another CPU or budget:
-    it must not be verified or shipped)."""
+    verified on (runtime.cpu.ISA_METADATA_KEY); with none chosen, a stale ``dst`` (from another CPU or budget: it
+    must not be verified or shipped as this run's choice) is moved aside to ``<dst>.prev``, never deleted."""
     import onnx
 
     if chosen is None:
         if dst.exists():
-            dst.unlink()
+            os.replace(dst, dst.with_name(dst.name + ".prev"))
+            log.warning("%s: no int8 form chosen on this CPU; the previous file is kept as %s.prev", dst, dst.name)
         return
     m = onnx.load(str(chosen))
     onnx.helper.set_model_props(m, {**{p.key: p.value for p in m.metadata_props}, ISA_METADATA_KEY: isa})

@@ -27,7 +27,6 @@ after every build. TensorRT-RTX made timing caches a no-op in 1.2: the path is r
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import re
 import shlex
@@ -41,6 +40,8 @@ from optimize.trt_ready import fix_hints, format_parser_error, parser_errors
 from runtime import engine_manifest as em
 from runtime.errors import BackendError, EdgeattnError, ModelLoadError
 from runtime.modelspec import precision_of
+from pipeline.args import (add_artifacts, add_flavor, add_force, add_models, choice_list, int_range, positive_int,
+                           stage_parser)
 from pipeline.artifacts import resolve_models
 from pipeline.stage import cli
 from runtime.tensorrt_backend import tensorrt_logger
@@ -570,29 +571,24 @@ def _fmt_size(n: int | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m optimize engines", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", required=True, help="comma-separated model names (e.g. vit,torchvision:vit_b_16)")
-    ap.add_argument("--artifacts", type=Path, required=True, help="artifacts root folder")
-    ap.add_argument("--flavor", default="auto", choices=["auto", "trt", "trt10", "trt11", "rtx"])
-    ap.add_argument("--precisions", default="fp32,fp16,int8", help="subset of fp32,fp16,int8")
-    ap.add_argument("--workspace-mb", type=int, default=1024)
-    ap.add_argument("--opt-level", type=int, default=3, help="builder_optimization_level 0..5")
+    ap = stage_parser("engines", __doc__)
+    add_models(ap)
+    add_artifacts(ap, must_exist=True)
+    add_flavor(ap)
+    ap.add_argument("--precisions", type=choice_list(tuple(SOURCES)), default="fp32,fp16,int8",
+                    help=f"subset of {','.join(SOURCES)}")
+    ap.add_argument("--workspace-mb", type=positive_int, default=1024)
+    ap.add_argument("--opt-level", type=int_range(0, 5), default=3, help="builder_optimization_level 0..5")
     ap.add_argument("--timing-cache", type=Path, default=None,
                     help="timing cache file (default <artifacts>/timing/<flavor>-<version>-<gpu>.timing_cache)")
     ap.add_argument("--compute-capabilities", default=None,
                     help="TensorRT-RTX targets, e.g. 8.6,8.9 or 75 or current (default: RTX's own set)")
     ap.add_argument("--hardware-compatibility", default=None, choices=sorted(HW_COMPAT))
-    ap.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    add_force(ap, help="rebuild even when up to date")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-
-    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
-    bad = [p for p in precisions if p not in SOURCES]
-    if bad:
-        print(f"--precisions: unknown {bad}; expected some of {list(SOURCES)}", file=sys.stderr)
-        return 2
+    precisions = list(args.precisions)
     ccs = [c for c in (args.compute_capabilities or "").split(",") if c.strip()] or None
     try:
         trt, flavor, version, gpu = load_tensorrt(args.flavor)

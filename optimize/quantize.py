@@ -21,7 +21,6 @@ judged by parity only (logit cosine vs fp32).
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import shutil
@@ -41,12 +40,14 @@ from optimize.cpu_int8 import ALL_CPU_CANDIDATES, build_cpu_candidates, choose_c
     write_cpu_artifact
 from optimize.fp16 import Fp16Options, build_fp16, ort_logits
 from optimize.int8_budget import QuantOptions, brief_figures, miss_reason, budget_search
-from judge.budget import check_resolution, delta_statement
+from judge.budget import Budget, check_resolution, delta_statement
 from optimize.int8_build import QuantizeError, calibrate_ranges, quantize_static_cached
 from optimize.qdq_graph import ensure_node_names, quantizable_nodes
 from optimize.qdq_rules import check_qdq_rules, qdq_counts
 from runtime.cpu import cpu_info, int8_isa
 from runtime.errors import ModelLoadError
+from pipeline.args import (add_artifacts, add_force, add_max_drop, add_models, add_threads, choice_list,
+                           non_negative_int, non_negative_number, positive_int, stage_parser)
 from pipeline.artifacts import resolve_models
 from pipeline.stage import StageErrors, cli
 from zoo.data import load_dataset
@@ -146,8 +147,9 @@ def quantize_model(model_dir: str | os.PathLike, opts: QuantOptions | None = Non
             result["int8"] = old
             return result
         ref = ort_logits(src, es, "all", opts.threads, progress=f"fp32 {model_dir.name} val" if progress else None)
-        sec = build_int8(model_dir, src, calib, es, ref, opts, progress, isa, spec.tolerances)
-        sec.update(key=key, source_sha256=src_sha)
+        sec = build_int8(model_dir, src, calib, es, ref, opts, progress, isa, spec.tolerances, previous=old)
+        if "last_run" not in sec:  # a section kept from the previous run keeps its key: the next run tries again
+            sec.update(key=key, source_sha256=src_sha)
         if dataset is not None:
             tj = read_json(model_dir / "train.json", {}) or {}
             sec["pytorch_val_accuracy"] = tj.get("val_accuracy")
@@ -165,12 +167,14 @@ def user_eval_set(path: str, spec, model_dir: Path):
 
 def build_int8(model_dir: Path, src: Path, calib: CalibrationData, es: EvalSet, ref: np.ndarray,
                opts: QuantOptions, progress: bool = True, isa: str | None = None,
-               tolerances: dict[str, Any] | None = None) -> dict[str, Any]:
+               tolerances: dict[str, Any] | None = None, previous: dict[str, Any] | None = None) -> dict[str, Any]:
     """Calibrate, budget-search the TensorRT Q/DQ graph (judged by its float simulation), pick the CPU graph for
     this CPU (judged on its integer kernels); write both atomically. When no int8 form is both within the budget
-    and faster than fp32 here, no int8.cpu.onnx is written (a stale one is removed) and fp32 is the CPU artifact.
+    and faster than fp32 here, no int8.cpu.onnx is written and fp32 is the CPU artifact (a stale one is moved aside).
     Every candidate is judged by verify's verdict on the spec's ``tolerances`` (judge.budget; None: the defaults)
-    with ``opts``' overrides."""
+    with ``opts``' overrides. A run that does worse than ``previous`` (the manifest's int8 section, passed, files
+    intact) writes and deletes nothing: the previous section is returned with ``last_run`` saying what this run
+    missed."""
     import onnx
 
     isa = isa or int8_isa()
@@ -199,13 +203,15 @@ def build_int8(model_dir: Path, src: Path, calib: CalibrationData, es: EvalSet, 
                                         opts.quantize_attention)  # module scopes carried for the localiser
         violations = check_qdq_rules(cand)
         qdq_dst = model_dir / "int8.qdq.onnx"
-        atomic_write(qdq_dst, lambda p: shutil.copyfile(cand, p))
         excluded = [e["node"] for e in search["excluded"]]
-        cands = build_cpu_candidates(qsrc, ranges, opts.method, search["quantized"], excluded, qdq_dst, work, opts)
+        cands = build_cpu_candidates(qsrc, ranges, opts.method, search["quantized"], excluded, cand, work, opts)
         feed = next(es.subset(opts.bench_batch, opts.seed).batches(opts.bench_batch))
         cpu = choose_cpu(src, cands, es, ref, feed, opts, budget)
         cpu_dst = model_dir / "int8.cpu.onnx"
         win = cpu["winner"]
+        if previous and did_worse(search["passed"], win, previous) and previous_intact(model_dir, previous):
+            return kept_previous(previous, search, cpu, opts, budget, labelled)
+        atomic_write(qdq_dst, lambda p: shutil.copyfile(cand, p))
         write_cpu_artifact(cands[win] if win is not None else None, cpu_dst, isa)
     qdq_lat = cpu["candidates"].get("qdq_s8s8", {}).get("latency_ms")
     wrow = cpu["candidates"].get(win, {}) if win else {}
@@ -243,6 +249,30 @@ def build_int8(model_dir: Path, src: Path, calib: CalibrationData, es: EvalSet, 
     if violations:
         log.error("int8 %s: Q/DQ rule violations: %s", model_dir.name, violations)
     return sec
+
+
+def did_worse(passed: bool, winner: str | None, previous: dict[str, Any]) -> bool:
+    """This run missed its budget, or found no CPU form where the previous run had one."""
+    return not passed or (winner is None and bool((previous.get("cpu") or {}).get("file")))
+
+
+def previous_intact(model_dir: Path, previous: dict[str, Any]) -> bool:
+    """The previous int8 run passed and its files are still the ones it wrote (sha256 as recorded)."""
+    files = previous.get("files_sha256") or {}
+    passed = (previous.get("qdq") or {}).get("passed") and (previous.get("cpu") or {}).get("passed", True)
+    return bool(files) and bool(passed) and all(
+        (model_dir / f).is_file() and sha256_file(model_dir / f) == h for f, h in files.items())
+
+
+def kept_previous(previous: dict[str, Any], search: dict[str, Any], cpu: dict[str, Any], opts: QuantOptions,
+                  budget: Budget, labelled: bool) -> dict[str, Any]:
+    """The previous section, unchanged, with ``last_run``: what this run missed (its files were not written)."""
+    why = (miss_reason(search["final"], budget, labelled) if not search["passed"]
+           else f"no CPU int8 form within the budget and faster than fp32 here ({cpu['why']})")
+    log.warning("int8: this run did worse than the previous one (%s); the previous run's %s are kept, nothing was "
+                "rewritten or deleted", why, ", ".join(previous.get("files_sha256", {})))
+    return {**previous, "last_run": {"passed": False, "why": why, "options": opts.key(),
+                                     "kept": sorted(previous.get("files_sha256", {}))}}
 
 
 # ---- CLI ---------------------------------------------------------------------------------------------
@@ -289,30 +319,30 @@ def _f(v: Any, nd: int) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     d = QuantOptions()
-    ap = argparse.ArgumentParser(prog="python -m optimize quantize", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", required=True, help="comma-separated zoo names, e.g. vit,torchvision:vit_b_16")
-    ap.add_argument("--artifacts", type=Path, required=True)
-    ap.add_argument("--max-drop", type=float, default=d.max_drop, help="accuracy points vs fp32 on validation")
-    ap.add_argument("--min-agreement", type=float, default=d.min_agreement)
-    ap.add_argument("--min-cosine", type=float, default=d.min_cosine, help="parity-only models")
+    ap = stage_parser("quantize", __doc__)
+    add_models(ap)
+    add_artifacts(ap, must_exist=True)
+    add_max_drop(ap)
+    ap.add_argument("--min-agreement", type=non_negative_number, default=d.min_agreement)
+    ap.add_argument("--min-cosine", type=non_negative_number, default=d.min_cosine, help="cosine bar override (default: the spec's)")
     ap.add_argument("--method", choices=("MinMax", "Entropy", "Percentile"), default=d.method)
-    ap.add_argument("--calib-size", type=int, default=d.calib_size)
-    ap.add_argument("--calib-batch", type=int, default=d.calib_batch)
-    ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--calib-size", type=positive_int, default=d.calib_size)
+    ap.add_argument("--calib-batch", type=positive_int, default=d.calib_batch)
+    ap.add_argument("--seed", type=non_negative_int, default=d.seed)
     ap.add_argument("--sweep", choices=("auto", "always", "never"), default=d.sweep)
-    ap.add_argument("--sweep-samples", type=int, default=d.sweep_samples, help="validation rows to rank nodes")
-    ap.add_argument("--eval-samples", type=int, default=None, help="validation rows for the budget (default: all)")
+    ap.add_argument("--sweep-samples", type=positive_int, default=d.sweep_samples, help="validation rows to rank nodes")
+    ap.add_argument("--eval-samples", type=positive_int, default=None,
+                    help="validation rows for the budget (default: all)")
     ap.add_argument("--quantize-attention", action="store_true", help="Q/DQ on attention BMMs too")
-    ap.add_argument("--cpu-candidates", default=None,
+    ap.add_argument("--cpu-candidates", type=choice_list(ALL_CPU_CANDIDATES), default=None,
                     help=f"comma-separated subset of {','.join(ALL_CPU_CANDIDATES)} (default: the forms for this "
                          "CPU: the 7-bit '_rr' ones are added where int8 kernels saturate, i.e. without VNNI/AMX)")
-    ap.add_argument("--min-speedup", type=float, default=d.min_speedup,
+    ap.add_argument("--min-speedup", type=non_negative_number, default=d.min_speedup,
                     help="int8.cpu.onnx must be this much faster than fp32 here, else fp32 is kept")
-    ap.add_argument("--bench-runs", type=int, default=d.bench_runs)
-    ap.add_argument("--threads", type=int, default=int(os.environ.get("EDGEATTN_THREADS", d.threads)))
+    ap.add_argument("--bench-runs", type=positive_int, default=d.bench_runs)
+    add_threads(ap, default=os.environ.get("EDGEATTN_THREADS", str(d.threads)))
     ap.add_argument("--only", choices=("fp16", "int8"), help="build only one precision")
-    ap.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    add_force(ap, help="rebuild even if up to date")
     args = ap.parse_args(argv)
     # onnxruntime.quantization logs hints ("please pre-process") on the root logger at WARNING: keep root at
     # ERROR and our own loggers at INFO.
@@ -322,8 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    max_drop=args.max_drop, min_agreement=args.min_agreement, min_cosine=args.min_cosine,
                    sweep=args.sweep, sweep_samples=args.sweep_samples, eval_samples=args.eval_samples,
                    quantize_attention=args.quantize_attention,
-                   cpu_candidates=(tuple(c for c in args.cpu_candidates.split(",") if c) if args.cpu_candidates
-                                   else None), min_speedup=args.min_speedup, bench_runs=args.bench_runs,
+                   cpu_candidates=args.cpu_candidates or None, min_speedup=args.min_speedup, bench_runs=args.bench_runs,
                    threads=args.threads, fp16=args.only != "int8", int8=args.only != "fp16")
     missed = []
     errors = StageErrors("quantize")
@@ -339,7 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             (print_tables if is_decoder_dir(model_dir) else _print_tables)(name, res)
             bad = [k for k, s in res.items() if not (s.get("passed", True) if k == "fp16" else
-                                                       s["qdq"]["passed"] and s["cpu"]["passed"] and s["qdq"]["rules_ok"])]
+                                                       s["qdq"]["passed"] and s["cpu"]["passed"]
+                                                       and s["qdq"]["rules_ok"] and not s.get("last_run"))]
             if bad:
                 print(f"quantize {name}: {', '.join(bad)} outside the budget (see manifest.json)", file=sys.stderr)
                 missed.append(name)

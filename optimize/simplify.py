@@ -6,7 +6,6 @@ manifest (section ``simplify``).
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any, Callable
 
 from optimize.graph_parity import SimplifyError, parity
 from optimize.trt_ready import fix_hints, format_parser_error, make_trt_ready, parser_check
+from pipeline.args import add_artifacts, add_force, add_models, stage_parser
 from pipeline.artifacts import resolve_models
 from runtime.ort_backend import cpu_session
 from pipeline.stage import StageErrors, cli
@@ -141,10 +141,10 @@ def simplify_file(src: str | Path, dst: str | Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--models", required=True)
-    ap.add_argument("--artifacts", type=Path, default=Path("artifacts"))
-    ap.add_argument("--force", action="store_true")
+    ap = stage_parser("simplify", __doc__)
+    add_models(ap)
+    add_artifacts(ap, must_exist=True)
+    add_force(ap)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     logging.getLogger("edgeattn").setLevel(logging.INFO)

@@ -11,12 +11,15 @@ what failed and exit status 2. Other exceptions are bugs and keep their tracebac
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from typing import Callable, Iterator
 
 from runtime.errors import EdgeattnError
+from runtime.files import atomic_write_json
 
 EXIT_FAILED = 2
+REPORT_ENV = "EDGEATTN_STAGE_REPORT"  # a file where finish() lists the models that failed (read by `edgeattn run`)
 
 
 def one_line(e: BaseException, limit: int = 600) -> str:
@@ -44,6 +47,9 @@ class StageErrors:
 
     def finish(self) -> int:
         """0 when every model went through; else a summary line and EXIT_FAILED."""
+        report = os.environ.get(REPORT_ENV)
+        if report:
+            atomic_write_json(report, {"stage": self.stage, "seen": self.seen, "failed": [m for m, _ in self.failed]})
         if not self.failed:
             return 0
         names = ", ".join(f"{m} ({t})" for m, t in self.failed)

@@ -10,7 +10,6 @@ labels out; no tokenizer or preprocessing here.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -18,6 +17,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from pipeline.args import stage_parser
+from pipeline.stage import cli
 from serve.errors import ClientError
 
 PROTOCOLS = ("http", "grpc")
@@ -132,8 +133,7 @@ def batch_sizes(stats: dict[str, Any]) -> dict[int, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m serve.client", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = stage_parser("client", __doc__)
     ap.add_argument("--url", required=True, help="host:port (HTTP port, or the gRPC port with --protocol grpc)")
     ap.add_argument("--protocol", default="http", choices=PROTOCOLS)
     ap.add_argument("--model", required=True)
@@ -159,4 +159,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli("client", main))

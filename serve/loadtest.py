@@ -13,7 +13,6 @@ run is bounded. The server is the bundled one started here on free loopback port
 """
 from __future__ import annotations
 
-import argparse
 import io
 import logging
 import sys
@@ -25,6 +24,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from pipeline.args import (existing_folder, existing_path, int_list, models_text, positive_int, positive_seconds,
+                           stage_parser)
 from runtime.files import atomic_write_json, atomic_write_text
 from runtime.modelspec import ModelSpec, Tolerance
 from serve.client import TritonClassifier, batch_sizes
@@ -466,28 +467,28 @@ def passed(doc: dict[str, Any]) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="edgeattn loadtest", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repository", default="artifacts/triton")
-    ap.add_argument("--models", default=None, help="entries or model names (default: every one in the repository)")
-    ap.add_argument("--concurrency", default="1,4,16", help="concurrent clients per level")
-    ap.add_argument("--duration", type=float, default=10.0, help="seconds per level (and per direct-runtime run)")
+    ap = stage_parser("loadtest", __doc__)
+    ap.add_argument("--repository", type=existing_folder, default="artifacts/triton")
+    ap.add_argument("--models", type=models_text, default=None,
+                    help="entries or model names (default: every one in the repository)")
+    ap.add_argument("--concurrency", type=int_list, default="1,4,16", help="concurrent clients per level")
+    ap.add_argument("--duration", type=positive_seconds, default=10.0,
+                    help="seconds per level (and per direct-runtime run)")
     ap.add_argument("--protocol", default="http", choices=["http", "grpc"])
-    ap.add_argument("--pool", type=int, default=64, help="distinct inputs the clients cycle through")
-    ap.add_argument("--data", default=None, help="inputs: a text file (one a line) or a folder of images")
+    ap.add_argument("--pool", type=positive_int, default=64, help="distinct inputs the clients cycle through")
+    ap.add_argument("--data", type=existing_path, default=None,
+                    help="inputs: a text file (one a line) or a folder of images")
     ap.add_argument("--url", default=None, help="a running server on loopback (host:port); default: start one")
-    ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads of the direct runtime")
+    ap.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime threads of the direct runtime")
     ap.add_argument("--out", default=None, help="report folder (default: <repository>-loadtest)")
     a = ap.parse_args(list(argv) if argv is not None else None)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        conc = [int(c) for c in a.concurrency.split(",") if c.strip()]
-    except ValueError:
-        raise LoadTestError(f"--concurrency: got '{a.concurrency}', expected integers like 1,4,16") from None
+    conc = a.concurrency
     repo = Path(a.repository)
     out = Path(a.out) if a.out else repo.parent / f"{repo.name}-loadtest"
     models = [m.strip() for m in a.models.split(",") if m.strip()] if a.models else None
-    doc = run(repo, models, Settings(conc, a.duration, a.protocol, a.pool, a.data, a.url), out, a.threads)
+    settings = Settings(conc, a.duration, a.protocol, a.pool, a.data and str(a.data), a.url)
+    doc = run(repo, models, settings, out, a.threads)
     ok = passed(doc)
     print(f"loadtest: {'every response matched the direct runtime' if ok else 'ERRORS or MISMATCHES (see report)'}"
           f" -> {out / 'loadtest.md'}, {out / 'loadtest.json'}, {out / 'loadtest.png'}")

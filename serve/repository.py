@@ -16,7 +16,6 @@ folder and swapped in at the end, so a failed run leaves the previous one intact
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import shutil
 import sys
@@ -32,6 +31,7 @@ from runtime.child import ROOT
 from runtime.files import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
 from runtime.loader import open_runner
 from runtime.modelspec import SPEC_FILE, ModelSpec, read_spec
+from pipeline.args import add_artifacts, add_flavor, add_models, non_negative_int, positive_int, stage_parser
 from pipeline.artifacts import ModelRef, artifact_name, resolve_models
 from pipeline.stage import StageErrors
 from serve import configs, pick
@@ -249,16 +249,18 @@ def read_manifest(repo: str | Path) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="edgeattn triton", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", required=True)
-    ap.add_argument("--artifacts", default="artifacts")
+    ap = stage_parser("triton", __doc__)
+    add_models(ap)
+    add_artifacts(ap, must_exist=True)
     ap.add_argument("--out", default=None, help="repository folder (default: <artifacts>/triton)")
-    ap.add_argument("--queue-delay-us", type=int, default=2000, help="dynamic batching: longest wait for a batch")
-    ap.add_argument("--instances", type=int, default=1, help="instances of each model (instance_group count)")
-    ap.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads in the Python model (0: default)")
-    ap.add_argument("--gpu-precision", default="auto", help="graph of the _onnx/_trt entries: auto, int8, fp16, fp32")
-    ap.add_argument("--flavor", default="auto", help="engine flavour of the _trt entry: auto, trt10, trt11")
+    ap.add_argument("--queue-delay-us", type=non_negative_int, default=2000,
+                    help="dynamic batching: longest wait for a batch")
+    ap.add_argument("--instances", type=positive_int, default=1, help="instances of each model (instance_group count)")
+    ap.add_argument("--threads", type=non_negative_int, default=0,
+                    help="ONNX Runtime threads in the Python model (0: default)")
+    ap.add_argument("--gpu-precision", default="auto", choices=["auto", "int8", "fp16", "fp32"],
+                    help="graph of the _onnx/_trt entries: auto, int8, fp16, fp32")
+    add_flavor(ap, ("auto", "trt10", "trt11"), help="engine flavour of the _trt entry")
     ap.add_argument("--onnx-device", default="gpu", choices=["gpu", "cpu"], help="instance kind of the _onnx entry")
     ap.add_argument("--no-warmup", action="store_true", help="write no model_warmup")
     ap.add_argument("--python-artifact", default=None,

@@ -13,7 +13,6 @@ the stub's embedded Python finds the environment's site-packages. That environme
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import logging
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from pipeline.args import existing_folder, int_range, models_text, non_negative_int, positive_seconds, stage_parser
 from runtime.child import ROOT
 from serve.errors import ServerError
 
@@ -336,15 +336,16 @@ def python_entries(repository: str | Path) -> list[str]:
 
 # ---- edgeattn serve ------------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="edgeattn serve", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repository", default="artifacts/triton")
-    ap.add_argument("--models", default=None, help="entries to load (default: every Python-backend entry)")
-    ap.add_argument("--http-port", type=int, default=0, help="0: a free port")
-    ap.add_argument("--grpc-port", type=int, default=0, help="0: a free port")
+    ap = stage_parser("serve", __doc__)
+    ap.add_argument("--repository", type=existing_folder, default="artifacts/triton")
+    ap.add_argument("--models", type=models_text, default=None,
+                    help="entries to load (default: every Python-backend entry)")
+    ap.add_argument("--http-port", type=int_range(0, 65535), default=0, help="0: a free port")
+    ap.add_argument("--grpc-port", type=int_range(0, 65535), default=0, help="0: a free port")
     ap.add_argument("--log", default=None, help="server log file (default: <repository>-serve.log)")
-    ap.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for the server and models")
-    ap.add_argument("--log-verbose", type=int, default=0)
+    ap.add_argument("--ready-timeout", type=positive_seconds, default=180.0,
+                    help="seconds to wait for the server and models")
+    ap.add_argument("--log-verbose", type=non_negative_int, default=0)
     a = ap.parse_args(list(argv) if argv is not None else None)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     repo = Path(a.repository)

@@ -7,7 +7,6 @@ artifact is localised: the first PyTorch module whose output diverges is named i
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
@@ -20,7 +19,9 @@ import numpy as np
 
 from runtime.child import python_module, run_child
 from runtime.cpu import int8_isa
-from runtime.errors import EdgeattnError
+from runtime.errors import EdgeattnError, ModelLoadError
+from pipeline.args import (ArgumentsError, add_artifacts, add_force, add_models, add_threads, positive_int,
+                           stage_parser)
 from pipeline.artifacts import ModelRef, resolve_models
 from runtime.ort_backend import levels_from, try_levels
 from runtime.preprocess import feed_batches
@@ -90,8 +91,8 @@ def verify_model(ref: ModelRef, limit: int | None, threads: int | None,
     name, model_dir = ref.name, ref.folder
     files = artifact_files(model_dir)
     if not files:
-        print(f"verify {name}: no ONNX artifacts in {model_dir}; run 'make export' first")
-        return []
+        raise ModelLoadError(f"no ONNX file in {model_dir}: got nothing to verify, expected fp32.onnx at least (run "
+                             f"'edgeattn export --models {name}' first)")
     built, x, labels, data_desc = load_reference(ref, limit)
     spec = built.spec
     pad_id = spec.trim_pad_id()
@@ -214,16 +215,18 @@ def write_markdown(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", required=True)
-    ap.add_argument("--artifacts", type=Path, default=Path("artifacts"))
-    ap.add_argument("--limit", type=int, default=None, help="first N test samples only (default: the full split)")
-    ap.add_argument("--threads", type=int, default=None)
+    ap = stage_parser("verify", __doc__)
+    add_models(ap)
+    add_artifacts(ap, must_exist=True)
+    ap.add_argument("--limit", type=positive_int, default=None,
+                    help="first N test samples only (default: the full split)")
+    add_threads(ap)
     ap.add_argument("--strict", action="store_true", help="exit 1 when any gating row failed")
-    ap.add_argument("--force", action="store_true", help="re-verify even when nothing verify depends on changed")
+    add_force(ap, help="re-verify even when nothing verify depends on changed")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     refs = resolve_models(args.models, args.artifacts)
+    require_something(refs)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     names = [ref.name for ref in refs]
     rows: list[dict[str, Any]] = []
     old = read_json(args.artifacts / "verify.json", []) or []
@@ -252,6 +255,14 @@ def main(argv: list[str] | None = None) -> int:
           + (f"; {n_adv} advisory CPU-integer-kernel row(s) missed on this CPU" if n_adv else "")
           + f" -> {out}, {args.artifacts / 'verify.md'}")
     return errors.finish() or exit_code(rows, args.strict)
+
+
+def require_something(refs: list[ModelRef]) -> None:
+    """Verifying nothing is a failure: when no model of ``--models`` has an ONNX file, refuse before writing."""
+    if not any(ref.folder.is_dir() and artifact_files(ref.folder, gpu_present=False) for ref in refs):
+        names = ", ".join(ref.name for ref in refs)
+        raise ArgumentsError(f"nothing to verify: got no ONNX file for {names} under {refs[0].artifacts}, expected "
+                             f"<model>/fp32.onnx at least (run 'edgeattn export --models {refs[0].name}' first)")
 
 
 @contextlib.contextmanager

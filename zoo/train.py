@@ -8,7 +8,6 @@ Per model it writes into ``<artifacts>/<model>/``: ``model.pt`` (best validation
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import math
@@ -22,6 +21,8 @@ import numpy as np
 
 from zoo.data import Dataset, load_dataset
 from zoo.io import atomic_write_json, atomic_write_text, publish_dir, read_json
+from pipeline.args import (ArgumentsError, add_artifacts, add_force, add_models, positive_int, positive_seconds,
+                           stage_parser)
 from pipeline.artifacts import ModelRef, resolve_models
 from pipeline.stage import StageErrors, cli
 from zoo.registry import BuiltModel, create_model, load_checkpoint, save_checkpoint
@@ -306,30 +307,31 @@ def train_hf_model(ref: ModelRef, recipe: Recipe | None = None, force: bool = Fa
 def main(argv: list[str] | None = None) -> int:
     from zoo import gpt2
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = stage_parser("train", __doc__)
     also = ", ".join([*HF_RECIPES, *gpt2.ALIASES])
-    ap.add_argument("--models", default=",".join(RECIPES), help=f"comma-separated (default: the three families; also: "
-                    f"{also})")
-    ap.add_argument("--artifacts", default="artifacts", type=Path)
-    ap.add_argument("--force", action="store_true", help="retrain even if train.json is up to date")
-    ap.add_argument("--epochs", type=int, help="override every recipe's epoch count (quick runs)")
+    add_models(ap, default=",".join(RECIPES), help=f"comma-separated (default: the three families; also: {also})")
+    add_artifacts(ap, must_exist=False)
+    add_force(ap, help="retrain even if train.json is up to date")
+    ap.add_argument("--epochs", type=positive_int, help="override every recipe's epoch count (quick runs)")
     ap.add_argument("--gpt2-recipe", choices=sorted(gpt2.RECIPES), default="full",
                     help="gpt2_imdb: full (make gpt2, 8 minutes) or demo (make demo's short one; a full model is "
                          "reused)")
-    ap.add_argument("--budget", type=float, default=None, help="gpt2_imdb: seconds for everything (default: the "
-                    "recipe's)")
+    ap.add_argument("--budget", type=positive_seconds, default=None, help="gpt2_imdb: seconds for everything "
+                    "(default: the recipe's)")
     args = ap.parse_args(argv)
+    known = sorted(RECIPES) + sorted(HF_RECIPES) + sorted(gpt2.ALIASES)
+    refs = resolve_models(args.models, args.artifacts)
+    unknown = [r.name for r in refs if r.name not in known]
+    if unknown:  # refused before any model is trained
+        raise ArgumentsError(f"--models: got {', '.join(unknown)} (no training recipe), expected some of {known}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     import torch
 
     torch.set_num_threads(int(os.environ.get("EDGEATTN_THREADS", os.cpu_count() or 1)))
     rows, lm_rows = [], []
     errors = StageErrors("train")
-    known = sorted(RECIPES) + sorted(HF_RECIPES) + sorted(gpt2.ALIASES)
-    for ref in resolve_models(args.models, args.artifacts):
+    for ref in refs:
         name = ref.name
-        if name not in RECIPES and name not in HF_RECIPES and name not in gpt2.ALIASES:
-            ap.error(f"--models: '{name}' has no training recipe; expected some of {known}")
         with errors.model(name):
             if name in gpt2.ALIASES:  # a language model: perplexity, a time budget instead of epochs
                 recipe, accept = gpt2.recipe_for(args.gpt2_recipe, args.budget)
