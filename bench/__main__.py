@@ -28,7 +28,7 @@ import numpy as np
 
 from bench import envinfo
 from bench.engine_timing import format_table as format_engine_table, time_engines
-from bench.generation import CODE_VERSION as GENERATION_VERSION, bench_decoder, print_section
+from bench.generation import bench_decoder, print_section
 from bench.peers import PEER_DEVICE, PEER_MODES, ALL_PEERS, TORCH_PEERS, default_peers
 from bench.plots import write_plots
 from bench.results import (accuracy_from_verify, find_verify_row, int8_guard, make_row, summarize,
@@ -43,11 +43,10 @@ from pipeline.artifacts import ModelRef, resolve_models
 from pipeline.sources import source_of
 from runtime.ort_backend import levels_from
 from pipeline.stage import cli
-from verify.decoder import decoder_verify_key
-from verify.plan import ROLE_REFERENCE, artifact_files, backend_plan, test_inputs, verify_key
-from zoo.gpt2 import is_decoder
+from verify.plan import ROLE_REFERENCE, artifact_files, backend_plan, test_inputs
 from zoo.io import atomic_write_json, read_json
 from zoo.spec import ModelSpec
+from zoo.tasks import task_of
 
 log = logging.getLogger("edgeattn.bench")
 
@@ -421,6 +420,42 @@ def bench_model(ref: ModelRef, args, cfg) -> list[dict[str, Any]]:
     return rows
 
 
+@dataclass
+class Benched:
+    """What the bench stage's handler (zoo.tasks) gives back for one model: latency rows, or a generation section
+    (model -> section), the runs whose results it reused, and whether it timed anything now."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    generation: dict[str, dict[str, Any]] = field(default_factory=dict)
+    reused_runs: set = field(default_factory=set)
+    timed: bool = True
+
+
+def bench_outputs(ref: ModelRef, args, cfg, key: str, old: dict[str, Any]) -> Benched:
+    """The bench handler of models judged by their outputs: its previous rows when their key is unchanged, else
+    timed now (:func:`bench_model`); a failure is one row with ``error``, the other models go on."""
+    name = ref.name
+    prev = [r for r in old["rows"] if r.get("model") == name]
+    if not args.force and prev and all(r.get("bench_key") == key for r in prev):
+        print(f"bench {name}: up to date ({len(prev)} rows reused: artifacts, verify verdicts, CPU and settings "
+              "unchanged; --force to rerun)")
+        return Benched(rows=prev, reused_runs={r.get("run") for r in prev}, timed=False)
+    try:
+        new = bench_model(ref, args, cfg)
+        for r in new:
+            r["bench_key"] = key
+    except Exception as e:  # noqa: BLE001 - one model failing must not hide the others
+        log.exception("bench %s failed", name)
+        new = [{**_skeleton(name), "error": f"bench failed: {type(e).__name__}: {str(e)[:400]}"}]
+    return Benched(rows=new)
+
+
+def bench_generation(ref: ModelRef, args, cfg, key: str, old: dict[str, Any]) -> Benched:
+    """The bench handler of a decoder with its KV cache: TTFT and decode tokens/s (bench.generation)."""
+    sec = _bench_decoder(ref, args, cfg, key, old["generation"].get(ref.name))
+    return Benched(generation={ref.name: sec}, reused_runs={sec.get("run")} if sec.get("reused") else set())
+
+
 def _bench_decoder(ref: ModelRef, args, cfg, key: str, prev: dict | None) -> dict[str, Any]:
     """A decoder's generation section: the previous one when its key is unchanged (marked ``reused``), else
     measured now (bench.generation); a failure is a section with ``error``, the other models go on."""
@@ -454,9 +489,9 @@ def bench_key(ref: ModelRef, args, cfg, env: dict[str, Any]) -> str:
     versions), the verify verdicts bench carries, the CPU model, threads, peers and timing settings."""
     vrows = verify_rows(args.artifacts, ref.name)
     verdicts = sorted((r.get("artifact"), r.get("backend"), str(r.get("mode")), bool(r.get("passed"))) for r in vrows)
-    decoder = is_decoder(ref)
-    blob = {"code": CODE_VERSION + (f"+{GENERATION_VERSION}" if decoder else ""),
-            "verify": decoder_verify_key(ref, None) if decoder else verify_key(ref, None), "verdicts": verdicts,
+    task = task_of(ref)  # a task may add its own bench code version (text generation: bench.generation's)
+    blob = {"code": CODE_VERSION + (f"+{task.handler('bench_version')}" if task.has("bench_version") else ""),
+            "verify": task.run("verify_key", ref, None), "verdicts": verdicts,
             "cpu": env.get("cpu", {}).get("model"), "threads": args.threads, "peers": list(args.peers),
             "no_ours": args.no_ours, "seq_len": args.seq_len, "timing": asdict(cfg), "quick": args.quick,
             "batches": args.batches,
@@ -562,27 +597,13 @@ def main(argv: list[str] | None = None) -> int:
         name = ref.name
         t0 = time.perf_counter()
         key = bench_key(ref, args, cfg, env)
-        if is_decoder(ref):  # a GPT-2 with its KV cache: TTFT and decode tokens/s (bench.generation)
-            generation[name] = _bench_decoder(ref, args, cfg, key, old_gen.get(name))
-            reused_runs |= {generation[name].get("run")} if generation[name].get("reused") else set()
+        # zoo.tasks: latency rows per artifact and backend, or a decoder's TTFT and decode tokens/s section
+        got = task_of(ref).run("bench", ref, args, cfg, key, {"rows": old_rows, "generation": old_gen})
+        rows += got.rows
+        generation.update(got.generation)
+        reused_runs |= got.reused_runs
+        if got.timed:
             print(f"bench {name}: {time.perf_counter() - t0:.1f} s")
-            continue
-        prev = [r for r in old_rows if r.get("model") == name]
-        if not args.force and prev and all(r.get("bench_key") == key for r in prev):
-            print(f"bench {name}: up to date ({len(prev)} rows reused: artifacts, verify verdicts, CPU and settings "
-                  "unchanged; --force to rerun)")
-            rows += prev
-            reused_runs |= {r.get("run") for r in prev}
-            continue
-        try:
-            new = bench_model(ref, args, cfg)
-            for r in new:
-                r["bench_key"] = key
-            rows += new
-        except Exception as e:  # noqa: BLE001 - one model failing must not hide the others
-            log.exception("bench %s failed", name)
-            rows.append({**_skeleton(name), "error": f"bench failed: {type(e).__name__}: {str(e)[:400]}"})
-        print(f"bench {name}: {time.perf_counter() - t0:.1f} s")
     try:
         env["loadavg_end"] = list(os.getloadavg())
     except OSError:

@@ -15,12 +15,9 @@ from zoo.io import atomic_write_text, read_json
 from pipeline.args import add_artifacts, stage_parser
 from pipeline.artifacts import ModelRef, artifact_name
 from pipeline.sources import source_of
-from runtime.modelspec import TEXT_GENERATION
 from pipeline.stage import cli
-from verify.decoder import markdown_lines
 from verify.plan import ROLE_TEXT
-
-GEN_TASK = TEXT_GENERATION
+from zoo.tasks import task_named, task_of_rows
 
 PEER_NAMES = {"eager": "PyTorch eager FP32", "bf16_autocast": "PyTorch bf16 autocast",
               "dynamic_int8": "PyTorch dynamic INT8 (Linear)", "compile": "torch.compile (inductor)",
@@ -146,12 +143,17 @@ def section_models(artifacts: Path, names: list[str]) -> list[str]:
     return out + table(["model", "dataset", "test accuracy %", "n test", "val accuracy %", "training time"], rows) + [""]
 
 
+def in_generation(row: dict) -> bool:
+    """Whether a verify row belongs in the text generation section (its task's ``report_section``, zoo.tasks)."""
+    return task_named(row.get("task")).report_section == "generation"
+
+
 def section_verify(verify: list | None) -> list[str]:
     out = ["## Verification against PyTorch (verify.json)", ""]
     if not verify:
         return out + ["No verify.json yet: run `make verify`.", ""]
     rows = []
-    for r in (r for r in verify if r.get("task") != GEN_TASK):  # decoders: in the text generation section
+    for r in (r for r in verify if not in_generation(r)):  # decoders: in the text generation section
         delta = r.get("accuracy_delta")
         prec = r.get("precision", "-") + (f" ({r['precision_asked']} asked)" if r.get("precision_asked") else "")
         verdict = yn(bool(r.get("passed"))) if r.get("passed") or r.get("gating", True) else "no (advisory)"
@@ -163,7 +165,7 @@ def section_verify(verify: list | None) -> list[str]:
     out += table(["model", "artifact", "backend", "mode", "judged as", "precision", "accuracy %", "delta pts",
                   "top-1 agree %", "cosine mean", "max abs diff", "passed"], rows)
     gating, fails, adv = gating_split(verify)
-    if any(r.get("task") == GEN_TASK for r in verify):
+    if any(in_generation(r) for r in verify):
         out += ["", "Decoders (greedy generation, token for token): see \"Text generation\" below."]
     out += ["", f"{len(gating) - len(fails)}/{len(gating)} gating rows passed. Details: [verify.md](verify.md). "
             "int8.qdq.onnx (the TensorRT graph) is judged by its float simulation (Q/DQ as float ops, the same on "
@@ -338,7 +340,7 @@ def _at_min(sec: dict, a: dict | None, b: dict | None) -> float | None:
 def section_generation(bench: dict | None, verify: list | None, artifacts: Path) -> list[str]:
     """Decoders with a KV cache: training (perplexity), verify (greedy tokens vs PyTorch), speed (bench.generation)."""
     gen = (bench or {}).get("generation") or {}
-    vrows = [r for r in verify or [] if r.get("task") == GEN_TASK]
+    vrows = [r for r in verify or [] if in_generation(r)]
     names = list(dict.fromkeys([*gen, *(r["model"] for r in vrows)]))
     if not names:
         return []
@@ -356,7 +358,7 @@ def section_generation(bench: dict | None, verify: list | None, artifacts: Path)
                     f"{tj.get('budget_seconds', 0):.0f} s).", ""]
         mine = [r for r in vrows if r["model"] == m]
         if mine:  # verify.md's tables for the model, without its heading
-            out += markdown_lines(m, mine)[2:]
+            out += task_of_rows(mine).run("verify_markdown", m, mine)[2:]
         sec = gen.get(m)
         if not sec:
             out += ["No generation bench yet: run `make bench`.", ""]

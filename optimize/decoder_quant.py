@@ -59,16 +59,16 @@ from runtime.child import python_module
 from runtime.cpu import cpu_info, int8_isa
 from runtime.files import read_json
 from runtime.generate import DecoderInfo
-from runtime.modelspec import TEXT_GENERATION
 from runtime.ort_backend import QDQ_REFERENCE_LEVEL, cpu_session
 from calibration.windows import ort_teacher_forced, prefill_feed, text_windows
 from judge.budget import Budget, budget_for, check_resolution, passes, reasons as budget_reasons
 from judge.teacher_forced import TeacherForced, teacher_forced_figures
+from zoo.tasks.text_generation import TASK as GENERATION
 from zoo.io import atomic_write, digest, section_up_to_date, sha256_file, update_manifest
 
 log = logging.getLogger("edgeattn.optimize.decoder_quant")
 
-TASK = TEXT_GENERATION
+TASK = GENERATION.name
 SOURCES = ("fp32.sim.onnx", "fp32.onnx")  # the simplified graph when there is one
 CODE_VERSION = "decoder/2"  # 2: judged by judge.budget (the budget dict has its fields; resolution checked)
 CPU_FORMS = ("dynamic", "matmul_nbits8", "qdq_s8s8")
@@ -98,12 +98,6 @@ class DecoderQuantOptions:
 
 
 # ---- which folders, which source ------------------------------------------------------------------------------------
-def is_decoder_dir(model_dir: str | os.PathLike) -> bool:
-    """True when the folder's spec (spec.json, written by every export) is a text_generation decoder."""
-    spec = read_json(Path(model_dir) / "spec.json", {}) or {}
-    return spec.get("task") == TASK
-
-
 def decoder_source(model_dir: str | os.PathLike) -> Path:
     d = Path(model_dir)
     for name in SOURCES:

@@ -46,6 +46,7 @@ from pipeline.artifacts import resolve_models
 from pipeline.stage import cli
 from runtime.tensorrt_backend import tensorrt_logger
 from zoo.spec import load_spec
+from zoo.tasks import task_of_dir
 
 log = logging.getLogger("edgeattn.engines")
 
@@ -604,11 +605,8 @@ def main(argv: list[str] | None = None) -> int:
     for i, (ref, prec) in enumerate(jobs, 1):
         model, folder = ref.name, ref.folder
         src = folder / SOURCES[prec]
-        if prec == "fp32" and not src.is_file():
-            from optimize.decoder_quant import decoder_source, is_decoder_dir
-
-            if is_decoder_dir(folder) and (folder / "fp32.onnx").is_file():
-                src = decoder_source(folder)  # a decoder without a simplified graph: the export's fp32.onnx
+        if prec == "fp32" and not src.is_file():  # the task's other fp32 graphs (a decoder: the export's fp32.onnx)
+            src = next((folder / f for f in task_of_dir(folder).fp32_sources if (folder / f).is_file()), src)
         engine = folder / em.engine_file_name(prec, flavor)
         row = {"model": model, "precision": prec, "flavor": flavor, "status": "", "seconds": None, "bytes": None,
                "engine": str(engine)}

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from runtime.errors import EdgeattnError
-from runtime.modelspec import TEXT_GENERATION, ModelSpec
+from runtime.modelspec import ModelSpec
 from runtime.ort_backend import cpu_session
+from zoo.tasks import task_named
 
 
 class SimplifyError(EdgeattnError, RuntimeError):
@@ -18,20 +19,28 @@ def _run(model_bytes: bytes, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
 
 
 def parity_feeds(spec: ModelSpec | None) -> list[tuple[str, dict[str, np.ndarray]]]:
-    """(label, feed) for every size the two graphs are compared at: the spec's min/opt/max sizes, or for a decoder
-    with KV cache (task text_generation, whose total = past + sequence the spec's independent sizes would break)
-    runtime.generate.parity_cases, an empty past and left padding among them."""
+    """(label, feed) for every size the two graphs are compared at: what the spec's task says (zoo.tasks: the
+    spec's min/opt/max sizes, or a decoder's own cases)."""
     if spec is None:
         return [("no spec", {})]
-    if spec.task == TEXT_GENERATION:
-        from runtime.generate import DecoderInfo, decoder_feed, parity_cases
+    return task_named(spec.task).run("parity_feeds", spec)
 
-        d = spec.to_dict()
-        info = DecoderInfo.from_spec(d, spec.name)
-        return [(f"{label} (batch {b}, sequence {s}, past {p})", decoder_feed(info, b, s, p, seed=i))
-                for i, (label, b, s, p) in enumerate(parity_cases(d))]
+
+def size_feeds(spec: ModelSpec) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """The spec's min/opt/max sizes, one seeded feed each."""
     sizes_list = [{k: getattr(r, w) for k, r in spec.dynamic.items()} for w in ("min", "opt", "max")]
     return [(f"sizes {sizes}", spec.example_inputs(sizes, seed=i)) for i, sizes in enumerate(sizes_list)]
+
+
+def decoder_feeds(spec: ModelSpec) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """A decoder with KV cache, whose total = past + sequence the spec's independent sizes would break:
+    runtime.generate.parity_cases, an empty past and left padding among them."""
+    from runtime.generate import DecoderInfo, decoder_feed, parity_cases
+
+    d = spec.to_dict()
+    info = DecoderInfo.from_spec(d, spec.name)
+    return [(f"{label} (batch {b}, sequence {s}, past {p})", decoder_feed(info, b, s, p, seed=i))
+            for i, (label, b, s, p) in enumerate(parity_cases(d))]
 
 
 def parity(ref_bytes: bytes, new_bytes: bytes, spec: ModelSpec | None, rtol: float = 1e-5) -> float:

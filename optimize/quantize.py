@@ -53,6 +53,7 @@ from pipeline.stage import StageErrors, cli
 from zoo.data import load_dataset
 from zoo.io import atomic_write, digest, read_json, section_up_to_date, sha256_file, update_manifest
 from zoo.spec import load_spec
+from zoo.tasks import task_of_dir
 
 log = logging.getLogger("edgeattn.optimize.quantize")
 CODE_VERSION = "int8/5"  # 3: module scopes carried into fp16/int8 graphs; 4: fp16 records its safe ORT level;
@@ -66,12 +67,14 @@ CODE_VERSION = "int8/5"  # 3: module scopes carried into fp16/int8 graphs; 4: fp
 
 def quantize_model(model_dir: str | os.PathLike, opts: QuantOptions | None = None, force: bool = False,
                    progress: bool = True) -> dict[str, Any]:
-    """FP16 + INT8 artifacts for one model folder; returns {"fp16": section, "int8": section} (as written).
-    A text_generation decoder (KV cache) takes optimize.decoder_quant's path."""
-    from optimize.decoder_quant import is_decoder_dir, quantize_decoder
+    """FP16 + INT8 artifacts for one model folder; returns {"fp16": section, "int8": section} (as written), by the
+    handler of the folder's task (zoo.tasks: :func:`quantize_outputs`, or a decoder's optimize.decoder_quant)."""
+    return task_of_dir(model_dir).run("quantize", model_dir, opts, force, progress)
 
-    if is_decoder_dir(model_dir):
-        return quantize_decoder(model_dir, opts, force, progress)
+
+def quantize_outputs(model_dir: str | os.PathLike, opts: QuantOptions | None = None, force: bool = False,
+                     progress: bool = True) -> dict[str, Any]:
+    """:func:`quantize_model` for a model judged by its outputs (classifiers, custom, sequence-to-sequence)."""
     opts = opts or QuantOptions()
     isa = int8_isa()
     if opts.cpu_candidates is None:
@@ -276,7 +279,7 @@ def kept_previous(previous: dict[str, Any], search: dict[str, Any], cpu: dict[st
 
 
 # ---- CLI ---------------------------------------------------------------------------------------------
-def _print_tables(name: str, res: dict[str, Any]) -> None:
+def print_tables(name: str, res: dict[str, Any]) -> None:
     f16 = res.get("fp16")
     if f16:
         c = f16.get("check", {})
@@ -364,9 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.perf_counter()
         with errors.model(name):
             res = quantize_model(model_dir, mopts, force=args.force)
-            from optimize.decoder_quant import is_decoder_dir, print_tables
-
-            (print_tables if is_decoder_dir(model_dir) else _print_tables)(name, res)
+            task_of_dir(model_dir).run("quantize_tables", name, res)
             bad = [k for k, s in res.items() if not (s.get("passed", True) if k == "fp16" else
                                                        s["qdq"]["passed"] and s["cpu"]["passed"]
                                                        and s["qdq"]["rules_ok"] and not s.get("last_run"))]

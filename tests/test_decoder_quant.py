@@ -36,8 +36,10 @@ def test_the_quantize_stage_routes_a_decoder_folder_to_the_decoder_path(exported
     seen = []
     monkeypatch.setattr(dq, "quantize_decoder", lambda d, *a, **k: seen.append(d) or {"fp16": {"routed": True}})
     assert quantize_model(art / "tiny_gpt2")["fp16"] == {"routed": True} and seen == [art / "tiny_gpt2"]
+    from zoo.tasks import task_of_dir
+
     (tmp_path / "spec.json").write_text(json.dumps({"task": "text_classification"}))
-    assert not dq.is_decoder_dir(tmp_path) and dq.is_decoder_dir(art / "tiny_gpt2")
+    assert task_of_dir(tmp_path).name == "text_classification" and task_of_dir(art / "tiny_gpt2").name == "text_generation"
 
 
 def _feed(folder, batch=3, seq=7, past=0, seed=3, dtype=np.float32):

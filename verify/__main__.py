@@ -29,13 +29,11 @@ from pipeline.stage import StageErrors, cli, one_line
 from judge.figures import compare_outputs
 from judge.budget import delta_statement
 from judge.rows import VerifyRow
-from verify.decoder import TASK as DECODER_TASK, decoder_verify_key, verify_decoder
-from verify.decoder import markdown_lines as decoder_markdown
 from verify.plan import (PRECISION_NAMES, ROLE_CPU_KERNELS, ROLE_TEXT, artifact_files, backend_plan, exit_code,
-                         test_inputs, tolerance_for, verify_key)
-from zoo.gpt2 import is_decoder
+                         test_inputs, tolerance_for)
 from zoo.io import atomic_write_json, atomic_write_text, read_json
 from zoo.registry import load_reference as source_reference
+from zoo.tasks import task_of, task_of_rows
 
 log = logging.getLogger("edgeattn.verify")
 WORKER_TIMEOUT_S = 1800
@@ -183,35 +181,39 @@ def write_markdown(rows: list[dict[str, Any]], path: Path) -> None:
              "CPU); its runs on CPU integer kernels are advisory rows for this machine only.", ""]
     for model in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == model]
-        if any(r.get("task") == DECODER_TASK for r in mine):
-            lines += decoder_markdown(model, mine)
-            continue
-        lines += [f"## {model}", "", "| artifact | backend | mode | judged as | precision | n | accuracy % | torch % | "
-                  "delta pts (95 % CI) | top-1 agree | max abs diff | cosine mean | cosine min | passed |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in (r for r in rows if r["model"] == model):
-            pct = lambda v: "-" if v is None else f"{100 * v:.2f}"  # noqa: E731
-            ci = r.get("accuracy_delta_ci95")
-            delta = "-" if r.get("accuracy_delta") is None else f"{r['accuracy_delta']:+.2f}" + (
-                f" ({ci[0]:+.2f}..{ci[1]:+.2f})" if ci else "")
-            prec = r["precision"] + (f" ({r['precision_asked']} asked)" if r.get("precision_asked") else "")
-            verdict = "yes" if r.get("passed") else ("NO" if r.get("gating", True) else "no (advisory)")
-            lines.append(f"| {r['artifact']} | {r['backend']} | {str(r.get('mode', ''))[:24]} | "
-                         f"{ROLE_TEXT.get(r.get('role'), '-')} | {prec} | "
-                         f"{r.get('n_samples', '-')} | {pct(r.get('accuracy'))} | {pct(r.get('reference_accuracy'))} | "
-                         f"{delta} | {_fmt(r.get('top1_agreement'))} | {_fmt(r.get('max_abs_diff'), '.2e')} | "
-                         f"{_fmt(r.get('cosine_mean'), '.6f')} | {_fmt(r.get('cosine_min'), '.6f')} | {verdict} |")
-        for r in (r for r in rows if r["model"] == model and not r.get("passed")):
-            what = "failed" if r.get("gating", True) else (f"missed on this CPU's integer kernels ({r.get('cpu_isa')}; "
-                                                           "advisory, the TensorRT reference row decides)")
-            lines.append(f"\n- **{r['artifact']} on {r['backend']} {what}**: {'; '.join(r.get('reasons') or [])}")
-            fd = r.get("first_divergence")
-            if fd and fd.get("module"):
-                lines.append(f"  first diverging module: `{fd['module']}` ({fd.get('module_type')}), ONNX tensor "
-                             f"`{fd.get('onnx_tensor')}` from node `{fd.get('onnx_node')}`, rel. error "
-                             f"{fd.get('rel_error', 0):.3g}")
-        lines.append("")
+        lines += task_of_rows(mine).run("verify_markdown", model, mine)
     atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def outputs_markdown(model: str, rows: list[dict[str, Any]]) -> list[str]:
+    """verify.md's section for a model judged by its outputs: one table row per artifact and backend, then what
+    failed and where it first diverged."""
+    lines = [f"## {model}", "", "| artifact | backend | mode | judged as | precision | n | accuracy % | torch % | "
+              "delta pts (95 % CI) | top-1 agree | max abs diff | cosine mean | cosine min | passed |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        pct = lambda v: "-" if v is None else f"{100 * v:.2f}"  # noqa: E731
+        ci = r.get("accuracy_delta_ci95")
+        delta = "-" if r.get("accuracy_delta") is None else f"{r['accuracy_delta']:+.2f}" + (
+            f" ({ci[0]:+.2f}..{ci[1]:+.2f})" if ci else "")
+        prec = r["precision"] + (f" ({r['precision_asked']} asked)" if r.get("precision_asked") else "")
+        verdict = "yes" if r.get("passed") else ("NO" if r.get("gating", True) else "no (advisory)")
+        lines.append(f"| {r['artifact']} | {r['backend']} | {str(r.get('mode', ''))[:24]} | "
+                     f"{ROLE_TEXT.get(r.get('role'), '-')} | {prec} | "
+                     f"{r.get('n_samples', '-')} | {pct(r.get('accuracy'))} | {pct(r.get('reference_accuracy'))} | "
+                     f"{delta} | {_fmt(r.get('top1_agreement'))} | {_fmt(r.get('max_abs_diff'), '.2e')} | "
+                     f"{_fmt(r.get('cosine_mean'), '.6f')} | {_fmt(r.get('cosine_min'), '.6f')} | {verdict} |")
+    for r in (r for r in rows if r["model"] == model and not r.get("passed")):
+        what = "failed" if r.get("gating", True) else (f"missed on this CPU's integer kernels ({r.get('cpu_isa')}; "
+                                                       "advisory, the TensorRT reference row decides)")
+        lines.append(f"\n- **{r['artifact']} on {r['backend']} {what}**: {'; '.join(r.get('reasons') or [])}")
+        fd = r.get("first_divergence")
+        if fd and fd.get("module"):
+            lines.append(f"  first diverging module: `{fd['module']}` ({fd.get('module_type')}), ONNX tensor "
+                         f"`{fd.get('onnx_tensor')}` from node `{fd.get('onnx_node')}`, rel. error "
+                         f"{fd.get('rel_error', 0):.3g}")
+    lines.append("")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,15 +236,15 @@ def main(argv: list[str] | None = None) -> int:
     for ref in refs:
         name = ref.name
         with errors.model(name), _failed_row(rows, name):
-            decoder = is_decoder(ref)  # a GPT-2 with its KV cache: greedy tokens vs transformers (verify.decoder)
-            key = decoder_verify_key(ref, args.limit) if decoder else verify_key(ref, args.limit)
+            task = task_of(ref)  # zoo.tasks: outputs vs the reference's, or a decoder's greedy tokens (verify.decoder)
+            key = task.run("verify_key", ref, args.limit)
             prev = [r for r in old if r.get("model") == name]
             if not args.force and prev and all(r.get("verify_key") == key for r in prev):
                 print(f"verify {name}: up to date ({len(prev)} rows reused: artifacts, checkpoint, CPU and backends "
                       "unchanged; --force to rerun)")
                 rows += prev
                 continue
-            rows += (verify_decoder if decoder else verify_model)(ref, args.limit, args.threads, key=key)
+            rows += task.run("verify", ref, args.limit, args.threads, key=key)
     out = args.artifacts / "verify.json"
     kept = [r for r in old if r.get("model") not in names]  # rows of models not re-verified this time
     all_rows = kept + rows

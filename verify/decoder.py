@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from runtime.cpu import int8_isa
-from runtime.modelspec import TEXT_GENERATION, precision_of
+from runtime.modelspec import precision_of
 from pipeline.artifacts import ModelRef
+from zoo.tasks.text_generation import TASK as GENERATION
 from verify.plan import ROLE_ARTIFACT, ROLE_CPU_KERNELS, ROLE_REFERENCE, artifact_files, openvino_available, verify_key
 
 log = logging.getLogger("edgeattn.verify.decoder")
 
-TASK = TEXT_GENERATION
+TASK = GENERATION.name
 CODE_VERSION = "verify-decoder/1"
 PROMPT_TOKENS_MAX = 16  # verify.generation.prompt_rows: prompts of 4..16 tokens
 NEW_TOKENS = 64

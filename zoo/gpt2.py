@@ -54,12 +54,6 @@ GPT2_TOKENIZERS = ((TOKENIZER_FILE,), ("vocab.json", "merges.txt"))
 
 
 # ---- names and directories ---------------------------------------------------------------------------------------
-def is_decoder(ref) -> bool:
-    """Whether a stage takes ModelRef ``ref`` down the text-generation path: its task (the exported spec.json's, or
-    what its source says: ``gpt2_imdb``, an ``hf:<dir>`` whose config.json says gpt2) is text generation."""
-    return ref.task == TASK
-
-
 def gpt2_dir(name: str, artifacts: str | os.PathLike = "artifacts") -> Path:
     if name in ALIASES:
         return Path(artifacts) / ALIASES[name]
@@ -547,6 +541,16 @@ def main(argv: list[str] | None = None) -> int:
     r = train_gpt2(args.artifacts, recipe, force=args.force, accept=accept)
     print(summary_line(r))
     return 0
+
+
+def train_stage(ref, args) -> dict[str, Any]:
+    """The train handler of text generation (zoo.tasks): ``--gpt2-recipe`` and ``--budget`` pick the recipe."""
+    recipe, accept = recipe_for(args.gpt2_recipe, args.budget)
+    return train_gpt2(ref.artifacts, recipe, force=args.force, name=ref.name, accept=accept)
+
+
+def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
+    return [summary_line(r) for r in rows]
 
 
 def summary_line(r: dict[str, Any]) -> str:

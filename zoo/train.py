@@ -26,6 +26,7 @@ from pipeline.args import (ArgumentsError, add_artifacts, add_force, add_models,
 from pipeline.artifacts import ModelRef, resolve_models
 from pipeline.stage import StageErrors, cli
 from zoo.registry import BuiltModel, create_model, load_checkpoint, save_checkpoint
+from zoo.tasks import resolve, task_of
 from zoo.repro import config_hash, seed_everything  # noqa: F401 (re-exported)
 from runtime.preprocess import normalize_images, TextEncoder
 
@@ -328,27 +329,31 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(int(os.environ.get("EDGEATTN_THREADS", os.cpu_count() or 1)))
-    rows, lm_rows = [], []
+    done: dict[str, list[dict[str, Any]]] = {}  # a task's summary handler -> its train.json rows, in order given
     errors = StageErrors("train")
     for ref in refs:
-        name = ref.name
-        with errors.model(name):
-            if name in gpt2.ALIASES:  # a language model: perplexity, a time budget instead of epochs
-                recipe, accept = gpt2.recipe_for(args.gpt2_recipe, args.budget)
-                lm_rows.append(gpt2.train_gpt2(ref.artifacts, recipe, force=args.force, name=name, accept=accept))
-                continue
-            recipe = RECIPES.get(name) or HF_RECIPES[name]
-            if args.epochs:
-                recipe = dataclasses.replace(recipe, epochs=args.epochs)
-            trainer = train_hf_model if name in HF_RECIPES else train_model
-            rows.append(trainer(ref, recipe, force=args.force))
-    if rows:
-        print(f"\n{'model':<18}{'dataset':<18}{'test acc':>10}{'n_test':>8}{'train s':>9}")
-    for r in rows:
-        print(f"{r['model']:<18}{r['dataset']['name']:<18}{r['test_accuracy']:>10.4f}{r['n_test']:>8}{r['train_seconds']:>9.1f}")
-    for r in lm_rows:
-        print(gpt2.summary_line(r))
+        with errors.model(ref.name):
+            task = task_of(ref)  # zoo.tasks: classifiers by epochs and accuracy, a language model by its time budget
+            done.setdefault(task.handlers["train_summary"], []).append(task.run("train", ref, args))
+    for summary, rows in done.items():  # one table for every classifier, whatever its task
+        print("\n".join(resolve(summary, "train summary")(rows)))
     return errors.finish()
+
+
+def train_classifier(ref: ModelRef, args) -> dict[str, Any]:
+    """The train handler of the classifiers trained here (``RECIPES``, ``HF_RECIPES``; ``--epochs`` overrides)."""
+    recipe = RECIPES.get(ref.name) or HF_RECIPES[ref.name]
+    if args.epochs:
+        recipe = dataclasses.replace(recipe, epochs=args.epochs)
+    trainer = train_hf_model if ref.name in HF_RECIPES else train_model
+    return trainer(ref, recipe, force=args.force)
+
+
+def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The classifiers' table: test accuracy, n and training time per model."""
+    return [f"\n{'model':<18}{'dataset':<18}{'test acc':>10}{'n_test':>8}{'train s':>9}"] + [
+        f"{r['model']:<18}{r['dataset']['name']:<18}{r['test_accuracy']:>10.4f}{r['n_test']:>8}{r['train_seconds']:>9.1f}"
+        for r in rows]
 
 if __name__ == "__main__":
     raise SystemExit(cli("train", main))
