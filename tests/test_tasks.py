@@ -31,14 +31,16 @@ def test_every_built_in_kind_is_one_registered_task_with_every_stage():
 @pytest.mark.parametrize("name", BUILT_IN)
 def test_every_handler_of_every_built_in_task_resolves(name):
     task = tasks.get(name)
-    for stage in STAGES:
-        assert callable(task.handler(stage)), (name, stage)
+    for stage in task.handlers:
+        got = task.handler(stage)
+        assert isinstance(got, str) if stage == "bench_version" else callable(got), (name, stage)
 
 
 def test_the_decoder_task_differs_where_decoders_differ_and_classifiers_share_one_path():
     gen, image, text = tasks.get("text_generation"), tasks.get("image_classification"), tasks.get("text_classification")
-    assert image.handlers == text.handlers == tasks.get("custom").handlers
-    assert all(gen.handlers[s] != image.handlers[s] for s in STAGES)
+    assert image.handlers == tasks.get("custom").handlers == {s: text.handlers[s] for s in STAGES}
+    assert all(gen.handlers[s] != text.handlers[s] for s in text.handlers)  # hf_*: how an hf:<dir> of it is built
+    assert sorted(set(text.handlers) - set(STAGES)) == ["hf_build", "hf_create", "hf_source"]
     assert gen.report_section == "generation" and image.report_section == "classification"
     assert gen.fp32_sources == ("fp32.sim.onnx", "fp32.onnx") and image.fp32_sources == ("fp32.sim.onnx",)
     assert gen.handler("bench_version") == __import__("bench.generation").generation.CODE_VERSION
@@ -55,6 +57,22 @@ def test_a_model_resolves_to_its_task(tmp_path):
     assert tasks.task_of(ModelRef.resolve("gpt2_imdb", tmp_path)).name == "text_generation"  # its source says
     assert tasks.task_of(ModelRef.resolve("bert_imdb", tmp_path)).name == "text_classification"
     assert tasks.task_of_dir(tmp_path / "nowhere").name == "custom"
+
+
+def test_an_hf_directory_is_built_by_the_task_its_source_declares(tmp_path, monkeypatch):
+    import zoo.registry as reg
+
+    seen = []
+    monkeypatch.setattr(reg, "hf_decoder", lambda name, o: seen.append(("decoder", name)) or "decoder")
+    monkeypatch.setattr(reg, "hf_classifier", lambda name, o: seen.append(("classifier", name)) or "classifier")
+    gpt2, bert = tmp_path / "gpt2", tmp_path / "bert"
+    for d, kind in ((gpt2, "gpt2"), (bert, "bert")):
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps({"model_type": kind}))
+    assert reg.create_model(f"hf:{gpt2}") == "decoder" and reg.create_model(f"hf:{bert}") == "classifier"
+    assert seen == [("decoder", f"hf:{gpt2}"), ("classifier", f"hf:{bert}")]
+    with pytest.raises(TaskError, match="task 'image_classification': got no handler for stage 'hf_create'"):
+        tasks.get("image_classification").run("hf_create", "hf:x", {})
 
 
 def test_verify_rows_resolve_to_the_task_of_the_first_row_that_says_one():

@@ -31,13 +31,14 @@ from pipeline.sources import BUILTIN_NAMES, TRAINED_HF, known, source_of
 from runtime.modelspec import TEXT_GENERATION
 from zoo.data import FMNIST_LABELS, FMNIST_MEAN, FMNIST_STD, SENTIMENT_LABELS
 from zoo.built import BuiltModel, CheckpointError, RegistryError  # noqa: F401 (re-exported)
-from zoo.gpt2 import export_source as gpt2_source, load_for_export as gpt2_for_export, load_gpt2
+from zoo.gpt2 import load_gpt2
 from zoo.hf import TRAIN_HINT as HF_TRAIN_HINT, check_dir, dir_digest, hf_dir, load_hf, write_tokenizer
 from zoo.init_spread import INIT_VERSION, ensure_spread
 from zoo.io import atomic_write, sha256_file
 from zoo.onnx_source import OnnxSource
 from zoo.sources import ZooSource, no_task
 from zoo.spec import DimRange, ModelSpec, TensorSpec
+from zoo.tasks import task_named
 
 BUILTIN = BUILTIN_NAMES
 EXAMPLE_TORCHVISION = ("torchvision:vit_b_16",)
@@ -207,7 +208,7 @@ def create_model(name: str, **overrides: Any) -> BuiltModel:
     return source_for(name).create(name, overrides)
 
 
-def _hf(name: str, overrides: dict[str, Any]) -> BuiltModel:
+def hf_classifier(name: str, overrides: dict[str, Any]) -> BuiltModel:
     """``hf:<dir>`` or ``bert_imdb``: zoo.hf.load_hf (overrides: directory, dataset, max_len, attn_implementation,
     batch_max, artifacts); the weights are the directory's own."""
     if "weights" in overrides:
@@ -220,7 +221,7 @@ def _hf(name: str, overrides: dict[str, Any]) -> BuiltModel:
     return load_hf(name, **overrides)
 
 
-def _gpt2(name: str, overrides: dict[str, Any]) -> BuiltModel:
+def hf_decoder(name: str, overrides: dict[str, Any]) -> BuiltModel:
     """``gpt2_imdb`` or ``hf:<gpt2 dir>``: zoo.gpt2.load_gpt2, the decoder with its KV cache (overrides: directory,
     artifacts, batch_max, attn_implementation, dataset)."""
     allowed = {"directory", "artifacts", "batch_max", "attn_implementation", "dataset"}
@@ -345,7 +346,7 @@ def _hf_ref_dir(ref: ModelRef) -> Path:
     return d
 
 
-def _hf_for_export(ref: ModelRef) -> BuiltModel:
+def hf_classifier_for_export(ref: ModelRef) -> BuiltModel:
     """An HF directory's model; its tokenizer goes into the artifact folder (``tokenizer.json``, truncating to the
     spec's max length), where TextEncoder (calibration, verify, the runtime) reads it."""
     d = _hf_ref_dir(ref)
@@ -415,11 +416,19 @@ class ModuleSource(FactorySource):
         return "; ".join([f"factory {sha256_file(src)}" if src else "factory ?", *_weights_part(ref, weights)])
 
 
+def hf_classifier_source(ref: ModelRef) -> str:
+    """What an HF sequence classifier's export is made from: its directory's digest (checked first)."""
+    d = _hf_ref_dir(ref)
+    check_dir(d, ref.name, train_hint=HF_TRAIN_HINT if ref.name in HF_MODELS else None)
+    return f"hf {dir_digest(d)}"
+
+
 class HFSource(ZooSource):
-    """``hf:<dir>``, ``bert_imdb``, ``gpt2_imdb``: a sequence classifier, or a GPT-2 decoder when its config says so."""
+    """``hf:<dir>``, ``bert_imdb``, ``gpt2_imdb``: built by the handlers of the task its source declares (zoo.tasks'
+    ``hf_*``: a sequence classifier, or a GPT-2 decoder when its config says so)."""
 
     def create(self, name: str, overrides: dict[str, Any]) -> BuiltModel:
-        return (_gpt2 if source_of(name).declared_task() == TEXT_GENERATION else _hf)(name, overrides)
+        return task_named(source_of(name).declared_task()).run("hf_create", name, overrides)
 
     def build(self, ref: ModelRef, weights: str | Path | None = None, task: str | None = None,
               data: str | Path | None = None) -> BuiltModel:
@@ -427,16 +436,10 @@ class HFSource(ZooSource):
         if weights:
             raise RegistryError(f"model '{ref.name}': a Hugging Face model loads its weights from its directory; "
                                 "--weights does not apply")
-        if ref.source.declared_task() == TEXT_GENERATION:
-            return gpt2_for_export(ref)
-        return _hf_for_export(ref)
+        return task_named(ref.source.declared_task()).run("hf_build", ref)
 
     def export_source(self, ref: ModelRef, weights: str | Path | None = None) -> str:
-        if ref.source.declared_task() == TEXT_GENERATION:
-            return gpt2_source(ref)
-        d = _hf_ref_dir(ref)
-        check_dir(d, ref.name, train_hint=HF_TRAIN_HINT if ref.name in HF_MODELS else None)
-        return f"hf {dir_digest(d)}"
+        return task_named(ref.source.declared_task()).run("hf_source", ref)
 
 
 class UnknownSource(ZooSource):

@@ -24,7 +24,15 @@ STAGES: dict[str, str] = {
     "bench": "(ref, args, cfg, key, old) -> bench.__main__.Benched: rows or a generation section",
     "figures": "(reference, got, ...) -> report: the judge's figures this task is judged by",
 }
-OPTIONAL = ("bench_version",)  # an attribute: a code version added to bench's key (text generation's bench)
+# optional: "bench_version" an attribute (a code version added to bench's key: text generation's bench); the
+# hf_* handlers say how an hf:<directory> of the task is built (zoo.registry.HFSource asks the task its source
+# declares), only for the tasks a Hugging Face directory can be
+OPTIONAL: dict[str, str] = {
+    "bench_version": "str: added to bench's key",
+    "hf_create": "(name, overrides) -> BuiltModel: the model of an hf:<directory> (or a trained HF folder)",
+    "hf_build": "(ref) -> BuiltModel: what export exports for it (tokenizer files written beside)",
+    "hf_source": "(ref) -> str: what its export is made from (the directory's digest), for export's up-to-date check",
+}
 
 
 class TaskError(EdgeattnError, KeyError):
@@ -51,7 +59,7 @@ class Task:
         unknown = sorted(set(self.handlers) - set(STAGES) - set(OPTIONAL))
         if unknown:
             raise TaskError(f"task '{self.name}': got handlers for {unknown}, expected stages among "
-                            f"{sorted(STAGES) + list(OPTIONAL)}")
+                            f"{sorted(STAGES) + sorted(OPTIONAL)}")
 
     def has(self, stage: str) -> bool:
         return stage in self.handlers

@@ -19,5 +19,8 @@ TASK = Task(NAME, {
     "bench": "bench.__main__:bench_generation",
     "bench_version": "bench.generation:CODE_VERSION",
     "figures": "judge.teacher_forced:teacher_forced_figures",
+    "hf_create": "zoo.registry:hf_decoder",
+    "hf_build": "zoo.gpt2:load_for_export",
+    "hf_source": "zoo.gpt2:export_source",
 }, report_section="generation", fp32_sources=("fp32.sim.onnx", "fp32.onnx"),
     summary="a decoder with a KV cache: greedy tokens, TTFT and decode tokens/s")
