@@ -44,6 +44,7 @@ BUILTIN = BUILTIN_NAMES
 EXAMPLE_TORCHVISION = ("torchvision:vit_b_16",)
 HF_MODELS = tuple(n for n, t in TRAINED_HF.items() if t != TEXT_GENERATION)  # bert_imdb (edgeattn train)
 GENERATIVE_MODELS = tuple(n for n, t in TRAINED_HF.items() if t == TEXT_GENERATION)  # gpt2_imdb (python -m zoo.gpt2)
+HF_DEFAULT_TASK = "text_classification"  # an hf:<dir> whose config.json cannot be read
 CHECKPOINT_FORMAT = "edgeattn-checkpoint/1"
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
@@ -423,12 +424,18 @@ def hf_classifier_source(ref: ModelRef) -> str:
     return f"hf {dir_digest(d)}"
 
 
+def _hf_task(source):
+    """The task an HF directory is built as: what its source declares; a sequence classifier when its config.json
+    cannot be read (whose builder then says what is missing)."""
+    return task_named(source.declared_task() or HF_DEFAULT_TASK)
+
+
 class HFSource(ZooSource):
     """``hf:<dir>``, ``bert_imdb``, ``gpt2_imdb``: built by the handlers of the task its source declares (zoo.tasks'
     ``hf_*``: a sequence classifier, or a GPT-2 decoder when its config says so)."""
 
     def create(self, name: str, overrides: dict[str, Any]) -> BuiltModel:
-        return task_named(source_of(name).declared_task()).run("hf_create", name, overrides)
+        return _hf_task(source_of(name)).run("hf_create", name, overrides)
 
     def build(self, ref: ModelRef, weights: str | Path | None = None, task: str | None = None,
               data: str | Path | None = None) -> BuiltModel:
@@ -436,10 +443,10 @@ class HFSource(ZooSource):
         if weights:
             raise RegistryError(f"model '{ref.name}': a Hugging Face model loads its weights from its directory; "
                                 "--weights does not apply")
-        return task_named(ref.source.declared_task()).run("hf_build", ref)
+        return _hf_task(ref.source).run("hf_build", ref)
 
     def export_source(self, ref: ModelRef, weights: str | Path | None = None) -> str:
-        return task_named(ref.source.declared_task()).run("hf_source", ref)
+        return _hf_task(ref.source).run("hf_source", ref)
 
 
 class UnknownSource(ZooSource):
