@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.sources import source_of
-from runtime.modelspec import TEXT_GENERATION
+from zoo.tasks.text_generation import NAME as TASK
 from zoo.built import BuiltModel, RegistryError
 from zoo.hf import check_dir
 from zoo.spec import DimRange, ModelSpec, TensorSpec
@@ -49,7 +49,6 @@ EOS = "<|endoftext|>"
 TOKENIZER_FILE = "tokenizer.json"
 MASK_VALUE = -1e4  # added to masked attention scores: exp(-1e4) is 0 in fp32 and fp16, and it is finite in fp16
 MAX_BATCH = 32
-TASK = TEXT_GENERATION
 GPT2_TOKENIZERS = ((TOKENIZER_FILE,), ("vocab.json", "merges.txt"))
 
 
