@@ -130,8 +130,8 @@ def prepare(peer: DecoderPeer, source: Path, peers_root: Path) -> dict[str, Any]
     """``peer`` converted from ``source`` into ``peers_root/<tool>-<type>/`` (reused when its key is unchanged):
     {dir, convert_seconds, reused, model_bytes, skipped (why, or None), key}."""
     if peer.kind == "openvino_genai":
-        why = missing_package(peer)
-        return _prepared(peer, None, skipped=f"{why}; and {OPENVINO_GENAI_WHY}" if why else OPENVINO_GENAI_WHY)
+        why = OPENVINO_GENAI_WHY + (" (openvino-genai itself is not installed either)" if missing_package(peer) else "")
+        return _prepared(peer, None, skipped=why)
     why = missing_package(peer)
     if why:
         return _prepared(peer, None, skipped=why)

@@ -164,9 +164,15 @@ class GenerationBench:
                     f"pytorch {mode}", [{"key": f"pytorch|pytorch|{mode}", "backend": "pytorch", "artifact": "pytorch",
                                          "mode": mode, "precision": "fp32", "is_peer": True, "peer_kind": kind,
                                          "notes": {}}])
-        source = self._source()
-        size = sum(f.stat().st_size for f in map(source.joinpath, WEIGHT_FILES) if f.is_file())
-        self.cands[-1]["model_bytes"] = size or None
+        self.cands[-1]["model_bytes"] = self._source_bytes()
+
+    def _source_bytes(self) -> int | None:
+        """The Hugging Face folder's weight files (what the PyTorch peers load)."""
+        try:
+            source = self._source()
+        except Exception:  # noqa: BLE001 - a decoder without such a folder: no size, the row stays
+            return None
+        return sum(f.stat().st_size for f in map(source.joinpath, WEIGHT_FILES) if f.is_file()) or None
 
     def _spawn_decoder_peer(self, kind: str) -> None:
         """A converted peer (bench.decoder_peers): converted once (a child process), then its own worker; a peer that
@@ -364,7 +370,7 @@ def summarize(cands: list[dict[str, Any]], batch: int = 1) -> dict[str, Any]:
     """The fastest verified artifact's decode tokens/s at ``batch`` over PyTorch eager's (and the best peer's)."""
     ok = [c for c in cands if _rate(c, batch)]
     eager = next((c for c in ok if c.get("peer_kind") == "eager"), None)
-    peers = [c for c in ok if c.get("is_peer")]
+    peers = [c for c in ok if c.get("peer_kind") in PEERS]  # PyTorch's; the converted peers: versus_peers
     best_peer = max(peers, key=_rate, default=None)
     verified = [c for c in ok if not c.get("is_peer") and c.get("verified") is True]
     fastest = max(verified, key=_rate, default=None)

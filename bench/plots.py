@@ -173,7 +173,7 @@ def generation_plot(sec: dict[str, Any], path: Path) -> Path | None:
 def _gen_label(c: dict) -> str:
     if c.get("backend") == "pytorch":
         return f"PyTorch {c['mode']}"
-    return f"{c['backend']} {c['artifact']}" + ("" if c["is_peer"] else f" ({c['mode']})")
+    return f"{c['backend']} {c['mode']}" if c["is_peer"] else f"{c['backend']} {c['artifact']} ({c['mode']})"
 
 
 def generation_size_plot(sec: dict[str, Any], path: Path, batches: tuple[int, ...] = (1, 8)) -> Path | None:

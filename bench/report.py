@@ -374,7 +374,7 @@ def section_generation(bench: dict | None, verify: list | None, artifacts: Path)
             name = gen_row_name(c)
             if c.get("skipped") or (c.get("error") and not c.get("decode")):
                 why = f"skipped: {c['skipped']}" if c.get("skipped") else f"failed: {c['error']}"
-                rows.append([name, why[:160]] + ["-"] * (len(prompts) + 2 * len(batches) + 4))
+                rows.append([name, why[:160].replace("|", "/")] + ["-"] * (len(prompts) + 2 * len(batches) + 5))
                 continue
             d = c.get("decode") or {}
             rows.append([name, c["precision"]] + [ms((c.get("ttft_ms") or {}).get(str(p))) for p in prompts]
@@ -408,7 +408,7 @@ def gen_row_name(c: dict) -> str:
     """A generation row's name: the PyTorch peer (and its compile time), the converted peer, or our artifact."""
     if c.get("backend") == "pytorch":
         return f"PyTorch {c['mode']}" + (f" (compile {c['compile_seconds']:.0f} s)" if c.get("compile_seconds") else "")
-    return f"{c['backend']} {c['artifact']}" if c["is_peer"] else f"{c['artifact']} on {c['backend']}"
+    return f"{c['backend']} {c['mode']}" if c["is_peer"] else f"{c['artifact']} on {c['backend']}"
 
 
 def peer_notes(sec: dict) -> list[str]:
@@ -419,7 +419,8 @@ def peer_notes(sec: dict) -> list[str]:
                f"{g.get('prompt', '?')} tokens, compared with {g.get('key') or 'no reference'}'s; a difference gives "
                "its first position. Peak RSS: the candidate's own worker process (VmHWM). Files: the model's weights "
                "and graph files."]
-    conv = [c for c in sec.get("candidates", []) if (c.get("conversion") or {}).get("convert_seconds") is not None]
+    conv = [c for c in sec.get("candidates", []) if (c.get("conversion") or {}).get("convert_seconds") is not None
+            and not c.get("skipped")]
     if conv:
         out += ["", "Peers converted from the same Hugging Face folder (once; reused while the folder and the "
                     "converter are unchanged): " + "; ".join(
