@@ -436,8 +436,8 @@ def print_section(sec: dict[str, Any]) -> None:
         conv = c.get("conversion") or {}
         extra += f"  (converted in {conv['convert_seconds']:.1f} s)" if conv.get("convert_seconds") else ""
         print(f"{head} TTFT {ttft} ms  decode {rates} tok/s  KV {c['kv_bytes_per_token']} B/token  files "
-              f"{mib(c.get('model_bytes'))} MiB  RSS {mib(c.get('peak_rss_bytes'))} MiB  greedy {greedy_text(c)}{extra}",
-              flush=True)
+              f"{mib(c.get('model_bytes'))} MiB  RSS {mib(c.get('peak_rss_bytes'))} MiB  greedy {greedy_text(c)}"
+              f"{extra}", flush=True)
     s = sec.get("summary") or {}
     t = s.get("target") or {}
     if t.get("measured") is not None:

@@ -134,7 +134,8 @@ def test_genai_builder_output_gives_transformers_greedy_tokens_on_a_tiny_llama(t
 # ---- the bench stage ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def benched(tiny_dir, tmp_path_factory):  # noqa: F811
-    """hf:<tiny GPT-2> exported and benched (quick) with every decoder peer: (name, artifacts, model folder, section)."""
+    """hf:<tiny GPT-2> exported and benched (quick) with every decoder peer: (name, artifacts, model folder,
+    generation section)."""
     pytest.importorskip("ctranslate2")
     art = tmp_path_factory.mktemp("bench_peers")
     name = f"hf:{tiny_dir}"
