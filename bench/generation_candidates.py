@@ -14,13 +14,26 @@ PEERS = {"eager": "eager-generate", "compile": "compile-generate"}  # bench's pe
 MODES = {"onnxruntime": "all", "openvino": "f32"}
 
 
-def _expect(new: int, got: list[int]) -> None:
+def expect_new(new: int, got: list[int]) -> None:
     if min(got) != new or max(got) != new:
         raise RuntimeError(f"generate: got {min(got)}..{max(got)} new tokens per row, expected exactly {new} (stop "
                            "tokens off); the decode rate needs every call to run its steps")
 
 
-class DecoderCandidate(Candidate):
+class GreedyCandidate(Candidate):
+    """A decoder candidate: ``greedy(rows, new)`` -> exactly ``new`` greedy token ids per row; the timed call is one
+    such generate call, checked to return every token (the decode rate needs every step run)."""
+
+    def greedy(self, rows: list[list[int]], new: int) -> list[list[int]]:
+        raise NotImplementedError
+
+    def generate_call(self, rows: list[list[int]], new: int) -> Callable[[], Any]:
+        def fn():
+            expect_new(new, [len(r) for r in self.greedy(rows, new)])
+        return fn
+
+
+class DecoderCandidate(GreedyCandidate):
     """One decoder artifact on one backend through ``runtime.generate.TextGenerator`` (what a user's code calls)."""
 
     def __init__(self, model: str, path: str | Path, backend: str, threads: int | None) -> None:
@@ -40,13 +53,10 @@ class DecoderCandidate(Candidate):
         if getattr(dec.runner, "opt_level", None):
             self.notes["ort_opt_level"] = dec.runner.opt_level
 
-    def generate_call(self, rows: list[list[int]], new: int) -> Callable[[], Any]:
-        g = self.gen
-
-        def fn():
-            out = g.generate(rows, max_new_tokens=new, stop_tokens=(), decode=False)
-            _expect(new, [len(r.tokens) for r in out])
-        return fn
+    def greedy(self, rows: list[list[int]], new: int) -> list[list[int]]:
+        """Exactly ``new`` greedy token ids per row (stop tokens off)."""
+        out = self.gen.generate(rows, max_new_tokens=new, stop_tokens=(), decode=False)
+        return [list(map(int, r.tokens)) for r in out]
 
     def close(self) -> None:
         if self.gen is not None:
@@ -54,7 +64,7 @@ class DecoderCandidate(Candidate):
             self.gen = None
 
 
-class TorchGenerate(Candidate):
+class TorchGenerate(GreedyCandidate):
     """transformers' ``generate`` (greedy, its DynamicCache) on the HF model the artifacts were exported from."""
 
     def __init__(self, model: str, artifacts: str | Path, kind: str) -> None:
@@ -78,27 +88,28 @@ class TorchGenerate(Candidate):
         self.pad_id = int(lm.config.pad_token_id if lm.config.pad_token_id is not None else lm.config.eos_token_id)
         self.lm = lm
 
-    def generate_call(self, rows: list[list[int]], new: int) -> Callable[[], Any]:
+    def greedy(self, rows: list[list[int]], new: int) -> list[list[int]]:
+        """``generate(do_sample=False)`` on equal-length rows (no padding): the new token ids per row."""
         import torch
 
-        lm, pad = self.lm, self.pad_id
-        ids = torch.tensor(rows, dtype=torch.int64)  # equal lengths: no padding
-        mask = torch.ones_like(ids)
-
-        def fn():
-            with torch.inference_mode():
-                out = lm.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, do_sample=False,
-                                  use_cache=True, pad_token_id=pad, eos_token_id=None)
-            _expect(new, [out.shape[1] - ids.shape[1]] * len(rows))
-        return fn
+        ids = torch.tensor(rows, dtype=torch.int64)
+        with torch.inference_mode():
+            out = self.lm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
+                                   do_sample=False, use_cache=True, pad_token_id=self.pad_id, eos_token_id=None)
+        return out[:, ids.shape[1]:].tolist()
 
     def close(self) -> None:
         self.lm = None
 
 
 def build_candidates(args) -> list[Candidate]:
-    """The worker's candidates (bench.worker --generation): the torch peers of ``args.torch``, or one artifact."""
-    if args.torch:
+    """The worker's candidates (bench.worker --generation): the torch peers of ``args.torch``, one converted decoder
+    peer (``--peer-kind`` of bench.decoder_peers, ``--runner`` its folder), or one artifact."""
+    from bench.decoder_peers import DECODER_PEERS, build_peer
+
+    if args.peer_kind in DECODER_PEERS:
+        cands = [build_peer(args.model, args.peer_kind, args.runner, args.threads)]
+    elif args.torch:
         import torch
 
         torch.set_num_threads(args.threads)
@@ -123,3 +134,17 @@ def point_timers(cands: list[Candidate], points: list[dict[str, Any]], timer) ->
         except Exception as e:  # noqa: BLE001 - recorded for this candidate; the others go on
             errors[c.key] = f"{type(e).__name__}: {' '.join(str(e).split())[:400]}"
     return timers, errors
+
+
+def greedy_tokens(cands: list[Candidate], rows: list[list[int]], new: int) -> tuple[dict, dict]:
+    """(key -> greedy new token ids per row, key -> error) for every loaded candidate (the tokens compared across
+    candidates, bench.generation)."""
+    tokens, errors = {}, {}
+    for c in cands:
+        if c.error is not None:
+            continue
+        try:
+            tokens[c.key] = c.greedy(rows, int(new))
+        except Exception as e:  # noqa: BLE001 - recorded for this candidate; the others go on
+            errors[c.key] = f"{type(e).__name__}: {' '.join(str(e).split())[:400]}"
+    return tokens, errors

@@ -11,6 +11,7 @@ CUDA peers with GPU artifacts (engines, ONNX Runtime GPU providers) only (``PEER
 | ``cuda_eager`` | PyTorch eager FP32 on the GPU (a copy of the module on ``cuda:0``) |
 | ``cuda_fp16_autocast`` | ``torch.autocast("cuda", dtype=torch.float16)`` around the CUDA eager module |
 | ``cuda_compile`` | ``torch.compile(dynamic=False)`` of the CUDA module per input shape, as ``compile`` |
+| ``ct2_fp32`` ... ``openvino_genai`` | decoders only: CTranslate2, ONNX Runtime GenAI, OpenVINO GenAI (bench/decoder_peers.py) |
 
 The CUDA peers are timed like our engines, numpy in and numpy out: the host-to-device copy of the inputs and the
 device-to-host copy of the logits (which waits for the GPU) are inside every timed call. They are chosen by default
@@ -36,13 +37,14 @@ from typing import Any, Callable
 import numpy as np
 
 from bench.candidates import Candidate
+from bench.decoder_peers import DECODER_PEER_KINDS
 from runtime import gpu
 
 log = logging.getLogger("edgeattn.bench.peers")
 CPU_TORCH_PEERS = ("eager", "bf16_autocast", "dynamic_int8", "compile")
 CUDA_TORCH_PEERS = ("cuda_eager", "cuda_fp16_autocast", "cuda_compile")
 TORCH_PEERS = CPU_TORCH_PEERS + CUDA_TORCH_PEERS
-ALL_PEERS = TORCH_PEERS + ("ort_plain",)
+ALL_PEERS = TORCH_PEERS + ("ort_plain",) + DECODER_PEER_KINDS  # the decoder peers apply to decoders only
 PEER_MODES = {"eager": ("fp32", "eager"), "bf16_autocast": ("bf16", "bf16-autocast"),
          "dynamic_int8": ("int8", "dynamic-int8-linear"), "compile": ("fp32", "compile-inductor"),
          "cuda_eager": ("fp32", "cuda-eager"), "cuda_fp16_autocast": ("fp16", "cuda-fp16-autocast"),
@@ -58,14 +60,14 @@ EAGER_PEER = {"cpu": "eager", "gpu": "cuda_eager"}
 def default_peers() -> tuple[str, ...]:
     """Every CPU peer, plus the CUDA peers where PyTorch sees a CUDA GPU (asked only when the driver reports one)."""
     if not gpu.nvidia_gpu_present():
-        return CPU_TORCH_PEERS + ("ort_plain",)
+        return CPU_TORCH_PEERS + ("ort_plain",) + DECODER_PEER_KINDS
     try:
         import torch
 
         cuda = bool(torch.cuda.is_available())
     except ImportError:
         cuda = False
-    return ALL_PEERS if cuda else CPU_TORCH_PEERS + ("ort_plain",)
+    return ALL_PEERS if cuda else CPU_TORCH_PEERS + ("ort_plain",) + DECODER_PEER_KINDS
 
 
 def set_cuda_tf32(torch, allowed: bool) -> str:

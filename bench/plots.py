@@ -2,6 +2,8 @@
 
 - ``<folder>_latency.png``: p50 latency (and throughput) vs batch size, one line per candidate; peers dashed.
 - ``<folder>_generation.png``: a decoder's decode tokens/s vs batch size (bench.generation), peers dashed.
+- ``<folder>_generation_size.png``: a decoder's decode tokens/s at batch 1 (filled) and 8 (hollow) against the size of
+  its model files, ours and the peers (PyTorch, CTranslate2, ONNX Runtime GenAI): speed per byte at a glance.
 - ``<folder>_pareto.png``: accuracy (or top-1 agreement with PyTorch for parity-only models) vs p50 latency at
   batch 1, one numbered point per candidate (legend: ^ peer, o verified artifact, X not verified); the Pareto
   front (no other point both at most as slow and at least as accurate) is drawn and ringed.
@@ -158,12 +160,53 @@ def generation_plot(sec: dict[str, Any], path: Path) -> Path | None:
     colors = plt.get_cmap("tab10").colors
     for i, (c, pts) in enumerate(lines):
         marker = "^" if c["is_peer"] else ("o" if c.get("verified") else "x")
-        label = f"PyTorch {c['mode']}" if c["is_peer"] else f"{c['backend']} {c['artifact']} ({c['mode']})"
         ax.plot([b for b, _ in pts], [v for _, v in pts], "--" if c["is_peer"] else "-", marker=marker,
-                color=colors[i % len(colors)], label=label)
+                color=colors[i % len(colors)], label=_gen_label(c))
     _batch_axes(ax, sorted({b for _, pts in lines for b, _ in pts}), "decode tokens/s (all rows of the batch)")
     ax.set_title(f"{sec['model']}: greedy decode tokens/s vs batch ({sec.get('threads')} threads); "
-                 "dashed = PyTorch generate, o = verified, x = not verified", fontsize=9)
+                 "dashed = peers, o = verified, x = not verified", fontsize=9)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path, bbox_inches="tight")
+
+
+def _gen_label(c: dict) -> str:
+    if c.get("backend") == "pytorch":
+        return f"PyTorch {c['mode']}"
+    return f"{c['backend']} {c['mode']}" if c["is_peer"] else f"{c['backend']} {c['artifact']} ({c['mode']})"
+
+
+def generation_size_plot(sec: dict[str, Any], path: Path, batches: tuple[int, ...] = (1, 8)) -> Path | None:
+    """Decode tokens/s against model file size (MiB), one colour per candidate: filled = batch 1, hollow = batch 8;
+    peers are triangles, ours circles (x where not verified)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rate = {c["key"]: {b: ((c.get("decode") or {}).get(str(b)) or {}).get("tokens_per_s") for b in batches}
+            for c in sec.get("candidates", [])}
+    pts = [c for c in sec.get("candidates", []) if c.get("model_bytes") and any(rate[c["key"]].values())]
+    if not pts:
+        return None
+    fig, ax = plt.subplots(figsize=(10, 5.5))
+    colors = plt.get_cmap("tab10").colors
+    for i, c in enumerate(pts):
+        size, color = c["model_bytes"] / 2**20, colors[i % len(colors)]
+        marker = "^" if c["is_peer"] else ("o" if c.get("verified") else "X")
+        for j, b in enumerate(batches):
+            if rate[c["key"]][b]:
+                ax.scatter([size], [rate[c["key"]][b]], s=70, marker=marker, edgecolors=color, linewidths=1.2,
+                           facecolors=color if j == 0 else "none", label=_gen_label(c) if j == 0 else None, zorder=3)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _plain_ticks(ax.xaxis, dense=True)
+    _plain_ticks(ax.yaxis, dense=True)
+    ax.set_xlabel("model files (MiB, log scale)")
+    ax.set_ylabel("greedy decode tokens/s (log scale)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_title(f"{sec['model']}: decode tokens/s vs model size ({sec.get('threads')} threads); filled = batch "
+                 f"{batches[0]}, hollow = batch {batches[-1]}; ^ peer, o verified, X not verified", fontsize=9)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7)
     fig.tight_layout()
     return _save(fig, path, bbox_inches="tight")
@@ -178,7 +221,8 @@ def write_plots(doc: dict[str, Any], out_dir: Path) -> list[Path]:
             if p:
                 paths.append(p)
     for model, sec in (doc.get("generation") or {}).items():
-        p = generation_plot(sec, Path(out_dir) / f"{folder(model)}_generation.png")
-        if p:
-            paths.append(p)
+        for fn, suffix in ((generation_plot, "generation"), (generation_size_plot, "generation_size")):
+            p = fn(sec, Path(out_dir) / f"{folder(model)}_{suffix}.png")
+            if p:
+                paths.append(p)
     return paths

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from bench.generation import greedy_text, mib
 from bench.peers import EAGER_PEER
 from bench.results import device_of, ok, per_device, summarize
 from zoo.io import atomic_write_text, read_json
@@ -373,23 +374,26 @@ def section_generation(bench: dict | None, verify: list | None, artifacts: Path)
         rows = []
         for c in sorted(sec.get("candidates", []), key=lambda c: -(((c.get("decode") or {}).get("1") or {})
                                                                     .get("tokens_per_s") or 0)):
-            name = (f"PyTorch {c['mode']}" + (f" (compile {c['compile_seconds']:.0f} s)" if c.get("compile_seconds")
-                                               else "")) if c["is_peer"] else f"{c['artifact']} on {c['backend']}"
-            if c.get("error") and not c.get("decode"):
-                rows.append([name, "failed: " + str(c["error"])[:120]] + ["-"] * (len(prompts) + 2 * len(batches) + 1))
+            name = gen_row_name(c)
+            if c.get("skipped") or (c.get("error") and not c.get("decode")):
+                why = f"skipped: {c['skipped']}" if c.get("skipped") else f"failed: {c['error']}"
+                rows.append([name, why[:160].replace("|", "/")] + ["-"] * (len(prompts) + 2 * len(batches) + 5))
                 continue
             d = c.get("decode") or {}
             rows.append([name, c["precision"]] + [ms((c.get("ttft_ms") or {}).get(str(p))) for p in prompts]
                         + [rate((d.get(str(b)) or {}).get("tokens_per_s")) for b in batches]
                         + [ms((d.get(str(b)) or {}).get("ms_per_step")) for b in batches]
-                        + [f"{c.get('kv_bytes_per_token'):,}", "(ref)" if c["is_peer"] else yn(c.get("verified"))])
+                        + [f"{c.get('kv_bytes_per_token'):,}", mib(c.get("model_bytes")), mib(c.get("peak_rss_bytes")),
+                           greedy_text(c), "(ref)" if c["is_peer"] else yn(c.get("verified"))])
         out += [f"Speed ({sec.get('threads')} threads; TTFT = one generate call for 1 new token at batch 1; decode "
                 f"tokens/s = batch x (N-1) / (t_N - t_1) with N = {dec.get('new', '?')} new tokens after a "
                 f"{dec.get('prompt', '?')}-token prompt, p50 times, all candidates interleaved; KV bytes per token = "
                 f"2 x {sec.get('layers')} layers x {sec.get('cache_shape', ['', '?'])[1]} heads x "
                 f"{sec.get('cache_shape', ['', '', '', '?'])[3]} head dim x bytes per value):", ""]
         out += table(["how", "precision"] + [f"TTFT {p} ms" for p in prompts] + [f"tok/s b{b}" for b in batches]
-                     + [f"ms/step b{b}" for b in batches] + ["KV bytes/token", "verified"], rows)
+                     + [f"ms/step b{b}" for b in batches]
+                     + ["KV bytes/token", "files MiB", "peak RSS MiB", "greedy tokens", "verified"], rows)
+        out += peer_notes(sec)
         gs = sec.get("summary") or {}
         fv, t = gs.get("fastest_verified"), gs.get("target") or {}
         if fv:
@@ -400,6 +404,37 @@ def section_generation(bench: dict | None, verify: list | None, artifacts: Path)
         else:
             out += ["", "**No verified decoder was timed** (run `make verify`)."]
         out.append("")
+    return out
+
+
+def gen_row_name(c: dict) -> str:
+    """A generation row's name: the PyTorch peer (and its compile time), the converted peer, or our artifact."""
+    if c.get("backend") == "pytorch":
+        return f"PyTorch {c['mode']}" + (f" (compile {c['compile_seconds']:.0f} s)" if c.get("compile_seconds") else "")
+    return f"{c['backend']} {c['mode']}" if c["is_peer"] else f"{c['artifact']} on {c['backend']}"
+
+
+def peer_notes(sec: dict) -> list[str]:
+    """Below the generation table: what the greedy column compares, the converted peers' conversion (apart from the
+    timing) and our decode rates over the peers'."""
+    g = sec.get("greedy_reference") or {}
+    out = ["", f"Greedy tokens: every candidate's {g.get('new', '?')} new tokens on {g.get('rows', '?')} prompts of "
+               f"{g.get('prompt', '?')} tokens, compared with {g.get('key') or 'no reference'}'s; a difference gives "
+               "its first position. Peak RSS: the candidate's own worker process (VmHWM). Files: the model's weights "
+               "and graph files."]
+    conv = [c for c in sec.get("candidates", []) if (c.get("conversion") or {}).get("convert_seconds") is not None
+            and not c.get("skipped")]
+    if conv:
+        out += ["", "Peers converted from the same Hugging Face folder (once; reused while the folder and the "
+                    "converter are unchanged): " + "; ".join(
+                        f"{gen_row_name(c)} {c['conversion']['convert_seconds']:.1f} s"
+                        + (" (reused)" if c["conversion"].get("reused") else "") for c in conv) + "."]
+    vs = ((sec.get("summary") or {}).get("versus_peers") or {})
+    for b, v in sorted(vs.items(), key=lambda kv: int(kv[0])):
+        if v.get("fastest_peer"):
+            out += ["", f"Batch {b}: fastest verified ({v.get('fastest_verified') or '-'}) "
+                        f"{x(v.get('fastest_verified_over_fastest_peer'))} the fastest peer ({v['fastest_peer']}); "
+                        f"our verified fp32 {x(v.get('fp32_over_ctranslate2_fp32'))} CTranslate2 fp32."]
     return out
 
 
@@ -467,7 +502,7 @@ def section_plots(artifacts: Path, names: list[str]) -> list[str]:
     out = ["## Plots", ""]
     for m in names:
         f = artifact_name(m)
-        links = [f"[{kind}](plots/{f}_{kind}.png)" for kind in ("latency", "pareto", "generation")
+        links = [f"[{kind}](plots/{f}_{kind}.png)" for kind in ("latency", "pareto", "generation", "generation_size")
                  if (artifacts / "plots" / f"{f}_{kind}.png").is_file()]
         if links:
             out.append(f"- {m}: " + ", ".join(links))

@@ -13,6 +13,8 @@ Commands (one JSON object per line, one reply each): feed {batch, seq_len}, gen_
 (``--generation`` workers: bench.generation), warm {key, warmup_s, warmup_calls, heavy_call_s},
 time {key, slice_s, min_calls, max_calls, switch_warmup}, smoke {batches, seq_len}, predict {key, inputs, out,
 batch, pad_id (null: none)}, exit. After loading, the worker sends a hello: {ok, spec, candidates: [...]}.
+``--generation`` workers also answer gen_tokens {rows, new}: each candidate's greedy token ids (compared across
+candidates); with ``--peer-kind`` of bench.decoder_peers and ``--runner`` its converted folder, one such peer.
 """
 from __future__ import annotations
 
@@ -256,6 +258,11 @@ def _serve(cands: list, spec, rf, send) -> None:
 
                 timers, errors = point_timers(cands, msg["points"], LocalTimer)
                 send({"ok": True, "errors": errors})
+            elif cmd == "gen_tokens":  # decoders: greedy token ids per candidate, compared across candidates
+                from bench.generation_candidates import greedy_tokens
+
+                tokens, errors = greedy_tokens(cands, msg["rows"], int(msg["new"]))
+                send({"ok": True, "tokens": tokens, "errors": errors})
             elif cmd == "warm":
                 got = timers[msg["key"]].warm(float(msg["warmup_s"]), int(msg["warmup_calls"]),
                                               float(msg.get("heavy_call_s", 1e9)), int(msg.get("max_calls", 50)))

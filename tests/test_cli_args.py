@@ -207,7 +207,8 @@ def test_a_worse_int8_run_keeps_the_previous_files(tmp_path):
     (tmp_path / "int8.cpu.onnx").write_bytes(b"changed since")
     assert not previous_intact(tmp_path, prev)
     search = {"passed": True, "final": {}}
-    kept = kept_previous(prev, search, {"why": "fp32 was faster"}, QuantOptions(), True)
+    opts = QuantOptions()
+    kept = kept_previous(prev, search, {"why": "fp32 was faster"}, opts, opts.budget(None), True)
     assert kept["key"] == "k0" and kept["files_sha256"] == prev["files_sha256"]
     assert kept["last_run"]["passed"] is False and "fp32 was faster" in kept["last_run"]["why"]
     assert kept["last_run"]["kept"] == ["int8.cpu.onnx", "int8.qdq.onnx"]
