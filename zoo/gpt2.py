@@ -39,7 +39,7 @@ import numpy as np
 from pipeline.sources import source_of
 from zoo.tasks.text_generation import NAME as TASK
 from zoo.built import BuiltModel, RegistryError
-from zoo.hf import check_dir
+from zoo.hf import WEIGHT_FILES, check_dir  # noqa: F401 - WEIGHT_FILES: bench.generation imports it from here
 from zoo.spec import DimRange, ModelSpec, TensorSpec
 
 log = logging.getLogger("edgeattn.gpt2")
