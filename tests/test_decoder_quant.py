@@ -39,7 +39,8 @@ def test_the_quantize_stage_routes_a_decoder_folder_to_the_decoder_path(exported
     from zoo.tasks import task_of_dir
 
     (tmp_path / "spec.json").write_text(json.dumps({"task": "text_classification"}))
-    assert task_of_dir(tmp_path).name == "text_classification" and task_of_dir(art / "tiny_gpt2").name == "text_generation"
+    assert task_of_dir(tmp_path).name == "text_classification"
+    assert task_of_dir(art / "tiny_gpt2").name == "text_generation"
 
 
 def _feed(folder, batch=3, seq=7, past=0, seed=3, dtype=np.float32):

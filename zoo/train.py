@@ -352,8 +352,8 @@ def train_classifier(ref: ModelRef, args) -> dict[str, Any]:
 def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
     """The classifiers' table: test accuracy, n and training time per model."""
     return [f"\n{'model':<18}{'dataset':<18}{'test acc':>10}{'n_test':>8}{'train s':>9}"] + [
-        f"{r['model']:<18}{r['dataset']['name']:<18}{r['test_accuracy']:>10.4f}{r['n_test']:>8}{r['train_seconds']:>9.1f}"
-        for r in rows]
+        f"{r['model']:<18}{r['dataset']['name']:<18}{r['test_accuracy']:>10.4f}{r['n_test']:>8}"
+        f"{r['train_seconds']:>9.1f}" for r in rows]
 
 if __name__ == "__main__":
     raise SystemExit(cli("train", main))

@@ -22,8 +22,8 @@ from runtime.files import read_json
 from runtime.modelspec import SPEC_FILE
 from zoo.tasks.base import OUTPUT_HANDLERS, STAGES, Task, TaskError, resolve
 
-__all__ = ["DEFAULT", "OUTPUT_HANDLERS", "STAGES", "Task", "TaskError", "get", "known", "register", "resolve", "task_named",
-           "task_of", "task_of_dir", "task_of_rows", "unregister"]
+__all__ = ["DEFAULT", "OUTPUT_HANDLERS", "STAGES", "Task", "TaskError", "get", "known", "register", "resolve",
+           "task_named", "task_of", "task_of_dir", "task_of_rows", "unregister"]
 
 DEFAULT = "custom"  # a model whose spec does not say yet (before training or export): its spec will decide
 _TASKS: dict[str, Task] = {}
