@@ -1,5 +1,7 @@
 """The accuracy budget of the TensorRT Q/DQ graph: the stage's options (QuantOptions), the per-node sensitivity sweep
-and the search that keeps the most sensitive nodes float until the float simulation of the graph is within the budget.
+and the search that keeps the fewest of the most sensitive nodes float that bring the float simulation of the graph
+within the budget: a bisection over the ranked nodes (:func:`bisect_cut`, at most 2 + ceil(log2 n) full evaluations
+for n nodes; a decoder ranks its nodes in one pass over cached activations, optimize.layer_error).
 
 The budget and the verdict are the judge's (judge.budget): ``QuantOptions.budget`` builds it from the spec's int8
 tolerance with the user's explicit overrides (``--max-drop``, ``--min-agreement``, ``--min-cosine``; None: the spec's),
