@@ -609,8 +609,8 @@ def rank_nbits(prepared: Path, quantized: Path, nodes: Sequence[NodeInfo], block
 def nbits_forms(prepared: Path, nodes: Sequence[NodeInfo], windows: EvalSet, ref: TeacherForced, budget: Budget,
                 feeds, work: Path, opts: QuantOptions, dopts: DecoderQuantOptions) -> dict[str, dict[str, Any]]:
     """Per bit width of :data:`NBITS_FORMS` the search (:func:`search_nbits`) with the LM head quantised
-    (``nbits8``/``nbits4``) and, unless that passed with every node quantised, with the head float
-    (``<form>_head_fp32``): the fastest passing one is then chosen with the other CPU forms. A form that fails to
+    (``nbits8``/``nbits4``) and, unless that passed with every node quantised or kept the head float itself, with
+    the head float (``<form>_head_fp32``): the fastest passing one is then chosen with the other CPU forms. A form that fails to
     build is logged and left out."""
     import onnx
 
@@ -619,7 +619,7 @@ def nbits_forms(prepared: Path, nodes: Sequence[NodeInfo], windows: EvalSet, ref
     for name in (f for f in wanted_forms(opts) if f in NBITS_FORMS):
         ranked: list[dict[str, Any]] = []
         for fixed in ([], [head] if head else None):
-            if fixed is None or (fixed and out.get(name, {}).get("passed") and not out[name]["kept_float"]):
+            if fixed is None or (fixed and name in out and _head_search_moot(out[name], head)):
                 continue
             label = name + ("_head_fp32" if fixed else "")
             try:
@@ -628,6 +628,12 @@ def nbits_forms(prepared: Path, nodes: Sequence[NodeInfo], windows: EvalSet, ref
             except Exception as e:  # noqa: BLE001 - one failing form must not stop the others
                 log.warning("int8 CPU form %s for %s failed: %s: %s", label, prepared.parent.name, type(e).__name__, e)
     return out
+
+
+def _head_search_moot(with_head: dict[str, Any], head: str) -> bool:
+    """A search with the LM head float adds nothing when the one with the head quantised passed with every node
+    quantised (faster cannot be had), or kept the head float itself."""
+    return (with_head["passed"] and not with_head["kept_float"]) or head in with_head["kept_float"]
 
 
 def search_nbits(prepared: Path, bits: int, nodes: Sequence[NodeInfo], fixed: Sequence[str],

@@ -428,3 +428,32 @@ def test_one_pass_sensitivity_ranks_the_harmful_node_first_and_the_search_keeps_
     assert res["passed"] and res["quantized"] == ["gemm1", "gemm3"] and res["sensitivity"] is rows
     assert [e["node"] for e in res["excluded"]] == ["gemm2"] and res["excluded"][0]["recovered_points"] > 5
     assert len(calls) == res["full_evaluations"] == 3  # all int8, then the cut by bisection (k = 2, then k = 1)
+
+
+def test_the_lm_head_float_search_runs_only_where_it_can_find_something(nbits_graphs, monkeypatch, tmp_path):
+    """nbits_forms: 8-bit passed with every node quantised -> no head-float search; 4-bit needed two nodes float
+    but not the head -> the head-float search runs (same ranking list handed on); a search that kept the head float
+    itself -> none."""
+    import optimize.decoder_quant as dq
+    from optimize.int8_budget import QuantOptions
+
+    prepared, nodes, _ = nbits_graphs
+    head = nodes[-1].name
+    calls = []
+    kept = {(8, False): [], (4, False): [nodes[0].name, nodes[1].name], (4, True): [head]}
+
+    def fake(prepared_, bits, nodes_, fixed, ranked, *a):
+        calls.append((bits, list(fixed), id(ranked)))
+        k = kept.get((bits, bool(fixed)), [*fixed])
+        return {"passed": True, "kept_float": k, "file": None, "figures": None}
+
+    monkeypatch.setattr(dq, "search_nbits", fake)
+    opts = QuantOptions(threads=1)
+    out = dq.nbits_forms(prepared, nodes, None, None, None, None, tmp_path, opts, dq.DecoderQuantOptions())
+    assert sorted(out) == ["nbits4", "nbits4_head_fp32", "nbits8"]
+    assert [(b, f) for b, f, _ in calls] == [(8, []), (4, []), (4, [head])]
+    assert calls[1][2] == calls[2][2]  # one ranking per bit width, shared by its two searches
+    kept[(4, False)] = [head, nodes[0].name]
+    calls.clear()
+    out = dq.nbits_forms(prepared, nodes, None, None, None, None, tmp_path, opts, dq.DecoderQuantOptions())
+    assert sorted(out) == ["nbits4", "nbits8"] and len(calls) == 2
