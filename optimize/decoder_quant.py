@@ -18,16 +18,25 @@ is judge.budget.reasons, the one verify's decoder rows use).
 - ``int8.qdq.onnx`` (TensorRT): explicit Q/DQ, judged by its float simulation (QDQ_REFERENCE_LEVEL: the same on
   every CPU). Schemes: ``w8a8`` (optimize.int8_build's TensorRT flavour: int8 per-channel weights, per-tensor
   activations calibrated on TRAINING windows, attention BMMs/Softmax/LayerNorm float) under
-  optimize.int8_budget.budget_search with the decoder figures (nodes ranked by ``nll_rel_mse``, the most sensitive
-  kept float until within the budget); ``weight_only`` (int8 per-channel weights behind DequantizeLinear,
+  optimize.int8_budget.budget_search with the decoder figures (nodes ranked by the error each alone adds, the fewest
+  of the most sensitive kept float that bring it within the budget: **Search cost** below); ``weight_only`` (int8 per-channel weights behind DequantizeLinear,
   activations float: TensorRT's weight-only path; :func:`weight_only_qdq`). W8A8 is chosen when within the budget
   with >= ``min_int8_coverage`` of the weights int8 (int8 GEMMs on TensorRT), else weight-only when within it,
   else the more accurate of the two is kept and marked failed (deploy fp16).
 - ``int8.cpu.onnx`` (ONNX Runtime CPU): the fastest within the budget and >= ``min_speedup`` faster than fp32 in
   decode tokens/s at batch 1 (:func:`decode_bench`, interleaved) among ``dynamic`` (DynamicQuantizeMatMul),
-  ``matmul_nbits8`` (MatMulNBits, 8-bit weight-only, float compute) and ``qdq_s8s8`` (the TensorRT graph); judged
-  on this CPU's kernels and chosen for this CPU (optimize.cpu_int8.pick_cpu; none: fp32 is the CPU artifact).
-  Manifest ``int8``.
+  ``nbits8`` / ``nbits4`` (optimize.nbits: MatMulNBits weight-only, block ``nbits_block`` along K, symmetric, at
+  ``accuracy_level`` 4: int8 activations and integer kernels where the CPU has them; the LM head quantised, and when
+  that needs nodes kept float, also ``<form>_head_fp32`` with the head float) and ``qdq_s8s8`` (the TensorRT graph);
+  judged on this CPU's kernels and chosen for this CPU (optimize.cpu_int8.pick_cpu; none: fp32 is the CPU artifact).
+  A 4-bit winner is still written as int8.cpu.onnx (the file verify and bench run as "int8.cpu"); the manifest's
+  ``int8.cpu.method`` and ``int8.cpu.nbits`` say its bits. Manifest ``int8``.
+
+**Search cost.** W8A8 and MatMulNBits alike: judged with every node quantised; only when that misses, the nodes are
+ranked ONCE by the error each alone adds at its output (optimize.layer_error: one forward pass over the sweep
+windows with every node's input activation cached, the quantised weights applied in numpy), and the fewest of the
+most sensitive to keep float is found by bisection (optimize.int8_budget.bisect_cut): <= 2 + ceil(log2 n) full
+evaluations for n nodes, not n + (kept float).
 
 ``python -m optimize.decoder_quant --child ...`` is the crash-guarded worker (teacher-forced figures of one graph).
 """
@@ -50,10 +59,12 @@ from calibration.evalset import EvalSet
 from optimize.fp16 import FP32_OPS, FP32_OPS_WIDE, Fp16Options, child_args, convert_fp16, io_types, \
     probe_ort_levels, run_guarded, stamp_ort_level
 from optimize.cpu_int8 import write_cpu_artifact
-from optimize.int8_budget import QuantOptions, brief_figures, budget_search
+from optimize.int8_budget import QuantOptions, bisect_cut, brief_figures, budget_search
 from optimize.int8_build import QuantizeError, calibrate_ranges, quantize_dynamic_matmul, quantize_static_cached
-from optimize.qdq_graph import NodeInfo, ensure_node_names, gemm_to_matmul, int8_weight_coverage, \
-    quantizable_nodes, quantizable_weight_elements
+from optimize.layer_error import block_int8, float_weight, layer_errors, per_channel_int8, per_tensor_int8
+from optimize.nbits import INTEGER_LEVEL, dequantized_weights, lm_head, matmul_nbits, weight_coverage
+from optimize.qdq_graph import NodeInfo, ensure_node_names, int8_weight_coverage, quantizable_nodes, \
+    quantizable_weight_elements
 from optimize.qdq_rules import check_qdq_rules, qdq_counts
 from runtime.child import python_module
 from runtime.cpu import cpu_info, int8_isa
@@ -70,8 +81,9 @@ log = logging.getLogger("edgeattn.optimize.decoder_quant")
 
 TASK = GENERATION.name
 SOURCES = ("fp32.sim.onnx", "fp32.onnx")  # the simplified graph when there is one
-CODE_VERSION = "decoder/2"  # 2: judged by judge.budget (the budget dict has its fields; resolution checked)
-CPU_FORMS = ("dynamic", "matmul_nbits8", "qdq_s8s8")
+CODE_VERSION = "decoder/3"  # 3: MatMulNBits 8/4-bit at accuracy level 4, one-pass sensitivity, bisection
+CPU_FORMS = ("dynamic", "nbits8", "nbits4", "qdq_s8s8")
+NBITS_FORMS = {"nbits8": 8, "nbits4": 4}  # weight-only MatMulNBits (optimize.nbits); "<form>_head_fp32": LM head float
 SCORE = "nll_rel_mse"  # the figure that ranks nodes in the sensitivity sweep
 
 
@@ -85,7 +97,8 @@ class DecoderQuantOptions:
     sweep_tokens: int = 4096  # validation subset that ranks nodes
     batch_size: int = 8
     fp16_cache: bool = True  # fp16.onnx's past/present in float16 (the logits stay float32)
-    nbits_block: int = 128  # MatMulNBits block size along K
+    nbits_block: int = 32  # MatMulNBits block size along K
+    nbits_level: int = INTEGER_LEVEL  # MatMulNBits accuracy_level (4: int8 activations, integer kernels; 0: float)
     bench_prompt: int = 16  # decode benchmark: prompt tokens, new tokens, interleaved rounds
     bench_new_tokens: int = 32
     bench_rounds: int = 5
@@ -203,21 +216,6 @@ def weight_only_qdq(src: Path, dst: Path, nodes: Sequence[NodeInfo]) -> dict[str
     onnx.checker.check_model(model)
     onnx.save(model, str(dst))
     return {"weights": len(done), "nodes": len(nodes)}
-
-
-def matmul_nbits8(src: Path, dst: Path, exclude: Sequence[str] = (), block_size: int = 128) -> None:
-    """ONNX Runtime's MatMulNBits with 8-bit symmetric blockwise weights (Gemm rewritten as MatMul first); the
-    MatMul runs in float (accuracy level unset): weight-only, the same arithmetic on every CPU up to rounding."""
-    import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    model = onnx.load(str(src))
-    ensure_node_names(model)
-    gemm_to_matmul(model)
-    q = MatMulNBitsQuantizer(model, bits=8, block_size=int(block_size), is_symmetric=True,
-                             nodes_to_exclude=list(exclude), op_types_to_quantize=("MatMul",))
-    q.process()
-    onnx.save(q.model.model, str(dst))
 
 
 # ---- evaluation ---------------------------------------------------------------------------------------------------
@@ -458,8 +456,11 @@ def build_decoder_int8(model_dir: Path, src: Path, spec, calib_windows: EvalSet,
         n_sweep = max(1, dopts.sweep_tokens // windows.inputs["input_ids"].shape[1])
         es_sweep = windows.subset(n_sweep, opts.seed + 1)
         ref_sweep = ref if es_sweep is windows else ort_teacher_forced(src, es_sweep, "all", threads, bs)
+        info = DecoderInfo.from_spec(spec.to_dict(), spec.name)
+        feeds = lambda: sweep_feeds(info, es_sweep, bs)  # noqa: E731 - one pass over the sweep windows per ranking
         search = budget_search(prepared, ranges, opts.method, nodes, windows, ref, es_sweep, ref_sweep, opts, work,
-                               progress, evaluate, budget, SCORE, labelled=True)
+                               progress, evaluate, budget, SCORE, labelled=True,
+                               rank=lambda: rank_w8a8(prepared, nodes, ranges, feeds(), threads))
         w8a8 = work / "w8a8.onnx"
         scopes = quantize_static_cached(prepared, w8a8, ranges, opts.method, search["quantized"], "trt",
                                         opts.quantize_attention)
@@ -479,8 +480,11 @@ def build_decoder_int8(model_dir: Path, src: Path, spec, calib_windows: EvalSet,
         atomic_write(qdq_dst, lambda p: shutil.copyfile(chosen["file"], p))
 
         excluded = [e["node"] for e in search["excluded"]] if scheme == "w8a8" else []
-        cands = build_cpu_forms(prepared, qdq_dst, excluded, work, dopts, opts)
-        cpu = choose_decoder_cpu(src, cands, windows, ref, budget, quantizable, opts, dopts)
+        cands = build_cpu_forms(prepared, qdq_dst, excluded, work, opts)
+        nbits = nbits_forms(prepared, nodes, windows, ref, budget, feeds, work, opts, dopts)
+        cands.update({k: v["file"] for k, v in nbits.items() if v.get("file")})
+        cpu = choose_decoder_cpu(src, cands, windows, ref, budget, quantizable, opts, dopts,
+                                 {k: v["figures"] for k, v in nbits.items() if v.get("figures")})
         cpu_dst = model_dir / "int8.cpu.onnx"
         win = cpu["winner"]
         write_cpu_artifact(cands[win] if win is not None else None, cpu_dst, isa)
@@ -505,13 +509,15 @@ def build_decoder_int8(model_dir: Path, src: Path, spec, calib_windows: EvalSet,
                 "scopes": scopes if scheme == "w8a8" else None,
                 "quantized_nodes": search["quantized"] if scheme == "w8a8" else [n.name for n in nodes],
                 "excluded_nodes": search["excluded"] if scheme == "w8a8" else [],
-                "steps": search["steps"], "sensitivity": search["sensitivity"]},
+                "steps": search["steps"], "sensitivity": search["sensitivity"],
+                "full_evaluations": search["full_evaluations"]},
         "cpu": {"file": cpu_dst.name if win else None, "method": win or "fp32", "why": cpu["why"],
                 "ort_opt_level": "all", "cpu_isa": isa, "cpu_model": cpu_info().get("model"),
                 "judged_by": "ONNX Runtime's kernels on this CPU", "fallback": None if win else src.name,
                 "passed": True if win is None else wrow["passed"], "val": wrow.get("val"),
                 "latency_ms": wrow.get("latency_ms"), "latency_unit": "ms per decode token, batch 1",
-                "fp32_latency_ms": cpu["fp32_latency_ms"], "candidates": cpu["candidates"], "bench": cpu["bench"]},
+                "fp32_latency_ms": cpu["fp32_latency_ms"], "candidates": cpu["candidates"], "bench": cpu["bench"],
+                "nbits": {k: {x: y for x, y in v.items() if x not in ("file", "figures")} for k, v in nbits.items()}},
         "options": opts.key(), "decoder_options": dopts.key(), "seconds": round(time.perf_counter() - t0, 1),
     }
 
@@ -534,19 +540,19 @@ def choose_scheme(schemes: dict[str, dict[str, Any]], min_coverage: float) -> tu
     return best, "neither scheme is within the budget; the one with the higher agreement is kept"
 
 
-def build_cpu_forms(prepared: Path, qdq: Path, excluded: Sequence[str], work: Path, dopts: DecoderQuantOptions,
+def build_cpu_forms(prepared: Path, qdq: Path, excluded: Sequence[str], work: Path,
                     opts: QuantOptions) -> dict[str, Path]:
-    """The CPU int8 forms (:data:`CPU_FORMS`, or the stage's --cpu-candidates among them); a failing one is logged
-    and skipped."""
-    wanted = [c for c in (opts.cpu_candidates or CPU_FORMS) if c in CPU_FORMS] or list(CPU_FORMS)
+    """The int8 CPU forms that need no search of their own (``dynamic``, ``qdq_s8s8``; :data:`CPU_FORMS` or the
+    stage's --cpu-candidates among them; the MatMulNBits ones: :func:`nbits_forms`); a failing one is logged and
+    skipped."""
     out: dict[str, Path] = {}
-    for name in wanted:
+    for name in wanted_forms(opts):
+        if name in NBITS_FORMS:
+            continue
         p = work / f"cpu_{name}.onnx"
         try:
             if name == "dynamic":
                 quantize_dynamic_matmul(prepared, p, exclude=excluded)
-            elif name == "matmul_nbits8":
-                matmul_nbits8(prepared, p, excluded, dopts.nbits_block)
             else:
                 shutil.copyfile(qdq, p)
             out[name] = p
@@ -555,23 +561,137 @@ def build_cpu_forms(prepared: Path, qdq: Path, excluded: Sequence[str], work: Pa
     return out
 
 
+def wanted_forms(opts: QuantOptions) -> list[str]:
+    """:data:`CPU_FORMS`, or those of the stage's --cpu-candidates that are decoder forms."""
+    return [c for c in (opts.cpu_candidates or CPU_FORMS) if c in CPU_FORMS] or list(CPU_FORMS)
+
+
+# ---- sensitivity: one pass over cached activations ---------------------------------------------------------------
+def sweep_feeds(info: DecoderInfo, windows: EvalSet, batch: int):
+    """Prefill feeds of the sweep windows, ``batch`` windows at a time."""
+    ids = windows.inputs["input_ids"]
+    for i in range(0, len(ids), batch):
+        yield prefill_feed(info, ids[i:i + batch])
+
+
+def rank_w8a8(prepared: Path, nodes: Sequence[NodeInfo], ranges: dict[str, Any], feeds, threads: int):
+    """The W8A8 graph's nodes ranked by the error each alone adds (optimize.layer_error): int8 per-channel weights,
+    activations int8 with their calibrated range; nodes without a constant weight (attention BMMs) last."""
+    import onnx
+
+    m = onnx.load(str(prepared))
+    first = {n.name: n.input[0] for n in m.graph.node}
+    weighted = [nd for nd in nodes if nd.kind == "weight"]
+    wq = {nd.name: per_channel_int8(float_weight(m, nd)) for nd in weighted}
+    act = {nd.name: per_tensor_int8(ranges[first[nd.name]].amax) for nd in weighted if first[nd.name] in ranges}
+    del m
+    rows = layer_errors(prepared, weighted, wq, feeds, act, threads)
+    return rows + [{"node": nd.name, "op_type": nd.op_type, "kind": nd.kind, "output_rel_mse": None,
+                    "accuracy_delta": None, "top1_agreement": None} for nd in nodes if nd.kind != "weight"]
+
+
+def rank_nbits(prepared: Path, quantized: Path, nodes: Sequence[NodeInfo], block: int, level: int, feeds,
+               threads: int) -> list[dict[str, Any]]:
+    """The MatMulNBits nodes ranked by the error each alone adds: the weights as ``quantized`` (every node
+    MatMulNBits) holds them, the activations int8 per block where ``level`` is 4."""
+    wq = dequantized_weights(quantized)
+    act = {k: block_int8(block) for k in wq} if level == INTEGER_LEVEL else None
+    return layer_errors(prepared, nodes, wq, feeds, act, threads)
+
+
+# ---- MatMulNBits forms: search by bisection -----------------------------------------------------------------------
+def nbits_forms(prepared: Path, nodes: Sequence[NodeInfo], windows: EvalSet, ref: TeacherForced, budget: Budget,
+                feeds, work: Path, opts: QuantOptions, dopts: DecoderQuantOptions) -> dict[str, dict[str, Any]]:
+    """Per bit width of :data:`NBITS_FORMS` the search (:func:`search_nbits`) with the LM head quantised
+    (``nbits8``/``nbits4``) and, unless that passed with every node quantised or kept the head float itself, with
+    the head float (``<form>_head_fp32``): the fastest passing one is then chosen with the other CPU forms. A form that fails to
+    build is logged and left out."""
+    import onnx
+
+    head = lm_head(onnx.load(str(prepared), load_external_data=False), nodes)
+    out: dict[str, dict[str, Any]] = {}
+    for name in (f for f in wanted_forms(opts) if f in NBITS_FORMS):
+        ranked: list[dict[str, Any]] = []
+        for fixed in ([], [head] if head else None):
+            if fixed is None or (fixed and name in out and _head_search_moot(out[name], head)):
+                continue
+            label = name + ("_head_fp32" if fixed else "")
+            try:
+                out[label] = search_nbits(prepared, NBITS_FORMS[name], nodes, fixed, ranked, windows, ref, budget,
+                                          feeds, work / label, opts, dopts)
+            except Exception as e:  # noqa: BLE001 - one failing form must not stop the others
+                log.warning("int8 CPU form %s for %s failed: %s: %s", label, prepared.parent.name, type(e).__name__, e)
+    return out
+
+
+def _head_search_moot(with_head: dict[str, Any], head: str) -> bool:
+    """A search with the LM head float adds nothing when the one with the head quantised passed with every node
+    quantised (faster cannot be had), or kept the head float itself."""
+    return (with_head["passed"] and not with_head["kept_float"]) or head in with_head["kept_float"]
+
+
+def search_nbits(prepared: Path, bits: int, nodes: Sequence[NodeInfo], fixed: Sequence[str],
+                 ranked: list[dict[str, Any]], windows: EvalSet, ref: TeacherForced, budget: Budget, feeds,
+                 work: Path, opts: QuantOptions, dopts: DecoderQuantOptions) -> dict[str, Any]:
+    """Every node MatMulNBits but ``fixed``; when that misses ``budget`` (judge.budget on the teacher-forced figures,
+    crash-guarded child at ONNX Runtime 'all': this CPU's kernels), the nodes ranked once by :func:`rank_nbits` (kept
+    in ``ranked`` for the caller's next search) and the fewest of the most sensitive kept float found by
+    optimize.int8_budget.bisect_cut. Returns the chosen graph, its figures and the search's record."""
+    work.mkdir(parents=True, exist_ok=True)
+    tried: dict[int, dict[str, Any]] = {}
+    order: list[str] = []
+
+    def run(k: int) -> bool:
+        if k not in tried:
+            p = work / f"keep{k}.onnx"
+            summary = matmul_nbits(prepared, p, bits, dopts.nbits_block, [*fixed, *order[:k]], dopts.nbits_level)
+            cmp, err = evaluate_guarded(p, windows, ref, "all", opts.threads, dopts.batch_size)
+            tried[k] = {"file": p, "figures": cmp, "error": err, "summary": summary,
+                        "passed": cmp is not None and passes(cmp, budget, True)}
+            log.info("int8 %s %d-bit, %d kept float: %s", prepared.parent.name, bits, len(fixed) + k,
+                     brief_figures(cmp) if cmp else err)
+        return tried[k]["passed"]
+
+    k = 0
+    if not run(0) and tried[0]["error"] is None:
+        if not ranked:
+            ranked[:] = rank_nbits(prepared, tried[0]["file"], nodes, dopts.nbits_block, dopts.nbits_level, feeds(),
+                                   opts.threads)
+        order[:] = [r["node"] for r in ranked if r["node"] not in fixed]
+        limit = min(opts.max_excluded if opts.max_excluded is not None else len(order) - 1, len(order) - 1)
+        cut, _ = bisect_cut(max(limit, 0), run)
+        k = limit if cut is None else cut
+    best = tried[k]
+    return {"file": best["file"] if best["figures"] else None, "figures": best["figures"], "bits": bits,
+            "block_size": dopts.nbits_block, "accuracy_level": dopts.nbits_level, "lm_head_float": bool(fixed),
+            "kept_float": [*fixed, *order[:k]], "passed": best["passed"], "error": best["error"],
+            "graph": best["summary"], "full_evaluations": len(tried),
+            "steps": [{"kept_float": len(fixed) + j, **(brief_figures(t["figures"]) if t["figures"] else
+                                                         {"error": t["error"]}), "passed": t["passed"]}
+                      for j, t in tried.items()],
+            "sensitivity": [{k2: r[k2] for k2 in ("node", "op_type", "output_rel_mse")} for r in ranked]}
+
+
 def choose_decoder_cpu(src: Path, cands: dict[str, Path], windows: EvalSet, ref: TeacherForced,
                        budget: Budget, quantizable: int, opts: QuantOptions,
-                       dopts: DecoderQuantOptions) -> dict[str, Any]:
-    """Each form's figures on this CPU (crash-guarded child, ONNX Runtime 'all'), decode speed of the survivors and
-    fp32 side by side, then optimize.cpu_int8.pick_cpu (latency = ms per decode token at batch 1)."""
+                       dopts: DecoderQuantOptions, known: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Each form's figures on this CPU (crash-guarded child, ONNX Runtime 'all'; ``known``: figures a search already
+    measured the same way), decode speed of the survivors and fp32 side by side, then optimize.cpu_int8.pick_cpu
+    (latency = ms per decode token at batch 1). Weights held in 8 or fewer bits count toward the coverage."""
     from optimize.cpu_int8 import pick_cpu
 
+    known = known or {}
     rows: dict[str, dict[str, Any]] = {}
     for name, p in cands.items():
-        coverage = int8_weight_coverage(p, quantizable)
-        cmp, err = evaluate_guarded(p, windows, ref, "all", opts.threads, dopts.batch_size)
+        coverage = weight_coverage(p, quantizable)
+        cmp, err = (known[name], None) if name in known else evaluate_guarded(p, windows, ref, "all", opts.threads,
+                                                                                dopts.batch_size)
         if cmp is None:
             rows[name] = {"ran": False, "error": err, "passed": False, "int8_weight_coverage": coverage}
             continue
         reasons = budget_reasons(cmp, budget, True)
         if coverage < opts.min_int8_coverage:
-            reasons.append(f"only {coverage:.0%} of the Gemm/MatMul weights are int8, expected >= "
+            reasons.append(f"only {coverage:.0%} of the Gemm/MatMul weights are 8-bit or less, expected >= "
                            f"{opts.min_int8_coverage:.0%}")
         rows[name] = {"ran": True, "int8_weight_coverage": coverage, "val": brief_figures(cmp), "passed": not reasons,
                       "reasons": reasons}
@@ -622,6 +742,9 @@ def print_tables(name: str, res: dict[str, Any]) -> None:
         lat = r.get("latency_ms")
         print(f"  {k:<16}{str(r['ran']):>5}{r.get('int8_weight_coverage', 0):>8.2f}  {tf(r.get('val')):<52}"
               f"{'-' if lat is None else f'{lat:.3f}':>9}{r.get('speedup_vs_fp32') or '-':>8}  {r['passed']}{mark}")
+    for k, v in (cpu.get("nbits") or {}).items():
+        print(f"  {k}: {v['bits']}-bit block {v['block_size']} level {v['accuracy_level']}, {len(v['kept_float'])} "
+              f"kept float, {v['full_evaluations']} full evaluations, passed {v['passed']}")
     print(f"  CPU ({cpu.get('cpu_isa')}): " + (f"int8.cpu.onnx = {cpu['method']}: {cpu['why']}" if cpu.get("file")
                                               else f"no int8.cpu.onnx, {cpu['why']}"))
 

@@ -1,5 +1,7 @@
 """The accuracy budget of the TensorRT Q/DQ graph: the stage's options (QuantOptions), the per-node sensitivity sweep
-and the search that keeps the most sensitive nodes float until the float simulation of the graph is within the budget.
+and the search that keeps the fewest of the most sensitive nodes float that bring the float simulation of the graph
+within the budget: a bisection over the ranked nodes (:func:`bisect_cut`, at most 2 + ceil(log2 n) full evaluations
+for n nodes; a decoder ranks its nodes in one pass over cached activations, optimize.layer_error).
 
 The budget and the verdict are the judge's (judge.budget): ``QuantOptions.budget`` builds it from the spec's int8
 tolerance with the user's explicit overrides (``--max-drop``, ``--min-agreement``, ``--min-cosine``; None: the spec's),
@@ -113,18 +115,48 @@ def sensitivity_sweep(src: Path, ranges: dict[str, TensorRange], method: str, no
     return rows
 
 
+def bisect_cut(limit: int, within_at: Callable[[int], bool]) -> tuple[int | None, list[int]]:
+    """The fewest of the ranked nodes to keep float, k in 0..``limit``, for which ``within_at(k)`` holds (k: the k
+    most sensitive kept float), by bisection: within_at(0), then within_at(limit), then halving the interval between
+    the last k that missed and the first that passed, so at most 2 + ceil(log2(limit)) calls. Assumes that keeping
+    more of them float never makes it worse (the ranking's premise). Returns (k or None when even ``limit`` misses,
+    the k evaluated, in order)."""
+    seen: list[int] = []
+
+    def at(k: int) -> bool:
+        seen.append(k)
+        return within_at(k)
+
+    if at(0):
+        return 0, seen
+    if limit <= 0 or not at(limit):
+        return None, seen
+    lo, hi = 0, limit  # lo misses, hi passes
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if at(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi, seen
+
+
 def budget_search(src: Path, ranges: dict[str, TensorRange], method: str, nodes: Sequence[NodeInfo],
                   es: EvalSet, ref: Any, es_sweep: EvalSet, ref_sweep: Any, opts: QuantOptions,
                   work: Path, progress: bool = True, evaluate: Callable[..., tuple[dict, Any]] | None = None,
                   budget: Budget | None = None, score_key: str = "logit_rel_mse",
-                  labelled: bool | None = None) -> dict[str, Any]:
-    """Fully quantise; while outside the budget, keep the next most sensitive node float. Returns the
-    excluded nodes (with what each cost), every step, the sensitivity table and the final evaluation.
+                  labelled: bool | None = None,
+                  rank: Callable[[], list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """Fully quantise; when outside the budget, rank the nodes by sensitivity and find by bisection
+    (:func:`bisect_cut`) the fewest of the most sensitive to keep float: O(log n) full evaluations. Returns the
+    excluded nodes (with what each cost alone), every step, the sensitivity table and the final evaluation.
 
     Every candidate is judged by judge.budget.passes(figures, ``budget``, labelled): verify's verdict (``budget``
     None: ``opts.loop_budget`` on the default tolerances). ``evaluate(path, es, ref, threads) -> (figures, outputs)``
     and ``score_key`` (the figure that ranks nodes) default to the classifiers' (logits vs ``ref``, the relative
-    logit MSE); a decoder passes its own (optimize.decoder_quant: teacher-forced figures)."""
+    logit MSE); a decoder passes its own (optimize.decoder_quant: teacher-forced figures). ``rank()``: the sensitivity
+    rows, most harmful first (optimize.layer_error's one pass over cached activations); None: one evaluation per node
+    on ``es_sweep`` (:func:`sensitivity_sweep`)."""
     evaluate = evaluate or evaluate_inprocess
     labelled = es.y is not None if labelled is None else labelled
     budget = budget or opts.loop_budget(None, labelled)
@@ -134,46 +166,51 @@ def budget_search(src: Path, ranges: dict[str, TensorRange], method: str, nodes:
 
     names = [n.name for n in nodes]
     p = work / "candidate.onnx"
-    quantize_static_cached(src, p, ranges, method, names, "trt", opts.quantize_attention)
-    cmp, _ = evaluate(p, es, ref, opts.threads)
-    steps = [{"excluded": None, **brief_figures(cmp)}]
+    evaluated: dict[int, dict[str, Any]] = {}
+    order: list[str] = []
+
+    def run(k: int) -> dict[str, Any]:
+        if k not in evaluated:
+            keep = set(order[:k])
+            quantize_static_cached(src, p, ranges, method, [n for n in names if n not in keep], "trt",
+                                   opts.quantize_attention)
+            evaluated[k], _ = evaluate(p, es, ref, opts.threads)
+            if k:
+                log.info("int8 %s: %d most sensitive kept float -> %s", src.parent.name, k,
+                         brief_figures(evaluated[k]))
+        return evaluated[k]
+
+    need = not within(run(0))
     sens: list[dict[str, Any]] = []
-    excluded: list[dict[str, Any]] = []
-    need = not within(cmp)
     if opts.sweep == "always" or (need and opts.sweep == "auto"):
-        sens = sensitivity_sweep(src, ranges, method, nodes, es_sweep, ref_sweep, opts, work, progress, evaluate,
-                                 score_key)
+        sens = rank() if rank is not None else sensitivity_sweep(src, ranges, method, nodes, es_sweep, ref_sweep,
+                                                                  opts, work, progress, evaluate, score_key)
+    k = 0
     if need and sens:
-        limit = opts.max_excluded if opts.max_excluded is not None else len(nodes) - 1
-        for row in sens[:limit]:
-            prev = cmp
-            keep = [n for n in names if n != row["node"] and n not in {e["node"] for e in excluded}]
-            if not keep:
-                break
-            quantize_static_cached(src, p, ranges, method, keep, "trt", opts.quantize_attention)
-            cmp, _ = evaluate(p, es, ref, opts.threads)
-            cost = {"node": row["node"], "op_type": row["op_type"],
-                    "alone_accuracy_delta": row["accuracy_delta"], f"alone_{score_key}": row[score_key],
-                    "recovered_points": None if not labelled else round(cmp["accuracy_delta"] - prev["accuracy_delta"], 4),
-                    "recovered_agreement": round(cmp["top1_agreement"] - prev["top1_agreement"], 4)}
-            excluded.append(cost)
-            steps.append({"excluded": row["node"], **brief_figures(cmp)})
-            log.info("int8 %s: keep %s float -> %s", src.parent.name, row["node"], brief_figures(cmp))
-            if within(cmp):
-                break
-    if len(excluded) > 1 and within(cmp):
-        # Backward pass: a node kept float early may be unnecessary once later ones are float too.
-        for cost in list(excluded[:-1]):
-            trial = [n for n in names if n == cost["node"] or n not in {e["node"] for e in excluded}]
-            quantize_static_cached(src, p, ranges, method, trial, "trt", opts.quantize_attention)
-            c2, _ = evaluate(p, es, ref, opts.threads)
-            if within(c2):
-                excluded.remove(cost)
-                cmp = c2
-                steps.append({"requantized": cost["node"], **brief_figures(c2)})
-                log.info("int8 %s: %s can be int8 after all -> %s", src.parent.name, cost["node"], brief_figures(c2))
-    return {"excluded": excluded, "steps": steps, "sensitivity": sens, "final": cmp, "budget": budget.to_dict(),
-            "passed": within(cmp), "quantized": [n for n in names if n not in {e["node"] for e in excluded}]}
+        order[:] = [r["node"] for r in sens]
+        limit = min(opts.max_excluded if opts.max_excluded is not None else len(nodes) - 1, len(order))
+        cut, _ = bisect_cut(limit, lambda j: within(run(j)))
+        k = limit if cut is None else cut
+    steps = [{"excluded": None if j == 0 else order[j - 1], "kept_float": j, **brief_figures(evaluated[j])}
+             for j in evaluated]
+    rows = {r["node"]: r for r in sens}
+    excluded = [_cost(rows[n], score_key) for n in order[:k]]
+    if k and k - 1 in evaluated:  # the last one kept float: what it recovered, measured (the others: jointly)
+        prev, cmp = evaluated[k - 1], evaluated[k]
+        excluded[-1].update(
+            recovered_points=None if not labelled else round(cmp["accuracy_delta"] - prev["accuracy_delta"], 4),
+            recovered_agreement=round(cmp["top1_agreement"] - prev["top1_agreement"], 4))
+    final = evaluated[k]
+    return {"excluded": excluded, "steps": steps, "sensitivity": sens, "final": final, "budget": budget.to_dict(),
+            "passed": within(final), "quantized": [n for n in names if n not in set(order[:k])],
+            "full_evaluations": len(evaluated)}
+
+
+def _cost(row: dict[str, Any], score_key: str) -> dict[str, Any]:
+    """An excluded node's record: what it cost alone in the ranking (recovered_*: filled when measured)."""
+    return {"node": row["node"], "op_type": row["op_type"], "alone_accuracy_delta": row.get("accuracy_delta"),
+            **{f"alone_{k}": row[k] for k in (score_key, "output_rel_mse") if k in row},
+            "recovered_points": None, "recovered_agreement": None}
 
 
 def miss_reason(cmp: dict[str, Any], budget: Budget, labelled: bool) -> str:
