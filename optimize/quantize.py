@@ -92,9 +92,9 @@ def quantize_model(model_dir: str | os.PathLike, opts: QuantOptions | None = Non
     udp = None if labelled else data_path(manifest, model_dir.name)
     if udp:  # the user's own data (export --data): calibrate on one half, judge on the other
         user, es_all = user_eval_set(udp, spec, model_dir)
-        labelled = es_all.y is not None
     else:
         es_all = load_eval_set(spec, model_dir, "val", None, opts.seed, opts.parity_eval_size, dataset=dataset)
+    labelled = es_all.y is not None  # unlabelled user data; a feature extractor's dataset gives sentences only
     es = es_all.subset(opts.eval_samples, opts.seed)  # --eval-samples: the int8 loop's rows (fp16: all of them)
     data_key = data_digest(udp) if udp else None
     result: dict[str, Any] = {}
