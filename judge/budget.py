@@ -5,8 +5,10 @@
   A stage may tighten it (``Budget.tightened``: a guard band for parity-only models, judged on other images than
   verify's), never loosen it, so whatever the stage accepts passes verify on the same figures.
 - ``reasons(figures, budget, labelled)``: every bar the figures miss, one line each (empty: passed). The figures are
-  judge.figures' (a classifier's logits) or judge.teacher_forced's (a decoder's next tokens); each bar is checked only
-  where its figure exists. The accuracy check ``accuracy_delta < -max_drop_points`` is written here and nowhere else.
+  judge.figures' (a classifier's logits, or embeddings with judge.embedding's neighbour figures) or
+  judge.teacher_forced's (a decoder's next tokens); each bar is checked only where its figure exists, except the
+  neighbour bar: a budget that has it fails figures without it. The accuracy check
+  ``accuracy_delta < -max_drop_points`` is written here and nowhere else.
 
 **Resolution rule.** A budget must be worth at least ``MIN_FLIPS`` (2) samples on the evaluation set, so one sample
 flipping never decides a verdict alone: an accuracy budget of ``max_drop_points`` on ``n`` samples needs

@@ -261,7 +261,8 @@ def _print_tables(name: str, res: dict[str, Any]) -> None:
     print(f"{name}: int8.qdq.onnx  {len(q['quantized_nodes'])} nodes int8, {len(q['excluded_nodes'])} float  "
           f"delta {delta_statement(v)}  agree {_f(v.get('top1_agreement'), 4)}  "
           f"cos {_f(v.get('cosine_mean'), 5)}  "
-          f"rules {'ok' if q['rules_ok'] else q['rule_violations']}  passed {q['passed']}  (float-simulated Q/DQ: "
+          + (f"nn@{v['neighbour_k']} {_f(v.get('neighbour_overlap'), 4)}  " if v.get("neighbour_k") else "")
+          + f"rules {'ok' if q['rules_ok'] else q['rule_violations']}  passed {q['passed']}  (float-simulated Q/DQ: "
           f"the TensorRT reference)" + (f"\n  MISSED: {q['miss']}; {q['fallback']}" if q.get("miss") else ""))
     if q["excluded_nodes"]:
         print(f"  {'kept float':<40}{'op':<8}{'alone delta':>11}{'alone mse':>11}{'recovered':>11}")
