@@ -207,3 +207,39 @@ def test_export_simplify_quantize_verify(tmp_path, monkeypatch):
     assert all(r["passed"] for r in gating), [(r["artifact"], r["reasons"]) for r in gating if not r["passed"]]
     fp32 = [r for r in rows if r["artifact"] == "fp32.sim.onnx" and r["backend"] == "onnxruntime"][0]
     assert fp32["neighbour_overlap"] == 1.0 and fp32["cosine_min"] > 0.99999
+
+
+def test_the_loop_and_verify_state_the_same_neighbour_figures(tmp_path):
+    """The real budget loop (its default evaluation: the float-simulated Q/DQ graph) on the outlier MLP's outputs
+    taken as embeddings, with verify's feature-extraction budget: its final figures, rebuilt file run as verify runs
+    int8.qdq.onnx and compared by verify's function, give the same neighbour figures and the same verdict."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from calibration import CalibrationData
+    from calibration.evalset import EvalSet
+    from judge.figures import compare_outputs
+    from optimize.fp16 import ort_logits
+    from optimize.int8_budget import QuantOptions, budget_search
+    from optimize.int8_build import calibrate_ranges, quantize_static_cached
+    from optimize.qdq_graph import quantizable_nodes
+    from runtime.ort_backend import QDQ_REFERENCE_LEVEL
+    from tests.test_quantize import _outlier_mlp
+
+    src = _outlier_mlp(tmp_path / "mlp.onnx")
+    rng = np.random.default_rng(0)
+    calib = CalibrationData.from_arrays({"x": rng.standard_normal((128, 16)).astype(np.float32)}, batch_size=32)
+    es = EvalSet({"x": rng.standard_normal((300, 16)).astype(np.float32)})  # no labels: parity and neighbours
+    ref = ort_logits(src, es)
+    ranges, _ = calibrate_ranges(src, calib, "MinMax")
+    b = budget_for(default_tolerances(FEATURE_EXTRACTION), "int8")
+    res = budget_search(src, ranges, "MinMax", quantizable_nodes(onnx.load(str(src))), es, ref, es, ref,
+                        QuantOptions(threads=1), tmp_path, progress=False, budget=b)
+    assert res["steps"][0]["neighbour_k"] == 5 and res["steps"][0]["neighbour_overlap"] < 0.95  # all-int8 misses
+    final = tmp_path / "int8.qdq.onnx"
+    quantize_static_cached(src, final, ranges, "MinMax", res["quantized"], "trt")
+    c = compare_outputs({"logits": ref}, {"logits": ort_logits(final, es, QDQ_REFERENCE_LEVEL, 1)}, None, b)
+    for k in ("neighbour_overlap", "neighbour_top1_agreement", "neighbour_k"):
+        assert c.to_dict()[k] == pytest.approx(res["final"][k]), k
+    assert c.cosine_mean == pytest.approx(res["final"]["cosine_mean"])
+    assert res["passed"] is c.passed is True, c.reasons
