@@ -79,7 +79,13 @@ class Budget:
                        min_neighbour_overlap=None if overlap is None else overlap + share * (1.0 - overlap))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Its bars; the neighbour ones only where set, so a classifier's budget (and every artifact key built from
+        it) reads as before they existed."""
+        d = asdict(self)
+        for k in ("neighbour_k", "min_neighbour_overlap"):
+            if d[k] is None:
+                del d[k]
+        return d
 
 
 def budget_for(tolerances: dict[str, Any] | None, precision: str, **overrides: float | None) -> Budget:

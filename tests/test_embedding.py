@@ -80,6 +80,8 @@ def test_the_neighbour_bar_lives_in_the_tolerances_and_is_judged_by_the_one_verd
     b = budget_for(tols, "int8")
     assert b.neighbour_k == 5 and b.min_neighbour_overlap == 0.95
     assert b.tightened(0.5).min_neighbour_overlap == pytest.approx(0.975)  # the loop's guard band: never looser
+    assert b.to_dict()["neighbour_k"] == 5
+    assert "neighbour_k" not in budget_for(None, "int8").to_dict()  # a classifier's artifact keys are unchanged
 
     ref = circle(12)
     got = ref.copy()
