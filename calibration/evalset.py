@@ -95,5 +95,6 @@ def load_eval_set(spec: Any, model_dir: str | os.PathLike, split: str = "val", n
         dataset = load_dataset(spec.dataset)
     s = getattr(dataset, split)
     x = encode_inputs(spec, s.x, Path(model_dir))
-    es = EvalSet({inp.name: x}, np.asarray(s.y, np.int64), spec.trim_pad_id(), f"{dataset.name} {split} n={len(s)}")
+    y = np.asarray(s.y, np.int64) if spec.scored_on_labels() else None  # a feature extractor: its sentences only
+    es = EvalSet({inp.name: x}, y, spec.trim_pad_id(), f"{dataset.name} {split} n={len(s)}")
     return es.subset(n, seed)

@@ -5,8 +5,10 @@
   A stage may tighten it (``Budget.tightened``: a guard band for parity-only models, judged on other images than
   verify's), never loosen it, so whatever the stage accepts passes verify on the same figures.
 - ``reasons(figures, budget, labelled)``: every bar the figures miss, one line each (empty: passed). The figures are
-  judge.figures' (a classifier's logits) or judge.teacher_forced's (a decoder's next tokens); each bar is checked only
-  where its figure exists. The accuracy check ``accuracy_delta < -max_drop_points`` is written here and nowhere else.
+  judge.figures' (a classifier's logits, or embeddings with judge.embedding's neighbour figures) or
+  judge.teacher_forced's (a decoder's next tokens); each bar is checked only where its figure exists, except the
+  neighbour bar: a budget that has it fails figures without it. The accuracy check
+  ``accuracy_delta < -max_drop_points`` is written here and nowhere else.
 
 **Resolution rule.** A budget must be worth at least ``MIN_FLIPS`` (2) samples on the evaluation set, so one sample
 flipping never decides a verdict alone: an accuracy budget of ``max_drop_points`` on ``n`` samples needs
@@ -50,28 +52,40 @@ class Budget:
     max_drop_points: float  # accuracy points, the one budget unit
     cosine_on: str = "min"  # "min" over samples or "mean"
     max_ppl_increase_pct: float | None = None  # decoders: perplexity change in percent
+    neighbour_k: int | None = None  # embeddings: top-k neighbours compared (judge.embedding); None: not judged
+    min_neighbour_overlap: float | None = None  # embeddings: mean top-k neighbour overlap
 
     @classmethod
     def from_tolerance(cls, tol: Any, precision: str) -> "Budget":
         ppl = getattr(tol, "max_ppl_increase_pct", None)
         if ppl is None and precision in DEFAULT_TOLERANCES:  # specs written before the perplexity bar moved here
             ppl = DEFAULT_TOLERANCES[precision].max_ppl_increase_pct
+        k, overlap = getattr(tol, "neighbour_k", None), getattr(tol, "min_neighbour_overlap", None)
         return cls(precision, tol.max_abs, float(tol.min_cosine), float(tol.min_top1_agreement),
-                   float(tol.max_drop_points), getattr(tol, "cosine_on", "min"), ppl)
+                   float(tol.max_drop_points), getattr(tol, "cosine_on", "min"), ppl,
+                   None if k is None else int(k), None if overlap is None else float(overlap))
 
     def overridden(self, **overrides: float | None) -> "Budget":
         """This budget with the user's explicit values (None: keep the spec's)."""
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
     def tightened(self, share: float) -> "Budget":
-        """The cosine bar moved ``share`` of the way to 1 (0.5: 0.99 -> 0.995): a stage's guard band, stricter
-        than verify's bar, never looser."""
+        """The cosine bar (and the neighbour overlap bar, where there is one) moved ``share`` of the way to 1 (0.5:
+        0.99 -> 0.995): a stage's guard band, stricter than verify's bar, never looser."""
         if not 0.0 <= share < 1.0:
             raise BudgetError(f"budget guard band: got {share}, expected 0 <= share < 1")
-        return replace(self, min_cosine=self.min_cosine + share * (1.0 - self.min_cosine))
+        overlap = self.min_neighbour_overlap
+        return replace(self, min_cosine=self.min_cosine + share * (1.0 - self.min_cosine),
+                       min_neighbour_overlap=None if overlap is None else overlap + share * (1.0 - overlap))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Its bars; the neighbour ones only where set, so a classifier's budget (and every artifact key built from
+        it) reads as before they existed."""
+        d = asdict(self)
+        for k in ("neighbour_k", "min_neighbour_overlap"):
+            if d[k] is None:
+                del d[k]
+        return d
 
 
 def budget_for(tolerances: dict[str, Any] | None, precision: str, **overrides: float | None) -> Budget:
@@ -144,8 +158,26 @@ def reasons(f: dict[str, Any], budget: Any, labelled: bool) -> list[str]:
     agree = f.get("top1_agreement")
     if agree is not None and agree < budget.min_top1_agreement and (labelled or budget.min_top1_agreement >= 1.0):
         out.append(f"top1_agreement {agree:.4f} < {budget.min_top1_agreement:g}")
+    out += neighbour_reasons(f, budget)
     out += accuracy_reasons(f, budget, labelled)
     return out
+
+
+def neighbour_reasons(f: dict[str, Any], budget: Any) -> list[str]:
+    """Embeddings: the mean top-k neighbour overlap bar (judge.embedding). A budget with the bar judges figures
+    without it as failed, never as passed: the figures were not made for an embedding (``neighbour_k`` not asked)
+    or the set has fewer than 2 samples."""
+    bar = getattr(budget, "min_neighbour_overlap", None)
+    if bar is None:
+        return []
+    got = f.get("neighbour_overlap")
+    if got is None:
+        return [f"neighbour_overlap missing (n {f.get('n_samples')} samples); expected the top-"
+                f"{getattr(budget, 'neighbour_k', None)} neighbour figures of >= 2 embeddings"]
+    if got < bar - EPS:
+        return [f"neighbour_overlap@{f.get('neighbour_k')} {got:.4f} < {bar:g} (top-1 neighbour agreement "
+                f"{f.get('neighbour_top1_agreement'):.4f}, n {f.get('n_samples')} samples)"]
+    return []
 
 
 def accuracy_reasons(f: dict[str, Any], budget: Any, labelled: bool) -> list[str]:

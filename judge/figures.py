@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from judge.budget import reasons as budget_reasons
+from judge.embedding import neighbour_figures
 from judge.interval import delta_interval
 
 
@@ -30,7 +31,7 @@ class Comparison:
     max_rel_diff: float
     cosine_min: float
     cosine_mean: float
-    top1_agreement: float
+    top1_agreement: float | None  # embeddings: nearest-neighbour agreement (their other figures: ``neighbours``)
     accuracy: float | None
     reference_accuracy: float | None
     accuracy_delta: float | None  # accuracy points, ours - reference (negative = worse)
@@ -45,12 +46,15 @@ class Comparison:
     passed: bool
     reasons: list[str] = field(default_factory=list)
     outputs: dict[str, dict] = field(default_factory=dict)  # every output past the first: its figures and verdict
+    neighbours: dict[str, float | int | None] = field(default_factory=dict)  # embeddings: judge.embedding's figures
 
     def __bool__(self) -> bool:
         return self.passed
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d.update(d.pop("neighbours"))  # flat, as verify.json's rows are; nothing for a classifier
+        return d
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -120,14 +124,17 @@ def scaled_max_abs(r: np.ndarray, diff: np.ndarray) -> float:
     return float(per.max())
 
 
-def figures(ref: np.ndarray, got: np.ndarray, labels: np.ndarray | None = None) -> dict:
+def figures(ref: np.ndarray, got: np.ndarray, labels: np.ndarray | None = None,
+            neighbour_k: int | None = None) -> dict:
     """Every figure of ``got`` against reference logits ``ref`` (and accuracy on ``labels`` if given), under the one
     vocabulary the manifest, verify.json, bench.json and the report share. NaN/Inf count as 0 in the other figures
     and are counted in ``nonfinite`` (``reference_nonfinite`` for the reference's). ``accuracy_delta`` is in accuracy
     points, ours - reference; ``scaled_max_abs_diff`` is each sample's max |diff| over the RMS of that sample's
     reference logits, the worst sample (:func:`scaled_max_abs`); ``reference_scale`` (the RMS of all the reference's
     logits) is one of the reference's own figures (:func:`reference_figures`). Logits with a sequence axis,
-    (N, T, classes), are judged per sample (cosine, scaled max abs) and per position (top-1 agreement)."""
+    (N, T, classes), are judged per sample (cosine, scaled max abs) and per position (top-1 agreement).
+    ``neighbour_k`` (a budget's, for embeddings: the output has no classes): judge.embedding's neighbour figures are
+    added, and ``top1_agreement`` is the nearest-neighbour agreement (not an argmax over embedding dimensions)."""
     if ref.shape != got.shape:
         raise ValueError(f"compare: got logits of shape {got.shape}, expected {ref.shape}")
     nonfinite = int((~np.isfinite(got)).sum())
@@ -146,13 +153,15 @@ def figures(ref: np.ndarray, got: np.ndarray, labels: np.ndarray | None = None) 
         ci = list(delta_interval(per(ok), per(rok))) if len(ok) else None
     max_abs = float(diff.max()) if diff.size else 0.0
     scaled = scaled_max_abs(r, diff)
+    near = {} if neighbour_k is None else neighbour_figures(r, g, neighbour_k)
+    top1 = near.get("neighbour_top1_agreement") if near else float((r.argmax(-1) == g.argmax(-1)).mean())
     return {"n_samples": int(len(ref)), "max_abs_diff": max_abs,
             "mean_abs_diff": float(diff.mean()) if diff.size else 0.0,
             "max_rel_diff": float((diff / np.maximum(np.abs(r), 1e-6)).max()) if diff.size else 0.0,
             "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()),
-            "top1_agreement": float((r.argmax(-1) == g.argmax(-1)).mean()), "accuracy": acc,
+            "top1_agreement": top1, "accuracy": acc,
             "reference_accuracy": racc, "accuracy_delta": delta, "accuracy_delta_ci95": ci, "nonfinite": nonfinite,
-            "scaled_max_abs_diff": scaled, **ref_f}
+            "scaled_max_abs_diff": scaled, **ref_f, **near}
 
 
 def compare(ref: np.ndarray, got: np.ndarray, labels: np.ndarray | None, tol) -> Comparison:
@@ -160,9 +169,10 @@ def compare(ref: np.ndarray, got: np.ndarray, labels: np.ndarray | None, tol) ->
     ``tol``: a judge.budget.Budget (or a runtime.modelspec.Tolerance: the same bars). The verdict is
     judge.budget.reasons, the one the budget loops use; a degenerate reference fails whatever ``got`` is, with the
     reason first."""
-    f = figures(ref, got, labels)
+    f = figures(ref, got, labels, getattr(tol, "neighbour_k", None))
     reasons = budget_reasons({**f, "degenerate_reason": degenerate_reason(f)}, tol, labels is not None)
-    return Comparison(**f, passed=not reasons, reasons=reasons)
+    near = {k: f.pop(k) for k in list(f) if k.startswith("neighbour_")}
+    return Comparison(**f, passed=not reasons, reasons=reasons, neighbours=near)
 
 
 def compare_outputs(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], labels: np.ndarray | None,

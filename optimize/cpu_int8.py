@@ -169,7 +169,7 @@ def choose_cpu(src: Path, candidates: dict[str, Path], es: EvalSet, ref: np.ndar
             rows[name] = {"ran": False, "error": run.error, "passed": False, "int8_weight_coverage": coverage}
             continue
         rows[name] = {"int8_weight_coverage": coverage}
-        cmp = figures(ref, run.logits, es.y)
+        cmp = figures(ref, run.logits, es.y, budget.neighbour_k)
         cmp["logit_rel_mse"] = logit_error(ref, run.logits)
         rows[name].update(ran=True, val=brief_figures(cmp), passed=passes(cmp, budget, labelled))
         if coverage < opts.min_int8_coverage:

@@ -263,7 +263,7 @@ def build_fp16(model_dir: str | os.PathLike, es: EvalSet, ref_logits: np.ndarray
             tier["passed"] = False
             tier["problem"] = "ONNX Runtime failed at every optimisation level"
         else:
-            cmp = figures(ref_logits, chosen.logits, es.y)
+            cmp = figures(ref_logits, chosen.logits, es.y, budget.neighbour_k)
             why = reasons(cmp, budget, es.y is not None)
             tier.update(ort_opt_level=chosen.level, check=cmp, passed=not why, reasons=why)
         tiers.append(tier)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -87,11 +88,12 @@ def logit_error(ref: np.ndarray, out: np.ndarray) -> float:
     return float(np.mean((out - ref) ** 2) / max(np.mean(ref ** 2), 1e-12))
 
 
-def evaluate_inprocess(path: str | os.PathLike, es: EvalSet, ref: np.ndarray, threads: int) -> tuple[dict, np.ndarray]:
+def evaluate_inprocess(path: str | os.PathLike, es: EvalSet, ref: np.ndarray, threads: int,
+                       neighbour_k: int | None = None) -> tuple[dict, np.ndarray]:
     """A TensorRT Q/DQ graph judged by its float simulation (runtime.ort_backend.QDQ_REFERENCE_LEVEL): the same
-    verdict on every CPU, and what TensorRT computes up to rounding."""
+    verdict on every CPU, and what TensorRT computes up to rounding. ``neighbour_k``: the budget's (embeddings)."""
     out = ort_logits(path, es, QDQ_REFERENCE_LEVEL, threads)
-    cmp = figures(ref, out, es.y)
+    cmp = figures(ref, out, es.y, neighbour_k)
     cmp["logit_rel_mse"] = logit_error(ref, out)
     return cmp, out
 
@@ -157,9 +159,9 @@ def budget_search(src: Path, ranges: dict[str, TensorRange], method: str, nodes:
     logit MSE); a decoder passes its own (optimize.decoder_quant: teacher-forced figures). ``rank()``: the sensitivity
     rows, most harmful first (optimize.layer_error's one pass over cached activations); None: one evaluation per node
     on ``es_sweep`` (:func:`sensitivity_sweep`)."""
-    evaluate = evaluate or evaluate_inprocess
     labelled = es.y is not None if labelled is None else labelled
     budget = budget or opts.loop_budget(None, labelled)
+    evaluate = evaluate or partial(evaluate_inprocess, neighbour_k=budget.neighbour_k)
 
     def within(cmp: dict[str, Any]) -> bool:
         return passes(cmp, budget, labelled)
@@ -221,5 +223,6 @@ def miss_reason(cmp: dict[str, Any], budget: Budget, labelled: bool) -> str:
 def brief_figures(cmp: dict[str, Any]) -> dict[str, Any]:
     keys = ("n_samples", "n_tokens", "accuracy", "accuracy_delta", "accuracy_delta_ci95", "top1_agreement",
             "cosine_mean", "cosine_min", "logit_rel_mse", "nonfinite",
-            "perplexity", "perplexity_delta_pct", "nll_rel_mse")  # the last three: decoders' figures
+            "perplexity", "perplexity_delta_pct", "nll_rel_mse",  # decoders' figures
+            "neighbour_k", "neighbour_overlap", "neighbour_overlap_min", "neighbour_top1_agreement")  # embeddings
     return {k: (round(cmp[k], 6) if isinstance(cmp.get(k), float) else cmp.get(k)) for k in keys if k in cmp}

@@ -96,9 +96,9 @@ def quantize_outputs(model_dir: str | os.PathLike, opts: QuantOptions | None = N
     udp = None if labelled else data_path(manifest, model_dir.name)
     if udp:  # the user's own data (export --data): calibrate on one half, judge on the other
         user, es_all = user_eval_set(udp, spec, model_dir)
-        labelled = es_all.y is not None
     else:
         es_all = load_eval_set(spec, model_dir, "val", None, opts.seed, opts.parity_eval_size, dataset=dataset)
+    labelled = es_all.y is not None  # unlabelled user data; a feature extractor's dataset gives sentences only
     es = es_all.subset(opts.eval_samples, opts.seed)  # --eval-samples: the int8 loop's rows (fp16: all of them)
     data_key = data_digest(udp) if udp else None
     result: dict[str, Any] = {}
@@ -294,7 +294,8 @@ def print_tables(name: str, res: dict[str, Any]) -> None:
     print(f"{name}: int8.qdq.onnx  {len(q['quantized_nodes'])} nodes int8, {len(q['excluded_nodes'])} float  "
           f"delta {delta_statement(v)}  agree {_f(v.get('top1_agreement'), 4)}  "
           f"cos {_f(v.get('cosine_mean'), 5)}  "
-          f"rules {'ok' if q['rules_ok'] else q['rule_violations']}  passed {q['passed']}  (float-simulated Q/DQ: "
+          + (f"nn@{v['neighbour_k']} {_f(v.get('neighbour_overlap'), 4)}  " if v.get("neighbour_k") else "")
+          + f"rules {'ok' if q['rules_ok'] else q['rule_violations']}  passed {q['passed']}  (float-simulated Q/DQ: "
           f"the TensorRT reference)" + (f"\n  MISSED: {q['miss']}; {q['fallback']}" if q.get("miss") else ""))
     if q["excluded_nodes"]:
         print(f"  {'kept float':<40}{'op':<8}{'alone delta':>11}{'alone mse':>11}{'recovered':>11}")

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from runtime.errors import EdgeattnError
-from runtime.modelspec import TEXT_GENERATION
+from runtime.modelspec import FEATURE_EXTRACTION, TEXT_GENERATION
 
 BUILTIN_NAMES = ("text_transformer", "attention_cnn", "vit")
 TRAINED_HF = {"bert_imdb": "text_classification", "gpt2_imdb": TEXT_GENERATION}  # HF folders trained here
@@ -76,11 +76,26 @@ class Source:
             return TRAINED_HF[self.name]
         if self.kind != "hf":
             return None
-        try:
-            cfg = json.loads((self.path / "config.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        return TEXT_GENERATION if isinstance(cfg, dict) and cfg.get("model_type") == "gpt2" else "text_classification"
+        return hf_folder_task(self.path)
+
+
+def hf_folder_task(d: Path) -> str | None:
+    """The task of a Hugging Face folder, from its files (read as JSON): a GPT-2 config -> TEXT_GENERATION; a
+    sentence-transformers folder (modules.json) or a config whose architectures are all bare encoders (``BertModel``:
+    no head, what ``AutoModel`` loads) -> FEATURE_EXTRACTION; any other config -> text classification; None when
+    config.json is missing or not JSON (the folder check says so)."""
+    try:
+        cfg = json.loads((d / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(cfg, dict):
+        return None
+    if cfg.get("model_type") == "gpt2":
+        return TEXT_GENERATION
+    archs = cfg.get("architectures") or []
+    if (d / "modules.json").is_file() or (archs and all(str(a).endswith("Model") and "Head" not in str(a) for a in archs)):
+        return FEATURE_EXTRACTION
+    return "text_classification"
 
 
 def _hf_folder(locator: str) -> str:

@@ -29,6 +29,7 @@ log = logging.getLogger("edgeattn.runtime.spec")
 SPEC_METADATA_KEY = "edgeattn.spec"
 SPEC_FILE = "spec.json"
 TEXT_GENERATION = "text_generation"  # the task of a decoder with KV cache: the one spelling of it
+FEATURE_EXTRACTION = "feature_extraction"  # sentence embeddings (one vector per input, no classes): its one spelling
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,10 @@ class Tolerance:
     # decoders: perplexity change allowed, percent of the reference's (fp16 rounds, int8 quantises: mean NLL + 0.01
     # nats is +1 %); None: not gated
     max_ppl_increase_pct: float | None = None
+    # embeddings: the k nearest neighbours (cosine) of each sample among the others, reference vs candidate; the bar
+    # is their mean overlap (judge.embedding). None: no neighbour figures, not gated (every task but feature extraction)
+    neighbour_k: int | None = None
+    min_neighbour_overlap: float | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Tolerance":
@@ -85,6 +90,23 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "int8": Tolerance(max_abs=None, min_cosine=0.99, min_top1_agreement=0.99, max_drop_points=0.5, cosine_on="mean",
                       max_ppl_increase_pct=1.0),
 }
+NEIGHBOUR_K = 5  # feature extraction: overlap@5 of each sample's nearest neighbours
+# feature extraction: the mean top-k neighbour overlap per precision, on top of DEFAULT_TOLERANCES' bars (the
+# per-sample cosine of the embeddings is their cosine bar: int8 mean >= 0.99). fp32 is not 1.0: two neighbours at
+# equal cosine may swap on float32 rounding (one swap on 1000 samples costs 0.0002).
+NEIGHBOUR_OVERLAP = {"fp32": 0.999, "fp16": 0.98, "bf16": 0.95, "int8": 0.95}
+
+
+def default_tolerances(task: str | None = None) -> dict[str, Tolerance]:
+    """The default tolerances of a model of ``task``: DEFAULT_TOLERANCES, with the neighbour bars of
+    NEIGHBOUR_OVERLAP for feature extraction. An embedding's top-1 agreement is its nearest neighbour's (judge.figures):
+    its bar is the overlap bar, below 1, so it is reported, and judged only through the overlap (a tie at float32
+    rounding may swap one nearest neighbour of thousands)."""
+    if task != FEATURE_EXTRACTION:
+        return dict(DEFAULT_TOLERANCES)
+    return {p: dataclasses.replace(t, neighbour_k=NEIGHBOUR_K, min_neighbour_overlap=NEIGHBOUR_OVERLAP[p],
+                                   min_top1_agreement=min(t.min_top1_agreement, NEIGHBOUR_OVERLAP[p]))
+            for p, t in DEFAULT_TOLERANCES.items()}
 
 
 @dataclass
@@ -92,7 +114,7 @@ class ModelSpec:
     """Everything downstream stages need to know about a model besides its weights."""
 
     name: str
-    task: str  # "image_classification" | "text_classification"
+    task: str  # "image_classification" | "text_classification" | FEATURE_EXTRACTION | TEXT_GENERATION
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     dynamic: dict[str, DimRange]  # dim name -> range, e.g. {"batch": DimRange(1, 8, 64)}
@@ -146,6 +168,11 @@ class ModelSpec:
         if any(isinstance(d, str) for t in self.outputs for d in t.shape[1:]):
             return None
         return int(pp.get("pad_id", 0))
+
+    def scored_on_labels(self) -> bool:
+        """Whether its dataset's labels score its outputs (a classifier on its dataset); a feature extractor's
+        dataset gives sentences only (judged on parity and neighbours, never on the dataset's labels)."""
+        return self.dataset is not None and self.task != FEATURE_EXTRACTION
 
     # ---- (de)serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from zoo import tasks
 from zoo.tasks import STAGES, Task, TaskError
 
 ROOT = Path(__file__).resolve().parents[1]
-BUILT_IN = ("image_classification", "text_classification", "custom", "text_generation")
+BUILT_IN = ("image_classification", "text_classification", "custom", "text_generation", "feature_extraction")
 FAKE = "fake_task"
 CALLS: list[tuple[str, str]] = []  # (stage, model) for every fake handler call
 
@@ -96,7 +96,7 @@ def test_an_unknown_task_in_a_spec_stops_a_stage_with_that_error(tmp_path, capsy
     (tmp_path / "vit" / "spec.json").write_text(json.dumps({"task": "speech_recognition"}))
     assert export_main(["--models", "vit", "--artifacts", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "unknown task 'speech_recognition': expected one of custom, image_classification" in err
+    assert "unknown task 'speech_recognition': expected one of custom, feature_extraction, image_classification" in err
     assert not (tmp_path / "vit" / "fp32.onnx").exists()
 
 

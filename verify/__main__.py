@@ -170,7 +170,10 @@ def _print_row(r: dict[str, Any]) -> None:
     status = "PASS" if r.get("passed") else ("FAIL" if r.get("gating", True) else "MISS (advisory: CPU kernels)")
     print(f"  {r['model']:<18} {r['artifact']:<15} {r['backend']:<12} {r['precision']:<5} acc {_fmt(r.get('accuracy'))} "
           f"d {delta_statement(r)} agree {_fmt(r.get('top1_agreement'))} "
-          f"maxabs {_fmt(r.get('max_abs_diff'), '.2e')} {status}" + ("" if r.get("passed") else f"  {r.get('reasons')}"))
+          f"maxabs {_fmt(r.get('max_abs_diff'), '.2e')} "
+          + (f"cos {_fmt(r.get('cosine_mean'), '.5f')} nn@{r['neighbour_k']} {_fmt(r.get('neighbour_overlap'))} "
+             if r.get("neighbour_k") else "")
+          + status + ("" if r.get("passed") else f"  {r.get('reasons')}"))
 
 
 def write_markdown(rows: list[dict[str, Any]], path: Path) -> None:

@@ -132,7 +132,8 @@ def test_inputs(spec, ref: ModelRef, limit: int | None = None, parity_n: int = P
         x = normalize_images(np.asarray(test.x), pp["mean"], pp["std"])
     else:
         x = TextEncoder(ref.file(pp["tokenizer"])).encode(test.x, pad_to=pp["max_len"])
-    return {spec.inputs[0].name: x}, np.asarray(test.y), {"name": ds.name, "sha256": ds.sha256, "split": "test",
+    y = np.asarray(test.y) if spec.scored_on_labels() else None  # a feature extractor: its sentences only
+    return {spec.inputs[0].name: x}, y, {"name": ds.name, "sha256": ds.sha256, "split": "test",
                                                           "n": int(len(x)), "n_split": int(len(ds.test))}
 
 

@@ -1,4 +1,5 @@
-"""Hugging Face sequence classifiers from a local directory: ``hf:<dir>`` (and ``bert_imdb``, trained here).
+"""Hugging Face sequence classifiers and sentence embedders from a local directory: ``hf:<dir>`` (and ``bert_imdb``,
+trained here).
 
 ``<dir>`` is what ``save_pretrained`` writes (or a downloaded snapshot such as ``bert-base-uncased`` fine-tuned for
 classification): ``config.json``, the weights (``model.safetensors`` or ``pytorch_model.bin``, sharded or not) and
@@ -10,6 +11,12 @@ a fast tokenizer (``tokenizer.json``, or a BERT ``vocab.txt`` that transformers 
   (int64, (batch, sequence)): ``attention_mask = input_ids != pad_id`` and zero ``token_type_ids`` are computed
   inside the model, so every stage feeds one tensor and a right-padded batch gives the unpadded logits (as our
   ``text_transformer`` does).
+- Feature extraction (pipeline.sources.hf_folder_task: a sentence-transformers folder, with modules.json, or a config
+  whose architectures are bare encoders such as ``BertModel``): ``AutoModel`` wrapped by :class:`HFSentenceEmbedder`,
+  the same one input, output ``embeddings`` (batch, hidden): the mean of the last hidden states over the non-padding
+  tokens, L2-normalised (sentence-transformers' Pooling(mean) + Normalize, as all-MiniLM-L6-v2 is published). Its
+  spec has no labels, the neighbour bars of ``runtime.modelspec.default_tolerances`` and, unless named, the dataset
+  ``EMBEDDING_DATASET`` whose sentences (never its labels) it is judged and calibrated on.
 - The spec: text classification, labels from ``config.id2label``, batch 1..32, sequence from the tokenizer's
   special tokens (2 for BERT: [CLS] [SEP]) to ``min(max_position_embeddings, tokenizer.model_max_length, 128)``.
 - The tokenizer: the pipeline's ``runtime.preprocess.TextEncoder`` reads one ``tokenizers`` JSON from the model's
@@ -31,7 +38,8 @@ import inspect
 import os
 from pathlib import Path
 
-from pipeline.sources import source_of
+from pipeline.sources import hf_folder_task, source_of
+from runtime.modelspec import FEATURE_EXTRACTION, default_tolerances
 from zoo.built import BuiltModel, RegistryError
 from zoo.io import atomic_write_text
 from zoo.spec import DimRange, ModelSpec, TensorSpec
@@ -45,6 +53,8 @@ TOKENIZERS = (("tokenizer.json",), ("vocab.txt",))  # a BERT fast tokenizer: eit
 # HF model folders, relative to the artifacts folder, under names of their own (trained by zoo.train)
 ALIASES = {"bert_imdb": "bert_imdb/hf"}
 TRAIN_HINT = "python -m edgeattn train --models bert_imdb"
+EMBEDDINGS = "embeddings"  # a feature extractor's output: (batch, hidden), mean-pooled, L2-normalised
+EMBEDDING_DATASET = "imdb"  # a feature extractor's default sentences (no labels used): test for verify, train to calibrate
 
 
 def _registry_error(msg: str) -> Exception:
@@ -121,6 +131,33 @@ def _labels(config) -> list[str]:
     return [id2label.get(i, f"LABEL_{i}") for i in range(n)]
 
 
+def _make_embedder():
+    import torch
+    from torch import nn
+
+    class HFSentenceEmbedder(nn.Module):
+        """``input_ids`` -> L2-normalised mean of an HF encoder's last hidden states over the non-padding tokens
+        (sentence-transformers' Pooling(mean) + Normalize); the padding mask (and zero token types) inside."""
+
+        def __init__(self, model, pad_id: int, token_types: bool):
+            super().__init__()
+            self.model = model
+            self.pad_id = int(pad_id)
+            self.token_types = bool(token_types)
+
+        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:  # (B, T) int64 -> (B, hidden)
+            mask = input_ids != self.pad_id  # (B, T)
+            kw = {"attention_mask": mask.to(torch.int64)}
+            if self.token_types:
+                kw["token_type_ids"] = torch.zeros_like(input_ids)
+            h = self.model(input_ids=input_ids, **kw).last_hidden_state  # (B, T, D)
+            m = mask.unsqueeze(-1).to(h.dtype)  # (B, T, 1)
+            pooled = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)  # (B, D)
+            return nn.functional.normalize(pooled, p=2.0, dim=1)
+
+    return HFSentenceEmbedder
+
+
 def _make_wrapper():
     import torch
     from torch import nn
@@ -143,35 +180,55 @@ def _make_wrapper():
     return HFSequenceClassifier
 
 
-def wrap(model, pad_id: int):
-    """The pipeline's module around an HF classifier (see :class:`HFSequenceClassifier`)."""
+def wrap(model, pad_id: int, task: str = "text_classification"):
+    """The pipeline's module around an HF model: :class:`HFSequenceClassifier` (a classifier), or
+    :class:`HFSentenceEmbedder` (an encoder, ``task`` FEATURE_EXTRACTION)."""
     token_types = "token_type_ids" in inspect.signature(model.forward).parameters and \
         int(getattr(model.config, "type_vocab_size", 0) or 0) > 0
-    return _make_wrapper()(model, pad_id, token_types).eval()
+    make = _make_embedder if task == FEATURE_EXTRACTION else _make_wrapper
+    return make()(model, pad_id, token_types).eval()
+
+
+def _load_model(d: Path, name: str, task: str, attn_implementation: str):
+    """(config, model in eval mode, float32): ``AutoModel`` for feature extraction, else
+    ``AutoModelForSequenceClassification``."""
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # its per-tensor "Loading weights" bar, in every stage's output
+    auto = AutoModel if task == FEATURE_EXTRACTION else AutoModelForSequenceClassification
+    what = "an encoder" if task == FEATURE_EXTRACTION else "a sequence classifier"
+    try:
+        config = AutoConfig.from_pretrained(str(d), local_files_only=True)
+        model = auto.from_pretrained(str(d), local_files_only=True, dtype=torch.float32,
+                                     attn_implementation=attn_implementation)
+    except Exception as e:  # noqa: BLE001 - transformers raises many kinds for an unusable folder
+        raise _registry_error(f"model '{name}': cannot load {what} from '{d}' ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:300]})") from e
+    return config, model.eval()
+
+
+def _head(task: str, config, dataset: str | None) -> dict:
+    """What the task sets in the spec: outputs (after the batch axis), labels, dataset, tolerances. A feature
+    extractor is judged on EMBEDDING_DATASET's sentences unless its config or the caller names another dataset."""
+    if task == FEATURE_EXTRACTION:
+        return {"output": EMBEDDINGS, "width": int(config.hidden_size), "labels": [],
+                "dataset": dataset or EMBEDDING_DATASET, "tolerances": default_tolerances(FEATURE_EXTRACTION)}
+    labels = _labels(config)
+    return {"output": "logits", "width": len(labels), "labels": labels, "dataset": dataset or None,
+            "tolerances": default_tolerances("text_classification")}
 
 
 def load_hf(name: str, directory: str | os.PathLike | None = None, dataset: str | None = None,
             max_len: int | None = None, attn_implementation: str = "eager", batch_max: int = MAX_BATCH,
             artifacts: str | os.PathLike = "artifacts"):
-    """``hf:<dir>`` (or an alias, whose folder ``directory`` overrides) -> BuiltModel in eval mode, float32."""
-    import torch
-
-
+    """``hf:<dir>`` (or an alias, whose folder ``directory`` overrides) -> BuiltModel in eval mode, float32: a
+    sequence classifier, or a sentence embedder when the folder is a bare encoder (pipeline.sources.hf_folder_task)."""
     d = Path(directory) if directory else hf_dir(name, artifacts)
     check_dir(d, name, train_hint=TRAIN_HINT if name in ALIASES else None)
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # its per-tensor "Loading weights" bar, in every stage's output
-
-    try:
-        config = AutoConfig.from_pretrained(str(d), local_files_only=True)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            str(d), local_files_only=True, dtype=torch.float32, attn_implementation=attn_implementation)
-    except Exception as e:  # noqa: BLE001 - transformers raises many kinds for an unusable folder
-        raise _registry_error(f"model '{name}': cannot load a sequence classifier from '{d}' ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:300]})") from e
-    model.eval()
+    task = hf_folder_task(d) or "text_classification"
+    config, model = _load_model(d, name, task, attn_implementation)
     tok = load_tokenizer(d, name)
     pad_id = tok.pad_token_id
     cls_id = tok.cls_token_id
@@ -180,25 +237,24 @@ def load_hf(name: str, directory: str | os.PathLike | None = None, dataset: str 
     seq_min = max(1, min(n_special, n))
     specials = [int(i) for i in tok.all_special_ids if i is not None]
     first_real = max(specials) + 1 if specials and max(specials) + 1 < int(config.vocab_size) // 2 else 1
-    labels = _labels(config)
-    dataset = dataset if dataset is not None else getattr(config, DATASET_KEY, None)
+    head = _head(task, config, dataset if dataset is not None else getattr(config, DATASET_KEY, None))
     side = getattr(tok, "truncation_side", "right") or "right"
     spec = ModelSpec(
-        name=name, task="text_classification",
+        name=name, task=task,
         inputs=[TensorSpec("input_ids", "int64", ("batch", "sequence"))],
-        outputs=[TensorSpec("logits", "float32", ("batch", len(labels)))],
+        outputs=[TensorSpec(head["output"], "float32", ("batch", head["width"]))],
         dynamic={"batch": DimRange(1, min(8, batch_max), batch_max),
                  "sequence": DimRange(seq_min, max(seq_min, min(64, n)), n)},
-        labels=labels, dataset=dataset or None,
+        labels=head["labels"], dataset=head["dataset"], tolerances=head["tolerances"],
         preprocess={"kind": "text", "tokenizer": TOKENIZER_FILE, "vocab_size": int(config.vocab_size), "max_len": n,
                     "pad_id": int(pad_id), "cls_id": int(cls_id), "first_real_id": int(first_real),
                     "truncation_side": side, "source": "huggingface"},
     )
     cfg = {"hf_dir": str(d.resolve()), "model_type": config.model_type,
-           "architectures": list(getattr(config, "architectures", None) or []), "num_labels": len(labels),
-           "max_len": n, "dataset": dataset or None, "attn_implementation": attn_implementation,
+           "architectures": list(getattr(config, "architectures", None) or []), "num_labels": len(head["labels"]),
+           "task": task, "max_len": n, "dataset": head["dataset"], "attn_implementation": attn_implementation,
            "transformers": _version()}
-    return BuiltModel(name, wrap(model, pad_id), spec, cfg)
+    return BuiltModel(name, wrap(model, pad_id, task), spec, cfg)
 
 
 def _version() -> str:
