@@ -388,22 +388,12 @@ def test_one_pass_sensitivity_ranks_the_harmful_node_first_and_the_search_keeps_
     ranks gemm2 first, and budget_search with that ranking keeps it float after 1 + 2 full evaluations."""
     import onnx
 
-    from calibration import CalibrationData
-    from calibration.evalset import EvalSet
-    from optimize.fp16 import ort_logits
     from optimize.int8_budget import QuantOptions, budget_search, evaluate_inprocess
-    from optimize.int8_build import calibrate_ranges
     from optimize.layer_error import float_weight, layer_errors, per_channel_int8, per_tensor_int8
     from optimize.qdq_graph import quantizable_nodes
-    from test_quantize import _outlier_mlp
+    from test_quantize import outlier_mlp_case
 
-    src = _outlier_mlp(tmp_path / "mlp.onnx")
-    rng = np.random.default_rng(0)
-    calib = CalibrationData.from_arrays({"x": rng.standard_normal((128, 16)).astype(np.float32)}, batch_size=32)
-    es = EvalSet({"x": rng.standard_normal((400, 16)).astype(np.float32)})
-    ref = ort_logits(src, es)
-    es.y = ref.argmax(1)
-    ranges, _ = calibrate_ranges(src, calib, "MinMax")
+    src, ranges, es, ref = outlier_mlp_case(tmp_path)
     m = onnx.load(str(src))
     nodes = quantizable_nodes(m)
     first = {n.name: n.input[0] for n in m.graph.node}

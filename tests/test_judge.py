@@ -176,23 +176,15 @@ def test_the_loops_accepted_candidate_passes_verify_on_the_same_figures(tmp_path
     pytest.importorskip("onnxruntime")
     import onnx
 
-    from calibration import CalibrationData
-    from calibration.evalset import EvalSet
     from optimize.fp16 import ort_logits
     from optimize.int8_budget import QuantOptions, budget_search
-    from optimize.int8_build import calibrate_ranges, quantize_static_cached
+    from optimize.int8_build import quantize_static_cached
     from optimize.qdq_graph import quantizable_nodes
     from runtime.ort_backend import QDQ_REFERENCE_LEVEL
-    from tests.test_quantize import _outlier_mlp
+    from tests.test_quantize import outlier_mlp_case
     from verify.plan import tolerance_for
 
-    src = _outlier_mlp(tmp_path / "mlp.onnx")
-    rng = np.random.default_rng(0)
-    calib = CalibrationData.from_arrays({"x": rng.standard_normal((128, 16)).astype(np.float32)}, batch_size=32)
-    es = EvalSet({"x": rng.standard_normal((400, 16)).astype(np.float32)})
-    ref = ort_logits(src, es)
-    es.y = ref.argmax(1)
-    ranges, _ = calibrate_ranges(src, calib, "MinMax")
+    src, ranges, es, ref = outlier_mlp_case(tmp_path)
     opts = QuantOptions(max_drop=2.0, min_agreement=0.97, threads=1)
     res = budget_search(src, ranges, "MinMax", quantizable_nodes(onnx.load(str(src))), es, ref, es, ref, opts,
                         tmp_path, progress=False)

@@ -219,6 +219,19 @@ def _outlier_mlp(path):
     return path
 
 
+def outlier_mlp_case(tmp_path):
+    """The outlier MLP (:func:`_outlier_mlp`) with what a budget search needs: (src, ranges, es, ref), 400 seeded
+    evaluation rows labelled by the fp32 argmax, MinMax ranges from 128 seeded calibration rows."""
+    src = _outlier_mlp(tmp_path / "mlp.onnx")
+    rng = np.random.default_rng(0)
+    calib = CalibrationData.from_arrays({"x": rng.standard_normal((128, 16)).astype(np.float32)}, batch_size=32)
+    es = EvalSet({"x": rng.standard_normal((400, 16)).astype(np.float32)})
+    ref = ort_logits(src, es)
+    es.y = ref.argmax(1)
+    ranges, _ = calibrate_ranges(src, calib, "MinMax")
+    return src, ranges, es, ref
+
+
 def test_budget_loop_keeps_the_harmful_node_float(tmp_path):
     src = _outlier_mlp(tmp_path / "mlp.onnx")
     rng = np.random.default_rng(0)
