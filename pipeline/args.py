@@ -38,22 +38,25 @@ class StageParser(argparse.ArgumentParser):
         raise ArgumentsError(_reword(message))
 
 
+_REWORDS: tuple[tuple[str, Callable[[re.Match], str]], ...] = (  # argparse's message -> 'got ... expected ...'
+    (r"unrecognized arguments: (.*)",
+     lambda m: f"got unknown argument(s) {m[1]}; expected the options listed by --help"),
+    (r"the following arguments are required: (.*)", lambda m: f"got no {m[1]}; expected it (required)"),
+    (r"argument (\S+): invalid choice: (.*?) \(choose from (.*)\)",
+     lambda m: f"{m[1]}: got {m[2]}, expected one of {m[3]}"),
+    (r"argument (\S+): invalid (\S+) value: (.*)",
+     lambda m: f"{m[1]}: got {m[3]}, expected {'an integer' if m[2] == 'int' else 'a number'}"),
+    (r"argument (\S+?)(?:/\S+)?: (.*)", lambda m: f"{m[1]}: {m[2]}"),
+)
+
+
 def _reword(message: str) -> str:
     """argparse's own messages in the project's form ('got ... expected ...')."""
-    m = re.match(r"unrecognized arguments: (.*)", message)
-    if m:
-        return f"got unknown argument(s) {m.group(1)}; expected the options listed by --help"
-    m = re.match(r"the following arguments are required: (.*)", message)
-    if m:
-        return f"got no {m.group(1)}; expected it (required)"
-    m = re.match(r"argument (\S+): invalid choice: (.*?) \(choose from (.*)\)", message)
-    if m:
-        return f"{m.group(1)}: got {m.group(2)}, expected one of {m.group(3)}"
-    m = re.match(r"argument (\S+): invalid (\S+) value: (.*)", message)
-    if m:
-        return f"{m.group(1)}: got {m.group(3)}, expected {'an integer' if m.group(2) == 'int' else 'a number'}"
-    m = re.match(r"argument (\S+?)(?:/\S+)?: (.*)", message)
-    return f"{m.group(1)}: {m.group(2)}" if m else message
+    for pattern, say in _REWORDS:
+        m = re.match(pattern, message)
+        if m:
+            return say(m)
+    return message
 
 
 def stage_parser(stage: str, doc: str | None = None) -> StageParser:
