@@ -163,8 +163,9 @@ def summary_lines(o: RunOptions, out: Outcome, total_s: float) -> list[str]:
     if out.stopped:
         lines.append(f"edgeattn run: {len(out.stopped)} of {len(o.models)} model(s) stopped early: "
                      f"{', '.join(out.stopped)}")
-    lines.append(f"edgeattn run: done in {total_s:.0f} s ({laps}), exit {out.rc}; read "
-                 f"{Path(o.artifacts) / 'report.md'}")
+    report = Path(o.artifacts) / "report.md"
+    lines.append(f"edgeattn run: done in {total_s:.0f} s ({laps}), exit {out.rc}"
+                 + (f"; read {report}" if report.is_file() else "; no report was written"))
     return lines
 
 

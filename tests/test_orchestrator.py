@@ -77,8 +77,12 @@ def test_laps_and_summary(tmp_path, capsys):
     assert out.laps == [(s, 5.0) for s in ("train", "export", "simplify", "quantize", "engines", "verify", "report")]
     assert orc.run(o, FakeStages(), ticking()) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last == (f"edgeattn run: done in 75 s (train=5s export=5s simplify=5s quantize=5s engines=5s verify=5s "
-                    f"report=5s), exit 0; read {art / 'report.md'}")
+    assert last == ("edgeattn run: done in 75 s (train=5s export=5s simplify=5s quantize=5s engines=5s verify=5s "
+                    "report=5s), exit 0; no report was written")  # the fake report stage writes none
+    (art / "report.md").write_text("# report\n")
+    assert orc.run(o, FakeStages(), ticking()) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.endswith(f"exit 0; read {art / 'report.md'}")
 
 
 def test_a_failed_gating_row_fails_the_run_without_keep_going(tmp_path, capsys):
