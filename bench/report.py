@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 from bench.generation import greedy_text, mib
+from bench.int8_peers import report_section as int8_peers_section
 from bench.peers import EAGER_PEER
 from bench.results import device_of, ok, per_device, summarize
 from zoo.io import atomic_write_text, read_json
@@ -551,6 +552,7 @@ def build_report(artifacts: Path) -> str:
             "`bench.json` in this folder.", ""]
     parts = (head + section_targets(bench) + section_models(artifacts, names) + section_latency(bench)
              + section_batches(bench) + section_engine_timing(bench) + section_guard(bench) + section_quantize(artifacts, names)
+             + int8_peers_section(artifacts, names)
              + section_verify(verify) + section_generation(bench, verify, artifacts) + section_plots(artifacts, names)
              + section_env(bench))
     return "\n".join(parts).rstrip() + "\n"

@@ -20,6 +20,7 @@ from calibration.evalset import EvalSet
 from optimize.fp16 import run_guarded
 from optimize.int8_budget import QuantOptions, brief_figures, logit_error
 from optimize.int8_build import QuantizeError, quantize_dynamic_matmul, quantize_static_cached
+from optimize.cpu_fused_int8 import FUSED_FP32, build_fused, fused_search, fusion_report, quantize_fused_dynamic
 from optimize.qdq_graph import int8_weight_coverage, quantizable_weight_elements
 from runtime.child import python_module, run_child
 from runtime.cpu import ISA_METADATA_KEY, int8_isa, int8_saturates
@@ -29,10 +30,12 @@ from judge.figures import figures
 from zoo.io import atomic_write
 
 log = logging.getLogger("edgeattn.optimize.cpu_int8")
-CPU_CANDIDATES = ("dynamic", "dynamic_conv", "static_qdq_u8s8", "static_qoperator", "qdq_s8s8")
+# fused_dynamic: the CPU's own form (optimize.cpu_fused_int8): fused transformer graph, dynamic int8, per-channel weights,
+# its own sensitivity search; the others are built on the plain graph with the TensorRT search's exclusions.
+CPU_CANDIDATES = ("fused_dynamic", "dynamic", "dynamic_conv", "static_qdq_u8s8", "static_qoperator", "qdq_s8s8")
 # 7-bit weights (reduce_range): ORT's u8s8 kernels on CPUs without VNNI add pairs of u8*s8 products in int16 and
 # saturate; 255 * 63 * 2 stays inside int16 (runtime.cpu). Built where the CPU at hand saturates.
-RR_CANDIDATES = ("dynamic_rr", "static_qdq_u8s8_rr", "static_qoperator_rr")
+RR_CANDIDATES = ("fused_dynamic_rr", "dynamic_rr", "static_qdq_u8s8_rr", "static_qoperator_rr")
 ALL_CPU_CANDIDATES = CPU_CANDIDATES + RR_CANDIDATES
 
 
@@ -98,13 +101,21 @@ def build_cpu_candidates(src: Path, ranges: dict[str, TensorRange], method: str,
                          excluded: Sequence[str], qdq_path: Path, work: Path, opts: QuantOptions) -> dict[str, Path]:
     """Write each CPU candidate into ``work``; returns name -> path (failures are logged and skipped)."""
     out: dict[str, Path] = {}
+    fused: Path | None = None
     for name in opts.cpu_candidates or default_cpu_candidates():
         p = work / f"{name}.onnx"
         base, rr = (name[:-3], True) if name.endswith("_rr") else (name, False)
         try:
             if name not in ALL_CPU_CANDIDATES:
                 raise QuantizeError(f"CPU candidate: got {name!r}, expected one of {ALL_CPU_CANDIDATES}")
-            if base == "dynamic":
+            if base == "fused_dynamic":
+                fused = fused or build_fused(src, work)
+                if not (fusion_report(work) or {}).get("fused", {}).get("Attention"):
+                    log.info("int8 CPU candidate %s for %s: no transformer attention block to fuse; skipped", name,
+                             src.parent.name)
+                    continue
+                quantize_fused_dynamic(fused, p, reduce_range=rr)
+            elif base == "dynamic":
                 quantize_dynamic_matmul(src, p, exclude=excluded, reduce_range=rr)
             elif base == "dynamic_conv":
                 quantize_dynamic_matmul(src, p, exclude=excluded, conv=True)
@@ -163,20 +174,18 @@ def choose_cpu(src: Path, candidates: dict[str, Path], es: EvalSet, ref: np.ndar
     quantizable = quantizable_weight_elements(onnx.load(str(src)))
     rows: dict[str, dict[str, Any]] = {}
     for name, p in candidates.items():
-        coverage = int8_weight_coverage(p, quantizable)
-        run = run_guarded(p, es, "all", opts.threads)
-        if not run.ok:
-            rows[name] = {"ran": False, "error": run.error, "passed": False, "int8_weight_coverage": coverage}
-            continue
-        rows[name] = {"int8_weight_coverage": coverage}
-        cmp = figures(ref, run.logits, es.y, budget.neighbour_k)
-        cmp["logit_rel_mse"] = logit_error(ref, run.logits)
-        rows[name].update(ran=True, val=brief_figures(cmp), passed=passes(cmp, budget, labelled))
-        if coverage < opts.min_int8_coverage:
-            rows[name].update(passed=False, problem=f"only {coverage:.0%} of the Conv/Gemm/MatMul weights are int8, "
-                                                    f"expected >= {opts.min_int8_coverage:.0%}")
+        rows[name] = judge_cpu(p, es, ref, budget, labelled, opts, quantizable)
+        if rows[name]["ran"] and not rows[name]["passed"] and name.startswith("fused_dynamic"):
+            fused = p.parent / FUSED_FP32  # the CPU form's own search (optimize.cpu_fused_int8)
+            judge = lambda q: judge_cpu(q, es, ref, budget, labelled, opts, quantizable)  # noqa: E731
+            res = fused_search(fused, p, es, judge, opts, name.endswith("_rr"), rows[name])  # rewrites p
+            rows[name] = {**res["row"], "search": res["search"]}
+        if name.startswith("fused_"):
+            rows[name]["fusion"] = fusion_report(p.parent)
     runnable = {k: str(candidates[k]) for k, r in rows.items() if r["ran"]}
-    lat = bench_guarded({"fp32": str(src), **runnable}, feed, opts.bench_runs, opts.threads)
+    fused_fp32 = next((Path(v).parent / FUSED_FP32 for k, v in runnable.items() if k.startswith("fused_")), None)
+    extra = {"fp32_fused": str(fused_fp32)} if fused_fp32 is not None and fused_fp32.is_file() else {}
+    lat = bench_guarded({"fp32": str(src), **extra, **runnable}, feed, opts.bench_runs, opts.threads)
     fp32_ms = lat.get("fp32", {}).get("median_ms") if "error" not in lat else None
     for k in runnable:
         if k in lat:
@@ -189,9 +198,28 @@ def choose_cpu(src: Path, candidates: dict[str, Path], es: EvalSet, ref: np.ndar
                             f"{ {k: r.get('error') for k, r in rows.items()} }")
     winner, why = pick_cpu(rows, fp32_ms, opts, labelled)
     return {"winner": winner, "why": why, "candidates": rows, "fp32_latency_ms": fp32_ms,
+            "fp32_fused_latency_ms": lat.get("fp32_fused", {}).get("median_ms") if extra and "error" not in lat else None,
             "latency_error": lat.get("error"), "bench": {"batch": int(next(iter(feed.values())).shape[0]),
                                                         "runs": opts.bench_runs, "threads": opts.threads,
                                                         "ort_opt_level": "all"}}
+
+
+def judge_cpu(path: Path, es: EvalSet, ref: np.ndarray, budget: Budget, labelled: bool, opts: QuantOptions,
+              quantizable: int) -> dict[str, Any]:
+    """One CPU candidate on this CPU's integer kernels (crash-guarded child, ORT 'all'), judged by verify's verdict:
+    {"ran", "passed", "val", "int8_weight_coverage"[, "error", "problem"]}."""
+    coverage = int8_weight_coverage(path, quantizable)
+    run = run_guarded(path, es, "all", opts.threads)
+    if not run.ok:
+        return {"ran": False, "error": run.error, "passed": False, "int8_weight_coverage": coverage}
+    cmp = figures(ref, run.logits, es.y, budget.neighbour_k)
+    cmp["logit_rel_mse"] = logit_error(ref, run.logits)
+    row = {"int8_weight_coverage": coverage, "ran": True, "val": brief_figures(cmp),
+           "passed": passes(cmp, budget, labelled)}
+    if coverage < opts.min_int8_coverage:
+        row.update(passed=False, problem=f"only {coverage:.0%} of the Conv/Gemm/MatMul weights are int8, "
+                                         f"expected >= {opts.min_int8_coverage:.0%}")
+    return row
 
 
 def write_cpu_artifact(chosen: Path | None, dst: Path, isa: str) -> None:

@@ -31,12 +31,13 @@ ActQuant = Callable[[np.ndarray], np.ndarray]
 
 
 def float_weight(model, node: NodeInfo) -> np.ndarray:
-    """The float weight of a MatMul/Gemm node as [K, N] (a Gemm's transB undone)."""
+    """The float weight of a MatMul/Gemm node as [K, N] (a Gemm's transB undone); a com.microsoft.Attention node's
+    packed QKV weight [hidden, 3 * hidden] (optimize.cpu_fusion) is its input 1 as well."""
     from onnx import helper, numpy_helper
 
     inits = {t.name: t for t in model.graph.initializer}
     n = next((x for x in model.graph.node if x.name == node.name), None)
-    if n is None or node.weight not in inits or n.op_type not in ("MatMul", "Gemm"):
+    if n is None or node.weight not in inits or n.op_type not in ("MatMul", "Gemm", "Attention"):
         raise QuantizeError(f"layer error: node '{node.name}' with weight '{node.weight}': not found as a MatMul/Gemm "
                             "with a constant weight; expected optimize.qdq_graph.quantizable_nodes of the same graph")
     w = numpy_helper.to_array(inits[node.weight]).astype(np.float32)

@@ -3,6 +3,7 @@ forms built where int8 kernels saturate, the fp32 fallback of the CPU choice, th
 the budget loop on parity-only models. Nothing here asserts what this CPU's integer kernels compute."""
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -205,3 +206,212 @@ def test_parity_only_budget_aims_above_verifys_bar():
     assert passes({**base, "cosine_mean": 0.9903}, verify, labelled=False)
     assert passes({**base, "cosine_mean": 0.9951}, loop, labelled=False)
     assert passes({**base, "cosine_mean": 0.9903}, QuantOptions(parity_margin=0.0).loop_budget(None, False), False)
+
+
+# ---- the CPU's own form: fused transformer graph, dynamic int8, its own search ------------------------------
+@pytest.fixture(scope="module")
+def tiny_bert_art(tmp_path_factory):
+    """A 2-layer BERT classifier (random, NON-zero biases, so the bias Adds are in the graph) exported and simplified
+    by the pipeline: its model folder."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from export.__main__ import main as export_main
+    from optimize.simplify import main as simplify_main
+    from tests.test_hf import tiny_tokenizer
+
+    root = tmp_path_factory.mktemp("cpuint8")
+    tok = tiny_tokenizer(32)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=128, max_position_embeddings=32, num_labels=2, initializer_range=0.2,
+                     edgeattn_dataset="imdb")
+    torch.manual_seed(0)
+    m = BertForSequenceClassification(cfg)
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if n.endswith("bias"):
+                p.normal_(0.0, 0.2)
+    m.save_pretrained(str(root / "tiny_bert_b"))
+    tok.save_pretrained(str(root / "tiny_bert_b"))
+    args = ["--models", f"hf:{root / 'tiny_bert_b'}", "--artifacts", str(root / "art")]
+    assert export_main(args) == 0 and simplify_main(args) == 0
+    return root / "art" / "tiny_bert_b"
+
+
+def _feeds(spec, pad_row: bool = True):
+    feeds = [spec.example_inputs({"batch": b, "sequence": s}, seed=i) for i, (b, s) in enumerate([(1, 5), (3, 32)])]
+    if pad_row:
+        feeds[1]["input_ids"][0, 9:] = spec.trim_pad_id() or 0  # a padded row: the mask reaches the Attention node
+    return feeds
+
+
+def test_fusion_makes_one_attention_per_layer_and_keeps_the_logits(tiny_bert_art, tmp_path):
+    from optimize.cpu_fusion import fuse_for_cpu
+    from zoo.spec import load_spec
+
+    src = tiny_bert_art / "fp32.sim.onnx"
+    feeds = _feeds(load_spec(src))
+    rep = fuse_for_cpu(src, tmp_path / "fused.onnx", feeds)
+    assert rep["fused"]["Attention"] == 2 and rep["ops"]["Attention"] == 2  # one per layer
+    assert rep["fused"].get("SkipLayerNormalization", 0) >= 2 and "Softmax" not in rep["ops"]
+    a = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
+    b = ort.InferenceSession(str(tmp_path / "fused.onnx"), providers=["CPUExecutionProvider"])
+    for f in feeds:
+        np.testing.assert_allclose(b.run(None, f)[0], a.run(None, f)[0], rtol=1e-4, atol=1e-5)
+    # padding: a padded row's logits equal the same row unpadded (the mask went into the fused node)
+    row = feeds[1]["input_ids"][:1]
+    np.testing.assert_allclose(b.run(None, {"input_ids": row})[0], b.run(None, {"input_ids": row[:, :9]})[0],
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_fusion_refuses_a_graph_that_computes_something_else(tiny_bert_art, tmp_path, monkeypatch):
+    import optimize.cpu_fusion as cf
+    from zoo.spec import load_spec
+
+    real = cf._match
+
+    def wrong_scale(g, softmax):
+        m = real(g, softmax)
+        return m and {**m, "scale": m["scale"] * 2.0}
+
+    monkeypatch.setattr(cf, "_match", wrong_scale)
+    src = tiny_bert_art / "fp32.sim.onnx"
+    with pytest.raises(cf.FusionError, match=r"differs from fp32.sim.onnx by .* expected <= 0.0001"):
+        cf.fuse_for_cpu(src, tmp_path / "bad.onnx", _feeds(load_spec(src)))
+
+
+def test_dynamic_uint8_is_onnx_runtimes_dynamic_quantize_linear(tmp_path):
+    """The ranking's activation model equals DynamicQuantizeLinear -> DequantizeLinear (graph optimisations off: the
+    float arithmetic of the ops, the same on every CPU)."""
+    from onnx import helper
+
+    from optimize.cpu_fused_int8 import dynamic_uint8
+
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "s", "z"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])]
+    g = helper.make_graph(nodes, "dq", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 24])],
+                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 24])])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "dq.onnx"))
+    rng = np.random.default_rng(3)
+    for x in (rng.standard_normal((8, 24)) * 3 + 1, np.abs(rng.standard_normal((8, 24))), -np.abs(rng.standard_normal((8, 24)))):
+        x = x.astype(np.float32)
+        got = ort_logits(tmp_path / "dq.onnx", EvalSet({"x": x}), QDQ_REFERENCE_LEVEL, threads=1)
+        np.testing.assert_allclose(dynamic_uint8(x), got, rtol=0, atol=1e-6 * np.abs(x).max())
+
+
+def test_fused_dynamic_form_is_int8_per_channel_and_7bit_where_asked(tiny_bert_art, tmp_path):
+    from onnx import numpy_helper
+
+    from optimize.cpu_fused_int8 import build_fused, quantize_fused_dynamic
+    from zoo.spec import load_spec
+
+    src = tiny_bert_art / "fp32.sim.onnx"
+    spec = load_spec(src)
+    fused = build_fused(src, tmp_path, _feeds(spec))
+    for rr in (False, True):
+        dst = tmp_path / f"q{rr}.onnx"
+        quantize_fused_dynamic(fused, dst, reduce_range=rr)
+        m = onnx.load(str(dst))
+        ops = [n.op_type for n in m.graph.node]
+        assert ops.count("QAttention") == 2 and "Attention" not in ops  # the fused attention's QKV in int8
+        assert "MatMul" not in ops or all(n.op_type != "MatMul" or n.input[1] not in
+                                          {t.name for t in m.graph.initializer} for n in m.graph.node)
+        w8 = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer
+              if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2}
+        qkv = [w for k, w in w8.items() if w.shape == (64, 192)]
+        assert len(qkv) == 2
+        # per channel: one scale per output column of every int8 weight
+        scales = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer if t.name.endswith("_scale")}
+        assert any(s.shape == (192,) for s in scales.values()) and any(s.shape == (128,) for s in scales.values())
+        top = max(int(np.abs(w.astype(int)).max()) for w in w8.values())
+        assert top <= 64 if rr else top > 64, (rr, top)
+        # the 7-bit form stays close to fp32 (7-bit products never saturate int16, so this holds on every CPU)
+        if rr:
+            es = EvalSet({"input_ids": spec.example_inputs({"batch": 16, "sequence": 32}, seed=7)["input_ids"]})
+            ref, out = ort_logits(src, es), ort_logits(dst, es)
+            err = float(np.mean((out - ref) ** 2) / np.mean(ref ** 2))  # relative logit MSE (random logits near 0
+            assert err < 0.05, err  # make per-row cosines meaningless)
+
+
+def test_fused_ranking_puts_the_outlier_first_and_the_search_bisects(tmp_path):
+    """The outlier MLP (tests.test_quantize): gemm2's input carries a constant 500, so dynamic uint8 rounds its other
+    activations to zero: the one-pass ranking names it first, and the bisection keeps exactly the nodes a verdict
+    asks for, in at most 2 + ceil(log2 n) builds."""
+    from optimize.cpu_fused_int8 import build_fused, fused_search, rank_fused
+
+    src = _outlier_mlp(tmp_path / "mlp.onnx")
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((64, 16)).astype(np.float32)
+    fused = build_fused(src, tmp_path, [{"x": x[:4]}])
+    es = EvalSet({"x": x})
+    ranking = rank_fused(fused, es)
+    assert [r["node"] for r in ranking][0] == "gemm2" and len(ranking) == 3
+    assert ranking[0]["output_rel_mse"] > 10 * ranking[1]["output_rel_mse"]
+
+    def float_nodes(path):  # the verdict: passes when gemm2 is float (a MatMul on a float weight)
+        m = onnx.load(str(path))
+        inits = {t.name: t.data_type for t in m.graph.initializer}
+        return {n.name for n in m.graph.node if n.op_type == "MatMul" and inits.get(n.input[1]) == onnx.TensorProto.FLOAT}
+
+    calls = []
+
+    def judge(p):
+        calls.append(p)
+        ok = "gemm2" in float_nodes(p)
+        return {"ran": True, "passed": ok, "val": {"top1_agreement": 1.0 if ok else 0.5}}
+
+    from optimize.cpu_fused_int8 import quantize_fused_dynamic
+
+    dst = tmp_path / "fused_dynamic.onnx"
+    quantize_fused_dynamic(fused, dst)
+    # gemm2 holds 1024 of the 1664 weight elements: keeping it float leaves 38 % in int8, below the default 50 %
+    # (QuantOptions.min_int8_coverage): the search may not go there, and says it missed
+    res = fused_search(fused, dst, es, judge, QuantOptions(sweep_samples=64))
+    assert res["search"]["kept_float"] == [] and not res["search"]["passed"] and len(calls) == 1
+    calls.clear()
+    res = fused_search(fused, dst, es, judge, QuantOptions(sweep_samples=64, min_int8_coverage=0.3))
+    assert res["search"]["kept_float"] == ["gemm2"] and res["search"]["passed"] and res["row"]["passed"]
+    assert float_nodes(dst) == {"gemm2"}  # the chosen form was written to dst
+    assert len(calls) <= 2 + 1 and res["search"]["builds"] == len(calls)
+    assert not list(tmp_path.glob("fused_dynamic.keep*.onnx"))  # the tried forms are cleaned up
+
+
+# ---- bench: the CPU int8 peers -------------------------------------------------------------------------------
+def test_int8_peers_rows_judge_every_row_against_fp32_on_the_same_rows(tiny_bert_art, capsys):
+    from bench.int8_peers import main as peers_main, report_section
+
+    art = tiny_bert_art.parent
+    name = f"hf:{art.parent / 'tiny_bert_b'}"
+    assert peers_main(["--models", name, "--artifacts", str(art), "--eval-samples", "60", "--batches", "1,2",
+                       "--seq-len", "16", "--runs", "3"]) == 0
+    sec = json.loads((tiny_bert_art / "int8_peers.json").read_text())
+    rows = sec["rows"]
+    assert sec["n"] == 60 and sec["batches"] == [1, 2] and sec["seq_len"] == 16
+    fp = rows["fp32"]
+    assert fp["accuracy_delta"] == 0.0 and fp["top1_agreement"] == 1.0 and fp["cosine_mean"] > 0.999999
+    # 60 rows cannot resolve a 0.5-point budget (400 needed): no row is called within it, and each says why
+    assert all(not r.get("within_int8_budget") for r in rows.values())
+    assert any("does not resolve on 60 samples" in m and ">= 400" in m for m in fp["budget_misses"])
+    ort_peer = rows["ort_dynamic_default"]
+    m = onnx.load(str(tiny_bert_art / "peers" / "ort_dynamic_default.onnx"))
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= {n.op_type for n in m.graph.node}  # really int8
+    assert 0.0 <= ort_peer["top1_agreement"] <= 1.0 and -1.0 <= ort_peer["cosine_mean"] <= 1.0
+    for k in ("fp32", "ort_dynamic_default"):
+        assert rows[k]["b1_ms"] > 0 and rows[k]["b2_ms"] > 0
+    assert rows["fp32"]["b1_speedup"] == 1.0
+    nncf_row = rows["nncf_openvino"]
+    try:
+        import nncf  # noqa: F401
+    except ImportError:
+        assert nncf_row["error"].startswith("not installed")
+    else:
+        assert nncf_row.get("error") is None, nncf_row
+        assert (tiny_bert_art / "peers" / "nncf_int8.xml").is_file() and nncf_row["b1_ms"] > 0
+        assert "model_type=TRANSFORMER" in nncf_row["how"] and 0.0 <= nncf_row["top1_agreement"] <= 1.0
+    out = "\n".join(report_section(art, [name]))
+    assert "| ort_dynamic_default |" in out and "batch 2 ms" in out
+    stamp = json.loads((tiny_bert_art / "peers" / "peers.json").read_text())
+    assert peers_main(["--models", name, "--artifacts", str(art), "--eval-samples", "60", "--batches", "1",
+                       "--runs", "2", "--seq-len", "16"]) == 0
+    assert json.loads((tiny_bert_art / "peers" / "peers.json").read_text()) == stamp  # peers reused, not rebuilt
