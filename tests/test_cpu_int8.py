@@ -415,3 +415,22 @@ def test_int8_peers_rows_judge_every_row_against_fp32_on_the_same_rows(tiny_bert
     assert peers_main(["--models", name, "--artifacts", str(art), "--eval-samples", "60", "--batches", "1",
                        "--runs", "2", "--seq-len", "16"]) == 0
     assert json.loads((tiny_bert_art / "peers" / "peers.json").read_text()) == stamp  # peers reused, not rebuilt
+
+
+def test_cpu_candidates_build_the_fused_forms_only_where_attention_fuses(tiny_bert_art, tmp_path, monkeypatch, caplog):
+    import optimize.cpu_fusion as cf
+    from optimize.cpu_fused_int8 import FUSED_FP32
+    from optimize.cpu_int8 import build_cpu_candidates
+
+    src = tiny_bert_art / "fp32.sim.onnx"
+    opts = QuantOptions(cpu_candidates=("fused_dynamic", "fused_dynamic_rr"))
+    (tmp_path / "a").mkdir()
+    out = build_cpu_candidates(src, {}, "MinMax", [], [], None, tmp_path / "a", opts)
+    assert set(out) == {"fused_dynamic", "fused_dynamic_rr"} and (tmp_path / "a" / FUSED_FP32).is_file()
+    for p in out.values():
+        assert [n.op_type for n in onnx.load(str(p)).graph.node].count("QAttention") == 2
+    monkeypatch.setattr(cf, "fuse_attention", lambda model: 0)  # a graph with no attention block ORT-fusable
+    (tmp_path / "b").mkdir()
+    with caplog.at_level(logging.INFO, logger="edgeattn.optimize.cpu_int8"):
+        assert build_cpu_candidates(src, {}, "MinMax", [], [], None, tmp_path / "b", opts) == {}
+    assert "no transformer attention block to fuse; skipped" in caplog.text
