@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pipeline.args import add_artifacts, add_force, add_models, add_threads, positive_int, stage_parser
+from pipeline.args import add_artifacts, add_batches, add_force, add_models, add_threads, positive_int, stage_parser
 from pipeline.artifacts import resolve_models
 from pipeline.stage import StageErrors, cli
 from runtime.child import python_module, run_child
@@ -274,19 +274,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--child"]:
         return _child(argv[1:])
-    ap = stage_parser("int8_peers", __doc__)
+    ap = stage_parser("int8-peers", __doc__)
     add_models(ap)
     add_artifacts(ap, must_exist=True)
     ap.add_argument("--eval-samples", type=positive_int, default=1000, help="test rows for the figures")
-    ap.add_argument("--batches", default="1,8", help="comma-separated batch sizes to time")
+    add_batches(ap, default="1,8", help="comma-separated batch sizes to time")
     ap.add_argument("--seq-len", type=positive_int, default=128)
     ap.add_argument("--runs", type=positive_int, default=20)
     add_force(ap, help="rebuild the peers")
     add_threads(ap, default="2")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
-    batches = [int(b) for b in str(args.batches).split(",") if b]
-    errors = StageErrors("int8_peers")
+    batches = list(args.batches)
+    errors = StageErrors("int8-peers")
     for ref in resolve_models(args.models, args.artifacts):
         with errors.model(ref.name):
             sec = model_rows(ref.folder, args.eval_samples, batches, args.seq_len, args.threads, args.runs,
@@ -297,4 +297,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(cli("int8_peers", main))
+    raise SystemExit(cli("int8-peers", main))

@@ -7,6 +7,7 @@
   edgeattn engines   --models vit --flavor rtx              -> <precision>.<flavor>.engine + manifests
   edgeattn verify    --models vit --strict                  every artifact vs PyTorch -> verify.json/.md
   edgeattn bench     --models vit                           latency vs peers -> bench.json, plots
+  edgeattn int8-peers --models hf:DIR                       CPU int8 vs ORT quantize_dynamic / NNCF -> int8_peers.json
   edgeattn report                                           -> artifacts/report.md
   edgeattn gpu-check                                        GPU self-check -> gpu-check.json
   edgeattn engine-timing artifacts/vit/fp16.trt10.engine    trtexec-grade engine timing (GPU)
@@ -40,7 +41,7 @@ STAGES = {"train": "zoo.train", "export": "export.__main__", "simplify": "optimi
           "quantize": "optimize.quantize", "engines": "optimize.engines", "verify": "verify.__main__",
           "bench": "bench.__main__", "report": "bench.report", "harden": "devtools.harden", "gpu-check": "devtools.gpu_check",
           "engine-timing": "bench.engine_timing", "triton": "serve.repository", "serve": "serve.server",
-          "loadtest": "serve.loadtest"}
+          "loadtest": "serve.loadtest", "int8-peers": "bench.int8_peers"}
 
 
 def run_stage(stage: str, argv: Sequence[str]) -> int:
