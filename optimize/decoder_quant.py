@@ -70,7 +70,7 @@ from optimize.int8_build import QuantizeError, calibrate_ranges, quantize_dynami
 from optimize.layer_error import block_int8, float_weight, layer_errors, per_channel_int8, per_tensor_int8
 from optimize.kv_cache import CACHE_TYPES, narrow_cache
 from optimize.nbits import INTEGER_LEVEL, dequantized_weights, lm_head, matmul_nbits, weight_coverage
-from pipeline.artifacts import CPU_WEIGHT_FORMS, PRECISION_FILES, cpu_form_for_bits
+from pipeline.artifacts import CPU_WEIGHT_FORMS, PRECISION_FILES
 from optimize.qdq_graph import NodeInfo, ensure_node_names, int8_weight_coverage, quantizable_nodes, \
     quantizable_weight_elements
 from optimize.qdq_rules import check_qdq_rules, qdq_counts
