@@ -214,6 +214,12 @@ def section_quantize(artifacts: Path, names: list[str]) -> list[str]:
             notes.append(f"- **{m} int8.qdq.onnx missed its budget**: {q['miss']}. Fallback: {q.get('fallback')}.")
         if not c.get("file"):
             notes.append(f"- {m}: no int8.cpu.onnx on this CPU ({c.get('cpu_isa')}): {c.get('why')}.")
+        c4 = (i8.get("cpu_forms") or {}).get("int4.cpu")  # decoders: the 4-bit weight-only CPU file, when written
+        if c4 and c4.get("file"):
+            v4 = c4.get("val") or {}
+            notes.append(f"- {m}: int4.cpu.onnx = {c4.get('method')} ({c4.get('latency_ms', 0):.3f} ms per token vs fp32 "
+                         f"{c4.get('fp32_latency_ms') or 0:.3f}; agreement {v4.get('top1_agreement', float('nan')):.4f}, "
+                         f"perplexity {v4.get('perplexity_delta_pct', float('nan')):+.3f} %).")
     if not rows:
         return out + ["No INT8 artifacts yet: run `make quantize`.", ""]
     out += table(["model", "int8.qdq within budget", "nodes kept float", "accuracy delta pts (val, simulated)",

@@ -1,7 +1,8 @@
 """A decoder's evaluation data and its run on ONNX Runtime, for the quantize stage's decoder loop and verify alike:
 ``text_windows`` (windows of a dataset split as an EvalSet of input_ids and next-token labels), ``prefill_feed``
-(whole windows as one prefill) and ``ort_teacher_forced`` (a decoder graph over the windows, scored as
-judge.teacher_forced.TeacherForced)."""
+(whole windows as one prefill), ``ort_teacher_forced`` (a decoder graph over the windows, scored as
+judge.teacher_forced.TeacherForced) and ``ort_teacher_forced_cached`` (the same, each window's second half read through
+the cache its first half wrote: judges a narrowed cache)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -74,3 +75,33 @@ def ort_teacher_forced(model: str | Path, windows, level: str = "all", threads: 
     cache = np.dtype(types.get(info.past_inputs[0], "float32")) if info.past_inputs else np.float32
     return teacher_forced_run(lambda x: sess.run(["logits"], prefill_feed(info, x, cache))[0], windows, batch_size,
                               progress)
+
+
+def ort_teacher_forced_cached(model: str | Path, windows, level: str = "all", threads: int | None = None,
+                              batch_size: int = 8, spec: dict[str, Any] | None = None,
+                              progress: str | None = None) -> TeacherForced:
+    """:func:`ort_teacher_forced`, but each window in two steps: a prefill of its first half, then the second half as
+    one step on the cache that prefill returned, fed back in the graph's own cache type. The second half's logits read
+    the cache as a decode step does, so a cache narrowed to float16 (optimize.kv_cache) shows its rounding in the
+    figures; with a float32 cache they equal the one-prefill figures up to float rounding."""
+    from runtime.generate import DecoderInfo
+    from runtime.modelspec import read_spec
+    from runtime.ort_backend import ORT_TYPES, cpu_session
+
+    sess = cpu_session(model, level, threads)
+    info = DecoderInfo.from_spec(spec or read_spec(Path(model), dict(sess.get_modelmeta().custom_metadata_map)),
+                                 str(model))
+    types = {a.name: ORT_TYPES.get(a.type, "float32") for a in sess.get_inputs()}
+    cache = np.dtype(types.get(info.past_inputs[0], "float32")) if info.past_inputs else np.float32
+    names = ["logits", *info.present_outputs]
+
+    def run(x: np.ndarray) -> np.ndarray:
+        b, t = x.shape
+        s = max(1, t // 2)
+        first = sess.run(names, prefill_feed(info, x[:, :s], cache))
+        step = {"input_ids": np.ascontiguousarray(x[:, s:], dtype=np.int64), "attention_mask": np.ones((b, t), np.int64),
+                "position_ids": np.ascontiguousarray(np.broadcast_to(np.arange(s, t, dtype=np.int64), (b, t - s)))}
+        step.update(zip(info.past_inputs, first[1:]))
+        return np.concatenate([first[0], sess.run(["logits"], step)[0]], axis=1)  # (B, T, V)
+
+    return teacher_forced_run(run, windows, batch_size, progress)

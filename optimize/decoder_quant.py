@@ -23,14 +23,20 @@ is judge.budget.reasons, the one verify's decoder rows use).
   activations float: TensorRT's weight-only path; :func:`weight_only_qdq`). W8A8 is chosen when within the budget
   with >= ``min_int8_coverage`` of the weights int8 (int8 GEMMs on TensorRT), else weight-only when within it,
   else the more accurate of the two is kept and marked failed (deploy fp16).
-- ``int8.cpu.onnx`` (ONNX Runtime CPU): the fastest within the budget and >= ``min_speedup`` faster than fp32 in
-  decode tokens/s at batch 1 (:func:`decode_bench`, interleaved) among ``dynamic`` (DynamicQuantizeMatMul),
-  ``nbits8`` / ``nbits4`` (optimize.nbits: MatMulNBits weight-only, block ``nbits_block`` along K, symmetric, at
-  ``accuracy_level`` 4: int8 activations and integer kernels where the CPU has them; the LM head quantised, and when
-  that needs nodes kept float, also ``<form>_head_fp32`` with the head float) and ``qdq_s8s8`` (the TensorRT graph);
-  judged on this CPU's kernels and chosen for this CPU (optimize.cpu_int8.pick_cpu; none: fp32 is the CPU artifact).
-  A 4-bit winner is still written as int8.cpu.onnx (the file verify and bench run as "int8.cpu"); the manifest's
-  ``int8.cpu.method`` and ``int8.cpu.nbits`` say its bits. Manifest ``int8``.
+- ``int8.cpu.onnx`` and ``int4.cpu.onnx`` (ONNX Runtime CPU; pipeline.artifacts.CPU_WEIGHT_FORMS), one per weight
+  width, each written when one of its forms is within the budget and >= ``min_speedup`` faster than fp32 in decode
+  tokens/s at batch 1 (:func:`decode_bench`, interleaved; optimize.cpu_int8.pick_cpu among the forms of that width,
+  :func:`form_bits`), so a user picks size against quality. 8-bit forms: ``dynamic`` (DynamicQuantizeMatMul),
+  ``nbits8`` and ``qdq_s8s8`` (the TensorRT graph); 4-bit: ``nbits4``. ``nbits<b>`` is optimize.nbits' MatMulNBits
+  weight-only, block ``nbits_block`` along K, symmetric, at ``accuracy_level`` 4 (int8 activations and integer
+  kernels where the CPU has them), the LM head quantised, and when that needs nodes kept float, also
+  ``<form>_head_fp32`` with the head float. Both int8 and int4 are judged by the spec's int8 budget, on this CPU's
+  kernels, and chosen for this CPU (none of a width: no file of that width; a stale one is moved aside).
+  ``kv_cache='float16'`` (:class:`DecoderQuantOptions`): each chosen form's past/present I/O narrowed to float16
+  (optimize.kv_cache) and judged again by calibration.windows.ort_teacher_forced_cached (each window's second half read
+  through the cache its first half wrote) against the fp32 graph's same figures; kept when within the budget, else the
+  float32-cache form is written and the reason recorded. Manifest ``int8`` (``cpu``: int8.cpu.onnx's section,
+  ``cpu_forms``: one section per CPU file).
 
 **Search cost.** W8A8 and MatMulNBits alike: judged with every node quantised; only when that misses, the nodes are
 ranked ONCE by the error each alone adds at its output (optimize.layer_error: one forward pass over the sweep
@@ -62,7 +68,9 @@ from optimize.cpu_int8 import write_cpu_artifact
 from optimize.int8_budget import QuantOptions, bisect_cut, brief_figures, budget_search
 from optimize.int8_build import QuantizeError, calibrate_ranges, quantize_dynamic_matmul, quantize_static_cached
 from optimize.layer_error import block_int8, float_weight, layer_errors, per_channel_int8, per_tensor_int8
+from optimize.kv_cache import CACHE_TYPES, narrow_cache
 from optimize.nbits import INTEGER_LEVEL, dequantized_weights, lm_head, matmul_nbits, weight_coverage
+from pipeline.artifacts import CPU_WEIGHT_FORMS, PRECISION_FILES
 from optimize.qdq_graph import NodeInfo, ensure_node_names, int8_weight_coverage, quantizable_nodes, \
     quantizable_weight_elements
 from optimize.qdq_rules import check_qdq_rules, qdq_counts
@@ -71,7 +79,7 @@ from runtime.cpu import cpu_info, int8_isa
 from runtime.files import read_json
 from runtime.generate import DecoderInfo
 from runtime.ort_backend import QDQ_REFERENCE_LEVEL, cpu_session
-from calibration.windows import ort_teacher_forced, prefill_feed, text_windows
+from calibration.windows import ort_teacher_forced, ort_teacher_forced_cached, prefill_feed, text_windows
 from judge.budget import Budget, budget_for, check_resolution, passes, reasons as budget_reasons
 from judge.teacher_forced import TeacherForced, teacher_forced_figures
 from zoo.tasks.text_generation import TASK as GENERATION
@@ -81,7 +89,7 @@ log = logging.getLogger("edgeattn.optimize.decoder_quant")
 
 TASK = GENERATION.name
 SOURCES = ("fp32.sim.onnx", "fp32.onnx")  # the simplified graph when there is one
-CODE_VERSION = "decoder/3"  # 3: MatMulNBits 8/4-bit at accuracy level 4, one-pass sensitivity, bisection
+CODE_VERSION = "decoder/4"  # 4: int8.cpu.onnx and int4.cpu.onnx per weight width, KV cache type option
 CPU_FORMS = ("dynamic", "nbits8", "nbits4", "qdq_s8s8")
 NBITS_FORMS = {"nbits8": 8, "nbits4": 4}  # weight-only MatMulNBits (optimize.nbits); "<form>_head_fp32": LM head float
 SCORE = "nll_rel_mse"  # the figure that ranks nodes in the sensitivity sweep
@@ -102,6 +110,11 @@ class DecoderQuantOptions:
     bench_prompt: int = 16  # decode benchmark: prompt tokens, new tokens, interleaved rounds
     bench_new_tokens: int = 32
     bench_rounds: int = 5
+    kv_cache: str = "float32"  # the CPU forms' cache I/O: float32, or float16 (optimize.kv_cache) when within budget
+
+    def __post_init__(self) -> None:
+        if self.kv_cache not in CACHE_TYPES:
+            raise QuantizeError(f"decoder kv_cache: got '{self.kv_cache}', expected one of {CACHE_TYPES}")
 
     def key(self) -> dict[str, Any]:
         d = asdict(self)
@@ -485,14 +498,18 @@ def build_decoder_int8(model_dir: Path, src: Path, spec, calib_windows: EvalSet,
         cands.update({k: v["file"] for k, v in nbits.items() if v.get("file")})
         cpu = choose_decoder_cpu(src, cands, windows, ref, budget, quantizable, opts, dopts,
                                  {k: v["figures"] for k, v in nbits.items() if v.get("figures")})
-        cpu_dst = model_dir / "int8.cpu.onnx"
-        win = cpu["winner"]
-        write_cpu_artifact(cands[win] if win is not None else None, cpu_dst, isa)
+        won = {form: cands[p["winner"]] for form, p in cpu["picks"].items() if p["winner"]}
+        caches = narrow_forms(src, won, spec, windows, budget, work, opts, dopts) if dopts.kv_cache == "float16" \
+            else {}
+        for form, pf in CPU_WEIGHT_FORMS.items():
+            write_cpu_artifact((caches.get(form) or {}).get("file") or won.get(form), model_dir / pf.file, isa)
     fig = chosen["figures"]
-    files = {qdq_dst.name: sha256_file(qdq_dst), **({cpu_dst.name: sha256_file(cpu_dst)} if win else {})}
-    wrow = cpu["candidates"].get(win, {}) if win else {}
+    forms = {form: cpu_section(form, cpu, nbits, caches.get(form), src.name, isa) for form in CPU_WEIGHT_FORMS}
+    files = {qdq_dst.name: sha256_file(qdq_dst), **{sec["file"]: sha256_file(model_dir / sec["file"])
+                                                     for sec in forms.values() if sec["file"]}}
     return {
-        "task": TASK, "artifacts": {"qdq": qdq_dst.name, "cpu": cpu_dst.name if win else None},
+        "task": TASK, "artifacts": {"qdq": qdq_dst.name, "cpu": forms["int8.cpu"]["file"],
+                                    **{form: sec["file"] for form, sec in forms.items()}},
         "files_sha256": files, "source": src.name, "prepare": prep, "calibration": cinfo,
         "budget": {**budget.to_dict(), "split": "val", "data": windows.description,
                    "reference": f"{src.name} on ONNX Runtime (within 1e-4 of PyTorch: the export's parity check)"},
@@ -511,15 +528,70 @@ def build_decoder_int8(model_dir: Path, src: Path, spec, calib_windows: EvalSet,
                 "excluded_nodes": search["excluded"] if scheme == "w8a8" else [],
                 "steps": search["steps"], "sensitivity": search["sensitivity"],
                 "full_evaluations": search["full_evaluations"]},
-        "cpu": {"file": cpu_dst.name if win else None, "method": win or "fp32", "why": cpu["why"],
-                "ort_opt_level": "all", "cpu_isa": isa, "cpu_model": cpu_info().get("model"),
-                "judged_by": "ONNX Runtime's kernels on this CPU", "fallback": None if win else src.name,
-                "passed": True if win is None else wrow["passed"], "val": wrow.get("val"),
-                "latency_ms": wrow.get("latency_ms"), "latency_unit": "ms per decode token, batch 1",
-                "fp32_latency_ms": cpu["fp32_latency_ms"], "candidates": cpu["candidates"], "bench": cpu["bench"],
-                "nbits": {k: {x: y for x, y in v.items() if x not in ("file", "figures")} for k, v in nbits.items()}},
+        "cpu": forms["int8.cpu"], "cpu_forms": forms,
         "options": opts.key(), "decoder_options": dopts.key(), "seconds": round(time.perf_counter() - t0, 1),
     }
+
+
+def cpu_section(form: str, cpu: dict[str, Any], nbits: dict[str, dict[str, Any]], cache: dict[str, Any] | None,
+                src_name: str, isa: str) -> dict[str, Any]:
+    """The manifest section of one CPU file (``form``: 'int8.cpu' / 'int4.cpu'): its winner among the forms of its
+    weight width, or fp32 kept with the reason; the candidates and MatMulNBits searches of that width; the cache type
+    written."""
+    pf = CPU_WEIGHT_FORMS[form]
+    pick = cpu["picks"][form]
+    win = pick["winner"]
+    wrow = cpu["candidates"].get(win, {}) if win else {}
+    same = lambda k: form_bits(k) == pf.weight_bits  # noqa: E731
+    kv = {k: v for k, v in (cache or {}).items() if k != "file"}
+    return {"file": pf.file if win else None, "precision": form, "weight_bits": pf.weight_bits, "method": win or "fp32",
+            "why": pick["why"], "ort_opt_level": "all", "cpu_isa": isa, "cpu_model": cpu_info().get("model"),
+            "judged_by": "ONNX Runtime's kernels on this CPU", "fallback": None if win else src_name,
+            "passed": True if win is None else wrow["passed"], "val": wrow.get("val"),
+            "latency_ms": wrow.get("latency_ms"), "latency_unit": "ms per decode token, batch 1",
+            "fp32_latency_ms": cpu["fp32_latency_ms"], "bench": cpu["bench"],
+            "candidates": {k: r for k, r in cpu["candidates"].items() if same(k)},
+            "nbits": {k: {x: y for x, y in v.items() if x not in ("file", "figures")} for k, v in nbits.items()
+                      if same(k)},
+            "kv_cache": kv if win and kv else {"type": "float32"}}
+
+
+def narrow_forms(src: Path, won: dict[str, Path], spec, windows: EvalSet, budget: Budget, work: Path,
+                 opts: QuantOptions, dopts: DecoderQuantOptions) -> dict[str, dict[str, Any]]:
+    """``kv_cache='float16'``: each chosen CPU form (``won``: CPU file -> graph) with its cache I/O narrowed to
+    float16 (optimize.kv_cache.narrow_cache), judged by the cached teacher-forced figures (each window's second half
+    read through the cache; calibration.windows.ort_teacher_forced_cached) against the fp32 graph's, beside the same
+    form with its float32 cache, and timed beside it (batch-1 decode). Per form: the cache type kept ('float16' when
+    within ``budget``, with ``file``), both figures, the speeds and the reasons."""
+    info = DecoderInfo.from_spec(spec.to_dict(), spec.name)
+    labels = windows.inputs["labels"]
+
+    def cached(p: Path) -> TeacherForced:
+        return ort_teacher_forced_cached(p, windows, "all", opts.threads, dopts.batch_size, spec=spec.to_dict())
+
+    ref = cached(src) if won else None
+    prompt = [int(t) for t in windows.inputs["input_ids"][0, :dopts.bench_prompt]]
+    out: dict[str, dict[str, Any]] = {}
+    for form, path in won.items():
+        dst = work / f"{form}.kv16.onnx"
+        try:
+            narrow_cache(path, dst, info.past_inputs, info.present_outputs)
+            f16, f32 = (teacher_forced_figures(ref, cached(p), labels) for p in (dst, path))
+            speed = decode_bench({"float32": path, "float16": dst}, None, prompt, dopts.bench_new_tokens,
+                                 dopts.bench_rounds, opts.threads)
+        except Exception as e:  # noqa: BLE001 - the float32-cache form is written instead
+            log.warning("%s float16 cache for %s failed: %s: %s", form, src.parent.name, type(e).__name__, e)
+            out[form] = {"type": "float32", "requested": "float16", "error": f"{type(e).__name__}: {e}"}
+            continue
+        reasons = budget_reasons(f16, budget, True)
+        out[form] = {"type": "float32" if reasons else "float16", "requested": "float16",
+                     "file": None if reasons else dst, "val": brief_figures(f16), "float32_cache_val": brief_figures(f32),
+                     "tokens_per_s": {k: v["tokens_per_s"] for k, v in speed.items()}, "reasons": reasons,
+                     "judged_by": "teacher-forced, each window's second half through the cache its first half wrote, "
+                                  f"vs {src.name} the same way"}
+        log.info("%s %s float16 cache: %s, %s", src.parent.name, form, brief_figures(f16),
+                 "kept" if not reasons else "; ".join(reasons))
+    return out
 
 
 def choose_scheme(schemes: dict[str, dict[str, Any]], min_coverage: float) -> tuple[str, str]:
@@ -559,6 +631,12 @@ def build_cpu_forms(prepared: Path, qdq: Path, excluded: Sequence[str], work: Pa
         except Exception as e:  # noqa: BLE001 - one failing form must not stop the others
             log.warning("int8 CPU form %s for %s failed: %s: %s", name, prepared.parent.name, type(e).__name__, e)
     return out
+
+
+def form_bits(name: str) -> int:
+    """The weight width a CPU form holds: 4 for ``nbits4`` (and ``nbits4_head_fp32``), else 8."""
+    base = name.removesuffix("_head_fp32")
+    return NBITS_FORMS.get(base, 8)
 
 
 def wanted_forms(opts: QuantOptions) -> list[str]:
@@ -676,8 +754,10 @@ def choose_decoder_cpu(src: Path, cands: dict[str, Path], windows: EvalSet, ref:
                        budget: Budget, quantizable: int, opts: QuantOptions,
                        dopts: DecoderQuantOptions, known: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Each form's figures on this CPU (crash-guarded child, ONNX Runtime 'all'; ``known``: figures a search already
-    measured the same way), decode speed of the survivors and fp32 side by side, then optimize.cpu_int8.pick_cpu
-    (latency = ms per decode token at batch 1). Weights held in 8 or fewer bits count toward the coverage."""
+    measured the same way), decode speed of the survivors and fp32 side by side, then optimize.cpu_int8.pick_cpu per
+    CPU file (pipeline.artifacts.CPU_WEIGHT_FORMS) among the forms of its weight width (latency = ms per decode token
+    at batch 1): ``picks[<int8.cpu|int4.cpu>] = {"winner": form or None, "why": ...}``. Weights held in 8 or fewer
+    bits count toward the coverage."""
     from optimize.cpu_int8 import pick_cpu
 
     known = known or {}
@@ -702,8 +782,12 @@ def choose_decoder_cpu(src: Path, cands: dict[str, Path], windows: EvalSet, ref:
     for k in ran:
         rows[k].update(latency_ms=bench[k]["ms_per_token"], tokens_per_s=bench[k]["tokens_per_s"],
                        speedup_vs_fp32=round(fp32_ms / bench[k]["ms_per_token"], 3))
-    winner, why = pick_cpu(rows, fp32_ms, opts, labelled=True)
-    return {"winner": winner, "why": why, "candidates": rows, "fp32_latency_ms": fp32_ms,
+    picks = {}
+    for form, pf in CPU_WEIGHT_FORMS.items():
+        winner, why = pick_cpu({k: r for k, r in rows.items() if form_bits(k) == pf.weight_bits}, fp32_ms, opts,
+                               labelled=True)
+        picks[form] = {"winner": winner, "why": why}
+    return {"picks": picks, "candidates": rows, "fp32_latency_ms": fp32_ms,
             "bench": {"batch": 1, "unit": "ms per decode token", "fp32_tokens_per_s": bench["fp32"]["tokens_per_s"],
                       "prompt_tokens": len(prompt), "new_tokens": dopts.bench_new_tokens,
                       "rounds": dopts.bench_rounds, "threads": opts.threads, "ort_opt_level": "all"}}
@@ -727,6 +811,7 @@ def print_tables(name: str, res: dict[str, Any]) -> None:
     if not i8:
         return
     q, cpu = i8["qdq"], i8["cpu"]
+    forms = i8.get("cpu_forms") or {"int8.cpu": cpu}
     print(f"{name}: int8.qdq.onnx  {q['scheme']} ({q['why']})  {tf(q['val'])}  weights int8 "
           f"{q['int8_weight_coverage']:.0%}  rules {'ok' if q['rules_ok'] else q['rule_violations']}  passed "
           f"{q['passed']}  (float-simulated Q/DQ: the TensorRT reference)"
@@ -737,16 +822,22 @@ def print_tables(name: str, res: dict[str, Any]) -> None:
         print(f"  kept float: {e['node']} ({e['op_type']})")
     print(f"  {'cpu form':<16}{'ran':>5}{'int8 w':>8}  {'figures':<52}{'ms/token':>9}{'x fp32':>8}  passed")
     print(f"  {'fp32':<16}{'':>5}{'':>8}  {'':<52}{cpu['fp32_latency_ms']:>9.3f}{'1.00':>8}")
-    for k, r in cpu["candidates"].items():
-        mark = " <- int8.cpu.onnx" if k == cpu["method"] else ""
+    winners = {sec["method"]: f" <- {PRECISION_FILES[form].file}" for form, sec in forms.items() if sec.get("file")}
+    for k, r in {k: r for sec in forms.values() for k, r in sec["candidates"].items()}.items():
+        mark = winners.get(k, "")
         lat = r.get("latency_ms")
         print(f"  {k:<16}{str(r['ran']):>5}{r.get('int8_weight_coverage', 0):>8.2f}  {tf(r.get('val')):<52}"
               f"{'-' if lat is None else f'{lat:.3f}':>9}{r.get('speedup_vs_fp32') or '-':>8}  {r['passed']}{mark}")
-    for k, v in (cpu.get("nbits") or {}).items():
+    for k, v in {k: v for sec in forms.values() for k, v in (sec.get("nbits") or {}).items()}.items():
         print(f"  {k}: {v['bits']}-bit block {v['block_size']} level {v['accuracy_level']}, {len(v['kept_float'])} "
               f"kept float, {v['full_evaluations']} full evaluations, passed {v['passed']}")
-    print(f"  CPU ({cpu.get('cpu_isa')}): " + (f"int8.cpu.onnx = {cpu['method']}: {cpu['why']}" if cpu.get("file")
-                                              else f"no int8.cpu.onnx, {cpu['why']}"))
+    for form, sec in forms.items():
+        file, kv = PRECISION_FILES[form].file, sec.get("kv_cache") or {}
+        print(f"  CPU ({sec.get('cpu_isa')}): " + (f"{file} = {sec['method']}: {sec['why']}" if sec.get("file")
+                                                  else f"no {file}, {sec['why']}")
+              + (f"; cache {kv['type']} (float16 cache: {tf(kv.get('val')) if kv.get('val') else kv.get('error')}; "
+                 f"tokens/s {kv.get('tokens_per_s')}{'; ' + '; '.join(kv['reasons']) if kv.get('reasons') else ''})"
+                 if kv.get("requested") else ""))
 
 
 if __name__ == "__main__":  # the crash-guarded child (child_argv); the stage is 'python -m optimize quantize'

@@ -8,11 +8,45 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.sources import Source, source_of
+from runtime.errors import InputError
 from runtime.files import read_json
 from runtime.modelspec import SPEC_FILE
 
 MANIFEST_FILE = "manifest.json"
 CHECKPOINT_FILE = "model.pt"
+
+
+@dataclass(frozen=True)
+class PrecisionFile:
+    """One reduced-precision artifact of a model folder: the file the quantize stage writes, the spec tolerance it is
+    judged by (runtime.modelspec.DEFAULT_TOLERANCES' key) and the weight width a CPU form holds (None: not a CPU
+    weight form)."""
+
+    file: str
+    tolerance: str
+    weight_bits: int | None = None
+
+
+# precision row -> its file: the ONE table the quantize stage (writes), verify (judges), bench (times) and the
+# report read. int8.cpu / int4.cpu: ONNX Runtime CPU forms chosen per weight width (8-bit: dynamic int8, MatMulNBits
+# 8-bit or the Q/DQ graph; 4-bit: MatMulNBits 4-bit), each written when it is within the int8 budget, so a user picks
+# size against quality.
+PRECISION_FILES: dict[str, PrecisionFile] = {
+    "fp16": PrecisionFile("fp16.onnx", "fp16"),
+    "int8": PrecisionFile("int8.qdq.onnx", "int8"),
+    "int8.cpu": PrecisionFile("int8.cpu.onnx", "int8", 8),
+    "int4.cpu": PrecisionFile("int4.cpu.onnx", "int8", 4),
+}
+CPU_WEIGHT_FORMS = {k: v for k, v in PRECISION_FILES.items() if v.weight_bits}  # int8.cpu, int4.cpu
+
+
+def cpu_form_for_bits(bits: int) -> str:
+    """The CPU precision row whose file holds weights of ``bits`` (8 -> 'int8.cpu', 4 -> 'int4.cpu')."""
+    for k, v in CPU_WEIGHT_FORMS.items():
+        if v.weight_bits == int(bits):
+            return k
+    raise InputError(f"CPU weight form: got {bits} bits, expected one of "
+                     f"{sorted(v.weight_bits for v in CPU_WEIGHT_FORMS.values())}")
 
 
 def artifact_name(name: str) -> str:

@@ -206,13 +206,13 @@ class ModelSpec:
 
 # ---- the spec as a plain dict (devices: no zoo) ----------------------------------------------------------
 def precision_of(path: str | Path, default: str | None = "fp32") -> str | None:
-    """The precision the pipeline's file naming states: fp32(.sim).onnx, fp16.onnx, int8.qdq.onnx, int8.cpu.onnx,
+    """The precision the pipeline's file naming states: fp32(.sim).onnx, fp16.onnx, int8.qdq.onnx, int8.cpu.onnx, int4.cpu.onnx,
     ``<precision>.<flavour>.engine``; another name with 'qdq' in it is int8; anything else is ``default``. The one
     place verify, bench, engines and the ONNX Runtime EP options read it from."""
     import re
 
     name = Path(path).name.lower()
-    m = re.match(r"(fp32|fp16|bf16|int8|fp8)\b", name)
+    m = re.match(r"(fp32|fp16|bf16|int8|int4|fp8)\b", name)
     if m:
         return m.group(1)
     return "int8" if "qdq" in name else default

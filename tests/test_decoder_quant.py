@@ -174,19 +174,33 @@ def test_int8_qdq_is_within_the_budget_or_says_why_and_its_figures_come_from_the
     got = ort_teacher_forced(folder / "int8.qdq.onnx", val, QDQ_REFERENCE_LEVEL, 1)
     f = teacher_forced_figures(ref, got, val.inputs["labels"])
     assert f["top1_agreement"] == pytest.approx(q["val"]["top1_agreement"], abs=1e-6)
-    cpu = sec["cpu"]
-    assert cpu["method"] in ("fp32", *cpu["candidates"])
-    assert (folder / "int8.cpu.onnx").is_file() == (cpu["method"] != "fp32")
-    assert {"dynamic", "nbits8", "nbits4", "qdq_s8s8"} <= set(cpu["candidates"])
-    assert set(cpu["candidates"]) - {"dynamic", "qdq_s8s8"} == set(cpu["nbits"])  # + any <form>_head_fp32
-    assert all(r["latency_ms"] > 0 for r in cpu["candidates"].values() if r["ran"])
+    forms = sec["cpu_forms"]
+    assert sec["cpu"] == forms["int8.cpu"] and set(forms) == {"int8.cpu", "int4.cpu"}
+    cands = {k: r for f in forms.values() for k, r in f["candidates"].items()}
+    nbits = {k: v for f in forms.values() for k, v in f["nbits"].items()}
+    for form, cpu in forms.items():  # one file per weight width, each written when one of its forms won
+        file = {"int8.cpu": "int8.cpu.onnx", "int4.cpu": "int4.cpu.onnx"}[form]
+        assert cpu["method"] in ("fp32", *cpu["candidates"]) and cpu["weight_bits"] == (8 if form == "int8.cpu" else 4)
+        assert (folder / file).is_file() == (cpu["method"] != "fp32") == (sec["artifacts"][form] == file)
+        assert (cpu["file"] in sec["files_sha256"]) == (cpu["method"] != "fp32") and cpu["kv_cache"]["type"] == "float32"
+        assert all(nb["bits"] == cpu["weight_bits"] for nb in cpu["nbits"].values())
+        if cpu["method"] != "fp32":
+            from optimize.nbits import nbits_summary
+
+            s = nbits_summary(folder / file)
+            assert s["bits"] in ([cpu["weight_bits"]], []) and cpu["candidates"][cpu["method"]]["passed"]
+            assert (s["bits"] == [4]) == (form == "int4.cpu")
+    assert set(forms["int4.cpu"]["candidates"]) <= {"nbits4", "nbits4_head_fp32"}
+    assert {"dynamic", "nbits8", "nbits4", "qdq_s8s8"} <= set(cands)
+    assert set(cands) - {"dynamic", "qdq_s8s8"} == set(nbits)  # + any <form>_head_fp32
+    assert all(r["latency_ms"] > 0 for r in cands.values() if r["ran"])
     n = len(q["quantized_nodes"]) + len(q["excluded_nodes"]) if q["scheme"] == "w8a8" else 9
     assert q["full_evaluations"] <= 2 + int(np.ceil(np.log2(n)))  # bisection, not one evaluation per node
-    for name, nb in cpu["nbits"].items():
+    for name, nb in nbits.items():
         assert nb["graph"]["accuracy_levels"] == [4] and nb["graph"]["bits"] == [nb["bits"]], name
         assert nb["graph"]["nodes"] + nb["graph"]["float_matmuls"] == 9  # 4 per layer + the LM head
         assert len(nb["kept_float"]) == nb["graph"]["float_matmuls"] and nb["full_evaluations"] <= 2 + 4
-        row = cpu["candidates"][name]
+        row = cands[name]
         assert row["int8_weight_coverage"] > 0 and (row["passed"] == (nb["passed"] and row[
             "int8_weight_coverage"] >= 0.5))
 
@@ -218,14 +232,15 @@ def test_precision_rows_report_teacher_forced_figures_and_the_matching_prefix(qu
     from verify.generation import format_precision_row, precision_rows
 
     name, art, _ = exported
-    rows = precision_rows(name, art, ("fp16", "int8", "int8.cpu"), n_prompts=4, max_new_tokens=6, batch=4,
+    rows = precision_rows(name, art, ("fp16", "int8", "int8.cpu", "int4.cpu"), n_prompts=4, max_new_tokens=6, batch=4,
                           threads=1, tf_tokens=2048, progress=False)  # fp16's 0.1 points resolve on 2000
     by = {r["precision"]: r for r in rows}
-    assert by["fp16"]["passed"] and by["fp16"]["gating"] and not by["int8.cpu"]["gating"]
+    assert by["fp16"]["passed"] and by["fp16"]["gating"] and not by["int8.cpu"]["gating"] | by["int4.cpu"]["gating"]
+    assert by["int4.cpu"]["artifact"] == "int4.cpu.onnx" and by["int4.cpu"]["budget"] == by["int8.cpu"]["budget"]
     assert by["int8"]["ort_opt_level"] == "disable"
     for r in rows:
         if r.get("skipped"):
-            assert "int8.cpu.onnx" in r["skipped"]
+            assert r["precision"] in ("int8.cpu", "int4.cpu") and r["artifact"] in r["skipped"]
             continue
         tf, g = r["teacher_forced"], r["generation"]
         assert tf["n_tokens"] == 2048 and 0.9 <= tf["top1_agreement"] <= 1.0
@@ -450,3 +465,103 @@ def test_the_lm_head_float_search_runs_only_where_it_can_find_something(nbits_gr
     calls.clear()
     out = dq.nbits_forms(prepared, nodes, None, None, None, None, tmp_path, opts, dq.DecoderQuantOptions())
     assert sorted(out) == ["nbits4", "nbits8"] and len(calls) == 2
+
+
+# ---- the KV cache in float16 (optimize.kv_cache) and its judge (calibration.windows.ort_teacher_forced_cached) -----
+def test_a_float16_cache_graph_rounds_only_the_cache_and_the_cached_figures_see_it(exported, tmp_path):  # noqa: F811
+    """narrow_cache: the past/present I/O declared float16 with one Cast at each; prefill logits equal fp32's (the
+    cache is only rounded on its way out), the cached half-window evaluation reads the rounded cache (figures close
+    to fp32, not identical), a float32 graph's cached evaluation equals its one-prefill one, and the runtime's greedy
+    decode feeds the past as float16 and stays close to fp32's logits."""
+    import onnx
+
+    from calibration.windows import ort_teacher_forced, ort_teacher_forced_cached
+    from judge.teacher_forced import teacher_forced_figures
+    from optimize.decoder_quant import DecoderQuantOptions, _windows
+    from optimize.int8_build import QuantizeError
+    from optimize.kv_cache import cache_type, narrow_cache
+    from runtime.generate import DecoderInfo, TextGenerator
+    from zoo.spec import load_spec
+
+    _, art, _ = exported
+    folder = art / "tiny_gpt2"
+    src = folder / "fp32.onnx"
+    spec = load_spec(src)
+    info = DecoderInfo.from_spec(spec.to_dict(), "tiny")
+    dst = tmp_path / "fp32.kv16.onnx"
+    (tmp_path / "spec.json").write_text((folder / "spec.json").read_text())
+    res = narrow_cache(src, dst, info.past_inputs, info.present_outputs)
+    assert res["casts"] == 2 * len(info.past_inputs) == 8 and cache_type(dst, info.past_inputs) == "float16"
+    m = onnx.load(str(dst))
+    assert {o.name: o.type.tensor_type.elem_type for o in m.graph.output}["logits"] == onnx.TensorProto.FLOAT
+    with pytest.raises(QuantizeError, match="not float32"):
+        narrow_cache(dst, tmp_path / "twice.onnx", info.past_inputs, info.present_outputs)
+
+    val = _windows(spec, folder, "val", 1024, DecoderQuantOptions(**SMALL))
+    labels = val.inputs["labels"]
+    one = ort_teacher_forced(src, val, "all", 1)
+    two = ort_teacher_forced_cached(src, val, "all", 1)
+    same = teacher_forced_figures(one, two, labels)
+    assert same["top1_agreement"] == 1.0 and abs(same["perplexity_delta_pct"]) < 1e-3
+    pre16 = teacher_forced_figures(one, ort_teacher_forced(dst, val, "all", 1), labels)
+    assert pre16["top1_agreement"] == 1.0 and abs(pre16["perplexity_delta_pct"]) < 1e-4  # prefill: no cache read
+    got = teacher_forced_figures(two, ort_teacher_forced_cached(dst, val, "all", 1), labels)
+    assert got["nll_rel_mse"] > 0 and got["top1_agreement"] > 0.97 and abs(got["perplexity_delta_pct"]) < 0.5
+
+    with TextGenerator(src, threads=1) as g32, TextGenerator(dst, threads=1) as g16:
+        assert g16.decoder.cache_dtype == np.float16 and g32.decoder.cache_dtype == np.float32
+        a = g32.generate([[5, 6, 7]], max_new_tokens=6, output_logits=True, decode=False)[0]
+        b = g16.generate([[5, 6, 7]], max_new_tokens=6, output_logits=True, decode=False)[0]
+    rms = float(np.sqrt(np.mean(a.logits ** 2)))
+    assert np.abs(a.logits[: len(b.logits)] - b.logits[: len(a.logits)]).max() < 0.02 * rms
+
+
+def test_float16_cache_forms_are_judged_through_the_cache_and_kept_only_within_the_budget(exported, tmp_path):  # noqa: F811
+    """narrow_forms on a 4-bit MatMulNBits graph: the float16-cache form's figures (cached teacher-forced, vs fp32's
+    cached figures) sit beside the float32-cache form's and close to them; a loose budget keeps it (its file has a
+    float16 cache), a budget that wants perfect agreement refuses it with the figure in the reason."""
+    from judge.budget import budget_for, reasons
+    from optimize.decoder_quant import DecoderQuantOptions, _windows, narrow_forms
+    from optimize.int8_budget import QuantOptions
+    from optimize.kv_cache import cache_type
+    from optimize.nbits import matmul_nbits
+    from runtime.generate import DecoderInfo
+    from zoo.spec import load_spec
+
+    _, art, _ = exported
+    folder = art / "tiny_gpt2"
+    spec = load_spec(folder / "fp32.onnx")
+    info = DecoderInfo.from_spec(spec.to_dict(), "tiny")
+    (tmp_path / "spec.json").write_text((folder / "spec.json").read_text())
+    nb4 = tmp_path / "nb4.onnx"
+    matmul_nbits(folder / "fp32.onnx", nb4, 4, 32)
+    dopts = DecoderQuantOptions(**{**SMALL, "bench_rounds": 1, "bench_new_tokens": 4}, kv_cache="float16")
+    val = _windows(spec, folder, "val", 1024, dopts)
+    loose = budget_for(spec.tolerances, "int8", max_drop_points=100.0, min_top1_agreement=0.0,
+                       max_ppl_increase_pct=1e9)
+    out = narrow_forms(folder / "fp32.onnx", {"int4.cpu": nb4}, spec, val, loose, tmp_path, QuantOptions(threads=1),
+                       dopts)["int4.cpu"]
+    assert out["type"] == "float16" and out["reasons"] == [] and cache_type(out["file"], info.past_inputs) == "float16"
+    a, b = out["val"], out["float32_cache_val"]
+    assert a["n_tokens"] == b["n_tokens"] == val.inputs["labels"].size and a["top1_agreement"] < 1.0
+    assert abs(a["top1_agreement"] - b["top1_agreement"]) < 0.02 and set(out["tokens_per_s"]) == {"float32", "float16"}
+    strict = budget_for(spec.tolerances, "int8", min_top1_agreement=1.0)
+    assert any("agreement" in r for r in reasons(a, strict, True))
+
+
+def test_cpu_forms_have_one_file_per_weight_width_and_the_cache_option_is_checked():
+    from optimize.decoder_quant import DecoderQuantOptions, form_bits
+    from optimize.int8_build import QuantizeError
+    from pipeline.artifacts import CPU_WEIGHT_FORMS, PRECISION_FILES, cpu_form_for_bits
+    from runtime.errors import InputError
+    from runtime.modelspec import precision_of
+
+    assert [form_bits(k) for k in ("dynamic", "qdq_s8s8", "nbits8", "nbits8_head_fp32", "nbits4",
+                                   "nbits4_head_fp32")] == [8, 8, 8, 8, 4, 4]
+    assert {k: v.file for k, v in CPU_WEIGHT_FORMS.items()} == {"int8.cpu": "int8.cpu.onnx", "int4.cpu": "int4.cpu.onnx"}
+    assert cpu_form_for_bits(4) == "int4.cpu" and cpu_form_for_bits(8) == "int8.cpu"
+    assert [precision_of(v.file) for v in PRECISION_FILES.values()] == ["fp16", "int8", "int8", "int4"]
+    with pytest.raises(InputError, match="got 2 bits"):
+        cpu_form_for_bits(2)
+    with pytest.raises(QuantizeError, match="got 'int8', expected one of"):
+        DecoderQuantOptions(kv_cache="int8")

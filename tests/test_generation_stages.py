@@ -147,3 +147,23 @@ def test_reduced_precision_rows_become_gating_or_advisory_verify_rows():
     assert "| int8.qdq.onnx | float simulation of its Q/DQ | 0.9700 | -0.25 | 301.50 vs 300.00 | +0.500 | 40.5/64.0 | " \
            "61/100 | yes |" in md
     assert "int8.cpu.onnx on onnxruntime missed (advisory: this CPU's integer kernels)**: too far" in md
+    int4 = precision_row("m", prow("int4.cpu", "int4.cpu.onnx", False, True, 0.95, 306.0), 64, "k")
+    assert (int4["precision"], int4["role"], int4["gating"], int4["passed"]) == ("int4", "cpu-int8-kernels", False, True)
+    assert int4["perplexity_delta_pct"] == pytest.approx(2.0) and "int4.cpu.onnx" in row_line(int4)
+
+
+def test_one_precision_table_names_every_decoder_file_verify_and_bench_use(tmp_path):
+    """pipeline.artifacts.PRECISION_FILES is the table: verify.generation's rows, verify.decoder's bench plan and its
+    rows' precision all come from it; int4.cpu.onnx is a file of its own, advisory like int8.cpu.onnx."""
+    from pipeline.artifacts import PRECISION_FILES
+    from verify.decoder import BENCHED, bench_plan, reduced_precisions
+    from verify.generation import PRECISION_ARTIFACTS
+
+    assert {p: v[:2] for p, v in PRECISION_ARTIFACTS.items()} == {
+        "fp16": ("fp16.onnx", "fp16"), "int8": ("int8.qdq.onnx", "int8"), "int8.cpu": ("int8.cpu.onnx", "int8"),
+        "int4.cpu": ("int4.cpu.onnx", "int8")} and set(PRECISION_ARTIFACTS) == set(PRECISION_FILES)
+    assert BENCHED == ("fp16.onnx", "int8.cpu.onnx", "int4.cpu.onnx")
+    for f in ("fp32.onnx", "int4.cpu.onnx", "int8.qdq.onnx"):
+        (tmp_path / f).write_bytes(b"x")
+    assert reduced_precisions(tmp_path) == ["int8", "int4.cpu"]
+    assert [a for a, _ in bench_plan(tmp_path)] == ["fp32.onnx", "int4.cpu.onnx"]

@@ -5,7 +5,7 @@ transformers' ``generate`` on IMDB test prompts, ties reported with their gap).
 An fp32 row gates like every other: it passes when no prompt mismatches (a tie, where PyTorch's own top two logits
 are within the fp32 tolerance, is counted and listed, not failed); :func:`decoder_plan` says which: fp32.onnx on
 ONNX Runtime, fp32.sim.onnx on every CPU backend. The FP16/INT8 decoders optimize.decoder_quant wrote (fp16.onnx,
-int8.qdq.onnx judged by its float simulation, int8.cpu.onnx on this CPU's kernels: advisory) get one row each from
+int8.qdq.onnx judged by its float simulation, int8.cpu.onnx and int4.cpu.onnx on this CPU's kernels: advisory) get one row each from
 verify.generation.precision_rows, on the same prompts and PyTorch tokens: teacher-forced next-token agreement and
 perplexity change on the test split against their budget, and the mean matching greedy prefix (reported).
 """
@@ -19,7 +19,7 @@ from typing import Any
 
 from runtime.cpu import int8_isa
 from runtime.modelspec import precision_of
-from pipeline.artifacts import ModelRef
+from pipeline.artifacts import CPU_WEIGHT_FORMS, PRECISION_FILES, ModelRef
 from zoo.tasks.text_generation import TASK as GENERATION
 from verify.plan import ROLE_ARTIFACT, ROLE_CPU_KERNELS, ROLE_REFERENCE, artifact_files, openvino_available, verify_key
 
@@ -32,8 +32,9 @@ NEW_TOKENS = 64
 PROMPTS = 100
 MODES = {"onnxruntime": "all", "openvino": "f32"}  # TextGenerator's: ORT with I/O binding, OpenVINO's f32 hint
 JUDGED_AS = "greedy tokens vs transformers generate (token-exact; ties counted)"
-PRECISION_ROLES = {"fp16": ROLE_ARTIFACT, "int8": ROLE_REFERENCE, "int8.cpu": ROLE_CPU_KERNELS}
-BENCHED = ("fp16.onnx", "int8.cpu.onnx")  # the reduced-precision decoders a CPU runs (int8.qdq.onnx is TensorRT's)
+PRECISION_ROLES = {"fp16": ROLE_ARTIFACT, "int8": ROLE_REFERENCE, **{p: ROLE_CPU_KERNELS for p in CPU_WEIGHT_FORMS}}
+# the reduced-precision decoders a CPU runs (int8.qdq.onnx is TensorRT's): fp16.onnx, int8.cpu.onnx, int4.cpu.onnx
+BENCHED = (PRECISION_FILES["fp16"].file, *(pf.file for pf in CPU_WEIGHT_FORMS.values()))
 
 
 def decoder_files(model_dir: Path) -> list[str]:
@@ -54,14 +55,16 @@ def decoder_plan(model_dir: Path) -> list[tuple[str, tuple[str, ...]]]:
 
 
 def reduced_precisions(model_dir: Path) -> list[str]:
-    """The verify.generation precision rows whose file is in the folder (fp16, int8 = int8.qdq.onnx, int8.cpu)."""
+    """The verify.generation precision rows whose file is in the folder (fp16, int8 = int8.qdq.onnx, int8.cpu,
+    int4.cpu)."""
     from verify.generation import PRECISION_ARTIFACTS
 
     return [p for p, (file, *_) in PRECISION_ARTIFACTS.items() if (model_dir / file).is_file()]
 
 
 def bench_plan(model_dir: Path) -> list[tuple[str, tuple[str, ...]]]:
-    """What bench times: :func:`decoder_plan`, and fp16.onnx / int8.cpu.onnx on ONNX Runtime where present."""
+    """What bench times: :func:`decoder_plan`, and :data:`BENCHED` (fp16.onnx, int8.cpu.onnx, int4.cpu.onnx) on ONNX
+    Runtime where present."""
     return decoder_plan(model_dir) + [(f, ("onnxruntime",)) for f in BENCHED if (model_dir / f).is_file()]
 
 
@@ -109,7 +112,7 @@ def to_row(name: str, artifact: str, backend: str, b: dict[str, Any], n_new: int
 
 
 def precision_row(name: str, p: dict[str, Any], n_new: int, key: str | None) -> dict[str, Any]:
-    """One verify.json row from a verify.generation.precision_rows row (fp16 / int8 / int8.cpu)."""
+    """One verify.json row from a verify.generation.precision_rows row (fp16 / int8 / int8.cpu / int4.cpu)."""
     row = _row(name, p["artifact"], p.get("backend", "onnxruntime"), p.get("ort_opt_level", "-"), n_new, key,
                role=PRECISION_ROLES.get(p["precision"], ROLE_ARTIFACT), gating=bool(p.get("gating", True)),
                judged_as=p.get("judged_by", "-"), budget=p.get("budget"))

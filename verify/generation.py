@@ -16,8 +16,10 @@ steps both took (scaled by the reference RMS, as judge.figures does).
 
 Reduced precision (``--precisions fp16,int8``, :func:`precision_rows`): fp16.onnx, int8.qdq.onnx (judged by its
 float simulation, the TensorRT reference, at runtime.ort_backend.QDQ_REFERENCE_LEVEL: the same figures on every CPU)
-and int8.cpu.onnx (this CPU's integer kernels: advisory) against PyTorch fp32: **teacher-forced** next-token top-1
-agreement and perplexity change on windows of the test split (judge.teacher_forced), and the mean length
+int8.cpu.onnx and int4.cpu.onnx (this CPU's 8-bit / 4-bit weight kernels: advisory; files: pipeline.artifacts.
+PRECISION_FILES) against PyTorch fp32: **teacher-forced** next-token top-1 agreement and perplexity change on windows
+of the test split (judge.teacher_forced; each window's second half read through the cache its first half wrote,
+calibration.windows.ort_teacher_forced_cached, so a float16 cache is judged too), and the mean length
 of the greedy prefix that matches PyTorch's (64 new tokens on the same prompts). A row passes judge.budget's verdict
 for its precision's budget (spec.tolerances[precision]: ``min_top1_agreement``, ``max_drop_points`` on next-token
 accuracy, ``max_ppl_increase_pct``); the matching prefix is reported, not gated (one flipped near-tie ends
@@ -35,22 +37,25 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from calibration.windows import TF_TOKENS, ort_teacher_forced, text_windows
+from calibration.windows import TF_TOKENS, ort_teacher_forced_cached, text_windows
 from judge.budget import budget_for, delta_statement, reasons as budget_reasons
 from judge.teacher_forced import TeacherForced, teacher_forced_figures, teacher_forced_run
+from pipeline.artifacts import CPU_WEIGHT_FORMS, PRECISION_FILES
 from runtime.errors import EdgeattnError, InputError
 
 log = logging.getLogger("edgeattn.verify.generation")
 
 CPU_BACKENDS = ("onnxruntime", "openvino")
 REPORT_FILE = "generation.json"
-# precision row -> (file in the model folder, tolerance key, how it is judged)
-PRECISION_ARTIFACTS = {
-    "fp16": ("fp16.onnx", "fp16", "ONNX Runtime CPU at the level the quantize stage recorded"),
-    "int8": ("int8.qdq.onnx", "int8", "float simulation of its Q/DQ (ONNX Runtime, graph optimisations off): what "
-                                      "TensorRT computes up to rounding, the same on every CPU"),
-    "int8.cpu": ("int8.cpu.onnx", "int8", "ONNX Runtime's integer kernels on this CPU (advisory)"),
+JUDGED_BY = {
+    "fp16": "ONNX Runtime CPU at the level the quantize stage recorded",
+    "int8": "float simulation of its Q/DQ (ONNX Runtime, graph optimisations off): what TensorRT computes up to "
+            "rounding, the same on every CPU",
+    "int8.cpu": "ONNX Runtime's integer kernels on this CPU (advisory)",
+    "int4.cpu": "ONNX Runtime's 4-bit MatMulNBits kernels on this CPU (advisory)",
 }
+# precision row -> (file in the model folder, tolerance key, how it is judged): pipeline.artifacts.PRECISION_FILES
+PRECISION_ARTIFACTS = {p: (pf.file, pf.tolerance, JUDGED_BY[p]) for p, pf in PRECISION_FILES.items()}
 
 
 class GenerationMismatch(EdgeattnError, AssertionError):
@@ -194,8 +199,8 @@ def precision_rows(name: str, artifacts: str | Path = "artifacts", precisions: S
                    n_prompts: int = 100, max_new_tokens: int = 64, batch: int = 10, threads: int | None = None,
                    tf_tokens: int = TF_TOKENS, lm=None, reference: list[tuple[list[int], np.ndarray]] | None = None,
                    rows_ids: list[list[int]] | None = None, progress: bool = True) -> list[dict[str, Any]]:
-    """One row per precision (:data:`PRECISION_ARTIFACTS`: fp16, int8 = int8.qdq.onnx's float simulation, int8.cpu =
-    int8.cpu.onnx on this CPU) of an exported decoder: teacher-forced figures on the test split vs PyTorch fp32, the
+    """One row per precision (:data:`PRECISION_ARTIFACTS`: fp16, int8 = int8.qdq.onnx's float simulation, int8.cpu /
+    int4.cpu = int8.cpu.onnx / int4.cpu.onnx on this CPU) of an exported decoder: teacher-forced figures on the test split vs PyTorch fp32, the
     mean matching greedy prefix vs transformers' greedy generate, the budget and the verdict. A missing file gives a
     row with ``skipped``. ``lm``/``reference``/``rows_ids``: PyTorch's model, greedy tokens and the prompts when the
     caller has them (verify_generation), else made here."""
@@ -225,14 +230,14 @@ def precision_rows(name: str, artifacts: str | Path = "artifacts", precisions: S
         path = ref.file(file)
         budget = budget_for(spec.tolerances, tol_key)
         row: dict[str, Any] = {"precision": precision, "artifact": file, "backend": "onnxruntime",
-                               "judged_by": judged_by, "gating": precision != "int8.cpu", "budget": budget.to_dict()}
+                               "judged_by": judged_by, "gating": precision not in CPU_WEIGHT_FORMS, "budget": budget.to_dict()}
         if not path.is_file():
             out.append({**row, "skipped": f"no {file} (run the quantize stage)", "passed": None})
             continue
         level = _precision_level(ref, precision)
         t0 = time.perf_counter()
-        got = ort_teacher_forced(path, windows, level or "all", threads, spec=spec.to_dict(),
-                                 progress=f"{file} teacher-forced" if progress else None)
+        got = ort_teacher_forced_cached(path, windows, level or "all", threads, spec=spec.to_dict(),
+                                        progress=f"{file} teacher-forced" if progress else None)
         tf = teacher_forced_figures(tf_ref, got, windows.inputs["labels"])
         greedy, seconds = runtime_greedy(path, "onnxruntime", rows_ids, max_new_tokens, batch, threads, level)
         prefix = [matching_prefix(r[0], g[0]) for r, g in zip(reference, greedy)]
@@ -320,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--batch", type=int, default=10)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--precisions", default="", help="also fp16 / int8 / int8.cpu rows, e.g. fp16,int8 (teacher-forced "
+    ap.add_argument("--precisions", default="", help="also fp16 / int8 / int8.cpu / int4.cpu rows, e.g. fp16,int8 (teacher-forced "
                     "agreement and perplexity change on the test split, mean matching greedy prefix)")
     ap.add_argument("--tf-tokens", type=int, default=TF_TOKENS, help="teacher-forced test tokens per precision")
     args = ap.parse_args(argv)
