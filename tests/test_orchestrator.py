@@ -155,11 +155,14 @@ def test_gpt2_and_bert_recipes():
     bert = orc.plan(run_options(["--models", "bert_imdb", "--no-bench"]))
     assert [s.stage for s in bert] == ["train", "export", "simplify", "quantize", "engines", "verify", "report"]
     assert bert[0].args == ()  # train's own default recipe
+    minilm = orc.plan(run_options(["--models", "minilm_imdb,hf:/some/folder", "--no-bench"]))
+    assert minilm[0].stage == "train" and minilm[0].models == ("minilm_imdb",)  # a recipe of its own; hf:<dir> none
 
 
 def test_the_makefile_recipes_call_edgeattn_run():
-    """make demo / gpt2 / bert are one `edgeattn run` each (dry run: nothing executed)."""
-    for target, want in (("demo", "--keep-going --summary"), ("gpt2", "--skip-engines gpt2_imdb"), ("bert", "")):
+    """make demo / gpt2 / bert / minilm are one `edgeattn run` each (dry run: nothing executed)."""
+    for target, want in (("demo", "--keep-going --summary"), ("gpt2", "--skip-engines gpt2_imdb"), ("bert", ""),
+                         ("minilm", "--models minilm_imdb")):
         p = subprocess.run(["make", "-n", "-s", target, "PY=python", "VENV=/nonexistent"], cwd=ROOT,
                            capture_output=True, text=True, timeout=60)
         cmds = [ln for ln in p.stdout.replace("\\\n", " ").splitlines() if "-m edgeattn" in ln]

