@@ -128,10 +128,14 @@ def _scale_types(model) -> dict[str, int]:
     return out
 
 
-def fp16_block_list(model_dir: Path) -> tuple[tuple[str, ...], str]:
-    """(ops kept float32, where that came from): the FP16 stage's tier for this model (manifest section fp16), else
-    optimize.fp16.FP32_OPS."""
-    sec = (read_json(model_dir / "manifest.json", {}) or {}).get("fp16") or {}
+def fp16_section(model_dir: Path) -> dict[str, Any]:
+    """The FP16 stage's manifest section for this model ({} when there is none)."""
+    return (read_json(model_dir / "manifest.json", {}) or {}).get("fp16") or {}
+
+
+def fp16_block_list(sec: dict[str, Any]) -> tuple[tuple[str, ...], str]:
+    """(ops kept float32, where that came from): the FP16 stage's tier for this model (its manifest section ``sec``),
+    else optimize.fp16.FP32_OPS."""
     ops = sec.get("op_block_list")
     if ops:
         return tuple(ops), "the fp16 stage's block list for this model (manifest fp16.op_block_list)"
@@ -149,7 +153,8 @@ def mix_fp16(qdq_fp32: Path, work: Path, model_dir: Path, es: EvalSet, ref: np.n
         return qdq_fp32, {"used": False, "why": "off (QuantOptions.fp16_mix): unquantised layers stay float32"}
     t0 = time.perf_counter()
     mixed = work / MIXED_NAME
-    block, block_from = fp16_block_list(model_dir)
+    f16 = fp16_section(model_dir)
+    block, block_from = fp16_block_list(f16)
     rec: dict[str, Any] = {"used": False, "block_list_from": block_from}
 
     def fallback(why: str) -> tuple[Path, dict[str, Any]]:
@@ -164,7 +169,7 @@ def mix_fp16(qdq_fp32: Path, work: Path, model_dir: Path, es: EvalSet, ref: np.n
         return fallback(f"rewrite failed: {e}")
     if rec["rule_violations"]:
         return fallback(f"{len(rec['rule_violations'])} TensorRT Q/DQ rule violation(s): {rec['rule_violations'][:3]}")
-    level = (read_json(model_dir / "manifest.json", {}) or {}).get("fp16", {}).get("ort_opt_level")
+    level = f16.get("ort_opt_level")
     if level and level != "all":  # ONNX Runtime crashed on this model's fp16 graph above that level: same here
         stamp_ort_level(mixed, level)
         rec["ort_opt_level"] = level

@@ -178,6 +178,28 @@ def test_mix_fp16_judges_with_the_budget_and_falls_back(graphs, tmp_path):
     assert path == q32 and rec["used"] is False and "QuantOptions.fp16_mix" in rec["why"]
 
 
+def test_mix_fp16_takes_the_fp16_stage_block_list_and_safe_ort_level(graphs, tmp_path):
+    """The FP16 stage's tier for the model (manifest fp16.op_block_list) is the mixed graph's block list, and the ONNX
+    Runtime level it recorded as safe travels into the file (runtime.ort_backend.ORT_LEVEL_KEY)."""
+    from optimize.fp16 import FP32_OPS, FP32_OPS_WIDE
+    from runtime.ort_backend import ORT_LEVEL_KEY
+    from zoo.io import update_manifest
+
+    d, spec = graphs["text_transformer"]
+    es = EvalSet(_feeds(spec, 16, 300))
+    ref = ort_logits(d / "fp32.sim.onnx", es, "all")
+    loose = budget_for(None, "int8", min_top1_agreement=0.0, min_cosine=0.9)
+    _, rec = mix_fp16(d / "q32.onnx", tmp_path, tmp_path, es, ref, loose)  # no manifest: the default tier
+    assert rec["op_block_list"] == list(FP32_OPS) and "ort_opt_level" not in rec and "Erf" not in FP32_OPS
+    update_manifest(tmp_path, "fp16", {"op_block_list": list(FP32_OPS_WIDE), "ort_opt_level": "extended"})
+    path, rec = mix_fp16(d / "q32.onnx", tmp_path, tmp_path, es, ref, loose)
+    assert rec["used"] and rec["op_block_list"] == list(FP32_OPS_WIDE) and "manifest" in rec["block_list_from"]
+    m = onnx.load(str(path))
+    assert {p.key: p.value for p in m.metadata_props}[ORT_LEVEL_KEY] == "extended"
+    erf = [n for n in m.graph.node if n.op_type == "Erf"]
+    assert erf and all(_types(m)[n.output[0]] == FLOAT for n in erf)  # the wide tier keeps GELU's Erf float32
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_tensorrt_rtx_builds_the_mixed_graph_with_fp16_gemms(graphs, tmp_path, name):
     """Before (fp32 Q/DQ): the GEMMs outside Q/DQ build in FP32 and the build warns; after (mixed): every GEMM is INT8
