@@ -18,9 +18,11 @@ FP32 GEMMs/convolutions in TF32; it is cleared for fp32 sources (``builder.tf32`
 Layer precisions: a strongly typed engine computes each layer in the type the ONNX graph gives it, so the manifest's
 ``layers`` counts, from the parsed network, the GEMM/convolution layers per precision (``int8`` when both inputs come
 from DequantizeLinear, i.e. TensorRT runs an INT8 kernel; otherwise the layer's type: float16, float32, with
-``tf32`` saying whether FP32 ones may use TF32) and the other layers per output type. An INT8 engine whose Q/DQ graph
-was made from fp32.sim.onnx keeps every unquantised layer in FP32/TF32 and can be slower than the FP16 engine: the
-build warns and the manifest's ``warnings`` say so.
+``tf32`` saying whether FP32 ones may use TF32) and the other layers per output type. Nothing in the build forces a
+precision on ``int8.qdq.onnx``: quantize writes it mixed INT8/FP16 (optimize.qdq_fp16: float16 outside the Q/DQ pairs,
+float16 Q/DQ scales), so its unquantised GEMMs build in FP16; an INT8 engine whose Q/DQ graph kept float32 (the mix
+off, or outside the budget: manifest ``int8.qdq.fp16_mix.why``) computes them in FP32/TF32 and can be slower than the
+FP16 engine: the build warns and the manifest's ``warnings`` say so.
 Outputs: ``<model dir>/<precision>.<flavor>.engine`` + ``<engine>.json`` manifest, written atomically.
 Timing cache (trt10/trt11): one file per flavour/version/GPU under ``<artifacts>/timing/``, loaded before and saved
 after every build. TensorRT-RTX made timing caches a no-op in 1.2: the path is recorded with ``applicable: false``.
@@ -273,7 +275,8 @@ def precision_warning(precision: str | None, layers: Mapping[str, Any]) -> str |
     how = "FP32/TF32" if layers.get("tf32") else "FP32"
     return (f"INT8 engine: {fp32} of {total} GEMM/convolution layers are not quantised and compute in {how} (the Q/DQ "
             "graph keeps the float parts of its source in float32); such an engine can be slower than the FP16 one. "
-            "Expected unquantised layers in FP16: build the Q/DQ graph on the FP16 graph")
+            "Expected unquantised layers in FP16: quantize writes int8.qdq.onnx mixed INT8/FP16 (optimize.qdq_fp16) "
+            "unless QuantOptions.fp16_mix is off or the mixed graph missed the budget (manifest int8.qdq.fp16_mix.why)")
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:

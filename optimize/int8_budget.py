@@ -48,6 +48,8 @@ class QuantOptions:
     # images, 0.9855 on verify's 32)
     parity_margin: float = 0.5
     quantize_attention: bool = False  # Q/DQ on attention BMMs (MatMul of two activations) too
+    # int8.qdq.onnx with its unquantised layers in FP16 (optimize.qdq_fp16), when that graph is within the budget too
+    fp16_mix: bool = True
     sweep: str = "auto"  # auto: only when the fully quantised model misses the budget | always | never
     sweep_samples: int = 1000  # validation rows used to rank nodes
     eval_samples: int | None = None  # validation rows for the budget (None: the whole split)

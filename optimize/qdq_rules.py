@@ -10,7 +10,11 @@ Rules (read from the ONNX parser's Q/DQ handling in TensorRT 10.x/11.x and RTX):
 - weights (constant DQ inputs) are int8 and per-channel on the output-channel axis: Conv/ConvTranspose
   KCRS axis 0 (ConvTranspose: 1), MatMul B[K, N] axis 1 (last), Gemm B axis 0 if transB=1 else 1, with a 1-D
   scale as long as that axis;
-- activations (non-constant inputs) are per-tensor (scalar scale).
+- activations (non-constant inputs) are per-tensor (scalar scale);
+- float16 scales (the mixed INT8/FP16 graph, optimize.qdq_fp16: a DequantizeLinear's output type is its scale's, so
+  the DQ feeds an FP16 GEMM directly) need opset >= 19 (opset 13's Q/DQ take float32 scales only) and every value a
+  normal float16, in [2**-14, 65504]: a subnormal scale keeps only a few bits (2**-24 steps), so w_q * scale would
+  no longer be the weight the fp32 graph was judged with.
 """
 from __future__ import annotations
 
@@ -20,6 +24,24 @@ from typing import Any
 import numpy as np
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+FP16_QDQ_MIN_OPSET = 19  # QuantizeLinear/DequantizeLinear take float16 input/scale from opset 19
+FP16_SCALE_RANGE = (2.0 ** -14, 65504.0)  # normal float16: smallest normal, largest finite
+
+
+def fp16_scale_problem(scale: Any) -> str | None:
+    """Why ``scale`` (any float array) cannot be a float16 Q/DQ scale (None: it can): a value outside the normal
+    float16 range FP16_SCALE_RANGE, judged on the values as given (before any cast)."""
+    s = np.asarray(scale, dtype=np.float64)
+    lo, hi = FP16_SCALE_RANGE
+    bad = s[~((s >= lo) & (s <= hi))].ravel()
+    if bad.size:
+        return (f"{bad.size} of {s.size} values outside the normal float16 range [{lo:.3g}, {hi:g}] "
+                f"(e.g. {bad[:3].tolist()})")
+    return None
+
+
+def _default_opset(model) -> int:
+    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
 
 
 def _load(model_or_path: Any):
@@ -111,6 +133,14 @@ def check_qdq_rules(model_or_path: Any, weights_per_channel: bool = True) -> lis
             if not np.all(np.isfinite(s)) or np.any(s <= 0):
                 bad = s[~(np.isfinite(s) & (s > 0))].ravel()[:4].tolist()
                 errors.append(f"{what}: scale '{scale_name}' has non-positive or non-finite values {bad}, expected > 0")
+            elif scale.dtype == np.float16:
+                why = fp16_scale_problem(scale)
+                if why:
+                    errors.append(f"{what}: float16 scale '{scale_name}' has {why}; expected normal float16 values "
+                                  "(keep this Q/DQ in float32)")
+                if _default_opset(model) < FP16_QDQ_MIN_OPSET:
+                    errors.append(f"{what}: float16 scale '{scale_name}' in an opset {_default_opset(model)} graph, "
+                                  f"expected opset >= {FP16_QDQ_MIN_OPSET} (float16 Q/DQ)")
         axis = int(_attr(node, "axis", 1))
         per_channel = scale is not None and np.asarray(scale).size > 1
         if scale is not None and np.asarray(scale).ndim > 1:

@@ -42,6 +42,7 @@ from optimize.fp16 import Fp16Options, build_fp16, ort_logits
 from optimize.int8_budget import QuantOptions, brief_figures, miss_reason, budget_search
 from judge.budget import Budget, check_resolution, delta_statement
 from optimize.int8_build import QuantizeError, calibrate_ranges, quantize_static_cached
+from optimize.qdq_fp16 import mix_fp16
 from optimize.qdq_graph import ensure_node_names, quantizable_nodes
 from optimize.qdq_rules import check_qdq_rules, qdq_counts
 from runtime.cpu import cpu_info, int8_isa
@@ -216,7 +217,8 @@ def build_int8(model_dir: Path, src: Path, calib: CalibrationData, es: EvalSet, 
         win = cpu["winner"]
         if previous and did_worse(search["passed"], win, previous) and previous_intact(model_dir, previous):
             return kept_previous(previous, search, cpu, opts, budget, labelled)
-        atomic_write(qdq_dst, lambda p: shutil.copyfile(cand, p))
+        qdq_file, fp16_mix = mix_fp16(cand, work, model_dir, es, ref, budget, opts.fp16_mix, opts.threads)
+        atomic_write(qdq_dst, lambda p: shutil.copyfile(qdq_file, p))
         write_cpu_artifact(cands[win] if win is not None else None, cpu_dst, isa)
     qdq_lat = cpu["candidates"].get("qdq_s8s8", {}).get("latency_ms")
     wrow = cpu["candidates"].get(win, {}) if win else {}
@@ -239,7 +241,8 @@ def build_int8(model_dir: Path, src: Path, calib: CalibrationData, es: EvalSet, 
                 "rule_violations": violations, "counts": qdq_counts(qdq_dst), "scopes": scopes,
                 "quantized_nodes": search["quantized"], "excluded_nodes": search["excluded"],
                 "val": brief_figures(search["final"]), "steps": search["steps"], "sensitivity": search["sensitivity"],
-                "latency_ms": qdq_lat, "format": "QDQ int8 symmetric, per-channel weights, float bias"},
+                "latency_ms": qdq_lat, "format": "QDQ int8 symmetric, per-channel weights, float bias"
+                + (", unquantised layers float16" if fp16_mix["used"] else ""), "fp16_mix": fp16_mix},
         "cpu": {"file": cpu_dst.name if win else None, "method": win or "fp32", "why": cpu["why"],
                 "ort_opt_level": "all", "cpu_isa": isa, "cpu_model": cpu_info().get("model"),
                 "judged_by": "ONNX Runtime's integer kernels on this CPU",

@@ -379,6 +379,13 @@ def test_cli_end_to_end_and_up_to_date(tiny_dirs, tmp_path, capsys):
     for f in ("int8.qdq.onnx", "int8.cpu.onnx", "fp16.onnx", "calib.percentile.json"):
         assert (md / f).is_file()
     assert check_qdq_rules(md / "int8.qdq.onnx") == []
+    mix = i8["qdq"]["fp16_mix"]  # issue 20 item 3: what stays out of INT8 runs in FP16 (within the same budget)
+    written = onnx.load(str(md / "int8.qdq.onnx"))
+    scales = {t.name: t.data_type for t in written.graph.initializer}
+    n_qdq = i8["qdq"]["counts"]["QuantizeLinear"] + i8["qdq"]["counts"]["DequantizeLinear"]
+    assert mix["used"] is True and mix["scales"] == {"float16": n_qdq} and mix["val"]["n_samples"] == 500, mix
+    assert all(scales[n.input[1]] == onnx.TensorProto.FLOAT16 for n in written.graph.node
+               if n.op_type == "DequantizeLinear")
     from runtime.cpu import ISA_METADATA_KEY, int8_isa
 
     meta = {p.key: p.value for p in onnx.load(str(md / "int8.cpu.onnx")).metadata_props}
