@@ -397,3 +397,18 @@ def test_decoder_step_last_only_and_the_loop_asks_for_it(onnx_path, gen, monkeyp
     monkeypatch.setattr(gen.decoder, "step", lambda *a, **k: asked.append(k.get("last_only")) or real(*a, **k))
     gen.generate("This movie was", max_new_tokens=3)
     assert asked == [True, True, True]
+
+
+def test_huge_pages_change_no_token_and_no_logit(onnx_path):
+    """OrtDecoder's huge_pages (runtime.hugepages, on by default) moves the weights, never their values: greedy
+    tokens of a left-padded batch and the logits of every step are bitwise those of a session without it."""
+    from runtime.generate import TextGenerator
+
+    outs = []
+    for huge in (False, True):
+        with TextGenerator(onnx_path, threads=1, huge_pages=huge) as g:
+            assert (g.decoder.huge_pages is None) == (not huge)
+            outs.append(g.generate(PROMPTS, max_new_tokens=NEW, stop_tokens=(), output_logits=True))
+    for a, b in zip(*outs):
+        assert a.tokens == b.tokens and len(a.tokens) == NEW
+        np.testing.assert_array_equal(a.logits, b.logits)
