@@ -48,7 +48,7 @@ DECODE_PROMPT = 32
 NEW_TOKENS = 64
 BATCHES = (1, 8)
 TARGET_VS_EAGER = 2.0
-CODE_VERSION = "bench-generation/1"
+CODE_VERSION = "bench-generation/2"  # 2: OrtDecoder puts the weights on huge pages (runtime.hugepages)
 
 
 # ---- parent side ----------------------------------------------------------------------------------------------------

@@ -50,6 +50,8 @@ class DecoderCandidate(GreedyCandidate):
         self.gen = TextGenerator(self.path, backend=self.backend, threads=self.threads)
         dec = self.gen.decoder
         self.notes.update(kv_dtype=str(dec.cache_dtype), decoder=type(dec).__name__)
+        if getattr(dec, "huge_pages", None) is not None:  # OrtDecoder: the weights on 2 MiB pages (runtime.hugepages)
+            self.notes["huge_pages"] = dec.huge_pages
         if getattr(dec.runner, "opt_level", None):
             self.notes["ort_opt_level"] = dec.runner.opt_level
 
