@@ -79,8 +79,14 @@ class Source:
         return hf_folder_task(self.path)
 
 
+# the model types built as decoders with a KV cache: zoo.decoder_arch.ARCHITECTURES' keys (tests/test_llama.py keeps
+# them equal; this floor reads a folder's task and cannot import zoo)
+DECODER_MODEL_TYPES = frozenset({"gpt2", "llama", "mistral", "qwen2"})
+
+
 def hf_folder_task(d: Path) -> str | None:
-    """The task of a Hugging Face folder, from its files (read as JSON): a GPT-2 config -> TEXT_GENERATION; a
+    """The task of a Hugging Face folder, from its files (read as JSON): a decoder config (``model_type`` in
+    :data:`DECODER_MODEL_TYPES`: GPT-2, Llama, Mistral, Qwen2) -> TEXT_GENERATION; a
     sentence-transformers folder (modules.json) or a config whose architectures are all bare encoders (``BertModel``:
     no head, what ``AutoModel`` loads) -> FEATURE_EXTRACTION; any other config -> text classification; None when
     config.json is missing or not JSON (the folder check says so)."""
@@ -90,7 +96,7 @@ def hf_folder_task(d: Path) -> str | None:
         return None
     if not isinstance(cfg, dict):
         return None
-    if cfg.get("model_type") == "gpt2":
+    if cfg.get("model_type") in DECODER_MODEL_TYPES:
         return TEXT_GENERATION
     archs = cfg.get("architectures") or []
     if (d / "modules.json").is_file() or (archs and all(str(a).endswith("Model") and "Head" not in str(a) for a in archs)):

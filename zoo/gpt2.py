@@ -9,7 +9,9 @@
   add-one smoothing) on the same validation tokens.
 - ``hf:<dir>``: any local GPT-2 directory (config.json with ``model_type`` gpt2, weights, and ``tokenizer.json`` or
   ``vocab.json`` + ``merges.txt``), loaded with ``local_files_only=True``: never downloaded. The real ``gpt2``
-  checkpoint works when a user has it.
+  checkpoint works when a user has it. The same code builds the Llama family (``LlamaForCausalLM``,
+  ``MistralForCausalLM``, ``Qwen2ForCausalLM``): zoo.decoder_arch's table says what differs per architecture (the
+  class, how to read the sizes; grouped-query attention keeps its KV heads in the cache).
 
 Either way the pipeline gets a :class:`BuiltModel` whose module is the decoder with its KV cache as plain tensors
 (:func:`decoder_module`): inputs ``input_ids`` (B, S), ``attention_mask`` (B, P+S), ``position_ids`` (B, S) and
@@ -82,7 +84,7 @@ def _decoder_class():
         def __init__(self, model, mask_value: float = MASK_VALUE):
             super().__init__()
             self.model = model
-            self.layers = int(model.config.n_layer)
+            self.layers = int(model.config.num_hidden_layers)
             self.mask_value = float(mask_value)
 
         def forward(self, input_ids, attention_mask, position_ids, *past):
@@ -106,7 +108,7 @@ def _decoder_class():
 
 
 def decoder_module(model, mask_value: float = MASK_VALUE):
-    """The pipeline's module around an HF GPT-2 LM (see DecoderWithPast), eval mode."""
+    """The pipeline's module around an HF causal LM of zoo.decoder_arch's table (see DecoderWithPast), eval mode."""
     return _decoder_class()(model, mask_value).eval()
 
 
@@ -119,14 +121,18 @@ def cache_names(layers: int) -> tuple[list[str], list[str]]:
 
 def decoder_spec(name: str, config, batch_max: int = MAX_BATCH, dataset: str | None = None,
                  tokenizer_file: str = TOKENIZER_FILE) -> ModelSpec:
-    """The spec of a GPT-2 decoder with cache. Dims: batch, sequence (new tokens), past (cached tokens) and total
-    (past + sequence, the mask and the present). ``DimRange`` needs min >= 1, so ``dynamic['past']`` starts at 1
-    and ``preprocess['past_min'] = 0`` says the graph also takes an empty past (a prefill); ``preprocess['profiles']``
-    holds the two shape ranges an engine needs: prefill (past 0) and decode (sequence 1)."""
-    layers, heads = int(config.n_layer), int(config.n_head)
-    head_dim = int(config.n_embd) // heads
-    n = int(config.n_positions)
-    vocab = int(config.vocab_size)
+    """The spec of a decoder with cache (any architecture of zoo.decoder_arch). Dims: batch, sequence (new tokens),
+    past (cached tokens) and total (past + sequence, the mask and the present). ``DimRange`` needs min >= 1, so
+    ``dynamic['past']`` starts at 1 and ``preprocess['past_min'] = 0`` says the graph also takes an empty past (a
+    prefill); ``preprocess['profiles']`` holds the two shape ranges an engine needs: prefill (past 0) and decode
+    (sequence 1). ``preprocess['heads']`` is the cache's heads: the KV heads (fewer than ``attention_heads`` under
+    grouped-query attention)."""
+    from zoo.decoder_arch import decoder_dims
+
+    dims = decoder_dims(config, name)
+    layers, heads, head_dim = dims.layers, dims.kv_heads, dims.head_dim
+    n = dims.max_positions
+    vocab = dims.vocab_size
     eos = config.eos_token_id if config.eos_token_id is not None else vocab - 1
     eos = int(eos[0] if isinstance(eos, (list, tuple)) else eos)
     pad = int(config.pad_token_id) if getattr(config, "pad_token_id", None) is not None else eos
@@ -151,6 +157,7 @@ def decoder_spec(name: str, config, batch_max: int = MAX_BATCH, dataset: str | N
         labels=[], dataset=dataset,
         preprocess={"kind": TASK, "tokenizer": tokenizer_file, "vocab_size": vocab, "eos_id": eos, "pad_id": pad,
                     "bos_id": bos, "max_positions": n, "layers": layers, "heads": heads, "head_dim": head_dim,
+                    "attention_heads": dims.attention_heads, "model_type": str(config.model_type),
                     "past_inputs": past_names, "present_outputs": present_names, "past_min": 0,
                     "mask_value": MASK_VALUE, "profiles": profiles, "source": "huggingface"},
     )
@@ -158,37 +165,47 @@ def decoder_spec(name: str, config, batch_max: int = MAX_BATCH, dataset: str | N
 
 # ---- loading -----------------------------------------------------------------------------------------------------
 def load_lm(d: Path, name: str = "", attn_implementation: str = "eager"):
-    """The HF ``GPT2LMHeadModel`` of ``d``, float32, eval mode, never downloaded."""
+    """The HF causal LM of ``d`` (an architecture of zoo.decoder_arch's table: GPT-2, Llama, Mistral, Qwen2),
+    float32, eval mode, never downloaded; RegistryError for another model_type."""
     import torch
-    from transformers import GPT2LMHeadModel
+    import transformers
+    from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
+
+    from zoo.decoder_arch import arch_of
 
     hf_logging.disable_progress_bar()
     try:
-        model = GPT2LMHeadModel.from_pretrained(str(d), local_files_only=True, dtype=torch.float32,
-                                                attn_implementation=attn_implementation)
+        config = AutoConfig.from_pretrained(str(d), local_files_only=True)
+        arch = arch_of(config, name)
+        model = getattr(transformers, arch.lm_class).from_pretrained(
+            str(d), local_files_only=True, dtype=torch.float32, attn_implementation=attn_implementation)
+    except RegistryError:
+        raise
     except Exception as e:  # noqa: BLE001 - transformers raises many kinds for an unusable folder
-        raise RegistryError(f"model '{name}': cannot load a GPT-2 LM from '{d}' ({type(e).__name__}: "
+        raise RegistryError(f"model '{name}': cannot load a causal LM from '{d}' ({type(e).__name__}: "
                             f"{str(e).splitlines()[0][:300] if str(e) else ''})") from e
     return model.eval()
 
 
 def load_gpt2(name: str, directory: str | os.PathLike | None = None, artifacts: str | os.PathLike = "artifacts",
               batch_max: int = MAX_BATCH, attn_implementation: str = "eager", dataset: str | None = None) -> BuiltModel:
-    """``gpt2_imdb`` or ``hf:<gpt2 dir>`` (``directory`` overrides) -> BuiltModel: the decoder with cache, its spec."""
+    """``gpt2_imdb`` or ``hf:<decoder dir>`` (GPT-2 or the Llama family, zoo.decoder_arch; ``directory``
+    overrides) -> BuiltModel: the decoder with cache, its spec."""
+    from zoo.decoder_arch import config_summary
+
     d = Path(directory) if directory else gpt2_dir(name, artifacts)
     check_dir(d, name, GPT2_TOKENIZERS, train_hint(name, d))
     model = load_lm(d, name, attn_implementation)
     c = model.config
-    if c.model_type != "gpt2":
-        raise RegistryError(f"model '{name}': '{d}' holds model_type '{c.model_type}', expected 'gpt2'")
     from zoo.hf import DATASET_KEY
 
     dataset = dataset if dataset is not None else getattr(c, DATASET_KEY, None)
     spec = decoder_spec(name, c, batch_max=batch_max, dataset=dataset)
-    cfg = {"hf_dir": str(d.resolve()), "model_type": c.model_type, "n_layer": c.n_layer, "n_head": c.n_head,
-           "n_embd": c.n_embd, "n_positions": c.n_positions, "vocab_size": c.vocab_size,
-           "attn_implementation": attn_implementation, "dataset": dataset, "transformers": _transformers_version()}
+    cfg = {"hf_dir": str(d.resolve()), **config_summary(c, attn_implementation), "dataset": dataset,
+           "transformers": _transformers_version()}
+    if c.model_type == "gpt2":  # the names GPT-2 manifests always had
+        cfg.update(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, n_positions=c.n_positions)
     return BuiltModel(name, decoder_module(model), spec, cfg)
 
 
