@@ -32,7 +32,7 @@ from runtime.files import read_json
 from pipeline.stage import EXIT_FAILED, REPORT_ENV
 
 log = logging.getLogger("edgeattn.run")
-TRAINED = ("text_transformer", "attention_cnn", "vit", "bert_imdb", "gpt2_imdb")  # the models `train` has recipes for
+TRAINED = ("text_transformer", "attention_cnn", "vit", "bert_imdb", "gpt2_imdb", "llama_imdb")  # the models `train` has recipes for
 STOP, RECORD, VERDICT, FINAL = "stop", "record", "verdict", "final"  # what a stage's failure means (module docstring)
 EXIT_MISSED = 1
 

@@ -5,7 +5,7 @@ A name is one of:
 | name                          | kind          | folder under artifacts/     |
 |-------------------------------|---------------|-----------------------------|
 | ``text_transformer`` ...      | ``builtin``   | the name                    |
-| ``bert_imdb``, ``gpt2_imdb``  | ``hf``        | the name (trained here)     |
+| ``bert_imdb``, ``gpt2_imdb``, ``llama_imdb`` | ``hf`` | the name (trained here) |
 | ``torchvision:<arch>``        | ``torchvision``| ``<arch>``                 |
 | ``hf:<dir>``                  | ``hf``        | the directory's name        |
 | ``onnx:<file>``               | ``onnx``      | the file's stem             |
@@ -27,7 +27,7 @@ from runtime.errors import EdgeattnError
 from runtime.modelspec import FEATURE_EXTRACTION, TEXT_GENERATION
 
 BUILTIN_NAMES = ("text_transformer", "attention_cnn", "vit")
-TRAINED_HF = {"bert_imdb": "text_classification", "gpt2_imdb": TEXT_GENERATION}  # HF folders trained here
+TRAINED_HF = {"bert_imdb": "text_classification", "gpt2_imdb": TEXT_GENERATION, "llama_imdb": TEXT_GENERATION}  # HF folders trained here
 _MODULE_FACTORY = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 
 

@@ -170,3 +170,25 @@ def test_architectures_outside_the_table_and_sequence_dependent_rope_are_refused
                       max_position_embeddings=131072)
     d = decoder_dims(big, "m")
     assert (d.kv_heads, d.attention_heads, d.head_dim, d.max_positions) == (1, 4, 16, 2048)
+
+
+def test_llama_imdb_trains_through_the_train_stage_and_loads_as_a_decoder(tmp_path, monkeypatch):
+    """``edgeattn train --models llama_imdb`` with a tiny LlamaRecipe: a LlamaForCausalLM with grouped-query
+    attention saved where the pipeline finds it, train.json's perplexity and floor, and the spec's KV heads."""
+    from zoo import gpt2
+
+    tiny = gpt2.LlamaRecipe(vocab_size=300, n_layer=1, n_embd=32, n_head=4, kv_heads=2, intermediate=64,
+                            n_positions=64, block_size=32, batch_size=4, max_steps=3, warmup_steps=1, eval_tokens=128,
+                            max_train_docs=150, budget_seconds=120)
+    monkeypatch.setitem(gpt2.LLAMA_RECIPES, "full", tiny)
+    assert edgeattn(["train", "--models", "llama_imdb", "--artifacts", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "llama_imdb" / "train.json").read_text())
+    assert doc["steps"] == 3 and doc["config"]["architecture"] == "LlamaForCausalLM"
+    assert doc["config"]["kv_heads"] == 2 and doc["recipe"]["kv_heads"] == 2 and doc["n_val_tokens"] == 128
+    assert doc["val_perplexity"] > 1 and doc["unigram_perplexity"] > 1
+    built = gpt2.load_gpt2("llama_imdb", artifacts=tmp_path)
+    pre = built.spec.preprocess
+    assert (pre["model_type"], pre["heads"], pre["attention_heads"], pre["head_dim"]) == ("llama", 2, 4, 8)
+    assert built.config["architecture"] == "LlamaForCausalLM" and built.config["kv_heads"] == 2
+    assert gpt2.recipe_for("demo", model="llama_imdb") == (gpt2.LLAMA_DEMO_RECIPE, (tiny,))
+    assert gpt2.recipe_for("full", 5.0, model="gpt2_imdb")[0].budget_seconds == 5.0

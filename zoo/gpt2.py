@@ -34,7 +34,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -46,7 +46,7 @@ from zoo.spec import DimRange, ModelSpec, TensorSpec
 
 log = logging.getLogger("edgeattn.gpt2")
 
-ALIASES = {"gpt2_imdb": "gpt2_imdb/hf"}  # trained here: <artifacts>/<folder>
+ALIASES = {"gpt2_imdb": "gpt2_imdb/hf", "llama_imdb": "llama_imdb/hf"}  # trained here: <artifacts>/<folder>
 EOS = "<|endoftext|>"
 TOKENIZER_FILE = "tokenizer.json"
 MASK_VALUE = -1e4  # added to masked attention scores: exp(-1e4) is 0 in fp32 and fp16, and it is finite in fp16
@@ -60,14 +60,14 @@ def gpt2_dir(name: str, artifacts: str | os.PathLike = "artifacts") -> Path:
         return Path(artifacts) / ALIASES[name]
     src = source_of(name)
     if src.kind != "hf" or not src.locator.strip():
-        raise RegistryError(f"model '{name}': expected 'gpt2_imdb' or 'hf:<directory>' (a GPT-2 folder written by "
-                            "save_pretrained)")
+        raise RegistryError(f"model '{name}': expected one of {sorted(ALIASES)} or 'hf:<directory>' (a decoder folder "
+                            "written by save_pretrained)")
     return src.path
 
 
 def train_hint(name: str, d: Path) -> str | None:
     """The command that makes ``d`` when ``name`` is trained here (for zoo.hf.check_dir's message)."""
-    return f"python -m zoo.gpt2 --artifacts {d.parent.parent}" if name in ALIASES else None
+    return f"python -m zoo.gpt2 --model {name} --artifacts {d.parent.parent}" if name in ALIASES else None
 
 
 # ---- the exported module -----------------------------------------------------------------------------------------
@@ -288,6 +288,7 @@ class GPT2Recipe:
     all, 496 steps of 16 x 128 tokens (1.0M tokens, 439 s), validation perplexity 289.9 against the unigram floor
     893.7 (65,536 validation tokens; 4,096-token BPE fitted in 6 s)."""
 
+    arch: ClassVar[str] = "gpt2"  # zoo.decoder_arch's model_type (a ClassVar: not in the recipe's config hash)
     vocab_size: int = 4096
     n_layer: int = 4
     n_embd: int = 256
@@ -318,6 +319,25 @@ RECIPE = GPT2Recipe()
 DEMO_RECIPE = GPT2Recipe(n_layer=2, n_embd=128, n_head=2, lr=3e-3, warmup_steps=20, budget_seconds=90.0,
                          eval_reserve_seconds=10.0, eval_tokens=16_384, tokenizer_docs=4000, max_train_docs=8000)
 RECIPES = {"full": RECIPE, "demo": DEMO_RECIPE}
+
+
+@dataclass
+class LlamaRecipe(GPT2Recipe):
+    """llama_imdb's recipe: a ``LlamaForCausalLM`` (rotary positions, RMSNorm, grouped-query attention, SwiGLU) on
+    gpt2_imdb's data, tokenizer and schedule. ``n_embd`` is the hidden size, ``n_head`` the query heads,
+    ``n_positions`` the position table; the embeddings are tied to the LM head as in GPT-2."""
+
+    arch: ClassVar[str] = "llama"
+    kv_heads: int = 2
+    intermediate: int = 688  # SwiGLU width: about 8/3 x hidden, a multiple of 16
+    rope_theta: float = 10000.0
+
+
+LLAMA_RECIPE = LlamaRecipe()  # 4 layers, hidden 256, 4 query heads over 2 KV heads, gpt2_imdb's 8-minute budget
+LLAMA_DEMO_RECIPE = LlamaRecipe(n_layer=2, n_embd=128, n_head=4, kv_heads=2, intermediate=352, lr=3e-3,
+                                warmup_steps=20, budget_seconds=90.0, eval_reserve_seconds=10.0, eval_tokens=16_384,
+                                tokenizer_docs=4000, max_train_docs=8000)
+LLAMA_RECIPES = {"full": LLAMA_RECIPE, "demo": LLAMA_DEMO_RECIPE}
 
 
 def train_bpe_tokenizer(texts, vocab_size: int):
@@ -390,6 +410,22 @@ def gpt2_config(recipe: GPT2Recipe, vocab: int, eos_id: int, dataset: str | None
                       pad_token_id=eos_id, **{DATASET_KEY: dataset})
 
 
+def lm_config(recipe: GPT2Recipe, vocab: int, eos_id: int, dataset: str | None):
+    """The transformers config a recipe trains: GPT-2's (:func:`gpt2_config`), or a Llama's for a LlamaRecipe."""
+    if recipe.arch == "gpt2":
+        return gpt2_config(recipe, vocab, eos_id, dataset)
+    from transformers import LlamaConfig
+
+    from zoo.hf import DATASET_KEY
+
+    return LlamaConfig(vocab_size=int(vocab), hidden_size=recipe.n_embd, intermediate_size=recipe.intermediate,
+                       num_hidden_layers=recipe.n_layer, num_attention_heads=recipe.n_head,
+                       num_key_value_heads=recipe.kv_heads, max_position_embeddings=recipe.n_positions,
+                       rope_parameters={"rope_type": "default", "rope_theta": recipe.rope_theta},
+                       attention_dropout=recipe.dropout, tie_word_embeddings=True, bos_token_id=eos_id,
+                       eos_token_id=eos_id, pad_token_id=eos_id, **{DATASET_KEY: dataset})
+
+
 def _lr_at(recipe: GPT2Recipe, step: int, progress: float) -> float:
     if step < recipe.warmup_steps:
         return recipe.lr * (step + 1) / recipe.warmup_steps
@@ -406,13 +442,13 @@ def fit_lm(model, stream: np.ndarray, recipe: GPT2Recipe, deadline: float, progr
 
     decay, no_decay = [], []
     for n_, p in model.named_parameters():
-        (no_decay if p.ndim <= 1 or "wte" in n_ or "wpe" in n_ else decay).append(p)
+        (no_decay if p.ndim <= 1 or any(k in n_ for k in ("wte", "wpe", "embed_tokens")) else decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr, betas=(0.9, 0.95))
     rng = np.random.default_rng(recipe.seed)
     t0 = time.perf_counter()
     budget = max(1.0, deadline - t0)
-    bar = tqdm(total=recipe.max_steps, desc="gpt2_imdb train", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=recipe.max_steps, desc=f"{recipe.arch} train", disable=not progress, dynamic_ncols=True)
     run_loss, step, history = 0.0, 0, []
     model.train()
     while step < recipe.max_steps:
@@ -451,7 +487,8 @@ def fit_lm(model, stream: np.ndarray, recipe: GPT2Recipe, deadline: float, progr
 
 def train_gpt2(artifacts: str | os.PathLike = "artifacts", recipe: GPT2Recipe | None = None, force: bool = False,
                progress: bool = True, name: str = "gpt2_imdb", accept: tuple[GPT2Recipe, ...] = ()) -> dict[str, Any]:
-    """Train ``gpt2_imdb`` (see the module docstring) into ``<artifacts>/<name>/hf`` and write ``train.json``;
+    """Train ``gpt2_imdb`` (or ``llama_imdb``: the recipe's ``arch``; see the module docstring) into
+    ``<artifacts>/<name>/hf`` and write ``train.json``;
     reused when train.json matches this recipe, or one of ``accept`` (e.g. the full recipe when the demo's is
     asked), and the data."""
     import torch
@@ -486,10 +523,11 @@ def train_gpt2(artifacts: str | os.PathLike = "artifacts", recipe: GPT2Recipe | 
              len(tok), tokenizer_seconds, len(train_stream), len(xv), encode_seconds)
 
     seed_everything(recipe.seed)
-    cfg = gpt2_config(recipe, len(tok), eos_id, recipe.dataset)
-    from transformers import GPT2LMHeadModel
+    cfg = lm_config(recipe, len(tok), eos_id, recipe.dataset)
+    from zoo.decoder_arch import arch_of
 
-    model = GPT2LMHeadModel._from_config(cfg, attn_implementation="sdpa")
+    lm_class = arch_of(recipe.arch, name).lm_class
+    model = getattr(transformers, lm_class)._from_config(cfg, attn_implementation="sdpa")
     fit = fit_lm(model, train_stream, recipe, deadline - recipe.eval_reserve_seconds, progress)
     t_eval = time.perf_counter()
     val_ppl = lm_perplexity(model, xv, yv)
@@ -512,8 +550,9 @@ def train_gpt2(artifacts: str | os.PathLike = "artifacts", recipe: GPT2Recipe | 
         "eval_seconds": round(eval_seconds, 1), "total_seconds": round(time.perf_counter() - t_start, 1),
         "budget_seconds": recipe.budget_seconds,
         "dataset": {**ds.describe(), "n_train": len(train_texts)},
-        "config": {"architecture": "GPT2LMHeadModel", "vocab_size": len(tok), "n_layer": cfg.n_layer,
-                   "n_embd": cfg.n_embd, "n_head": cfg.n_head, "n_positions": cfg.n_positions,
+        "config": {"architecture": lm_class, "vocab_size": len(tok), "n_layer": recipe.n_layer,
+                   "n_embd": recipe.n_embd, "n_head": recipe.n_head, "n_positions": recipe.n_positions,
+                   "kv_heads": getattr(recipe, "kv_heads", recipe.n_head),
                    "parameters": sum(p.numel() for p in model.parameters()), "eos_id": eos_id},
         "recipe": dataclasses.asdict(recipe), "config_hash": key, "history": fit["history"],
         "torch": torch.__version__, "transformers": transformers.__version__, "threads": torch.get_num_threads(),
@@ -523,23 +562,26 @@ def train_gpt2(artifacts: str | os.PathLike = "artifacts", recipe: GPT2Recipe | 
     return result
 
 
-def recipe_for(which: str = "full", budget: float | None = None,
-               max_steps: int | None = None) -> tuple[GPT2Recipe, tuple[GPT2Recipe, ...]]:
-    """(the recipe to train, the recipes whose model is reused instead): ``which`` of RECIPES, its budget and step
-    cap replaced when given; a demo run reuses a model of the full recipe."""
-    if which not in RECIPES:
-        raise RegistryError(f"gpt2 recipe: got {which!r}, expected one of {sorted(RECIPES)}")
-    recipe = RECIPES[which]
+def recipe_for(which: str = "full", budget: float | None = None, max_steps: int | None = None,
+               model: str = "gpt2_imdb") -> tuple[GPT2Recipe, tuple[GPT2Recipe, ...]]:
+    """(the recipe to train, the recipes whose model is reused instead): ``which`` of the model's recipes (RECIPES,
+    LLAMA_RECIPES for llama_imdb), its budget and step cap replaced when given; a demo run reuses a model of the full
+    recipe."""
+    table, full = (LLAMA_RECIPES, LLAMA_RECIPES["full"]) if model == "llama_imdb" else (RECIPES, RECIPE)
+    if which not in table:
+        raise RegistryError(f"{model} recipe: got {which!r}, expected one of {sorted(table)}")
+    recipe = table[which]
     if budget:
         recipe = dataclasses.replace(recipe, budget_seconds=float(budget))
     if max_steps:
         recipe = dataclasses.replace(recipe, max_steps=int(max_steps))
-    return recipe, ((RECIPE,) if which == "demo" else ())
+    return recipe, ((full,) if which == "demo" else ())
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Train gpt2_imdb (byte-level BPE + a small GPT-2 on the IMDB train split) "
-                                 "into <artifacts>/gpt2_imdb/hf with train.json beside it.")
+    ap = argparse.ArgumentParser(description="Train gpt2_imdb or llama_imdb (byte-level BPE + a small GPT-2 or Llama "
+                                 "on the IMDB train split) into <artifacts>/<model>/hf with train.json beside it.")
+    ap.add_argument("--model", choices=sorted(ALIASES), default="gpt2_imdb")
     ap.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     ap.add_argument("--force", action="store_true", help="retrain even if train.json is up to date")
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="full",
@@ -553,15 +595,15 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(int(os.environ.get("EDGEATTN_THREADS", os.cpu_count() or 1)))
-    recipe, accept = recipe_for(args.recipe, args.budget, args.max_steps)
-    r = train_gpt2(args.artifacts, recipe, force=args.force, accept=accept)
+    recipe, accept = recipe_for(args.recipe, args.budget, args.max_steps, args.model)
+    r = train_gpt2(args.artifacts, recipe, force=args.force, name=args.model, accept=accept)
     print(summary_line(r))
     return 0
 
 
 def train_stage(ref, args) -> dict[str, Any]:
     """The train handler of text generation (zoo.tasks): ``--gpt2-recipe`` and ``--budget`` pick the recipe."""
-    recipe, accept = recipe_for(args.gpt2_recipe, args.budget)
+    recipe, accept = recipe_for(args.gpt2_recipe, args.budget, model=ref.name)
     return train_gpt2(ref.artifacts, recipe, force=args.force, name=ref.name, accept=accept)
 
 
