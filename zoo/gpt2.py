@@ -7,6 +7,8 @@
   ``save_pretrained`` (model + tokenizer) into ``<artifacts>/gpt2_imdb/hf/``. ``train.json`` gives the validation
   perplexity and, as the floor it must beat, the perplexity of a unigram model (train-split token frequencies,
   add-one smoothing) on the same validation tokens.
+- ``llama_imdb``: the same recipe for a small ``LlamaForCausalLM`` (:class:`LlamaRecipe`: grouped-query attention,
+  SwiGLU, tied head), ``python -m zoo.gpt2 --model llama_imdb``, into ``<artifacts>/llama_imdb/hf/``.
 - ``hf:<dir>``: any local GPT-2 directory (config.json with ``model_type`` gpt2, weights, and ``tokenizer.json`` or
   ``vocab.json`` + ``merges.txt``), loaded with ``local_files_only=True``: never downloaded. The real ``gpt2``
   checkpoint works when a user has it. The same code builds the Llama family (``LlamaForCausalLM``,
@@ -41,6 +43,7 @@ import numpy as np
 from pipeline.sources import source_of
 from zoo.tasks.text_generation import NAME as TASK
 from zoo.built import BuiltModel, RegistryError
+from zoo.decoder_arch import arch_of, config_summary, decoder_dims
 from zoo.hf import WEIGHT_FILES, check_dir  # noqa: F401 - WEIGHT_FILES: bench.generation imports it from here
 from zoo.spec import DimRange, ModelSpec, TensorSpec
 
@@ -127,8 +130,6 @@ def decoder_spec(name: str, config, batch_max: int = MAX_BATCH, dataset: str | N
     prefill); ``preprocess['profiles']`` holds the two shape ranges an engine needs: prefill (past 0) and decode
     (sequence 1). ``preprocess['heads']`` is the cache's heads: the KV heads (fewer than ``attention_heads`` under
     grouped-query attention)."""
-    from zoo.decoder_arch import decoder_dims
-
     dims = decoder_dims(config, name)
     layers, heads, head_dim = dims.layers, dims.kv_heads, dims.head_dim
     n = dims.max_positions
@@ -172,8 +173,6 @@ def load_lm(d: Path, name: str = "", attn_implementation: str = "eager"):
     from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
 
-    from zoo.decoder_arch import arch_of
-
     hf_logging.disable_progress_bar()
     try:
         config = AutoConfig.from_pretrained(str(d), local_files_only=True)
@@ -192,8 +191,6 @@ def load_gpt2(name: str, directory: str | os.PathLike | None = None, artifacts: 
               batch_max: int = MAX_BATCH, attn_implementation: str = "eager", dataset: str | None = None) -> BuiltModel:
     """``gpt2_imdb`` or ``hf:<decoder dir>`` (GPT-2 or the Llama family, zoo.decoder_arch; ``directory``
     overrides) -> BuiltModel: the decoder with cache, its spec."""
-    from zoo.decoder_arch import config_summary
-
     d = Path(directory) if directory else gpt2_dir(name, artifacts)
     check_dir(d, name, GPT2_TOKENIZERS, train_hint(name, d))
     model = load_lm(d, name, attn_implementation)
@@ -524,8 +521,6 @@ def train_gpt2(artifacts: str | os.PathLike = "artifacts", recipe: GPT2Recipe | 
 
     seed_everything(recipe.seed)
     cfg = lm_config(recipe, len(tok), eos_id, recipe.dataset)
-    from zoo.decoder_arch import arch_of
-
     lm_class = arch_of(recipe.arch, name).lm_class
     model = getattr(transformers, lm_class)._from_config(cfg, attn_implementation="sdpa")
     fit = fit_lm(model, train_stream, recipe, deadline - recipe.eval_reserve_seconds, progress)
