@@ -48,7 +48,7 @@ def export_decoder(ref, args) -> None:
     for flag, value in (("--weights", args.weights), ("--data", args.data), ("--opset", args.opset),
                         ("--task", args.task)):
         if value:
-            raise ExportCheckError(f"export {ref.name}: {flag} does not apply to a GPT-2 decoder (got {value}; "
+            raise ExportCheckError(f"export {ref.name}: {flag} does not apply to a decoder with KV cache (got {value}; "
                                    "expected its own folder's weights, the IMDB prompts and opset 18)")
     out = ref.file("fp32.onnx")
     before = out.stat().st_mtime_ns if out.is_file() else None

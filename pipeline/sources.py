@@ -5,7 +5,7 @@ A name is one of:
 | name                          | kind          | folder under artifacts/     |
 |-------------------------------|---------------|-----------------------------|
 | ``text_transformer`` ...      | ``builtin``   | the name                    |
-| ``bert_imdb``, ``minilm_imdb``, ``gpt2_imdb`` | ``hf`` | the name (trained here) |
+| ``bert_imdb``, ``minilm_imdb``, ``gpt2_imdb``, ``llama_imdb`` | ``hf`` | the name (trained here) |
 | ``torchvision:<arch>``        | ``torchvision``| ``<arch>``                 |
 | ``hf:<dir>``                  | ``hf``        | the directory's name        |
 | ``onnx:<file>``               | ``onnx``      | the file's stem             |
@@ -27,9 +27,11 @@ from runtime.errors import EdgeattnError
 from runtime.modelspec import FEATURE_EXTRACTION, TEXT_GENERATION
 
 BUILTIN_NAMES = ("text_transformer", "attention_cnn", "vit")
-# HF folders trained here (zoo.train's HF_RECIPES, zoo.gpt2): bert_imdb from scratch, minilm_imdb fine-tuned from the
+# HF folders trained here (zoo.train's HF_RECIPES, zoo.gpt2): bert_imdb from scratch, gpt2_imdb and
+# llama_imdb (decoders) from scratch, minilm_imdb fine-tuned from the
 # published all-MiniLM-L6-v2 encoder
-TRAINED_HF = {"bert_imdb": "text_classification", "minilm_imdb": "text_classification", "gpt2_imdb": TEXT_GENERATION}
+TRAINED_HF = {"bert_imdb": "text_classification", "minilm_imdb": "text_classification", "gpt2_imdb": TEXT_GENERATION,
+              "llama_imdb": TEXT_GENERATION}
 _MODULE_FACTORY = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 
 
@@ -81,8 +83,14 @@ class Source:
         return hf_folder_task(self.path)
 
 
+# the model types built as decoders with a KV cache: zoo.decoder_arch.ARCHITECTURES' keys (tests/test_llama.py keeps
+# them equal; this floor reads a folder's task and cannot import zoo)
+DECODER_MODEL_TYPES = frozenset({"gpt2", "llama", "mistral", "qwen2"})
+
+
 def hf_folder_task(d: Path) -> str | None:
-    """The task of a Hugging Face folder, from its files (read as JSON): a GPT-2 config -> TEXT_GENERATION; a
+    """The task of a Hugging Face folder, from its files (read as JSON): a decoder config (``model_type`` in
+    :data:`DECODER_MODEL_TYPES`: GPT-2, Llama, Mistral, Qwen2) -> TEXT_GENERATION; a
     sentence-transformers folder (modules.json) or a config whose architectures are all bare encoders (``BertModel``:
     no head, what ``AutoModel`` loads) -> FEATURE_EXTRACTION; any other config -> text classification; None when
     config.json is missing or not JSON (the folder check says so)."""
@@ -92,7 +100,7 @@ def hf_folder_task(d: Path) -> str | None:
         return None
     if not isinstance(cfg, dict):
         return None
-    if cfg.get("model_type") == "gpt2":
+    if cfg.get("model_type") in DECODER_MODEL_TYPES:
         return TEXT_GENERATION
     archs = cfg.get("architectures") or []
     if (d / "modules.json").is_file() or (archs and all(str(a).endswith("Model") and "Head" not in str(a) for a in archs)):

@@ -44,7 +44,7 @@ def test_export_and_simplify_write_checked_decoder_graphs(staged, capsys):
     assert edgeattn(["export", "--models", name, "--artifacts", str(art)]) == 0  # nothing changed: reused
     assert "up to date" in capsys.readouterr().out
     assert edgeattn(["export", "--models", name, "--artifacts", str(art), "--opset", "17"]) == 2
-    assert "--opset does not apply to a GPT-2 decoder (got 17" in capsys.readouterr().err
+    assert "--opset does not apply to a decoder with KV cache (got 17" in capsys.readouterr().err
 
 
 def test_verify_writes_one_gating_row_per_artifact_and_cpu_backend(staged, capsys):

@@ -7,9 +7,13 @@
   ``save_pretrained`` (model + tokenizer) into ``<artifacts>/gpt2_imdb/hf/``. ``train.json`` gives the validation
   perplexity and, as the floor it must beat, the perplexity of a unigram model (train-split token frequencies,
   add-one smoothing) on the same validation tokens.
+- ``llama_imdb``: the same recipe for a small ``LlamaForCausalLM`` (:class:`LlamaRecipe`: grouped-query attention,
+  SwiGLU, tied head), ``python -m zoo.gpt2 --model llama_imdb``, into ``<artifacts>/llama_imdb/hf/``.
 - ``hf:<dir>``: any local GPT-2 directory (config.json with ``model_type`` gpt2, weights, and ``tokenizer.json`` or
   ``vocab.json`` + ``merges.txt``), loaded with ``local_files_only=True``: never downloaded. The real ``gpt2``
-  checkpoint works when a user has it.
+  checkpoint works when a user has it. The same code builds the Llama family (``LlamaForCausalLM``,
+  ``MistralForCausalLM``, ``Qwen2ForCausalLM``): zoo.decoder_arch's table says what differs per architecture (the
+  class, how to read the sizes; grouped-query attention keeps its KV heads in the cache).
 
 Either way the pipeline gets a :class:`BuiltModel` whose module is the decoder with its KV cache as plain tensors
 (:func:`decoder_module`): inputs ``input_ids`` (B, S), ``attention_mask`` (B, P+S), ``position_ids`` (B, S) and
@@ -32,19 +36,20 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from pipeline.sources import source_of
 from zoo.tasks.text_generation import NAME as TASK
 from zoo.built import BuiltModel, RegistryError
+from zoo.decoder_arch import arch_of, config_summary, decoder_dims
 from zoo.hf import WEIGHT_FILES, check_dir  # noqa: F401 - WEIGHT_FILES: bench.generation imports it from here
 from zoo.spec import DimRange, ModelSpec, TensorSpec
 
 log = logging.getLogger("edgeattn.gpt2")
 
-ALIASES = {"gpt2_imdb": "gpt2_imdb/hf"}  # trained here: <artifacts>/<folder>
+ALIASES = {"gpt2_imdb": "gpt2_imdb/hf", "llama_imdb": "llama_imdb/hf"}  # trained here: <artifacts>/<folder>
 EOS = "<|endoftext|>"
 TOKENIZER_FILE = "tokenizer.json"
 MASK_VALUE = -1e4  # added to masked attention scores: exp(-1e4) is 0 in fp32 and fp16, and it is finite in fp16
@@ -58,14 +63,14 @@ def gpt2_dir(name: str, artifacts: str | os.PathLike = "artifacts") -> Path:
         return Path(artifacts) / ALIASES[name]
     src = source_of(name)
     if src.kind != "hf" or not src.locator.strip():
-        raise RegistryError(f"model '{name}': expected 'gpt2_imdb' or 'hf:<directory>' (a GPT-2 folder written by "
-                            "save_pretrained)")
+        raise RegistryError(f"model '{name}': expected one of {sorted(ALIASES)} or 'hf:<directory>' (a decoder folder "
+                            "written by save_pretrained)")
     return src.path
 
 
 def train_hint(name: str, d: Path) -> str | None:
     """The command that makes ``d`` when ``name`` is trained here (for zoo.hf.check_dir's message)."""
-    return f"python -m zoo.gpt2 --artifacts {d.parent.parent}" if name in ALIASES else None
+    return f"python -m zoo.gpt2 --model {name} --artifacts {d.parent.parent}" if name in ALIASES else None
 
 
 # ---- the exported module -----------------------------------------------------------------------------------------
@@ -82,7 +87,7 @@ def _decoder_class():
         def __init__(self, model, mask_value: float = MASK_VALUE):
             super().__init__()
             self.model = model
-            self.layers = int(model.config.n_layer)
+            self.layers = int(model.config.num_hidden_layers)
             self.mask_value = float(mask_value)
 
         def forward(self, input_ids, attention_mask, position_ids, *past):
@@ -106,7 +111,7 @@ def _decoder_class():
 
 
 def decoder_module(model, mask_value: float = MASK_VALUE):
-    """The pipeline's module around an HF GPT-2 LM (see DecoderWithPast), eval mode."""
+    """The pipeline's module around an HF causal LM of zoo.decoder_arch's table (see DecoderWithPast), eval mode."""
     return _decoder_class()(model, mask_value).eval()
 
 
@@ -119,14 +124,16 @@ def cache_names(layers: int) -> tuple[list[str], list[str]]:
 
 def decoder_spec(name: str, config, batch_max: int = MAX_BATCH, dataset: str | None = None,
                  tokenizer_file: str = TOKENIZER_FILE) -> ModelSpec:
-    """The spec of a GPT-2 decoder with cache. Dims: batch, sequence (new tokens), past (cached tokens) and total
-    (past + sequence, the mask and the present). ``DimRange`` needs min >= 1, so ``dynamic['past']`` starts at 1
-    and ``preprocess['past_min'] = 0`` says the graph also takes an empty past (a prefill); ``preprocess['profiles']``
-    holds the two shape ranges an engine needs: prefill (past 0) and decode (sequence 1)."""
-    layers, heads = int(config.n_layer), int(config.n_head)
-    head_dim = int(config.n_embd) // heads
-    n = int(config.n_positions)
-    vocab = int(config.vocab_size)
+    """The spec of a decoder with cache (any architecture of zoo.decoder_arch). Dims: batch, sequence (new tokens),
+    past (cached tokens) and total (past + sequence, the mask and the present). ``DimRange`` needs min >= 1, so
+    ``dynamic['past']`` starts at 1 and ``preprocess['past_min'] = 0`` says the graph also takes an empty past (a
+    prefill); ``preprocess['profiles']`` holds the two shape ranges an engine needs: prefill (past 0) and decode
+    (sequence 1). ``preprocess['heads']`` is the cache's heads: the KV heads (fewer than ``attention_heads`` under
+    grouped-query attention)."""
+    dims = decoder_dims(config, name)
+    layers, heads, head_dim = dims.layers, dims.kv_heads, dims.head_dim
+    n = dims.max_positions
+    vocab = dims.vocab_size
     eos = config.eos_token_id if config.eos_token_id is not None else vocab - 1
     eos = int(eos[0] if isinstance(eos, (list, tuple)) else eos)
     pad = int(config.pad_token_id) if getattr(config, "pad_token_id", None) is not None else eos
@@ -151,6 +158,7 @@ def decoder_spec(name: str, config, batch_max: int = MAX_BATCH, dataset: str | N
         labels=[], dataset=dataset,
         preprocess={"kind": TASK, "tokenizer": tokenizer_file, "vocab_size": vocab, "eos_id": eos, "pad_id": pad,
                     "bos_id": bos, "max_positions": n, "layers": layers, "heads": heads, "head_dim": head_dim,
+                    "attention_heads": dims.attention_heads, "model_type": str(config.model_type),
                     "past_inputs": past_names, "present_outputs": present_names, "past_min": 0,
                     "mask_value": MASK_VALUE, "profiles": profiles, "source": "huggingface"},
     )
@@ -158,37 +166,43 @@ def decoder_spec(name: str, config, batch_max: int = MAX_BATCH, dataset: str | N
 
 # ---- loading -----------------------------------------------------------------------------------------------------
 def load_lm(d: Path, name: str = "", attn_implementation: str = "eager"):
-    """The HF ``GPT2LMHeadModel`` of ``d``, float32, eval mode, never downloaded."""
+    """The HF causal LM of ``d`` (an architecture of zoo.decoder_arch's table: GPT-2, Llama, Mistral, Qwen2),
+    float32, eval mode, never downloaded; RegistryError for another model_type."""
     import torch
-    from transformers import GPT2LMHeadModel
+    import transformers
+    from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     try:
-        model = GPT2LMHeadModel.from_pretrained(str(d), local_files_only=True, dtype=torch.float32,
-                                                attn_implementation=attn_implementation)
+        config = AutoConfig.from_pretrained(str(d), local_files_only=True)
+        arch = arch_of(config, name)
+        model = getattr(transformers, arch.lm_class).from_pretrained(
+            str(d), local_files_only=True, dtype=torch.float32, attn_implementation=attn_implementation)
+    except RegistryError:
+        raise
     except Exception as e:  # noqa: BLE001 - transformers raises many kinds for an unusable folder
-        raise RegistryError(f"model '{name}': cannot load a GPT-2 LM from '{d}' ({type(e).__name__}: "
+        raise RegistryError(f"model '{name}': cannot load a causal LM from '{d}' ({type(e).__name__}: "
                             f"{str(e).splitlines()[0][:300] if str(e) else ''})") from e
     return model.eval()
 
 
 def load_gpt2(name: str, directory: str | os.PathLike | None = None, artifacts: str | os.PathLike = "artifacts",
               batch_max: int = MAX_BATCH, attn_implementation: str = "eager", dataset: str | None = None) -> BuiltModel:
-    """``gpt2_imdb`` or ``hf:<gpt2 dir>`` (``directory`` overrides) -> BuiltModel: the decoder with cache, its spec."""
+    """``gpt2_imdb`` or ``hf:<decoder dir>`` (GPT-2 or the Llama family, zoo.decoder_arch; ``directory``
+    overrides) -> BuiltModel: the decoder with cache, its spec."""
     d = Path(directory) if directory else gpt2_dir(name, artifacts)
     check_dir(d, name, GPT2_TOKENIZERS, train_hint(name, d))
     model = load_lm(d, name, attn_implementation)
     c = model.config
-    if c.model_type != "gpt2":
-        raise RegistryError(f"model '{name}': '{d}' holds model_type '{c.model_type}', expected 'gpt2'")
     from zoo.hf import DATASET_KEY
 
     dataset = dataset if dataset is not None else getattr(c, DATASET_KEY, None)
     spec = decoder_spec(name, c, batch_max=batch_max, dataset=dataset)
-    cfg = {"hf_dir": str(d.resolve()), "model_type": c.model_type, "n_layer": c.n_layer, "n_head": c.n_head,
-           "n_embd": c.n_embd, "n_positions": c.n_positions, "vocab_size": c.vocab_size,
-           "attn_implementation": attn_implementation, "dataset": dataset, "transformers": _transformers_version()}
+    cfg = {"hf_dir": str(d.resolve()), **config_summary(c, attn_implementation), "dataset": dataset,
+           "transformers": _transformers_version()}
+    if c.model_type == "gpt2":  # the names GPT-2 manifests always had
+        cfg.update(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, n_positions=c.n_positions)
     return BuiltModel(name, decoder_module(model), spec, cfg)
 
 
@@ -271,6 +285,7 @@ class GPT2Recipe:
     all, 496 steps of 16 x 128 tokens (1.0M tokens, 439 s), validation perplexity 289.9 against the unigram floor
     893.7 (65,536 validation tokens; 4,096-token BPE fitted in 6 s)."""
 
+    arch: ClassVar[str] = "gpt2"  # zoo.decoder_arch's model_type (a ClassVar: not in the recipe's config hash)
     vocab_size: int = 4096
     n_layer: int = 4
     n_embd: int = 256
@@ -301,6 +316,25 @@ RECIPE = GPT2Recipe()
 DEMO_RECIPE = GPT2Recipe(n_layer=2, n_embd=128, n_head=2, lr=3e-3, warmup_steps=20, budget_seconds=90.0,
                          eval_reserve_seconds=10.0, eval_tokens=16_384, tokenizer_docs=4000, max_train_docs=8000)
 RECIPES = {"full": RECIPE, "demo": DEMO_RECIPE}
+
+
+@dataclass
+class LlamaRecipe(GPT2Recipe):
+    """llama_imdb's recipe: a ``LlamaForCausalLM`` (rotary positions, RMSNorm, grouped-query attention, SwiGLU) on
+    gpt2_imdb's data, tokenizer and schedule. ``n_embd`` is the hidden size, ``n_head`` the query heads,
+    ``n_positions`` the position table; the embeddings are tied to the LM head as in GPT-2."""
+
+    arch: ClassVar[str] = "llama"
+    kv_heads: int = 2
+    intermediate: int = 688  # SwiGLU width: about 8/3 x hidden, a multiple of 16
+    rope_theta: float = 10000.0
+
+
+LLAMA_RECIPE = LlamaRecipe()  # 4 layers, hidden 256, 4 query heads over 2 KV heads, gpt2_imdb's 8-minute budget
+LLAMA_DEMO_RECIPE = LlamaRecipe(n_layer=2, n_embd=128, n_head=4, kv_heads=2, intermediate=352, lr=3e-3,
+                                warmup_steps=20, budget_seconds=90.0, eval_reserve_seconds=10.0, eval_tokens=16_384,
+                                tokenizer_docs=4000, max_train_docs=8000)
+LLAMA_RECIPES = {"full": LLAMA_RECIPE, "demo": LLAMA_DEMO_RECIPE}
 
 
 def train_bpe_tokenizer(texts, vocab_size: int):
@@ -373,6 +407,22 @@ def gpt2_config(recipe: GPT2Recipe, vocab: int, eos_id: int, dataset: str | None
                       pad_token_id=eos_id, **{DATASET_KEY: dataset})
 
 
+def lm_config(recipe: GPT2Recipe, vocab: int, eos_id: int, dataset: str | None):
+    """The transformers config a recipe trains: GPT-2's (:func:`gpt2_config`), or a Llama's for a LlamaRecipe."""
+    if recipe.arch == "gpt2":
+        return gpt2_config(recipe, vocab, eos_id, dataset)
+    from transformers import LlamaConfig
+
+    from zoo.hf import DATASET_KEY
+
+    return LlamaConfig(vocab_size=int(vocab), hidden_size=recipe.n_embd, intermediate_size=recipe.intermediate,
+                       num_hidden_layers=recipe.n_layer, num_attention_heads=recipe.n_head,
+                       num_key_value_heads=recipe.kv_heads, max_position_embeddings=recipe.n_positions,
+                       rope_parameters={"rope_type": "default", "rope_theta": recipe.rope_theta},
+                       attention_dropout=recipe.dropout, tie_word_embeddings=True, bos_token_id=eos_id,
+                       eos_token_id=eos_id, pad_token_id=eos_id, **{DATASET_KEY: dataset})
+
+
 def _lr_at(recipe: GPT2Recipe, step: int, progress: float) -> float:
     if step < recipe.warmup_steps:
         return recipe.lr * (step + 1) / recipe.warmup_steps
@@ -389,13 +439,13 @@ def fit_lm(model, stream: np.ndarray, recipe: GPT2Recipe, deadline: float, progr
 
     decay, no_decay = [], []
     for n_, p in model.named_parameters():
-        (no_decay if p.ndim <= 1 or "wte" in n_ or "wpe" in n_ else decay).append(p)
+        (no_decay if p.ndim <= 1 or any(k in n_ for k in ("wte", "wpe", "embed_tokens")) else decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr, betas=(0.9, 0.95))
     rng = np.random.default_rng(recipe.seed)
     t0 = time.perf_counter()
     budget = max(1.0, deadline - t0)
-    bar = tqdm(total=recipe.max_steps, desc="gpt2_imdb train", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=recipe.max_steps, desc=f"{recipe.arch} train", disable=not progress, dynamic_ncols=True)
     run_loss, step, history = 0.0, 0, []
     model.train()
     while step < recipe.max_steps:
@@ -434,7 +484,8 @@ def fit_lm(model, stream: np.ndarray, recipe: GPT2Recipe, deadline: float, progr
 
 def train_gpt2(artifacts: str | os.PathLike = "artifacts", recipe: GPT2Recipe | None = None, force: bool = False,
                progress: bool = True, name: str = "gpt2_imdb", accept: tuple[GPT2Recipe, ...] = ()) -> dict[str, Any]:
-    """Train ``gpt2_imdb`` (see the module docstring) into ``<artifacts>/<name>/hf`` and write ``train.json``;
+    """Train ``gpt2_imdb`` (or ``llama_imdb``: the recipe's ``arch``; see the module docstring) into
+    ``<artifacts>/<name>/hf`` and write ``train.json``;
     reused when train.json matches this recipe, or one of ``accept`` (e.g. the full recipe when the demo's is
     asked), and the data."""
     import torch
@@ -469,10 +520,9 @@ def train_gpt2(artifacts: str | os.PathLike = "artifacts", recipe: GPT2Recipe | 
              len(tok), tokenizer_seconds, len(train_stream), len(xv), encode_seconds)
 
     seed_everything(recipe.seed)
-    cfg = gpt2_config(recipe, len(tok), eos_id, recipe.dataset)
-    from transformers import GPT2LMHeadModel
-
-    model = GPT2LMHeadModel._from_config(cfg, attn_implementation="sdpa")
+    cfg = lm_config(recipe, len(tok), eos_id, recipe.dataset)
+    lm_class = arch_of(recipe.arch, name).lm_class
+    model = getattr(transformers, lm_class)._from_config(cfg, attn_implementation="sdpa")
     fit = fit_lm(model, train_stream, recipe, deadline - recipe.eval_reserve_seconds, progress)
     t_eval = time.perf_counter()
     val_ppl = lm_perplexity(model, xv, yv)
@@ -495,8 +545,9 @@ def train_gpt2(artifacts: str | os.PathLike = "artifacts", recipe: GPT2Recipe | 
         "eval_seconds": round(eval_seconds, 1), "total_seconds": round(time.perf_counter() - t_start, 1),
         "budget_seconds": recipe.budget_seconds,
         "dataset": {**ds.describe(), "n_train": len(train_texts)},
-        "config": {"architecture": "GPT2LMHeadModel", "vocab_size": len(tok), "n_layer": cfg.n_layer,
-                   "n_embd": cfg.n_embd, "n_head": cfg.n_head, "n_positions": cfg.n_positions,
+        "config": {"architecture": lm_class, "vocab_size": len(tok), "n_layer": recipe.n_layer,
+                   "n_embd": recipe.n_embd, "n_head": recipe.n_head, "n_positions": recipe.n_positions,
+                   "kv_heads": getattr(recipe, "kv_heads", recipe.n_head),
                    "parameters": sum(p.numel() for p in model.parameters()), "eos_id": eos_id},
         "recipe": dataclasses.asdict(recipe), "config_hash": key, "history": fit["history"],
         "torch": torch.__version__, "transformers": transformers.__version__, "threads": torch.get_num_threads(),
@@ -506,23 +557,26 @@ def train_gpt2(artifacts: str | os.PathLike = "artifacts", recipe: GPT2Recipe | 
     return result
 
 
-def recipe_for(which: str = "full", budget: float | None = None,
-               max_steps: int | None = None) -> tuple[GPT2Recipe, tuple[GPT2Recipe, ...]]:
-    """(the recipe to train, the recipes whose model is reused instead): ``which`` of RECIPES, its budget and step
-    cap replaced when given; a demo run reuses a model of the full recipe."""
-    if which not in RECIPES:
-        raise RegistryError(f"gpt2 recipe: got {which!r}, expected one of {sorted(RECIPES)}")
-    recipe = RECIPES[which]
+def recipe_for(which: str = "full", budget: float | None = None, max_steps: int | None = None,
+               model: str = "gpt2_imdb") -> tuple[GPT2Recipe, tuple[GPT2Recipe, ...]]:
+    """(the recipe to train, the recipes whose model is reused instead): ``which`` of the model's recipes (RECIPES,
+    LLAMA_RECIPES for llama_imdb), its budget and step cap replaced when given; a demo run reuses a model of the full
+    recipe."""
+    table, full = (LLAMA_RECIPES, LLAMA_RECIPES["full"]) if model == "llama_imdb" else (RECIPES, RECIPE)
+    if which not in table:
+        raise RegistryError(f"{model} recipe: got {which!r}, expected one of {sorted(table)}")
+    recipe = table[which]
     if budget:
         recipe = dataclasses.replace(recipe, budget_seconds=float(budget))
     if max_steps:
         recipe = dataclasses.replace(recipe, max_steps=int(max_steps))
-    return recipe, ((RECIPE,) if which == "demo" else ())
+    return recipe, ((full,) if which == "demo" else ())
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Train gpt2_imdb (byte-level BPE + a small GPT-2 on the IMDB train split) "
-                                 "into <artifacts>/gpt2_imdb/hf with train.json beside it.")
+    ap = argparse.ArgumentParser(description="Train gpt2_imdb or llama_imdb (byte-level BPE + a small GPT-2 or Llama "
+                                 "on the IMDB train split) into <artifacts>/<model>/hf with train.json beside it.")
+    ap.add_argument("--model", choices=sorted(ALIASES), default="gpt2_imdb")
     ap.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     ap.add_argument("--force", action="store_true", help="retrain even if train.json is up to date")
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="full",
@@ -536,15 +590,15 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(int(os.environ.get("EDGEATTN_THREADS", os.cpu_count() or 1)))
-    recipe, accept = recipe_for(args.recipe, args.budget, args.max_steps)
-    r = train_gpt2(args.artifacts, recipe, force=args.force, accept=accept)
+    recipe, accept = recipe_for(args.recipe, args.budget, args.max_steps, args.model)
+    r = train_gpt2(args.artifacts, recipe, force=args.force, name=args.model, accept=accept)
     print(summary_line(r))
     return 0
 
 
 def train_stage(ref, args) -> dict[str, Any]:
     """The train handler of text generation (zoo.tasks): ``--gpt2-recipe`` and ``--budget`` pick the recipe."""
-    recipe, accept = recipe_for(args.gpt2_recipe, args.budget)
+    recipe, accept = recipe_for(args.gpt2_recipe, args.budget, model=ref.name)
     return train_gpt2(ref.artifacts, recipe, force=args.force, name=ref.name, accept=accept)
 
 
