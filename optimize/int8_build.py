@@ -17,7 +17,7 @@ from tqdm import tqdm
 from calibration import CacheKey, CalibrationData, OrtCalibrationReader, RangeCache, TensorRange
 from optimize.qdq_graph import WEIGHT_OPS, ensure_node_names, gemm_to_matmul
 from runtime.errors import EdgeattnError
-from zoo.io import sha256_file
+from zoo.io import save_onnx, sha256_file
 from optimize.node_scopes import carry_file, reattach_file, record
 
 
@@ -162,7 +162,7 @@ def quantize_dynamic_matmul(src: str | os.PathLike, dst: str | os.PathLike, excl
     n = gemm_to_matmul(model)
     with tempfile.TemporaryDirectory(prefix="edgeattn-dq-") as tmp:
         mm = Path(tmp) / "matmul.onnx"
-        onnx.save(model, str(mm))
+        save_onnx(model, mm)
         quantize_dynamic(str(mm), str(dst), op_types_to_quantize=["MatMul"] + (["Conv"] if conv else []),
                          per_channel=False, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
                          reduce_range=reduce_range, extra_options={"MatMulConstBOnly": True})
