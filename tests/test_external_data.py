@@ -78,6 +78,9 @@ def test_save_onnx_moves_weights_out_at_the_limit_and_prunes_old_data(tmp_path, 
     files = onnx_files(p)
     assert len(files) == 2 and files[1].name.startswith("m.onnx.") and files[1].name.endswith(".data")
     assert p.stat().st_size < 2_000 and files[1].stat().st_size >= 512 * 256 * 4
+    from bench.generation import onnx_bytes
+
+    assert onnx_bytes(p) == p.stat().st_size + files[1].stat().st_size  # bench's file size per row counts the data
     want = cpu_session(tmp_path / "small.onnx", "disable").run(None, x)[0]
     np.testing.assert_array_equal(cpu_session(p, "disable").run(None, x)[0], want)
     again = atomic_save_onnx(model, tmp_path / "m.onnx", limit=100_000)  # same content: same data file name
