@@ -186,8 +186,8 @@ def atomic_save_onnx(model, path: str | os.PathLike, limit: int | None = None) -
 
 def copy_onnx(src: str | os.PathLike, dst: str | os.PathLike, limit: int | None = None) -> Path:
     """An ONNX file (its external data included) to ``dst``, written as :func:`atomic_save_onnx` writes: a plain
-    byte copy when ``src`` is one file under the limit; a graph whose weights are in one data file is copied without
-    reading the weights into memory (:func:`write_graph_with_data`)."""
+    byte copy when ``src`` is one file under the limit; a graph whose weights are in one data file is copied (only
+    the bytes its tensors use) without reading the weights into memory (:func:`write_graph_with_data`)."""
     import onnx
 
     from runtime.onnx_guard import check_external_data
@@ -204,31 +204,73 @@ def copy_onnx(src: str | os.PathLike, dst: str | os.PathLike, limit: int | None 
 
 
 def write_graph_with_data(model, base: str | os.PathLike, dst: str | os.PathLike, move: bool = False) -> Path:
-    """``model`` loaded WITHOUT its data, its tensors in one data file under ``base``: written to ``dst`` with that
-    data as ``<dst name>.<sha256, 12 digits>.data`` beside it (moved when ``move``, else copied), the
-    data first, then the graph atomically, then stale data pruned. The weights never enter memory."""
+    """``model`` loaded WITHOUT its data, its tensors in one data file under ``base``: written to ``dst`` with the
+    tensors' bytes copied, in order and nothing else (a file ONNX Runtime's tools saved twice holds the first copy as
+    dead bytes: onnx appends), into ``<dst name>.<sha256, 12 digits>.data`` beside it; the data first, then the graph
+    atomically, then stale data pruned (``move``: the source data file is removed after). The weights are streamed,
+    never held in memory."""
     base, dst = Path(base), Path(dst)
     tensors = _external_tensors(model)
     locs = {e.value for t in tensors for e in t.external_data if e.key == "location"}
     if len(locs) != 1:
         raise ValueError(f"write_graph_with_data: the graph's tensors point at {sorted(locs)}, expected one data file")
     src = base / next(iter(locs))
-    loc = f"{dst.name}.{sha256_file(src)[:12]}.data"
-    target = dst.parent / loc
-    if move:
-        os.replace(src, target)
-    elif not target.exists():
-        tmp = dst.parent / f".{loc}.{os.getpid()}.tmp"  # a copy: onnx refuses hard-linked data ("hardlink attack")
-        shutil.copyfile(src, tmp)
+    tmp = dst.parent / f".{dst.name}.{os.getpid()}-{time.time_ns()}.data.tmp"
+    try:
+        _compact_copy(tensors, src, tmp)
+        loc = f"{dst.name}.{sha256_file(tmp)[:12]}.data"
         os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
+        os.replace(tmp, dst.parent / loc)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
     for t in tensors:
         for e in t.external_data:
             if e.key == "location":
                 e.value = loc
     atomic_write(dst, lambda p: p.write_bytes(model.SerializeToString()))
     prune_external_data(dst)
+    if move and src.resolve() != (dst.parent / loc).resolve():
+        src.unlink()
     return dst
+
+
+ALIGN = 4096  # each tensor starts on a page boundary (ONNX Runtime can map it)
+
+
+def _compact_copy(tensors, src: Path, out: Path) -> None:
+    """Each tensor's bytes from ``src`` (its offset/length entries) into ``out``, one after another (page-aligned);
+    the entries rewritten to the new offsets."""
+    size = src.stat().st_size
+    with open(src, "rb") as fi, open(out, "wb") as fo:
+        for t in tensors:
+            info = {e.key: e for e in t.external_data}
+            off = int(info["offset"].value) if "offset" in info else 0
+            length = int(info["length"].value) if "length" in info else size - off
+            pos = -(-fo.tell() // ALIGN) * ALIGN
+            fo.write(b"\0" * (pos - fo.tell()))
+            fi.seek(off)
+            left = length
+            while left:
+                chunk = fi.read(min(left, 64 << 20))
+                if not chunk:
+                    raise ValueError(f"{src}: tensor '{t.name}' needs bytes {off}..{off + length}, the file has {size}")
+                fo.write(chunk)
+                left -= len(chunk)
+            for key, value in (("offset", pos), ("length", length)):
+                if key in info:
+                    info[key].value = str(value)
+                else:
+                    e = t.external_data.add()
+                    e.key, e.value = key, str(value)
+
+
+def uses_external_data(path: str | os.PathLike) -> bool:
+    """True when the ONNX file keeps tensors in external data (ONNX Runtime's quantisation tools must then write
+    their models with external data too: ``use_external_data_format``)."""
+    from runtime.onnx_guard import check_external_data
+
+    return bool(check_external_data(path))
 
 
 def onnx_files(path: str | os.PathLike) -> list[Path]:
