@@ -91,11 +91,12 @@ def prompt_rows(tokenizer: Path, length: int, batch: int, dataset: str = "imdb")
 
 
 def onnx_bytes(path: Path) -> int | None:
-    """An ONNX file's bytes plus its external data files (``<name>.data``/``.onnx.data`` beside it)."""
+    """An ONNX file's bytes plus the external data files its graph points at (``zoo.io.onnx_files``)."""
+    from zoo.io import onnx_files
+
     if not path.is_file():
         return None
-    extra = {path.with_name(path.name + ".data"), path.with_suffix(".data")}
-    return path.stat().st_size + sum(p.stat().st_size for p in extra if p.is_file())
+    return sum(f.stat().st_size for f in onnx_files(path) if f.is_file())
 
 
 def peak_rss_bytes(pid: int) -> int | None:

@@ -4,8 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from runtime.errors import EdgeattnError
-
-TWO_GB = 2 * 1024 ** 3
+from zoo.io import PROTOBUF_LIMIT as TWO_GB
 
 # ONNX ops the TensorRT ONNX parser (onnx-tensorrt, TensorRT 10/11/RTX) does not import. A static list: the
 # authoritative check is the parser itself, which the simplify stage runs (optimize.trt_ready) when tensorrt or
@@ -46,8 +45,9 @@ def pre_export_check(module, opset: int) -> CheckReport:
     n_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
     n_bytes += sum(b.numel() * b.element_size() for b in module.buffers())
     if n_bytes >= TWO_GB:
-        rep.errors.append(f"parameters are {n_bytes / 1e9:.2f} GB, expected < 2 GB: one ONNX file cannot hold them "
-                          "(protobuf limit) and external-data export is not supported yet")
+        rep.warnings.append(f"parameters are {n_bytes / 1e9:.2f} GB, over the 2 GB protobuf limit of one ONNX file: "
+                            "every artifact is written with its weights in an external data file beside it "
+                            "(<file>.<sha>.data); copy both")
     if module.training:
         rep.warnings.append("module was in training mode: exporting in eval mode (dropout off, BatchNorm running stats)")
     return rep

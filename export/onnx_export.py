@@ -14,10 +14,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from export.checks import TWO_GB, post_export_check, pre_export_check
+from export.checks import post_export_check, pre_export_check
 from runtime.errors import EdgeattnError
 from runtime.modelspec import SPEC_METADATA_KEY
-from zoo.io import atomic_write, atomic_write_text, sha256_file, update_manifest
+from zoo.io import (adopt_external_data, atomic_write, atomic_write_text, onnx_files, peak_rss_mb,
+                    prune_external_data, save_onnx, sha256_file, update_manifest)
 from zoo.registry import BuiltModel
 
 log = logging.getLogger("edgeattn.export")
@@ -86,29 +87,37 @@ def quiet_exporter():
 
 
 def finish_graph(tmp: Path, name: str, spec, edit: Callable[[Any], None] | None = None,
-                 strict_shapes: bool = True) -> None:
-    """What every export does to the file an exporter wrote at ``tmp``: load it (pulling in external data the
-    exporter may have written beside it, then removing that), refuse a graph over the 2 GB protobuf limit, apply
-    ``edit(proto)`` (e.g. rename dims), put the spec in the metadata, run shape inference and onnx.checker, save.
-    ExportError naming the model on any failure."""
+                 strict_shapes: bool = True, final_name: str | None = None) -> None:
+    """What every export does to the file an exporter wrote at ``tmp``: load it (external data the exporter wrote
+    beside it is pulled in, or, for a model over the limit, adopted as it is: ``zoo.io.adopt_external_data``), apply ``edit(proto)`` (e.g. rename dims), put the spec
+    in the metadata, save it (``zoo.io.save_onnx``: with external data named after ``final_name`` when the model
+    reaches the protobuf limit), then run shape inference and onnx.checker on the file (both read external data from
+    the path, so a model of any size takes the same steps). ExportError naming the model on any failure."""
     import onnx
 
-    proto = onnx.load(str(tmp))
+    from onnx.external_data_helper import load_external_data_for_model
+
+    proto = onnx.load(str(tmp), load_external_data=False)
+    adopted = adopt_external_data(proto, tmp.parent, final_name or tmp.name)  # a big model's weights stay on disk
+    if not adopted:
+        load_external_data_for_model(proto, str(tmp.parent))  # none, or small: into memory, saved below
     for side in tmp.parent.glob(f"{tmp.name}*.data"):
-        side.unlink()
-    if proto.ByteSize() >= TWO_GB:
-        raise ExportError(f"export '{name}': graph is {proto.ByteSize() / 1e9:.2f} GB, over the 2 GB "
-                          "single-file protobuf limit; external-data export is not supported yet")
+        if side.name not in adopted:
+            side.unlink()
     if edit is not None:
         edit(proto)
     meta = proto.metadata_props.add()
     meta.key, meta.value = SPEC_METADATA_KEY, spec.to_json()
     proto.producer_name = "edgeattn"
+    if adopted:
+        tmp.write_bytes(proto.SerializeToString())  # the graph; its tensors point at the adopted data file
+    else:
+        save_onnx(proto, tmp, name=final_name)
+    del proto
     try:
-        proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=strict_shapes)
+        onnx.shape_inference.infer_shapes_path(str(tmp), str(tmp), check_type=True, strict_mode=strict_shapes)
     except Exception as e:  # noqa: BLE001
         raise ExportError(f"export '{name}': ONNX shape inference failed: {e}") from e
-    onnx.save(proto, str(tmp))
     try:
         onnx.checker.check_model(str(tmp), full_check=True)
     except onnx.checker.ValidationError as e:
@@ -128,17 +137,19 @@ def export_checked(path: Path, name: str, spec, export: Callable[[Path, str], No
         except Exception as e:  # noqa: BLE001 - the exporters raise many kinds
             raise ExportError(f"export '{name}': torch.onnx.export ({exporter}) failed: {type(e).__name__}: "
                               f"{str(e)[:500]}") from e
-        finish_graph(tmp, name, spec, edit, strict_shapes)
+        finish_graph(tmp, name, spec, edit, strict_shapes, final_name=path.name)
         check(tmp)
 
     attempts: list[str] = []
     for exporter in exporters or EXPORTERS:
         try:
             atomic_write(path, lambda tmp, ex=exporter: write(tmp, ex))
+            prune_external_data(path)
             return exporter, attempts
         except ExportError as e:
             attempts.append(str(e))
             log.warning("%s", e)
+    prune_external_data(path)  # data files of failed attempts
     raise ExportError(f"export '{name}': every exporter failed: " + " | ".join(attempts))
 
 
@@ -231,11 +242,7 @@ def import_graph(built: BuiltModel, path: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
 
     def copy(tmp: Path, exporter: str) -> None:
-        proto = read_graph(built.name, built.graph, external=True)
-        if proto.ByteSize() >= TWO_GB:
-            raise ExportError(f"export '{built.name}': graph with its data is {proto.ByteSize() / 1e9:.2f} GB, over "
-                              "the 2 GB single-file protobuf limit; external-data artifacts are not supported yet")
-        onnx.save(proto, str(tmp))
+        save_onnx(read_graph(built.name, built.graph, external=True), tmp, name=path.name)
 
     used, attempts = export_checked(path, built.name, built.spec, copy, lambda tmp: check_against_torch(built, tmp),
                                     ("copy",), edit=name_dims, strict_shapes=False)
@@ -247,7 +254,9 @@ def import_graph(built: BuiltModel, path: Path) -> dict[str, Any]:
 def export_section(built: BuiltModel, path: Path, opset: int, warnings: list[str], used: str, attempts: list[str],
                    seconds: float) -> dict[str, Any]:
     """After an export landed at ``path``: the post-export check (its warnings logged), spec.json beside the file,
-    and the manifest section every exporter writes (classifiers here, decoders in export.decoder_export)."""
+    and the manifest section every exporter writes (classifiers here, decoders in export.decoder_export): with the
+    external-data files and their sizes (none: one file), and this process's peak resident memory so far
+    (``peak_rss_mb``: ru_maxrss; the export stage runs its models in one process, so it covers the models before)."""
     import onnx
     import torch
 
@@ -256,7 +265,9 @@ def export_section(built: BuiltModel, path: Path, opset: int, warnings: list[str
     for w in post.warnings:
         log.warning("export '%s': %s", built.name, w)
     atomic_write_text(path.parent / "spec.json", built.spec.to_json())
+    data = {f.name: f.stat().st_size for f in onnx_files(path)[1:]}
     return {"file": path.name, "sha256": sha256_file(path), "opset": opset, "nodes": len(proto.graph.node),
+            "external_data": data, "bytes": path.stat().st_size + sum(data.values()), "peak_rss_mb": peak_rss_mb(),
             "export_seconds": round(seconds, 2), "torch": torch.__version__, "onnx": onnx.__version__,
             "warnings": warnings + post.warnings, "config": built.config, "exporter": used,
             "failed_exporters": attempts}

@@ -27,7 +27,7 @@ from runtime.cpu import ISA_METADATA_KEY, int8_isa, int8_saturates
 from runtime.ort_backend import cpu_session
 from judge.budget import Budget, passes
 from judge.figures import figures
-from zoo.io import atomic_write
+from zoo.io import atomic_save_onnx
 
 log = logging.getLogger("edgeattn.optimize.cpu_int8")
 # fused_dynamic: the CPU's own form (optimize.cpu_fused_int8): fused transformer graph, dynamic int8, per-channel weights,
@@ -235,7 +235,7 @@ def write_cpu_artifact(chosen: Path | None, dst: Path, isa: str) -> None:
         return
     m = onnx.load(str(chosen))
     onnx.helper.set_model_props(m, {**{p.key: p.value for p in m.metadata_props}, ISA_METADATA_KEY: isa})
-    atomic_write(dst, lambda p: onnx.save(m, str(p)))
+    atomic_save_onnx(m, dst)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

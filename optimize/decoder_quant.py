@@ -84,7 +84,8 @@ from pipeline.quiet import fold_repeats
 from judge.budget import Budget, budget_for, check_resolution, passes, reasons as budget_reasons
 from judge.teacher_forced import TeacherForced, teacher_forced_figures
 from zoo.tasks.text_generation import TASK as GENERATION
-from zoo.io import atomic_write, digest, section_up_to_date, sha256_file, update_manifest
+from zoo.io import (copy_onnx, digest, peak_rss_mb, save_onnx, section_up_to_date, sha256_file,
+                    update_manifest)
 
 log = logging.getLogger("edgeattn.optimize.decoder_quant")
 
@@ -163,7 +164,7 @@ def prepare(src: Path, dst: Path) -> dict[str, Any]:
     model = onnx.load(str(src))
     named = ensure_node_names(model)
     folded = fold_constant_transposes(model)
-    onnx.save(model, str(dst))
+    save_onnx(model, dst)
     return {"named_nodes": named, "folded_transposes": folded}
 
 
@@ -228,7 +229,7 @@ def weight_only_qdq(src: Path, dst: Path, nodes: Sequence[NodeInfo]) -> dict[str
     del model.graph.node[:]
     model.graph.node.extend(nodes_all)
     onnx.checker.check_model(model)
-    onnx.save(model, str(dst))
+    save_onnx(model, dst)
     return {"weights": len(done), "nodes": len(nodes)}
 
 
@@ -362,7 +363,7 @@ def quantize_decoder(model_dir: str | os.PathLike, opts: QuantOptions | None = N
         else:
             sec = build_decoder_fp16(model_dir, src, val, reference(), budget, dopts, f16)
             sec.update(key=key, files_sha256={"fp16.onnx": sec["sha256"]})
-            update_manifest(model_dir, "fp16", sec)
+            update_manifest(model_dir, "fp16", {**sec, "peak_rss_mb": peak_rss_mb()})
             result["fp16"] = sec
 
     if opts.int8:
@@ -378,7 +379,7 @@ def quantize_decoder(model_dir: str | os.PathLike, opts: QuantOptions | None = N
             sec = build_decoder_int8(model_dir, src, spec, calib, val, reference(), budget, opts, dopts, progress,
                                      isa)
             sec.update(key=key, source_sha256=src_sha)
-            update_manifest(model_dir, "int8", sec)
+            update_manifest(model_dir, "int8", {**sec, "peak_rss_mb": peak_rss_mb()})
             result["int8"] = sec
     return result
 
@@ -492,7 +493,7 @@ def build_decoder_int8(model_dir: Path, src: Path, spec, calib_windows: EvalSet,
         chosen = schemes[scheme]
         violations = check_qdq_rules(chosen["file"])
         qdq_dst = model_dir / "int8.qdq.onnx"
-        atomic_write(qdq_dst, lambda p: shutil.copyfile(chosen["file"], p))
+        copy_onnx(chosen["file"], qdq_dst)
 
         excluded = [e["node"] for e in search["excluded"]] if scheme == "w8a8" else []
         cands = build_cpu_forms(prepared, qdq_dst, excluded, work, opts)

@@ -36,7 +36,8 @@ from runtime.errors import EdgeattnError
 from judge.budget import Budget, budget_for, reasons
 from judge.figures import figures
 from runtime.ort_backend import ORT_LEVEL_KEY, OPT_LEVELS, cpu_session, try_levels  # one table of ORT optimisation levels
-from zoo.io import atomic_write, sha256_file
+from zoo.io import (atomic_save_onnx, atomic_write, needs_external_data, prune_external_data, save_onnx,
+                    sha256_file)
 from optimize.node_scopes import reattach, record
 
 log = logging.getLogger("edgeattn.optimize.fp16")
@@ -178,19 +179,24 @@ def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike, op_block_list: 
     scope_table = record(model)  # before the converter rewrites the graph in place
     block = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(op_block_list))
     keep = keep_io_types if isinstance(keep_io_types, bool) else list(keep_io_types)
+    # the converter's own shape inference serialises the model: over the protobuf limit it reads the value_info the
+    # export stage inferred on the file instead
     fp16 = convert_float_to_float16(model, keep_io_types=keep, op_block_list=block,
-                                    node_block_list=list(node_block_list) or None)
+                                    node_block_list=list(node_block_list) or None,
+                                    disable_shape_infer=needs_external_data(model))
     toposort(fp16.graph)  # the converter appends its input Casts at the end; checkers and parsers want order
     scopes = reattach(fp16, scope_table)  # its Casts get the scope of the node they feed (verify.localize)
-    # The converter leaves some value_info with stale element types; re-infer them from the graph.
+    # The converter leaves some value_info with stale element types; re-infer them from the graph (on the file: a
+    # model over the protobuf limit cannot be inferred in memory).
     del fp16.graph.value_info[:]
-    fp16 = onnx.shape_inference.infer_shapes(fp16, check_type=True, strict_mode=True)
 
     def _write(tmp: Path) -> None:
-        onnx.save(fp16, str(tmp))
+        save_onnx(fp16, tmp, name=Path(dst).name)  # external data when over the protobuf limit
+        onnx.shape_inference.infer_shapes_path(str(tmp), str(tmp), check_type=True, strict_mode=True)
         onnx.checker.check_model(str(tmp))
 
     atomic_write(dst, _write)
+    prune_external_data(dst)
     kept = sorted({n.op_type for n in fp16.graph.node if n.op_type in set(op_block_list)})
     return {"nodes": len(fp16.graph.node), "casts": sum(n.op_type == "Cast" for n in fp16.graph.node),
             "fp32_ops_present": kept, "op_block_list": list(op_block_list), "keep_io_types": keep,
@@ -235,7 +241,7 @@ def stamp_ort_level(path: Path, level: str) -> None:
     props = {p.key: p for p in m.metadata_props}
     entry = props.get(ORT_LEVEL_KEY) or m.metadata_props.add()
     entry.key, entry.value = ORT_LEVEL_KEY, level
-    atomic_write(path, lambda tmp: onnx.save(m, str(tmp)))
+    atomic_save_onnx(m, path)
 
 
 def build_fp16(model_dir: str | os.PathLike, es: EvalSet, ref_logits: np.ndarray, opts: Fp16Options | None = None,

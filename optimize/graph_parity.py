@@ -2,6 +2,8 @@
 and the TensorRT-ready rewrites (optimize.trt_ready) are each kept only when ``parity`` passes."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from runtime.errors import EdgeattnError
@@ -14,7 +16,7 @@ class SimplifyError(EdgeattnError, RuntimeError):
     """No simplifier produced a graph that matches the input numerically."""
 
 
-def _run(model_bytes: bytes, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+def _run(model_bytes: bytes | str | Path, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
     return cpu_session(model_bytes, "disable").run(None, feed)
 
 
@@ -43,9 +45,10 @@ def decoder_feeds(spec: ModelSpec) -> list[tuple[str, dict[str, np.ndarray]]]:
             for i, (label, b, s, p) in enumerate(parity_cases(d))]
 
 
-def parity(ref_bytes: bytes, new_bytes: bytes, spec: ModelSpec | None, rtol: float = 1e-5) -> float:
-    """Max abs difference between the two graphs' outputs, over :func:`parity_feeds` (relative to the output
-    scale); raises SimplifyError when it exceeds ``rtol``."""
+def parity(ref_bytes: bytes | str | Path, new_bytes: bytes | str | Path, spec: ModelSpec | None,
+           rtol: float = 1e-5) -> float:
+    """Max abs difference between the two graphs' outputs (serialised bytes, or files: a model with external data),
+    over :func:`parity_feeds` (relative to the output scale); raises SimplifyError when it exceeds ``rtol``."""
     worst = 0.0
     for label, feed in parity_feeds(spec):
         a, b = _run(ref_bytes, feed), _run(new_bytes, feed)

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from calibration import CacheKey, CalibrationData, OrtCalibrationReader, RangeCache, TensorRange
 from optimize.qdq_graph import WEIGHT_OPS, ensure_node_names, gemm_to_matmul
 from runtime.errors import EdgeattnError
-from zoo.io import sha256_file
+from zoo.io import save_onnx, sha256_file, uses_external_data
 from optimize.node_scopes import carry_file, reattach_file, record
 
 
@@ -64,7 +64,8 @@ def calibrate_ranges(model_path: str | os.PathLike, data: CalibrationData, metho
     extra.update({k: opts[k] for k in ("num_bins", "num_quantized_bins", "percentile") if k in opts})
     with tempfile.TemporaryDirectory(prefix="edgeattn-calib-") as tmp:
         cal = create_calibrator(Path(model_path), list(op_types), augmented_model_path=str(Path(tmp) / "aug.onnx"),
-                                calibrate_method=CalibrationMethod[method], extra_options=extra)
+                                calibrate_method=CalibrationMethod[method], extra_options=extra,
+                                use_external_data_format=uses_external_data(model_path))
         # One batch per collect_data call: ORT merges ranges/histograms across calls, so memory stays at one
         # batch of intermediate tensors (histogram methods otherwise hold every batch) and batches may differ
         # in shape.
@@ -128,7 +129,8 @@ def quantize_static_cached(src: str | os.PathLike, dst: str | os.PathLike, range
         cache = _ort_range_file(ranges, method, Path(tmp) / "ranges.json")
         common = dict(calibration_data_reader=None, calibrate_method=CalibrationMethod[method],
                       calibration_cache_path=str(cache), op_types_to_quantize=list(WEIGHT_OPS),
-                      nodes_to_quantize=list(nodes), per_channel=True, weight_type=QuantType.QInt8)
+                      nodes_to_quantize=list(nodes), per_channel=True, weight_type=QuantType.QInt8,
+                      use_external_data_format=uses_external_data(src))
         if flavour == "trt":
             if reduce_range:
                 raise QuantizeError("reduce_range: the TensorRT graph keeps the full int8 range (TensorRT's kernels "
@@ -162,9 +164,10 @@ def quantize_dynamic_matmul(src: str | os.PathLike, dst: str | os.PathLike, excl
     n = gemm_to_matmul(model)
     with tempfile.TemporaryDirectory(prefix="edgeattn-dq-") as tmp:
         mm = Path(tmp) / "matmul.onnx"
-        onnx.save(model, str(mm))
+        save_onnx(model, mm)
         quantize_dynamic(str(mm), str(dst), op_types_to_quantize=["MatMul"] + (["Conv"] if conv else []),
                          per_channel=False, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
-                         reduce_range=reduce_range, extra_options={"MatMulConstBOnly": True})
+                         reduce_range=reduce_range, extra_options={"MatMulConstBOnly": True},
+                         use_external_data_format=uses_external_data(mm))
     reattach_file(dst, scopes)
     return n

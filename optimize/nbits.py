@@ -24,6 +24,7 @@ import numpy as np
 
 from optimize.int8_build import QuantizeError
 from optimize.qdq_graph import NodeInfo, ensure_node_names, gemm_to_matmul
+from zoo.io import save_onnx
 
 log = logging.getLogger("edgeattn.optimize.nbits")
 
@@ -53,7 +54,7 @@ def matmul_nbits(src: str | os.PathLike, dst: str | os.PathLike, bits: int, bloc
     out = q.model.model
     _restore_names(out, int(bits))
     onnx.checker.check_model(out)
-    onnx.save(out, str(dst))
+    save_onnx(out, dst)
     return nbits_summary(out)
 
 

@@ -256,7 +256,7 @@ def reattach_file(dst: str | os.PathLike, table: ScopeTable) -> dict[str, Any]:
     if not table:
         return {"nodes": None, "scoped_before": None, "scoped_after": None, "source_scoped": 0,
                 "source_nodes": table.nodes, "from": {}}
-    model = onnx.load(str(dst))
+    model = onnx.load(str(dst), load_external_data=False)  # metadata only: external weights stay where they are
     report = reattach(model, table)
     if report["scoped_after"] > report["scoped_before"]:
         onnx.save(model, str(dst))

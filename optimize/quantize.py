@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -53,7 +52,8 @@ from pipeline.artifacts import resolve_models
 from pipeline.quiet import fold_repeats
 from pipeline.stage import StageErrors, cli
 from zoo.data import load_dataset
-from zoo.io import atomic_write, digest, read_json, section_up_to_date, sha256_file, update_manifest
+from zoo.io import (copy_onnx, digest, peak_rss_mb, read_json, save_onnx, section_up_to_date,
+                    sha256_file, update_manifest)
 from zoo.spec import load_spec
 from zoo.tasks import task_of_dir
 
@@ -128,7 +128,7 @@ def quantize_outputs(model_dir: str | os.PathLike, opts: QuantOptions | None = N
             ref16 = ort_logits(src, es16, "all", opts.threads, progress=f"fp32 {model_dir.name}" if progress else None)
             sec = build_fp16(model_dir, es16, ref16, f16, budget=b16)
             sec.update(key=key, files_sha256={"fp16.onnx": sec["sha256"]})
-            update_manifest(model_dir, "fp16", sec)
+            update_manifest(model_dir, "fp16", {**sec, "peak_rss_mb": peak_rss_mb()})
             result["fp16"] = sec
 
     # -- int8
@@ -159,7 +159,7 @@ def quantize_outputs(model_dir: str | os.PathLike, opts: QuantOptions | None = N
         if dataset is not None:
             tj = read_json(model_dir / "train.json", {}) or {}
             sec["pytorch_val_accuracy"] = tj.get("val_accuracy")
-        update_manifest(model_dir, "int8", sec)
+        update_manifest(model_dir, "int8", {**sec, "peak_rss_mb": peak_rss_mb()})
         result["int8"] = sec
     return result
 
@@ -193,7 +193,7 @@ def build_int8(model_dir: Path, src: Path, calib: CalibrationData, es: EvalSet, 
         qsrc = src
         if ensure_node_names(model):
             qsrc = work / "named.onnx"
-            onnx.save(model, str(qsrc))
+            save_onnx(model, qsrc)
         nodes = quantizable_nodes(model, opts.quantize_attention)
         del model
         if not nodes:
@@ -218,7 +218,7 @@ def build_int8(model_dir: Path, src: Path, calib: CalibrationData, es: EvalSet, 
         if previous and did_worse(search["passed"], win, previous) and previous_intact(model_dir, previous):
             return kept_previous(previous, search, cpu, opts, budget, labelled)
         qdq_file, fp16_mix = mix_fp16(cand, work, model_dir, es, ref, budget, opts.fp16_mix, opts.threads)
-        atomic_write(qdq_dst, lambda p: shutil.copyfile(qdq_file, p))
+        copy_onnx(qdq_file, qdq_dst)
         write_cpu_artifact(cands[win] if win is not None else None, cpu_dst, isa)
     qdq_lat = cpu["candidates"].get("qdq_s8s8", {}).get("latency_ms")
     wrow = cpu["candidates"].get(win, {}) if win else {}

@@ -17,7 +17,9 @@ from pipeline.args import add_artifacts, add_force, add_models, stage_parser
 from pipeline.artifacts import resolve_models
 from runtime.ort_backend import cpu_session
 from pipeline.stage import StageErrors, cli
-from zoo.io import atomic_write, sha256_file, update_manifest
+from runtime.onnx_guard import check_external_data
+from zoo.io import (atomic_save_onnx, external_data_limit, onnx_files, peak_rss_mb, sha256_file, update_manifest,
+                    write_graph_with_data)
 from zoo.spec import load_spec
 from optimize.node_scopes import carry, summary
 
@@ -90,6 +92,8 @@ def simplify_file(src: str | Path, dst: str | Path) -> dict[str, Any]:
     import onnx
 
     src, dst = Path(src), Path(dst)
+    if sum(f.stat().st_size for f in onnx_files(src)) >= external_data_limit():
+        return simplify_external(src, dst)
     proto = onnx.load(str(src))
     spec = load_spec(proto, required=False) or load_spec(src, required=False)
     ref = proto.SerializeToString()
@@ -127,7 +131,7 @@ def simplify_file(src: str | Path, dst: str | Path) -> dict[str, Any]:
                 log.warning("simplify %s: TensorRT-ready rewrite dropped, writing the simplified graph as it is: %s",
                             src, trt_ready["dropped"])
         new_bytes, scopes = _carry_scopes(proto, new_bytes)
-        atomic_write(dst, lambda p: p.write_bytes(new_bytes))
+        atomic_save_onnx(onnx.load_from_string(new_bytes), dst)
         trt_ready["rejected"] = rejected = parser_check(dst)  # the file engines parse: name rejected nodes now
         if rejected:
             log.warning("simplify %s: TensorRT's ONNX parser (%s) rejects %d node(s) of %s, engines will not build: "
@@ -138,6 +142,60 @@ def simplify_file(src: str | Path, dst: str | Path) -> dict[str, Any]:
                 "tool": name, "nodes_before": len(proto.graph.node), "nodes_after": n, "parity_max_rel_diff": diff,
                 "attempts": attempts, "trt_ready": trt_ready, "scopes": scopes}
     raise SimplifyError(f"simplify '{src}': every simplifier failed: {attempts}")
+
+
+def simplify_external(src: Path, dst: Path) -> dict[str, Any]:
+    """A model too big for one protobuf message (it cannot be serialised in memory, which the other simplifiers and
+    the TensorRT-ready passes need): onnxsim on the file (it reads the external data itself and writes its result
+    to a file), parity by ONNX Runtime on the two files; when it fails, does not match or gives more nodes, the source
+    graph is written as it is (the section says so). The graphs are read without their weights; the chosen one's are
+    read once, to write it with external data (``zoo.io.atomic_save_onnx``)."""
+    import tempfile
+
+    import onnx
+    import onnxsim
+    from onnx.external_data_helper import load_external_data_for_model
+
+    proto = onnx.load(str(src), load_external_data=False)  # the graph only: nodes, metadata, scopes
+    spec = load_spec(proto, required=False) or load_spec(src, required=False)
+    attempts: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix=".simplify-", dir=dst.parent) as d:
+        out = Path(d) / "sim.onnx"
+        new, base, tool, diff = proto, src.parent, "none (source graph kept)", 0.0
+        try:
+            _, ok = onnxsim.simplify(str(src), check_n=0, output_path=str(out))
+            if not ok:
+                raise SimplifyError("onnxsim's own check failed")
+            diff = parity(src, out, spec)
+            sim = onnx.load(str(out), load_external_data=False)
+            if len(sim.graph.node) > len(proto.graph.node):
+                raise SimplifyError(f"onnxsim gave {len(sim.graph.node)} nodes, the source has "
+                                    f"{len(proto.graph.node)}: not simpler")
+            new, base, tool = sim, out.parent, "onnxsim"
+            attempts.append({"tool": tool, "ok": True, "nodes": len(new.graph.node),
+                             "seconds": round(time.perf_counter() - t0, 2)})
+        except Exception as e:  # noqa: BLE001 - any failure: keep the source graph
+            attempts.append({"tool": "onnxsim", "ok": False, "error": f"{type(e).__name__}: {str(e)[:300]}"})
+            log.warning("simplify %s (external data) with onnxsim failed, writing the source graph as it is: %s",
+                        src, str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
+            diff = 0.0
+        _copy_metadata(proto, new)
+        scopes = carry(proto, new) if new is not proto else {"scoped_before": None, "scoped_after": None}
+        if len(set(check_external_data(base / ("sim.onnx" if new is not proto else src.name)))) == 1:
+            write_graph_with_data(new, base, dst, move=new is not proto)  # the weights stay on disk
+        else:
+            load_external_data_for_model(new, str(base))
+            atomic_save_onnx(new, dst)
+        nodes_after = len(new.graph.node)
+        del new
+    rejected = parser_check(dst)
+    return {"file": dst.name, "code": CODE_VERSION, "source": src.name, "source_sha256": sha256_file(src),
+            "sha256": sha256_file(dst), "tool": tool, "nodes_before": len(proto.graph.node),
+            "nodes_after": nodes_after, "parity_max_rel_diff": diff, "attempts": attempts,
+            "external_data": True, "trt_ready": {"skipped": "a model with external data is not rewritten in memory",
+                                                  "rejected": rejected}, "scopes": scopes,
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def main(argv: list[str] | None = None) -> int:

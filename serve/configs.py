@@ -7,6 +7,9 @@
   engines stage builds one profile from the spec);
 - ``python_config``: our thin runtime in the Python backend: ``TEXT`` or ``IMAGE`` (BYTES) in, ``logits`` and
   ``label`` out; the artifact and its ONNX Runtime level are parameters that ``model.py`` reads;
+- ``generation_config``: a decoder (``text_generation`` spec) in the Python backend, decoupled (one response per
+  generated token, streamed over gRPC): ``PROMPT`` (BYTES) and an optional ``MAX_NEW_TOKENS`` in, ``TOKEN`` (the id)
+  and ``TEXT`` (the new piece of text) out per response;
 - ``model_warmup`` reads sample inputs from ``warmup/`` files that ``warmup_files`` returns.
 """
 from __future__ import annotations
@@ -29,6 +32,9 @@ TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64",
 TRT_PRECISION = {"fp32": "FP32", "fp16": "FP16", "int8": "INT8"}
 TEXT_INPUT, IMAGE_INPUT = "TEXT", "IMAGE"
 LOGITS_OUTPUT, LABEL_OUTPUT = "logits", "label"
+PROMPT_INPUT, MAX_NEW_INPUT = "PROMPT", "MAX_NEW_TOKENS"  # the streaming decoder entry
+TOKEN_OUTPUT, PIECE_OUTPUT = "TOKEN", "TEXT"
+DEFAULT_NEW_TOKENS = 32  # a streaming request without MAX_NEW_TOKENS
 WARMUP_SENTENCE = "a warm-up sentence for the model"
 BATCH = "batch"
 
@@ -192,3 +198,30 @@ def python_warmup_bytes(spec: ModelSpec) -> tuple[str, bytes]:
     inputs, _ = python_inputs(spec)
     item = WARMUP_SENTENCE.encode() if inputs[0].name == TEXT_INPUT else warmup_image(spec)
     return inputs[0].name, serialize_bytes([item])
+
+
+# ---- the streaming decoder entry ------------------------------------------------------------------------------
+def generation_batch(spec: ModelSpec) -> int:
+    """Requests one execute may take together (left-padded into one batch): the decoder's batch max (its spec)."""
+    r = spec.dynamic.get(BATCH)
+    return int(r.max) if r is not None and r.max else 1
+
+
+def generation_config(name: str, spec: ModelSpec, artifact: str, ort_level: str, b: Batching, threads: int = 0,
+                      default_new_tokens: int = DEFAULT_NEW_TOKENS, warm: bool = True) -> dict[str, Any]:
+    """A decoder on the thin runtime's TextGenerator in the Python backend, decoupled (``model_transaction_policy``):
+    one response per token. Requests that wait together are generated as one left-padded batch (dynamic batching up
+    to the spec's batch max), each row streamed to its own client and ended on its own (stop token or its limit).
+    Warm-up (``warm``) is one short generation in ``initialize``: Triton's ``model_warmup`` sends no stream."""
+    bmax = generation_batch(spec)
+    cfg = {"name": name, "backend": "python", "max_batch_size": bmax,
+           "model_transaction_policy": {"decoupled": True},
+           "input": [{"name": PROMPT_INPUT, "data_type": Enum("TYPE_STRING"), "dims": [1]},
+                     {"name": MAX_NEW_INPUT, "data_type": Enum("TYPE_INT32"), "dims": [1], "optional": True}],
+           "output": [{"name": TOKEN_OUTPUT, "data_type": Enum("TYPE_INT64"), "dims": [1]},
+                      {"name": PIECE_OUTPUT, "data_type": Enum("TYPE_STRING"), "dims": [1]}],
+           "dynamic_batching": {"max_queue_delay_microseconds": int(b.queue_delay_us)} if bmax > 1 else None,
+           "instance_group": [{"count": int(b.instances), "kind": Enum("KIND_CPU")}],
+           "parameters": parameters({"artifact": artifact, "ort_opt_level": ort_level, "threads": int(threads),
+                                     "default_new_tokens": int(default_new_tokens), "warmup": int(warm)})}
+    return cfg

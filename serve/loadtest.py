@@ -8,6 +8,9 @@ for reduced precisions). The direct runtime's own throughput (one item per call,
 this process before the server starts, so the two never share the CPU. Writes ``<out>/loadtest.{json,md}`` and
 ``<out>/loadtest.png`` (throughput and p99 against concurrency).
 
+A decoder's streaming entry gets its own test (``serve.genload``: concurrent gRPC streams, tokens/s, time to first
+token, every streamed token sequence against the direct runtime's greedy tokens), in the same report.
+
 Each level runs ``--duration`` seconds; every request has a timeout and every thread is joined with one, so the
 run is bounded. The server is the bundled one started here on free loopback ports (or ``--url`` on loopback).
 """
@@ -27,7 +30,8 @@ import numpy as np
 from pipeline.args import (existing_folder, existing_path, int_list, models_text, positive_int, positive_seconds,
                            stage_parser)
 from runtime.files import atomic_write_json, atomic_write_text
-from runtime.modelspec import ModelSpec, Tolerance
+from runtime.modelspec import TEXT_GENERATION, ModelSpec, Tolerance
+from serve import genload
 from serve.client import TritonClassifier, batch_sizes
 from serve.errors import ClientError, LoadTestError
 from serve.repository import read_manifest
@@ -268,6 +272,7 @@ class Settings:
     data: str | None = None
     url: str | None = None  # a running server (loopback); None: start the bundled one
     warmup_requests: int = 4
+    new_tokens: int = 32  # decoder entries: tokens per streamed request at most
 
 
 def check_loopback(url: str) -> None:
@@ -400,6 +405,9 @@ def markdown(doc: dict[str, Any]) -> str:
              "the response's own logits. Batches are the sizes Triton formed (its statistics endpoint, difference "
              "over the level).", ""]
     for m in doc["models"]:
+        if m.get("kind") == TEXT_GENERATION:
+            lines += genload.markdown_lines(m)
+            continue
         lines += [f"## {m['entry']} ({m['artifact']}, {m['precision']}, ONNX Runtime {m['ort_opt_level']})", "",
                   f"Inputs: {m['inputs']['n']} items ({m['inputs']['source']}).", "",
                   "| concurrency | requests | req/s | p50 ms | p99 ms | mean batch | batches formed (size: count) | "
@@ -426,7 +434,10 @@ def markdown(doc: dict[str, Any]) -> str:
         if errs:
             lines += ["", "First errors:", *[f"- `{e}`" for e in errs[:5]]]
         lines.append("")
-    lines += [f"![throughput and p99 against concurrency]({doc['plot']})", ""]
+    if doc["plot"]:
+        lines += [f"![throughput and p99 against concurrency]({doc['plot']})", ""]
+    if any(m.get("kind") == TEXT_GENERATION for m in doc["models"]):
+        lines += [f"![decoder tokens/s and first-token latency against streams]({genload.PLOT})", ""]
     return "\n".join(lines)
 
 
@@ -444,16 +455,21 @@ def run(repo: Path, models: Sequence[str] | None, s: Settings, out: Path, thread
     if not recs:
         have = [r["python"]["entry"] for r in manifest["models"]]
         raise LoadTestError(f"--models {list(models or [])}: none is in {repo} (it serves {have})")
-    results = [loadtest_model(repo, rec, s, threads) for rec in recs]
+    results = [genload.loadtest_generation(repo, rec, s, threads) if rec["python"].get("decoupled")
+               else loadtest_model(repo, rec, s, threads) for rec in recs]
     info = cpu_info()
     doc = {"format": "edgeattn-loadtest/1", "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "repository": str(repo),
            "settings": {"concurrency": s.concurrency, "duration_s": s.duration_s, "protocol": s.protocol,
                         "pool": s.pool, "url": s.url or "bundled tritonserver on 127.0.0.1"},
            "env": {"cpu": info.get("model"), "usable_cpus": info.get("usable_cpus") or info.get("logical_cpus"),
                    "int8_isa": info.get("int8_isa")},
-           "models": results, "plot": "loadtest.png"}
+           "models": results,
+           "plot": "loadtest.png" if any(m.get("kind") != TEXT_GENERATION for m in results) else None}
     out.mkdir(parents=True, exist_ok=True)
-    plot(results, out / "loadtest.png")
+    if doc["plot"]:
+        plot([m for m in results if m.get("kind") != TEXT_GENERATION], out / "loadtest.png")
+    if any(m.get("kind") == TEXT_GENERATION for m in results):
+        genload.plot([m for m in results if m.get("kind") == TEXT_GENERATION], out / genload.PLOT)
     atomic_write_json(out / "loadtest.json", doc)
     atomic_write_text(out / "loadtest.md", markdown(doc))
     return doc
@@ -462,7 +478,8 @@ def run(repo: Path, models: Sequence[str] | None, s: Settings, out: Path, thread
 def passed(doc: dict[str, Any]) -> bool:
     """No errors, the responses of every level matched the direct runtime (within the artifact's tolerance), every
     label is its logits' argmax, at least one checked response per level."""
-    return all(r["errors"] == 0 and r["matched"] and r["label_mismatches"] == 0 and r["checked"] > 0
+    return all(genload.level_passed(r) if m.get("kind") == TEXT_GENERATION else
+               r["errors"] == 0 and r["matched"] and r["label_mismatches"] == 0 and r["checked"] > 0
                for m in doc["models"] for r in m["levels"])
 
 
@@ -478,7 +495,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--pool", type=positive_int, default=64, help="distinct inputs the clients cycle through")
     ap.add_argument("--data", type=existing_path, default=None,
                     help="inputs: a text file (one a line) or a folder of images")
-    ap.add_argument("--url", default=None, help="a running server on loopback (host:port); default: start one")
+    ap.add_argument("--url", default=None, help="a running server on loopback (host:port; the gRPC port for a "
+                    "decoder's streaming entry); default: start one")
+    ap.add_argument("--new-tokens", type=positive_int, default=32,
+                    help="decoder entries: new tokens per streamed request at most")
     ap.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime threads of the direct runtime")
     ap.add_argument("--out", default=None, help="report folder (default: <repository>-loadtest)")
     a = ap.parse_args(list(argv) if argv is not None else None)
@@ -487,7 +507,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     repo = Path(a.repository)
     out = Path(a.out) if a.out else repo.parent / f"{repo.name}-loadtest"
     models = [m.strip() for m in a.models.split(",") if m.strip()] if a.models else None
-    settings = Settings(conc, a.duration, a.protocol, a.pool, a.data and str(a.data), a.url)
+    settings = Settings(conc, a.duration, a.protocol, a.pool, a.data and str(a.data), a.url, new_tokens=a.new_tokens)
     doc = run(repo, models, settings, out, a.threads)
     ok = passed(doc)
     print(f"loadtest: {'every response matched the direct runtime' if ok else 'ERRORS or MISMATCHES (see report)'}"

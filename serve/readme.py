@@ -19,7 +19,7 @@ def perf_data(rec: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
     spec = ModelSpec.from_dict(rec["spec"])
     if entry.get("triton") == "python":
         name = entry["inputs"][0]
-        if name == configs.TEXT_INPUT:
+        if name in (configs.TEXT_INPUT, configs.PROMPT_INPUT):
             return {"data": [{name: [configs.WARMUP_SENTENCE]}]}
         return {"data": [{name: {"b64": base64.b64encode(configs.warmup_image(spec)).decode()}}]}
     from runtime.base import IOInfo
@@ -45,7 +45,8 @@ def _table(manifest: dict[str, Any]) -> list[str]:
     rows = ["| entry | runs | artifact | precision | why |", "|---|---|---|---|---|"]
     for rec in manifest["models"]:
         p, o, t = rec["python"], rec["onnx"], rec["trt"]
-        rows.append(f"| `{p['entry']}` | Python backend: edgeattn runtime on ONNX Runtime CPU ({p['mode']}) | "
+        stream = ", decoupled: one response per token" if p.get("decoupled") else ""
+        rows.append(f"| `{p['entry']}` | Python backend: edgeattn runtime on ONNX Runtime CPU ({p['mode']}{stream}) | "
                     f"`{p['artifact']}` | {p['precision']} | {p['reason']} |")
         if "skipped" in o:
             rows.append(f"| `{o['entry']}` | not written | - | - | {o['skipped']} |")
@@ -67,15 +68,16 @@ def _perf(manifest: dict[str, Any]) -> list[str]:
     for rec in manifest["models"]:
         for e in _entries(rec):
             out.append(f"perf_analyzer -m {e['entry']} -u 127.0.0.1:8001 -i grpc --input-data perf-{e['entry']}.json "
-                       f"--concurrency-range 1:16:5 --measurement-interval 5000")
+                       f"--concurrency-range 1:16:5 --measurement-interval 5000"
+                       + (" --streaming" if e.get("decoupled") else ""))
     return out
 
 
 def readme_text(manifest: dict[str, Any]) -> str:
     first = manifest["models"][0]
     p = first["python"]
-    example = ('"a gripping, beautiful film"' if p["kind"] == "text" else "shoe.png")
-    flag = "--text" if p["kind"] == "text" else "--image"
+    example = ('"a gripping, beautiful film"' if p["kind"] in ("text", "text_generation") else "shoe.png")
+    flag = {"text": "--text", "text_generation": "--prompt"}.get(p["kind"], "--image")
     skipped = [rec["trt"] for rec in manifest["models"] if "skipped" in rec["trt"] and "skipped" not in rec["onnx"]]
     lines = [
         "# Triton model repository (written by `make triton`)", "",
@@ -85,6 +87,10 @@ def readme_text(manifest: dict[str, Any]) -> str:
         "- `<model>` takes raw input, one BYTES element per item: `TEXT` (UTF-8 text) or `IMAGE` (PNG/JPEG bytes); "
         "it returns `logits` (FP32) and `label` (BYTES). No tokenizer or preprocessing on the client. Its version "
         "folder is self-contained: `model.py`, a copy of `runtime/`, the artifact, `spec.json`, the tokenizer JSON.",
+        "- A decoder's `<model>` streams (decoupled; gRPC streaming): `PROMPT` (BYTES) and an optional "
+        "`MAX_NEW_TOKENS` (INT32) in, one response per generated token, greedy: `TOKEN` (INT64 id) and `TEXT` (the "
+        "text it adds, BYTES); the last response is flagged final (Triton's `triton_final_response`). Requests "
+        "that wait together are generated as one left-padded batch.",
         "- `<model>_onnx` and `<model>_trt` take the model's own tensors (e.g. token ids) and load only in NVIDIA's "
         "Triton containers (the PyPI server has no ONNX Runtime or TensorRT backend). A TensorRT plan deserialises "
         "only with the TensorRT version and GPU it was built for (`model.plan.json`).",
@@ -114,7 +120,8 @@ def readme_text(manifest: dict[str, Any]) -> str:
         "Only the Python-backend entries load there (`--model-control-mode explicit`).", "",
         "## Query it", "",
         "```bash",
-        f"python -m serve.client --url 127.0.0.1:8000 --model {p['entry']} {flag} {example}",
+        *([] if flag == "--prompt" else [f"python -m serve.client --url 127.0.0.1:8000 --model {p['entry']} {flag} "
+                                         f"{example}"]),
         f"python -m serve.client --url 127.0.0.1:8001 --protocol grpc --model {p['entry']} {flag} {example}",
         "```", "",
         ("```bash\ncurl -s 127.0.0.1:8000/v2/models/" + p["entry"] + "/infer -d '{\"inputs\": [{\"name\": \"TEXT\", "

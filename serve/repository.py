@@ -6,6 +6,9 @@ Per model (``<name>`` = its artifact folder name):
   (``serve.pick.cpu_choice``), raw text or encoded images in, ``logits`` and ``label`` out; the version folder is
   self-contained (``model.py``, a copy of ``runtime/``, the artifact, ``spec.json``, the tokenizer JSON), so NVIDIA's
   container serves it with numpy + onnxruntime (+ tokenizers / Pillow) installed;
+- for a decoder (``text_generation`` spec), ``<name>/`` is instead a streaming entry (``serve.triton_generate``,
+  decoupled: one response per generated token over gRPC streaming) on the thin runtime's TextGenerator, and there are no
+  ``_onnx`` / ``_trt`` entries (a KV-cache graph needs the generation loop around it);
 - ``<name>_onnx/`` (``onnxruntime_onnx``, TensorRT accelerator at the graph's precision) and ``<name>_trt/``
   (``tensorrt_plan``, a TensorRT 10/11 engine) for NVIDIA's containers; ``_trt`` only where such an engine was built
   (engines are built on the target GPU), else the reason is in the manifest and the README.
@@ -30,7 +33,8 @@ import numpy as np
 from runtime.child import ROOT
 from runtime.files import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
 from runtime.loader import open_runner
-from runtime.modelspec import SPEC_FILE, ModelSpec, read_spec
+from runtime.modelspec import SPEC_FILE, TEXT_GENERATION, ModelSpec, read_spec
+from runtime.ort_backend import OPT_LEVELS
 from pipeline.args import add_artifacts, add_flavor, add_models, non_negative_int, positive_int, stage_parser
 from pipeline.artifacts import ModelRef, artifact_name, resolve_models
 from pipeline.stage import StageErrors
@@ -38,6 +42,7 @@ from serve import configs, pick
 from serve.configs import Batching
 from serve.errors import RepositoryError
 from serve.pbtxt import to_pbtxt
+from zoo.io import onnx_files
 from serve.readme import write_readme
 
 log = logging.getLogger("edgeattn.serve.repository")
@@ -45,6 +50,7 @@ log = logging.getLogger("edgeattn.serve.repository")
 MANIFEST = "edgeattn-triton.json"
 FORMAT = "edgeattn-triton/1"
 MODEL_PY = Path(__file__).resolve().parent / "triton_model.py"
+GENERATE_PY = Path(__file__).resolve().parent / "triton_generate.py"
 
 
 @dataclass(frozen=True)
@@ -73,10 +79,12 @@ def graph_io(path: Path):
 
 
 def copy_file(src: Path, dst: Path) -> None:
+    """A file, and for an ONNX graph the external-data files it points at (same names beside ``dst``)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(src, dst)
-    for extra in src.parent.glob(src.name + ".data"):  # ONNX external data, if any
-        shutil.copy2(extra, dst.parent / extra.name)
+    if src.suffix == ".onnx":
+        for extra in onnx_files(src)[1:]:
+            shutil.copy2(extra, dst.parent / extra.name)
 
 
 def write_config(folder: Path, cfg: dict[str, Any]) -> None:
@@ -85,11 +93,10 @@ def write_config(folder: Path, cfg: dict[str, Any]) -> None:
 
 
 # ---- the three entries ------------------------------------------------------------------------------------
-def python_entry(out: Path, name: str, ref: ModelRef, spec: ModelSpec, choice: pick.Choice, o: Options) -> dict:
-    folder = out / name
-    version = folder / "1"
+def _version_folder(version: Path, ref: ModelRef, spec: ModelSpec, choice: pick.Choice, model_py: Path) -> None:
+    """A self-contained Python-backend version folder: model.py, a copy of runtime/, the artifact, spec, tokenizer."""
     shutil.copytree(ROOT / "runtime", version / "runtime", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    shutil.copy2(MODEL_PY, version / "model.py")
+    shutil.copy2(model_py, version / "model.py")
     copy_file(ref.file(choice.artifact), version / choice.artifact)
     atomic_write_text(version / SPEC_FILE, spec.to_json() + "\n")
     tok = spec.preprocess.get("tokenizer")
@@ -97,6 +104,12 @@ def python_entry(out: Path, name: str, ref: ModelRef, spec: ModelSpec, choice: p
         if not ref.file(tok).is_file():
             raise RepositoryError(f"model '{ref.name}': its spec names tokenizer '{tok}', not found in {ref.folder}")
         shutil.copy2(ref.file(tok), version / tok)
+
+
+def python_entry(out: Path, name: str, ref: ModelRef, spec: ModelSpec, choice: pick.Choice, o: Options) -> dict:
+    folder = out / name
+    version = folder / "1"
+    _version_folder(version, ref, spec, choice, MODEL_PY)
     write_config(folder, configs.python_config(name, spec, choice.artifact, choice.mode, o.batching, o.threads,
                                                warm=o.warmup))
     if o.warmup:
@@ -106,6 +119,21 @@ def python_entry(out: Path, name: str, ref: ModelRef, spec: ModelSpec, choice: p
     return {"entry": name, "triton": "python", **choice.to_dict(), "sha256": sha256_file(version / choice.artifact),
             "inputs": [i.name for i in inputs], "outputs": [x.name for x in outputs], "kind": _kind(spec),
             "labels": list(spec.labels), "max_batch_size": configs.max_batch_size(spec)}
+
+
+def generation_entry(out: Path, name: str, ref: ModelRef, spec: ModelSpec, choice: pick.Choice, o: Options) -> dict:
+    """A decoder's streaming entry: ``triton_generate.py`` as model.py, ``triton_model.py`` beside it (the shared
+    helpers), ``runtime/``, the decoder graph, spec and tokenizer (see the module docstring)."""
+    version = out / name / "1"
+    _version_folder(version, ref, spec, choice, GENERATE_PY)
+    shutil.copy2(MODEL_PY, version / MODEL_PY.name)
+    level = choice.mode if choice.mode in OPT_LEVELS else ""
+    write_config(out / name, configs.generation_config(name, spec, choice.artifact, level, o.batching, o.threads,
+                                                       warm=o.warmup))
+    return {"entry": name, "triton": "python", "decoupled": True, "task": TEXT_GENERATION, **choice.to_dict(),
+            "sha256": sha256_file(version / choice.artifact), "inputs": [configs.PROMPT_INPUT, configs.MAX_NEW_INPUT],
+            "outputs": [configs.TOKEN_OUTPUT, configs.PIECE_OUTPUT], "kind": TEXT_GENERATION,
+            "max_batch_size": configs.generation_batch(spec)}
 
 
 def _kind(spec: ModelSpec) -> str:
@@ -156,7 +184,15 @@ def build_model(out: Path, ref: ModelRef, rows: list[dict], bench: list[dict], o
     spec = model_spec(ref)
     name = artifact_name(ref.name)
     rec: dict[str, Any] = {"model": ref.name, "name": name, "spec": spec.to_dict()}
-    rec["python"] = python_entry(out, name, ref, spec, pick.cpu_choice(ref, rows, bench, only=o.python_artifact), o)
+    choice = pick.cpu_choice(ref, rows, bench, only=o.python_artifact)
+    if spec.task == TEXT_GENERATION:
+        rec["python"] = generation_entry(out, name, ref, spec, choice, o)
+        why = ("a decoder: its KV-cache graph needs the generation loop around it (the streaming entry has it); a "
+               "TensorRT decoder runner is not written yet")
+        rec["onnx"] = {"entry": f"{name}_onnx", "skipped": why}
+        rec["trt"] = {"entry": f"{name}_trt", "skipped": why}
+        return rec
+    rec["python"] = python_entry(out, name, ref, spec, choice, o)
     try:
         onnx = pick.gpu_onnx_choice(ref, rows, o.gpu_precision)
     except RepositoryError as e:  # the Python entry still serves; say why there is no _onnx entry

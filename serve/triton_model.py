@@ -42,7 +42,7 @@ def check_numpy_bridge() -> None:
             "(use numpy<2 in its environment)")
 
 
-def _error(message: str, invalid_input: bool):
+def triton_error(message: str, invalid_input: bool):
     """A TritonError; INVALID_ARG (HTTP 400, gRPC INVALID_ARGUMENT) when the request is at fault, where the stub
     knows error codes (Triton 23.x and later), else the default (HTTP 500)."""
     code = getattr(pb_utils.TritonError, "INVALID_ARG", None) if invalid_input else None
@@ -105,7 +105,7 @@ class TritonPythonModel:
             try:
                 items = self._decode(req)
             except (RuntimeErrorBase, ValueError, UnicodeDecodeError) as e:  # the request is at fault: HTTP 400
-                responses[i] = pb_utils.InferenceResponse(error=_error(f"edgeattn: {e}", invalid_input=True))
+                responses[i] = pb_utils.InferenceResponse(error=triton_error(f"edgeattn: {e}", invalid_input=True))
                 continue
             decoded += items
             owners += [i] * len(items)
@@ -113,7 +113,7 @@ class TritonPythonModel:
             try:
                 logits = self._logits(decoded)
             except RuntimeErrorBase as e:
-                err = _error(f"edgeattn: {e}", invalid_input=isinstance(e, InputError))
+                err = triton_error(f"edgeattn: {e}", invalid_input=isinstance(e, InputError))
                 return [r or pb_utils.InferenceResponse(error=err) for r in responses]
             labels = self._labels(logits)
             owners_a = np.asarray(owners)
