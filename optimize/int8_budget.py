@@ -48,6 +48,12 @@ class QuantOptions:
     # images, 0.9855 on verify's 32)
     parity_margin: float = 0.5
     quantize_attention: bool = False  # Q/DQ on attention BMMs (MatMul of two activations) too
+    # outlier-aware PTQ of MatMul/Gemm-only graphs (optimize.ptq): "auto" | "off" (one method, sweep ranking)
+    ptq: str = "auto"
+    smoothing: str = "auto"  # per-group SmoothQuant alpha chosen by layer error (optimize.smoothquant) | "off"
+    calib_choice: tuple[str, ...] = ("MinMax", "Percentile", "Entropy")  # per-tensor candidates (with ``method``)
+    ptq_samples: int = 64  # calibration samples of the one capture pass (alpha, method choice, ranking)
+    ptq_rows: int = 1024  # activation rows kept per tensor from that pass
     sweep: str = "auto"  # auto: only when the fully quantised model misses the budget | always | never
     sweep_samples: int = 1000  # validation rows used to rank nodes
     eval_samples: int | None = None  # validation rows for the budget (None: the whole split)

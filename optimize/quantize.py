@@ -42,6 +42,7 @@ from optimize.fp16 import Fp16Options, build_fp16, ort_logits
 from optimize.int8_budget import QuantOptions, brief_figures, miss_reason, budget_search
 from judge.budget import Budget, check_resolution, delta_statement
 from optimize.int8_build import QuantizeError, calibrate_ranges, quantize_static_cached
+from optimize.ptq import outlier_aware
 from optimize.qdq_graph import ensure_node_names, quantizable_nodes
 from optimize.qdq_rules import check_qdq_rules, qdq_counts
 from runtime.cpu import cpu_info, int8_isa
@@ -56,8 +57,9 @@ from zoo.spec import load_spec
 from zoo.tasks import task_of_dir
 
 log = logging.getLogger("edgeattn.optimize.quantize")
-CODE_VERSION = "int8/5"  # 3: module scopes carried into fp16/int8 graphs; 4: fp16 records its safe ORT level;
-# 5: candidates judged by verify's verdict (judge.budget: cosine too), fp16 on the whole evaluation set
+CODE_VERSION = "int8/6"  # 3: module scopes carried into fp16/int8 graphs; 4: fp16 records its safe ORT level;
+# 5: candidates judged by verify's verdict (judge.budget: cosine too), fp16 on the whole evaluation set; 6: outlier-
+# aware PTQ of MatMul graphs (optimize.ptq: smoothing, calibration method per tensor, one-pass ranking)
 
 
 # ---- one model ---------------------------------------------------------------------------------------
@@ -195,12 +197,18 @@ def build_int8(model_dir: Path, src: Path, calib: CalibrationData, es: EvalSet, 
         del model
         if not nodes:
             raise QuantizeError(f"{src}: no Conv/Gemm/MatMul node with a constant weight to quantise")
-        cache = RangeCache(model_dir / f"calib.{opts.method.lower()}.json")
-        ranges, cinfo = calibrate_ranges(qsrc, calib, opts.method, cache, progress=progress)
+        plan = outlier_aware(qsrc, nodes, calib, opts, model_dir, work, progress)  # None: not all MatMul/Gemm
         es_sweep = es.subset(opts.sweep_samples, opts.seed + 1)
-        ref_sweep = ref if es_sweep is es else ort_logits(src, es_sweep, "all", opts.threads)
+        if plan is None:
+            cache = RangeCache(model_dir / f"calib.{opts.method.lower()}.json")
+            ranges, cinfo = calibrate_ranges(qsrc, calib, opts.method, cache, progress=progress)
+            ref_sweep = ref if es_sweep is es else ort_logits(src, es_sweep, "all", opts.threads)
+            rank = None
+        else:  # the smoothed graph (float-equivalent to src), ranges chosen per tensor, nodes ranked in one pass
+            qsrc, ranges, cinfo, ref_sweep = plan.src, plan.ranges, plan.calibration, None
+            rank = lambda: plan.rows  # noqa: E731
         search = budget_search(qsrc, ranges, opts.method, nodes, es, ref, es_sweep, ref_sweep, opts, work, progress,
-                               budget=budget)
+                               budget=budget, rank=rank)
         cand = work / "candidate.onnx"
         scopes = quantize_static_cached(qsrc, cand, ranges, opts.method, search["quantized"], "trt",
                                         opts.quantize_attention)  # module scopes carried for the localiser
@@ -247,6 +255,8 @@ def build_int8(model_dir: Path, src: Path, calib: CalibrationData, es: EvalSet, 
                 "latency_ms": wrow.get("latency_ms"),
                 "fp32_latency_ms": cpu["fp32_latency_ms"], "candidates": cpu["candidates"], "bench": cpu["bench"],
                 "excluded_nodes": excluded},
+        "ptq": plan.record if plan is not None else {"applied": False, "why": "quantised nodes other than "
+                                                     "MatMul/Gemm with 2-D weights, or ptq off: one method, sweep"},
         "options": opts.key(), "seconds": round(time.perf_counter() - t0, 1),
     }
     if violations:
