@@ -7,15 +7,18 @@ Per model folder (``<artifacts>/<folder>/``, source ``fp32.sim.onnx``) it writes
 - ``int8.qdq.onnx`` for TensorRT: explicit Q/DQ, symmetric int8 (zero points 0), weights per-channel on
   the output-channel axis, bias float, activations per-tensor, Q/DQ on the inputs of Conv/Gemm/MatMul
   projections and FFNs only (attention BMMs, Softmax and LayerNorm stay float by default). Calibrated on
-  the TRAINING split (calibration/); a per-node sensitivity sweep on the VALIDATION split keeps the most
-  sensitive nodes float until the model is within ``--max-drop`` accuracy points of fp32 and top-1
-  agreement >= ``--min-agreement``. Checked by optimize.qdq_rules.
+  the TRAINING split (calibration/). Graphs whose quantised nodes are all MatMul/Gemm (transformers) go through
+  optimize.ptq first: SmoothQuant-style smoothing with alpha chosen per input group, the calibration method chosen
+  per tensor, and the nodes ranked in one pass over cached activations; other graphs (Conv) are ranked by a
+  per-node sweep on the VALIDATION split. A bisection over the ranking keeps the fewest of the most sensitive nodes
+  float that bring the float simulation within the budget (``--max-drop`` points, ``--min-agreement``, cosine; the
+  judge's verdict on the VALIDATION split). Checked by optimize.qdq_rules.
 - ``int8.cpu.onnx`` for ONNX Runtime CPU: the fastest candidate that is within the same budget, measured
   here (dynamic int8 MatMul, static QDQ u8s8, static QOperator, the TensorRT Q/DQ graph itself).
 - ``calib.<method>.json``: the range cache (reused while data, model and method are unchanged).
 
-Manifest section ``int8`` records calibration, budget, sensitivity, the nodes kept float and what each
-cost, every candidate's accuracy and latency, and which CPU method won. Up-to-date artifacts are skipped.
+Manifest section ``int8`` records calibration, the ``ptq`` choices (alpha and LayerNorm fold or Mul per group, the
+calibration method per tensor), budget, sensitivity, the nodes kept float and what each cost, every candidate's accuracy and latency, and which CPU method won. Up-to-date artifacts are skipped.
 Models without a dataset (e.g. torchvision:vit_b_16) are calibrated on seeded natural-ish images and
 judged by parity only (logit cosine vs fp32).
 """
@@ -307,11 +310,19 @@ def print_tables(name: str, res: dict[str, Any]) -> None:
           + (f"nn@{v['neighbour_k']} {_f(v.get('neighbour_overlap'), 4)}  " if v.get("neighbour_k") else "")
           + f"rules {'ok' if q['rules_ok'] else q['rule_violations']}  passed {q['passed']}  (float-simulated Q/DQ: "
           f"the TensorRT reference)" + (f"\n  MISSED: {q['miss']}; {q['fallback']}" if q.get("miss") else ""))
+    ptq = i8.get("ptq") or {}
+    if ptq.get("smoothing"):
+        sm, ch = ptq["smoothing"], ptq["calibration_choice"]
+        alphas = sorted({g["alpha"] for g in sm["groups"] if g["alpha"] is not None})
+        print(f"  ptq: smoothed {sm['smoothed_groups']}/{len(sm['groups'])} input groups (alpha {alphas}; "
+              f"{sm['layernorm_folds']} LayerNorm folds, {sm['muls_inserted']} Muls), calibration per tensor "
+              f"{ch['chosen_counts']}, nodes ranked in one pass")
     if q["excluded_nodes"]:
-        print(f"  {'kept float':<40}{'op':<8}{'alone delta':>11}{'alone mse':>11}{'recovered':>11}")
+        print(f"  {'kept float':<40}{'op':<8}{'alone delta':>11}{'alone err':>11}{'recovered':>11}")
         for e in q["excluded_nodes"]:
             print(f"  {e['node']:<40}{e['op_type']:<8}{_f(e['alone_accuracy_delta'], 2):>11}"
-                  f"{e['alone_logit_rel_mse']:>11.2e}{_f(e['recovered_points'], 2):>11}")
+                  f"{_e(e.get('alone_logit_rel_mse', e.get('alone_output_rel_mse'))):>11}"
+                  f"{_f(e['recovered_points'], 2):>11}")
     print(f"  {'cpu candidate':<18}{'ran':>5}{'int8 w':>8}{'delta pts':>10}{'agree':>8}{'cosine':>10}{'ms':>10}"
           f"{'x fp32':>8}  passed")
     print(f"  {'fp32':<18}{'':>5}{'':>8}{'':>10}{'':>8}{'':>10}{_f(cpu['fp32_latency_ms'], 3):>10}{'1.00':>8}")
@@ -328,6 +339,11 @@ def print_tables(name: str, res: dict[str, Any]) -> None:
 
 def _f(v: Any, nd: int) -> str:
     return "-" if v is None else f"{v:.{nd}f}"
+
+
+def _e(v: Any) -> str:
+    """A sensitivity score (a logit error from the sweep, an output error from the one-pass ranking)."""
+    return "-" if v is None else f"{v:.2e}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

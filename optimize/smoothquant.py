@@ -32,7 +32,7 @@ from optimize.qdq_graph import NodeInfo
 
 log = logging.getLogger("edgeattn.optimize.smoothquant")
 
-ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+ALPHAS = (0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0)
 S_BOUNDS = (1e-4, 1e4)  # s clipped so no channel is scaled to zero or overflow
 
 
