@@ -122,13 +122,14 @@ def test_smoothing_cuts_the_int8_error_of_outlier_channels(tmp_path):
 
 
 def test_calibration_method_chosen_per_tensor_and_one_pass_ranking_drives_the_search(tmp_path):
-    """With an outlier that calibration data shows rarely, Percentile clips it and wins on some tensors; the ranking
-    holds every weight node once, most harmful first, and the budget search uses it (no per-node evaluation)."""
+    """Each quantised input takes the range (of MinMax, Percentile) with the least error at its consumers' outputs, so
+    tensors can leave the default method; the ranking holds every weight node once, most harmful first, and the
+    budget search uses it (no per-node evaluation)."""
     src = _block(tmp_path / "block.onnx", outlier=1.0)
     model = onnx.load(str(src))
     nodes = quantizable_nodes(model)
     x = _data(512, 3)
-    x[::97] *= 30.0  # rare outlier rows: MinMax follows them, Percentile clips them
+    x[::97] *= 30.0  # rare large rows
     cal = CalibrationData.from_arrays({"x": x}, batch_size=128)
     opts = QuantOptions(threads=1, smoothing="off", calib_choice=("MinMax", "Percentile"), method="Percentile",
                         ptq_samples=512, ptq_rows=512)
@@ -138,7 +139,7 @@ def test_calibration_method_chosen_per_tensor_and_one_pass_ranking_drives_the_se
     for t, c in ch["tensors"].items():  # each choice is the least error of those measured
         assert c["error_" + c["method"]] == min(v for k, v in c.items() if k.startswith("error_"))
         assert plan.ranges[t].amax == pytest.approx(c["amax"], rel=1e-5)
-    assert sum(ch["chosen_counts"].values()) == 4
+    assert sum(ch["chosen_counts"].values()) == 4 and ch["chosen_counts"]["MinMax"] >= 1  # not only the default
     errs = [r["output_rel_mse"] for r in plan.rows]
     assert sorted(r["node"] for r in plan.rows) == sorted(n.name for n in nodes) and errs == sorted(errs, reverse=True)
 
