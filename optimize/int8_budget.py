@@ -1,7 +1,8 @@
 """The accuracy budget of the TensorRT Q/DQ graph: the stage's options (QuantOptions), the per-node sensitivity sweep
 and the search that keeps the fewest of the most sensitive nodes float that bring the float simulation of the graph
 within the budget: a bisection over the ranked nodes (:func:`bisect_cut`, at most 2 + ceil(log2 n) full evaluations
-for n nodes; a decoder ranks its nodes in one pass over cached activations, optimize.layer_error).
+for n nodes; MatMul graphs (optimize.ptq) and decoders rank their nodes in one pass over cached activations,
+optimize.layer_error; graphs with Convs by one evaluation per node, :func:`sensitivity_sweep`).
 
 The budget and the verdict are the judge's (judge.budget): ``QuantOptions.budget`` builds it from the spec's int8
 tolerance with the user's explicit overrides (``--max-drop``, ``--min-agreement``, ``--min-cosine``; None: the spec's),

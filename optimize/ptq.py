@@ -4,8 +4,9 @@ steps below need (optimize.smoothquant.capture_rows: per-channel activation maxi
 
 1. Smoothing (optimize.smoothquant): per group of MatMuls sharing an input, alpha chosen from ALPHAS or none by the
    error the group adds at its outputs; 1/s folded into a LayerNorm where exact, else one Mul inserted.
-2. Calibration method per tensor: the smoothed graph is calibrated with each of ``QuantOptions.calib_choice``
-   (ONNX Runtime's MinMax / Percentile / Entropy, each cached in ``calib.<method>.json``); each quantised MatMul input
+2. Calibration method per tensor: the smoothed graph is calibrated with ``QuantOptions.method`` and each of
+   ``QuantOptions.calib_choice`` (ONNX Runtime's MinMax / Percentile / Entropy; default Percentile and MinMax, each
+   cached in ``calib.<method>.json``); each quantised MatMul input
    takes the range whose per-tensor int8 gives the least summed error at its consumers' outputs. Other tensors keep
    ``QuantOptions.method``'s range.
 3. Ranking: the error each node alone adds at its output with its chosen range (optimize.layer_error's score), most
