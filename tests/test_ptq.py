@@ -174,3 +174,31 @@ def test_models_with_convs_keep_the_plain_path(tmp_path):
     assert outlier_aware(p, quantizable_nodes(onnx.load(str(p))), cal, QuantOptions(threads=1), tmp_path,
                          tmp_path) is None
     assert outlier_aware(p, [], cal, QuantOptions(threads=1, ptq="off"), tmp_path, tmp_path) is None
+
+
+def test_build_int8_writes_the_smoothed_graph_and_records_the_choices(tmp_path):
+    """optimize.quantize.build_int8 on the outlier block: the written int8.qdq.onnx holds the smoothing Muls under
+    the TensorRT Q/DQ rules, is float-equivalent where unquantised, and the section records alpha, fold or Mul, the
+    calibration method per tensor, and the one-pass ranking."""
+    from optimize.quantize import build_int8
+
+    md = tmp_path / "block"
+    md.mkdir()
+    src = _block(md / "fp32.sim.onnx")
+    cal = CalibrationData.from_arrays({"x": _data(256, 11)}, batch_size=64)
+    es = EvalSet({"x": _data(400, 12)})
+    ref = ort_logits(src, es)
+    es.y = ref.argmax(1)
+    opts = QuantOptions(threads=1, max_drop=2.0, min_agreement=0.97, sweep="always", cpu_candidates=("qdq_s8s8",),
+                        min_speedup=0.0, bench_runs=2, ptq_samples=256, ptq_rows=256)
+    sec = build_int8(md, src, cal, es, ref, opts, progress=False, isa="avx2")
+    ptq = sec["ptq"]
+    assert ptq["smoothing"]["smoothed_groups"] >= 1
+    assert ptq["smoothing"]["muls_inserted"] + ptq["smoothing"]["layernorm_folds"] == ptq["smoothing"]["smoothed_groups"]
+    assert set(ptq["calibration_choice"]["methods"]) == {"Percentile", "MinMax"}
+    assert {g["tensor"] for g in ptq["smoothing"]["groups"]} == {"ln0", "ln1", "r", "res"}
+    assert sec["qdq"]["rules_ok"] and check_qdq_rules(md / "int8.qdq.onnx") == []
+    assert all(r["output_rel_mse"] is not None for r in sec["qdq"]["sensitivity"])  # ranked in one pass
+    ops = [n.op_type for n in onnx.load(str(md / "int8.qdq.onnx")).graph.node]
+    assert ops.count("Mul") == ptq["smoothing"]["muls_inserted"]
+    assert sec["qdq"]["passed"] and sec["qdq"]["val"]["top1_agreement"] >= 0.97
