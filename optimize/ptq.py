@@ -6,9 +6,9 @@ steps below need (optimize.smoothquant.capture_rows: per-channel activation maxi
    error the group adds at its outputs; 1/s folded into a LayerNorm where exact, else one Mul inserted.
 2. Calibration method per tensor: the smoothed graph is calibrated with ``QuantOptions.method`` and each of
    ``QuantOptions.calib_choice`` (ONNX Runtime's MinMax / Percentile / Entropy; default Percentile and MinMax, each
-   cached in ``calib.<method>.json``); each quantised MatMul input
-   takes the range whose per-tensor int8 gives the least summed error at its consumers' outputs. Other tensors keep
-   ``QuantOptions.method``'s range.
+   cached in ``calib.smoothed.<method>.json``, or ``calib.<method>.json`` when nothing was smoothed); each quantised
+   MatMul input takes the range whose per-tensor int8 gives the least summed error at its consumers' outputs. Other
+   tensors keep ``QuantOptions.method``'s range. (The CPU forms of optimize.quantize stay on the unsmoothed graph.)
 3. Ranking: the error each node alone adds at its output with its chosen range (optimize.layer_error's score), most
    harmful first: the ``rank`` of optimize.int8_budget.budget_search (bisection over it), instead of one full
    evaluation per node.
@@ -79,8 +79,8 @@ def outlier_aware(src: Path, nodes: Sequence[NodeInfo], calib: CalibrationData, 
     methods = list(dict.fromkeys([opts.method, *opts.calib_choice]))
     by_method, cinfo = {}, {}
     for m in methods:
-        by_method[m], cinfo[m] = calibrate_ranges(ssrc, calib, m, RangeCache(model_dir / f"calib.{m.lower()}.json"),
-                                                  progress=progress)
+        cache = RangeCache(model_dir / f"calib.{'smoothed.' if smoothed else ''}{m.lower()}.json")
+        by_method[m], cinfo[m] = calibrate_ranges(ssrc, calib, m, cache, progress=progress)
     t_cal = time.perf_counter() - t0 - t_capture - t_smooth
     ranges = dict(by_method[opts.method])
     chosen, ranking = {}, []

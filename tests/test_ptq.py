@@ -202,3 +202,6 @@ def test_build_int8_writes_the_smoothed_graph_and_records_the_choices(tmp_path):
     ops = [n.op_type for n in onnx.load(str(md / "int8.qdq.onnx")).graph.node]
     assert ops.count("Mul") == ptq["smoothing"]["muls_inserted"]
     assert sec["qdq"]["passed"] and sec["qdq"]["val"]["top1_agreement"] >= 0.97
+    # the smoothed graph's ranges and the unsmoothed graph's (the CPU forms') are cached apart
+    assert (md / "calib.smoothed.percentile.json").is_file() and (md / "calib.smoothed.minmax.json").is_file()
+    assert (md / "calib.percentile.json").is_file()
