@@ -1,7 +1,8 @@
 """The accuracy budget of the TensorRT Q/DQ graph: the stage's options (QuantOptions), the per-node sensitivity sweep
 and the search that keeps the fewest of the most sensitive nodes float that bring the float simulation of the graph
 within the budget: a bisection over the ranked nodes (:func:`bisect_cut`, at most 2 + ceil(log2 n) full evaluations
-for n nodes; a decoder ranks its nodes in one pass over cached activations, optimize.layer_error).
+for n nodes; MatMul graphs (optimize.ptq) and decoders rank their nodes in one pass over cached activations,
+optimize.layer_error; graphs with Convs by one evaluation per node, :func:`sensitivity_sweep`).
 
 The budget and the verdict are the judge's (judge.budget): ``QuantOptions.budget`` builds it from the spec's int8
 tolerance with the user's explicit overrides (``--max-drop``, ``--min-agreement``, ``--min-cosine``; None: the spec's),
@@ -50,6 +51,15 @@ class QuantOptions:
     quantize_attention: bool = False  # Q/DQ on attention BMMs (MatMul of two activations) too
     # int8.qdq.onnx with its unquantised layers in FP16 (optimize.qdq_fp16), when that graph is within the budget too
     fp16_mix: bool = True
+    # outlier-aware PTQ of MatMul/Gemm-only graphs (optimize.ptq): "auto" | "off" (one method, sweep ranking)
+    ptq: str = "auto"
+    smoothing: str = "auto"  # per-group SmoothQuant alpha chosen by layer error (optimize.smoothquant) | "off"
+    # per-tensor calibration candidates besides ``method`` (optimize.ptq). Entropy is not among the defaults: ONNX
+    # Runtime's entropy calibrator (2048 bins) took more than 15 minutes on MiniLM's 256 calibration sentences on
+    # loaded shared cores, where MinMax took 2 and Percentile 8
+    calib_choice: tuple[str, ...] = ("MinMax",)
+    ptq_samples: int = 64  # calibration samples of the one capture pass (alpha, method choice, ranking)
+    ptq_rows: int = 1024  # activation rows kept per tensor from that pass
     sweep: str = "auto"  # auto: only when the fully quantised model misses the budget | always | never
     sweep_samples: int = 1000  # validation rows used to rank nodes
     eval_samples: int | None = None  # validation rows for the budget (None: the whole split)

@@ -7,15 +7,18 @@ Per model folder (``<artifacts>/<folder>/``, source ``fp32.sim.onnx``) it writes
 - ``int8.qdq.onnx`` for TensorRT: explicit Q/DQ, symmetric int8 (zero points 0), weights per-channel on
   the output-channel axis, bias float, activations per-tensor, Q/DQ on the inputs of Conv/Gemm/MatMul
   projections and FFNs only (attention BMMs, Softmax and LayerNorm stay float by default). Calibrated on
-  the TRAINING split (calibration/); a per-node sensitivity sweep on the VALIDATION split keeps the most
-  sensitive nodes float until the model is within ``--max-drop`` accuracy points of fp32 and top-1
-  agreement >= ``--min-agreement``. Checked by optimize.qdq_rules.
+  the TRAINING split (calibration/). Graphs whose quantised nodes are all MatMul/Gemm (transformers) go through
+  optimize.ptq first: SmoothQuant-style smoothing with alpha chosen per input group, the calibration method chosen
+  per tensor, and the nodes ranked in one pass over cached activations; other graphs (Conv) are ranked by a
+  per-node sweep on the VALIDATION split. A bisection over the ranking keeps the fewest of the most sensitive nodes
+  float that bring the float simulation within the budget (``--max-drop`` points, ``--min-agreement``, cosine; the
+  judge's verdict on the VALIDATION split). Checked by optimize.qdq_rules.
 - ``int8.cpu.onnx`` for ONNX Runtime CPU: the fastest candidate that is within the same budget, measured
   here (dynamic int8 MatMul, static QDQ u8s8, static QOperator, the TensorRT Q/DQ graph itself).
 - ``calib.<method>.json``: the range cache (reused while data, model and method are unchanged).
 
-Manifest section ``int8`` records calibration, budget, sensitivity, the nodes kept float and what each
-cost, every candidate's accuracy and latency, and which CPU method won. Up-to-date artifacts are skipped.
+Manifest section ``int8`` records calibration, the ``ptq`` choices (alpha and LayerNorm fold or Mul per group, the
+calibration method per tensor), budget, sensitivity, the nodes kept float and what each cost, every candidate's accuracy and latency, and which CPU method won. Up-to-date artifacts are skipped.
 Models without a dataset (e.g. torchvision:vit_b_16) are calibrated on seeded natural-ish images and
 judged by parity only (logit cosine vs fp32).
 """
@@ -42,6 +45,7 @@ from optimize.int8_budget import QuantOptions, brief_figures, miss_reason, budge
 from judge.budget import Budget, check_resolution, delta_statement
 from optimize.int8_build import QuantizeError, calibrate_ranges, quantize_static_cached
 from optimize.qdq_fp16 import mix_fp16
+from optimize.ptq import outlier_aware
 from optimize.qdq_graph import ensure_node_names, quantizable_nodes
 from optimize.qdq_rules import check_qdq_rules, qdq_counts
 from runtime.cpu import cpu_info, int8_isa
@@ -58,8 +62,9 @@ from zoo.spec import load_spec
 from zoo.tasks import task_of_dir
 
 log = logging.getLogger("edgeattn.optimize.quantize")
-CODE_VERSION = "int8/5"  # 3: module scopes carried into fp16/int8 graphs; 4: fp16 records its safe ORT level;
-# 5: candidates judged by verify's verdict (judge.budget: cosine too), fp16 on the whole evaluation set
+CODE_VERSION = "int8/6"  # 3: module scopes carried into fp16/int8 graphs; 4: fp16 records its safe ORT level;
+# 5: candidates judged by verify's verdict (judge.budget: cosine too), fp16 on the whole evaluation set; 6: outlier-
+# aware PTQ of MatMul graphs (optimize.ptq: smoothing, calibration method per tensor, one-pass ranking)
 
 
 # ---- one model ---------------------------------------------------------------------------------------
@@ -198,19 +203,30 @@ def build_int8(model_dir: Path, src: Path, calib: CalibrationData, es: EvalSet, 
         del model
         if not nodes:
             raise QuantizeError(f"{src}: no Conv/Gemm/MatMul node with a constant weight to quantise")
-        cache = RangeCache(model_dir / f"calib.{opts.method.lower()}.json")
-        ranges, cinfo = calibrate_ranges(qsrc, calib, opts.method, cache, progress=progress)
+        plan = outlier_aware(qsrc, nodes, calib, opts, model_dir, work, progress)  # None: not all MatMul/Gemm
         es_sweep = es.subset(opts.sweep_samples, opts.seed + 1)
-        ref_sweep = ref if es_sweep is es else ort_logits(src, es_sweep, "all", opts.threads)
+        cpu_src = qsrc
+        if plan is None or plan.src != qsrc:  # the CPU forms' graph and ranges: unsmoothed, one method
+            cache = RangeCache(model_dir / f"calib.{opts.method.lower()}.json")
+            ranges, cinfo = calibrate_ranges(qsrc, calib, opts.method, cache, progress=progress)
+        cpu_ranges = ranges if plan is None or plan.src != qsrc else plan.ranges
+        if plan is None:
+            ref_sweep = ref if es_sweep is es else ort_logits(src, es_sweep, "all", opts.threads)
+            rank = None
+        else:  # the smoothed graph (float-equivalent to src), ranges chosen per tensor, nodes ranked in one pass
+            qsrc, ranges, cinfo, ref_sweep = plan.src, plan.ranges, plan.calibration, None
+            rank = lambda: plan.rows  # noqa: E731
         search = budget_search(qsrc, ranges, opts.method, nodes, es, ref, es_sweep, ref_sweep, opts, work, progress,
-                               budget=budget)
+                               budget=budget, rank=rank)
         cand = work / "candidate.onnx"
         scopes = quantize_static_cached(qsrc, cand, ranges, opts.method, search["quantized"], "trt",
                                         opts.quantize_attention)  # module scopes carried for the localiser
         violations = check_qdq_rules(cand)
         qdq_dst = model_dir / "int8.qdq.onnx"
         excluded = [e["node"] for e in search["excluded"]]
-        cands = build_cpu_candidates(qsrc, ranges, opts.method, search["quantized"], excluded, cand, work, opts)
+        # the CPU forms stay unsmoothed: smoothing moves outliers into the weights, which ORT's dynamic form quantises
+        # per tensor (MiniLM classifier, dynamic on the smoothed graph: agreement 0.77, -10 points)
+        cands = build_cpu_candidates(cpu_src, cpu_ranges, opts.method, search["quantized"], excluded, cand, work, opts)
         feed = next(es.subset(opts.bench_batch, opts.seed).batches(opts.bench_batch))
         cpu = choose_cpu(src, cands, es, ref, feed, opts, budget)
         cpu_dst = model_dir / "int8.cpu.onnx"
@@ -252,6 +268,8 @@ def build_int8(model_dir: Path, src: Path, calib: CalibrationData, es: EvalSet, 
                 "latency_ms": wrow.get("latency_ms"),
                 "fp32_latency_ms": cpu["fp32_latency_ms"], "candidates": cpu["candidates"], "bench": cpu["bench"],
                 "excluded_nodes": excluded},
+        "ptq": plan.record if plan is not None else {"applied": False, "why": "quantised nodes other than "
+                                                     "MatMul/Gemm with 2-D weights, or ptq off: one method, sweep"},
         "options": opts.key(), "seconds": round(time.perf_counter() - t0, 1),
     }
     if violations:
@@ -302,11 +320,19 @@ def print_tables(name: str, res: dict[str, Any]) -> None:
           + (f"nn@{v['neighbour_k']} {_f(v.get('neighbour_overlap'), 4)}  " if v.get("neighbour_k") else "")
           + f"rules {'ok' if q['rules_ok'] else q['rule_violations']}  passed {q['passed']}  (float-simulated Q/DQ: "
           f"the TensorRT reference)" + (f"\n  MISSED: {q['miss']}; {q['fallback']}" if q.get("miss") else ""))
+    ptq = i8.get("ptq") or {}
+    if ptq.get("smoothing"):
+        sm, ch = ptq["smoothing"], ptq["calibration_choice"]
+        alphas = sorted({g["alpha"] for g in sm["groups"] if g["alpha"] is not None})
+        print(f"  ptq: smoothed {sm['smoothed_groups']}/{len(sm['groups'])} input groups (alpha {alphas}; "
+              f"{sm['layernorm_folds']} LayerNorm folds, {sm['muls_inserted']} Muls), calibration per tensor "
+              f"{ch['chosen_counts']}, nodes ranked in one pass")
     if q["excluded_nodes"]:
-        print(f"  {'kept float':<40}{'op':<8}{'alone delta':>11}{'alone mse':>11}{'recovered':>11}")
+        print(f"  {'kept float':<40}{'op':<8}{'alone delta':>11}{'alone err':>11}{'recovered':>11}")
         for e in q["excluded_nodes"]:
             print(f"  {e['node']:<40}{e['op_type']:<8}{_f(e['alone_accuracy_delta'], 2):>11}"
-                  f"{e['alone_logit_rel_mse']:>11.2e}{_f(e['recovered_points'], 2):>11}")
+                  f"{_e(e.get('alone_logit_rel_mse', e.get('alone_output_rel_mse'))):>11}"
+                  f"{_f(e['recovered_points'], 2):>11}")
     print(f"  {'cpu candidate':<18}{'ran':>5}{'int8 w':>8}{'delta pts':>10}{'agree':>8}{'cosine':>10}{'ms':>10}"
           f"{'x fp32':>8}  passed")
     print(f"  {'fp32':<18}{'':>5}{'':>8}{'':>10}{'':>8}{'':>10}{_f(cpu['fp32_latency_ms'], 3):>10}{'1.00':>8}")
@@ -323,6 +349,11 @@ def print_tables(name: str, res: dict[str, Any]) -> None:
 
 def _f(v: Any, nd: int) -> str:
     return "-" if v is None else f"{v:.{nd}f}"
+
+
+def _e(v: Any) -> str:
+    """A sensitivity score (a logit error from the sweep, an output error from the one-pass ranking)."""
+    return "-" if v is None else f"{v:.2e}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
