@@ -1,6 +1,6 @@
-"""The load test of a decoder's streaming entry (``edgeattn loadtest`` calls it for entries ``serve.triton_generate``
-serves): N concurrent gRPC streams for a fixed time per level, each client sending one prompt after another and
-reading one response per token.
+"""The load test of a decoder's streaming entry (the text generation task's ``loadtest*`` handlers, which
+``edgeattn loadtest`` calls for the entries ``serve.triton_generate`` serves): N concurrent gRPC streams for a fixed
+time per level, each client sending one prompt after another and reading one response per token.
 
 Per level: generated tokens/s over all clients, requests/s, time to first token and per-token latency (p50/p99),
 the batch sizes Triton formed, errors; every streamed token sequence is compared with the direct runtime's greedy
@@ -194,7 +194,7 @@ def loadtest_generation(repo: Path, rec: dict[str, Any], s, threads: int | None)
               f"{r['requests_per_s']:.2f} req/s, first token p50 {_ms(r['p50_ttft_ms'])} ms, per token p50 "
               f"{_ms(r['p50_token_ms'])} ms, mean batch {_ms(r['mean_batch'])}, errors {r['errors']}, "
               f"{r['identical']}/{r['checked']} token-identical to the direct runtime", flush=True)
-    return {"model": rec["model"], "entry": name, "kind": "text_generation", "artifact": entry["artifact"],
+    return {"model": rec["model"], "entry": name, "kind": rec["spec"].get("task"), "artifact": entry["artifact"],
             "precision": entry["precision"], "ort_opt_level": entry["mode"], "new_tokens": new,
             "inputs": {"n": len(prompts), "source": source}, "direct": direct_rows, "levels": rows}
 
@@ -293,5 +293,16 @@ def plot(models: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_figure(models: list[dict[str, Any]], folder: Path) -> tuple[str, str]:
+    """The ``loadtest_plot`` of a decoder's streaming entry (zoo.tasks.text_generation): ``folder/PLOT``."""
+    plot(models, folder / PLOT)
+    return PLOT, "decoder tokens/s and first-token latency against streams"
+
+
 def level_passed(r: dict[str, Any]) -> bool:
     return r["errors"] == 0 and r["matched"] and r["checked"] > 0
+
+
+def passed(m: dict[str, Any]) -> bool:
+    """The ``loadtest_passed`` of a decoder's entry: every level without errors, every streamed sequence identical."""
+    return all(level_passed(r) for r in m["levels"])

@@ -8,8 +8,10 @@ for reduced precisions). The direct runtime's own throughput (one item per call,
 this process before the server starts, so the two never share the CPU. Writes ``<out>/loadtest.{json,md}`` and
 ``<out>/loadtest.png`` (throughput and p99 against concurrency).
 
-A decoder's streaming entry gets its own test (``serve.genload``: concurrent gRPC streams, tokens/s, time to first
-token, every streamed token sequence against the direct runtime's greedy tokens), in the same report.
+Each served model is load-tested, reported, judged and plotted as its task says (zoo.tasks: ``loadtest``,
+``loadtest_markdown``, ``loadtest_passed``, ``loadtest_plot``; the classifier entry above is the default). A decoder's
+streaming entry gets its own test (``serve.genload``: concurrent gRPC streams, tokens/s, time to first token, every
+streamed token sequence against the direct runtime's greedy tokens), in the same report.
 
 Each level runs ``--duration`` seconds; every request has a timeout and every thread is joined with one, so the
 run is bounded. The server is the bundled one started here on free loopback ports (or ``--url`` on loopback).
@@ -30,11 +32,11 @@ import numpy as np
 from pipeline.args import (existing_folder, existing_path, int_list, models_text, positive_int, positive_seconds,
                            stage_parser)
 from runtime.files import atomic_write_json, atomic_write_text
-from runtime.modelspec import TEXT_GENERATION, ModelSpec, Tolerance
-from serve import genload
+from runtime.modelspec import ModelSpec, Tolerance
 from serve.client import TritonClassifier, batch_sizes
 from serve.errors import ClientError, LoadTestError
 from serve.repository import read_manifest
+from zoo.tasks import task_named
 
 log = logging.getLogger("edgeattn.serve.loadtest")
 
@@ -391,6 +393,45 @@ def plot(models: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+PLOT = "loadtest.png"
+
+
+def plot_figure(models: list[dict[str, Any]], folder: Path) -> tuple[str, str]:
+    """The ``loadtest_plot`` of a classifier entry (zoo.tasks' default): ``folder/loadtest.png``."""
+    plot(models, folder / PLOT)
+    return PLOT, "throughput and p99 against concurrency"
+
+
+def markdown_lines(m: dict[str, Any]) -> list[str]:
+    """One classifier entry's section of loadtest.md."""
+    lines = [f"## {m['entry']} ({m['artifact']}, {m['precision']}, ONNX Runtime {m['ort_opt_level']})", "",
+             f"Inputs: {m['inputs']['n']} items ({m['inputs']['source']}).", "",
+             "| concurrency | requests | req/s | p50 ms | p99 ms | mean batch | batches formed (size: count) | "
+             "errors | matched | top-1 agree | outside per-sample bound | worst cosine |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in m["levels"]:
+        formed = ", ".join(f"{k}: {v}" for k, v in r["batches"].items()) or "-"
+        lines.append(f"| {r['concurrency']} | {r['requests']} | {r['requests_per_s']:.1f} | {_ms(r['p50_ms'])} | "
+                     f"{_ms(r['p99_ms'])} | {_f(r['mean_batch'])} | {formed} | {r['errors']} | "
+                     f"{'yes' if r['matched'] else 'NO: ' + '; '.join(r['reasons'])} | {_f4(r['top1_agreement'])} | "
+                     f"{r['outside_per_sample']}/{r['checked']} | {_f6(r['worst_cosine'])} |")
+    lines += ["", "| direct runtime, this process | items/s | p50 ms per call | p99 ms per call |", "|---|---|---|---|"]
+    for d in m["direct"]:
+        lines.append(f"| batch {d['batch']} per call ({d['calls']} calls) | {d['items_per_s']:.1f} | "
+                     f"{_ms(d['p50_ms'])} | {_ms(d['p99_ms'])} |")
+    best = max(m["levels"], key=lambda r: r["requests_per_s"]) if m["levels"] else None
+    if best:
+        lines += ["", f"Best through Triton: {best['requests_per_s']:.1f} req/s at concurrency "
+                      f"{best['concurrency']} = {best['requests_per_s'] / m['direct'][0]['items_per_s']:.2f}x the "
+                      "direct runtime one item per call"
+                  + (f", {best['requests_per_s'] / m['direct'][-1]['items_per_s']:.2f}x it in batches of "
+                     f"{m['direct'][-1]['batch']}" if len(m["direct"]) > 1 else "") + "."]
+    errs = [e for r in m["levels"] for e in r["first_errors"]]
+    if errs:
+        lines += ["", "First errors:", *[f"- `{e}`" for e in errs[:5]]]
+    return lines + [""]
+
+
 def markdown(doc: dict[str, Any]) -> str:
     env = doc["env"]
     lines = ["# Triton load test", "",
@@ -405,40 +446,23 @@ def markdown(doc: dict[str, Any]) -> str:
              "the response's own logits. Batches are the sizes Triton formed (its statistics endpoint, difference "
              "over the level).", ""]
     for m in doc["models"]:
-        if m.get("kind") == TEXT_GENERATION:
-            lines += genload.markdown_lines(m)
-            continue
-        lines += [f"## {m['entry']} ({m['artifact']}, {m['precision']}, ONNX Runtime {m['ort_opt_level']})", "",
-                  f"Inputs: {m['inputs']['n']} items ({m['inputs']['source']}).", "",
-                  "| concurrency | requests | req/s | p50 ms | p99 ms | mean batch | batches formed (size: count) | "
-                  "errors | matched | top-1 agree | outside per-sample bound | worst cosine |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in m["levels"]:
-            formed = ", ".join(f"{k}: {v}" for k, v in r["batches"].items()) or "-"
-            lines.append(f"| {r['concurrency']} | {r['requests']} | {r['requests_per_s']:.1f} | {_ms(r['p50_ms'])} | "
-                         f"{_ms(r['p99_ms'])} | {_f(r['mean_batch'])} | {formed} | {r['errors']} | "
-                         f"{'yes' if r['matched'] else 'NO: ' + '; '.join(r['reasons'])} | {_f4(r['top1_agreement'])} | "
-                         f"{r['outside_per_sample']}/{r['checked']} | {_f6(r['worst_cosine'])} |")
-        lines += ["", "| direct runtime, this process | items/s | p50 ms per call | p99 ms per call |", "|---|---|---|---|"]
-        for d in m["direct"]:
-            lines.append(f"| batch {d['batch']} per call ({d['calls']} calls) | {d['items_per_s']:.1f} | "
-                         f"{_ms(d['p50_ms'])} | {_ms(d['p99_ms'])} |")
-        best = max(m["levels"], key=lambda r: r["requests_per_s"]) if m["levels"] else None
-        if best:
-            lines += ["", f"Best through Triton: {best['requests_per_s']:.1f} req/s at concurrency "
-                          f"{best['concurrency']} = {best['requests_per_s'] / m['direct'][0]['items_per_s']:.2f}x the "
-                          "direct runtime one item per call"
-                      + (f", {best['requests_per_s'] / m['direct'][-1]['items_per_s']:.2f}x it in batches of "
-                         f"{m['direct'][-1]['batch']}" if len(m["direct"]) > 1 else "") + "."]
-        errs = [e for r in m["levels"] for e in r["first_errors"]]
-        if errs:
-            lines += ["", "First errors:", *[f"- `{e}`" for e in errs[:5]]]
-        lines.append("")
-    if doc["plot"]:
-        lines += [f"![throughput and p99 against concurrency]({doc['plot']})", ""]
-    if any(m.get("kind") == TEXT_GENERATION for m in doc["models"]):
-        lines += [f"![decoder tokens/s and first-token latency against streams]({genload.PLOT})", ""]
+        lines += task_named(m.get("task")).run("loadtest_markdown", m)
+    for p in doc["plots"]:
+        lines += [f"![{p['caption']}]({p['file']})", ""]
     return "\n".join(lines)
+
+
+def plots(results: list[dict[str, Any]], out: Path) -> list[dict[str, str]]:
+    """One figure per ``loadtest_plot`` handler, of the results whose task names it (in the order they first come)."""
+    groups: dict[str, tuple[str, list[dict[str, Any]]]] = {}
+    for m in results:
+        task = task_named(m.get("task"))
+        groups.setdefault(task.handlers["loadtest_plot"], (task.name, []))[1].append(m)
+    drawn = []
+    for task_name, models in groups.values():
+        file, caption = task_named(task_name).run("loadtest_plot", models, out)
+        drawn.append({"file": file, "caption": caption})
+    return drawn
 
 
 def run(repo: Path, models: Sequence[str] | None, s: Settings, out: Path, threads: int | None = None) -> dict[str, Any]:
@@ -455,32 +479,33 @@ def run(repo: Path, models: Sequence[str] | None, s: Settings, out: Path, thread
     if not recs:
         have = [r["python"]["entry"] for r in manifest["models"]]
         raise LoadTestError(f"--models {list(models or [])}: none is in {repo} (it serves {have})")
-    results = [genload.loadtest_generation(repo, rec, s, threads) if rec["python"].get("decoupled")
-               else loadtest_model(repo, rec, s, threads) for rec in recs]
+    results = []
+    for rec in recs:  # each served model as its task load-tests it (zoo.tasks: a classifier's entry, a decoder's)
+        task = task_named(rec["spec"].get("task"))
+        results.append({**task.run("loadtest", repo, rec, s, threads), "task": task.name})
     info = cpu_info()
+    out.mkdir(parents=True, exist_ok=True)
     doc = {"format": "edgeattn-loadtest/1", "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "repository": str(repo),
            "settings": {"concurrency": s.concurrency, "duration_s": s.duration_s, "protocol": s.protocol,
                         "pool": s.pool, "url": s.url or "bundled tritonserver on 127.0.0.1"},
            "env": {"cpu": info.get("model"), "usable_cpus": info.get("usable_cpus") or info.get("logical_cpus"),
                    "int8_isa": info.get("int8_isa")},
-           "models": results,
-           "plot": "loadtest.png" if any(m.get("kind") != TEXT_GENERATION for m in results) else None}
-    out.mkdir(parents=True, exist_ok=True)
-    if doc["plot"]:
-        plot([m for m in results if m.get("kind") != TEXT_GENERATION], out / "loadtest.png")
-    if any(m.get("kind") == TEXT_GENERATION for m in results):
-        genload.plot([m for m in results if m.get("kind") == TEXT_GENERATION], out / genload.PLOT)
+           "models": results, "plots": plots(results, out)}
     atomic_write_json(out / "loadtest.json", doc)
     atomic_write_text(out / "loadtest.md", markdown(doc))
     return doc
 
 
+def model_passed(m: dict[str, Any]) -> bool:
+    """A classifier entry: no errors, the responses of every level matched the direct runtime (within the artifact's
+    tolerance), every label is its logits' argmax, at least one checked response per level."""
+    return all(r["errors"] == 0 and r["matched"] and r["label_mismatches"] == 0 and r["checked"] > 0
+               for r in m["levels"])
+
+
 def passed(doc: dict[str, Any]) -> bool:
-    """No errors, the responses of every level matched the direct runtime (within the artifact's tolerance), every
-    label is its logits' argmax, at least one checked response per level."""
-    return all(genload.level_passed(r) if m.get("kind") == TEXT_GENERATION else
-               r["errors"] == 0 and r["matched"] and r["label_mismatches"] == 0 and r["checked"] > 0
-               for m in doc["models"] for r in m["levels"])
+    """Every served model's load test passed, as its task judges it (``loadtest_passed``)."""
+    return all(task_named(m.get("task")).run("loadtest_passed", m) for m in doc["models"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -510,6 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings(conc, a.duration, a.protocol, a.pool, a.data and str(a.data), a.url, new_tokens=a.new_tokens)
     doc = run(repo, models, settings, out, a.threads)
     ok = passed(doc)
+    files = ["loadtest.md", "loadtest.json", *(p["file"] for p in doc["plots"])]
     print(f"loadtest: {'every response matched the direct runtime' if ok else 'ERRORS or MISMATCHES (see report)'}"
-          f" -> {out / 'loadtest.md'}, {out / 'loadtest.json'}, {out / 'loadtest.png'}")
+          f" -> {', '.join(str(out / f) for f in files)}")
     return 0 if ok else 1

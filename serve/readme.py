@@ -10,6 +10,7 @@ from typing import Any
 from runtime.files import atomic_write_json, atomic_write_text
 from runtime.modelspec import ModelSpec
 from serve import configs
+from zoo.tasks import task_named
 
 CONTAINER = "nvcr.io/nvidia/tritonserver:<yy.mm>-py3"
 
@@ -73,11 +74,33 @@ def _perf(manifest: dict[str, Any]) -> list[str]:
     return out
 
 
+EXAMPLE_TEXT = '"a gripping, beautiful film"'
+
+
+def classifier_query_lines(p: dict[str, Any]) -> list[str]:
+    """The ``triton_query`` of a classifier's Python entry (zoo.tasks' default): the client over HTTP and gRPC, and
+    curl for raw text."""
+    text = p["kind"] == "text"
+    arg = f"--text {EXAMPLE_TEXT}" if text else "--image shoe.png"
+    return ["```bash",
+            f"python -m serve.client --url 127.0.0.1:8000 --model {p['entry']} {arg}",
+            f"python -m serve.client --url 127.0.0.1:8001 --protocol grpc --model {p['entry']} {arg}",
+            "```", "",
+            ("```bash\ncurl -s 127.0.0.1:8000/v2/models/" + p["entry"] + "/infer -d '{\"inputs\": [{\"name\": "
+             "\"TEXT\", \"shape\": [1, 1], \"datatype\": \"BYTES\", \"data\": [\"a gripping, beautiful film\"]}]}'"
+             "\n```\n") if text else ""]
+
+
+def stream_query_lines(p: dict[str, Any]) -> list[str]:
+    """The ``triton_query`` of a decoder's streaming entry (zoo.tasks.text_generation): the client over gRPC (a
+    decoupled entry streams over gRPC only)."""
+    return ["```bash", f"python -m serve.client --url 127.0.0.1:8001 --protocol grpc --model {p['entry']} --prompt "
+            f"{EXAMPLE_TEXT}", "```", "", ""]
+
+
 def readme_text(manifest: dict[str, Any]) -> str:
     first = manifest["models"][0]
-    p = first["python"]
-    example = ('"a gripping, beautiful film"' if p["kind"] in ("text", "text_generation") else "shoe.png")
-    flag = {"text": "--text", "text_generation": "--prompt"}.get(p["kind"], "--image")
+    query = task_named(first["spec"].get("task")).run("triton_query", first["python"])
     skipped = [rec["trt"] for rec in manifest["models"] if "skipped" in rec["trt"] and "skipped" not in rec["onnx"]]
     lines = [
         "# Triton model repository (written by `make triton`)", "",
@@ -119,14 +142,7 @@ def readme_text(manifest: dict[str, Any]) -> str:
         "```", "",
         "Only the Python-backend entries load there (`--model-control-mode explicit`).", "",
         "## Query it", "",
-        "```bash",
-        *([] if flag == "--prompt" else [f"python -m serve.client --url 127.0.0.1:8000 --model {p['entry']} {flag} "
-                                         f"{example}"]),
-        f"python -m serve.client --url 127.0.0.1:8001 --protocol grpc --model {p['entry']} {flag} {example}",
-        "```", "",
-        ("```bash\ncurl -s 127.0.0.1:8000/v2/models/" + p["entry"] + "/infer -d '{\"inputs\": [{\"name\": \"TEXT\", "
-         "\"shape\": [1, 1], \"datatype\": \"BYTES\", \"data\": [\"a gripping, beautiful film\"]}]}'\n```\n")
-        if p["kind"] == "text" else "",
+        *query,
         "## Load it", "",
         "`make loadtest` (N concurrent clients for a fixed time, loopback only, outputs checked against the runtime "
         "in one process). With perf_analyzer (in NVIDIA's `nvcr.io/nvidia/tritonserver:<yy.mm>-py3-sdk` container; "

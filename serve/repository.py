@@ -1,6 +1,7 @@
 """``edgeattn triton``: write a Triton model repository (default ``artifacts/triton/``) from the verified artifacts.
 
-Per model (``<name>`` = its artifact folder name):
+Per model (``<name>`` = its artifact folder name), the entries its task writes (zoo.tasks: ``triton_entries``; the
+default is a classifier's):
 
 - ``<name>/`` (``backend: "python"``): our thin runtime on the best verified artifact for this machine
   (``serve.pick.cpu_choice``), raw text or encoded images in, ``logits`` and ``label`` out; the version folder is
@@ -33,7 +34,7 @@ import numpy as np
 from runtime.child import ROOT
 from runtime.files import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
 from runtime.loader import open_runner
-from runtime.modelspec import SPEC_FILE, TEXT_GENERATION, ModelSpec, read_spec
+from runtime.modelspec import SPEC_FILE, ModelSpec, read_spec
 from runtime.ort_backend import OPT_LEVELS
 from pipeline.args import add_artifacts, add_flavor, add_models, non_negative_int, positive_int, stage_parser
 from pipeline.artifacts import ModelRef, artifact_name, resolve_models
@@ -42,8 +43,9 @@ from serve import configs, pick
 from serve.configs import Batching
 from serve.errors import RepositoryError
 from serve.pbtxt import to_pbtxt
-from zoo.io import onnx_files
 from serve.readme import write_readme
+from zoo.io import onnx_files
+from zoo.tasks import task_named
 
 log = logging.getLogger("edgeattn.serve.repository")
 
@@ -130,9 +132,9 @@ def generation_entry(out: Path, name: str, ref: ModelRef, spec: ModelSpec, choic
     level = choice.mode if choice.mode in OPT_LEVELS else ""
     write_config(out / name, configs.generation_config(name, spec, choice.artifact, level, o.batching, o.threads,
                                                        warm=o.warmup))
-    return {"entry": name, "triton": "python", "decoupled": True, "task": TEXT_GENERATION, **choice.to_dict(),
+    return {"entry": name, "triton": "python", "decoupled": True, "task": spec.task, **choice.to_dict(),
             "sha256": sha256_file(version / choice.artifact), "inputs": [configs.PROMPT_INPUT, configs.MAX_NEW_INPUT],
-            "outputs": [configs.TOKEN_OUTPUT, configs.PIECE_OUTPUT], "kind": TEXT_GENERATION,
+            "outputs": [configs.TOKEN_OUTPUT, configs.PIECE_OUTPUT], "kind": spec.task,
             "max_batch_size": configs.generation_batch(spec)}
 
 
@@ -180,19 +182,30 @@ def trt_entry(out: Path, name: str, ref: ModelRef, spec: ModelSpec, choice: pick
 
 
 def build_model(out: Path, ref: ModelRef, rows: list[dict], bench: list[dict], o: Options) -> dict[str, Any]:
-    """Every entry of one model into ``out``; the model's manifest record."""
+    """Every entry of one model into ``out`` (which entries: its task's ``triton_entries``); the model's manifest
+    record."""
     spec = model_spec(ref)
     name = artifact_name(ref.name)
     rec: dict[str, Any] = {"model": ref.name, "name": name, "spec": spec.to_dict()}
     choice = pick.cpu_choice(ref, rows, bench, only=o.python_artifact)
-    if spec.task == TEXT_GENERATION:
-        rec["python"] = generation_entry(out, name, ref, spec, choice, o)
-        why = ("a decoder: its KV-cache graph needs the generation loop around it (the streaming entry has it); a "
-               "TensorRT decoder runner is not written yet")
-        rec["onnx"] = {"entry": f"{name}_onnx", "skipped": why}
-        rec["trt"] = {"entry": f"{name}_trt", "skipped": why}
-        return rec
-    rec["python"] = python_entry(out, name, ref, spec, choice, o)
+    rec.update(task_named(spec.task).run("triton_entries", out, name, ref, spec, choice, rows, o))
+    return rec
+
+
+def generation_entries(out: Path, name: str, ref: ModelRef, spec: ModelSpec, choice: pick.Choice, rows: list[dict],
+                       o: Options) -> dict[str, Any]:
+    """A decoder's entries (zoo.tasks.text_generation): the streaming Python entry only."""
+    why = ("a decoder: its KV-cache graph needs the generation loop around it (the streaming entry has it); a "
+           "TensorRT decoder runner is not written yet")
+    return {"python": generation_entry(out, name, ref, spec, choice, o),
+            "onnx": {"entry": f"{name}_onnx", "skipped": why}, "trt": {"entry": f"{name}_trt", "skipped": why}}
+
+
+def classifier_entries(out: Path, name: str, ref: ModelRef, spec: ModelSpec, choice: pick.Choice, rows: list[dict],
+                       o: Options) -> dict[str, Any]:
+    """A model judged by its outputs (the tasks' default): the Python entry (raw input in, logits and label out), and
+    the ``_onnx`` / ``_trt`` tensor entries where a graph / an engine was verified."""
+    rec: dict[str, Any] = {"python": python_entry(out, name, ref, spec, choice, o)}
     try:
         onnx = pick.gpu_onnx_choice(ref, rows, o.gpu_precision)
     except RepositoryError as e:  # the Python entry still serves; say why there is no _onnx entry

@@ -175,6 +175,40 @@ def fake_figures(*args):
     return {}
 
 
+def fake_triton_entries(out, name, ref, spec, choice, rows, opts):
+    CALLS.append(("triton_entries", ref.name))
+    (out / name).mkdir()
+    skipped = "the fake task serves no tensor entry"
+    return {"python": {"entry": name, "triton": "python", **choice.to_dict(), "inputs": ["PROMPT"], "kind": "fake"},
+            "onnx": {"entry": f"{name}_onnx", "skipped": skipped}, "trt": {"entry": f"{name}_trt", "skipped": skipped}}
+
+
+def fake_triton_query(entry):
+    CALLS.append(("triton_query", entry["entry"]))
+    return [f"fake query of {entry['entry']}", ""]
+
+
+def fake_loadtest(repo, rec, settings, threads):
+    CALLS.append(("loadtest", rec["model"]))
+    return {"model": rec["model"], "entry": rec["python"]["entry"], "levels": [{"ok": settings.duration_s > 0}]}
+
+
+def fake_loadtest_markdown(result):
+    CALLS.append(("loadtest_markdown", result["model"]))
+    return [f"## {result['entry']} (fake load test)", ""]
+
+
+def fake_loadtest_passed(result):
+    CALLS.append(("loadtest_passed", result["model"]))
+    return all(r["ok"] for r in result["levels"])
+
+
+def fake_loadtest_plot(results, folder):
+    CALLS.append(("loadtest_plot", ",".join(m["model"] for m in results)))
+    (folder / "fake.png").write_bytes(b"not a png")
+    return "fake.png", f"fake figure of {len(results)} model(s)"
+
+
 @pytest.fixture()
 def fake_task(tmp_path):
     """A task no stage knows, registered with this module's handlers; a vit folder whose spec.json says it."""
@@ -215,6 +249,32 @@ def test_a_registered_task_goes_through_every_stage_dispatch(fake_task, tmp_path
                      "gating": True, "verify_key": "fake-key"}]
     assert not in_generation(rows[0])
     assert "fake trained 1" in capsys.readouterr().out
+
+
+def test_a_registered_task_is_served_and_load_tested_through_its_handlers(fake_task, tmp_path):
+    """serve/ asks the task how a model is served (its Triton entries, the README's query lines) and load-tested
+    (the test, its report section, its figure, its verdict): a task no serve module knows goes through unchanged."""
+    from pipeline.artifacts import resolve_models
+    from serve.loadtest import Settings, passed, run
+    from serve.repository import Options, build
+    from zoo.spec import ModelSpec
+
+    (tmp_path / "vit" / "spec.json").write_text(ModelSpec("vit", FAKE, [], [], {}, []).to_json())
+    (tmp_path / "verify.json").write_text(json.dumps([{"model": "vit", "artifact": "fp32.onnx", "passed": True,
+                                                       "backend": "onnxruntime", "precision": "fp32"}]))
+    manifest = build(resolve_models("vit", tmp_path), tmp_path / "triton", Options())
+    assert CALLS == [("triton_entries", "vit"), ("triton_query", "vit")]
+    rec = manifest["models"][0]
+    assert rec["spec"]["task"] == FAKE and rec["python"]["artifact"] == "fp32.onnx" and "skipped" in rec["trt"]
+    assert "\nfake query of vit\n" in (tmp_path / "triton" / "README.md").read_text()
+    CALLS.clear()
+    doc = run(tmp_path / "triton", None, Settings([1], 0.5), tmp_path / "lt")
+    assert CALLS == [("loadtest", "vit"), ("loadtest_plot", "vit"), ("loadtest_markdown", "vit")]
+    assert doc["models"] == [{"model": "vit", "entry": "vit", "levels": [{"ok": True}], "task": FAKE}]
+    assert doc["plots"] == [{"file": "fake.png", "caption": "fake figure of 1 model(s)"}]
+    md = (tmp_path / "lt" / "loadtest.md").read_text()
+    assert "## vit (fake load test)" in md and "![fake figure of 1 model(s)](fake.png)" in md
+    assert passed(doc) and not passed({"models": [{**doc["models"][0], "levels": [{"ok": False}]}]})
 
 
 # ---- no fork on a model's kind in the stages ------------------------------------------------------------------------

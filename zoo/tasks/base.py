@@ -1,7 +1,7 @@
 """The :class:`Task` object (one per model kind, zoo.tasks' registry holds them) and the handler set the tasks that
 judge a model by its spec's outputs share (image / text classification, custom multi-output and sequence-to-sequence
 models): one stage code path, the figures of judge.figures. A task that differs in a stage names its own handler
-for that stage (text generation: every stage)."""
+for that stage (text generation: every stage, serving included: a streaming Triton entry and its own load test)."""
 from __future__ import annotations
 
 import importlib
@@ -23,6 +23,14 @@ STAGES: dict[str, str] = {
     "verify_markdown": "(model, rows) -> list[str]: the model's verify.md lines",
     "bench": "(ref, args, cfg, key, old) -> bench.__main__.Benched: rows or a generation section",
     "figures": "(reference, got, ...) -> report: the judge's figures this task is judged by",
+    # serving (serve/): how `edgeattn triton` writes the model's entries, how `edgeattn loadtest` loads and reports them
+    "triton_entries": "(out, name, ref, spec, choice, rows, opts) -> dict: the model's Triton entries 'python', "
+                      "'onnx', 'trt' (each its manifest record, or {'entry', 'skipped'})",
+    "triton_query": "(entry) -> list[str]: the repository README's lines that query the model's Python entry",
+    "loadtest": "(repo, rec, settings, threads) -> dict: the load test of one served model, its loadtest.json record",
+    "loadtest_markdown": "(result) -> list[str]: that record's loadtest.md lines",
+    "loadtest_passed": "(result) -> bool: every level of that record passed",
+    "loadtest_plot": "(results, folder) -> (file, caption): one figure of this task's records, written into folder",
 }
 # optional: "bench_version" an attribute (a code version added to bench's key: text generation's bench); the
 # hf_* handlers say how an hf:<directory> of the task is built (zoo.registry.HFSource asks the task its source
@@ -101,4 +109,11 @@ OUTPUT_HANDLERS: dict[str, str] = {
     "verify_markdown": "verify.__main__:outputs_markdown",
     "bench": "bench.__main__:bench_outputs",
     "figures": "judge.figures:compare_outputs",
+    # served as a classifier: raw text or an image in, logits and label out (+ _onnx / _trt tensor entries)
+    "triton_entries": "serve.repository:classifier_entries",
+    "triton_query": "serve.readme:classifier_query_lines",
+    "loadtest": "serve.loadtest:loadtest_model",
+    "loadtest_markdown": "serve.loadtest:markdown_lines",
+    "loadtest_passed": "serve.loadtest:model_passed",
+    "loadtest_plot": "serve.loadtest:plot_figure",
 }

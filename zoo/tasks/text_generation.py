@@ -1,7 +1,8 @@
 """Text generation: a decoder with its KV cache (gpt2_imdb, hf:<GPT-2 directory>). Trained with a time budget
 (perplexity), exported as one decoder graph, quantised on teacher-forced token windows, verified by greedy tokens
-against transformers, timed as TTFT and decode tokens/s, reported in its own section. An fp32 engine is built from
-the export's graph when simplify wrote none."""
+against transformers, timed as TTFT and decode tokens/s, reported in its own section, served by Triton as a
+streaming entry (one response per token; serve.genload load-tests it). An fp32 engine is built from the export's
+graph when simplify wrote none."""
 from runtime.modelspec import TEXT_GENERATION
 from zoo.tasks.base import Task
 
@@ -22,5 +23,11 @@ TASK = Task(NAME, {
     "hf_create": "zoo.registry:hf_decoder",
     "hf_build": "zoo.gpt2:load_for_export",
     "hf_source": "zoo.gpt2:export_source",
+    "triton_entries": "serve.repository:generation_entries",
+    "triton_query": "serve.readme:stream_query_lines",
+    "loadtest": "serve.genload:loadtest_generation",
+    "loadtest_markdown": "serve.genload:markdown_lines",
+    "loadtest_passed": "serve.genload:passed",
+    "loadtest_plot": "serve.genload:plot_figure",
 }, report_section="generation", fp32_sources=("fp32.sim.onnx", "fp32.onnx"),
     summary="a decoder with a KV cache: greedy tokens, TTFT and decode tokens/s")
