@@ -266,31 +266,10 @@ def markdown_lines(m: dict[str, Any]) -> list[str]:
 
 def plot(models: list[dict[str, Any]], path: Path) -> None:
     """Tokens/s (with the direct runtime's as lines) and p50 time to first token against concurrent streams."""
-    import matplotlib
+    from serve.loadtest import concurrency_plot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for m in models:
-        conc = [r["concurrency"] for r in m["levels"]]
-        line = ax1.plot(conc, [r["tokens_per_s"] for r in m["levels"]], "o-", label=f"{m['entry']} via Triton")[0]
-        for d, style in zip(m["direct"], (":", "--")):
-            ax1.axhline(d["tokens_per_s"], color=line.get_color(), linestyle=style,
-                        label=f"{m['entry']} direct runtime, {d['batch']} per call")
-        ax2.plot(conc, [r["p50_ttft_ms"] for r in m["levels"]], "o-", label=m["entry"])
-    ax1.set(xscale="log", xlabel="concurrent streams", ylabel="generated tokens/s", title="Throughput")
-    ax2.set(xscale="log", xlabel="concurrent streams", ylabel="p50 time to first token (ms)", title="First token")
-    ticks = sorted({r["concurrency"] for m in models for r in m["levels"]})
-    for ax in (ax1, ax2):
-        ax.set_xticks(ticks, [str(t) for t in ticks])
-        ax.minorticks_off()
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    concurrency_plot(models, path, ("tokens_per_s", "tokens_per_s", "generated tokens/s", "{batch} per call"),
+                     ("p50_ttft_ms", "p50 time to first token (ms)", "First token"), "streams")
 
 
 def plot_figure(models: list[dict[str, Any]], folder: Path) -> tuple[str, str]:

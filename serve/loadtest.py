@@ -365,22 +365,29 @@ def _f6(v: float | None) -> str:
 
 
 # ---- the report -----------------------------------------------------------------------------------------------
-def plot(models: list[dict[str, Any]], path: Path) -> None:
+def concurrency_plot(models: list[dict[str, Any]], path: Path, rate: tuple[str, str, str, str],
+                     latency: tuple[str, str, str], unit: str) -> None:
+    """Two panels against concurrency, one line per entry: ``rate`` = (level key, direct-runtime key, y label,
+    direct label's batch wording) with the direct runtime's rates as horizontal lines, and ``latency`` = (level key,
+    y label, title); ``unit``: what a concurrent caller is ("clients", "streams"). Classifier and decoder load tests share
+    it (serve.genload)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rate_key, direct_key, rate_label, per_call = rate
+    lat_key, lat_label, lat_title = latency
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     for m in models:
         conc = [r["concurrency"] for r in m["levels"]]
-        line = ax1.plot(conc, [r["requests_per_s"] for r in m["levels"]], "o-", label=f"{m['entry']} via Triton")[0]
+        line = ax1.plot(conc, [r[rate_key] for r in m["levels"]], "o-", label=f"{m['entry']} via Triton")[0]
         for d, style in zip(m["direct"], (":", "--")):
-            ax1.axhline(d["items_per_s"], color=line.get_color(), linestyle=style,
-                        label=f"{m['entry']} direct runtime, batch {d['batch']}")
-        ax2.plot(conc, [r["p99_ms"] for r in m["levels"]], "o-", label=m["entry"])
-    ax1.set(xscale="log", xlabel="concurrent clients", ylabel="requests/s (one item each)", title="Throughput")
-    ax2.set(xscale="log", xlabel="concurrent clients", ylabel="p99 latency (ms)", title="p99 latency")
+            ax1.axhline(d[direct_key], color=line.get_color(), linestyle=style,
+                        label=f"{m['entry']} direct runtime, {per_call.format(batch=d['batch'])}")
+        ax2.plot(conc, [r[lat_key] for r in m["levels"]], "o-", label=m["entry"])
+    ax1.set(xscale="log", xlabel=f"concurrent {unit}", ylabel=rate_label, title="Throughput")
+    ax2.set(xscale="log", xlabel=f"concurrent {unit}", ylabel=lat_label, title=lat_title)
     ticks = sorted({r["concurrency"] for m in models for r in m["levels"]})
     for ax in (ax1, ax2):
         ax.set_xticks(ticks, [str(t) for t in ticks])
@@ -391,6 +398,12 @@ def plot(models: list[dict[str, Any]], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot(models: list[dict[str, Any]], path: Path) -> None:
+    """Requests/s (with the direct runtime's as lines) and p99 latency against concurrent clients."""
+    concurrency_plot(models, path, ("requests_per_s", "items_per_s", "requests/s (one item each)", "batch {batch}"),
+                     ("p99_ms", "p99 latency (ms)", "p99 latency"), "clients")
 
 
 PLOT = "loadtest.png"
