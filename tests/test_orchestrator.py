@@ -160,13 +160,16 @@ def test_gpt2_and_bert_recipes():
 
 
 def test_the_makefile_recipes_call_edgeattn_run():
-    """make demo / gpt2 / bert / minilm are one `edgeattn run` each (dry run: nothing executed)."""
+    """make demo / gpt2 / bert / minilm are one `edgeattn run` each (dry run: nothing executed); minilm then runs
+    the CPU INT8 peers (`edgeattn int8-peers`) on what that run wrote."""
     for target, want in (("demo", "--keep-going --summary"), ("gpt2", "--skip-engines gpt2_imdb"), ("bert", ""),
                          ("minilm", "--models minilm_imdb")):
         p = subprocess.run(["make", "-n", "-s", target, "PY=python", "VENV=/nonexistent"], cwd=ROOT,
                            capture_output=True, text=True, timeout=60)
         cmds = [ln for ln in p.stdout.replace("\\\n", " ").splitlines() if "-m edgeattn" in ln]
-        assert len(cmds) == 1 and " -m edgeattn run " in cmds[0] and want in cmds[0], (target, p.stdout)
+        extra = [" -m edgeattn int8-peers --models minilm_imdb "] if target == "minilm" else []
+        assert len(cmds) == 1 + len(extra) and " -m edgeattn run " in cmds[0] and want in cmds[0], (target, p.stdout)
+        assert all(e in c for e, c in zip(extra, cmds[1:])), (target, p.stdout)
 
 
 def test_stage_errors_report_failed_models_to_the_orchestrator(tmp_path, monkeypatch):
