@@ -123,21 +123,10 @@ def _client_loop(url: str, model: str, prompts: Sequence[str], new: int, start: 
 
 def run_level(url: str, model: str, prompts: Sequence[str], new: int, concurrency: int,
               duration_s: float) -> GenLevel:
-    level, lock = GenLevel(concurrency), threading.Lock()
-    end_at = time.perf_counter() + duration_s
-    threads = [threading.Thread(target=_client_loop, daemon=True, name=f"genload-client-{c}",
-                                args=(url, model, prompts, new, c, concurrency, end_at, level, lock))
-               for c in range(concurrency)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=max(0.0, end_at - time.perf_counter()) + REQUEST_TIMEOUT_S + 5)
-    level.seconds = time.perf_counter() - t0
-    stuck = [t.name for t in threads if t.is_alive()]
-    if stuck:
-        level.errors.append(f"{len(stuck)} client thread(s) still waiting after the request timeout: {stuck}")
-    return level
+    from serve.loadtest import run_clients
+
+    return run_clients(GenLevel(concurrency), _client_loop, (url, model, prompts, new), concurrency, duration_s,
+                       "genload", REQUEST_TIMEOUT_S)
 
 
 def check_tokens(level: GenLevel, ref: list[list[int]]) -> dict[str, Any]:

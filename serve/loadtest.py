@@ -214,23 +214,32 @@ def _client_loop(url: str, model: str, protocol: str, items: Sequence, start: in
         client.close()
 
 
-def run_level(url: str, model: str, protocol: str, items: Sequence, concurrency: int, duration_s: float) -> Level:
-    """``concurrency`` threads, one client each, sending one item per request until ``duration_s`` is up."""
-    level, lock = Level(concurrency), threading.Lock()
+def run_clients(level, loop, args: tuple, concurrency: int, duration_s: float, name: str,
+                request_timeout_s: float = REQUEST_TIMEOUT_S):
+    """``concurrency`` threads running ``loop(*args, c, concurrency, end_at, level, lock)`` (c: the client's index)
+    until ``duration_s`` is up; ``level`` gets the wall time and an error per thread still waiting after the request
+    timeout. The classifier and the streaming decoder load tests (serve.genload) share it."""
+    lock = threading.Lock()
     end_at = time.perf_counter() + duration_s
-    threads = [threading.Thread(target=_client_loop, daemon=True, name=f"loadtest-client-{c}",
-                                args=(url, model, protocol, items, c, concurrency, end_at, level, lock))
+    threads = [threading.Thread(target=loop, daemon=True, name=f"{name}-client-{c}",
+                                args=(*args, c, concurrency, end_at, level, lock))
                for c in range(concurrency)]
     t0 = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=max(0.0, end_at - time.perf_counter()) + REQUEST_TIMEOUT_S + 5)
+        t.join(timeout=max(0.0, end_at - time.perf_counter()) + request_timeout_s + 5)
     level.seconds = time.perf_counter() - t0
     stuck = [t.name for t in threads if t.is_alive()]
     if stuck:
         level.errors.append(f"{len(stuck)} client thread(s) still waiting after the request timeout: {stuck}")
     return level
+
+
+def run_level(url: str, model: str, protocol: str, items: Sequence, concurrency: int, duration_s: float) -> Level:
+    """``concurrency`` threads, one client each, sending one item per request until ``duration_s`` is up."""
+    return run_clients(Level(concurrency), _client_loop, (url, model, protocol, items), concurrency, duration_s,
+                       "loadtest")
 
 
 def check_responses(level: Level, ref: np.ndarray, tol: Tolerance, labels: list[str]) -> dict[str, Any]:
