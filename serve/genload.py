@@ -190,9 +190,7 @@ def loadtest_generation(repo: Path, rec: dict[str, Any], s, threads: int | None)
 
 
 def serve_levels(repo: Path, name: str, prompts: Sequence[str], new: int, s) -> list[tuple[GenLevel, dict]]:
-    from tqdm import tqdm
-
-    from serve.client import TritonStreamer, batch_sizes, model_statistics
+    from serve.client import TritonStreamer, model_statistics
     from serve.server import TritonServer
 
     srv = None
@@ -206,13 +204,10 @@ def serve_levels(repo: Path, name: str, prompts: Sequence[str], new: int, s) -> 
         def stats() -> dict:
             return model_statistics(url, name, "grpc", REQUEST_TIMEOUT_S)
 
-        out = []
-        for conc in tqdm(s.concurrency, desc=f"loadtest {name}", unit="level", leave=False):
-            before = batch_sizes(stats())
-            level = run_level(url, name, prompts, new, conc, s.duration_s)
-            after = batch_sizes(stats())
-            out.append((level, {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0) > 0}))
-        return out
+        from serve.loadtest import measure_levels
+
+        return measure_levels(name, s.concurrency, stats,
+                              lambda conc: run_level(url, name, prompts, new, conc, s.duration_s))
     finally:
         if srv is not None:
             srv.stop()

@@ -236,6 +236,20 @@ def run_clients(level, loop, args: tuple, concurrency: int, duration_s: float, n
     return level
 
 
+def measure_levels(name: str, concurrency: Sequence[int], stats, run) -> list[tuple[Any, dict[int, int]]]:
+    """``run(conc)`` for each concurrency level, with the batch sizes Triton formed during it (the difference of
+    ``stats()``' batch counts before and after). The classifier and streaming decoder load tests share it."""
+    from tqdm import tqdm
+
+    out = []
+    for conc in tqdm(concurrency, desc=f"loadtest {name}", unit="level", leave=False):
+        before = batch_sizes(stats())
+        level = run(conc)
+        after = batch_sizes(stats())
+        out.append((level, {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0) > 0}))
+    return out
+
+
 def run_level(url: str, model: str, protocol: str, items: Sequence, concurrency: int, duration_s: float) -> Level:
     """``concurrency`` threads, one client each, sending one item per request until ``duration_s`` is up."""
     return run_clients(Level(concurrency), _client_loop, (url, model, protocol, items), concurrency, duration_s,
@@ -333,8 +347,6 @@ def loadtest_model(repo: Path, rec: dict[str, Any], s: Settings, threads: int | 
 
 
 def _serve_levels(repo: Path, name: str, items: Sequence, s: Settings) -> list[tuple[Level, dict[int, int]]]:
-    from tqdm import tqdm
-
     from serve.server import TritonServer
 
     srv = None
@@ -345,13 +357,8 @@ def _serve_levels(repo: Path, name: str, items: Sequence, s: Settings) -> list[t
         with TritonClassifier(url, name, s.protocol, timeout_s=REQUEST_TIMEOUT_S) as c:
             for k in range(s.warmup_requests):
                 c.infer([items[k % len(items)]])
-            out = []
-            for conc in tqdm(s.concurrency, desc=f"loadtest {name}", unit="level", leave=False):
-                before = batch_sizes(c.statistics())
-                level = run_level(url, name, s.protocol, items, conc, s.duration_s)
-                after = batch_sizes(c.statistics())
-                out.append((level, {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0) > 0}))
-        return out
+            return measure_levels(name, s.concurrency, c.statistics,
+                                  lambda conc: run_level(url, name, s.protocol, items, conc, s.duration_s))
     finally:
         if srv is not None:
             srv.stop()
