@@ -71,8 +71,8 @@ from optimize.layer_error import block_int8, float_weight, layer_errors, per_cha
 from optimize.kv_cache import CACHE_TYPES, narrow_cache
 from optimize.nbits import INTEGER_LEVEL, dequantized_weights, lm_head, matmul_nbits, weight_coverage
 from pipeline.artifacts import CPU_WEIGHT_FORMS, PRECISION_FILES
-from optimize.qdq_graph import NodeInfo, ensure_node_names, int8_weight_coverage, quantizable_nodes, \
-    quantizable_weight_elements
+from optimize.qdq_graph import NodeInfo, drop_unused_initializers, ensure_node_names, int8_weight_coverage, \
+    quantizable_nodes, quantizable_weight_elements
 from optimize.qdq_rules import check_qdq_rules, qdq_counts
 from runtime.child import python_module
 from runtime.cpu import cpu_info, int8_isa
@@ -221,13 +221,10 @@ def weight_only_qdq(src: Path, dst: Path, nodes: Sequence[NodeInfo]) -> dict[str
                                              [f"{base}_wdq"], name=f"{nd.name}_weight_DequantizeLinear", axis=axis))
             done[nd.weight] = f"{base}_wdq"
         node.input[1] = done[nd.weight]
-    used = {i for n in model.graph.node for i in n.input} | {i for n in dq_nodes for i in n.input}
-    keep = [t for t in model.graph.initializer if t.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
     nodes_all = dq_nodes + list(model.graph.node)
     del model.graph.node[:]
     model.graph.node.extend(nodes_all)
+    drop_unused_initializers(model)
     onnx.checker.check_model(model)
     save_onnx(model, dst)
     return {"weights": len(done), "nodes": len(nodes)}

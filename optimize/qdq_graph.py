@@ -87,12 +87,20 @@ def gemm_to_matmul(model) -> int:
         done += 1
     del model.graph.node[:]
     model.graph.node.extend(new_nodes)
-    used = {i for nd in model.graph.node for i in nd.input}
-    keep = [t for t in model.graph.initializer if t.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
+    drop_unused_initializers(model)
     onnx.checker.check_model(model)
     return done
+
+
+def drop_unused_initializers(model) -> int:
+    """Remove the initializers no node reads (after a rewrite replaced or re-pointed their readers); returns how
+    many were removed."""
+    used = {i for nd in model.graph.node for i in nd.input}
+    keep = [t for t in model.graph.initializer if t.name in used]
+    dropped = len(model.graph.initializer) - len(keep)
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    return dropped
 
 def quantizable_weight_elements(model) -> int:
     """Elements of the constant weights of Conv/Gemm/MatMul nodes (what int8 can cover; embeddings are not)."""

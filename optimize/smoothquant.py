@@ -28,7 +28,7 @@ import numpy as np
 
 from optimize.int8_build import QuantizeError
 from optimize.layer_error import capture_session, float_weight, per_channel_int8, per_tensor_int8
-from optimize.qdq_graph import NodeInfo
+from optimize.qdq_graph import NodeInfo, drop_unused_initializers
 
 log = logging.getLogger("edgeattn.optimize.smoothquant")
 
@@ -209,10 +209,7 @@ def apply_smoothing(model, groups: Sequence[Group]):
                 nodes[name].input[0] = smoothed_name(g.tensor)
     if new_nodes:
         _insert_after_producers(m, new_nodes)
-    used = {i for n in m.graph.node for i in n.input}
-    keep = [t for t in m.graph.initializer if t.name in used]
-    del m.graph.initializer[:]
-    m.graph.initializer.extend(keep)
+    drop_unused_initializers(m)
     onnx.checker.check_model(m)
     return m
 
