@@ -192,3 +192,45 @@ def test_llama_imdb_trains_through_the_train_stage_and_loads_as_a_decoder(tmp_pa
     assert built.config["architecture"] == "LlamaForCausalLM" and built.config["kv_heads"] == 2
     assert gpt2.recipe_for("demo", model="llama_imdb") == (gpt2.LLAMA_DEMO_RECIPE, (tiny,))
     assert gpt2.recipe_for("full", 5.0, model="gpt2_imdb")[0].budget_seconds == 5.0
+
+
+# ---- the tokenizers these families ship: SentencePiece BPE with byte fallback (Llama-2, Mistral), Qwen2's -----------
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_a_folder_with_its_familys_own_tokenizer_generates_text_through_the_runtime(kind, texts, tmp_path):
+    """A Llama folder holding a Llama-2-style tokenizer.json (Prepend/Replace, <0xNN> byte fallback, BOS by the
+    post-processor; tests/test_bpe.py's) and a Qwen2 folder holding Qwen2Tokenizer's (its Split pattern, NFC): the
+    export takes the folder, runtime.bpe reads the exported tokenizer.json with the ids transformers' own tokenizer
+    gives (BOS included), greedy tokens equal transformers' generate, and the text decodes as transformers decodes."""
+    import transformers
+
+    from runtime.bpe import BPETokenizer
+    from runtime.generate import TextGenerator
+    from test_bpe import _llama2_legacy, _qwen2
+    from zoo.gpt2 import load_lm
+
+    if kind == "llama":
+        tok = transformers.PreTrainedTokenizerFast(tokenizer_object=_llama2_legacy(texts), bos_token="<s>",
+                                                   eos_token="</s>", unk_token="<unk>")
+        eos = tok.convert_tokens_to_ids("</s>")
+    else:
+        tok = _qwen2(texts)
+        eos = tok.convert_tokens_to_ids("<|endoftext|>")
+    d = tmp_path / f"{kind}_own_tokenizer"
+    cfg = _config(kind, len(tok), eos)
+    torch.manual_seed(0)
+    getattr(transformers, "LlamaForCausalLM" if kind == "llama" else "Qwen2ForCausalLM")(cfg).save_pretrained(str(d))
+    tok.save_pretrained(str(d))
+    art = tmp_path / "art"
+    assert edgeattn(["export", "--models", f"hf:{d}", "--artifacts", str(art)]) == 0
+    folder = art / d.name
+    ours, theirs = BPETokenizer.from_file(folder / "tokenizer.json"), transformers.AutoTokenizer.from_pretrained(str(d))
+    prompt = "Wow, the café scene 😀 in 東京 was great! 12345\r\nIt's  odd"
+    ids = ours.encode(prompt)
+    assert ids == theirs(prompt)["input_ids"] and (ids[0] == 1) == (kind == "llama")
+    if kind == "llama":
+        assert any(theirs.convert_ids_to_tokens(i).startswith("<0x") for i in ids)  # byte fallback took the emoji
+    assert ours.decode(ids) == prompt  # a round trip: BOS skipped, the prepended '▁' stripped
+    with TextGenerator(folder / "fp32.onnx", threads=1) as g:
+        got = g.generate(prompt, max_new_tokens=GREEDY_NEW)[0]
+    assert got.prompt_ids == ids and got.tokens == hf_greedy(load_lm(d), [ids], GREEDY_NEW)[0]
+    assert got.text == theirs.decode(got.tokens, skip_special_tokens=True)
