@@ -95,7 +95,8 @@ def cache_options(model_dir: Path, name: str, kv_cache: str | None) -> dict[str,
     spec = read_json(Path(model_dir) / SPEC_FILE, {}) or {}
     if not (spec.get("preprocess") or {}).get("past_inputs"):
         raise ArgumentsError(f"--kv-cache {kv_cache}: model '{name}' has no KV cache (its {SPEC_FILE} lists no past "
-                             "inputs); expected a decoder exported with its cache (leave --kv-cache out for this model)")
+                             "inputs); expected a decoder exported with its cache (leave --kv-cache out for this "
+                             "model)")
     from optimize.decoder_quant import DecoderQuantOptions
 
     return {"dopts": DecoderQuantOptions(kv_cache=kv_cache)}

@@ -61,6 +61,7 @@ POST_PROCESSORS = ("TemplateProcessing", "ByteLevel", "RobertaProcessing", "Bert
 SPLIT_BEHAVIORS = ("Removed", "Isolated", "MergedWithPrevious", "MergedWithNext", "Contiguous")
 PREPEND_SCHEMES = ("always", "first", "never")
 CACHE_MAX = 100_000  # pre-tokens whose ids are kept
+CACHE_LONGEST = 256  # longer pre-tokens (a whole SentencePiece sentence) are not kept (tokenizers' limit too)
 
 
 def _refuse(source: str, what: str, got: Any, expected: Sequence[str] | str) -> PreprocessError:
@@ -630,7 +631,7 @@ class BPETokenizer:
             ids = [self.vocab[word]]
         else:
             ids = [self.vocab[s] for s in self._merge(self._symbols(word))]
-        if len(self._cache) < CACHE_MAX:
+        if len(word) < CACHE_LONGEST and len(self._cache) < CACHE_MAX:
             self._cache[word] = ids
         return ids
 

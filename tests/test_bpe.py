@@ -41,6 +41,7 @@ HOSTILE = [
     "Ǆ ǅ ʰ ª ß ẞ İstanbul ΣΑΣ ﬁ ﬀ", "العربية עברית हिन्दी ไทย", "<s>", "</s>", "<s> hello </s>",
     "text<s>glued</s>text", " <s>  spaced  </s> ", "<|begin_of_text|>hi<|end_of_text|>", "<|endoftext|>x<|endoftext|>",
     "<unk> literal", "▁already▁meta ▁ ▁▁", "<0x41> looks like a byte", "'", "''", "'s", "...", "!!!???",
+    "a <sep> b", "  <sep>  x<sep>y", "movie night, Movie Night, movie  night", "film films sfilm film. film_x \u00e9film",
     "a\u0300\u0301\u0302\u0303\u0304 stacked", "\U0001f600" * 3 + " end", "x" * 300,
 ]
 
@@ -85,7 +86,8 @@ def _llama2_legacy(texts):
     tok = Tokenizer(models.BPE(vocab, merges, unk_token="<unk>", fuse_unk=True, byte_fallback=True))
     tok.normalizer = norm
     tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in ("<unk>", "<s>", "</s>")])
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                       special_tokens=[("<s>", 1)])
     tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
                                      decoders.Strip(" ", 1, 0)])
     return tok
@@ -110,7 +112,8 @@ def _sentencepiece_unk(texts):
     tok.normalizer, tok.pre_tokenizer = norm, pre
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
     tok.add_special_tokens([AddedToken("<unk>", normalized=False, special=True)])
-    tok.add_tokens([AddedToken("movie night", normalized=True), AddedToken("<sep>", lstrip=True, rstrip=True)])
+    tok.add_tokens([AddedToken("movie night", normalized=True), AddedToken("<sep>", lstrip=True, rstrip=True),
+                    AddedToken("film", single_word=True)])
     return tok
 
 
@@ -260,7 +263,8 @@ def _minimal(**parts):
     ("pre_tokenizer", {"type": "Whitespace"}, "pre_tokenizer 'Whitespace'"),
     ("pre_tokenizer", {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}]},
      "pre_tokenizer 'Digits'"),
-    ("pre_tokenizer", {"type": "Split", "pattern": {"Regex": "x"}, "behavior": "Sideways"}, "Split behavior 'Sideways'"),
+    ("pre_tokenizer", {"type": "Split", "pattern": {"Regex": "x"}, "behavior": "Sideways"},
+     "Split behavior 'Sideways'"),
     ("decoder", {"type": "WordPiece", "prefix": "##"}, "decoder 'WordPiece'"),
     ("post_processor", {"type": "Unknown"}, "post_processor 'Unknown'"),
     ("type", "WordPiece", "model type 'WordPiece'"),

@@ -206,6 +206,7 @@ def test_a_folder_with_its_familys_own_tokenizer_generates_text_through_the_runt
     from runtime.bpe import BPETokenizer
     from runtime.generate import TextGenerator
     from test_bpe import _llama2_legacy, _qwen2
+    from verify.generation import verify_generation
     from zoo.gpt2 import load_lm
 
     if kind == "llama":
@@ -234,3 +235,6 @@ def test_a_folder_with_its_familys_own_tokenizer_generates_text_through_the_runt
         got = g.generate(prompt, max_new_tokens=GREEDY_NEW)[0]
     assert got.prompt_ids == ids and got.tokens == hf_greedy(load_lm(d), [ids], GREEDY_NEW)[0]
     assert got.text == theirs.decode(got.tokens, skip_special_tokens=True)
+    rep = verify_generation(f"hf:{d}", art, "fp32.onnx", backends=("onnxruntime",), n_prompts=4,
+                            max_new_tokens=GREEDY_NEW, batch=2, threads=1, write=False)
+    assert rep["passed"] and rep["backends"]["onnxruntime"]["mismatches"] == []  # verify's prompts: runtime.bpe's ids
