@@ -30,8 +30,9 @@ is judge.budget.reasons, the one verify's decoder rows use).
   ``nbits8`` and ``qdq_s8s8`` (the TensorRT graph); 4-bit: ``nbits4``. ``nbits<b>`` is optimize.nbits' MatMulNBits
   weight-only, block ``nbits_block`` along K, symmetric, at ``accuracy_level`` 4 (int8 activations and integer
   kernels where the CPU has them), the LM head quantised, and when that needs nodes kept float, also
-  ``<form>_head_fp32`` with the head float. Both int8 and int4 are judged by the spec's int8 budget, on this CPU's
-  kernels, and chosen for this CPU (none of a width: no file of that width; a stale one is moved aside).
+  ``<form>_head_fp32`` with the head float. Each width is judged by its own budget (:func:`cpu_form_budgets`:
+  int8.cpu by the spec's int8 tolerance, int4.cpu by its int4 one, chiefly perplexity; the budgets verify reads),
+  on this CPU's kernels, and chosen for this CPU (none of a width: no file of that width; a stale one is moved aside).
   ``kv_cache='float16'`` (:class:`DecoderQuantOptions`): each chosen form's past/present I/O narrowed to float16
   (optimize.kv_cache) and judged again by calibration.windows.ort_teacher_forced_cached (each window's second half read
   through the cache its first half wrote) against the fp32 graph's same figures; kept when within the budget, else the
@@ -70,7 +71,7 @@ from optimize.int8_build import QuantizeError, calibrate_ranges, quantize_dynami
 from optimize.layer_error import block_int8, float_weight, layer_errors, per_channel_int8, per_tensor_int8
 from optimize.kv_cache import CACHE_TYPES, narrow_cache
 from optimize.nbits import INTEGER_LEVEL, dequantized_weights, lm_head, matmul_nbits, weight_coverage
-from pipeline.artifacts import CPU_WEIGHT_FORMS, PRECISION_FILES
+from pipeline.artifacts import CPU_WEIGHT_FORMS, PRECISION_FILES, cpu_form_for_bits
 from optimize.qdq_graph import NodeInfo, drop_unused_initializers, ensure_node_names, int8_weight_coverage, \
     quantizable_nodes, quantizable_weight_elements
 from optimize.qdq_rules import check_qdq_rules, qdq_counts
@@ -347,8 +348,9 @@ def quantize_decoder(model_dir: str | os.PathLike, opts: QuantOptions | None = N
 
     b16 = budget_for(spec.tolerances, "fp16", max_drop_points=f16.max_drop)
     b8 = budget_for(spec.tolerances, "int8", max_drop_points=opts.max_drop, min_top1_agreement=opts.min_agreement)
-    for on, b in ((opts.fp16, b16), (opts.int8, b8)):  # refused before anything is written
-        if on:
+    cpu_budgets = cpu_form_budgets(spec.tolerances, opts)
+    for on, b in ((opts.fp16, b16), (opts.int8, b8), *((opts.int8, b) for b in cpu_budgets.values())):
+        if on:  # refused before anything is written
             check_resolution(b, val.inputs["labels"].size, True, f"quantize {model_dir.name} {b.precision}", "tokens")
     if opts.fp16:
         budget = b16
@@ -367,6 +369,7 @@ def quantize_decoder(model_dir: str | os.PathLike, opts: QuantOptions | None = N
         budget = b8
         calib = _windows(spec, model_dir, "train", dopts.calib_tokens, dopts)
         key = digest({"src": src_sha, "opts": opts.key(), "decoder": dopts.key(), "budget": budget.to_dict(),
+                       "cpu_budgets": {k: b.to_dict() for k, b in cpu_budgets.items()},
                        "calib": calib.description, "eval": val.description, "code": CODE_VERSION, "cpu_isa": isa})
         old = manifest.get("int8") or {}
         if not force and section_up_to_date(model_dir, old, key, list(old.get("files_sha256", {})) or ["int8.qdq.onnx"]):
@@ -374,11 +377,26 @@ def quantize_decoder(model_dir: str | os.PathLike, opts: QuantOptions | None = N
             result["int8"] = old
         else:
             sec = build_decoder_int8(model_dir, src, spec, calib, val, reference(), budget, opts, dopts, progress,
-                                     isa)
+                                     isa, cpu_budgets)
             sec.update(key=key, source_sha256=src_sha)
             update_manifest(model_dir, "int8", {**sec, "peak_rss_mb": peak_rss_mb()})
             result["int8"] = sec
     return result
+
+
+def cpu_form_budgets(tolerances: dict[str, Any] | None, opts: QuantOptions) -> dict[str, Budget]:
+    """The budget of each CPU file (pipeline.artifacts.CPU_WEIGHT_FORMS -> its spec tolerance through
+    judge.budget.budget_for, as verify reads it): int8.cpu by the int8 tolerance with the stage's --max-drop /
+    --min-agreement on top (the int8 budget's overrides, QuantOptions.budget), int4.cpu by the int4 tolerance as the
+    spec states it (specs written before it existed: the default)."""
+    over = {"max_drop_points": opts.max_drop, "min_top1_agreement": opts.min_agreement}
+    return {form: budget_for(tolerances, pf.tolerance, **(over if pf.tolerance == "int8" else {}))
+            for form, pf in CPU_WEIGHT_FORMS.items()}
+
+
+def form_budget(name: str, budgets: dict[str, Budget]) -> Budget:
+    """The budget a CPU form (``nbits4``, ``dynamic``, ...) is judged by: its weight width's CPU file's."""
+    return budgets[cpu_form_for_bits(form_bits(name))]
 
 
 def build_decoder_fp16(model_dir: Path, src: Path, windows: EvalSet, ref: TeacherForced, budget: Budget,
@@ -440,12 +458,15 @@ def _calibration(spec, windows: EvalSet, batch: int) -> CalibrationData:
 
 def build_decoder_int8(model_dir: Path, src: Path, spec, calib_windows: EvalSet, windows: EvalSet,
                        ref: TeacherForced, budget: Budget, opts: QuantOptions, dopts: DecoderQuantOptions,
-                       progress: bool = True, isa: str | None = None) -> dict[str, Any]:
+                       progress: bool = True, isa: str | None = None,
+                       cpu_budgets: dict[str, Budget] | None = None) -> dict[str, Any]:
     """Calibrate, search the W8A8 graph under ``budget``, weigh it against weight-only, write int8.qdq.onnx; pick the
-    CPU form for this CPU (or none); the manifest section."""
+    CPU forms for this CPU (or none), each width judged by its own budget (``cpu_budgets``: CPU file -> Budget,
+    :func:`cpu_form_budgets`; None: ``budget`` for every width); the manifest section."""
     import onnx
 
     isa = isa or int8_isa()
+    cpu_budgets = cpu_budgets or {form: budget for form in CPU_WEIGHT_FORMS}
     t0 = time.perf_counter()
     threads, bs = opts.threads, dopts.batch_size
 
@@ -494,17 +515,18 @@ def build_decoder_int8(model_dir: Path, src: Path, spec, calib_windows: EvalSet,
 
         excluded = [e["node"] for e in search["excluded"]] if scheme == "w8a8" else []
         cands = build_cpu_forms(prepared, qdq_dst, excluded, work, opts)
-        nbits = nbits_forms(prepared, nodes, windows, ref, budget, feeds, work, opts, dopts)
+        nbits = nbits_forms(prepared, nodes, windows, ref, cpu_budgets, feeds, work, opts, dopts)
         cands.update({k: v["file"] for k, v in nbits.items() if v.get("file")})
-        cpu = choose_decoder_cpu(src, cands, windows, ref, budget, quantizable, opts, dopts,
+        cpu = choose_decoder_cpu(src, cands, windows, ref, cpu_budgets, quantizable, opts, dopts,
                                  {k: v["figures"] for k, v in nbits.items() if v.get("figures")})
         won = {form: cands[p["winner"]] for form, p in cpu["picks"].items() if p["winner"]}
-        caches = narrow_forms(src, won, spec, windows, budget, work, opts, dopts) if dopts.kv_cache == "float16" \
+        caches = narrow_forms(src, won, spec, windows, cpu_budgets, work, opts, dopts) if dopts.kv_cache == "float16" \
             else {}
         for form, pf in CPU_WEIGHT_FORMS.items():
             write_cpu_artifact((caches.get(form) or {}).get("file") or won.get(form), model_dir / pf.file, isa)
     fig = chosen["figures"]
-    forms = {form: cpu_section(form, cpu, nbits, caches.get(form), src.name, isa) for form in CPU_WEIGHT_FORMS}
+    forms = {form: {**cpu_section(form, cpu, nbits, caches.get(form), src.name, isa),
+                    "budget": cpu_budgets[form].to_dict()} for form in CPU_WEIGHT_FORMS}
     files = {qdq_dst.name: sha256_file(qdq_dst), **{sec["file"]: sha256_file(model_dir / sec["file"])
                                                      for sec in forms.values() if sec["file"]}}
     return {
@@ -556,13 +578,13 @@ def cpu_section(form: str, cpu: dict[str, Any], nbits: dict[str, dict[str, Any]]
             "kv_cache": kv if win and kv else {"type": "float32"}}
 
 
-def narrow_forms(src: Path, won: dict[str, Path], spec, windows: EvalSet, budget: Budget, work: Path,
+def narrow_forms(src: Path, won: dict[str, Path], spec, windows: EvalSet, budgets: dict[str, Budget], work: Path,
                  opts: QuantOptions, dopts: DecoderQuantOptions) -> dict[str, dict[str, Any]]:
     """``kv_cache='float16'``: each chosen CPU form (``won``: CPU file -> graph) with its cache I/O narrowed to
     float16 (optimize.kv_cache.narrow_cache), judged by the cached teacher-forced figures (each window's second half
     read through the cache; calibration.windows.ort_teacher_forced_cached) against the fp32 graph's, beside the same
     form with its float32 cache, and timed beside it (batch-1 decode). Per form: the cache type kept ('float16' when
-    within ``budget``, with ``file``), both figures, the speeds and the reasons."""
+    within its CPU file's budget in ``budgets``, with ``file``), both figures, the speeds and the reasons."""
     info = DecoderInfo.from_spec(spec.to_dict(), spec.name)
     labels = windows.inputs["labels"]
 
@@ -583,7 +605,7 @@ def narrow_forms(src: Path, won: dict[str, Path], spec, windows: EvalSet, budget
             log.warning("%s float16 cache for %s failed: %s: %s", form, src.parent.name, type(e).__name__, e)
             out[form] = {"type": "float32", "requested": "float16", "error": f"{type(e).__name__}: {e}"}
             continue
-        reasons = budget_reasons(f16, budget, True)
+        reasons = budget_reasons(f16, budgets[form], True)
         out[form] = {"type": "float32" if reasons else "float16", "requested": "float16",
                      "file": None if reasons else dst, "val": brief_figures(f16), "float32_cache_val": brief_figures(f32),
                      "tokens_per_s": {k: v["tokens_per_s"] for k, v in speed.items()}, "reasons": reasons,
@@ -678,8 +700,9 @@ def rank_nbits(prepared: Path, quantized: Path, nodes: Sequence[NodeInfo], block
 
 
 # ---- MatMulNBits forms: search by bisection -----------------------------------------------------------------------
-def nbits_forms(prepared: Path, nodes: Sequence[NodeInfo], windows: EvalSet, ref: TeacherForced, budget: Budget,
-                feeds, work: Path, opts: QuantOptions, dopts: DecoderQuantOptions) -> dict[str, dict[str, Any]]:
+def nbits_forms(prepared: Path, nodes: Sequence[NodeInfo], windows: EvalSet, ref: TeacherForced,
+                budgets: dict[str, Budget], feeds, work: Path, opts: QuantOptions,
+                dopts: DecoderQuantOptions) -> dict[str, dict[str, Any]]:
     """Per bit width of :data:`NBITS_FORMS` the search (:func:`search_nbits`) with the LM head quantised
     (``nbits8``/``nbits4``) and, unless that passed with every node quantised or kept the head float itself, with
     the head float (``<form>_head_fp32``): the fastest passing one is then chosen with the other CPU forms. A form that fails to
@@ -695,7 +718,8 @@ def nbits_forms(prepared: Path, nodes: Sequence[NodeInfo], windows: EvalSet, ref
                 continue
             label = name + ("_head_fp32" if fixed else "")
             try:
-                out[label] = search_nbits(prepared, NBITS_FORMS[name], nodes, fixed, ranked, windows, ref, budget,
+                out[label] = search_nbits(prepared, NBITS_FORMS[name], nodes, fixed, ranked, windows, ref,
+                                          form_budget(name, budgets),
                                           feeds, work / label, opts, dopts)
             except Exception as e:  # noqa: BLE001 - one failing form must not stop the others
                 log.warning("int8 CPU form %s for %s failed: %s: %s", label, prepared.parent.name, type(e).__name__, e)
@@ -751,7 +775,7 @@ def search_nbits(prepared: Path, bits: int, nodes: Sequence[NodeInfo], fixed: Se
 
 
 def choose_decoder_cpu(src: Path, cands: dict[str, Path], windows: EvalSet, ref: TeacherForced,
-                       budget: Budget, quantizable: int, opts: QuantOptions,
+                       budgets: dict[str, Budget], quantizable: int, opts: QuantOptions,
                        dopts: DecoderQuantOptions, known: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Each form's figures on this CPU (crash-guarded child, ONNX Runtime 'all'; ``known``: figures a search already
     measured the same way), decode speed of the survivors and fp32 side by side, then optimize.cpu_int8.pick_cpu per
@@ -769,7 +793,7 @@ def choose_decoder_cpu(src: Path, cands: dict[str, Path], windows: EvalSet, ref:
         if cmp is None:
             rows[name] = {"ran": False, "error": err, "passed": False, "int8_weight_coverage": coverage}
             continue
-        reasons = budget_reasons(cmp, budget, True)
+        reasons = budget_reasons(cmp, form_budget(name, budgets), True)
         if coverage < opts.min_int8_coverage:
             reasons.append(f"only {coverage:.0%} of the Gemm/MatMul weights are 8-bit or less, expected >= "
                            f"{opts.min_int8_coverage:.0%}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -450,20 +451,22 @@ def test_the_lm_head_float_search_runs_only_where_it_can_find_something(nbits_gr
     calls = []
     kept = {(8, False): [], (4, False): [nodes[0].name, nodes[1].name], (4, True): [head]}
 
-    def fake(prepared_, bits, nodes_, fixed, ranked, *a):
+    def fake(prepared_, bits, nodes_, fixed, ranked, windows, ref, budget, *a):
         calls.append((bits, list(fixed), id(ranked)))
+        assert budget.precision == {8: "int8", 4: "int4"}[bits]  # each width searched under its own budget
         k = kept.get((bits, bool(fixed)), [*fixed])
         return {"passed": True, "kept_float": k, "file": None, "figures": None}
 
     monkeypatch.setattr(dq, "search_nbits", fake)
     opts = QuantOptions(threads=1)
-    out = dq.nbits_forms(prepared, nodes, None, None, None, None, tmp_path, opts, dq.DecoderQuantOptions())
+    budgets = dq.cpu_form_budgets(None, opts)
+    out = dq.nbits_forms(prepared, nodes, None, None, budgets, None, tmp_path, opts, dq.DecoderQuantOptions())
     assert sorted(out) == ["nbits4", "nbits4_head_fp32", "nbits8"]
     assert [(b, f) for b, f, _ in calls] == [(8, []), (4, []), (4, [head])]
     assert calls[1][2] == calls[2][2]  # one ranking per bit width, shared by its two searches
     kept[(4, False)] = [head, nodes[0].name]
     calls.clear()
-    out = dq.nbits_forms(prepared, nodes, None, None, None, None, tmp_path, opts, dq.DecoderQuantOptions())
+    out = dq.nbits_forms(prepared, nodes, None, None, budgets, None, tmp_path, opts, dq.DecoderQuantOptions())
     assert sorted(out) == ["nbits4", "nbits8"] and len(calls) == 2
 
 
@@ -539,7 +542,8 @@ def test_float16_cache_forms_are_judged_through_the_cache_and_kept_only_within_t
     val = _windows(spec, folder, "val", 1024, dopts)
     loose = budget_for(spec.tolerances, "int8", max_drop_points=100.0, min_top1_agreement=0.0,
                        max_ppl_increase_pct=1e9)
-    out = narrow_forms(folder / "fp32.onnx", {"int4.cpu": nb4}, spec, val, loose, tmp_path, QuantOptions(threads=1),
+    out = narrow_forms(folder / "fp32.onnx", {"int4.cpu": nb4}, spec, val, {"int4.cpu": loose}, tmp_path,
+                       QuantOptions(threads=1),
                        dopts)["int4.cpu"]
     assert out["type"] == "float16" and out["reasons"] == [] and cache_type(out["file"], info.past_inputs) == "float16"
     a, b = out["val"], out["float32_cache_val"]
@@ -565,3 +569,49 @@ def test_cpu_forms_have_one_file_per_weight_width_and_the_cache_option_is_checke
         cpu_form_for_bits(2)
     with pytest.raises(QuantizeError, match="got 'int8', expected one of"):
         DecoderQuantOptions(kv_cache="int8")
+
+
+# ---- the int4 budget: its own bars, the same in quantize and verify ----------------------------------------------
+def test_each_cpu_width_is_judged_by_its_own_budget_the_one_verify_reads(monkeypatch, tmp_path):
+    """choose_decoder_cpu on two forms with the SAME figures (agreement 0.96, -0.8 points, perplexity +3 %): the 8-bit
+    one misses the int8 budget, the 4-bit one is within the int4 budget and becomes int4.cpu.onnx; each row's
+    reasons are what verify.generation's budget (pipeline.artifacts' tolerance key through judge.budget.budget_for)
+    says of the same figures. A spec written before the int4 tolerance existed gets the default int4 bars; the
+    stage's --max-drop is the int8 budget's, not int4's."""
+    import optimize.decoder_quant as dq
+    from judge.budget import budget_for, reasons
+    from optimize.int8_budget import QuantOptions
+    from runtime.modelspec import DEFAULT_TOLERANCES
+    from verify.generation import PRECISION_ARTIFACTS
+
+    i4 = DEFAULT_TOLERANCES["int4"]
+    assert (i4.max_ppl_increase_pct, i4.min_top1_agreement, i4.max_drop_points, i4.min_cosine, i4.cosine_on,
+            i4.max_abs) == (5.0, 0.95, 1.0, 0.98, "mean", None)
+    old_spec = {k: v for k, v in DEFAULT_TOLERANCES.items() if k != "int4"}  # spec.json from before the int4 entry
+    opts = QuantOptions(threads=1, max_drop=2.0, min_speedup=1.0)
+    budgets = dq.cpu_form_budgets(old_spec, opts)
+    assert budgets["int4.cpu"] == budget_for(None, "int4") == budget_for(old_spec, PRECISION_ARTIFACTS["int4.cpu"][1])
+    assert budgets["int4.cpu"].max_drop_points == 1.0 and budgets["int8.cpu"].max_drop_points == 2.0
+    assert budgets["int8.cpu"] == budget_for(old_spec, PRECISION_ARTIFACTS["int8.cpu"][1], max_drop_points=2.0)
+    budgets = dq.cpu_form_budgets(None, QuantOptions(threads=1, min_speedup=1.0))
+    fig = {"n_tokens": 4096, "n_windows": 32, "top1_agreement": 0.96, "accuracy": 0.30, "reference_accuracy": 0.308,
+           "accuracy_delta": -0.8, "accuracy_delta_ci95": [-1.2, -0.4], "perplexity": 103.0,
+           "reference_perplexity": 100.0, "perplexity_delta_pct": 3.0, "nll_mean_delta": 0.0296, "nll_rel_mse": 1e-3,
+           "nonfinite": 0, "reference_nonfinite": 0, "degenerate_reference": False}
+    monkeypatch.setattr(dq, "weight_coverage", lambda p, q: 1.0)
+    monkeypatch.setattr(dq, "decode_bench", lambda models, *a, **k: {m: {"ms_per_token": 10.0 if m == "fp32" else 5.0,
+                                                                          "tokens_per_s": 100.0} for m in models})
+    windows = SimpleNamespace(inputs={"input_ids": np.ones((1, 20), np.int64)})
+    cands = {"nbits8": tmp_path / "a.onnx", "nbits4": tmp_path / "b.onnx"}
+    cpu = dq.choose_decoder_cpu(tmp_path / "fp32.onnx", cands, windows, None, budgets, 1, QuantOptions(
+        threads=1, min_speedup=1.0), dq.DecoderQuantOptions(), {k: fig for k in cands})
+    assert cpu["picks"]["int4.cpu"]["winner"] == "nbits4" and cpu["picks"]["int8.cpu"]["winner"] is None
+    r8, r4 = cpu["candidates"]["nbits8"], cpu["candidates"]["nbits4"]
+    assert r4["passed"] and r4["reasons"] == []
+    assert not r8["passed"] and any("top1_agreement 0.9600 < 0.99" in r for r in r8["reasons"])
+    assert any("perplexity +3.000 %, budget +1 %" in r for r in r8["reasons"])
+    for name, row in (("nbits8", r8), ("nbits4", r4)):  # verify's verdict on the same figures, row for row
+        form = "int4.cpu" if name == "nbits4" else "int8.cpu"
+        assert reasons(fig, budget_for(None, PRECISION_ARTIFACTS[form][1]), True) == row["reasons"]
+    worse = {**fig, "perplexity_delta_pct": 5.5}  # beyond the int4 bar: perplexity decides
+    assert reasons(worse, budgets["int4.cpu"], True) == ["perplexity +5.500 %, budget +5 %"]
