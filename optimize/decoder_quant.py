@@ -108,7 +108,11 @@ class DecoderQuantOptions:
     sweep_tokens: int = 4096  # validation subset that ranks nodes
     batch_size: int = 8
     fp16_cache: bool = True  # fp16.onnx's past/present in float16 (the logits stay float32)
-    nbits_block: int = 32  # MatMulNBits block size along K
+    nbits_block: int = 32  # MatMulNBits block size along K (8-bit)
+    nbits4_block: int = 32  # 4-bit block size along K
+    nbits_symmetric: bool = True  # False: a zero point per block (MatMulNBits' zero_points input)
+    nbits_clip: bool = False  # each block's range by the least weight error (optimize.nbits.quantize_blocks)
+    nbits_awq: bool = False  # 4-bit: activation-aware scales folded into the LayerNorms (optimize.awq)
     nbits_level: int = INTEGER_LEVEL  # MatMulNBits accuracy_level (4: int8 activations, integer kernels; 0: float)
     bench_prompt: int = 16  # decode benchmark: prompt tokens, new tokens, interleaved rounds
     bench_new_tokens: int = 32
@@ -118,6 +122,12 @@ class DecoderQuantOptions:
     def __post_init__(self) -> None:
         if self.kv_cache not in CACHE_TYPES:
             raise QuantizeError(f"decoder kv_cache: got '{self.kv_cache}', expected one of {CACHE_TYPES}")
+
+    def nbits_scheme(self, bits: int) -> dict[str, Any]:
+        """How the ``bits``-bit MatMulNBits forms are built (optimize.nbits.matmul_nbits' options, AWQ or not): what
+        the manifest records per form."""
+        return {"block_size": self.nbits4_block if bits == 4 else self.nbits_block, "symmetric": self.nbits_symmetric,
+                "clip": self.nbits_clip, "awq": self.nbits_awq and bits == 4}
 
     def key(self) -> dict[str, Any]:
         d = asdict(self)
@@ -515,7 +525,8 @@ def build_decoder_int8(model_dir: Path, src: Path, spec, calib_windows: EvalSet,
 
         excluded = [e["node"] for e in search["excluded"]] if scheme == "w8a8" else []
         cands = build_cpu_forms(prepared, qdq_dst, excluded, work, opts)
-        nbits = nbits_forms(prepared, nodes, windows, ref, cpu_budgets, feeds, work, opts, dopts)
+        calib_feeds = lambda: sweep_feeds(info, calib_windows, bs)  # noqa: E731 - AWQ's activations (training)
+        nbits = nbits_forms(prepared, nodes, windows, ref, cpu_budgets, feeds, work, opts, dopts, calib_feeds)
         cands.update({k: v["file"] for k, v in nbits.items() if v.get("file")})
         cpu = choose_decoder_cpu(src, cands, windows, ref, cpu_budgets, quantizable, opts, dopts,
                                  {k: v["figures"] for k, v in nbits.items() if v.get("figures")})
@@ -702,28 +713,53 @@ def rank_nbits(prepared: Path, quantized: Path, nodes: Sequence[NodeInfo], block
 # ---- MatMulNBits forms: search by bisection -----------------------------------------------------------------------
 def nbits_forms(prepared: Path, nodes: Sequence[NodeInfo], windows: EvalSet, ref: TeacherForced,
                 budgets: dict[str, Budget], feeds, work: Path, opts: QuantOptions,
-                dopts: DecoderQuantOptions) -> dict[str, dict[str, Any]]:
+                dopts: DecoderQuantOptions, calib_feeds=None) -> dict[str, dict[str, Any]]:
     """Per bit width of :data:`NBITS_FORMS` the search (:func:`search_nbits`) with the LM head quantised
     (``nbits8``/``nbits4``) and, unless that passed with every node quantised or kept the head float itself, with
-    the head float (``<form>_head_fp32``): the fastest passing one is then chosen with the other CPU forms. A form that fails to
-    build is logged and left out."""
+    the head float (``<form>_head_fp32``): the fastest passing one is then chosen with the other CPU forms. Each
+    width's weights as ``dopts.nbits_scheme`` says (AWQ: on the graph :func:`nbits_source` scales with the
+    activations of ``calib_feeds``). A form that fails to build is logged and left out."""
     import onnx
 
     head = lm_head(onnx.load(str(prepared), load_external_data=False), nodes)
     out: dict[str, dict[str, Any]] = {}
     for name in (f for f in wanted_forms(opts) if f in NBITS_FORMS):
         ranked: list[dict[str, Any]] = []
+        try:
+            src, scheme = nbits_source(prepared, nodes, NBITS_FORMS[name], calib_feeds, work, opts, dopts)
+        except Exception as e:  # noqa: BLE001 - one failing form must not stop the others
+            log.warning("int8 CPU form %s for %s failed: %s: %s", name, prepared.parent.name, type(e).__name__, e)
+            continue
         for fixed in ([], [head] if head else None):
             if fixed is None or (fixed and name in out and _head_search_moot(out[name], head)):
                 continue
             label = name + ("_head_fp32" if fixed else "")
             try:
-                out[label] = search_nbits(prepared, NBITS_FORMS[name], nodes, fixed, ranked, windows, ref,
-                                          form_budget(name, budgets),
-                                          feeds, work / label, opts, dopts)
+                out[label] = search_nbits(src, NBITS_FORMS[name], nodes, fixed, ranked, windows, ref,
+                                          form_budget(name, budgets), feeds, work / label, opts, dopts, scheme)
             except Exception as e:  # noqa: BLE001 - one failing form must not stop the others
                 log.warning("int8 CPU form %s for %s failed: %s: %s", label, prepared.parent.name, type(e).__name__, e)
     return out
+
+
+def nbits_source(prepared: Path, nodes: Sequence[NodeInfo], bits: int, calib_feeds, work: Path, opts: QuantOptions,
+                 dopts: DecoderQuantOptions) -> tuple[Path, dict[str, Any]]:
+    """(the float graph the ``bits``-bit forms are built from, the scheme record): ``prepared`` itself, or with
+    ``nbits_awq`` (4-bit) the same graph with optimize.awq's activation-aware scales folded into its LayerNorms,
+    chosen on the calibration (training) windows' activations; the record adds each group's alpha."""
+    scheme = dopts.nbits_scheme(bits)
+    if not scheme["awq"]:
+        return prepared, scheme
+    if calib_feeds is None:
+        raise QuantizeError(f"{prepared.parent.name} {bits}-bit AWQ: got no calibration feeds, expected the "
+                            "training windows' prefill feeds")
+    from optimize.awq import awq_graph
+
+    model, groups = awq_graph(prepared, nodes, calib_feeds(), bits, scheme["block_size"], scheme["symmetric"],
+                              scheme["clip"], dopts.nbits_level, threads=opts.threads)
+    dst = work / f"awq{bits}.onnx"
+    save_onnx(model, dst)
+    return dst, {**scheme, "awq_groups": groups}
 
 
 def _head_search_moot(with_head: dict[str, Any], head: str) -> bool:
@@ -734,19 +770,24 @@ def _head_search_moot(with_head: dict[str, Any], head: str) -> bool:
 
 def search_nbits(prepared: Path, bits: int, nodes: Sequence[NodeInfo], fixed: Sequence[str],
                  ranked: list[dict[str, Any]], windows: EvalSet, ref: TeacherForced, budget: Budget, feeds,
-                 work: Path, opts: QuantOptions, dopts: DecoderQuantOptions) -> dict[str, Any]:
+                 work: Path, opts: QuantOptions, dopts: DecoderQuantOptions,
+                 scheme: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every node MatMulNBits but ``fixed``; when that misses ``budget`` (judge.budget on the teacher-forced figures,
     crash-guarded child at ONNX Runtime 'all': this CPU's kernels), the nodes ranked once by :func:`rank_nbits` (kept
     in ``ranked`` for the caller's next search) and the fewest of the most sensitive kept float found by
-    optimize.int8_budget.bisect_cut. Returns the chosen graph, its figures and the search's record."""
+    optimize.int8_budget.bisect_cut. ``scheme``: :meth:`DecoderQuantOptions.nbits_scheme` (None: that of ``bits``).
+    Returns the chosen graph, its figures and the search's record."""
     work.mkdir(parents=True, exist_ok=True)
+    scheme = scheme or dopts.nbits_scheme(bits)
+    block = scheme["block_size"]
     tried: dict[int, dict[str, Any]] = {}
     order: list[str] = []
 
     def run(k: int) -> bool:
         if k not in tried:
             p = work / f"keep{k}.onnx"
-            summary = matmul_nbits(prepared, p, bits, dopts.nbits_block, [*fixed, *order[:k]], dopts.nbits_level)
+            summary = matmul_nbits(prepared, p, bits, block, [*fixed, *order[:k]], dopts.nbits_level,
+                                   scheme["symmetric"], scheme["clip"])
             cmp, err = evaluate_guarded(p, windows, ref, "all", opts.threads, dopts.batch_size)
             tried[k] = {"file": p, "figures": cmp, "error": err, "summary": summary,
                         "passed": cmp is not None and passes(cmp, budget, True)}
@@ -757,7 +798,7 @@ def search_nbits(prepared: Path, bits: int, nodes: Sequence[NodeInfo], fixed: Se
     k = 0
     if not run(0) and tried[0]["error"] is None:
         if not ranked:
-            ranked[:] = rank_nbits(prepared, tried[0]["file"], nodes, dopts.nbits_block, dopts.nbits_level, feeds(),
+            ranked[:] = rank_nbits(prepared, tried[0]["file"], nodes, block, dopts.nbits_level, feeds(),
                                    opts.threads)
         order[:] = [r["node"] for r in ranked if r["node"] not in fixed]
         limit = min(opts.max_excluded if opts.max_excluded is not None else len(order) - 1, len(order) - 1)
@@ -765,7 +806,7 @@ def search_nbits(prepared: Path, bits: int, nodes: Sequence[NodeInfo], fixed: Se
         k = limit if cut is None else cut
     best = tried[k]
     return {"file": best["file"] if best["figures"] else None, "figures": best["figures"], "bits": bits,
-            "block_size": dopts.nbits_block, "accuracy_level": dopts.nbits_level, "lm_head_float": bool(fixed),
+            "block_size": block, "accuracy_level": dopts.nbits_level, "scheme": scheme, "lm_head_float": bool(fixed),
             "kept_float": [*fixed, *order[:k]], "passed": best["passed"], "error": best["error"],
             "graph": best["summary"], "full_evaluations": len(tried),
             "steps": [{"kept_float": len(fixed) + j, **(brief_figures(t["figures"]) if t["figures"] else
@@ -853,8 +894,11 @@ def print_tables(name: str, res: dict[str, Any]) -> None:
         print(f"  {k:<16}{str(r['ran']):>5}{r.get('int8_weight_coverage', 0):>8.2f}  {tf(r.get('val')):<52}"
               f"{'-' if lat is None else f'{lat:.3f}':>9}{r.get('speedup_vs_fp32') or '-':>8}  {r['passed']}{mark}")
     for k, v in {k: v for sec in forms.values() for k, v in (sec.get("nbits") or {}).items()}.items():
-        print(f"  {k}: {v['bits']}-bit block {v['block_size']} level {v['accuracy_level']}, {len(v['kept_float'])} "
-              f"kept float, {v['full_evaluations']} full evaluations, passed {v['passed']}")
+        sc = v.get("scheme") or {}
+        print(f"  {k}: {v['bits']}-bit block {v['block_size']} level {v['accuracy_level']} "
+              f"{'symmetric' if sc.get('symmetric', True) else 'zero points'}{', clip search' if sc.get('clip') else ''}"
+              f"{', AWQ' if sc.get('awq') else ''}, {len(v['kept_float'])} kept float, {v['full_evaluations']} full "
+              f"evaluations, passed {v['passed']}")
     for form, sec in forms.items():
         file, kv = PRECISION_FILES[form].file, sec.get("kv_cache") or {}
         print(f"  CPU ({sec.get('cpu_isa')}): " + (f"{file} = {sec['method']}: {sec['why']}" if sec.get("file")

@@ -230,6 +230,7 @@ def test_weight_only_weights_dequantise_to_the_fp32_weights(onnx_path, tmp_path)
 
 # ---- verify rows ------------------------------------------------------------------------------------------------
 def test_precision_rows_report_teacher_forced_figures_and_the_matching_prefix(quantized, exported):  # noqa: F811
+    from judge.budget import budget_for
     from verify.generation import format_precision_row, precision_rows
 
     name, art, _ = exported
@@ -237,7 +238,9 @@ def test_precision_rows_report_teacher_forced_figures_and_the_matching_prefix(qu
                           threads=1, tf_tokens=2048, progress=False)  # fp16's 0.1 points resolve on 2000
     by = {r["precision"]: r for r in rows}
     assert by["fp16"]["passed"] and by["fp16"]["gating"] and not by["int8.cpu"]["gating"] | by["int4.cpu"]["gating"]
-    assert by["int4.cpu"]["artifact"] == "int4.cpu.onnx" and by["int4.cpu"]["budget"] == by["int8.cpu"]["budget"]
+    assert by["int4.cpu"]["artifact"] == "int4.cpu.onnx"
+    assert by["int4.cpu"]["budget"] == budget_for(None, "int4").to_dict()  # each width's own budget, as quantize's
+    assert by["int8.cpu"]["budget"] == budget_for(None, "int8").to_dict()
     assert by["int8"]["ort_opt_level"] == "disable"
     for r in rows:
         if r.get("skipped"):
