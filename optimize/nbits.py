@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from optimize.int8_build import QuantizeError
-from optimize.qdq_graph import NodeInfo, ensure_node_names, gemm_to_matmul
+from optimize.qdq_graph import NodeInfo, drop_unused_initializers, ensure_node_names, gemm_to_matmul
 from zoo.io import save_onnx
 
 log = logging.getLogger("edgeattn.optimize.nbits")
@@ -60,10 +60,49 @@ def matmul_nbits(src: str | os.PathLike, dst: str | os.PathLike, bits: int, bloc
     _restore_names(out, int(bits))
     if clip:
         _requantize(out, floats, int(bits), int(block_size), bool(symmetric), importance or {})
+    tied = share_tied_weights(out)
     onnx.checker.check_model(out)
     save_onnx(out, dst)
     return {**nbits_summary(out), "symmetric": bool(symmetric), "clip": bool(clip),
-            "importance": bool(clip and importance)}
+            "importance": bool(clip and importance), "tied_weights_shared": tied}
+
+
+def share_tied_weights(model) -> int:
+    """A float MatMul whose constant weight is exactly the transpose of a Gather's table (a tied LM head kept float:
+    optimize.decoder_quant.prepare folded its Transpose so the quantisers see a constant) reads the table again
+    through a Transpose node, so the file stores the table once (ONNX Runtime folds the Transpose when it loads).
+    Returns how many weights were shared."""
+    from onnx import helper, numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    tables = {n.input[0] for n in model.graph.node if n.op_type == "Gather" and n.input[0] in inits}
+    shapes = {t: tuple(inits[t].dims) for t in tables if len(inits[t].dims) == 2}
+    readers: dict[str, int] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            readers[i] = readers.get(i, 0) + 1
+    added = []
+    for n in model.graph.node:
+        w = n.input[1] if n.op_type == "MatMul" and len(n.input) > 1 else None
+        if w not in inits or w in tables or len(inits[w].dims) != 2:
+            continue
+        dims = tuple(inits[w].dims)
+        match = next((t for t, sh in shapes.items() if sh == dims[::-1]), None)
+        if match is None:
+            continue
+        arr = numpy_helper.to_array(inits[w])
+        if not np.array_equal(arr, numpy_helper.to_array(inits[match]).T):
+            continue
+        name = f"{match}__transposed"
+        if name not in {a.output[0] for a in added}:
+            added.append(helper.make_node("Transpose", [match], [name], name=f"{match}__tied_transpose", perm=[1, 0]))
+        n.input[1] = name
+    if added:
+        nodes = added + list(model.graph.node)
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        drop_unused_initializers(model)
+    return len(added)
 
 
 def _matmul_weights(model) -> dict[str, np.ndarray]:
@@ -189,6 +228,7 @@ def nbits_summary(model) -> dict[str, Any]:
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(str(model), load_external_data=False)
     inits = {t.name for t in model.graph.initializer}
+    inits |= {n.output[0] for n in model.graph.node if n.op_type == "Transpose" and n.input[0] in inits}  # tied
     nb = [_attrs(n) for n in model.graph.node if n.op_type == OP]
     return {"nodes": len(nb), "bits": sorted({int(a["bits"]) for a in nb}),
             "block_sizes": sorted({int(a["block_size"]) for a in nb}),

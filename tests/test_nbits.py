@@ -120,3 +120,40 @@ def test_awq_scales_fold_into_the_layernorms_and_leave_the_float_logits_unchange
     assert np.abs(a - b).max() < 1e-4 * np.sqrt(np.mean(a ** 2))
     muls, _ = awq_graph(prepared, nodes, sweep_feeds(info, calib, 4), 4, 32, with_mul=True, threads=1)
     assert len(muls.graph.node) > len(src.graph.node)  # the attention and MLP output projections get a Mul
+
+
+def test_a_float_tied_head_reads_the_embedding_table_once(onnx_path, tmp_path):  # noqa: F811
+    """The head-float 4-bit form of the tiny GPT-2 (tied LM head): the head reads the Gather's table through one
+    Transpose, so the file is smaller by the table's bytes than with the folded copy, and its logits are identical."""
+    import onnx
+
+    from calibration.windows import prefill_feed
+    from optimize.decoder_quant import fold_constant_transposes, prepare
+    from optimize.nbits import lm_head, matmul_nbits
+    from optimize.qdq_graph import quantizable_nodes
+    from runtime.generate import DecoderInfo
+    from runtime.ort_backend import cpu_session
+    from zoo.io import save_onnx
+    from zoo.spec import load_spec
+
+    prepared = tmp_path / "p.onnx"
+    assert prepare(onnx_path, prepared)["folded_transposes"] == 1  # the tied head: MatMul(x, Transpose(wte))
+    src = onnx.load(str(prepared))
+    head = lm_head(src, quantizable_nodes(src))
+    shared = tmp_path / "head_fp32.onnx"
+    s = matmul_nbits(prepared, shared, 4, 32, exclude=[head])
+    assert s["tied_weights_shared"] == 1 and s["float_matmuls"] == 1
+    m = onnx.load(str(shared))
+    table = next(n.input[0] for n in m.graph.node if n.op_type == "Gather")
+    v, d = next(t.dims for t in m.graph.initializer if t.name == table)
+    assert not [t.name for t in m.graph.initializer if tuple(t.dims) == (d, v)]  # no transposed copy stored
+    fold_constant_transposes(m)  # the form as it was written before: the transposed table stored as well
+    save_onnx(m, tmp_path / "copy.onnx")
+    saved = (tmp_path / "copy.onnx").stat().st_size - shared.stat().st_size
+    assert abs(saved - v * d * 4) < 1024, (saved, v * d * 4)
+    (tmp_path / "spec.json").write_text(onnx_path.with_name("spec.json").read_text())
+    info = DecoderInfo.from_spec(load_spec(onnx_path).to_dict(), "tiny")
+    feed = prefill_feed(info, np.arange(2 * 9, dtype=np.int64).reshape(2, 9) % info.vocab_size)
+    a = cpu_session(str(shared), "all", 1).run(["logits"], feed)[0]
+    b = cpu_session(str(tmp_path / "copy.onnx"), "all", 1).run(["logits"], feed)[0]
+    assert np.array_equal(a, b)
