@@ -28,9 +28,11 @@ is judge.budget.reasons, the one verify's decoder rows use).
   tokens/s at batch 1 (:func:`decode_bench`, interleaved; optimize.cpu_int8.pick_cpu among the forms of that width,
   :func:`form_bits`), so a user picks size against quality. 8-bit forms: ``dynamic`` (DynamicQuantizeMatMul),
   ``nbits8`` and ``qdq_s8s8`` (the TensorRT graph); 4-bit: ``nbits4``. ``nbits<b>`` is optimize.nbits' MatMulNBits
-  weight-only, block ``nbits_block`` along K, symmetric, at ``accuracy_level`` 4 (int8 activations and integer
-  kernels where the CPU has them), the LM head quantised, and when that needs nodes kept float, also
-  ``<form>_head_fp32`` with the head float. Each width is judged by its own budget (:func:`cpu_form_budgets`:
+  weight-only, block ``nbits_block`` (``nbits4_block``) along K, symmetric round-to-nearest by default (zero points,
+  a per-block clipping search and AWQ scales are options: :class:`DecoderQuantOptions`, recorded per form as its
+  ``scheme``), at ``accuracy_level`` 4 (int8 activations and integer kernels where the CPU has them), the LM head
+  quantised (at 8 bits in ``nbits4``: ``nbits4_head_bits``), and when that needs nodes kept float, also
+  ``<form>_head_fp32`` with the head float (a tied head then reads the embedding table, stored once). Each width is judged by its own budget (:func:`cpu_form_budgets`:
   int8.cpu by the spec's int8 tolerance, int4.cpu by its int4 one, chiefly perplexity; the budgets verify reads),
   on this CPU's kernels, and chosen for this CPU (none of a width: no file of that width; a stale one is moved aside).
   ``kv_cache='float16'`` (:class:`DecoderQuantOptions`): each chosen form's past/present I/O narrowed to float16
@@ -92,7 +94,7 @@ log = logging.getLogger("edgeattn.optimize.decoder_quant")
 
 TASK = GENERATION.name
 SOURCES = ("fp32.sim.onnx", "fp32.onnx")  # the simplified graph when there is one
-CODE_VERSION = "decoder/4"  # 4: int8.cpu.onnx and int4.cpu.onnx per weight width, KV cache type option
+CODE_VERSION = "decoder/5"  # 5: int4 budget, 4-bit forms' head at 8 bits, weight options, a float tied head shared
 CPU_FORMS = ("dynamic", "nbits8", "nbits4", "qdq_s8s8")
 NBITS_FORMS = {"nbits8": 8, "nbits4": 4}  # weight-only MatMulNBits (optimize.nbits); "<form>_head_fp32": LM head float
 SCORE = "nll_rel_mse"  # the figure that ranks nodes in the sensitivity sweep
@@ -110,6 +112,9 @@ class DecoderQuantOptions:
     fp16_cache: bool = True  # fp16.onnx's past/present in float16 (the logits stay float32)
     nbits_block: int = 32  # MatMulNBits block size along K (8-bit)
     nbits4_block: int = 32  # 4-bit block size along K
+    # the LM head's width in the 4-bit forms: 8 (llama.cpp's Q4 mixes do the same with the output weight) because on
+    # gpt2_imdb the 4-bit head alone cost the teacher-forced agreement 0.918 -> 0.983 with it at 8 bits, the body at 4
+    nbits4_head_bits: int = 8
     nbits_symmetric: bool = True  # False: a zero point per block (MatMulNBits' zero_points input)
     nbits_clip: bool = False  # each block's range by the least weight error (optimize.nbits.quantize_blocks)
     nbits_awq: bool = False  # 4-bit: activation-aware scales folded into the LayerNorms (optimize.awq)
@@ -120,6 +125,8 @@ class DecoderQuantOptions:
     kv_cache: str = "float32"  # the CPU forms' cache I/O: float32, or float16 (optimize.kv_cache) when within budget
 
     def __post_init__(self) -> None:
+        if self.nbits4_head_bits not in (4, 8):
+            raise QuantizeError(f"decoder nbits4_head_bits: got {self.nbits4_head_bits}, expected 4 or 8")
         if self.kv_cache not in CACHE_TYPES:
             raise QuantizeError(f"decoder kv_cache: got '{self.kv_cache}', expected one of {CACHE_TYPES}")
 
@@ -127,7 +134,8 @@ class DecoderQuantOptions:
         """How the ``bits``-bit MatMulNBits forms are built (optimize.nbits.matmul_nbits' options, AWQ or not): what
         the manifest records per form."""
         return {"block_size": self.nbits4_block if bits == 4 else self.nbits_block, "symmetric": self.nbits_symmetric,
-                "clip": self.nbits_clip, "awq": self.nbits_awq and bits == 4}
+                "clip": self.nbits_clip, "awq": self.nbits_awq and bits == 4,
+                "head_bits": self.nbits4_head_bits if bits == 4 else bits}
 
     def key(self) -> dict[str, Any]:
         d = asdict(self)
@@ -736,7 +744,8 @@ def nbits_forms(prepared: Path, nodes: Sequence[NodeInfo], windows: EvalSet, ref
             label = name + ("_head_fp32" if fixed else "")
             try:
                 out[label] = search_nbits(src, NBITS_FORMS[name], nodes, fixed, ranked, windows, ref,
-                                          form_budget(name, budgets), feeds, work / label, opts, dopts, scheme)
+                                          form_budget(name, budgets), feeds, work / label, opts, dopts,
+                                          {**scheme, "head": head})
             except Exception as e:  # noqa: BLE001 - one failing form must not stop the others
                 log.warning("int8 CPU form %s for %s failed: %s: %s", label, prepared.parent.name, type(e).__name__, e)
     return out
@@ -764,8 +773,9 @@ def nbits_source(prepared: Path, nodes: Sequence[NodeInfo], bits: int, calib_fee
 
 def _head_search_moot(with_head: dict[str, Any], head: str) -> bool:
     """A search with the LM head float adds nothing when the one with the head quantised passed with every node
-    quantised (faster cannot be had), or kept the head float itself."""
-    return (with_head["passed"] and not with_head["kept_float"]) or head in with_head["kept_float"]
+    quantised (faster cannot be had), or kept only the head float itself (the same graph). When it kept the head
+    and others float, the head-float search may need fewer (its first step: only the head float)."""
+    return (with_head["passed"] and not with_head["kept_float"]) or with_head["kept_float"] == [head]
 
 
 def search_nbits(prepared: Path, bits: int, nodes: Sequence[NodeInfo], fixed: Sequence[str],
@@ -778,8 +788,9 @@ def search_nbits(prepared: Path, bits: int, nodes: Sequence[NodeInfo], fixed: Se
     optimize.int8_budget.bisect_cut. ``scheme``: :meth:`DecoderQuantOptions.nbits_scheme` (None: that of ``bits``).
     Returns the chosen graph, its figures and the search's record."""
     work.mkdir(parents=True, exist_ok=True)
-    scheme = scheme or dopts.nbits_scheme(bits)
-    block = scheme["block_size"]
+    scheme = dict(scheme or dopts.nbits_scheme(bits))
+    block, head = scheme["block_size"], scheme.pop("head", None)
+    head_bits = {head: scheme["head_bits"]} if head and scheme.get("head_bits", bits) != bits else None
     tried: dict[int, dict[str, Any]] = {}
     order: list[str] = []
 
@@ -787,7 +798,7 @@ def search_nbits(prepared: Path, bits: int, nodes: Sequence[NodeInfo], fixed: Se
         if k not in tried:
             p = work / f"keep{k}.onnx"
             summary = matmul_nbits(prepared, p, bits, block, [*fixed, *order[:k]], dopts.nbits_level,
-                                   scheme["symmetric"], scheme["clip"])
+                                   scheme["symmetric"], scheme["clip"], node_bits=head_bits)
             cmp, err = evaluate_guarded(p, windows, ref, "all", opts.threads, dopts.batch_size)
             tried[k] = {"file": p, "figures": cmp, "error": err, "summary": summary,
                         "passed": cmp is not None and passes(cmp, budget, True)}

@@ -1,5 +1,6 @@
 """Weight-only 8-bit and 4-bit decoder graphs for ONNX Runtime's CPU: ``MatMulNBits`` (com.microsoft), block-wise
-along K, symmetric, Gemm rewritten as MatMul first.
+along K, symmetric (zero points and a per-block clipping search are options; a node may hold another width, e.g. the
+LM head at 8 bits in a 4-bit graph), Gemm rewritten as MatMul first.
 
 ``accuracy_level=4`` is written into every MatMulNBits node: ONNX Runtime then quantises the activations to int8 per
 block and runs integer dot products where the CPU has the kernels (AVX2 / AVX512-VNNI / AMX on x86, dot-product on
@@ -7,7 +8,10 @@ Arm); where it lacks them ONNX Runtime falls back to float compute on its own, t
 8-bit form computes in float and was six times SLOWER than fp32 on a 12-layer GPT-2 (FACTS.md): level 4 is what
 makes weight-only fast at batch-1 decode, where reading the weights is the cost.
 
-- :func:`matmul_nbits`: the graph (``exclude``: nodes kept float, by name).
+- :func:`matmul_nbits`: the graph (``exclude``: nodes kept float, by name; ``node_bits``: other widths).
+- :func:`quantize_blocks`: numpy's block quantisation, equal to ONNX Runtime's round-to-nearest bit for bit, with
+  the clipping search; :func:`pack` / :func:`pack_zero_points`: MatMulNBits' layouts.
+- :func:`share_tied_weights`: a float tied LM head reads the embedding table again instead of a stored copy.
 - :func:`dequantized_weights`: each MatMulNBits node's weight as float [K, N], read back from the packed graph (the
   weights the kernels use, for optimize.layer_error's one-pass sensitivity).
 - :func:`nbits_summary`, :func:`weight_coverage`: what a written graph holds (node counts, bits, levels; the share
@@ -35,12 +39,15 @@ BITS = (8, 4)
 
 def matmul_nbits(src: str | os.PathLike, dst: str | os.PathLike, bits: int, block_size: int = 32,
                  exclude: Sequence[str] = (), accuracy_level: int = INTEGER_LEVEL, symmetric: bool = True,
-                 clip: bool = False, importance: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+                 clip: bool = False, importance: dict[str, np.ndarray] | None = None,
+                 node_bits: dict[str, int] | None = None) -> dict[str, Any]:
     """``src`` with every constant-weight MatMul (Gemm rewritten first) as a ``bits``-bit MatMulNBits of
     ``block_size`` along K, except the nodes named in ``exclude``; written to ``dst``. ``symmetric`` False: a zero
     point per block (min/max range). ``clip``: each block's range chosen by :func:`quantize_blocks`' search (the least
     weight error; ``importance``: node name -> per input channel weight of that error, e.g. mean x^2), else ONNX
-    Runtime's round-to-nearest values as its quantiser writes them. Returns :func:`nbits_summary`."""
+    Runtime's round-to-nearest values as its quantiser writes them. ``node_bits``: nodes held at another width
+    (e.g. the LM head at 8 bits in a 4-bit graph; an excluded node stays float). A float tied weight reads its
+    table again (:func:`share_tied_weights`). Returns :func:`nbits_summary` with the options and that count."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -52,14 +59,20 @@ def matmul_nbits(src: str | os.PathLike, dst: str | os.PathLike, bits: int, bloc
     ensure_node_names(model)
     gemm_to_matmul(model)
     floats = _matmul_weights(model) if clip else {}
-    q = MatMulNBitsQuantizer(model, bits=int(bits), block_size=int(block_size), is_symmetric=bool(symmetric),
-                             accuracy_level=int(accuracy_level) or None, nodes_to_exclude=list(exclude),
-                             op_types_to_quantize=("MatMul",))
-    q.process()
-    out = q.model.model
-    _restore_names(out, int(bits))
+    other = {k: int(v) for k, v in (node_bits or {}).items() if k not in set(exclude) and int(v) != int(bits)}
+    if any(b not in BITS for b in other.values()):
+        raise QuantizeError(f"MatMulNBits: got node_bits {other}, expected widths in {BITS}")
+    out = model
+    for width in [int(bits), *sorted(set(other.values()))]:
+        q = MatMulNBitsQuantizer(out, bits=width, block_size=int(block_size), is_symmetric=bool(symmetric),
+                                 accuracy_level=int(accuracy_level) or None,
+                                 nodes_to_exclude=[*exclude, *(k for k, b in other.items() if b != width)],
+                                 op_types_to_quantize=("MatMul",))  # earlier passes' nodes are MatMulNBits now
+        q.process()
+        out = q.model.model
+        _restore_names(out, width)
     if clip:
-        _requantize(out, floats, int(bits), int(block_size), bool(symmetric), importance or {})
+        _requantize(out, floats, int(block_size), bool(symmetric), importance or {})
     tied = share_tied_weights(out)
     onnx.checker.check_model(out)
     save_onnx(out, dst)
@@ -114,7 +127,7 @@ def _matmul_weights(model) -> dict[str, np.ndarray]:
             if n.op_type == "MatMul" and n.input[1] in inits and len(inits[n.input[1]].dims) == 2}
 
 
-def _requantize(model, floats: dict[str, np.ndarray], bits: int, block: int, symmetric: bool,
+def _requantize(model, floats: dict[str, np.ndarray], block: int, symmetric: bool,
                 importance: dict[str, np.ndarray]) -> None:
     """Replace each MatMulNBits node's packed weight, scales (and zero points) by :func:`quantize_blocks`' with the
     clipping search, from its MatMul's float weight (``floats``)."""
@@ -124,6 +137,7 @@ def _requantize(model, floats: dict[str, np.ndarray], bits: int, block: int, sym
     for n in model.graph.node:
         if n.op_type != OP or n.name not in floats:
             continue
+        bits = int(_attrs(n)["bits"])
         q, scale, zp = quantize_blocks(floats[n.name], bits, block, symmetric, clip=True,
                                        importance=importance.get(n.name))
         arrays = {1: pack(q, bits), 2: scale.astype(numpy_helper.to_array(inits[n.input[2]]).dtype)}

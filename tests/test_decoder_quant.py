@@ -189,8 +189,8 @@ def test_int8_qdq_is_within_the_budget_or_says_why_and_its_figures_come_from_the
             from optimize.nbits import nbits_summary
 
             s = nbits_summary(folder / file)
-            assert s["bits"] in ([cpu["weight_bits"]], []) and cpu["candidates"][cpu["method"]]["passed"]
-            assert (s["bits"] == [4]) == (form == "int4.cpu")
+            assert s["bits"] in ([cpu["weight_bits"]], [4, 8], []) and cpu["candidates"][cpu["method"]]["passed"]
+            assert (4 in s["bits"]) == (form == "int4.cpu")  # a 4-bit form's head may be 8-bit
     assert set(forms["int4.cpu"]["candidates"]) <= {"nbits4", "nbits4_head_fp32"}
     assert {"dynamic", "nbits8", "nbits4", "qdq_s8s8"} <= set(cands)
     assert set(cands) - {"dynamic", "qdq_s8s8"} == set(nbits)  # + any <form>_head_fp32
@@ -198,7 +198,10 @@ def test_int8_qdq_is_within_the_budget_or_says_why_and_its_figures_come_from_the
     n = len(q["quantized_nodes"]) + len(q["excluded_nodes"]) if q["scheme"] == "w8a8" else 9
     assert q["full_evaluations"] <= 2 + int(np.ceil(np.log2(n)))  # bisection, not one evaluation per node
     for name, nb in nbits.items():
-        assert nb["graph"]["accuracy_levels"] == [4] and nb["graph"]["bits"] == [nb["bits"]], name
+        head_quantized = not nb["lm_head_float"] and "node_linear" not in nb["kept_float"]  # the tied head
+        body = nb["graph"]["nodes"] - head_quantized  # body nodes at the form's width, the head at head_bits
+        assert nb["graph"]["accuracy_levels"] == [4] and nb["graph"]["bits"] == sorted(
+            ({nb["bits"]} if body else set()) | ({nb["scheme"]["head_bits"]} if head_quantized else set())), name
         assert nb["graph"]["nodes"] + nb["graph"]["float_matmuls"] == 9  # 4 per layer + the LM head
         assert len(nb["kept_float"]) == nb["graph"]["float_matmuls"] and nb["full_evaluations"] <= 2 + 4
         row = cands[name]
@@ -322,7 +325,8 @@ def test_nbits_graphs_hold_every_weight_at_the_integer_accuracy_level(nbits_grap
         assert all(a["accuracy_level"] == 4 and a["bits"] == bits and a["block_size"] == 32 for a in attrs)
         assert {n.name for n in nb} == {n.name for n in nodes}  # the MatMuls' names kept
         assert summary == {"nodes": 9, "bits": [bits], "block_sizes": [32], "accuracy_levels": [4],
-                           "weight_elements": total, "float_matmuls": 0}
+                           "weight_elements": total, "float_matmuls": 0, "symmetric": True, "clip": False,
+                           "importance": False, "tied_weights_shared": 0}
         assert weight_coverage(path, total) == 1.0  # 4-bit packs two per byte: K x N counted, not bytes
     head = lm_head(src, nodes)
     assert head == nodes[-1].name and next(n for n in src.graph.node if n.name == head).output[0] == "logits"
@@ -444,8 +448,9 @@ def test_one_pass_sensitivity_ranks_the_harmful_node_first_and_the_search_keeps_
 
 def test_the_lm_head_float_search_runs_only_where_it_can_find_something(nbits_graphs, monkeypatch, tmp_path):
     """nbits_forms: 8-bit passed with every node quantised -> no head-float search; 4-bit needed two nodes float
-    but not the head -> the head-float search runs (same ranking list handed on); a search that kept the head float
-    itself -> none."""
+    but not the head -> the head-float search runs (same ranking list handed on); a search that kept only the head
+    float -> none; the head and another -> it runs. Each width searched under its own budget and scheme (4-bit: the
+    head at 8 bits by default)."""
     import optimize.decoder_quant as dq
     from optimize.int8_budget import QuantOptions
 
@@ -454,9 +459,10 @@ def test_the_lm_head_float_search_runs_only_where_it_can_find_something(nbits_gr
     calls = []
     kept = {(8, False): [], (4, False): [nodes[0].name, nodes[1].name], (4, True): [head]}
 
-    def fake(prepared_, bits, nodes_, fixed, ranked, windows, ref, budget, *a):
+    def fake(prepared_, bits, nodes_, fixed, ranked, windows, ref, budget, feeds, work, opts_, dopts, scheme):
         calls.append((bits, list(fixed), id(ranked)))
         assert budget.precision == {8: "int8", 4: "int4"}[bits]  # each width searched under its own budget
+        assert (scheme["head"], scheme["head_bits"], scheme["block_size"]) == (head, {8: 8, 4: 8}[bits], 32)
         k = kept.get((bits, bool(fixed)), [*fixed])
         return {"passed": True, "kept_float": k, "file": None, "figures": None}
 
@@ -467,10 +473,14 @@ def test_the_lm_head_float_search_runs_only_where_it_can_find_something(nbits_gr
     assert sorted(out) == ["nbits4", "nbits4_head_fp32", "nbits8"]
     assert [(b, f) for b, f, _ in calls] == [(8, []), (4, []), (4, [head])]
     assert calls[1][2] == calls[2][2]  # one ranking per bit width, shared by its two searches
-    kept[(4, False)] = [head, nodes[0].name]
+    kept[(4, False)] = [head]  # the head alone kept float: the head-float search would build the same graph
     calls.clear()
     out = dq.nbits_forms(prepared, nodes, None, None, budgets, None, tmp_path, opts, dq.DecoderQuantOptions())
     assert sorted(out) == ["nbits4", "nbits8"] and len(calls) == 2
+    kept[(4, False)] = [head, nodes[0].name]  # the head and more: starting from the head float may need fewer
+    calls.clear()
+    out = dq.nbits_forms(prepared, nodes, None, None, budgets, None, tmp_path, opts, dq.DecoderQuantOptions())
+    assert sorted(out) == ["nbits4", "nbits4_head_fp32", "nbits8"] and len(calls) == 3
 
 
 # ---- the KV cache in float16 (optimize.kv_cache) and its judge (calibration.windows.ort_teacher_forced_cached) -----

@@ -157,3 +157,31 @@ def test_a_float_tied_head_reads_the_embedding_table_once(onnx_path, tmp_path): 
     a = cpu_session(str(shared), "all", 1).run(["logits"], feed)[0]
     b = cpu_session(str(tmp_path / "copy.onnx"), "all", 1).run(["logits"], feed)[0]
     assert np.array_equal(a, b)
+
+
+def test_a_node_can_hold_another_width_the_head_at_8_bits_in_a_4_bit_graph(onnx_path, tmp_path):  # noqa: F811
+    import onnx
+    from onnx import helper
+
+    from optimize.decoder_quant import prepare
+    from optimize.layer_error import float_weight
+    from optimize.nbits import dequantized_weights, lm_head, matmul_nbits
+    from optimize.qdq_graph import quantizable_nodes
+
+    prepared = tmp_path / "p.onnx"
+    prepare(onnx_path, prepared)
+    src = onnx.load(str(prepared))
+    nodes = quantizable_nodes(src)
+    head = lm_head(src, nodes)
+    s = matmul_nbits(prepared, tmp_path / "mixed.onnx", 4, 32, node_bits={head: 8})
+    assert (s["nodes"], s["bits"], s["float_matmuls"]) == (9, [4, 8], 0)
+    m = onnx.load(str(tmp_path / "mixed.onnx"))
+    bits = {n.name: next(helper.get_attribute_value(a) for a in n.attribute if a.name == "bits")
+            for n in m.graph.node if n.op_type == "MatMulNBits"}
+    assert bits.pop(head) == 8 and set(bits.values()) == {4}
+    w = float_weight(src, next(nd for nd in nodes if nd.name == head))
+    err8 = np.abs(dequantized_weights(m)[head] - w).max()
+    err4 = np.abs(dequantized_weights(tmp_path / "mixed.onnx")[nodes[0].name]
+                  - float_weight(src, nodes[0])).max()
+    assert err8 < np.abs(w).max() / 127 and err4 > err8  # 8-bit steps on the head, 4-bit elsewhere
+    assert matmul_nbits(prepared, tmp_path / "x.onnx", 4, 32, exclude=[head], node_bits={head: 8})["bits"] == [4]
