@@ -582,6 +582,13 @@ def test_cpu_forms_have_one_file_per_weight_width_and_the_cache_option_is_checke
         cpu_form_for_bits(2)
     with pytest.raises(QuantizeError, match="got 'int8', expected one of"):
         DecoderQuantOptions(kv_cache="int8")
+    d = DecoderQuantOptions()  # the defaults the manifest records per form (module docstring: why these)
+    assert d.nbits_scheme(8) == {"block_size": 32, "symmetric": True, "clip": False, "awq": False, "head_bits": 8}
+    assert d.nbits_scheme(4) == {"block_size": 32, "symmetric": False, "clip": False, "awq": False, "head_bits": 8}
+    assert DecoderQuantOptions(nbits4_block=16, nbits_awq=True).nbits_scheme(4)["block_size"] == 16
+    assert not DecoderQuantOptions(nbits_awq=True).nbits_scheme(8)["awq"]  # AWQ is a 4-bit option
+    with pytest.raises(QuantizeError, match="nbits4_head_bits: got 2, expected 4 or 8"):
+        DecoderQuantOptions(nbits4_head_bits=2)
 
 
 # ---- the int4 budget: its own bars, the same in quantize and verify ----------------------------------------------
