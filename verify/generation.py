@@ -21,8 +21,9 @@ PRECISION_FILES) against PyTorch fp32: **teacher-forced** next-token top-1 agree
 of the test split (judge.teacher_forced; each window's second half read through the cache its first half wrote,
 calibration.windows.ort_teacher_forced_cached, so a float16 cache is judged too), and the mean length
 of the greedy prefix that matches PyTorch's (64 new tokens on the same prompts). A row passes judge.budget's verdict
-for its precision's budget (spec.tolerances[precision]: ``min_top1_agreement``, ``max_drop_points`` on next-token
-accuracy, ``max_ppl_increase_pct``); the matching prefix is reported, not gated (one flipped near-tie ends
+for its precision's budget (judge.budget.budget_for on the spec's tolerance named by pipeline.artifacts.PRECISION_FILES:
+int8.cpu by ``int8``, int4.cpu by ``int4``, chiefly perplexity; a spec without it: the default; ``min_top1_agreement``,
+``max_drop_points`` on next-token accuracy, ``max_ppl_increase_pct``); the matching prefix is reported, not gated (one flipped near-tie ends
 it, and the texts part after that). optimize.decoder_quant runs the same figures and verdict in its budget loop.
 
 Writes ``<artifacts>/<model>/generation.json`` and exits 1 when a row fails (``--strict`` is the default).
