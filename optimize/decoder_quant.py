@@ -337,7 +337,7 @@ def decode_bench(models: dict[str, Path], levels: dict[str, str] | None = None, 
 def _windows(spec, model_dir: Path, split: str, tokens: int, dopts: DecoderQuantOptions) -> EvalSet:
     block = min(dopts.block, int(spec.preprocess["max_positions"]))
     return text_windows(model_dir / spec.preprocess.get("tokenizer", "tokenizer.json"), split, max(tokens, block),
-                        block, spec.dataset or "imdb")
+                        block, spec.dataset or "imdb", spec.preprocess.get("eos_id"))
 
 
 @fold_repeats("edgeattn.optimize.decoder_quant")  # ONNX Runtime's per-candidate hints: once each, counted

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from edgeattn.__main__ import main as edgeattn
+from runtime.errors import InputError
 from test_generate import PROMPTS, hf_greedy, texts  # noqa: F401 - texts: a pytest fixture
 
 ARCHS = ("llama", "qwen2", "mistral")
@@ -238,3 +239,15 @@ def test_a_folder_with_its_familys_own_tokenizer_generates_text_through_the_runt
     rep = verify_generation(f"hf:{d}", art, "fp32.onnx", backends=("onnxruntime",), n_prompts=4,
                             max_new_tokens=GREEDY_NEW, batch=2, threads=1, write=False)
     assert rep["passed"] and rep["backends"]["onnxruntime"]["mismatches"] == []  # verify's prompts: runtime.bpe's ids
+    # the decoder's teacher-forced windows (quantize and verify): the spec's eos_id separates the reviews, so a
+    # tokenizer without GPT-2's <|endoftext|> (Llama-2's </s>) is judged too; without it, a typed refusal
+    from calibration.windows import text_windows
+
+    spec_eos = _spec(folder)["preprocess"]["eos_id"]
+    assert spec_eos == eos
+    w = text_windows(folder / "tokenizer.json", "val", 512, 64, "imdb", spec_eos)
+    x, y = w.inputs["input_ids"], w.inputs["labels"]
+    assert x.shape == (8, 64) and x[0, 0] == eos and (y[:, :-1] == x[:, 1:]).all()
+    if kind == "llama":
+        with pytest.raises(InputError, match="and no eos_id was given"):
+            text_windows(folder / "tokenizer.json", "val", 512, 64, "imdb")

@@ -218,7 +218,8 @@ def precision_rows(name: str, artifacts: str | Path = "artifacts", precisions: S
     pre = spec.preprocess
     lm = lm if lm is not None else load_lm(gpt2_dir(name, artifacts), name)
     block = min(128, int(pre["max_positions"]))
-    windows = text_windows(ref.file(pre["tokenizer"]), "test", tf_tokens, block, spec.dataset or "imdb")
+    windows = text_windows(ref.file(pre["tokenizer"]), "test", tf_tokens, block, spec.dataset or "imdb",
+                           pre.get("eos_id"))
     tf_ref = torch_teacher_forced(lm, windows, progress=f"pytorch {name} teacher-forced" if progress else None)
     if rows_ids is None:
         rows_ids = prompt_rows(ByteLevelBPE.from_file(ref.file(pre["tokenizer"])), n_prompts,
