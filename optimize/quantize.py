@@ -13,8 +13,9 @@ Per model folder (``<artifacts>/<folder>/``, source ``fp32.sim.onnx``) it writes
   per-node sweep on the VALIDATION split. A bisection over the ranking keeps the fewest of the most sensitive nodes
   float that bring the float simulation within the budget (``--max-drop`` points, ``--min-agreement``, cosine; the
   judge's verdict on the VALIDATION split). Checked by optimize.qdq_rules.
-- ``int8.cpu.onnx`` for ONNX Runtime CPU: the fastest candidate that is within the same budget, measured
-  here (dynamic int8 MatMul, static QDQ u8s8, static QOperator, the TensorRT Q/DQ graph itself).
+- ``int8.cpu.onnx`` for the CPU: the fastest candidate that is within the same budget, measured here on its own
+  backend (ONNX Runtime: dynamic int8 MatMul, static QDQ u8s8, static QOperator, the TensorRT Q/DQ graph itself, the
+  fused form; OpenVINO, where installed: the TensorRT Q/DQ graph on its int8 kernels); optimize.cpu_int8.
 - ``calib.<method>.json``: the range cache (reused while data, model and method are unchanged).
 
 Manifest section ``int8`` records calibration, the ``ptq`` choices (alpha and LayerNorm fold or Mul per group, the
@@ -38,8 +39,8 @@ import numpy as np
 from calibration import CalibrationData, RangeCache
 from calibration.evalset import EvalSet, load_eval_set
 from calibration.user_data import data_digest, data_path, load_user_data
-from optimize.cpu_int8 import ALL_CPU_CANDIDATES, build_cpu_candidates, choose_cpu, default_cpu_candidates, \
-    write_cpu_artifact
+from optimize.cpu_int8 import ALL_CPU_CANDIDATES, backend_record, build_cpu_candidates, candidate_backend, choose_cpu, \
+    default_cpu_candidates, write_cpu_artifact
 from optimize.fp16 import Fp16Options, build_fp16, ort_logits
 from optimize.int8_budget import QuantOptions, brief_figures, miss_reason, budget_search
 from judge.budget import Budget, check_resolution, delta_statement
@@ -235,7 +236,8 @@ def build_int8(model_dir: Path, src: Path, calib: CalibrationData, es: EvalSet, 
             return kept_previous(previous, search, cpu, opts, budget, labelled)
         qdq_file, fp16_mix = mix_fp16(cand, work, model_dir, es, ref, budget, opts.fp16_mix, opts.threads)
         copy_onnx(qdq_file, qdq_dst)
-        write_cpu_artifact(cands[win] if win is not None else None, cpu_dst, isa)
+        write_cpu_artifact(cands[win] if win is not None else None, cpu_dst, isa,
+                           candidate_backend(win) if win is not None else None)
     qdq_lat = cpu["candidates"].get("qdq_s8s8", {}).get("latency_ms")
     wrow = cpu["candidates"].get(win, {}) if win else {}
     files = {qdq_dst.name: sha256_file(qdq_dst), **({cpu_dst.name: sha256_file(cpu_dst)} if win else {})}
@@ -260,8 +262,7 @@ def build_int8(model_dir: Path, src: Path, calib: CalibrationData, es: EvalSet, 
                 "latency_ms": qdq_lat, "format": "QDQ int8 symmetric, per-channel weights, float bias"
                 + (", unquantised layers float16" if fp16_mix["used"] else ""), "fp16_mix": fp16_mix},
         "cpu": {"file": cpu_dst.name if win else None, "method": win or "fp32", "why": cpu["why"],
-                "ort_opt_level": "all", "cpu_isa": isa, "cpu_model": cpu_info().get("model"),
-                "judged_by": "ONNX Runtime's integer kernels on this CPU",
+                **backend_record(win), "cpu_isa": isa, "cpu_model": cpu_info().get("model"),
                 "fallback": None if win else "fp32.sim.onnx",
                 "passed": True if win is None else wrow["passed"],
                 "val": wrow.get("val"),
