@@ -44,11 +44,14 @@ CPU_CANDIDATES = ("fused_dynamic", "dynamic", "dynamic_conv", "static_qdq_u8s8",
 # saturate; 255 * 63 * 2 stays inside int16 (runtime.cpu). Built where the CPU at hand saturates.
 RR_CANDIDATES = ("fused_dynamic_rr", "dynamic_rr", "static_qdq_u8s8_rr", "static_qoperator_rr")
 # Forms for another CPU backend than ONNX Runtime, built where that backend is installed. qdq_openvino: the TensorRT
-# Q/DQ graph on OpenVINO's int8 kernels (its CPU plugin turns Q/DQ into FakeQuantize + int8 FullyConnected).
-OPENVINO_CANDIDATES = ("qdq_openvino",)
+# Q/DQ graph on OpenVINO's int8 kernels (its CPU plugin turns Q/DQ into FakeQuantize + int8 FullyConnected);
+# qdq_attention_openvino: the same with the attention BMMs' inputs quantised too (:func:`quantize_attention_inputs`),
+# so OpenVINO runs its attention subgraph in int8.
+OPENVINO_CANDIDATES = ("qdq_openvino", "qdq_attention_openvino")
 ALL_CPU_CANDIDATES = CPU_CANDIDATES + RR_CANDIDATES + OPENVINO_CANDIDATES
 ORT_CPU = ("onnxruntime", "all")  # (backend, mode) of every form not in CANDIDATE_BACKENDS
-CANDIDATE_BACKENDS = {"qdq_openvino": ("openvino", "f32")}
+CANDIDATE_BACKENDS = {"qdq_openvino": ("openvino", "f32"), "qdq_attention_openvino": ("openvino", "f32")}
+SOFTMAX_SCALE = 1.0 / 255.0  # a softmax output's uint8 scale: [0, 1] by construction, 8 bits with zero point 0
 
 
 def default_cpu_candidates(isa: str | None = None, openvino: bool | None = None) -> tuple[str, ...]:
@@ -189,10 +192,62 @@ def build_cpu_candidates(src: Path, ranges: dict[str, TensorRange], method: str,
                 quantize_static_cached(src, p, ranges, method, quantized, "qoperator", reduce_range=rr)
             elif base in ("qdq_s8s8", "qdq_openvino"):
                 shutil.copyfile(qdq_path, p)
+            elif base == "qdq_attention_openvino":
+                if not quantize_attention_inputs(qdq_path, p, ranges):
+                    log.info("int8 CPU candidate %s for %s: no attention BMM (MatMul of two activations); skipped",
+                             name, src.parent.name)
+                    continue
             out[name] = p
         except Exception as e:  # noqa: BLE001 - one failing candidate must not stop the others
             log.warning("int8 CPU candidate %s for %s failed: %s: %s", name, src.parent.name, type(e).__name__, e)
     return out
+
+
+def quantize_attention_inputs(qdq: str | os.PathLike, dst: str | os.PathLike, ranges: dict[str, TensorRange]) -> int:
+    """``qdq`` (a Q/DQ graph) with Q/DQ also on both inputs of every MatMul of two activations (attention scores and
+    context; neither input comes from a DequantizeLinear), written to ``dst``; returns how many tensors were quantised.
+    A Softmax output gets uint8 with zero point 0 and scale 1/255 (its range is [0, 1]: 8 bits where symmetric int8
+    keeps 7, and no calibrated range to clip a near-one attention weight); every other one symmetric int8 per tensor
+    at its calibrated ``ranges`` amax. Ranges of the unsmoothed graph serve: smoothing leaves Q, K, V and the scores
+    unchanged. A CPU form only: the TensorRT graph keeps the symmetric rules of optimize.qdq_rules."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(qdq))
+    g = model.graph
+    consts = {t.name for t in g.initializer} | {n.output[0] for n in g.node if n.op_type == "Constant"}
+    producer = {o: n for n in g.node for o in n.output}
+    dq = {o for o, n in producer.items() if n.op_type == "DequantizeLinear"}
+    done: dict[str, str] = {}
+    before: dict[int, list] = {}  # node index -> the Q/DQ nodes that go in front of it
+    inits = []
+    for k, n in enumerate(g.node):
+        if n.op_type != "MatMul" or any(t in consts or t in dq for t in n.input[:2]):
+            continue
+        for i, t in enumerate(n.input[:2]):
+            if t not in done:
+                soft = producer.get(t) is not None and producer[t].op_type == "Softmax"
+                if not soft and t not in ranges:
+                    raise QuantizeError(f"{Path(qdq).name}: attention input '{t}' of {n.name} has no calibrated range; "
+                                        "expected the ranges of every MatMul input (optimize.int8_build)")
+                scale = SOFTMAX_SCALE if soft else ranges[t].scale
+                zp = np.array(0, np.uint8 if soft else np.int8)
+                sn, zn = f"{t}.attention_scale", f"{t}.attention_zero_point"
+                inits += [numpy_helper.from_array(np.array(scale, np.float32), sn), numpy_helper.from_array(zp, zn)]
+                before.setdefault(k, []).extend(
+                    [helper.make_node("QuantizeLinear", [t, sn, zn], [f"{t}.attention_q"], name=f"{t}.attention_Q"),
+                     helper.make_node("DequantizeLinear", [f"{t}.attention_q", sn, zn], [f"{t}.attention_dq"],
+                                      name=f"{t}.attention_DQ")])
+                done[t] = f"{t}.attention_dq"
+            n.input[i] = done[t]
+    if not done:
+        return 0
+    nodes = [m for k, n in enumerate(g.node) for m in (*before.get(k, ()), n)]
+    del g.node[:]
+    g.node.extend(nodes)
+    g.initializer.extend(inits)
+    atomic_save_onnx(model, Path(dst))
+    return len(done)
 
 
 def pick_cpu(rows: dict[str, dict[str, Any]], fp32_ms: float | None, opts: QuantOptions,

@@ -146,3 +146,38 @@ def test_openvino_session_is_called_like_an_onnxruntime_session(tiny_bert_art): 
         s.run(["logits"], feed)
     with pytest.raises(BackendError, match="precision_hint 'int4': unknown"):
         openvino_session(src, "int4", 1)
+
+
+def test_attention_inputs_get_qdq_softmax_unsigned_the_rest_symmetric(tiny_bert_art, tmp_path):  # noqa: F811
+    from calibration import CalibrationData
+    from optimize.cpu_int8 import SOFTMAX_SCALE, quantize_attention_inputs
+    from optimize.int8_build import QuantizeError, calibrate_ranges
+    from runtime.ort_backend import QDQ_REFERENCE_LEVEL
+
+    qdq = tmp_path / "qdq.onnx"
+    named, spec = _qdq_graph(tiny_bert_art, qdq)
+    calib = CalibrationData.from_arrays(spec.example_inputs({"batch": 32, "sequence": 16}, seed=3), batch_size=16)
+    ranges, _ = calibrate_ranges(named, calib, "MinMax")
+    dst = tmp_path / "attn.onnx"
+    assert quantize_attention_inputs(qdq, dst, ranges) == 8  # 2 layers x (Q, K^T, softmax, V)
+    m = onnx.load(str(dst))
+    producer = {o: n for n in m.graph.node for o in n.output}
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer}
+    dqs = [n for n in m.graph.node if n.name.endswith(".attention_DQ")]
+    assert len(dqs) == 8
+    for dq in dqs:
+        tensor = producer[dq.input[0]].input[0]  # DQ <- Q <- the attention input
+        scale, zp = float(inits[dq.input[1]]), inits[dq.input[2]]
+        if producer[tensor].op_type == "Softmax":
+            assert zp.dtype == np.uint8 and zp == 0 and scale == pytest.approx(SOFTMAX_SCALE)
+        else:
+            assert zp.dtype == np.int8 and zp == 0 and scale == pytest.approx(ranges[tensor].scale)
+    bmm = [n for n in m.graph.node if n.op_type == "MatMul" and all(i.endswith(".attention_dq") for i in n.input)]
+    assert len(bmm) == 4  # both inputs of each attention BMM
+    # its arithmetic (Q/DQ as float ops) stays close to fp32
+    es = EvalSet({"input_ids": spec.example_inputs({"batch": 16, "sequence": 16}, seed=7)["input_ids"]})
+    ref, out = ort_logits(named, es), ort_logits(dst, es, QDQ_REFERENCE_LEVEL)
+    assert float(np.mean((out - ref) ** 2) / np.mean(ref ** 2)) < 0.05
+    assert quantize_attention_inputs(dst, tmp_path / "again.onnx", ranges) == 0  # nothing left to quantise
+    with pytest.raises(QuantizeError, match="has no calibrated range"):
+        quantize_attention_inputs(qdq, tmp_path / "x.onnx", {})
