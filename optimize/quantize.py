@@ -334,17 +334,20 @@ def print_tables(name: str, res: dict[str, Any]) -> None:
             print(f"  {e['node']:<40}{e['op_type']:<8}{_f(e['alone_accuracy_delta'], 2):>11}"
                   f"{_e(e.get('alone_logit_rel_mse', e.get('alone_output_rel_mse'))):>11}"
                   f"{_f(e['recovered_points'], 2):>11}")
-    print(f"  {'cpu candidate':<18}{'ran':>5}{'int8 w':>8}{'delta pts':>10}{'agree':>8}{'cosine':>10}{'ms':>10}"
-          f"{'x fp32':>8}  passed")
-    print(f"  {'fp32':<18}{'':>5}{'':>8}{'':>10}{'':>8}{'':>10}{_f(cpu['fp32_latency_ms'], 3):>10}{'1.00':>8}")
+    print(f"  {'cpu candidate':<24}{'backend':>12}{'ran':>5}{'int8 w':>8}{'delta pts':>10}{'agree':>8}{'cosine':>10}"
+          f"{'ms':>10}{'x fp32':>8}  passed")
+    print(f"  {'fp32':<24}{'onnxruntime':>12}{'':>5}{'':>8}{'':>10}{'':>8}{'':>10}{_f(cpu['fp32_latency_ms'], 3):>10}"
+          f"{'1.00':>8}")
     for k, r in cpu["candidates"].items():
         vv = r.get("val") or {}
         mark = " <- int8.cpu.onnx" if k == cpu["method"] else ""
         mark += " (7-bit weights)" if k.endswith("_rr") else ""
-        print(f"  {k:<18}{str(r['ran']):>5}{_f(r.get('int8_weight_coverage'), 2):>8}{_f(vv.get('accuracy_delta'), 2):>10}"
+        print(f"  {k:<24}{r.get('backend') or 'onnxruntime':>12}{str(r['ran']):>5}"
+              f"{_f(r.get('int8_weight_coverage'), 2):>8}{_f(vv.get('accuracy_delta'), 2):>10}"
               f"{_f(vv.get('top1_agreement'), 4):>8}{_f(vv.get('cosine_mean'), 5):>10}{_f(r.get('latency_ms'), 3):>10}"
               f"{_f(r.get('speedup_vs_fp32'), 2):>8}  {r['passed']}{mark}")
-    print(f"  CPU ({cpu.get('cpu_isa')}): " + (f"int8.cpu.onnx = {cpu['method']}: {cpu['why']}" if cpu.get("file")
+    print(f"  CPU ({cpu.get('cpu_isa')}): " + (f"int8.cpu.onnx = {cpu['method']} on {cpu.get('backend')}: {cpu['why']}"
+                                              if cpu.get("file")
                                               else f"no int8.cpu.onnx, {cpu['why']}"))
 
 
