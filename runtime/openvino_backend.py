@@ -80,6 +80,34 @@ def _metadata(path: Path) -> dict[str, str]:
     return model_metadata(path)
 
 
+def _read(core, path: Path):
+    try:
+        return core.read_model(str(path))
+    except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError with a C++ trace
+        raise ModelLoadError(
+            f"model '{path}' ({path.stat().st_size} bytes): openvino cannot read it ({_first_line(e)}); "
+            "expected a complete, valid ONNX model: the file may be truncated or corrupt, re-export it") from None
+
+
+def _compile(core, model, path: Path, device: str, precision: str, threads: int | None):
+    """The compiled model: ``precision`` (OpenVINO's name: f32, bf16, f16) as the inference hint, latency mode."""
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    try:
+        return core.compile_model(model, device, config)
+    except Exception as e:  # noqa: BLE001
+        raise BackendError(f"openvino cannot compile '{path}' for {device} with {config}: {_first_line(e)}") from None
+
+
+def _infer(request, path: Path, feed: dict[str, np.ndarray]):
+    try:
+        return request.infer(feed)
+    except Exception as e:  # noqa: BLE001
+        shapes = {k: tuple(v.shape) for k, v in feed.items()}
+        raise BackendError(f"openvino failed on '{path.name}' with feed shapes {shapes}: {_first_line(e)}") from None
+
+
 def _partial_dims(pshape) -> list[int | None]:
     """OpenVINO PartialShape -> [int for static dims, None for dynamic]."""
     return [d.get_length() if d.is_static else None for d in pshape]
@@ -121,12 +149,7 @@ class OpenVINORunner(Runner):
 
     # -- loading -----------------------------------------------------------------------------------------
     def _read(self, core):
-        try:
-            return core.read_model(str(self.path))
-        except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError with a C++ trace
-            raise ModelLoadError(
-                f"model '{self.path}' ({self.path.stat().st_size} bytes): openvino cannot read it ({_first_line(e)}); "
-                "expected a complete, valid ONNX model: the file may be truncated or corrupt, re-export it") from None
+        return _read(core, self.path)
 
     def _io(self, port, which: str) -> IOInfo:
         name = port.get_any_name()
@@ -161,14 +184,7 @@ class OpenVINORunner(Runner):
                         self.path, {k: str(v) for k, v in new.items()}, _first_line(e))
 
     def _compile(self, model, threads: int | None):
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": self.precision_hint, "PERFORMANCE_HINT": "LATENCY"}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
-        try:
-            return self._core.compile_model(model, self.device, config)
-        except Exception as e:  # noqa: BLE001
-            raise BackendError(f"openvino cannot compile '{self.path}' for {self.device} with {config}: "
-                               f"{_first_line(e)}") from None
+        return _compile(self._core, model, self.path, self.device, self.precision_hint, threads)
 
     def _precision_ran(self) -> str | None:
         """The inference precision the compiled model reports ('f32', 'bf16', 'f16'): what really runs, which is
@@ -188,12 +204,7 @@ class OpenVINORunner(Runner):
     def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._request is None:
             raise BackendError(f"openvino runner for '{self.path}' is closed; open a new one")
-        try:
-            result = self._request.infer(feed)
-        except Exception as e:  # noqa: BLE001
-            shapes = {k: tuple(v.shape) for k, v in feed.items()}
-            raise BackendError(f"openvino failed on '{self.path.name}' with feed shapes {shapes}: "
-                               f"{_first_line(e)}") from None
+        result = _infer(self._request, self.path, feed)
         # copy: the request reuses its output buffers on the next call
         return {info.name: np.array(result[port]) for info, port in zip(self._outputs, self._out_ports)}
 
@@ -209,34 +220,17 @@ class OpenVINOSession:
     def __init__(self, path: str | Path, precision_hint: str = "f32", threads: int | None = None):
         if precision_hint not in PRECISION_HINTS:
             raise BackendError(f"precision_hint '{precision_hint}': unknown; expected one of {sorted(PRECISION_HINTS)}")
-        ov = _ov()
-        self.path = Path(path)
-        core = ov.Core()
-        try:
-            model = core.read_model(str(self.path))
-        except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError with a C++ trace
-            raise ModelLoadError(f"model '{self.path}': openvino cannot read it ({_first_line(e)}); expected a "
-                                 "complete, valid ONNX model or OpenVINO IR") from None
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision_hint],
-                                  "PERFORMANCE_HINT": "LATENCY"}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
-        try:
-            self._compiled = core.compile_model(model, "CPU", config)
-        except Exception as e:  # noqa: BLE001
-            raise BackendError(f"openvino cannot compile '{self.path}' for CPU with {config}: {_first_line(e)}") from None
+        self.path = check_model_file(path, "an ONNX model (.onnx) or OpenVINO IR (.xml)")
+        core = _ov().Core()
+        self._compiled = _compile(core, _read(core, self.path), self.path, "CPU", PRECISION_HINTS[precision_hint],
+                                  threads)
         self._request = self._compiled.create_infer_request()
         self._ports = list(self._compiled.outputs)
 
     def run(self, output_names: None, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         if output_names is not None:
             raise BackendError(f"OpenVINOSession.run: got output names {output_names!r}, expected None (all outputs)")
-        try:
-            result = self._request.infer(feed)
-        except Exception as e:  # noqa: BLE001
-            shapes = {k: tuple(v.shape) for k, v in feed.items()}
-            raise BackendError(f"openvino failed on '{self.path.name}' with feed shapes {shapes}: "
-                               f"{_first_line(e)}") from None
+        result = _infer(self._request, self.path, feed)
         return [np.array(result[p]) for p in self._ports]
 
 
