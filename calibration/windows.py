@@ -17,10 +17,12 @@ TF_TOKENS = 16_384  # teacher-forced tokens verify and the quantize stage judge 
 
 
 def text_windows(tokenizer_file: str | Path, split: str = "test", max_tokens: int = TF_TOKENS, block: int = 128,
-                 dataset: str = "imdb"):
+                 dataset: str = "imdb", eos_id: int | None = None):
     """Non-overlapping windows of ``block`` tokens over the ``split`` reviews (each preceded by the end-of-text
     token, as the model was trained: zoo.gpt2.token_stream / eval_windows), at most ``max_tokens`` tokens, as an
-    EvalSet of ``input_ids`` (N, block) and ``labels`` (N, block): the next token of every position."""
+    EvalSet of ``input_ids`` (N, block) and ``labels`` (N, block): the next token of every position. The separator
+    is ``eos_id`` (the spec's ``preprocess.eos_id``: a Llama/Mistral tokenizer has ``</s>``, not GPT-2's
+    ``<|endoftext|>``), else the tokenizer's ``<|endoftext|>``."""
     from types import SimpleNamespace
 
     from tokenizers import Tokenizer
@@ -33,9 +35,10 @@ def text_windows(tokenizer_file: str | Path, split: str = "test", max_tokens: in
         raise InputError(f"text windows: got block {block}, max_tokens {max_tokens}; expected block >= 2 and "
                          "max_tokens >= block")
     tok = Tokenizer.from_file(str(tokenizer_file))
-    eos = tok.token_to_id(EOS)
+    eos = int(eos_id) if eos_id is not None else tok.token_to_id(EOS)
     if eos is None:
-        raise InputError(f"tokenizer '{tokenizer_file}': has no '{EOS}' token; expected a GPT-2 byte-level BPE")
+        raise InputError(f"tokenizer '{tokenizer_file}': has no '{EOS}' token and no eos_id was given; expected a "
+                         "GPT-2 byte-level BPE or the spec's preprocess.eos_id")
     texts = list(getattr(load_dataset(dataset), split).x)
     shim = SimpleNamespace(backend_tokenizer=tok)  # token_stream reads a transformers tokenizer's backend
     parts, have, i = [], 0, 0

@@ -4,6 +4,7 @@
   edgeattn export    --models mymodels:tiny_text            PyTorch -> fp32.onnx (--weights w.safetensors)
   edgeattn simplify  --models vit                           -> fp32.sim.onnx (smallest graph that matches)
   edgeattn quantize  --models vit --max-drop 0.5            -> fp16.onnx, int8.qdq.onnx, int8.cpu.onnx
+                     (a decoder: --kv-cache float16 for its CPU forms' cache; refused for a model without one)
   edgeattn engines   --models vit --flavor rtx              -> <precision>.<flavor>.engine + manifests
   edgeattn verify    --models vit --strict                  every artifact vs PyTorch -> verify.json/.md
   edgeattn bench     --models vit                           latency vs peers -> bench.json, plots
@@ -32,8 +33,8 @@ from typing import Sequence
 
 from edgeattn import orchestrator
 from edgeattn.orchestrator import RunOptions
-from pipeline.args import (ArgumentsError, add_artifacts, add_flavor, add_max_drop, add_models, existing_path,
-                           models_text, require_one_model, stage_parser)
+from pipeline.args import (ArgumentsError, add_artifacts, add_flavor, add_kv_cache, add_max_drop, add_models,
+                           existing_path, models_text, require_one_model, stage_parser)
 from pipeline.artifacts import model_names
 from pipeline.stage import EXIT_FAILED, cli
 
@@ -50,6 +51,7 @@ def run_stage(stage: str, argv: Sequence[str]) -> int:
 
 
 def run_parser():
+    from optimize.kv_cache import CACHE_TYPES
     from zoo.gpt2 import RECIPES as GPT2_RECIPES
 
     ap = stage_parser("run", run_all.__doc__)
@@ -60,6 +62,7 @@ def run_parser():
     ap.add_argument("--data", type=existing_path, default=None,
                     help="your calibration/evaluation data for one model (calibration.user_data)")
     add_max_drop(ap)
+    add_kv_cache(ap, CACHE_TYPES)
     add_flavor(ap)
     ap.add_argument("--gpt2-recipe", choices=sorted(GPT2_RECIPES), default=None,
                     help="gpt2_imdb's training recipe (default: train's, full; the demo: demo)")
@@ -89,7 +92,7 @@ def run_options(argv: Sequence[str]) -> RunOptions:
     bench_args = check_bench_args(a.bench_args, models)
     return RunOptions(models, str(a.artifacts), None if a.max_drop is None else str(a.max_drop), a.flavor, a.gpt2_recipe,
                       a.weights and str(a.weights), a.data and str(a.data), skip_q, skip_e, not a.no_bench,
-                      bench_args, a.keep_going, a.summary)
+                      bench_args, a.keep_going, a.summary, a.kv_cache)
 
 
 def check_bench_args(text: str, models: Sequence[str]) -> tuple[str, ...]:

@@ -55,6 +55,7 @@ class RunOptions:
     bench_args: tuple[str, ...] = ()
     keep_going: bool = False
     summary: bool = False
+    kv_cache: str | None = None  # quantize's --kv-cache (a decoder's cache type); None: quantize's default
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ def plan(o: RunOptions) -> list[Step]:
         Step("export", o.models, (*opt("--weights", o.weights), *opt("--data", o.data)), STOP),
         Step("simplify", o.models, (), STOP),
         Step("quantize", tuple(m for m in o.models if m not in o.skip_quantize),
-             (*opt("--max-drop", o.max_drop),), RECORD),
+             (*opt("--max-drop", o.max_drop), *opt("--kv-cache", o.kv_cache)), RECORD),
         Step("engines", tuple(m for m in o.models if m not in o.skip_engines), ("--flavor", o.flavor), RECORD),
         Step("verify", o.models, ("--strict",), VERDICT),
     ]

@@ -28,9 +28,13 @@ is judge.budget.reasons, the one verify's decoder rows use).
   tokens/s at batch 1 (:func:`decode_bench`, interleaved; optimize.cpu_int8.pick_cpu among the forms of that width,
   :func:`form_bits`), so a user picks size against quality. 8-bit forms: ``dynamic`` (DynamicQuantizeMatMul),
   ``nbits8`` and ``qdq_s8s8`` (the TensorRT graph); 4-bit: ``nbits4``. ``nbits<b>`` is optimize.nbits' MatMulNBits
-  weight-only, block ``nbits_block`` along K, symmetric, at ``accuracy_level`` 4 (int8 activations and integer
-  kernels where the CPU has them), the LM head quantised, and when that needs nodes kept float, also
-  ``<form>_head_fp32`` with the head float. Both int8 and int4 are judged by the spec's int8 budget, on this CPU's
+  weight-only, block ``nbits_block`` (``nbits4_block``) along K, round-to-nearest, symmetric at 8 bits and with zero
+  points at 4 (``nbits_symmetric``, ``nbits4_symmetric``; a per-block clipping search and AWQ scales are options:
+  :class:`DecoderQuantOptions`, recorded per form as its ``scheme``), at ``accuracy_level`` 4 (int8 activations and
+  integer kernels where the CPU has them), the LM head quantised (at 8 bits in ``nbits4``: ``nbits4_head_bits``),
+  and when that needs nodes kept float, also ``<form>_head_fp32`` with the head float (a tied head then reads the
+  embedding table, stored once). Each width is judged by its own budget (:func:`cpu_form_budgets`: int8.cpu by the
+  spec's int8 tolerance, int4.cpu by its int4 one, chiefly perplexity; the budgets verify reads), on this CPU's
   kernels, and chosen for this CPU (none of a width: no file of that width; a stale one is moved aside).
   ``kv_cache='float16'`` (:class:`DecoderQuantOptions`): each chosen form's past/present I/O narrowed to float16
   (optimize.kv_cache) and judged again by calibration.windows.ort_teacher_forced_cached (each window's second half read
@@ -70,7 +74,7 @@ from optimize.int8_build import QuantizeError, calibrate_ranges, quantize_dynami
 from optimize.layer_error import block_int8, float_weight, layer_errors, per_channel_int8, per_tensor_int8
 from optimize.kv_cache import CACHE_TYPES, narrow_cache
 from optimize.nbits import INTEGER_LEVEL, dequantized_weights, lm_head, matmul_nbits, weight_coverage
-from pipeline.artifacts import CPU_WEIGHT_FORMS, PRECISION_FILES
+from pipeline.artifacts import CPU_WEIGHT_FORMS, PRECISION_FILES, cpu_form_for_bits
 from optimize.qdq_graph import NodeInfo, drop_unused_initializers, ensure_node_names, int8_weight_coverage, \
     quantizable_nodes, quantizable_weight_elements
 from optimize.qdq_rules import check_qdq_rules, qdq_counts
@@ -91,7 +95,7 @@ log = logging.getLogger("edgeattn.optimize.decoder_quant")
 
 TASK = GENERATION.name
 SOURCES = ("fp32.sim.onnx", "fp32.onnx")  # the simplified graph when there is one
-CODE_VERSION = "decoder/4"  # 4: int8.cpu.onnx and int4.cpu.onnx per weight width, KV cache type option
+CODE_VERSION = "decoder/5"  # 5: int4 budget, 4-bit forms' head at 8 bits, weight options, a float tied head shared
 CPU_FORMS = ("dynamic", "nbits8", "nbits4", "qdq_s8s8")
 NBITS_FORMS = {"nbits8": 8, "nbits4": 4}  # weight-only MatMulNBits (optimize.nbits); "<form>_head_fp32": LM head float
 SCORE = "nll_rel_mse"  # the figure that ranks nodes in the sensitivity sweep
@@ -107,7 +111,17 @@ class DecoderQuantOptions:
     sweep_tokens: int = 4096  # validation subset that ranks nodes
     batch_size: int = 8
     fp16_cache: bool = True  # fp16.onnx's past/present in float16 (the logits stay float32)
-    nbits_block: int = 32  # MatMulNBits block size along K
+    nbits_block: int = 32  # MatMulNBits block size along K (8-bit)
+    nbits4_block: int = 32  # 4-bit block size along K
+    # the LM head's width in the 4-bit forms: 8 (llama.cpp's Q4 mixes do the same with the output weight) because on
+    # gpt2_imdb the 4-bit head alone cost the teacher-forced agreement 0.918 -> 0.983 with it at 8 bits, the body at 4
+    nbits4_head_bits: int = 8
+    nbits_symmetric: bool = True  # 8-bit; False: a zero point per block (MatMulNBits' zero_points input)
+    # 4-bit: zero points by default: on gpt2_imdb (head at 8 bits) the logits' NLL error fell 29 % (agreement 0.983 ->
+    # 0.986) for 1 % more file; at 8 bits they bought nothing
+    nbits4_symmetric: bool = False
+    nbits_clip: bool = False  # each block's range by the least weight error (optimize.nbits.quantize_blocks)
+    nbits_awq: bool = False  # 4-bit: activation-aware scales folded into the LayerNorms (optimize.awq)
     nbits_level: int = INTEGER_LEVEL  # MatMulNBits accuracy_level (4: int8 activations, integer kernels; 0: float)
     bench_prompt: int = 16  # decode benchmark: prompt tokens, new tokens, interleaved rounds
     bench_new_tokens: int = 32
@@ -115,8 +129,19 @@ class DecoderQuantOptions:
     kv_cache: str = "float32"  # the CPU forms' cache I/O: float32, or float16 (optimize.kv_cache) when within budget
 
     def __post_init__(self) -> None:
+        if self.nbits4_head_bits not in (4, 8):
+            raise QuantizeError(f"decoder nbits4_head_bits: got {self.nbits4_head_bits}, expected 4 or 8")
         if self.kv_cache not in CACHE_TYPES:
             raise QuantizeError(f"decoder kv_cache: got '{self.kv_cache}', expected one of {CACHE_TYPES}")
+
+    def nbits_scheme(self, bits: int) -> dict[str, Any]:
+        """How the ``bits``-bit MatMulNBits forms are built (optimize.nbits.matmul_nbits' options, AWQ or not): what
+        the manifest records per form."""
+        four = bits == 4
+        return {"block_size": self.nbits4_block if four else self.nbits_block,
+                "symmetric": self.nbits4_symmetric if four else self.nbits_symmetric,
+                "clip": self.nbits_clip, "awq": self.nbits_awq and bits == 4,
+                "head_bits": self.nbits4_head_bits if bits == 4 else bits}
 
     def key(self) -> dict[str, Any]:
         d = asdict(self)
@@ -312,7 +337,7 @@ def decode_bench(models: dict[str, Path], levels: dict[str, str] | None = None, 
 def _windows(spec, model_dir: Path, split: str, tokens: int, dopts: DecoderQuantOptions) -> EvalSet:
     block = min(dopts.block, int(spec.preprocess["max_positions"]))
     return text_windows(model_dir / spec.preprocess.get("tokenizer", "tokenizer.json"), split, max(tokens, block),
-                        block, spec.dataset or "imdb")
+                        block, spec.dataset or "imdb", spec.preprocess.get("eos_id"))
 
 
 @fold_repeats("edgeattn.optimize.decoder_quant")  # ONNX Runtime's per-candidate hints: once each, counted
@@ -347,8 +372,9 @@ def quantize_decoder(model_dir: str | os.PathLike, opts: QuantOptions | None = N
 
     b16 = budget_for(spec.tolerances, "fp16", max_drop_points=f16.max_drop)
     b8 = budget_for(spec.tolerances, "int8", max_drop_points=opts.max_drop, min_top1_agreement=opts.min_agreement)
-    for on, b in ((opts.fp16, b16), (opts.int8, b8)):  # refused before anything is written
-        if on:
+    cpu_budgets = cpu_form_budgets(spec.tolerances, opts)
+    for on, b in ((opts.fp16, b16), (opts.int8, b8), *((opts.int8, b) for b in cpu_budgets.values())):
+        if on:  # refused before anything is written
             check_resolution(b, val.inputs["labels"].size, True, f"quantize {model_dir.name} {b.precision}", "tokens")
     if opts.fp16:
         budget = b16
@@ -367,6 +393,7 @@ def quantize_decoder(model_dir: str | os.PathLike, opts: QuantOptions | None = N
         budget = b8
         calib = _windows(spec, model_dir, "train", dopts.calib_tokens, dopts)
         key = digest({"src": src_sha, "opts": opts.key(), "decoder": dopts.key(), "budget": budget.to_dict(),
+                       "cpu_budgets": {k: b.to_dict() for k, b in cpu_budgets.items()},
                        "calib": calib.description, "eval": val.description, "code": CODE_VERSION, "cpu_isa": isa})
         old = manifest.get("int8") or {}
         if not force and section_up_to_date(model_dir, old, key, list(old.get("files_sha256", {})) or ["int8.qdq.onnx"]):
@@ -374,11 +401,26 @@ def quantize_decoder(model_dir: str | os.PathLike, opts: QuantOptions | None = N
             result["int8"] = old
         else:
             sec = build_decoder_int8(model_dir, src, spec, calib, val, reference(), budget, opts, dopts, progress,
-                                     isa)
+                                     isa, cpu_budgets)
             sec.update(key=key, source_sha256=src_sha)
             update_manifest(model_dir, "int8", {**sec, "peak_rss_mb": peak_rss_mb()})
             result["int8"] = sec
     return result
+
+
+def cpu_form_budgets(tolerances: dict[str, Any] | None, opts: QuantOptions) -> dict[str, Budget]:
+    """The budget of each CPU file (pipeline.artifacts.CPU_WEIGHT_FORMS -> its spec tolerance through
+    judge.budget.budget_for, as verify reads it): int8.cpu by the int8 tolerance with the stage's --max-drop /
+    --min-agreement on top (the int8 budget's overrides, QuantOptions.budget), int4.cpu by the int4 tolerance as the
+    spec states it (specs written before it existed: the default)."""
+    over = {"max_drop_points": opts.max_drop, "min_top1_agreement": opts.min_agreement}
+    return {form: budget_for(tolerances, pf.tolerance, **(over if pf.tolerance == "int8" else {}))
+            for form, pf in CPU_WEIGHT_FORMS.items()}
+
+
+def form_budget(name: str, budgets: dict[str, Budget]) -> Budget:
+    """The budget a CPU form (``nbits4``, ``dynamic``, ...) is judged by: its weight width's CPU file's."""
+    return budgets[cpu_form_for_bits(form_bits(name))]
 
 
 def build_decoder_fp16(model_dir: Path, src: Path, windows: EvalSet, ref: TeacherForced, budget: Budget,
@@ -440,12 +482,15 @@ def _calibration(spec, windows: EvalSet, batch: int) -> CalibrationData:
 
 def build_decoder_int8(model_dir: Path, src: Path, spec, calib_windows: EvalSet, windows: EvalSet,
                        ref: TeacherForced, budget: Budget, opts: QuantOptions, dopts: DecoderQuantOptions,
-                       progress: bool = True, isa: str | None = None) -> dict[str, Any]:
+                       progress: bool = True, isa: str | None = None,
+                       cpu_budgets: dict[str, Budget] | None = None) -> dict[str, Any]:
     """Calibrate, search the W8A8 graph under ``budget``, weigh it against weight-only, write int8.qdq.onnx; pick the
-    CPU form for this CPU (or none); the manifest section."""
+    CPU forms for this CPU (or none), each width judged by its own budget (``cpu_budgets``: CPU file -> Budget,
+    :func:`cpu_form_budgets`; None: ``budget`` for every width); the manifest section."""
     import onnx
 
     isa = isa or int8_isa()
+    cpu_budgets = cpu_budgets or {form: budget for form in CPU_WEIGHT_FORMS}
     t0 = time.perf_counter()
     threads, bs = opts.threads, dopts.batch_size
 
@@ -494,17 +539,19 @@ def build_decoder_int8(model_dir: Path, src: Path, spec, calib_windows: EvalSet,
 
         excluded = [e["node"] for e in search["excluded"]] if scheme == "w8a8" else []
         cands = build_cpu_forms(prepared, qdq_dst, excluded, work, opts)
-        nbits = nbits_forms(prepared, nodes, windows, ref, budget, feeds, work, opts, dopts)
+        calib_feeds = lambda: sweep_feeds(info, calib_windows, bs)  # noqa: E731 - AWQ's activations (training)
+        nbits = nbits_forms(prepared, nodes, windows, ref, cpu_budgets, feeds, work, opts, dopts, calib_feeds)
         cands.update({k: v["file"] for k, v in nbits.items() if v.get("file")})
-        cpu = choose_decoder_cpu(src, cands, windows, ref, budget, quantizable, opts, dopts,
+        cpu = choose_decoder_cpu(src, cands, windows, ref, cpu_budgets, quantizable, opts, dopts,
                                  {k: v["figures"] for k, v in nbits.items() if v.get("figures")})
         won = {form: cands[p["winner"]] for form, p in cpu["picks"].items() if p["winner"]}
-        caches = narrow_forms(src, won, spec, windows, budget, work, opts, dopts) if dopts.kv_cache == "float16" \
+        caches = narrow_forms(src, won, spec, windows, cpu_budgets, work, opts, dopts) if dopts.kv_cache == "float16" \
             else {}
         for form, pf in CPU_WEIGHT_FORMS.items():
             write_cpu_artifact((caches.get(form) or {}).get("file") or won.get(form), model_dir / pf.file, isa)
     fig = chosen["figures"]
-    forms = {form: cpu_section(form, cpu, nbits, caches.get(form), src.name, isa) for form in CPU_WEIGHT_FORMS}
+    forms = {form: {**cpu_section(form, cpu, nbits, caches.get(form), src.name, isa),
+                    "budget": cpu_budgets[form].to_dict()} for form in CPU_WEIGHT_FORMS}
     files = {qdq_dst.name: sha256_file(qdq_dst), **{sec["file"]: sha256_file(model_dir / sec["file"])
                                                      for sec in forms.values() if sec["file"]}}
     return {
@@ -556,13 +603,13 @@ def cpu_section(form: str, cpu: dict[str, Any], nbits: dict[str, dict[str, Any]]
             "kv_cache": kv if win and kv else {"type": "float32"}}
 
 
-def narrow_forms(src: Path, won: dict[str, Path], spec, windows: EvalSet, budget: Budget, work: Path,
+def narrow_forms(src: Path, won: dict[str, Path], spec, windows: EvalSet, budgets: dict[str, Budget], work: Path,
                  opts: QuantOptions, dopts: DecoderQuantOptions) -> dict[str, dict[str, Any]]:
     """``kv_cache='float16'``: each chosen CPU form (``won``: CPU file -> graph) with its cache I/O narrowed to
     float16 (optimize.kv_cache.narrow_cache), judged by the cached teacher-forced figures (each window's second half
     read through the cache; calibration.windows.ort_teacher_forced_cached) against the fp32 graph's, beside the same
     form with its float32 cache, and timed beside it (batch-1 decode). Per form: the cache type kept ('float16' when
-    within ``budget``, with ``file``), both figures, the speeds and the reasons."""
+    within its CPU file's budget in ``budgets``, with ``file``), both figures, the speeds and the reasons."""
     info = DecoderInfo.from_spec(spec.to_dict(), spec.name)
     labels = windows.inputs["labels"]
 
@@ -583,7 +630,7 @@ def narrow_forms(src: Path, won: dict[str, Path], spec, windows: EvalSet, budget
             log.warning("%s float16 cache for %s failed: %s: %s", form, src.parent.name, type(e).__name__, e)
             out[form] = {"type": "float32", "requested": "float16", "error": f"{type(e).__name__}: {e}"}
             continue
-        reasons = budget_reasons(f16, budget, True)
+        reasons = budget_reasons(f16, budgets[form], True)
         out[form] = {"type": "float32" if reasons else "float16", "requested": "float16",
                      "file": None if reasons else dst, "val": brief_figures(f16), "float32_cache_val": brief_figures(f32),
                      "tokens_per_s": {k: v["tokens_per_s"] for k, v in speed.items()}, "reasons": reasons,
@@ -678,51 +725,86 @@ def rank_nbits(prepared: Path, quantized: Path, nodes: Sequence[NodeInfo], block
 
 
 # ---- MatMulNBits forms: search by bisection -----------------------------------------------------------------------
-def nbits_forms(prepared: Path, nodes: Sequence[NodeInfo], windows: EvalSet, ref: TeacherForced, budget: Budget,
-                feeds, work: Path, opts: QuantOptions, dopts: DecoderQuantOptions) -> dict[str, dict[str, Any]]:
+def nbits_forms(prepared: Path, nodes: Sequence[NodeInfo], windows: EvalSet, ref: TeacherForced,
+                budgets: dict[str, Budget], feeds, work: Path, opts: QuantOptions,
+                dopts: DecoderQuantOptions, calib_feeds=None) -> dict[str, dict[str, Any]]:
     """Per bit width of :data:`NBITS_FORMS` the search (:func:`search_nbits`) with the LM head quantised
     (``nbits8``/``nbits4``) and, unless that passed with every node quantised or kept the head float itself, with
-    the head float (``<form>_head_fp32``): the fastest passing one is then chosen with the other CPU forms. A form that fails to
-    build is logged and left out."""
+    the head float (``<form>_head_fp32``): the fastest passing one is then chosen with the other CPU forms. Each
+    width's weights as ``dopts.nbits_scheme`` says (AWQ: on the graph :func:`nbits_source` scales with the
+    activations of ``calib_feeds``). A form that fails to build is logged and left out."""
     import onnx
 
     head = lm_head(onnx.load(str(prepared), load_external_data=False), nodes)
     out: dict[str, dict[str, Any]] = {}
     for name in (f for f in wanted_forms(opts) if f in NBITS_FORMS):
         ranked: list[dict[str, Any]] = []
+        try:
+            src, scheme = nbits_source(prepared, nodes, NBITS_FORMS[name], calib_feeds, work, opts, dopts)
+        except Exception as e:  # noqa: BLE001 - one failing form must not stop the others
+            log.warning("int8 CPU form %s for %s failed: %s: %s", name, prepared.parent.name, type(e).__name__, e)
+            continue
         for fixed in ([], [head] if head else None):
             if fixed is None or (fixed and name in out and _head_search_moot(out[name], head)):
                 continue
             label = name + ("_head_fp32" if fixed else "")
             try:
-                out[label] = search_nbits(prepared, NBITS_FORMS[name], nodes, fixed, ranked, windows, ref, budget,
-                                          feeds, work / label, opts, dopts)
+                out[label] = search_nbits(src, NBITS_FORMS[name], nodes, fixed, ranked, windows, ref,
+                                          form_budget(name, budgets), feeds, work / label, opts, dopts,
+                                          {**scheme, "head": head})
             except Exception as e:  # noqa: BLE001 - one failing form must not stop the others
                 log.warning("int8 CPU form %s for %s failed: %s: %s", label, prepared.parent.name, type(e).__name__, e)
     return out
 
 
+def nbits_source(prepared: Path, nodes: Sequence[NodeInfo], bits: int, calib_feeds, work: Path, opts: QuantOptions,
+                 dopts: DecoderQuantOptions) -> tuple[Path, dict[str, Any]]:
+    """(the float graph the ``bits``-bit forms are built from, the scheme record): ``prepared`` itself, or with
+    ``nbits_awq`` (4-bit) the same graph with optimize.awq's activation-aware scales folded into its LayerNorms,
+    chosen on the calibration (training) windows' activations; the record adds each group's alpha."""
+    scheme = dopts.nbits_scheme(bits)
+    if not scheme["awq"]:
+        return prepared, scheme
+    if calib_feeds is None:
+        raise QuantizeError(f"{prepared.parent.name} {bits}-bit AWQ: got no calibration feeds, expected the "
+                            "training windows' prefill feeds")
+    from optimize.awq import awq_graph
+
+    model, groups = awq_graph(prepared, nodes, calib_feeds(), bits, scheme["block_size"], scheme["symmetric"],
+                              scheme["clip"], dopts.nbits_level, threads=opts.threads)
+    dst = work / f"awq{bits}.onnx"
+    save_onnx(model, dst)
+    return dst, {**scheme, "awq_groups": groups}
+
+
 def _head_search_moot(with_head: dict[str, Any], head: str) -> bool:
     """A search with the LM head float adds nothing when the one with the head quantised passed with every node
-    quantised (faster cannot be had), or kept the head float itself."""
-    return (with_head["passed"] and not with_head["kept_float"]) or head in with_head["kept_float"]
+    quantised (faster cannot be had), or kept only the head float itself (the same graph). When it kept the head
+    and others float, the head-float search may need fewer (its first step: only the head float)."""
+    return (with_head["passed"] and not with_head["kept_float"]) or with_head["kept_float"] == [head]
 
 
 def search_nbits(prepared: Path, bits: int, nodes: Sequence[NodeInfo], fixed: Sequence[str],
                  ranked: list[dict[str, Any]], windows: EvalSet, ref: TeacherForced, budget: Budget, feeds,
-                 work: Path, opts: QuantOptions, dopts: DecoderQuantOptions) -> dict[str, Any]:
+                 work: Path, opts: QuantOptions, dopts: DecoderQuantOptions,
+                 scheme: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every node MatMulNBits but ``fixed``; when that misses ``budget`` (judge.budget on the teacher-forced figures,
     crash-guarded child at ONNX Runtime 'all': this CPU's kernels), the nodes ranked once by :func:`rank_nbits` (kept
     in ``ranked`` for the caller's next search) and the fewest of the most sensitive kept float found by
-    optimize.int8_budget.bisect_cut. Returns the chosen graph, its figures and the search's record."""
+    optimize.int8_budget.bisect_cut. ``scheme``: :meth:`DecoderQuantOptions.nbits_scheme` (None: that of ``bits``).
+    Returns the chosen graph, its figures and the search's record."""
     work.mkdir(parents=True, exist_ok=True)
+    scheme = dict(scheme or dopts.nbits_scheme(bits))
+    block, head = scheme["block_size"], scheme.pop("head", None)
+    head_bits = {head: scheme["head_bits"]} if head and scheme.get("head_bits", bits) != bits else None
     tried: dict[int, dict[str, Any]] = {}
     order: list[str] = []
 
     def run(k: int) -> bool:
         if k not in tried:
             p = work / f"keep{k}.onnx"
-            summary = matmul_nbits(prepared, p, bits, dopts.nbits_block, [*fixed, *order[:k]], dopts.nbits_level)
+            summary = matmul_nbits(prepared, p, bits, block, [*fixed, *order[:k]], dopts.nbits_level,
+                                   scheme["symmetric"], scheme["clip"], node_bits=head_bits)
             cmp, err = evaluate_guarded(p, windows, ref, "all", opts.threads, dopts.batch_size)
             tried[k] = {"file": p, "figures": cmp, "error": err, "summary": summary,
                         "passed": cmp is not None and passes(cmp, budget, True)}
@@ -733,7 +815,7 @@ def search_nbits(prepared: Path, bits: int, nodes: Sequence[NodeInfo], fixed: Se
     k = 0
     if not run(0) and tried[0]["error"] is None:
         if not ranked:
-            ranked[:] = rank_nbits(prepared, tried[0]["file"], nodes, dopts.nbits_block, dopts.nbits_level, feeds(),
+            ranked[:] = rank_nbits(prepared, tried[0]["file"], nodes, block, dopts.nbits_level, feeds(),
                                    opts.threads)
         order[:] = [r["node"] for r in ranked if r["node"] not in fixed]
         limit = min(opts.max_excluded if opts.max_excluded is not None else len(order) - 1, len(order) - 1)
@@ -741,7 +823,7 @@ def search_nbits(prepared: Path, bits: int, nodes: Sequence[NodeInfo], fixed: Se
         k = limit if cut is None else cut
     best = tried[k]
     return {"file": best["file"] if best["figures"] else None, "figures": best["figures"], "bits": bits,
-            "block_size": dopts.nbits_block, "accuracy_level": dopts.nbits_level, "lm_head_float": bool(fixed),
+            "block_size": block, "accuracy_level": dopts.nbits_level, "scheme": scheme, "lm_head_float": bool(fixed),
             "kept_float": [*fixed, *order[:k]], "passed": best["passed"], "error": best["error"],
             "graph": best["summary"], "full_evaluations": len(tried),
             "steps": [{"kept_float": len(fixed) + j, **(brief_figures(t["figures"]) if t["figures"] else
@@ -751,7 +833,7 @@ def search_nbits(prepared: Path, bits: int, nodes: Sequence[NodeInfo], fixed: Se
 
 
 def choose_decoder_cpu(src: Path, cands: dict[str, Path], windows: EvalSet, ref: TeacherForced,
-                       budget: Budget, quantizable: int, opts: QuantOptions,
+                       budgets: dict[str, Budget], quantizable: int, opts: QuantOptions,
                        dopts: DecoderQuantOptions, known: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Each form's figures on this CPU (crash-guarded child, ONNX Runtime 'all'; ``known``: figures a search already
     measured the same way), decode speed of the survivors and fp32 side by side, then optimize.cpu_int8.pick_cpu per
@@ -769,7 +851,7 @@ def choose_decoder_cpu(src: Path, cands: dict[str, Path], windows: EvalSet, ref:
         if cmp is None:
             rows[name] = {"ran": False, "error": err, "passed": False, "int8_weight_coverage": coverage}
             continue
-        reasons = budget_reasons(cmp, budget, True)
+        reasons = budget_reasons(cmp, form_budget(name, budgets), True)
         if coverage < opts.min_int8_coverage:
             reasons.append(f"only {coverage:.0%} of the Gemm/MatMul weights are 8-bit or less, expected >= "
                            f"{opts.min_int8_coverage:.0%}")
@@ -829,8 +911,11 @@ def print_tables(name: str, res: dict[str, Any]) -> None:
         print(f"  {k:<16}{str(r['ran']):>5}{r.get('int8_weight_coverage', 0):>8.2f}  {tf(r.get('val')):<52}"
               f"{'-' if lat is None else f'{lat:.3f}':>9}{r.get('speedup_vs_fp32') or '-':>8}  {r['passed']}{mark}")
     for k, v in {k: v for sec in forms.values() for k, v in (sec.get("nbits") or {}).items()}.items():
-        print(f"  {k}: {v['bits']}-bit block {v['block_size']} level {v['accuracy_level']}, {len(v['kept_float'])} "
-              f"kept float, {v['full_evaluations']} full evaluations, passed {v['passed']}")
+        sc = v.get("scheme") or {}
+        print(f"  {k}: {v['bits']}-bit block {v['block_size']} level {v['accuracy_level']} "
+              f"{'symmetric' if sc.get('symmetric', True) else 'zero points'}{', clip search' if sc.get('clip') else ''}"
+              f"{', AWQ' if sc.get('awq') else ''}, {len(v['kept_float'])} kept float, {v['full_evaluations']} full "
+              f"evaluations, passed {v['passed']}")
     for form, sec in forms.items():
         file, kv = PRECISION_FILES[form].file, sec.get("kv_cache") or {}
         print(f"  CPU ({sec.get('cpu_isa')}): " + (f"{file} = {sec['method']}: {sec['why']}" if sec.get("file")

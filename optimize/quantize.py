@@ -22,6 +22,10 @@ Manifest section ``int8`` records calibration, the ``ptq`` choices (alpha and La
 calibration method per tensor), budget, sensitivity, the nodes kept float and what each cost, every candidate's accuracy and latency, and which CPU method won. Up-to-date artifacts are skipped.
 Models without a dataset (e.g. torchvision:vit_b_16) are calibrated on seeded natural-ish images and
 judged by parity only (logit cosine vs fp32).
+
+A decoder (its task's handler: optimize.decoder_quant) takes ``--kv-cache float16``: its weight-only CPU forms' cache
+I/O narrowed to float16 where that stays within the budget. A model without a KV cache given ``--kv-cache`` is
+refused (one ``error: quantize <model>: ...`` line, exit 2, its files untouched; the other models go on).
 """
 from __future__ import annotations
 
@@ -51,8 +55,10 @@ from optimize.qdq_graph import ensure_node_names, quantizable_nodes
 from optimize.qdq_rules import check_qdq_rules, qdq_counts
 from runtime.cpu import cpu_info, int8_isa
 from runtime.errors import ModelLoadError
-from pipeline.args import (add_artifacts, add_force, add_max_drop, add_models, add_threads, choice_list,
-                           non_negative_int, non_negative_number, positive_int, stage_parser)
+from runtime.modelspec import SPEC_FILE
+from optimize.kv_cache import CACHE_TYPES
+from pipeline.args import (ArgumentsError, add_artifacts, add_force, add_kv_cache, add_max_drop, add_models,
+                           add_threads, choice_list, non_negative_int, non_negative_number, positive_int, stage_parser)
 from pipeline.artifacts import resolve_models
 from pipeline.quiet import fold_repeats
 from pipeline.stage import StageErrors, cli
@@ -74,10 +80,27 @@ CODE_VERSION = "int8/6"  # 3: module scopes carried into fp16/int8 graphs; 4: fp
 
 
 def quantize_model(model_dir: str | os.PathLike, opts: QuantOptions | None = None, force: bool = False,
-                   progress: bool = True) -> dict[str, Any]:
+                   progress: bool = True, **handler_kw: Any) -> dict[str, Any]:
     """FP16 + INT8 artifacts for one model folder; returns {"fp16": section, "int8": section} (as written), by the
-    handler of the folder's task (zoo.tasks: :func:`quantize_outputs`, or a decoder's optimize.decoder_quant)."""
-    return task_of_dir(model_dir).run("quantize", model_dir, opts, force, progress)
+    handler of the folder's task (zoo.tasks: :func:`quantize_outputs`, or a decoder's optimize.decoder_quant).
+    ``handler_kw``: options only that handler takes (:func:`cache_options`)."""
+    return task_of_dir(model_dir).run("quantize", model_dir, opts, force, progress, **handler_kw)
+
+
+def cache_options(model_dir: Path, name: str, kv_cache: str | None) -> dict[str, Any]:
+    """``--kv-cache`` -> the keyword the quantize handler of a model with a KV cache takes (``dopts``: the decoder
+    options, optimize.decoder_quant); {} when not given. A model whose spec lists no past inputs has no cache to
+    narrow: refused (ArgumentsError) before any of its files is written."""
+    if kv_cache is None:
+        return {}
+    spec = read_json(Path(model_dir) / SPEC_FILE, {}) or {}
+    if not (spec.get("preprocess") or {}).get("past_inputs"):
+        raise ArgumentsError(f"--kv-cache {kv_cache}: model '{name}' has no KV cache (its {SPEC_FILE} lists no past "
+                             "inputs); expected a decoder exported with its cache (leave --kv-cache out for this "
+                             "model)")
+    from optimize.decoder_quant import DecoderQuantOptions
+
+    return {"dopts": DecoderQuantOptions(kv_cache=kv_cache)}
 
 
 @fold_repeats("edgeattn.optimize.quantize")  # ONNX Runtime's per-candidate hints: once each, counted
@@ -386,6 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--bench-runs", type=positive_int, default=d.bench_runs)
     add_threads(ap, default=os.environ.get("EDGEATTN_THREADS", str(d.threads)))
     ap.add_argument("--only", choices=("fp16", "int8"), help="build only one precision")
+    add_kv_cache(ap, CACHE_TYPES)
     add_force(ap, help="rebuild even if up to date")
     args = ap.parse_args(argv)
     # onnxruntime.quantization logs hints ("please pre-process") on the root logger at WARNING: keep root at
@@ -407,7 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             mopts = replace(opts, bench_runs=min(opts.bench_runs, 10))
         t0 = time.perf_counter()
         with errors.model(name):
-            res = quantize_model(model_dir, mopts, force=args.force)
+            res = quantize_model(model_dir, mopts, force=args.force, **cache_options(model_dir, name, args.kv_cache))
             task_of_dir(model_dir).run("quantize_tables", name, res)
             bad = [k for k, s in res.items() if not (s.get("passed", True) if k == "fp16" else
                                                        s["qdq"]["passed"] and s["cpu"]["passed"]

@@ -202,6 +202,14 @@ def add_threads(ap: argparse.ArgumentParser, default: int | None = None,
     ap.add_argument("--threads", type=positive_int, default=default, help=help)
 
 
+def add_kv_cache(ap: argparse.ArgumentParser, choices: Sequence[str]) -> None:
+    """``--kv-cache``: a decoder's cache I/O in its quantised CPU forms (``choices``: optimize.kv_cache.CACHE_TYPES,
+    passed in: this floor cannot import optimize); None when not given (the decoder options' default)."""
+    ap.add_argument("--kv-cache", choices=list(choices), default=None,
+                    help=f"a decoder's KV cache in its weight-only CPU forms: {', '.join(choices)} (float16: kept only "
+                         "within the budget; default: float32). A model without a KV cache is refused")
+
+
 def add_force(ap: argparse.ArgumentParser, help: str = "redo even when up to date") -> None:
     ap.add_argument("--force", action="store_true", help=help)
 

@@ -466,11 +466,12 @@ class TextGenerator:
 
     @property
     def tokenizer(self):
-        """The byte-level BPE of the model folder (runtime.bpe), loaded on first use."""
+        """The BPE tokenizer of the model folder (runtime.bpe: GPT-2, Llama-2/Mistral, Llama-3, Qwen2 forms), loaded
+        on first use."""
         if self._tok is None:
-            from runtime.bpe import ByteLevelBPE
+            from runtime.bpe import BPETokenizer
 
-            self._tok = ByteLevelBPE.from_file(self._tokenizer_path)
+            self._tok = BPETokenizer.from_file(self._tokenizer_path)
         return self._tok
 
     # -- prompts

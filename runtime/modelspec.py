@@ -89,12 +89,16 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
                       max_ppl_increase_pct=0.5),
     "int8": Tolerance(max_abs=None, min_cosine=0.99, min_top1_agreement=0.99, max_drop_points=0.5, cosine_on="mean",
                       max_ppl_increase_pct=1.0),
+    # weight-only 4-bit (int4.cpu.onnx) is judged chiefly by perplexity: published round-to-nearest 4-bit results on
+    # 7B models lose a few percent of perplexity, so +5 % with a looser agreement and drop bar; fixed, not fitted
+    "int4": Tolerance(max_abs=None, min_cosine=0.98, min_top1_agreement=0.95, max_drop_points=1.0, cosine_on="mean",
+                      max_ppl_increase_pct=5.0),
 }
 NEIGHBOUR_K = 5  # feature extraction: overlap@5 of each sample's nearest neighbours
 # feature extraction: the mean top-k neighbour overlap per precision, on top of DEFAULT_TOLERANCES' bars (the
 # per-sample cosine of the embeddings is their cosine bar: int8 mean >= 0.99). fp32 is not 1.0: two neighbours at
 # equal cosine may swap on float32 rounding (one swap on 1000 samples costs 0.0002).
-NEIGHBOUR_OVERLAP = {"fp32": 0.999, "fp16": 0.98, "bf16": 0.95, "int8": 0.95}
+NEIGHBOUR_OVERLAP = {"fp32": 0.999, "fp16": 0.98, "bf16": 0.95, "int8": 0.95, "int4": 0.90}
 
 
 def default_tolerances(task: str | None = None) -> dict[str, Tolerance]:

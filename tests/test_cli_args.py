@@ -137,6 +137,8 @@ def test_unknown_flavour_in_every_stage(stage, flag, art, capsys):
     (["quantize", "--min-agreement", "-0.1"], "--min-agreement: got '-0.1', expected a number >= 0"),
     (["quantize", "--calib-size", "-1"], "--calib-size: got '-1', expected an integer >= 1"),
     (["quantize", "--cpu-candidates", "fastest"], "--cpu-candidates: got 'fastest', expected some of "),
+    (["quantize", "--kv-cache", "int8"], "--kv-cache: got 'int8', expected one of 'float32', 'float16'"),
+    (["run", "--kv-cache", "bfloat16"], "--kv-cache: got 'bfloat16', expected one of 'float32', 'float16'"),
     (["triton", "--instances", "0"], "--instances: got '0', expected an integer >= 1"),
     (["export", "--weights", "/no/such.pt"], "--weights: got '/no/such.pt' (no such file or folder), expected an "
                                              "existing path"),
@@ -257,3 +259,49 @@ def test_a_quantize_run_that_misses_keeps_the_verified_int8_files(tmp_path, caps
     assert kept["key"] == first["key"] and kept["files_sha256"] == first["files_sha256"] == before
     assert kept["last_run"]["passed"] is False and "1.01" in kept["last_run"]["why"]
     assert kept["last_run"]["kept"] == sorted(files)
+
+
+# ---- --kv-cache (issue #21): a decoder's cache type; refused for a model without a cache ---------------------------
+@pytest.mark.parametrize("cache", ["float16", "float32"])
+def test_kv_cache_on_a_classifier_is_refused_before_its_files_are_touched(cache, art, capsys):
+    """The choice made for #21: a refusal, not a silent no-op. One error line for the model (exit 2), its folder
+    byte-for-byte as it was; the stage's summary names the model."""
+    before = snapshot(art)
+    rc = edgeattn(["quantize", "--models", "vit", "--kv-cache", cache, "--artifacts", str(art)])
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert rc == 2 and snapshot(art) == before, (rc, out, err)
+    assert lines[0] == (f"error: quantize vit: --kv-cache {cache}: model 'vit' has no KV cache (its spec.json lists no "
+                        "past inputs); expected a decoder exported with its cache (leave --kv-cache out "
+                        "for this model)")
+    assert lines[1:] == ["quantize: 1 of 1 model(s) failed: vit (ArgumentsError)"]
+
+
+def test_kv_cache_reaches_the_decoder_quantize_options(art, capsys, monkeypatch):
+    """A folder whose spec lists past inputs (a decoder): --kv-cache float16 arrives as
+    DecoderQuantOptions(kv_cache='float16') in its task's quantize handler; without the flag, the handler's default."""
+    import optimize.decoder_quant as dq
+
+    folder = art / "tiny_decoder"
+    folder.mkdir()
+    (folder / "spec.json").write_text(json.dumps({"task": "text_generation", "preprocess": {
+        "past_inputs": ["past_key_values.0.key", "past_key_values.0.value"]}}))
+    (folder / "fp32.sim.onnx").write_bytes(b"sim")
+    seen = []
+    monkeypatch.setattr(dq, "quantize_decoder", lambda *a, dopts=None, **k: seen.append(dopts) or {})
+    monkeypatch.setattr(dq, "print_tables", lambda name, res: None)
+    for extra in (["--kv-cache", "float16"], []):
+        assert edgeattn(["quantize", "--models", "tiny_decoder", "--artifacts", str(art), *extra]) == 0, \
+            capsys.readouterr()
+    assert [d.kv_cache if d else None for d in seen] == ["float16", None]
+
+
+def test_run_passes_kv_cache_to_quantize_only():
+    from edgeattn import orchestrator as orc
+    from edgeattn.__main__ import run_options
+
+    steps = {s.stage: s for s in orc.plan(run_options(["--models", "gpt2_imdb", "--kv-cache", "float16"]))}
+    assert steps["quantize"].args == ("--kv-cache", "float16")
+    assert not any("--kv-cache" in s.args for name, s in steps.items() if name != "quantize")
+    plain = {s.stage: s for s in orc.plan(run_options(["--models", "gpt2_imdb"]))}
+    assert "--kv-cache" not in plain["quantize"].args

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -188,8 +189,8 @@ def test_int8_qdq_is_within_the_budget_or_says_why_and_its_figures_come_from_the
             from optimize.nbits import nbits_summary
 
             s = nbits_summary(folder / file)
-            assert s["bits"] in ([cpu["weight_bits"]], []) and cpu["candidates"][cpu["method"]]["passed"]
-            assert (s["bits"] == [4]) == (form == "int4.cpu")
+            assert s["bits"] in ([cpu["weight_bits"]], [4, 8], []) and cpu["candidates"][cpu["method"]]["passed"]
+            assert (4 in s["bits"]) == (form == "int4.cpu")  # a 4-bit form's head may be 8-bit
     assert set(forms["int4.cpu"]["candidates"]) <= {"nbits4", "nbits4_head_fp32"}
     assert {"dynamic", "nbits8", "nbits4", "qdq_s8s8"} <= set(cands)
     assert set(cands) - {"dynamic", "qdq_s8s8"} == set(nbits)  # + any <form>_head_fp32
@@ -197,7 +198,10 @@ def test_int8_qdq_is_within_the_budget_or_says_why_and_its_figures_come_from_the
     n = len(q["quantized_nodes"]) + len(q["excluded_nodes"]) if q["scheme"] == "w8a8" else 9
     assert q["full_evaluations"] <= 2 + int(np.ceil(np.log2(n)))  # bisection, not one evaluation per node
     for name, nb in nbits.items():
-        assert nb["graph"]["accuracy_levels"] == [4] and nb["graph"]["bits"] == [nb["bits"]], name
+        head_quantized = not nb["lm_head_float"] and "node_linear" not in nb["kept_float"]  # the tied head
+        body = nb["graph"]["nodes"] - head_quantized  # body nodes at the form's width, the head at head_bits
+        assert nb["graph"]["accuracy_levels"] == [4] and nb["graph"]["bits"] == sorted(
+            ({nb["bits"]} if body else set()) | ({nb["scheme"]["head_bits"]} if head_quantized else set())), name
         assert nb["graph"]["nodes"] + nb["graph"]["float_matmuls"] == 9  # 4 per layer + the LM head
         assert len(nb["kept_float"]) == nb["graph"]["float_matmuls"] and nb["full_evaluations"] <= 2 + 4
         row = cands[name]
@@ -229,6 +233,7 @@ def test_weight_only_weights_dequantise_to_the_fp32_weights(onnx_path, tmp_path)
 
 # ---- verify rows ------------------------------------------------------------------------------------------------
 def test_precision_rows_report_teacher_forced_figures_and_the_matching_prefix(quantized, exported):  # noqa: F811
+    from judge.budget import budget_for
     from verify.generation import format_precision_row, precision_rows
 
     name, art, _ = exported
@@ -236,7 +241,9 @@ def test_precision_rows_report_teacher_forced_figures_and_the_matching_prefix(qu
                           threads=1, tf_tokens=2048, progress=False)  # fp16's 0.1 points resolve on 2000
     by = {r["precision"]: r for r in rows}
     assert by["fp16"]["passed"] and by["fp16"]["gating"] and not by["int8.cpu"]["gating"] | by["int4.cpu"]["gating"]
-    assert by["int4.cpu"]["artifact"] == "int4.cpu.onnx" and by["int4.cpu"]["budget"] == by["int8.cpu"]["budget"]
+    assert by["int4.cpu"]["artifact"] == "int4.cpu.onnx"
+    assert by["int4.cpu"]["budget"] == budget_for(None, "int4").to_dict()  # each width's own budget, as quantize's
+    assert by["int8.cpu"]["budget"] == budget_for(None, "int8").to_dict()
     assert by["int8"]["ort_opt_level"] == "disable"
     for r in rows:
         if r.get("skipped"):
@@ -318,7 +325,8 @@ def test_nbits_graphs_hold_every_weight_at_the_integer_accuracy_level(nbits_grap
         assert all(a["accuracy_level"] == 4 and a["bits"] == bits and a["block_size"] == 32 for a in attrs)
         assert {n.name for n in nb} == {n.name for n in nodes}  # the MatMuls' names kept
         assert summary == {"nodes": 9, "bits": [bits], "block_sizes": [32], "accuracy_levels": [4],
-                           "weight_elements": total, "float_matmuls": 0}
+                           "weight_elements": total, "float_matmuls": 0, "symmetric": True, "clip": False,
+                           "importance": False, "tied_weights_shared": 0}
         assert weight_coverage(path, total) == 1.0  # 4-bit packs two per byte: K x N counted, not bytes
     head = lm_head(src, nodes)
     assert head == nodes[-1].name and next(n for n in src.graph.node if n.name == head).output[0] == "logits"
@@ -440,8 +448,9 @@ def test_one_pass_sensitivity_ranks_the_harmful_node_first_and_the_search_keeps_
 
 def test_the_lm_head_float_search_runs_only_where_it_can_find_something(nbits_graphs, monkeypatch, tmp_path):
     """nbits_forms: 8-bit passed with every node quantised -> no head-float search; 4-bit needed two nodes float
-    but not the head -> the head-float search runs (same ranking list handed on); a search that kept the head float
-    itself -> none."""
+    but not the head -> the head-float search runs (same ranking list handed on); a search that kept only the head
+    float -> none; the head and another -> it runs. Each width searched under its own budget and scheme (4-bit: the
+    head at 8 bits by default)."""
     import optimize.decoder_quant as dq
     from optimize.int8_budget import QuantOptions
 
@@ -450,21 +459,28 @@ def test_the_lm_head_float_search_runs_only_where_it_can_find_something(nbits_gr
     calls = []
     kept = {(8, False): [], (4, False): [nodes[0].name, nodes[1].name], (4, True): [head]}
 
-    def fake(prepared_, bits, nodes_, fixed, ranked, *a):
+    def fake(prepared_, bits, nodes_, fixed, ranked, windows, ref, budget, feeds, work, opts_, dopts, scheme):
         calls.append((bits, list(fixed), id(ranked)))
+        assert budget.precision == {8: "int8", 4: "int4"}[bits]  # each width searched under its own budget
+        assert (scheme["head"], scheme["head_bits"], scheme["block_size"]) == (head, {8: 8, 4: 8}[bits], 32)
         k = kept.get((bits, bool(fixed)), [*fixed])
         return {"passed": True, "kept_float": k, "file": None, "figures": None}
 
     monkeypatch.setattr(dq, "search_nbits", fake)
     opts = QuantOptions(threads=1)
-    out = dq.nbits_forms(prepared, nodes, None, None, None, None, tmp_path, opts, dq.DecoderQuantOptions())
+    budgets = dq.cpu_form_budgets(None, opts)
+    out = dq.nbits_forms(prepared, nodes, None, None, budgets, None, tmp_path, opts, dq.DecoderQuantOptions())
     assert sorted(out) == ["nbits4", "nbits4_head_fp32", "nbits8"]
     assert [(b, f) for b, f, _ in calls] == [(8, []), (4, []), (4, [head])]
     assert calls[1][2] == calls[2][2]  # one ranking per bit width, shared by its two searches
-    kept[(4, False)] = [head, nodes[0].name]
+    kept[(4, False)] = [head]  # the head alone kept float: the head-float search would build the same graph
     calls.clear()
-    out = dq.nbits_forms(prepared, nodes, None, None, None, None, tmp_path, opts, dq.DecoderQuantOptions())
+    out = dq.nbits_forms(prepared, nodes, None, None, budgets, None, tmp_path, opts, dq.DecoderQuantOptions())
     assert sorted(out) == ["nbits4", "nbits8"] and len(calls) == 2
+    kept[(4, False)] = [head, nodes[0].name]  # the head and more: starting from the head float may need fewer
+    calls.clear()
+    out = dq.nbits_forms(prepared, nodes, None, None, budgets, None, tmp_path, opts, dq.DecoderQuantOptions())
+    assert sorted(out) == ["nbits4", "nbits4_head_fp32", "nbits8"] and len(calls) == 3
 
 
 # ---- the KV cache in float16 (optimize.kv_cache) and its judge (calibration.windows.ort_teacher_forced_cached) -----
@@ -539,7 +555,8 @@ def test_float16_cache_forms_are_judged_through_the_cache_and_kept_only_within_t
     val = _windows(spec, folder, "val", 1024, dopts)
     loose = budget_for(spec.tolerances, "int8", max_drop_points=100.0, min_top1_agreement=0.0,
                        max_ppl_increase_pct=1e9)
-    out = narrow_forms(folder / "fp32.onnx", {"int4.cpu": nb4}, spec, val, loose, tmp_path, QuantOptions(threads=1),
+    out = narrow_forms(folder / "fp32.onnx", {"int4.cpu": nb4}, spec, val, {"int4.cpu": loose}, tmp_path,
+                       QuantOptions(threads=1),
                        dopts)["int4.cpu"]
     assert out["type"] == "float16" and out["reasons"] == [] and cache_type(out["file"], info.past_inputs) == "float16"
     a, b = out["val"], out["float32_cache_val"]
@@ -565,3 +582,56 @@ def test_cpu_forms_have_one_file_per_weight_width_and_the_cache_option_is_checke
         cpu_form_for_bits(2)
     with pytest.raises(QuantizeError, match="got 'int8', expected one of"):
         DecoderQuantOptions(kv_cache="int8")
+    d = DecoderQuantOptions()  # the defaults the manifest records per form (module docstring: why these)
+    assert d.nbits_scheme(8) == {"block_size": 32, "symmetric": True, "clip": False, "awq": False, "head_bits": 8}
+    assert d.nbits_scheme(4) == {"block_size": 32, "symmetric": False, "clip": False, "awq": False, "head_bits": 8}
+    assert DecoderQuantOptions(nbits4_block=16, nbits_awq=True).nbits_scheme(4)["block_size"] == 16
+    assert not DecoderQuantOptions(nbits_awq=True).nbits_scheme(8)["awq"]  # AWQ is a 4-bit option
+    with pytest.raises(QuantizeError, match="nbits4_head_bits: got 2, expected 4 or 8"):
+        DecoderQuantOptions(nbits4_head_bits=2)
+
+
+# ---- the int4 budget: its own bars, the same in quantize and verify ----------------------------------------------
+def test_each_cpu_width_is_judged_by_its_own_budget_the_one_verify_reads(monkeypatch, tmp_path):
+    """choose_decoder_cpu on two forms with the SAME figures (agreement 0.96, -0.8 points, perplexity +3 %): the 8-bit
+    one misses the int8 budget, the 4-bit one is within the int4 budget and becomes int4.cpu.onnx; each row's
+    reasons are what verify.generation's budget (pipeline.artifacts' tolerance key through judge.budget.budget_for)
+    says of the same figures. A spec written before the int4 tolerance existed gets the default int4 bars; the
+    stage's --max-drop is the int8 budget's, not int4's."""
+    import optimize.decoder_quant as dq
+    from judge.budget import budget_for, reasons
+    from optimize.int8_budget import QuantOptions
+    from runtime.modelspec import DEFAULT_TOLERANCES
+    from verify.generation import PRECISION_ARTIFACTS
+
+    i4 = DEFAULT_TOLERANCES["int4"]
+    assert (i4.max_ppl_increase_pct, i4.min_top1_agreement, i4.max_drop_points, i4.min_cosine, i4.cosine_on,
+            i4.max_abs) == (5.0, 0.95, 1.0, 0.98, "mean", None)
+    old_spec = {k: v for k, v in DEFAULT_TOLERANCES.items() if k != "int4"}  # spec.json from before the int4 entry
+    opts = QuantOptions(threads=1, max_drop=2.0, min_speedup=1.0)
+    budgets = dq.cpu_form_budgets(old_spec, opts)
+    assert budgets["int4.cpu"] == budget_for(None, "int4") == budget_for(old_spec, PRECISION_ARTIFACTS["int4.cpu"][1])
+    assert budgets["int4.cpu"].max_drop_points == 1.0 and budgets["int8.cpu"].max_drop_points == 2.0
+    assert budgets["int8.cpu"] == budget_for(old_spec, PRECISION_ARTIFACTS["int8.cpu"][1], max_drop_points=2.0)
+    budgets = dq.cpu_form_budgets(None, QuantOptions(threads=1, min_speedup=1.0))
+    fig = {"n_tokens": 4096, "n_windows": 32, "top1_agreement": 0.96, "accuracy": 0.30, "reference_accuracy": 0.308,
+           "accuracy_delta": -0.8, "accuracy_delta_ci95": [-1.2, -0.4], "perplexity": 103.0,
+           "reference_perplexity": 100.0, "perplexity_delta_pct": 3.0, "nll_mean_delta": 0.0296, "nll_rel_mse": 1e-3,
+           "nonfinite": 0, "reference_nonfinite": 0, "degenerate_reference": False}
+    monkeypatch.setattr(dq, "weight_coverage", lambda p, q: 1.0)
+    monkeypatch.setattr(dq, "decode_bench", lambda models, *a, **k: {m: {"ms_per_token": 10.0 if m == "fp32" else 5.0,
+                                                                          "tokens_per_s": 100.0} for m in models})
+    windows = SimpleNamespace(inputs={"input_ids": np.ones((1, 20), np.int64)})
+    cands = {"nbits8": tmp_path / "a.onnx", "nbits4": tmp_path / "b.onnx"}
+    cpu = dq.choose_decoder_cpu(tmp_path / "fp32.onnx", cands, windows, None, budgets, 1, QuantOptions(
+        threads=1, min_speedup=1.0), dq.DecoderQuantOptions(), {k: fig for k in cands})
+    assert cpu["picks"]["int4.cpu"]["winner"] == "nbits4" and cpu["picks"]["int8.cpu"]["winner"] is None
+    r8, r4 = cpu["candidates"]["nbits8"], cpu["candidates"]["nbits4"]
+    assert r4["passed"] and r4["reasons"] == []
+    assert not r8["passed"] and any("top1_agreement 0.9600 < 0.99" in r for r in r8["reasons"])
+    assert any("perplexity +3.000 %, budget +1 %" in r for r in r8["reasons"])
+    for name, row in (("nbits8", r8), ("nbits4", r4)):  # verify's verdict on the same figures, row for row
+        form = "int4.cpu" if name == "nbits4" else "int8.cpu"
+        assert reasons(fig, budget_for(None, PRECISION_ARTIFACTS[form][1]), True) == row["reasons"]
+    worse = {**fig, "perplexity_delta_pct": 5.5}  # beyond the int4 bar: perplexity decides
+    assert reasons(worse, budgets["int4.cpu"], True) == ["perplexity +5.500 %, budget +5 %"]

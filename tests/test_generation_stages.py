@@ -161,7 +161,7 @@ def test_one_precision_table_names_every_decoder_file_verify_and_bench_use(tmp_p
 
     assert {p: v[:2] for p, v in PRECISION_ARTIFACTS.items()} == {
         "fp16": ("fp16.onnx", "fp16"), "int8": ("int8.qdq.onnx", "int8"), "int8.cpu": ("int8.cpu.onnx", "int8"),
-        "int4.cpu": ("int4.cpu.onnx", "int8")} and set(PRECISION_ARTIFACTS) == set(PRECISION_FILES)
+        "int4.cpu": ("int4.cpu.onnx", "int4")} and set(PRECISION_ARTIFACTS) == set(PRECISION_FILES)
     assert BENCHED == ("fp16.onnx", "int8.cpu.onnx", "int4.cpu.onnx")
     for f in ("fp32.onnx", "int4.cpu.onnx", "int8.qdq.onnx"):
         (tmp_path / f).write_bytes(b"x")

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from edgeattn.__main__ import main as edgeattn
+from runtime.errors import InputError
 from test_generate import PROMPTS, hf_greedy, texts  # noqa: F401 - texts: a pytest fixture
 
 ARCHS = ("llama", "qwen2", "mistral")
@@ -192,3 +193,61 @@ def test_llama_imdb_trains_through_the_train_stage_and_loads_as_a_decoder(tmp_pa
     assert built.config["architecture"] == "LlamaForCausalLM" and built.config["kv_heads"] == 2
     assert gpt2.recipe_for("demo", model="llama_imdb") == (gpt2.LLAMA_DEMO_RECIPE, (tiny,))
     assert gpt2.recipe_for("full", 5.0, model="gpt2_imdb")[0].budget_seconds == 5.0
+
+
+# ---- the tokenizers these families ship: SentencePiece BPE with byte fallback (Llama-2, Mistral), Qwen2's -----------
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_a_folder_with_its_familys_own_tokenizer_generates_text_through_the_runtime(kind, texts, tmp_path):
+    """A Llama folder holding a Llama-2-style tokenizer.json (Prepend/Replace, <0xNN> byte fallback, BOS by the
+    post-processor; tests/test_bpe.py's) and a Qwen2 folder holding Qwen2Tokenizer's (its Split pattern, NFC): the
+    export takes the folder, runtime.bpe reads the exported tokenizer.json with the ids transformers' own tokenizer
+    gives (BOS included), greedy tokens equal transformers' generate, and the text decodes as transformers decodes."""
+    import transformers
+
+    from runtime.bpe import BPETokenizer
+    from runtime.generate import TextGenerator
+    from test_bpe import _llama2_legacy, _qwen2
+    from verify.generation import verify_generation
+    from zoo.gpt2 import load_lm
+
+    if kind == "llama":
+        tok = transformers.PreTrainedTokenizerFast(tokenizer_object=_llama2_legacy(texts), bos_token="<s>",
+                                                   eos_token="</s>", unk_token="<unk>")
+        eos = tok.convert_tokens_to_ids("</s>")
+    else:
+        tok = _qwen2(texts)
+        eos = tok.convert_tokens_to_ids("<|endoftext|>")
+    d = tmp_path / f"{kind}_own_tokenizer"
+    cfg = _config(kind, len(tok), eos)
+    torch.manual_seed(0)
+    getattr(transformers, "LlamaForCausalLM" if kind == "llama" else "Qwen2ForCausalLM")(cfg).save_pretrained(str(d))
+    tok.save_pretrained(str(d))
+    art = tmp_path / "art"
+    assert edgeattn(["export", "--models", f"hf:{d}", "--artifacts", str(art)]) == 0
+    folder = art / d.name
+    ours, theirs = BPETokenizer.from_file(folder / "tokenizer.json"), transformers.AutoTokenizer.from_pretrained(str(d))
+    prompt = "Wow, the café scene 😀 in 東京 was great! 12345\r\nIt's  odd"
+    ids = ours.encode(prompt)
+    assert ids == theirs(prompt)["input_ids"] and (ids[0] == 1) == (kind == "llama")
+    if kind == "llama":
+        assert any(theirs.convert_ids_to_tokens(i).startswith("<0x") for i in ids)  # byte fallback took the emoji
+    assert ours.decode(ids) == prompt  # a round trip: BOS skipped, the prepended '▁' stripped
+    with TextGenerator(folder / "fp32.onnx", threads=1) as g:
+        got = g.generate(prompt, max_new_tokens=GREEDY_NEW)[0]
+    assert got.prompt_ids == ids and got.tokens == hf_greedy(load_lm(d), [ids], GREEDY_NEW)[0]
+    assert got.text == theirs.decode(got.tokens, skip_special_tokens=True)
+    rep = verify_generation(f"hf:{d}", art, "fp32.onnx", backends=("onnxruntime",), n_prompts=4,
+                            max_new_tokens=GREEDY_NEW, batch=2, threads=1, write=False)
+    assert rep["passed"] and rep["backends"]["onnxruntime"]["mismatches"] == []  # verify's prompts: runtime.bpe's ids
+    # the decoder's teacher-forced windows (quantize and verify): the spec's eos_id separates the reviews, so a
+    # tokenizer without GPT-2's <|endoftext|> (Llama-2's </s>) is judged too; without it, a typed refusal
+    from calibration.windows import text_windows
+
+    spec_eos = _spec(folder)["preprocess"]["eos_id"]
+    assert spec_eos == eos
+    w = text_windows(folder / "tokenizer.json", "val", 512, 64, "imdb", spec_eos)
+    x, y = w.inputs["input_ids"], w.inputs["labels"]
+    assert x.shape == (8, 64) and x[0, 0] == eos and (y[:, :-1] == x[:, 1:]).all()
+    if kind == "llama":
+        with pytest.raises(InputError, match="and no eos_id was given"):
+            text_windows(folder / "tokenizer.json", "val", 512, 64, "imdb")

@@ -7,7 +7,8 @@ are within the fp32 tolerance, is counted and listed, not failed); :func:`decode
 ONNX Runtime, fp32.sim.onnx on every CPU backend. The FP16/INT8 decoders optimize.decoder_quant wrote (fp16.onnx,
 int8.qdq.onnx judged by its float simulation, int8.cpu.onnx and int4.cpu.onnx on this CPU's kernels: advisory) get one row each from
 verify.generation.precision_rows, on the same prompts and PyTorch tokens: teacher-forced next-token agreement and
-perplexity change on the test split against their budget, and the mean matching greedy prefix (reported).
+perplexity change on the test split against their budget (int4.cpu.onnx: the spec's int4 tolerance, the one the
+quantize stage chose it by), and the mean matching greedy prefix (reported).
 """
 from __future__ import annotations
 

@@ -21,8 +21,9 @@ PRECISION_FILES) against PyTorch fp32: **teacher-forced** next-token top-1 agree
 of the test split (judge.teacher_forced; each window's second half read through the cache its first half wrote,
 calibration.windows.ort_teacher_forced_cached, so a float16 cache is judged too), and the mean length
 of the greedy prefix that matches PyTorch's (64 new tokens on the same prompts). A row passes judge.budget's verdict
-for its precision's budget (spec.tolerances[precision]: ``min_top1_agreement``, ``max_drop_points`` on next-token
-accuracy, ``max_ppl_increase_pct``); the matching prefix is reported, not gated (one flipped near-tie ends
+for its precision's budget (judge.budget.budget_for on the spec's tolerance named by pipeline.artifacts.PRECISION_FILES:
+int8.cpu by ``int8``, int4.cpu by ``int4``, chiefly perplexity; a spec without it: the default; ``min_top1_agreement``,
+``max_drop_points`` on next-token accuracy, ``max_ppl_increase_pct``); the matching prefix is reported, not gated (one flipped near-tie ends
 it, and the texts part after that). optimize.decoder_quant runs the same figures and verdict in its budget loop.
 
 Writes ``<artifacts>/<model>/generation.json`` and exits 1 when a row fails (``--strict`` is the default).
@@ -217,7 +218,8 @@ def precision_rows(name: str, artifacts: str | Path = "artifacts", precisions: S
     pre = spec.preprocess
     lm = lm if lm is not None else load_lm(gpt2_dir(name, artifacts), name)
     block = min(128, int(pre["max_positions"]))
-    windows = text_windows(ref.file(pre["tokenizer"]), "test", tf_tokens, block, spec.dataset or "imdb")
+    windows = text_windows(ref.file(pre["tokenizer"]), "test", tf_tokens, block, spec.dataset or "imdb",
+                           pre.get("eos_id"))
     tf_ref = torch_teacher_forced(lm, windows, progress=f"pytorch {name} teacher-forced" if progress else None)
     if rows_ids is None:
         rows_ids = prompt_rows(ByteLevelBPE.from_file(ref.file(pre["tokenizer"])), n_prompts,
