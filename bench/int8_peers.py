@@ -4,7 +4,8 @@ timing loop: ``python -m bench.int8_peers --models M --artifacts DIR [--eval-sam
 | row | how it is built |
 |---|---|
 | ``fp32`` | ``fp32.sim.onnx`` on ONNX Runtime CPU (ORT_ENABLE_ALL): the reference of every figure and speed-up |
-| ``int8.cpu.onnx`` | ours (optimize.quantize; optimize.cpu_int8 says which form won) |
+| ``fp32_openvino`` | ``fp32.sim.onnx`` on OpenVINO's CPU plugin (f32), where openvino is installed: the same-backend baseline of the OpenVINO rows |
+| ``int8.cpu.onnx`` | ours (optimize.quantize; optimize.cpu_int8 says which form won), on the backend it was chosen on (manifest ``int8.cpu.backend``) |
 | ``ort_dynamic_default`` | ``onnxruntime.quantization.quantize_dynamic(fp32.onnx, out)`` out of the box: no fusion, no pre-processing, its default options (per-tensor s8 weights) |
 | ``nncf_openvino`` | ``nncf.quantize`` (NNCF 3.4) of ``fp32.onnx`` read by OpenVINO, ``model_type=TRANSFORMER`` for text models (NNCF's documented setting for transformers: SmoothQuant and its transformer ignored scope) and the default otherwise, calibrated on the same training rows as ours, run on OpenVINO's CPU plugin |
 
@@ -37,7 +38,7 @@ from zoo.io import atomic_write_json, read_json, sha256_file
 log = logging.getLogger("edgeattn.bench.int8_peers")
 PEERS = ("ort_dynamic_default", "nncf_openvino")
 PEER_FILES = {"ort_dynamic_default": "ort_dynamic_default.onnx", "nncf_openvino": "nncf_int8.xml"}
-CODE_VERSION = "int8_peers/1"
+CODE_VERSION = "int8_peers/1"  # the peers' build recipe (rows and timing are redone on every run)
 
 
 class PeerError(EdgeattnError, RuntimeError):
@@ -186,10 +187,16 @@ def model_rows(model_dir: Path, n_eval: int, batches: Sequence[int], seq_len: in
     calib = list(CalibrationData.from_dataset(spec, dataset, model_dir, calib_size, 1, 0))
     text = (spec.preprocess or {}).get("kind") == "text"
     peers = build_peers(model_dir, calib, transformer=text, force=force)
+    from optimize.cpu_int8 import artifact_backend
+    from runtime.openvino_backend import available
+
     rows = [{"name": "fp32", "path": str(src), "backend": "onnxruntime", "mode": "all"}]
+    if available():
+        rows.append({"name": "fp32_openvino", "path": str(src), "backend": "openvino", "mode": "f32"})
     ours = model_dir / "int8.cpu.onnx"
     if ours.is_file():
-        rows.append({"name": "int8.cpu.onnx", "path": str(ours), "backend": "onnxruntime", "mode": "all"})
+        backend, mode = artifact_backend(((read_json(model_dir / "manifest.json", {}) or {}).get("int8") or {}).get("cpu"))
+        rows.append({"name": "int8.cpu.onnx", "path": str(ours), "backend": backend, "mode": mode})
     for name, p in peers.items():
         if "path" in p:
             ov = name == "nncf_openvino"
@@ -213,11 +220,13 @@ def model_rows(model_dir: Path, n_eval: int, batches: Sequence[int], seq_len: in
                        cosine_mean=f["cosine_mean"], within_int8_budget=passes(f, budget, True),
                        budget_misses=reasons(f, budget, True))
         row["error"] = r.get("error") or (err if name not in outs else None)
+        same = "fp32_openvino" if r.get("backend") == "openvino" else "fp32"  # the same-backend baseline
         for b in batches:
-            ms = (lat.get(str(b)) or {}).get(name, {}).get("median_ms")
-            fp = (lat.get(str(b)) or {}).get("fp32", {}).get("median_ms")
+            at = lat.get(str(b)) or {}
+            ms, fp, fs = (at.get(k, {}).get("median_ms") for k in (name, "fp32", same))
             row[f"b{b}_ms"] = ms
             row[f"b{b}_speedup"] = round(fp / ms, 3) if ms and fp else None
+            row[f"b{b}_speedup_same_backend"] = round(fs / ms, 3) if ms and fs else None
         table[name] = row
     return {"eval": es.description, "n": len(es), "budget": budget.to_dict(), "batches": list(batches),
             "seq_len": seq_len if sizes else None, "threads": threads, "runs": runs,
@@ -229,14 +238,16 @@ def model_rows(model_dir: Path, n_eval: int, batches: Sequence[int], seq_len: in
 def format_table(name: str, sec: dict[str, Any]) -> str:
     bs = sec["batches"]
     head = (f"{name}: {sec['eval']} (n={sec['n']}), latency at seq {sec['seq_len']}, {sec['threads']} threads\n"
-            f"  {'row':<22}{'acc delta':>10}{'agree':>8}{'cosine':>9}{'budget':>8}"
-            + "".join(f"{'b' + str(b) + ' ms':>11}{'x fp32':>8}" for b in bs))
+            f"  {'row':<22}{'backend':>12}{'acc delta':>10}{'agree':>8}{'cosine':>9}{'budget':>8}"
+            + "".join(f"{'b' + str(b) + ' ms':>11}{'x fp32':>8}{'x same':>8}" for b in bs))
     lines = [head]
     for k, r in sec["rows"].items():
         f = lambda v, nd: "-" if v is None else f"{v:.{nd}f}"  # noqa: E731
-        lines.append(f"  {k:<22}{f(r.get('accuracy_delta'), 2):>10}{f(r.get('top1_agreement'), 4):>8}"
-                     f"{f(r.get('cosine_mean'), 4):>9}{str(r.get('within_int8_budget', '-')):>8}"
-                     + "".join(f"{f(r.get(f'b{b}_ms'), 1):>11}{f(r.get(f'b{b}_speedup'), 2):>8}" for b in bs)
+        lines.append(f"  {k:<22}{str(r.get('backend') or '-'):>12}{f(r.get('accuracy_delta'), 2):>10}"
+                     f"{f(r.get('top1_agreement'), 4):>8}{f(r.get('cosine_mean'), 4):>9}"
+                     f"{str(r.get('within_int8_budget', '-')):>8}"
+                     + "".join(f"{f(r.get(f'b{b}_ms'), 1):>11}{f(r.get(f'b{b}_speedup'), 2):>8}"
+                               f"{f(r.get(f'b{b}_speedup_same_backend'), 2):>8}" for b in bs)
                      + (f"  ({r['error']})" if r.get("error") else ""))
     return "\n".join(lines)
 
@@ -254,17 +265,18 @@ def report_section(artifacts: Path, names: Sequence[str]) -> list[str]:
         f = lambda v, nd: "-" if v is None else f"{v:.{nd}f}"  # noqa: E731
         out += [f"### {m}", "", f"{sec['eval']}, n={sec['n']}; latency: seq {sec['seq_len']}, {sec['threads']} "
                 f"threads, {sec['timing']}.", "",
-                "| row | accuracy delta pts (95 % CI) | top-1 agreement | cosine mean | within int8 budget | "
-                + " | ".join(f"batch {b} ms | x fp32" for b in bs) + " |",
-                "|---|---|---|---|---|" + "---|---|" * len(bs)]
+                "| row | backend | accuracy delta pts (95 % CI) | top-1 agreement | cosine mean | within int8 budget | "
+                + " | ".join(f"batch {b} ms | x fp32 ORT | x fp32 same backend" for b in bs) + " |",
+                "|---|---|---|---|---|---|" + "---|---|---|" * len(bs)]
         for k, r in sec["rows"].items():
             ci = r.get("accuracy_delta_ci95")
             delta = "-" if r.get("accuracy_delta") is None else (
                 f"{r['accuracy_delta']:+.2f}" + (f" ({ci[0]:+.2f}, {ci[1]:+.2f})" if ci else ""))
-            out.append(f"| {k}{' (' + r['error'] + ')' if r.get('error') else ''} | {delta} | "
+            out.append(f"| {k}{' (' + r['error'] + ')' if r.get('error') else ''} | {r.get('backend') or '-'} | {delta} | "
                        f"{f(r.get('top1_agreement'), 4)} | {f(r.get('cosine_mean'), 4)} | "
                        f"{r.get('within_int8_budget', '-')} | "
-                       + " | ".join(f"{f(r.get(f'b{b}_ms'), 1)} | {f(r.get(f'b{b}_speedup'), 2)}" for b in bs) + " |")
+                       + " | ".join(f"{f(r.get(f'b{b}_ms'), 1)} | {f(r.get(f'b{b}_speedup'), 2)} | "
+                                    f"{f(r.get(f'b{b}_speedup_same_backend'), 2)}" for b in bs) + " |")
         out += ["", "How each peer was built: " + "; ".join(f"`{k}`: {r['how']}" for k, r in sec["rows"].items()
                                                             if r.get("how")) + ".", ""]
     return (["## CPU INT8 vs the tools a CPU user would try first (bench.int8_peers)", ""] + out) if out else []

@@ -207,7 +207,7 @@ def section_quantize(artifacts: Path, names: list[str]) -> list[str]:
         rows.append([m, "yes" if q.get("passed") else "**NO**", f"{len(q.get('excluded_nodes') or [])}",
                      "-" if v.get("accuracy_delta") is None else f"{v['accuracy_delta']:+.2f}",
                      "-" if v.get("cosine_mean") is None else f"{v['cosine_mean']:.4f}",
-                     str(c.get("cpu_isa", "-")), c.get("file") and f"{c.get('method')}" or "fp32 kept",
+                     str(c.get("cpu_isa", "-")), c.get("file") and f"{c.get('method')} ({c.get('backend') or 'onnxruntime'})" or "fp32 kept",
                      "-" if c.get("latency_ms") is None else f"{c['latency_ms']:.3f} / {c.get('fp32_latency_ms') or 0:.3f}",
                      "-" if cv.get("cosine_mean") is None else f"{cv['cosine_mean']:.4f}"])
         if q.get("miss"):

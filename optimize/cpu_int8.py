@@ -1,6 +1,13 @@
 """The int8.cpu.onnx choice: which CPU int8 forms to build for this CPU, building them, their accuracy on this CPU's
 integer kernels, their latency next to fp32 (interleaved, in a crash-guarded child) and the pick.
-``python -m optimize.cpu_int8 --child-bench SPEC FEED OUT`` is the latency child's entry point."""
+
+The pick is a (form, backend) pair: most forms run on ONNX Runtime's CPU provider; ``qdq_openvino`` is the TensorRT
+Q/DQ graph (smoothed, per-channel s8 weights, per-tensor symmetric activations) on OpenVINO's int8 kernels, built
+where openvino is installed. A form is judged and timed on its own backend (:func:`candidate_backend`); the winner's
+backend is written into int8.cpu.onnx (runtime.cpu.CPU_BACKEND_METADATA_KEY, so the thin runtime's ``auto`` opens it
+there) and into the manifest (:func:`backend_record`), which verify and bench read (:func:`artifact_backend`).
+``python -m optimize.cpu_int8 --child-bench SPEC FEED OUT`` is the latency child's entry point, ``--child-run ...``
+the accuracy child's for a form on another backend than ONNX Runtime."""
 from __future__ import annotations
 
 import json
@@ -17,13 +24,13 @@ import numpy as np
 
 from calibration import TensorRange
 from calibration.evalset import EvalSet
-from optimize.fp16 import run_guarded
+from optimize.fp16 import child_args, ort_logits, run_guarded
 from optimize.int8_budget import QuantOptions, brief_figures, logit_error
 from optimize.int8_build import QuantizeError, quantize_dynamic_matmul, quantize_static_cached
 from optimize.cpu_fused_int8 import FUSED_FP32, build_fused, fused_search, fusion_report, quantize_fused_dynamic
 from optimize.qdq_graph import int8_weight_coverage, quantizable_weight_elements
 from runtime.child import python_module, run_child
-from runtime.cpu import ISA_METADATA_KEY, int8_isa, int8_saturates
+from runtime.cpu import CPU_BACKEND_METADATA_KEY, ISA_METADATA_KEY, int8_isa, int8_saturates
 from runtime.ort_backend import cpu_session
 from judge.budget import Budget, passes
 from judge.figures import figures
@@ -36,24 +43,68 @@ CPU_CANDIDATES = ("fused_dynamic", "dynamic", "dynamic_conv", "static_qdq_u8s8",
 # 7-bit weights (reduce_range): ORT's u8s8 kernels on CPUs without VNNI add pairs of u8*s8 products in int16 and
 # saturate; 255 * 63 * 2 stays inside int16 (runtime.cpu). Built where the CPU at hand saturates.
 RR_CANDIDATES = ("fused_dynamic_rr", "dynamic_rr", "static_qdq_u8s8_rr", "static_qoperator_rr")
-ALL_CPU_CANDIDATES = CPU_CANDIDATES + RR_CANDIDATES
+# Forms for another CPU backend than ONNX Runtime, built where that backend is installed. qdq_openvino: the TensorRT
+# Q/DQ graph on OpenVINO's int8 kernels (its CPU plugin turns Q/DQ into FakeQuantize + int8 FullyConnected);
+# qdq_attention_openvino: the same with the attention BMMs' inputs quantised too (:func:`quantize_attention_inputs`),
+# so OpenVINO runs its attention subgraph in int8.
+OPENVINO_CANDIDATES = ("qdq_openvino", "qdq_attention_openvino")
+ALL_CPU_CANDIDATES = CPU_CANDIDATES + RR_CANDIDATES + OPENVINO_CANDIDATES
+ORT_CPU = ("onnxruntime", "all")  # (backend, mode) of every form not in CANDIDATE_BACKENDS
+CANDIDATE_BACKENDS = {"qdq_openvino": ("openvino", "f32"), "qdq_attention_openvino": ("openvino", "f32")}
+SOFTMAX_SCALE = 1.0 / 255.0  # a softmax output's uint8 scale: [0, 1] by construction, 8 bits with zero point 0
 
 
-def default_cpu_candidates(isa: str | None = None) -> tuple[str, ...]:
+def default_cpu_candidates(isa: str | None = None, openvino: bool | None = None) -> tuple[str, ...]:
     """The CPU int8 forms worth building on a CPU of class ``isa`` (runtime.cpu.int8_isa()): the full-range ones
-    everywhere, plus the 7-bit ones where the int8 kernels saturate."""
+    everywhere, plus the 7-bit ones where the int8 kernels saturate, plus the OpenVINO forms where ``openvino`` (None:
+    the package is installed here)."""
+    from runtime.openvino_backend import available
+
     isa = isa or int8_isa()
-    return CPU_CANDIDATES + (RR_CANDIDATES if int8_saturates(isa) else ())
+    openvino = available() if openvino is None else openvino
+    return CPU_CANDIDATES + (RR_CANDIDATES if int8_saturates(isa) else ()) + (OPENVINO_CANDIDATES if openvino else ())
+
+
+def candidate_backend(name: str) -> tuple[str, str]:
+    """(backend, mode) a CPU form is judged, timed and shipped on: runtime.loader.open_mode's pair."""
+    return CANDIDATE_BACKENDS.get(name, ORT_CPU)
+
+
+def backend_record(name: str | None) -> dict[str, Any]:
+    """The manifest's record of where int8.cpu.onnx (form ``name``; None: fp32 kept) runs: backend, mode, judged_by."""
+    backend, mode = candidate_backend(name) if name else ORT_CPU
+    kernels = "OpenVINO's int8 kernels" if backend == "openvino" else "ONNX Runtime's integer kernels"
+    return {"backend": backend, "mode": mode, "judged_by": f"{kernels} on this CPU"}
+
+
+def artifact_backend(cpu_section: dict[str, Any] | None) -> tuple[str, str]:
+    """(backend, mode) verify and bench run int8.cpu.onnx on: the manifest's ``int8.cpu`` section's (written by
+    :func:`backend_record`); ONNX Runtime at 'all' for a section from before backends were recorded."""
+    sec = cpu_section or {}
+    return (sec["backend"], sec["mode"]) if sec.get("backend") and sec.get("mode") else ORT_CPU
+
+
+def cpu_session_on(path: str | os.PathLike, backend: str, mode: str, threads: int):
+    """A bare session (``run(None, feed)``) of ``path`` on ``backend``: ONNX Runtime at level ``mode`` or OpenVINO with
+    precision hint ``mode``."""
+    if backend == "openvino":
+        from runtime.openvino_backend import openvino_session
+
+        return openvino_session(path, mode, threads)
+    if backend != "onnxruntime":
+        raise QuantizeError(f"CPU backend: got {backend!r}, expected 'onnxruntime' or 'openvino'")
+    return cpu_session(str(path), mode, threads)
 
 
 # ---- latency -----------------------------------------------------------------------------------------
 def bench_inprocess(models: dict[str, str], feed: dict[str, np.ndarray], runs: int, threads: int,
-                    levels: dict[str, str] | None = None, warmup: int = 3,
+                    backends: dict[str, Sequence[str]] | None = None, warmup: int = 3,
                     seconds_per_model: float = 3.0) -> dict[str, dict[str, float]]:
-    """Interleaved (round-robin) latency of several models on one feed: median / p10 / p90 ms per model.
-    ``runs`` is a minimum: fast models get up to 10x more runs, ~``seconds_per_model`` each, to beat noise."""
-    levels = levels or {}
-    sessions = {k: cpu_session(v, levels.get(k, "all"), threads) for k, v in models.items()}
+    """Interleaved (round-robin) latency of several models on one feed: median / p10 / p90 ms per model, each on its
+    (backend, mode) in ``backends`` (default: ONNX Runtime at 'all'). ``runs`` is a minimum: fast models get up to
+    10x more runs, ~``seconds_per_model`` each, to beat noise."""
+    backends = backends or {}
+    sessions = {k: cpu_session_on(v, *backends.get(k, ORT_CPU), threads) for k, v in models.items()}
     slowest = 0.0
     for s in sessions.values():
         for _ in range(warmup):
@@ -73,13 +124,13 @@ def bench_inprocess(models: dict[str, str], feed: dict[str, np.ndarray], runs: i
 
 
 def bench_guarded(models: dict[str, str], feed: dict[str, np.ndarray], runs: int, threads: int,
-                  levels: dict[str, str] | None = None, timeout_s: float = 1800.0) -> dict[str, Any]:
+                  backends: dict[str, Sequence[str]] | None = None, timeout_s: float = 1800.0) -> dict[str, Any]:
     """:func:`bench_inprocess` in a child process, so a backend crash is reported instead of fatal."""
     with tempfile.TemporaryDirectory(prefix="edgeattn-bench-") as tmp:
         fp, out = Path(tmp) / "feed.npz", Path(tmp) / "out.json"
         np.savez(fp, **feed)
         spec = Path(tmp) / "spec.json"
-        spec.write_text(json.dumps({"models": models, "levels": levels or {}, "runs": runs, "threads": threads}))
+        spec.write_text(json.dumps({"models": models, "backends": backends or {}, "runs": runs, "threads": threads}))
         res = run_child(python_module("optimize.cpu_int8", "--child-bench", spec, fp, out), timeout_s)
         if not res.ok or not out.is_file():
             return {"error": f"benchmark child {res.describe()}"}
@@ -91,8 +142,24 @@ def _child_bench(argv: Sequence[str]) -> int:
     spec = json.loads(Path(spec_path).read_text())
     with np.load(feed_path) as z:
         feed = {k: z[k] for k in z.files}
-    res = bench_inprocess(spec["models"], feed, int(spec["runs"]), int(spec["threads"]), spec.get("levels"))
+    res = bench_inprocess(spec["models"], feed, int(spec["runs"]), int(spec["threads"]), spec.get("backends"))
     Path(out_path).write_text(json.dumps(res))
+    return 0
+
+
+def run_argv(backend: str):
+    """run_guarded's ``argv_factory`` for a form on ``backend`` (its ``level`` argument carries the mode)."""
+    def argv(model, feeds, out, mode, threads, batch_size) -> list[str]:
+        return python_module("optimize.cpu_int8", "--child-run", "--model", model, "--feeds", feeds, "--out", out,
+                             "--level", f"{backend}:{mode}", "--threads", threads, "--batch-size", batch_size)
+    return argv
+
+
+def _child_run(argv: Sequence[str]) -> int:
+    a = child_args(["--child", *argv])
+    backend, _, mode = a.level.partition(":")
+    es = EvalSet.load_npz(a.feeds)
+    np.save(a.out, ort_logits(cpu_session_on(a.model, backend, mode, a.threads), es, batch_size=a.batch_size))
     return 0
 
 
@@ -123,12 +190,64 @@ def build_cpu_candidates(src: Path, ranges: dict[str, TensorRange], method: str,
                 quantize_static_cached(src, p, ranges, method, quantized, "qdq_u8s8", reduce_range=rr)
             elif base == "static_qoperator":
                 quantize_static_cached(src, p, ranges, method, quantized, "qoperator", reduce_range=rr)
-            elif base == "qdq_s8s8":
+            elif base in ("qdq_s8s8", "qdq_openvino"):
                 shutil.copyfile(qdq_path, p)
+            elif base == "qdq_attention_openvino":
+                if not quantize_attention_inputs(qdq_path, p, ranges):
+                    log.info("int8 CPU candidate %s for %s: no attention BMM (MatMul of two activations); skipped",
+                             name, src.parent.name)
+                    continue
             out[name] = p
         except Exception as e:  # noqa: BLE001 - one failing candidate must not stop the others
             log.warning("int8 CPU candidate %s for %s failed: %s: %s", name, src.parent.name, type(e).__name__, e)
     return out
+
+
+def quantize_attention_inputs(qdq: str | os.PathLike, dst: str | os.PathLike, ranges: dict[str, TensorRange]) -> int:
+    """``qdq`` (a Q/DQ graph) with Q/DQ also on both inputs of every MatMul of two activations (attention scores and
+    context; neither input comes from a DequantizeLinear), written to ``dst``; returns how many tensors were quantised.
+    A Softmax output gets uint8 with zero point 0 and scale 1/255 (its range is [0, 1]: 8 bits where symmetric int8
+    keeps 7, and no calibrated range to clip a near-one attention weight); every other one symmetric int8 per tensor
+    at its calibrated ``ranges`` amax. Ranges of the unsmoothed graph serve: smoothing leaves Q, K, V and the scores
+    unchanged. A CPU form only: the TensorRT graph keeps the symmetric rules of optimize.qdq_rules."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(qdq))
+    g = model.graph
+    consts = {t.name for t in g.initializer} | {n.output[0] for n in g.node if n.op_type == "Constant"}
+    producer = {o: n for n in g.node for o in n.output}
+    dq = {o for o, n in producer.items() if n.op_type == "DequantizeLinear"}
+    done: dict[str, str] = {}
+    before: dict[int, list] = {}  # node index -> the Q/DQ nodes that go in front of it
+    inits = []
+    for k, n in enumerate(g.node):
+        if n.op_type != "MatMul" or any(t in consts or t in dq for t in n.input[:2]):
+            continue
+        for i, t in enumerate(n.input[:2]):
+            if t not in done:
+                soft = producer.get(t) is not None and producer[t].op_type == "Softmax"
+                if not soft and t not in ranges:
+                    raise QuantizeError(f"{Path(qdq).name}: attention input '{t}' of {n.name} has no calibrated range; "
+                                        "expected the ranges of every MatMul input (optimize.int8_build)")
+                scale = SOFTMAX_SCALE if soft else ranges[t].scale
+                zp = np.array(0, np.uint8 if soft else np.int8)
+                sn, zn = f"{t}.attention_scale", f"{t}.attention_zero_point"
+                inits += [numpy_helper.from_array(np.array(scale, np.float32), sn), numpy_helper.from_array(zp, zn)]
+                before.setdefault(k, []).extend(
+                    [helper.make_node("QuantizeLinear", [t, sn, zn], [f"{t}.attention_q"], name=f"{t}.attention_Q"),
+                     helper.make_node("DequantizeLinear", [f"{t}.attention_q", sn, zn], [f"{t}.attention_dq"],
+                                      name=f"{t}.attention_DQ")])
+                done[t] = f"{t}.attention_dq"
+            n.input[i] = done[t]
+    if not done:
+        return 0
+    nodes = [m for k, n in enumerate(g.node) for m in (*before.get(k, ()), n)]
+    del g.node[:]
+    g.node.extend(nodes)
+    g.initializer.extend(inits)
+    atomic_save_onnx(model, Path(dst))
+    return len(done)
 
 
 def pick_cpu(rows: dict[str, dict[str, Any]], fp32_ms: float | None, opts: QuantOptions,
@@ -174,7 +293,7 @@ def choose_cpu(src: Path, candidates: dict[str, Path], es: EvalSet, ref: np.ndar
     quantizable = quantizable_weight_elements(onnx.load(str(src)))
     rows: dict[str, dict[str, Any]] = {}
     for name, p in candidates.items():
-        rows[name] = judge_cpu(p, es, ref, budget, labelled, opts, quantizable)
+        rows[name] = judge_cpu(p, es, ref, budget, labelled, opts, quantizable, candidate_backend(name))
         if rows[name]["ran"] and not rows[name]["passed"] and name.startswith("fused_dynamic"):
             fused = p.parent / FUSED_FP32  # the CPU form's own search (optimize.cpu_fused_int8)
             judge = lambda q: judge_cpu(q, es, ref, budget, labelled, opts, quantizable)  # noqa: E731
@@ -185,7 +304,11 @@ def choose_cpu(src: Path, candidates: dict[str, Path], es: EvalSet, ref: np.ndar
     runnable = {k: str(candidates[k]) for k, r in rows.items() if r["ran"]}
     fused_fp32 = next((Path(v).parent / FUSED_FP32 for k, v in runnable.items() if k.startswith("fused_")), None)
     extra = {"fp32_fused": str(fused_fp32)} if fused_fp32 is not None and fused_fp32.is_file() else {}
-    lat = bench_guarded({"fp32": str(src), **extra, **runnable}, feed, opts.bench_runs, opts.threads)
+    backends = {k: candidate_backend(k) for k in runnable}
+    for b in sorted({b for b in backends.values() if b != ORT_CPU}):  # fp32 on each other backend: its own baseline
+        extra[f"fp32_{b[0]}"] = str(src)
+        backends[f"fp32_{b[0]}"] = b
+    lat = bench_guarded({"fp32": str(src), **extra, **runnable}, feed, opts.bench_runs, opts.threads, backends)
     fp32_ms = lat.get("fp32", {}).get("median_ms") if "error" not in lat else None
     for k in runnable:
         if k in lat:
@@ -193,38 +316,45 @@ def choose_cpu(src: Path, candidates: dict[str, Path], es: EvalSet, ref: np.ndar
             rows[k]["latency_p10_p90_ms"] = [lat[k]["p10_ms"], lat[k]["p90_ms"]]
             rows[k]["bench_runs"] = lat[k]["runs"]
             rows[k]["speedup_vs_fp32"] = round(fp32_ms / lat[k]["median_ms"], 3) if fp32_ms else None
+            same = lat.get(f"fp32_{backends[k][0]}", {}).get("median_ms") if backends[k] != ORT_CPU else fp32_ms
+            rows[k]["speedup_vs_fp32_same_backend"] = round(same / lat[k]["median_ms"], 3) if same else None
     if not any(r["ran"] for r in rows.values()):
         raise QuantizeError(f"{src.parent.name}: every CPU int8 candidate crashed or failed: "
                             f"{ {k: r.get('error') for k, r in rows.items()} }")
     winner, why = pick_cpu(rows, fp32_ms, opts, labelled)
     return {"winner": winner, "why": why, "candidates": rows, "fp32_latency_ms": fp32_ms,
-            "fp32_fused_latency_ms": lat.get("fp32_fused", {}).get("median_ms") if extra and "error" not in lat else None,
+            "fp32_fused_latency_ms": lat.get("fp32_fused", {}).get("median_ms") if "error" not in lat else None,
+            "fp32_other_backends_ms": {k[5:]: v["median_ms"] for k, v in lat.items()
+                                       if k.startswith("fp32_") and k != "fp32_fused" and isinstance(v, dict)},
             "latency_error": lat.get("error"), "bench": {"batch": int(next(iter(feed.values())).shape[0]),
                                                         "runs": opts.bench_runs, "threads": opts.threads,
                                                         "ort_opt_level": "all"}}
 
 
 def judge_cpu(path: Path, es: EvalSet, ref: np.ndarray, budget: Budget, labelled: bool, opts: QuantOptions,
-              quantizable: int) -> dict[str, Any]:
-    """One CPU candidate on this CPU's integer kernels (crash-guarded child, ORT 'all'), judged by verify's verdict:
-    {"ran", "passed", "val", "int8_weight_coverage"[, "error", "problem"]}."""
+              quantizable: int, backend: Sequence[str] = ORT_CPU) -> dict[str, Any]:
+    """One CPU candidate on this CPU's integer kernels of ``backend`` ((backend, mode); crash-guarded child), judged by
+    verify's verdict: {"ran", "passed", "val", "int8_weight_coverage", "backend", "mode"[, "error", "problem"]}."""
     coverage = int8_weight_coverage(path, quantizable)
-    run = run_guarded(path, es, "all", opts.threads)
+    where = {"backend": backend[0], "mode": backend[1]}
+    run = run_guarded(path, es, backend[1], opts.threads,
+                      argv_factory=None if tuple(backend) == ORT_CPU else run_argv(backend[0]))
     if not run.ok:
-        return {"ran": False, "error": run.error, "passed": False, "int8_weight_coverage": coverage}
+        return {"ran": False, "error": run.error, "passed": False, "int8_weight_coverage": coverage, **where}
     cmp = figures(ref, run.logits, es.y, budget.neighbour_k)
     cmp["logit_rel_mse"] = logit_error(ref, run.logits)
     row = {"int8_weight_coverage": coverage, "ran": True, "val": brief_figures(cmp),
-           "passed": passes(cmp, budget, labelled)}
+           "passed": passes(cmp, budget, labelled), **where}
     if coverage < opts.min_int8_coverage:
         row.update(passed=False, problem=f"only {coverage:.0%} of the Conv/Gemm/MatMul weights are int8, "
                                          f"expected >= {opts.min_int8_coverage:.0%}")
     return row
 
 
-def write_cpu_artifact(chosen: Path | None, dst: Path, isa: str) -> None:
+def write_cpu_artifact(chosen: Path | None, dst: Path, isa: str, backend: Sequence[str] | None = None) -> None:
     """Write the chosen CPU form to ``dst`` (int8.cpu.onnx) atomically, stamped with the CPU class it was chosen and
-    verified on (runtime.cpu.ISA_METADATA_KEY); with none chosen, a stale ``dst`` (from another CPU or budget: it
+    verified on (runtime.cpu.ISA_METADATA_KEY) and, given, the (backend, mode) it was judged on
+    (runtime.cpu.CPU_BACKEND_METADATA_KEY); with none chosen, a stale ``dst`` (from another CPU or budget: it
     must not be verified or shipped as this run's choice) is moved aside to ``<dst>.prev``, never deleted."""
     import onnx
 
@@ -234,7 +364,11 @@ def write_cpu_artifact(chosen: Path | None, dst: Path, isa: str) -> None:
             log.warning("%s: no int8 form chosen on this CPU; the previous file is kept as %s.prev", dst, dst.name)
         return
     m = onnx.load(str(chosen))
-    onnx.helper.set_model_props(m, {**{p.key: p.value for p in m.metadata_props}, ISA_METADATA_KEY: isa})
+    props = {p.key: p.value for p in m.metadata_props if p.key != CPU_BACKEND_METADATA_KEY}
+    props[ISA_METADATA_KEY] = isa
+    if backend is not None:
+        props[CPU_BACKEND_METADATA_KEY] = f"{backend[0]}:{backend[1]}"
+    onnx.helper.set_model_props(m, props)
     atomic_save_onnx(m, dst)
 
 
@@ -242,8 +376,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--child-bench"]:
         return _child_bench(argv[1:])
+    if argv[:1] == ["--child-run"]:
+        return _child_run(argv[1:])
     print("optimize.cpu_int8 is run through 'python -m optimize quantize'; '--child-bench SPEC FEED OUT' is its "
-          "latency child.", file=sys.stderr)
+          "latency child, '--child-run ...' its accuracy child for other backends.", file=sys.stderr)
     return 2
 
 

@@ -13,8 +13,9 @@ Per model folder (``<artifacts>/<folder>/``, source ``fp32.sim.onnx``) it writes
   per-node sweep on the VALIDATION split. A bisection over the ranking keeps the fewest of the most sensitive nodes
   float that bring the float simulation within the budget (``--max-drop`` points, ``--min-agreement``, cosine; the
   judge's verdict on the VALIDATION split). Checked by optimize.qdq_rules.
-- ``int8.cpu.onnx`` for ONNX Runtime CPU: the fastest candidate that is within the same budget, measured
-  here (dynamic int8 MatMul, static QDQ u8s8, static QOperator, the TensorRT Q/DQ graph itself).
+- ``int8.cpu.onnx`` for the CPU: the fastest candidate that is within the same budget, measured here on its own
+  backend (ONNX Runtime: dynamic int8 MatMul, static QDQ u8s8, static QOperator, the TensorRT Q/DQ graph itself, the
+  fused form; OpenVINO, where installed: the TensorRT Q/DQ graph on its int8 kernels); optimize.cpu_int8.
 - ``calib.<method>.json``: the range cache (reused while data, model and method are unchanged).
 
 Manifest section ``int8`` records calibration, the ``ptq`` choices (alpha and LayerNorm fold or Mul per group, the
@@ -42,8 +43,8 @@ import numpy as np
 from calibration import CalibrationData, RangeCache
 from calibration.evalset import EvalSet, load_eval_set
 from calibration.user_data import data_digest, data_path, load_user_data
-from optimize.cpu_int8 import ALL_CPU_CANDIDATES, build_cpu_candidates, choose_cpu, default_cpu_candidates, \
-    write_cpu_artifact
+from optimize.cpu_int8 import ALL_CPU_CANDIDATES, backend_record, build_cpu_candidates, candidate_backend, choose_cpu, \
+    default_cpu_candidates, write_cpu_artifact
 from optimize.fp16 import Fp16Options, build_fp16, ort_logits
 from optimize.int8_budget import QuantOptions, brief_figures, miss_reason, budget_search
 from judge.budget import Budget, check_resolution, delta_statement
@@ -258,7 +259,8 @@ def build_int8(model_dir: Path, src: Path, calib: CalibrationData, es: EvalSet, 
             return kept_previous(previous, search, cpu, opts, budget, labelled)
         qdq_file, fp16_mix = mix_fp16(cand, work, model_dir, es, ref, budget, opts.fp16_mix, opts.threads)
         copy_onnx(qdq_file, qdq_dst)
-        write_cpu_artifact(cands[win] if win is not None else None, cpu_dst, isa)
+        write_cpu_artifact(cands[win] if win is not None else None, cpu_dst, isa,
+                           candidate_backend(win) if win is not None else None)
     qdq_lat = cpu["candidates"].get("qdq_s8s8", {}).get("latency_ms")
     wrow = cpu["candidates"].get(win, {}) if win else {}
     files = {qdq_dst.name: sha256_file(qdq_dst), **({cpu_dst.name: sha256_file(cpu_dst)} if win else {})}
@@ -283,8 +285,7 @@ def build_int8(model_dir: Path, src: Path, calib: CalibrationData, es: EvalSet, 
                 "latency_ms": qdq_lat, "format": "QDQ int8 symmetric, per-channel weights, float bias"
                 + (", unquantised layers float16" if fp16_mix["used"] else ""), "fp16_mix": fp16_mix},
         "cpu": {"file": cpu_dst.name if win else None, "method": win or "fp32", "why": cpu["why"],
-                "ort_opt_level": "all", "cpu_isa": isa, "cpu_model": cpu_info().get("model"),
-                "judged_by": "ONNX Runtime's integer kernels on this CPU",
+                **backend_record(win), "cpu_isa": isa, "cpu_model": cpu_info().get("model"),
                 "fallback": None if win else "fp32.sim.onnx",
                 "passed": True if win is None else wrow["passed"],
                 "val": wrow.get("val"),
@@ -356,17 +357,20 @@ def print_tables(name: str, res: dict[str, Any]) -> None:
             print(f"  {e['node']:<40}{e['op_type']:<8}{_f(e['alone_accuracy_delta'], 2):>11}"
                   f"{_e(e.get('alone_logit_rel_mse', e.get('alone_output_rel_mse'))):>11}"
                   f"{_f(e['recovered_points'], 2):>11}")
-    print(f"  {'cpu candidate':<18}{'ran':>5}{'int8 w':>8}{'delta pts':>10}{'agree':>8}{'cosine':>10}{'ms':>10}"
-          f"{'x fp32':>8}  passed")
-    print(f"  {'fp32':<18}{'':>5}{'':>8}{'':>10}{'':>8}{'':>10}{_f(cpu['fp32_latency_ms'], 3):>10}{'1.00':>8}")
+    print(f"  {'cpu candidate':<24}{'backend':>12}{'ran':>5}{'int8 w':>8}{'delta pts':>10}{'agree':>8}{'cosine':>10}"
+          f"{'ms':>10}{'x fp32':>8}  passed")
+    print(f"  {'fp32':<24}{'onnxruntime':>12}{'':>5}{'':>8}{'':>10}{'':>8}{'':>10}{_f(cpu['fp32_latency_ms'], 3):>10}"
+          f"{'1.00':>8}")
     for k, r in cpu["candidates"].items():
         vv = r.get("val") or {}
         mark = " <- int8.cpu.onnx" if k == cpu["method"] else ""
         mark += " (7-bit weights)" if k.endswith("_rr") else ""
-        print(f"  {k:<18}{str(r['ran']):>5}{_f(r.get('int8_weight_coverage'), 2):>8}{_f(vv.get('accuracy_delta'), 2):>10}"
+        print(f"  {k:<24}{r.get('backend') or 'onnxruntime':>12}{str(r['ran']):>5}"
+              f"{_f(r.get('int8_weight_coverage'), 2):>8}{_f(vv.get('accuracy_delta'), 2):>10}"
               f"{_f(vv.get('top1_agreement'), 4):>8}{_f(vv.get('cosine_mean'), 5):>10}{_f(r.get('latency_ms'), 3):>10}"
               f"{_f(r.get('speedup_vs_fp32'), 2):>8}  {r['passed']}{mark}")
-    print(f"  CPU ({cpu.get('cpu_isa')}): " + (f"int8.cpu.onnx = {cpu['method']}: {cpu['why']}" if cpu.get("file")
+    print(f"  CPU ({cpu.get('cpu_isa')}): " + (f"int8.cpu.onnx = {cpu['method']} on {cpu.get('backend')}: {cpu['why']}"
+                                              if cpu.get("file")
                                               else f"no int8.cpu.onnx, {cpu['why']}"))
 
 

@@ -22,6 +22,9 @@ log = logging.getLogger("edgeattn.runtime.cpu")
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_int8",
              "amx_bf16")
 ISA_METADATA_KEY = "edgeattn.cpu_isa"  # int8.cpu.onnx metadata: the int8_isa() it was chosen and verified on
+# int8.cpu.onnx metadata: "<backend>:<mode>" the form was chosen, judged and timed on ("onnxruntime:all",
+# "openvino:f32"); runtime.loader's "auto" opens the file there
+CPU_BACKEND_METADATA_KEY = "edgeattn.cpu_backend"
 # Classes whose int8 dot products do not saturate (VNNI / AMX add u8*s8 products in int32), and ARM (sdot/udot or
 # widening multiplies, no int16 pair sums).
 NON_SATURATING = ("amx", "avx512_vnni", "avx_vnni", "arm64")
@@ -123,6 +126,14 @@ def isa_mismatch(recorded: str | None, here: str) -> str | None:
     else:
         risk = "its speed-up was measured on the other CPU; rebuild it with 'make quantize' to choose for this one"
     return f"int8 CPU artifact chosen and verified on a '{recorded}' CPU, running on a '{here}' CPU: {risk}"
+
+
+def recorded_backend(metadata: dict[str, str] | None) -> tuple[str, str] | None:
+    """(backend, mode) an int8 CPU artifact was chosen on (:data:`CPU_BACKEND_METADATA_KEY`), or None when the file
+    records none or a malformed value."""
+    value = (metadata or {}).get(CPU_BACKEND_METADATA_KEY) or ""
+    backend, sep, mode = value.partition(":")
+    return (backend, mode) if sep and backend and mode else None
 
 
 def check_int8_isa(path: str | Path, metadata: dict[str, str] | None) -> str | None:

@@ -60,8 +60,32 @@ def open_mode(path: str | Path, backend: str, mode: str, threads: int | None = N
     raise BackendError(f"backend '{backend}': unknown; expected onnxruntime, openvino or tensorrt")
 
 
+_ORT_ONLY_KW = ("providers", "opt_level", "session_config", "precision")
+
+
+def _recorded_cpu_backend(path: Path, kw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """What ``auto`` means for an ONNX file: the backend an int8 CPU artifact was chosen on (its metadata,
+    runtime.cpu.recorded_backend) when that is OpenVINO, it is installed and no ONNX Runtime option was asked for;
+    else ONNX Runtime. Returns (backend, the runner's keyword arguments)."""
+    from runtime.cpu import recorded_backend
+    from runtime.onnx_guard import model_metadata
+
+    rec = recorded_backend(model_metadata(path))
+    if rec is None or rec[0] != "openvino" or any(k in kw for k in _ORT_ONLY_KW):
+        return "onnxruntime", kw
+    from runtime.openvino_backend import available
+
+    if not available():
+        log.warning("'%s' was chosen and verified on OpenVINO (%s), which is not installed here: running it on ONNX "
+                    "Runtime instead (slower, and not the kernels it was judged on; pip install openvino)", path, rec[1])
+        return "onnxruntime", kw
+    log.info("'%s': opened on OpenVINO (%s), the backend it was chosen and verified on", path, rec[1])
+    return "openvino", {"precision_hint": rec[1], **kw}
+
+
 def open_runner(path: str | Path, backend: str = "auto", **kw: Any) -> Runner:
-    """Open ``path`` on ``backend``: .onnx -> ONNX Runtime (auto) or OpenVINO; .engine/.plan -> TensorRT.
+    """Open ``path`` on ``backend``: .onnx -> ONNX Runtime or OpenVINO (auto: OpenVINO for an int8 CPU artifact chosen
+    on it, else ONNX Runtime); .engine/.plan -> TensorRT.
 
     ``kw`` goes to the runner's constructor (e.g. ``providers``, ``threads``, ``precision_hint``)."""
     p = Path(path)
@@ -73,6 +97,8 @@ def open_runner(path: str | Path, backend: str = "auto", **kw: Any) -> Runner:
             raise BackendError(f"model '{p}': a TensorRT engine runs only on backend 'tensorrt', got '{backend}'")
         return _open_engine(p, **kw)
     if suffix in _ONNX_SUFFIXES:
+        if backend == "auto":
+            backend, kw = _recorded_cpu_backend(p, kw)
         if backend == "tensorrt":
             raise BackendError(f"model '{p}': backend 'tensorrt' needs a built .engine file, got an .onnx "
                                "(build one with optimize, or use backend 'onnxruntime')")

@@ -8,6 +8,14 @@ graph's metadata in ``rt_info['framework']``, where the spec is found. Dynamic d
 plugin compiles one model for every shape; when the spec gives bounds they are set on the model first
 (``model.reshape`` to ``Dimension(min, max)``) so the plugin can plan for them. On a CPU with AMX/AVX-512
 BF16, ``precision_hint="bf16"`` runs matmuls in bfloat16 (about 3x faster here, cosine >= 0.99 vs fp32).
+
+A Q/DQ graph (QuantizeLinear / DequantizeLinear around MatMul) runs on OpenVINO's int8 kernels: the CPU plugin's
+low-precision transformations turn each Q/DQ pair into a FakeQuantize and the MatMul into an int8 FullyConnected.
+``int8.cpu.onnx`` chosen on OpenVINO says so in its metadata (runtime.cpu.CPU_BACKEND_METADATA_KEY): the runner warns
+when it is opened on another CPU class than it was chosen on, as ONNX Runtime's does.
+
+:func:`openvino_session` is the bare form for stages that run whole evaluation sets (ONNX Runtime's session call
+shape, ``run(None, feed) -> [outputs]``; no spec, no input checks).
 """
 from __future__ import annotations
 
@@ -18,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from runtime.base import InputContract, IOInfo, Runner
+from runtime.cpu import check_int8_isa
 from runtime.errors import BackendError, ModelLoadError
 from runtime.modelspec import (SPEC_METADATA_KEY, bounds_from_spec, check_model_file, name_dims,
                                parse_spec, read_spec, value_ranges_from_spec)
@@ -25,6 +34,16 @@ from runtime.modelspec import (SPEC_METADATA_KEY, bounds_from_spec, check_model_
 log = logging.getLogger("edgeattn.runtime.openvino")
 
 PRECISION_HINTS = {"f32": "f32", "fp32": "f32", "bf16": "bf16", "f16": "f16", "fp16": "f16"}
+
+
+def available() -> bool:
+    """The openvino package can be imported here (found, not imported: the check costs nothing)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("openvino") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _ov():
@@ -50,6 +69,43 @@ def _spec_from_rt_info(model, path: Path) -> dict[str, Any] | None:
         return parse_spec(model.get_rt_info(key).astype(str), f"'{path}' metadata '{SPEC_METADATA_KEY}'")
     except (RuntimeError, AttributeError, TypeError):
         return None
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    """An ONNX file's metadata_props (runtime.onnx_guard), {} for an OpenVINO IR."""
+    if path.suffix.lower() != ".onnx":
+        return {}
+    from runtime.onnx_guard import model_metadata
+
+    return model_metadata(path)
+
+
+def _read(core, path: Path):
+    try:
+        return core.read_model(str(path))
+    except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError with a C++ trace
+        raise ModelLoadError(
+            f"model '{path}' ({path.stat().st_size} bytes): openvino cannot read it ({_first_line(e)}); "
+            "expected a complete, valid ONNX model: the file may be truncated or corrupt, re-export it") from None
+
+
+def _compile(core, model, path: Path, device: str, precision: str, threads: int | None):
+    """The compiled model: ``precision`` (OpenVINO's name: f32, bf16, f16) as the inference hint, latency mode."""
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    try:
+        return core.compile_model(model, device, config)
+    except Exception as e:  # noqa: BLE001
+        raise BackendError(f"openvino cannot compile '{path}' for {device} with {config}: {_first_line(e)}") from None
+
+
+def _infer(request, path: Path, feed: dict[str, np.ndarray]):
+    try:
+        return request.infer(feed)
+    except Exception as e:  # noqa: BLE001
+        shapes = {k: tuple(v.shape) for k, v in feed.items()}
+        raise BackendError(f"openvino failed on '{path.name}' with feed shapes {shapes}: {_first_line(e)}") from None
 
 
 def _partial_dims(pshape) -> list[int | None]:
@@ -79,6 +135,7 @@ class OpenVINORunner(Runner):
         inputs = [self._io(p, "inputs") for p in model.inputs]
         self._apply_bounds(ov, model, inputs, bounds)
         self._compiled = self._compile(model, threads)
+        self.isa_warning = check_int8_isa(self.path, _metadata(self.path))
         self.execution_precision = self._precision_ran()
         if self.execution_precision and self.execution_precision != self.precision_hint:
             log.warning("openvino: '%s' asked for %s, the %s plugin runs %s (this CPU has no %s support)", self.path,
@@ -92,12 +149,7 @@ class OpenVINORunner(Runner):
 
     # -- loading -----------------------------------------------------------------------------------------
     def _read(self, core):
-        try:
-            return core.read_model(str(self.path))
-        except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError with a C++ trace
-            raise ModelLoadError(
-                f"model '{self.path}' ({self.path.stat().st_size} bytes): openvino cannot read it ({_first_line(e)}); "
-                "expected a complete, valid ONNX model: the file may be truncated or corrupt, re-export it") from None
+        return _read(core, self.path)
 
     def _io(self, port, which: str) -> IOInfo:
         name = port.get_any_name()
@@ -132,14 +184,7 @@ class OpenVINORunner(Runner):
                         self.path, {k: str(v) for k, v in new.items()}, _first_line(e))
 
     def _compile(self, model, threads: int | None):
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": self.precision_hint, "PERFORMANCE_HINT": "LATENCY"}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
-        try:
-            return self._core.compile_model(model, self.device, config)
-        except Exception as e:  # noqa: BLE001
-            raise BackendError(f"openvino cannot compile '{self.path}' for {self.device} with {config}: "
-                               f"{_first_line(e)}") from None
+        return _compile(self._core, model, self.path, self.device, self.precision_hint, threads)
 
     def _precision_ran(self) -> str | None:
         """The inference precision the compiled model reports ('f32', 'bf16', 'f16'): what really runs, which is
@@ -159,15 +204,36 @@ class OpenVINORunner(Runner):
     def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._request is None:
             raise BackendError(f"openvino runner for '{self.path}' is closed; open a new one")
-        try:
-            result = self._request.infer(feed)
-        except Exception as e:  # noqa: BLE001
-            shapes = {k: tuple(v.shape) for k, v in feed.items()}
-            raise BackendError(f"openvino failed on '{self.path.name}' with feed shapes {shapes}: "
-                               f"{_first_line(e)}") from None
+        result = _infer(self._request, self.path, feed)
         # copy: the request reuses its output buffers on the next call
         return {info.name: np.array(result[port]) for info, port in zip(self._outputs, self._out_ports)}
 
     def close(self) -> None:
         self._request = None
         self._compiled = None
+
+
+class OpenVINOSession:
+    """A model compiled for OpenVINO's CPU plugin, called like an ONNX Runtime session: ``run(None, feed)`` returns
+    the outputs in graph order (numpy copies). Dynamic dims stay unbounded; no spec, no input checks."""
+
+    def __init__(self, path: str | Path, precision_hint: str = "f32", threads: int | None = None):
+        if precision_hint not in PRECISION_HINTS:
+            raise BackendError(f"precision_hint '{precision_hint}': unknown; expected one of {sorted(PRECISION_HINTS)}")
+        self.path = check_model_file(path, "an ONNX model (.onnx) or OpenVINO IR (.xml)")
+        core = _ov().Core()
+        self._compiled = _compile(core, _read(core, self.path), self.path, "CPU", PRECISION_HINTS[precision_hint],
+                                  threads)
+        self._request = self._compiled.create_infer_request()
+        self._ports = list(self._compiled.outputs)
+
+    def run(self, output_names: None, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if output_names is not None:
+            raise BackendError(f"OpenVINOSession.run: got output names {output_names!r}, expected None (all outputs)")
+        result = _infer(self._request, self.path, feed)
+        return [np.array(result[p]) for p in self._ports]
+
+
+def openvino_session(path: str | Path, precision_hint: str = "f32", threads: int | None = None) -> OpenVINOSession:
+    """:class:`OpenVINOSession` of ``path`` (the bare counterpart of runtime.ort_backend.cpu_session)."""
+    return OpenVINOSession(path, precision_hint, threads)

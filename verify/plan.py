@@ -21,10 +21,12 @@ import numpy as np
 from calibration.evalset import PARITY_SAMPLES, load_eval_set
 from calibration.user_data import data_digest, data_path, load_user_data
 from judge.budget import Budget, budget_for
+from optimize.cpu_int8 import artifact_backend
 from runtime import gpu
 from runtime.cpu import cpu_info
 from runtime.loader import ORT_GPU_MODES
 from runtime.modelspec import precision_of
+from runtime.openvino_backend import available as openvino_available  # verify's callers import it from here
 from pipeline.artifacts import ModelRef
 from runtime.ort_backend import QDQ_REFERENCE_LEVEL
 from runtime.preprocess import TextEncoder, normalize_images
@@ -63,15 +65,6 @@ def ort_gpu_modes() -> list[str]:
     return [m for m, providers in ORT_GPU_MODES.items() if providers[0] in avail]
 
 
-def openvino_available() -> bool:
-    try:
-        import importlib.util
-
-        return importlib.util.find_spec("openvino") is not None
-    except (ImportError, ValueError):
-        return False
-
-
 # How a row is judged. Only gating rows decide `make verify`'s exit code: a verdict there must not depend on the CPU.
 ROLE_ARTIFACT = "artifact"  # an artifact on a backend it is built for (int8.cpu.onnx: built for this CPU): gating
 ROLE_REFERENCE = "tensorrt-reference"  # int8.qdq.onnx with Q/DQ as float ops: predicts TensorRT, same on every CPU
@@ -92,9 +85,15 @@ def backend_plan(model_dir: Path, artifact: str) -> list[tuple[str, str, str, st
     if artifact == "fp16.onnx":
         ort_mode = (man.get("fp16") or {}).get("ort_opt_level", "all")
     qdq = artifact == "int8.qdq.onnx"
+    if artifact == "int8.cpu.onnx":  # gating on the backend it was chosen on; elsewhere the CPU kernels, advisory
+        backend, mode = artifact_backend((man.get("int8") or {}).get("cpu"))
+        plan = [(backend, mode, prec, ROLE_ARTIFACT)]
+        if (backend, mode) != ("onnxruntime", "all"):
+            plan.append(("onnxruntime", "all", prec, ROLE_CPU_KERNELS))
+        return plan
     plan = [("onnxruntime", QDQ_REFERENCE_LEVEL, prec, ROLE_REFERENCE)] if qdq else []
     plan.append(("onnxruntime", ort_mode, prec, ROLE_CPU_KERNELS if qdq else ROLE_ARTIFACT))
-    # OpenVINO runs what a user deploys: not int8.cpu.onnx (ORT-only contrib ops), not the raw export fp32.onnx
+    # OpenVINO runs what a user deploys, not the raw export fp32.onnx
     if openvino_available() and artifact not in ("int8.cpu.onnx", "fp32.onnx"):
         plan.append(("openvino", "f32", prec, ROLE_CPU_KERNELS if qdq else ROLE_ARTIFACT))
         if artifact == "fp32.sim.onnx":
