@@ -76,10 +76,10 @@ def plan_points(pre: dict[str, Any], batch_max: int, batches: list[int] | None =
 
 def prompt_rows(tokenizer: Path, length: int, batch: int, dataset: str = "imdb") -> list[list[int]]:
     """The first ``length`` tokens of the first ``batch`` test-split reviews that have that many."""
-    from runtime.bpe import ByteLevelBPE
+    from runtime.bpe import BPETokenizer
     from zoo.data import load_dataset
 
-    tok = ByteLevelBPE.from_file(tokenizer)
+    tok = BPETokenizer.from_file(tokenizer)
     rows = []
     for text in load_dataset(dataset).test.x:
         ids = tok.encode(text)

@@ -671,6 +671,4 @@ class BPETokenizer:
         return self.decode_tokens(tokens)
 
 
-ByteLevelBPE = BPETokenizer  # the name of the GPT-2-only reader this module was (callers still use it)
-
-__all__ = ["BPETokenizer", "ByteLevelBPE", "bytes_to_unicode", "compile_pattern", "translate_pattern", "GPT2_PATTERN"]
+__all__ = ["BPETokenizer", "bytes_to_unicode", "compile_pattern", "translate_pattern", "GPT2_PATTERN"]

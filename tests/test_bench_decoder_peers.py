@@ -23,9 +23,9 @@ PEERS = "eager,ct2_fp32,ct2_int8,ortgenai_fp32,openvino_genai"
 
 
 def prompts(folder: Path, n: int = 3) -> list[list[int]]:
-    from runtime.bpe import ByteLevelBPE
+    from runtime.bpe import BPETokenizer
 
-    tok = ByteLevelBPE.from_file(folder / "tokenizer.json")
+    tok = BPETokenizer.from_file(folder / "tokenizer.json")
     return [tok.encode(t) for t in ("This movie was", "I really did not like the acting in this film, and",
                                     "The plot")][:n]
 

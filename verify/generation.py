@@ -205,7 +205,7 @@ def precision_rows(name: str, artifacts: str | Path = "artifacts", precisions: S
     mean matching greedy prefix vs transformers' greedy generate, the budget and the verdict. A missing file gives a
     row with ``skipped``. ``lm``/``reference``/``rows_ids``: PyTorch's model, greedy tokens and the prompts when the
     caller has them (verify_generation), else made here."""
-    from runtime.bpe import ByteLevelBPE
+    from runtime.bpe import BPETokenizer
     from pipeline.artifacts import ModelRef
     from zoo.gpt2 import gpt2_dir, load_lm
     from zoo.spec import load_spec
@@ -222,7 +222,7 @@ def precision_rows(name: str, artifacts: str | Path = "artifacts", precisions: S
                            pre.get("eos_id"))
     tf_ref = torch_teacher_forced(lm, windows, progress=f"pytorch {name} teacher-forced" if progress else None)
     if rows_ids is None:
-        rows_ids = prompt_rows(ByteLevelBPE.from_file(ref.file(pre["tokenizer"])), n_prompts,
+        rows_ids = prompt_rows(BPETokenizer.from_file(ref.file(pre["tokenizer"])), n_prompts,
                                dataset=spec.dataset or "imdb")
     if reference is None:
         reference = torch_greedy(lm, rows_ids, max_new_tokens, int(pre["pad_id"]), int(pre["eos_id"]), batch)
@@ -261,7 +261,7 @@ def verify_generation(name: str, artifacts: str | Path = "artifacts", artifact: 
     """Run the comparison for one exported decoder; the report (also written to generation.json). ``precisions``
     (e.g. ("fp16", "int8", "int8.cpu")) adds their rows (:func:`precision_rows`) under ``report['precisions']``,
     on the same prompts and PyTorch tokens; their verdicts count in ``report['passed']`` (gating rows only)."""
-    from runtime.bpe import ByteLevelBPE
+    from runtime.bpe import BPETokenizer
     from pipeline.artifacts import ModelRef
     from zoo.gpt2 import gpt2_dir, load_lm
     from zoo.io import atomic_write_json
@@ -272,7 +272,7 @@ def verify_generation(name: str, artifacts: str | Path = "artifacts", artifact: 
     spec = load_spec(path)
     pre = spec.preprocess
     tol = spec.tolerances["fp32"].max_abs or 1e-4
-    tok = ByteLevelBPE.from_file(ref.file(pre["tokenizer"]))
+    tok = BPETokenizer.from_file(ref.file(pre["tokenizer"]))
     rows = prompt_rows(tok, n_prompts, dataset=spec.dataset or "imdb")
     lm = load_lm(gpt2_dir(name, artifacts), name)
     t0 = time.perf_counter()
