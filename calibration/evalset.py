@@ -47,11 +47,17 @@ class EvalSet:
     def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
         return feed_batches(self.inputs, batch_size, self.pad_id)
 
+    def subset_index(self, n: int | None, seed: int = 0) -> np.ndarray:
+        """The rows :meth:`subset` takes (sorted), so a reference computed on this set serves the subset too."""
+        if n is None or n >= len(self):
+            return np.arange(len(self))
+        return np.sort(np.random.default_rng(seed).choice(len(self), size=n, replace=False))
+
     def subset(self, n: int | None, seed: int = 0) -> "EvalSet":
         """A seeded random subset of ``n`` rows (all rows if n is None or >= N), in sorted index order."""
         if n is None or n >= len(self):
             return self
-        idx = np.sort(np.random.default_rng(seed).choice(len(self), size=n, replace=False))
+        idx = self.subset_index(n, seed)
         return EvalSet({k: v[idx] for k, v in self.inputs.items()}, None if self.y is None else self.y[idx],
                        self.pad_id, f"{self.description} (subset {n}, seed {seed})")
 

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -281,49 +281,130 @@ def pick_cpu(rows: dict[str, dict[str, Any]], fp32_ms: float | None, opts: Quant
     return winner, why
 
 
+def judge_fastest_first(lat: dict[str, float], fp32_ms: float, judge: Callable[[str], dict[str, Any]],
+                        opts: QuantOptions, search: Callable[[str, dict[str, Any]], dict[str, Any] | None] | None = None,
+                        ) -> dict[str, dict[str, Any]]:
+    """Candidate rows, judged in order of their best-case latency ``lat`` (ms, each form as built: all its nodes
+    int8; a search that keeps nodes float only makes a form slower), skipping what cannot be picked (:func:`pick_cpu`):
+
+    - a form whose best case is not ``opts.min_speedup`` times faster than ``fp32_ms``;
+    - a form slower than the fastest one already within the budget by more than ``opts.tie_tolerance`` (pick_cpu's
+      tie, where the most accurate wins: those are judged too).
+
+    ``judge(name)``: its verdict row ({"ran", "passed", ...}). ``search(name, row)``: for a form that missed, its own
+    search (the fused form's keep-float bisection), returning the searched row with its new ``latency_ms`` on the
+    scale of ``lat`` (None: no search for that form). A skipped row: {"ran": None, "passed": False, "skipped": why}.
+    So a model whose fastest form passes is judged once instead of once per candidate."""
+    rows: dict[str, dict[str, Any]] = {}
+    best: tuple[float, str] | None = None  # (latency, name) of the fastest form within the budget so far
+    for name in sorted(lat, key=lambda k: lat[k]):
+        t = lat[name]
+        if fp32_ms / t < opts.min_speedup:
+            rows[name] = {"ran": None, "passed": False, "skipped": f"best case {fp32_ms / t:.2f}x fp32, needs >= "
+                                                                    f"{opts.min_speedup:.2f}x: cannot be picked"}
+            continue
+        if best is not None and t > best[0] * (1.0 + opts.tie_tolerance):
+            rows[name] = {"ran": None, "passed": False, "skipped": f"best case {t:.3f} ms, slower than {best[1]} "
+                                                                    f"({best[0]:.3f} ms, within the budget)"}
+            continue
+        row = judge(name)
+        if row.get("ran") and not row.get("passed") and search is not None:
+            row = search(name, row) or row
+        rows[name] = row
+        t = row.get("latency_ms") or t
+        if row.get("passed") and fp32_ms / t >= opts.min_speedup and (best is None or t < best[0]):
+            best = (t, name)
+    return rows
+
+
 def choose_cpu(src: Path, candidates: dict[str, Path], es: EvalSet, ref: np.ndarray, feed: dict[str, np.ndarray],
                opts: QuantOptions, budget: Budget | None = None) -> dict[str, Any]:
-    """Accuracy of each candidate on this CPU's integer kernels (crash-guarded child, ORT 'all'), judged by verify's
-    verdict (``budget``; None: ``opts.loop_budget`` on the default tolerances), latency of all survivors + fp32 side by
-    side, then :func:`pick_cpu`. ``winner`` None: fp32 is kept."""
+    """Latency of every candidate beside fp32 (one interleaved, crash-guarded child; each form on its own backend),
+    then accuracy on this CPU's integer kernels (crash-guarded child) judged by verify's verdict (``budget``; None:
+    ``opts.loop_budget`` on the default tolerances), fastest first (:func:`judge_fastest_first`; ``opts.cpu_judge``
+    "all": every candidate, as when the latency child fails), then :func:`pick_cpu`. ``winner`` None: fp32 kept."""
     import onnx
 
     labelled = es.y is not None
     budget = budget or opts.loop_budget(None, labelled)
     quantizable = quantizable_weight_elements(onnx.load(str(src)))
-    rows: dict[str, dict[str, Any]] = {}
-    for name, p in candidates.items():
-        rows[name] = judge_cpu(p, es, ref, budget, labelled, opts, quantizable, candidate_backend(name))
-        if rows[name]["ran"] and not rows[name]["passed"] and name.startswith("fused_dynamic"):
-            fused = p.parent / FUSED_FP32  # the CPU form's own search (optimize.cpu_fused_int8)
-            judge = lambda q: judge_cpu(q, es, ref, budget, labelled, opts, quantizable)  # noqa: E731
-            res = fused_search(fused, p, es, judge, opts, name.endswith("_rr"), rows[name])  # rewrites p
-            rows[name] = {**res["row"], "search": res["search"]}
-        if name.startswith("fused_"):
-            rows[name]["fusion"] = fusion_report(p.parent)
-    runnable = {k: str(candidates[k]) for k, r in rows.items() if r["ran"]}
-    fused_fp32 = next((Path(v).parent / FUSED_FP32 for k, v in runnable.items() if k.startswith("fused_")), None)
+    backends = {k: candidate_backend(k) for k in candidates}
+    fused_fp32 = next((p.parent / FUSED_FP32 for k, p in candidates.items() if k.startswith("fused_")), None)
     extra = {"fp32_fused": str(fused_fp32)} if fused_fp32 is not None and fused_fp32.is_file() else {}
-    backends = {k: candidate_backend(k) for k in runnable}
     for b in sorted({b for b in backends.values() if b != ORT_CPU}):  # fp32 on each other backend: its own baseline
         extra[f"fp32_{b[0]}"] = str(src)
         backends[f"fp32_{b[0]}"] = b
-    lat = bench_guarded({"fp32": str(src), **extra, **runnable}, feed, opts.bench_runs, opts.threads, backends)
-    fp32_ms = lat.get("fp32", {}).get("median_ms") if "error" not in lat else None
-    for k in runnable:
-        if k in lat:
-            rows[k]["latency_ms"] = lat[k]["median_ms"]
-            rows[k]["latency_p10_p90_ms"] = [lat[k]["p10_ms"], lat[k]["p90_ms"]]
-            rows[k]["bench_runs"] = lat[k]["runs"]
-            rows[k]["speedup_vs_fp32"] = round(fp32_ms / lat[k]["median_ms"], 3) if fp32_ms else None
+
+    def timed(models: dict[str, str]) -> dict[str, Any]:
+        return bench_guarded({"fp32": str(src), **{k: extra[k] for k in extra if k.startswith("fp32_")}, **models},
+                             feed, opts.bench_runs, opts.threads, backends)
+
+    def judge(name: str) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        row = judge_cpu(candidates[name], es, ref, budget, labelled, opts, quantizable, candidate_backend(name))
+        row["judge_s"] = round(time.perf_counter() - t0, 1)
+        return row
+
+    def search(name: str, row: dict[str, Any], retime: bool = True) -> dict[str, Any] | None:
+        if not name.startswith("fused_dynamic"):
+            return None
+        t0 = time.perf_counter()
+        p = candidates[name]
+        res = fused_search(p.parent / FUSED_FP32, p, es,  # the CPU form's own search (optimize.cpu_fused_int8)
+                           lambda q: judge_cpu(q, es, ref, budget, labelled, opts, quantizable), opts,
+                           name.endswith("_rr"), row)  # rewrites p
+        out = {**res["row"], "search": res["search"], "judge_s": round(row.get("judge_s", 0) + time.perf_counter()
+                                                                       - t0, 1)}
+        if retime and res["search"]["kept_float"]:  # slower now: timed again, on the first timing's fp32 scale
+            again = timed({name: str(p)})
+            ok = "error" not in again and name in again and "fp32" in again and lat.get("fp32")
+            out["latency_ms"] = round(again[name]["median_ms"] * lat["fp32"]["median_ms"]
+                                      / again["fp32"]["median_ms"], 3) if ok else None
+        return out
+
+    lat = timed({k: str(v) for k, v in candidates.items()}) if opts.cpu_judge == "fastest_first" else \
+        {"error": "every candidate judged (cpu_judge 'all')"}
+    fp32_ms = lat.get("fp32", {}).get("median_ms")
+    if fp32_ms and all(k in lat for k in candidates):
+        order = "fastest first: best-case latency of every form, then judged until the fastest within the budget"
+        rows = judge_fastest_first({k: lat[k]["median_ms"] for k in candidates}, fp32_ms, judge, opts, search)
+    else:  # the latency child failed (a form crashed it) or was not asked for first: judge all, time those that ran
+        order = "all judged, then the ones that ran timed" + (f" ({lat['error']})" if "error" in lat else "")
+        rows = {}
+        for name in candidates:
+            rows[name] = judge(name)
+            if rows[name]["ran"] and not rows[name]["passed"]:
+                rows[name] = search(name, rows[name], retime=False) or rows[name]
+        lat = timed({k: str(candidates[k]) for k, r in rows.items() if r["ran"]})
+        fp32_ms = lat.get("fp32", {}).get("median_ms") if "error" not in lat else None
+    for k, r in rows.items():
+        r.setdefault("backend", backends[k][0])
+        r.setdefault("mode", backends[k][1])
+        if k.startswith("fused_") and r.get("ran") is not None:
+            r["fusion"] = fusion_report(candidates[k].parent)
+        if k in lat and "error" not in lat:
+            if "latency_ms" in r:  # searched after the first timing: timed again (None: that timing failed)
+                r["best_case_latency_ms"] = lat[k]["median_ms"]
+                if r["latency_ms"] is None:
+                    continue
+            else:
+                r["latency_ms"] = lat[k]["median_ms"]
+                r["latency_p10_p90_ms"] = [lat[k]["p10_ms"], lat[k]["p90_ms"]]
+                r["bench_runs"] = lat[k]["runs"]
+            r["speedup_vs_fp32"] = round(fp32_ms / r["latency_ms"], 3) if fp32_ms else None
             same = lat.get(f"fp32_{backends[k][0]}", {}).get("median_ms") if backends[k] != ORT_CPU else fp32_ms
-            rows[k]["speedup_vs_fp32_same_backend"] = round(same / lat[k]["median_ms"], 3) if same else None
-    if not any(r["ran"] for r in rows.values()):
+            r["speedup_vs_fp32_same_backend"] = round(same / r["latency_ms"], 3) if same else None
+    if not any(r["ran"] for r in rows.values()) and not any(r.get("skipped") for r in rows.values()):
         raise QuantizeError(f"{src.parent.name}: every CPU int8 candidate crashed or failed: "
                             f"{ {k: r.get('error') for k, r in rows.items()} }")
     winner, why = pick_cpu(rows, fp32_ms, opts, labelled)
-    return {"winner": winner, "why": why, "candidates": rows, "fp32_latency_ms": fp32_ms,
-            "fp32_fused_latency_ms": lat.get("fp32_fused", {}).get("median_ms") if "error" not in lat else None,
+    skipped = [k for k, r in rows.items() if r.get("skipped")]
+    if winner is None and skipped:
+        why += f" ({len(skipped)} form(s) not judged: slower than fp32 x {opts.min_speedup:.2f} at best)"
+    ok = "error" not in lat
+    return {"winner": winner, "why": why, "candidates": rows, "fp32_latency_ms": fp32_ms, "order": order,
+            "judged": [k for k, r in rows.items() if r.get("ran") is not None],
+            "fp32_fused_latency_ms": lat.get("fp32_fused", {}).get("median_ms") if ok else None,
             "fp32_other_backends_ms": {k[5:]: v["median_ms"] for k, v in lat.items()
                                        if k.startswith("fp32_") and k != "fp32_fused" and isinstance(v, dict)},
             "latency_error": lat.get("error"), "bench": {"batch": int(next(iter(feed.values())).shape[0]),

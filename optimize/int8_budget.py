@@ -12,6 +12,7 @@ on other images than verify judges on: stricter than verify, never looser."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -70,6 +71,9 @@ class QuantOptions:
     min_speedup: float = 1.05
     bench_runs: int = 50
     tie_tolerance: float = 0.05  # CPU candidates this close to the fastest count as equally fast
+    # "fastest_first": every CPU candidate timed, then judged in order of speed until the fastest within the budget
+    # (optimize.cpu_int8.judge_fastest_first); "all": every candidate judged (the manifest then has all figures)
+    cpu_judge: str = "fastest_first"
     min_int8_coverage: float = 0.5  # a CPU candidate must hold >= this share of Conv/Gemm/MatMul weights in int8
     bench_batch: int = 1
     threads: int = 2
@@ -80,7 +84,7 @@ class QuantOptions:
 
     def key(self) -> dict[str, Any]:
         d = asdict(self)
-        for k in ("threads", "bench_runs", "bench_batch", "fp16", "int8", "tie_tolerance"):
+        for k in ("threads", "bench_runs", "bench_batch", "fp16", "int8", "tie_tolerance", "cpu_judge"):
             d.pop(k)
         return d
 
@@ -89,10 +93,16 @@ class QuantOptions:
         return budget_for(tolerances, "int8", max_drop_points=self.max_drop, min_top1_agreement=self.min_agreement,
                           min_cosine=self.min_cosine)
 
-    def loop_budget(self, tolerances: dict[str, Any] | None, labelled: bool) -> Budget:
-        """What the loop accepts: verify's budget, with the parity guard band where there are no labels."""
+    def loop_budget(self, tolerances: dict[str, Any] | None, labelled: bool, n: int | None = None) -> Budget:
+        """What the loop accepts: verify's budget, with the parity guard band where there are no labels. The band
+        (``parity_margin``, set on PARITY_SAMPLES images) guards against the loop's rows and verify's differing by
+        chance, which shrinks as 1/sqrt(n): judged on ``n`` > PARITY_SAMPLES rows (a feature extractor on its
+        validation split), it is scaled by sqrt(PARITY_SAMPLES / n), the same number of standard errors."""
         b = self.budget(tolerances)
-        return b if labelled else b.tightened(self.parity_margin)
+        if labelled:
+            return b
+        share = self.parity_margin * (1.0 if n is None or n <= PARITY_SAMPLES else math.sqrt(PARITY_SAMPLES / n))
+        return b.tightened(share)
 
 
 def logit_error(ref: np.ndarray, out: np.ndarray) -> float:

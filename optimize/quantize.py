@@ -61,7 +61,7 @@ from pipeline.args import (ArgumentsError, add_artifacts, add_force, add_kv_cach
                            add_threads, choice_list, non_negative_int, non_negative_number, positive_int, stage_parser)
 from pipeline.artifacts import resolve_models
 from pipeline.quiet import fold_repeats
-from pipeline.stage import StageErrors, cli
+from pipeline.stage import PhaseClock, StageErrors, cli
 from zoo.data import load_dataset
 from zoo.io import (copy_onnx, digest, peak_rss_mb, read_json, save_onnx, section_up_to_date,
                     sha256_file, update_manifest)
@@ -134,13 +134,14 @@ def quantize_outputs(model_dir: str | os.PathLike, opts: QuantOptions | None = N
     es = es_all.subset(opts.eval_samples, opts.seed)  # --eval-samples: the int8 loop's rows (fp16: all of them)
     data_key = data_digest(udp) if udp else None
     result: dict[str, Any] = {}
-    ref = None
+    ref = ref16 = None
+    clock = PhaseClock()  # where the time went, per phase: each section's "phases_s"
     # the budgets verify judges with (the spec's tolerances, the user's overrides); refused before anything is
     # written when the evaluation set cannot resolve them (judge.budget)
     f16 = Fp16Options(threads=opts.threads)
     es16 = es_all.subset(f16.check_samples, opts.seed)
     b16 = f16.budget(spec.tolerances)
-    b8 = opts.loop_budget(spec.tolerances, labelled)
+    b8 = opts.loop_budget(spec.tolerances, labelled, len(es))
     if opts.fp16:
         check_resolution(b16, len(es16), labelled, f"quantize {model_dir.name} fp16")
     if opts.int8:
@@ -154,9 +155,13 @@ def quantize_outputs(model_dir: str | os.PathLike, opts: QuantOptions | None = N
             print(f"quantize {model_dir.name}: fp16.onnx up to date")
             result["fp16"] = manifest["fp16"]
         else:
-            ref16 = ort_logits(src, es16, "all", opts.threads, progress=f"fp32 {model_dir.name}" if progress else None)
-            sec = build_fp16(model_dir, es16, ref16, f16, budget=b16)
-            sec.update(key=key, files_sha256={"fp16.onnx": sec["sha256"]})
+            with clock("fp32_reference"):
+                ref16 = ort_logits(src, es16, "all", opts.threads,
+                                   progress=f"fp32 {model_dir.name}" if progress else None)
+            with clock("fp16"):
+                sec = build_fp16(model_dir, es16, ref16, f16, budget=b16)
+            sec.update(key=key, files_sha256={"fp16.onnx": sec["sha256"]},
+                       phases_s={k: clock.seconds[k] for k in ("fp32_reference", "fp16")})
             update_manifest(model_dir, "fp16", {**sec, "peak_rss_mb": peak_rss_mb()})
             result["fp16"] = sec
 
@@ -181,8 +186,15 @@ def quantize_outputs(model_dir: str | os.PathLike, opts: QuantOptions | None = N
                   + ("" if (old.get("cpu") or {}).get("file") else " (CPU: fp32 kept, no int8.cpu.onnx)"))
             result["int8"] = old
             return result
-        ref = ort_logits(src, es, "all", opts.threads, progress=f"fp32 {model_dir.name} val" if progress else None)
-        sec = build_int8(model_dir, src, calib, es, ref, opts, progress, isa, spec.tolerances, previous=old)
+        clock = PhaseClock()
+        with clock("fp32_reference"):  # the fp16 check's rows, where it ran on all of them (one fp32 pass)
+            if ref16 is not None and es16 is es_all:
+                ref = ref16[es_all.subset_index(opts.eval_samples, opts.seed)]
+            else:
+                ref = ort_logits(src, es, "all", opts.threads,
+                                 progress=f"fp32 {model_dir.name} val" if progress else None)
+        sec = build_int8(model_dir, src, calib, es, ref, opts, progress, isa, spec.tolerances, previous=old,
+                         clock=clock)
         if "last_run" not in sec:  # a section kept from the previous run keeps its key: the next run tries again
             sec.update(key=key, source_sha256=src_sha)
         if dataset is not None:
@@ -202,20 +214,22 @@ def user_eval_set(path: str, spec, model_dir: Path):
 
 def build_int8(model_dir: Path, src: Path, calib: CalibrationData, es: EvalSet, ref: np.ndarray,
                opts: QuantOptions, progress: bool = True, isa: str | None = None,
-               tolerances: dict[str, Any] | None = None, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+               tolerances: dict[str, Any] | None = None, previous: dict[str, Any] | None = None,
+               clock: PhaseClock | None = None) -> dict[str, Any]:
     """Calibrate, budget-search the TensorRT Q/DQ graph (judged by its float simulation), pick the CPU graph for
     this CPU (judged on its integer kernels); write both atomically. When no int8 form is both within the budget
     and faster than fp32 here, no int8.cpu.onnx is written and fp32 is the CPU artifact (a stale one is moved aside).
     Every candidate is judged by verify's verdict on the spec's ``tolerances`` (judge.budget; None: the defaults)
     with ``opts``' overrides. A run that does worse than ``previous`` (the manifest's int8 section, passed, files
     intact) writes and deletes nothing: the previous section is returned with ``last_run`` saying what this run
-    missed."""
+    missed. ``clock``: the stage's phase clock (its seconds go into the section's ``phases_s``)."""
     import onnx
 
+    clock = clock or PhaseClock()
     isa = isa or int8_isa()
     t0 = time.perf_counter()
     labelled = es.y is not None
-    vb, budget = opts.budget(tolerances), opts.loop_budget(tolerances, labelled)
+    vb, budget = opts.budget(tolerances), opts.loop_budget(tolerances, labelled, len(es))
     with tempfile.TemporaryDirectory(prefix=f"edgeattn-int8-{model_dir.name}-") as tmpd:
         work = Path(tmpd)
         model = onnx.load(str(src))
@@ -227,12 +241,14 @@ def build_int8(model_dir: Path, src: Path, calib: CalibrationData, es: EvalSet, 
         del model
         if not nodes:
             raise QuantizeError(f"{src}: no Conv/Gemm/MatMul node with a constant weight to quantise")
-        plan = outlier_aware(qsrc, nodes, calib, opts, model_dir, work, progress)  # None: not all MatMul/Gemm
+        with clock("ptq"):
+            plan = outlier_aware(qsrc, nodes, calib, opts, model_dir, work, progress)  # None: not all MatMul/Gemm
         es_sweep = es.subset(opts.sweep_samples, opts.seed + 1)
         cpu_src = qsrc
         if plan is None or plan.src != qsrc:  # the CPU forms' graph and ranges: unsmoothed, one method
             cache = RangeCache(model_dir / f"calib.{opts.method.lower()}.json")
-            ranges, cinfo = calibrate_ranges(qsrc, calib, opts.method, cache, progress=progress)
+            with clock("calibrate"):
+                ranges, cinfo = calibrate_ranges(qsrc, calib, opts.method, cache, progress=progress)
         cpu_ranges = ranges if plan is None or plan.src != qsrc else plan.ranges
         if plan is None:
             ref_sweep = ref if es_sweep is es else ort_logits(src, es_sweep, "all", opts.threads)
@@ -240,24 +256,37 @@ def build_int8(model_dir: Path, src: Path, calib: CalibrationData, es: EvalSet, 
         else:  # the smoothed graph (float-equivalent to src), ranges chosen per tensor, nodes ranked in one pass
             qsrc, ranges, cinfo, ref_sweep = plan.src, plan.ranges, plan.calibration, None
             rank = lambda: plan.rows  # noqa: E731
-        search = budget_search(qsrc, ranges, opts.method, nodes, es, ref, es_sweep, ref_sweep, opts, work, progress,
-                               budget=budget, rank=rank)
         cand = work / "candidate.onnx"
-        scopes = quantize_static_cached(qsrc, cand, ranges, opts.method, search["quantized"], "trt",
-                                        opts.quantize_attention)  # module scopes carried for the localiser
+        mixed = None
+        if opts.fp16_mix and opts.sweep != "always":  # the shipped graph first: all INT8, the rest FP16
+            with clock("qdq_mixed_first"):
+                mixed = mixed_first(qsrc, ranges, nodes, cand, work, model_dir, es, ref, budget, opts)
+        if mixed is not None:
+            search, scopes, (qdq_file, fp16_mix) = mixed
+        else:
+            with clock("qdq_search"):
+                search = budget_search(qsrc, ranges, opts.method, nodes, es, ref, es_sweep, ref_sweep, opts, work,
+                                       progress, budget=budget, rank=rank)
+            scopes = quantize_static_cached(qsrc, cand, ranges, opts.method, search["quantized"], "trt",
+                                            opts.quantize_attention)  # module scopes carried for the localiser
         violations = check_qdq_rules(cand)
         qdq_dst = model_dir / "int8.qdq.onnx"
         excluded = [e["node"] for e in search["excluded"]]
         # the CPU forms stay unsmoothed: smoothing moves outliers into the weights, which ORT's dynamic form quantises
         # per tensor (MiniLM classifier, dynamic on the smoothed graph: agreement 0.77, -10 points)
-        cands = build_cpu_candidates(cpu_src, cpu_ranges, opts.method, search["quantized"], excluded, cand, work, opts)
+        with clock("cpu_build"):
+            cands = build_cpu_candidates(cpu_src, cpu_ranges, opts.method, search["quantized"], excluded, cand, work,
+                                         opts)
         feed = next(es.subset(opts.bench_batch, opts.seed).batches(opts.bench_batch))
-        cpu = choose_cpu(src, cands, es, ref, feed, opts, budget)
+        with clock("cpu_choose"):
+            cpu = choose_cpu(src, cands, es, ref, feed, opts, budget)
         cpu_dst = model_dir / "int8.cpu.onnx"
         win = cpu["winner"]
         if previous and did_worse(search["passed"], win, previous) and previous_intact(model_dir, previous):
             return kept_previous(previous, search, cpu, opts, budget, labelled)
-        qdq_file, fp16_mix = mix_fp16(cand, work, model_dir, es, ref, budget, opts.fp16_mix, opts.threads)
+        if mixed is None:
+            with clock("fp16_mix"):
+                qdq_file, fp16_mix = mix_fp16(cand, work, model_dir, es, ref, budget, opts.fp16_mix, opts.threads)
         copy_onnx(qdq_file, qdq_dst)
         write_cpu_artifact(cands[win] if win is not None else None, cpu_dst, isa,
                            candidate_backend(win) if win is not None else None)
@@ -285,6 +314,7 @@ def build_int8(model_dir: Path, src: Path, calib: CalibrationData, es: EvalSet, 
                 "latency_ms": qdq_lat, "format": "QDQ int8 symmetric, per-channel weights, float bias"
                 + (", unquantised layers float16" if fp16_mix["used"] else ""), "fp16_mix": fp16_mix},
         "cpu": {"file": cpu_dst.name if win else None, "method": win or "fp32", "why": cpu["why"],
+                "judge_order": cpu["order"], "judged": cpu["judged"],
                 **backend_record(win), "cpu_isa": isa, "cpu_model": cpu_info().get("model"),
                 "fallback": None if win else "fp32.sim.onnx",
                 "passed": True if win is None else wrow["passed"],
@@ -294,11 +324,32 @@ def build_int8(model_dir: Path, src: Path, calib: CalibrationData, es: EvalSet, 
                 "excluded_nodes": excluded},
         "ptq": plan.record if plan is not None else {"applied": False, "why": "quantised nodes other than "
                                                      "MatMul/Gemm with 2-D weights, or ptq off: one method, sweep"},
-        "options": opts.key(), "seconds": round(time.perf_counter() - t0, 1),
+        "options": opts.key(), "seconds": round(time.perf_counter() - t0, 1), "phases_s": clock.seconds,
     }
     if violations:
         log.error("int8 %s: Q/DQ rule violations: %s", model_dir.name, violations)
     return sec
+
+
+def mixed_first(src: Path, ranges: dict[str, Any], nodes: Sequence[Any], cand: Path, work: Path, model_dir: Path,
+                es: EvalSet, ref: np.ndarray, budget: Budget, opts: QuantOptions):
+    """The TensorRT graph as it ships when every node is INT8: Q/DQ on all ``nodes`` (``cand``), the rest FP16
+    (optimize.qdq_fp16.mix_fp16), judged by its float simulation on ``es``. Within the budget: (the search's record
+    of that one evaluation, the scopes, mix_fp16's result), so the all-FP32 Q/DQ graph is never evaluated; None
+    (outside the budget, or the mix not possible): the caller runs the budget search on the FP32 Q/DQ graph, then
+    the mix."""
+    names = [n.name for n in nodes]
+    scopes = quantize_static_cached(src, cand, ranges, opts.method, names, "trt", opts.quantize_attention)
+    qdq_file, rec = mix_fp16(cand, work, model_dir, es, ref, budget, True, opts.threads)
+    if not rec.get("used"):
+        log.info("int8 %s: the all-INT8 mixed graph is not the answer (%s); budget search on the FP32 Q/DQ graph",
+                 model_dir.name, rec.get("why"))
+        return None
+    v = rec["val"]
+    search = {"excluded": [], "steps": [{"excluded": None, "kept_float": 0, **v}], "sensitivity": [], "final": v,
+              "budget": budget.to_dict(), "passed": True, "quantized": names, "full_evaluations": 1,
+              "judged": "the mixed INT8/FP16 graph with every node INT8 (what ships), one evaluation"}
+    return search, scopes, (qdq_file, rec)
 
 
 def did_worse(passed: bool, winner: str | None, previous: dict[str, Any]) -> bool:
@@ -365,10 +416,13 @@ def print_tables(name: str, res: dict[str, Any]) -> None:
         vv = r.get("val") or {}
         mark = " <- int8.cpu.onnx" if k == cpu["method"] else ""
         mark += " (7-bit weights)" if k.endswith("_rr") else ""
-        print(f"  {k:<24}{r.get('backend') or 'onnxruntime':>12}{str(r['ran']):>5}"
+        if r.get("skipped"):
+            mark += f" (not judged: {r['skipped']})"
+        ran = "-" if r["ran"] is None else str(r["ran"])
+        print(f"  {k:<24}{r.get('backend') or 'onnxruntime':>12}{ran:>5}"
               f"{_f(r.get('int8_weight_coverage'), 2):>8}{_f(vv.get('accuracy_delta'), 2):>10}"
               f"{_f(vv.get('top1_agreement'), 4):>8}{_f(vv.get('cosine_mean'), 5):>10}{_f(r.get('latency_ms'), 3):>10}"
-              f"{_f(r.get('speedup_vs_fp32'), 2):>8}  {r['passed']}{mark}")
+              f"{_f(r.get('speedup_vs_fp32'), 2):>8}  {'-' if r['ran'] is None else r['passed']}{mark}")
     print(f"  CPU ({cpu.get('cpu_isa')}): " + (f"int8.cpu.onnx = {cpu['method']} on {cpu.get('backend')}: {cpu['why']}"
                                               if cpu.get("file")
                                               else f"no int8.cpu.onnx, {cpu['why']}"))
@@ -407,6 +461,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--min-speedup", type=non_negative_number, default=d.min_speedup,
                     help="int8.cpu.onnx must be this much faster than fp32 here, else fp32 is kept")
     ap.add_argument("--bench-runs", type=positive_int, default=d.bench_runs)
+    ap.add_argument("--cpu-judge", choices=("fastest_first", "all"), default=d.cpu_judge,
+                    help="CPU candidates: time all, then judge the fastest first and stop when no other can win "
+                         "(default), or judge every one (slower; the manifest then has every form's figures)")
     add_threads(ap, default=os.environ.get("EDGEATTN_THREADS", str(d.threads)))
     ap.add_argument("--only", choices=("fp16", "int8"), help="build only one precision")
     add_kv_cache(ap, CACHE_TYPES)
@@ -421,6 +478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    sweep=args.sweep, sweep_samples=args.sweep_samples, eval_samples=args.eval_samples,
                    quantize_attention=args.quantize_attention,
                    cpu_candidates=args.cpu_candidates or None, min_speedup=args.min_speedup, bench_runs=args.bench_runs,
+                   cpu_judge=args.cpu_judge,
                    threads=args.threads, fp16=args.only != "int8", int8=args.only != "fp16")
     missed = []
     errors = StageErrors("quantize")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 from typing import Callable, Iterator
 
 from runtime.errors import EdgeattnError
@@ -55,6 +56,27 @@ class StageErrors:
         names = ", ".join(f"{m} ({t})" for m, t in self.failed)
         print(f"{self.stage}: {len(self.failed)} of {self.seen} model(s) failed: {names}", file=sys.stderr)
         return EXIT_FAILED
+
+
+class PhaseClock:
+    """Wall seconds per named phase of one model's stage run, for its manifest section (where did the time go):
+
+        clock = PhaseClock()
+        with clock("calibrate"):
+            ...
+        sec["phases_s"] = clock.seconds        # {"calibrate": 12.3, ...}; a repeated phase adds up
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = round(self.seconds.get(phase, 0.0) + time.perf_counter() - t0, 1)
 
 
 def cli(stage: str, main: Callable[[], int]) -> int:

@@ -195,3 +195,16 @@ def test_histogram_methods_give_ranges_inside_minmax(tmp_path, method):
     assert info["method"] == method and set(hist) == set(mm)
     for k in mm:
         assert 0 < hist[k].amax <= mm[k].amax * 1.0001
+
+
+def test_eval_subset_rows_are_its_index():
+    """A reference computed on the whole evaluation set serves a subset through subset_index (quantize computes the
+    fp32 reference once for the fp16 check and the int8 loop)."""
+    from calibration.evalset import EvalSet
+
+    x = np.arange(50 * 3, dtype=np.int64).reshape(50, 3)
+    es = EvalSet({"input_ids": x}, np.arange(50) % 2, 0, "toy")
+    sub, idx = es.subset(20, seed=4), es.subset_index(20, seed=4)
+    assert len(idx) == 20 and np.all(np.diff(idx) > 0)
+    assert np.array_equal(sub.inputs["input_ids"], x[idx]) and np.array_equal(sub.y, (np.arange(50) % 2)[idx])
+    assert es.subset(None) is es and np.array_equal(es.subset_index(None), np.arange(50))

@@ -15,12 +15,13 @@ ort = pytest.importorskip("onnxruntime")
 from calibration import CalibrationData  # noqa: E402
 from calibration.evalset import EvalSet  # noqa: E402
 from optimize.fp16 import ort_logits  # noqa: E402
-from optimize.cpu_int8 import RR_CANDIDATES, default_cpu_candidates, pick_cpu  # noqa: E402
+from optimize.cpu_int8 import RR_CANDIDATES, default_cpu_candidates, judge_fastest_first, pick_cpu  # noqa: E402
 from judge.budget import passes  # noqa: E402
 from optimize.int8_budget import QuantOptions, budget_search  # noqa: E402
 from optimize.int8_build import calibrate_ranges, quantize_dynamic_matmul, quantize_static_cached  # noqa: E402
 from optimize.qdq_graph import quantizable_nodes  # noqa: E402
 from runtime.cpu import ISA_METADATA_KEY, cpu_info, int8_saturates, isa_class, isa_mismatch  # noqa: E402
+from runtime.modelspec import FEATURE_EXTRACTION, default_tolerances  # noqa: E402
 from runtime.ort_backend import QDQ_REFERENCE_LEVEL  # noqa: E402
 from tests.test_quantize import _outlier_mlp  # noqa: E402
 
@@ -155,6 +156,58 @@ def test_pick_cpu_keeps_fp32_unless_an_int8_form_is_accurate_and_faster():
     assert win == "b"
 
 
+def _judge_log(verdicts: dict[str, bool]):
+    judged: list[str] = []
+
+    def judge(name):
+        judged.append(name)
+        return {"ran": True, "passed": verdicts[name], "val": {"cosine_mean": 0.999, "top1_agreement": 1.0}}
+    return judge, judged
+
+
+def test_fastest_first_judges_until_no_other_form_can_win():
+    opts = QuantOptions(min_speedup=1.05, tie_tolerance=0.05)
+    lat = {"qdq_attention_openvino": 10.7, "fused_dynamic": 15.9, "qdq_openvino": 18.7, "dynamic": 27.3,
+           "qdq_s8s8": 50.8}
+    # the fastest passes: one judgement, every other form skipped with why, and pick_cpu takes the same winner
+    judge, judged = _judge_log(dict.fromkeys(lat, True))
+    rows = judge_fastest_first(lat, 30.8, judge, opts)
+    assert judged == ["qdq_attention_openvino"]
+    assert rows["fused_dynamic"]["skipped"].startswith("best case 15.900 ms, slower than qdq_attention_openvino")
+    assert "cannot be picked" in rows["qdq_s8s8"]["skipped"] and rows["qdq_s8s8"]["ran"] is None  # 0.61x fp32
+    for k in rows:
+        rows[k].setdefault("latency_ms", lat[k])
+    assert pick_cpu(rows, 30.8, opts, False)[0] == "qdq_attention_openvino"
+    # the fastest misses: the next ones are judged in order of speed until one passes
+    judge, judged = _judge_log({**dict.fromkeys(lat, True), "qdq_attention_openvino": False, "fused_dynamic": False})
+    rows = judge_fastest_first(lat, 30.8, judge, opts)
+    assert judged == ["qdq_attention_openvino", "fused_dynamic", "qdq_openvino"] and not rows["dynamic"]["ran"]
+    # forms within the tie tolerance of the fastest passing one are judged too (the most accurate of them wins)
+    judge, judged = _judge_log(dict.fromkeys("abc", True))
+    judge_fastest_first({"a": 10.0, "b": 10.4, "c": 10.6}, 30.0, judge, opts)
+    assert judged == ["a", "b"]
+
+
+def test_fastest_first_times_a_searched_form_again():
+    opts = QuantOptions(min_speedup=1.05, tie_tolerance=0.05)
+    judge, judged = _judge_log({"fused_dynamic": False, "dynamic": True, "qdq_s8s8": True})
+    searched = []
+
+    def search(name, row):  # the fused form's keep-float search: within the budget now, but slower than it was
+        searched.append(name)
+        return {**row, "passed": True, "latency_ms": 14.0} if name == "fused_dynamic" else None
+    rows = judge_fastest_first({"fused_dynamic": 8.0, "dynamic": 12.0, "qdq_s8s8": 13.0}, 30.0, judge, opts, search)
+    # dynamic (12.0) may beat the searched fused form (14.0), so it is judged; then qdq_s8s8 (13.0) cannot win
+    assert searched == ["fused_dynamic"] and judged == ["fused_dynamic", "dynamic"] and rows["qdq_s8s8"]["skipped"]
+    for k, t in {"dynamic": 12.0, "qdq_s8s8": 13.0}.items():
+        rows[k]["latency_ms"] = t
+    assert pick_cpu(rows, 30.0, opts, False)[0] == "dynamic"
+    # a form whose search cannot reach the budget stays failed, and the next one is judged
+    judge, judged = _judge_log({"fused_dynamic": False, "dynamic": True})
+    rows = judge_fastest_first({"fused_dynamic": 8.0, "dynamic": 12.0}, 30.0, judge, opts, lambda n, r: None)
+    assert rows["fused_dynamic"]["passed"] is False and judged == ["fused_dynamic", "dynamic"]
+
+
 # ---- the runtime warns when int8.cpu.onnx moves to another CPU ---------------------------------------------
 def test_ort_runner_warns_when_int8_cpu_artifact_was_chosen_on_another_isa(tmp_path, monkeypatch, caplog):
     import runtime.cpu as rc
@@ -206,6 +259,13 @@ def test_parity_only_budget_aims_above_verifys_bar():
     assert passes({**base, "cosine_mean": 0.9903}, verify, labelled=False)
     assert passes({**base, "cosine_mean": 0.9951}, loop, labelled=False)
     assert passes({**base, "cosine_mean": 0.9903}, QuantOptions(parity_margin=0.0).loop_budget(None, False), False)
+    # judged on more rows, the chance difference shrinks as 1/sqrt(n), and so does the band: on 32 rows as above, on
+    # 3,200 a tenth of it; never looser than verify's bar
+    assert opts.loop_budget(None, False, n=32) == loop
+    wide = opts.loop_budget(None, False, n=3200)
+    assert wide.min_cosine == pytest.approx(0.99 + 0.05 * 0.01) and verify.min_cosine < wide.min_cosine < loop.min_cosine
+    fe = QuantOptions().loop_budget(default_tolerances(FEATURE_EXTRACTION), False, n=3200)
+    assert fe.min_neighbour_overlap == pytest.approx(0.95 + 0.05 * 0.05)
 
 
 # ---- the CPU's own form: fused transformer graph, dynamic int8, its own search ------------------------------

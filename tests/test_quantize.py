@@ -384,6 +384,14 @@ def test_cli_end_to_end_and_up_to_date(tiny_dirs, tmp_path, capsys):
     scales = {t.name: t.data_type for t in written.graph.initializer}
     n_qdq = i8["qdq"]["counts"]["QuantizeLinear"] + i8["qdq"]["counts"]["DequantizeLinear"]
     assert mix["used"] is True and mix["scales"] == {"float16": n_qdq} and mix["val"]["n_samples"] == 500, mix
+    # within the budget at once: the shipped (mixed) graph was the one evaluation, and its figures are the record's
+    assert i8["qdq"]["steps"] == [{"excluded": None, "kept_float": 0, **mix["val"]}] and i8["qdq"]["val"] == mix["val"]
+    assert "qdq_mixed_first" in i8["phases_s"] and "qdq_search" not in i8["phases_s"]
+    assert set(f16["phases_s"]) == {"fp32_reference", "fp16"} and i8["phases_s"]["fp32_reference"] < 1.0  # reused
+    # fastest first: the faster form is judged; the other is judged only if it could still win
+    cands = i8["cpu"]["candidates"]
+    assert i8["cpu"]["judged"][0] == min(cands, key=lambda k: cands[k]["latency_ms"])
+    assert all(r.get("skipped") or r["ran"] for r in cands.values())
     assert all(scales[n.input[1]] == onnx.TensorProto.FLOAT16 for n in written.graph.node
                if n.op_type == "DequantizeLinear")
     from runtime.cpu import ISA_METADATA_KEY, int8_isa
