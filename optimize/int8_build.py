@@ -66,6 +66,8 @@ def calibrate_ranges(model_path: str | os.PathLike, data: CalibrationData, metho
         cal = create_calibrator(Path(model_path), list(op_types), augmented_model_path=str(Path(tmp) / "aug.onnx"),
                                 calibrate_method=CalibrationMethod[method], extra_options=extra,
                                 use_external_data_format=uses_external_data(model_path))
+        if method == "Percentile":
+            cal.collector = uniform_histogram_collector(cal)
         # One batch per collect_data call: ORT merges ranges/histograms across calls, so memory stays at one
         # batch of intermediate tensors (histogram methods otherwise hold every batch) and batches may differ
         # in shape.
@@ -87,6 +89,37 @@ def calibrate_ranges(model_path: str | os.PathLike, data: CalibrationData, metho
         cache.save(key, ranges, seconds=round(seconds, 2), extra={"data": data.describe()})
         info["cache_file"] = cache.path.name
     return ranges, info
+
+
+def uniform_histogram_collector(cal):
+    """ONNX Runtime's HistogramCollector for ``cal`` (a HistogramCalibrater) with one change: from the second batch
+    on, its absolute-value histogram is binned by numpy's uniform fast path (``bins=n, range=(first, last)``) instead
+    of ``bins=<edge array>``, which sorts every batch (O(n log n); MiniLM's Percentile calibration went from 2.7 s for
+    the first batch of 32 to 7 s for each later one). The edges stay ORT's (constant width, extended as the range
+    grows), so the histogram and the percentile are ORT's up to values within float rounding of an edge."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    class UniformHistogramCollector(HistogramCollector):
+        def collect_absolute_value(self, name_to_arr):
+            for tensor, data in name_to_arr.items():
+                arr = np.asarray(data).ravel()
+                if tensor not in self.histogram_dict or arr.size == 0:
+                    super().collect_absolute_value({tensor: data})
+                    continue
+                lo, hi = np.nanmin(arr), np.nanmax(arr)
+                arr = np.absolute(arr)
+                old_hist, edges, old_min, old_max = self.histogram_dict[tensor]
+                amax = np.nanmax(arr)
+                if amax > edges[-1]:  # ORT's growth: more bins of the same width
+                    width = edges[1] - edges[0]
+                    edges = np.hstack((edges, np.arange(edges[-1] + width, amax + width, width))).astype(arr.dtype)
+                hist, _ = np.histogram(arr, bins=len(edges) - 1, range=(float(edges[0]), float(edges[-1])))
+                hist[: len(old_hist)] += old_hist
+                self.histogram_dict[tensor] = (hist, edges, min(old_min, lo), max(old_max, hi))
+
+    return UniformHistogramCollector(method=cal.method, symmetric=cal.symmetric, num_bins=cal.num_bins,
+                                     num_quantized_bins=cal.num_quantized_bins, percentile=cal.percentile,
+                                     scenario=cal.scenario)
 
 
 def _ort_range_file(ranges: dict[str, TensorRange], method: str, path: Path) -> Path:

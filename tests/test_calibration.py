@@ -208,3 +208,29 @@ def test_eval_subset_rows_are_its_index():
     assert len(idx) == 20 and np.all(np.diff(idx) > 0)
     assert np.array_equal(sub.inputs["input_ids"], x[idx]) and np.array_equal(sub.y, (np.arange(50) % 2)[idx])
     assert es.subset(None) is es and np.array_equal(es.subset_index(None), np.arange(50))
+
+
+def test_uniform_histogram_collector_matches_onnxruntimes():
+    """The Percentile calibrator's histogram binned by numpy's uniform path (optimize.int8_build): the same
+    thresholds as ONNX Runtime's own collector on batches whose range grows, and the same counts up to values at
+    an edge's float rounding."""
+    from types import SimpleNamespace
+
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    from optimize.int8_build import uniform_histogram_collector
+
+    kw = dict(method="percentile", symmetric=True, num_bins=2048, num_quantized_bins=128, percentile=99.99,
+              scenario="symmetric")
+    ort_c, ours = HistogramCollector(**kw), uniform_histogram_collector(SimpleNamespace(**kw))
+    rng = np.random.default_rng(0)
+    for i in range(4):  # heavy tails, a range that grows batch by batch
+        batch = {f"t{j}": (rng.standard_t(3, size=(8, 64, 96)) * (1 + 0.5 * i * j)).astype(np.float32)
+                 for j in range(3)}
+        ort_c.collect(batch)
+        ours.collect(batch)
+    a, b = ort_c.compute_collection_result(), ours.compute_collection_result()
+    for k in a:
+        assert np.allclose(np.asarray(a[k][:2], np.float64), np.asarray(b[k][:2], np.float64), rtol=1e-4), (k, a[k], b[k])
+        ha, hb = ort_c.histogram_dict[k][0], ours.histogram_dict[k][0]
+        assert len(ha) == len(hb) and np.abs(ha - hb).sum() <= 1e-2 * ha.sum()  # float32 vs float64 edges
