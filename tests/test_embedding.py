@@ -204,7 +204,9 @@ def test_export_simplify_quantize_verify(tmp_path, monkeypatch):
     folder = tmp_path / "art" / "tiny_enc"
     man = json.loads((folder / "manifest.json").read_text())
     val = man["int8"]["qdq"]["val"]
-    assert val["n_samples"] == 400 and val["neighbour_k"] == 5 and val["neighbour_overlap"] >= 0.975
+    # the loop's guard band on 400 rows: sqrt(32/400) of the half-way-to-1 band above verify's 0.95
+    loop_bar = 0.95 + 0.5 * (32 / 400) ** 0.5 * 0.05
+    assert val["n_samples"] == 400 and val["neighbour_k"] == 5 and val["neighbour_overlap"] >= loop_bar
     assert man["int8"]["budget"]["max_drop_points"] is None  # no labels: parity and neighbours only
     assert man["fp16"]["check"]["neighbour_overlap"] >= 0.98
     assert verify_main(args + ["--limit", "300"]) == 0
