@@ -182,10 +182,14 @@ def python_inputs(spec: ModelSpec) -> tuple[list[IOInfo], list[IOInfo]]:
 
 
 def python_config(name: str, spec: ModelSpec, artifact: str, ort_level: str, b: Batching, threads: int = 0,
-                  warm: bool = True) -> dict[str, Any]:
+                  warm: bool = True, runtime_backend: str = "onnxruntime") -> dict[str, Any]:
+    """The Python entry's config; ``runtime_backend`` and ``ort_level`` (for OpenVINO: its precision hint) are the
+    (backend, mode) the model opens its artifact on (runtime.loader.open_mode), as verify judged it."""
     inputs, outputs = python_inputs(spec)
     cfg = {**_base(name, spec, inputs, outputs, b, "KIND_CPU"), "backend": "python",
-           "parameters": parameters({"artifact": artifact, "ort_opt_level": ort_level, "threads": int(threads)})}
+           "parameters": parameters({"artifact": artifact, "runtime_backend": runtime_backend, "mode": ort_level,
+                                     "ort_opt_level": ort_level if runtime_backend == "onnxruntime" else "",
+                                     "threads": int(threads)})}
     if warm:
         n = inputs[0].name
         cfg["model_warmup"] = [{"name": "warmup_one_item", "batch_size": 1 if batched(spec) else 0, "inputs": [

@@ -32,7 +32,7 @@ import numpy as np
 from pipeline.args import (existing_folder, existing_path, int_list, models_text, positive_int, positive_seconds,
                            stage_parser)
 from runtime.files import atomic_write_json, atomic_write_text
-from runtime.modelspec import ModelSpec, Tolerance
+from runtime.modelspec import ModelSpec, Tolerance, default_tolerances
 from serve.client import TritonClassifier, batch_sizes
 from serve.errors import ClientError, LoadTestError
 from serve.repository import read_manifest
@@ -130,12 +130,13 @@ class Direct:
     """The served artifact (the repository's copy) opened in this process with the same settings as the Python
     model, on this checkout's runtime (the repository holds a copy of it)."""
 
-    def __init__(self, version_dir: Path, artifact: str, mode: str, threads: int | None):
+    def __init__(self, version_dir: Path, artifact: str, mode: str, threads: int | None,
+                 backend: str = "onnxruntime"):
         from runtime.classify import Classifier
         from runtime.loader import open_mode
 
         self.path = version_dir / artifact
-        self.clf = Classifier(self.path, runner=open_mode(self.path, "onnxruntime", mode, threads=threads))
+        self.clf = Classifier(self.path, runner=open_mode(self.path, backend, mode, threads=threads))
 
     def feed(self, items: Sequence[str | bytes]) -> np.ndarray:
         if self.clf.kind == "text":
@@ -313,9 +314,9 @@ def loadtest_model(repo: Path, rec: dict[str, Any], s: Settings, threads: int | 
     entry = rec["python"]
     name, version = entry["entry"], repo / entry["entry"] / "1"
     spec = ModelSpec.from_dict(rec["spec"])
-    tol = spec.tolerances[entry["precision"]]
+    tol = spec.tolerances.get(entry["precision"]) or default_tolerances(spec.task)[entry["precision"]]  # older specs
     items, source = load_items(spec, version, s.pool, s.data)
-    direct = Direct(version, entry["artifact"], entry["mode"], threads)
+    direct = Direct(version, entry["artifact"], entry["mode"], threads, entry.get("backend") or "onnxruntime")
     try:
         ref = direct.reference(items)
         bmax = max(1, int(entry.get("max_batch_size") or 1))
@@ -342,7 +343,7 @@ def loadtest_model(repo: Path, rec: dict[str, Any], s: Settings, threads: int | 
               f"{r['errors']}, {'matched' if r['matched'] else 'NOT matched'} the direct runtime ({r['checked']} "
               f"checked, {r['outside_per_sample']} single responses outside the per-sample bound)", flush=True)
     return {"model": rec["model"], "entry": name, "artifact": entry["artifact"], "precision": entry["precision"],
-            "ort_opt_level": entry["mode"], "tolerance": {"precision": entry["precision"], **asdict(tol)},
+            "backend": entry.get("backend") or "onnxruntime", "ort_opt_level": entry["mode"], "tolerance": {"precision": entry["precision"], **asdict(tol)},
             "inputs": {"n": len(items), "source": source}, "direct": direct_rows, "levels": rows}
 
 
@@ -433,7 +434,8 @@ def plot_figure(models: list[dict[str, Any]], folder: Path) -> tuple[str, str]:
 
 def markdown_lines(m: dict[str, Any]) -> list[str]:
     """One classifier entry's section of loadtest.md."""
-    lines = [f"## {m['entry']} ({m['artifact']}, {m['precision']}, ONNX Runtime {m['ort_opt_level']})", "",
+    on = "OpenVINO" if m.get("backend") == "openvino" else "ONNX Runtime"
+    lines = [f"## {m['entry']} ({m['artifact']}, {m['precision']}, {on} {m['ort_opt_level']})", "",
              f"Inputs: {m['inputs']['n']} items ({m['inputs']['source']}).", "",
              "| concurrency | requests | req/s | p50 ms | p99 ms | mean batch | batches formed (size: count) | "
              "errors | matched | top-1 agree | outside per-sample bound | worst cosine |",

@@ -1,8 +1,9 @@
 """Which verified artifact goes into which Triton entry, from verify.json (and bench.json where it exists).
 
-- ``cpu_choice``: the Python-backend model (our thin runtime on ONNX Runtime's CPU provider): among the artifacts
-  whose gating verify row on ONNX Runtime's CPU provider passed (``int8.cpu.onnx`` only when it was verified on a CPU
-  of this machine's int8 class: it is built for one), the fastest verified at batch 1 in bench.json; without a
+- ``cpu_choice``: the Python-backend model (our thin runtime on a CPU): among the artifacts whose gating verify row
+  on ONNX Runtime's CPU provider passed, or, for ``int8.cpu.onnx`` chosen on OpenVINO (its recorded backend), on
+  OpenVINO where openvino is installed here (``int8.cpu.onnx`` only when it was verified on a CPU of this machine's
+  int8 class: it is built for one), the fastest verified at batch 1 in bench.json on that backend; without a
   bench.json, the first of ``CPU_ORDER``.
 - ``gpu_onnx_choice``: the graph for ``onnxruntime_onnx`` with the TensorRT accelerator: the lowest precision whose
   gating row passed (the int8 Q/DQ graph is judged by its TensorRT reference row); a failed GPU row
@@ -39,7 +40,7 @@ class Choice:
     """One artifact for one Triton entry and why it was picked."""
 
     artifact: str  # file name in the model's artifact folder
-    backend: str  # onnxruntime | tensorrt
+    backend: str  # onnxruntime | openvino (int8.cpu.onnx chosen there) | tensorrt
     mode: str  # ORT optimisation level (CPU), GPU mode, or the engine flavour
     precision: str
     reason: str
@@ -67,10 +68,20 @@ def _rows(rows: Iterable[dict], model: str, artifact: str) -> list[dict]:
     return [r for r in rows if r.get("model") == model and r.get("artifact") == artifact]
 
 
+def cpu_backends(artifact: str) -> tuple[str, ...]:
+    """The CPU backends a passed gating row of ``artifact`` may be on to serve it here: ONNX Runtime's CPU provider;
+    for ``int8.cpu.onnx`` also OpenVINO, where openvino is installed (verify gates it on the backend it was chosen
+    on, optimize.cpu_int8)."""
+    from runtime.openvino_backend import available
+
+    return ("onnxruntime", "openvino") if artifact == "int8.cpu.onnx" and available() else ("onnxruntime",)
+
+
 def _cpu_row(rows: Iterable[dict], model: str, artifact: str, isa: str) -> dict | None:
-    """The passed gating row of ``artifact`` on ONNX Runtime's CPU provider (None: not verified on a CPU here)."""
+    """The passed gating row of ``artifact`` on a CPU backend it can be served on here (:func:`cpu_backends`; None:
+    not verified on a CPU here)."""
     for r in _rows(rows, model, artifact):
-        if r.get("backend") != "onnxruntime" or verify_mode(r.get("mode")) in ORT_GPU_MODES:
+        if r.get("backend") not in cpu_backends(artifact) or verify_mode(r.get("mode")) in ORT_GPU_MODES:
             continue
         if not r.get("passed") or not r.get("gating", True) or r.get("role") not in (None, "artifact"):
             continue
@@ -98,21 +109,23 @@ def cpu_choice(ref: ModelRef, rows: list[dict], bench: list[dict] | None = None,
         have = sorted({f"{r.get('artifact')} on {r.get('backend')}: {'passed' if r.get('passed') else 'failed'}"
                        for r in rows if r.get("model") == ref.name})
         raise RepositoryError(f"model '{ref.name}': no artifact in {ref.folder} passed verify on ONNX Runtime's CPU "
-                              f"provider (verify.json has {have or 'no rows for it'}); expected at least one passed "
+                              f"provider (or int8.cpu.onnx on OpenVINO, where installed) (verify.json has {have or 'no rows for it'}); expected at least one passed "
                               "gating row: run `make verify`")
     timed = [b for b in (bench or []) if b.get("model") == ref.name and b.get("batch") == 1 and b.get("verified")
-             and b.get("backend") == "onnxruntime" and b.get("device", "cpu") == "cpu" and b.get("p50_ms")
-             and b.get("artifact") in found and b.get("mode") == verify_mode(found[b["artifact"]].get("mode"))]
+             and b.get("device", "cpu") == "cpu" and b.get("p50_ms") and b.get("artifact") in found
+             and b.get("backend") == found[b["artifact"]].get("backend")
+             and b.get("mode") == verify_mode(found[b["artifact"]].get("mode"))]
     if timed:
         best = min(timed, key=lambda b: b["p50_ms"])
         art = best["artifact"]
-        why = f"fastest verified on ONNX Runtime CPU at batch 1 in bench.json ({best['p50_ms']:.3g} ms p50)"
+        why = f"fastest verified on a CPU at batch 1 in bench.json ({best['p50_ms']:.3g} ms p50 on {best['backend']})"
     else:
         art = next(a for a in names if a in found)
         why = "asked for (--python-artifact)" if only else f"first verified of {list(CPU_ORDER)} (no bench.json timing)"
     row = found[art]
-    return Choice(art, "onnxruntime", verify_mode(row.get("mode")) or "all", row.get("precision") or
-                  precision_of(art) or "fp32", why)
+    backend = row.get("backend") or "onnxruntime"
+    return Choice(art, backend, verify_mode(row.get("mode")) or ("all" if backend == "onnxruntime" else "f32"),
+                  row.get("precision") or precision_of(art) or "fp32", why)
 
 
 def _passed_for_gpu(rows: list[dict], model: str, artifact: str) -> dict | None:

@@ -113,7 +113,7 @@ def python_entry(out: Path, name: str, ref: ModelRef, spec: ModelSpec, choice: p
     version = folder / "1"
     _version_folder(version, ref, spec, choice, MODEL_PY)
     write_config(folder, configs.python_config(name, spec, choice.artifact, choice.mode, o.batching, o.threads,
-                                               warm=o.warmup))
+                                               warm=o.warmup, runtime_backend=choice.backend))
     if o.warmup:
         fname, data = configs.python_warmup_bytes(spec)
         atomic_write_bytes(folder / "warmup" / fname, data)

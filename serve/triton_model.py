@@ -56,7 +56,9 @@ class TritonPythonModel:
         params = {k: v.get("string_value", "") for k, v in (cfg.get("parameters") or {}).items()}
         self.artifact = HERE / params["artifact"]
         threads = int(params.get("threads") or 0) or None
-        runner = open_mode(self.artifact, "onnxruntime", params.get("ort_opt_level") or "all", threads=threads)
+        backend = params.get("runtime_backend") or "onnxruntime"  # as verify judged it (serve.pick.cpu_choice)
+        mode = params.get("mode") or params.get("ort_opt_level") or ("all" if backend == "onnxruntime" else "f32")
+        runner = open_mode(self.artifact, backend, mode, threads=threads)
         self.clf = Classifier(self.artifact, runner=runner)
         self.input_name = cfg["input"][0]["name"]
         bounds = self.clf.runner.contract.bounds.get(self.clf.runner.inputs[0].shape[0]) \

@@ -182,6 +182,42 @@ def test_pick_rules(tmp_path):
         cpu_choice(ref, [verify_row("m", "fp32.onnx", passed=False)])
 
 
+def test_pick_serves_int8_cpu_on_the_backend_it_was_verified_on(tmp_path, monkeypatch):
+    """int8.cpu.onnx chosen on OpenVINO: verify gates it there (its ONNX Runtime row is advisory), so the Python entry
+    serves it on OpenVINO where openvino is installed, with that backend and precision hint in its config; without
+    openvino, the verified fp32 graph."""
+    import runtime.openvino_backend as ovb
+    from pipeline.artifacts import ModelRef
+    from serve import configs
+    from serve.pick import cpu_choice
+    from runtime.modelspec import DimRange, ModelSpec, TensorSpec
+
+    ref = ModelRef("m", tmp_path / "m")
+    ref.folder.mkdir()
+    for f in ("fp32.onnx", "fp32.sim.onnx", "int8.cpu.onnx"):
+        (ref.folder / f).write_bytes(b"x")
+    rows = [verify_row("m", a) for a in ("fp32.onnx", "fp32.sim.onnx")]
+    rows += [verify_row("m", "int8.cpu.onnx", backend="openvino", mode="f32", execution_provider=None),
+             verify_row("m", "int8.cpu.onnx", gating=False, role="advisory")]  # the same file on ORT's kernels
+    bench = [{"model": "m", "batch": 1, "verified": True, "backend": b, "device": "cpu", "p50_ms": p, "artifact": a,
+              "mode": m} for a, b, m, p in (("fp32.sim.onnx", "onnxruntime", "all", 80.0),
+                                           ("int8.cpu.onnx", "openvino", "f32", 15.0),
+                                           ("int8.cpu.onnx", "onnxruntime", "all", 5.0))]  # not the verified backend
+    monkeypatch.setattr(ovb, "available", lambda: True)
+    c = cpu_choice(ref, rows, bench, isa="avx512_vnni")
+    assert (c.artifact, c.backend, c.mode) == ("int8.cpu.onnx", "openvino", "f32") and "15 ms p50 on openvino" in c.reason
+    assert cpu_choice(ref, rows, isa="avx512_vnni").backend == "openvino"  # first of CPU_ORDER without a bench
+    spec = ModelSpec("m", "text_classification", [TensorSpec("input_ids", "int64", ("batch", "sequence"))],
+                     [TensorSpec("logits", "float32", ("batch", 2))],
+                     {"batch": DimRange(1, 1, 8), "sequence": DimRange(1, 16, 32)}, ["neg", "pos"], {"kind": "text"})
+    cfg = configs.python_config("m", spec, c.artifact, c.mode, configs.Batching(), runtime_backend=c.backend)
+    params = {p["key"]: p["value"]["string_value"] for p in cfg["parameters"]}
+    assert params["runtime_backend"] == "openvino" and params["mode"] == "f32" and params["ort_opt_level"] == ""
+    monkeypatch.setattr(ovb, "available", lambda: False)
+    c = cpu_choice(ref, rows, bench, isa="avx512_vnni")
+    assert (c.artifact, c.backend, c.mode) == ("fp32.sim.onnx", "onnxruntime", "all")
+
+
 def test_loopback_only():
     from serve.errors import LoadTestError
     from serve.loadtest import check_loopback
