@@ -193,8 +193,9 @@ def quantize_outputs(model_dir: str | os.PathLike, opts: QuantOptions | None = N
             else:
                 ref = ort_logits(src, es, "all", opts.threads,
                                  progress=f"fp32 {model_dir.name} val" if progress else None)
+        split = "user data (evaluation half)" if udp else ("val" if dataset is not None else "synthetic")
         sec = build_int8(model_dir, src, calib, es, ref, opts, progress, isa, spec.tolerances, previous=old,
-                         clock=clock)
+                         clock=clock, split=split)
         if "last_run" not in sec:  # a section kept from the previous run keeps its key: the next run tries again
             sec.update(key=key, source_sha256=src_sha)
         if dataset is not None:
@@ -215,14 +216,15 @@ def user_eval_set(path: str, spec, model_dir: Path):
 def build_int8(model_dir: Path, src: Path, calib: CalibrationData, es: EvalSet, ref: np.ndarray,
                opts: QuantOptions, progress: bool = True, isa: str | None = None,
                tolerances: dict[str, Any] | None = None, previous: dict[str, Any] | None = None,
-               clock: PhaseClock | None = None) -> dict[str, Any]:
+               clock: PhaseClock | None = None, split: str | None = None) -> dict[str, Any]:
     """Calibrate, budget-search the TensorRT Q/DQ graph (judged by its float simulation), pick the CPU graph for
     this CPU (judged on its integer kernels); write both atomically. When no int8 form is both within the budget
     and faster than fp32 here, no int8.cpu.onnx is written and fp32 is the CPU artifact (a stale one is moved aside).
     Every candidate is judged by verify's verdict on the spec's ``tolerances`` (judge.budget; None: the defaults)
     with ``opts``' overrides. A run that does worse than ``previous`` (the manifest's int8 section, passed, files
     intact) writes and deletes nothing: the previous section is returned with ``last_run`` saying what this run
-    missed. ``clock``: the stage's phase clock (its seconds go into the section's ``phases_s``)."""
+    missed. ``clock``: the stage's phase clock (its seconds go into the section's ``phases_s``); ``split``: where
+    ``es`` comes from, for the record (None: "val" when labelled, else "synthetic")."""
     import onnx
 
     clock = clock or PhaseClock()
@@ -298,7 +300,7 @@ def build_int8(model_dir: Path, src: Path, calib: CalibrationData, es: EvalSet, 
         "artifacts": {"qdq": qdq_dst.name, "cpu": cpu_dst.name if win else None},
         "files_sha256": files,
         "source": src.name, "calibration": cinfo,
-        "budget": {"split": "val" if labelled else "synthetic", "data": es.description, "n": len(es),
+        "budget": {"split": split or ("val" if labelled else "synthetic"), "data": es.description, "n": len(es),
                    "max_drop_points": vb.max_drop_points if labelled else None,
                    "min_top1_agreement": vb.min_top1_agreement, "min_cosine": vb.min_cosine,
                    "cosine_on": vb.cosine_on, "loop_min_cosine": budget.min_cosine,

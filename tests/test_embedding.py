@@ -208,6 +208,7 @@ def test_export_simplify_quantize_verify(tmp_path, monkeypatch):
     loop_bar = 0.95 + 0.5 * (32 / 400) ** 0.5 * 0.05
     assert val["n_samples"] == 400 and val["neighbour_k"] == 5 and val["neighbour_overlap"] >= loop_bar
     assert man["int8"]["budget"]["max_drop_points"] is None  # no labels: parity and neighbours only
+    assert man["int8"]["budget"]["split"] == "val"  # the dataset's validation sentences, not synthetic inputs
     assert man["fp16"]["check"]["neighbour_overlap"] >= 0.98
     assert verify_main(args + ["--limit", "300"]) == 0
     rows = [r for r in json.loads((tmp_path / "art" / "verify.json").read_text()) if r["model"] == "hf:tiny_enc"]
