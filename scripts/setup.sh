@@ -65,7 +65,7 @@ if [ ! -d "$TRITON_DIST/${PYTRITON_NAME//-/_}-${PYTRITON##*==}.dist-info" ] || [
 fi
 [ -x "$VENV/triton-env/bin/python" ] || "$VENV/bin/python" -m venv "$VENV/triton-env"
 "$VENV/triton-env/bin/python" -m pip install -q -r serve/requirements-triton.txt "$ORT" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
-"$VENV/triton-env/bin/python" -c "import numpy, onnxruntime, tokenizers, PIL" && [ -x "$TRITON_DIST/pytriton/tritonserver/bin/tritonserver" ] \
+"$VENV/triton-env/bin/python" -c "import numpy, onnxruntime, tokenizers, PIL, openvino" && [ -x "$TRITON_DIST/pytriton/tritonserver/bin/tritonserver" ] \
   || { echo "setup: Triton install failed (serve/: $TRITON_DIST, $VENV/triton-env)" >&2; exit 1; }
 # the `edgeattn` command (editable: it runs this checkout); `python -m edgeattn` works without it
 "$VENV/bin/python" -m pip install -q --no-deps -e . >/dev/null 2>&1 || echo "setup: note: 'pip install -e .' failed; use 'python -m edgeattn' (PYTHONPATH=.)"

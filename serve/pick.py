@@ -71,7 +71,8 @@ def _rows(rows: Iterable[dict], model: str, artifact: str) -> list[dict]:
 def cpu_backends(artifact: str) -> tuple[str, ...]:
     """The CPU backends a passed gating row of ``artifact`` may be on to serve it here: ONNX Runtime's CPU provider;
     for ``int8.cpu.onnx`` also OpenVINO, where openvino is installed (verify gates it on the backend it was chosen
-    on, optimize.cpu_int8)."""
+    on, optimize.cpu_int8). The bundled server's Python environment (.venv/triton-env) gets openvino from
+    serve/requirements-triton.txt; a container needs it installed (the repository's README says so)."""
     from runtime.openvino_backend import available
 
     return ("onnxruntime", "openvino") if artifact == "int8.cpu.onnx" and available() else ("onnxruntime",)
@@ -85,7 +86,7 @@ def _cpu_row(rows: Iterable[dict], model: str, artifact: str, isa: str) -> dict 
             continue
         if not r.get("passed") or not r.get("gating", True) or r.get("role") not in (None, "artifact"):
             continue
-        if r.get("execution_provider") not in (None, "CPUExecutionProvider"):
+        if r.get("execution_provider") not in (None, "CPUExecutionProvider", "CPU"):  # "CPU": OpenVINO's CPU plugin
             continue
         if artifact == "int8.cpu.onnx" and r.get("cpu_isa") not in (None, isa):
             log.info("%s %s: verified on a %s CPU, this one is %s: not served here", model, artifact,

@@ -47,7 +47,8 @@ def _table(manifest: dict[str, Any]) -> list[str]:
     for rec in manifest["models"]:
         p, o, t = rec["python"], rec["onnx"], rec["trt"]
         stream = ", decoupled: one response per token" if p.get("decoupled") else ""
-        rows.append(f"| `{p['entry']}` | Python backend: edgeattn runtime on ONNX Runtime CPU ({p['mode']}{stream}) | "
+        on = "OpenVINO CPU" if p.get("backend") == "openvino" else "ONNX Runtime CPU"
+        rows.append(f"| `{p['entry']}` | Python backend: edgeattn runtime on {on} ({p['mode']}{stream}) | "
                     f"`{p['artifact']}` | {p['precision']} | {p['reason']} |")
         if "skipped" in o:
             rows.append(f"| `{o['entry']}` | not written | - | - | {o['skipped']} |")
@@ -102,6 +103,7 @@ def readme_text(manifest: dict[str, Any]) -> str:
     first = manifest["models"][0]
     query = task_named(first["spec"].get("task")).run("triton_query", first["python"])
     skipped = [rec["trt"] for rec in manifest["models"] if "skipped" in rec["trt"] and "skipped" not in rec["onnx"]]
+    ov = any(rec["python"].get("backend") == "openvino" for rec in manifest["models"])
     lines = [
         "# Triton model repository (written by `make triton`)", "",
         f"Written {manifest['written']} from the verified artifacts in `{manifest['artifacts']}` (verify.json; "
@@ -120,13 +122,15 @@ def readme_text(manifest: dict[str, Any]) -> str:
         f"- Dynamic batching: queue delay {manifest['batching']['queue_delay_us']} us, preferred sizes from the spec's "
         f"batch opt/max; {manifest['batching']['instances']} instance(s) per model.", "",
         "## Serve it with NVIDIA's container (GPU)", "",
-        "The Python-backend model needs numpy, onnxruntime, tokenizers (text) and Pillow (images) in the container; "
+        "The Python-backend model needs numpy, onnxruntime, tokenizers (text) and Pillow (images) in the container"
+        + (", and openvino for the entries that serve an int8.cpu.onnx chosen on OpenVINO" if ov else "") + "; "
         "the model checks at load time that numpy crosses the backend intact (PyTriton 0.7.0's stub misreads numpy 2 "
         "arrays: use `numpy<2` with such a stub).", "",
         "```bash",
         "docker run --gpus all --rm -p 127.0.0.1:8000:8000 -p 127.0.0.1:8001:8001 -p 127.0.0.1:8002:8002 \\",
         f"  -v $PWD:/models {CONTAINER} \\",
-        "  bash -c \"pip install 'numpy<2' onnxruntime tokenizers pillow && tritonserver --model-repository=/models\"",
+        f"  bash -c \"pip install 'numpy<2' onnxruntime tokenizers pillow{' openvino' if ov else ''} && "
+        "tritonserver --model-repository=/models\"",
         "```", "",
     ]
     if skipped:

@@ -257,7 +257,8 @@ def build(refs: Sequence[ModelRef], out: Path, o: Options, errors: StageErrors |
                 models.append(rec)
                 said = [f"{e['entry']} ({e['artifact']})" if "skipped" not in e else f"no {e['entry']}"
                         for e in (rec["onnx"], rec["trt"])]
-                print(f"triton {ref.name}: {rec['python']['entry']} ({rec['python']['artifact']} on ONNX Runtime CPU, "
+                on = "OpenVINO CPU" if rec["python"].get("backend") == "openvino" else "ONNX Runtime CPU"
+                print(f"triton {ref.name}: {rec['python']['entry']} ({rec['python']['artifact']} on {on}, "
                       f"{rec['python']['mode']}), {', '.join(said)} in {time.perf_counter() - t0:.1f} s", flush=True)
         if not models:
             raise RepositoryError(f"no model could be served ({len(refs)} tried; see the errors above); "

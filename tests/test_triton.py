@@ -197,7 +197,7 @@ def test_pick_serves_int8_cpu_on_the_backend_it_was_verified_on(tmp_path, monkey
     for f in ("fp32.onnx", "fp32.sim.onnx", "int8.cpu.onnx"):
         (ref.folder / f).write_bytes(b"x")
     rows = [verify_row("m", a) for a in ("fp32.onnx", "fp32.sim.onnx")]
-    rows += [verify_row("m", "int8.cpu.onnx", backend="openvino", mode="f32", execution_provider=None),
+    rows += [verify_row("m", "int8.cpu.onnx", backend="openvino", mode="f32", execution_provider="CPU"),  # as verify
              verify_row("m", "int8.cpu.onnx", gating=False, role="advisory")]  # the same file on ORT's kernels
     bench = [{"model": "m", "batch": 1, "verified": True, "backend": b, "device": "cpu", "p50_ms": p, "artifact": a,
               "mode": m} for a, b, m, p in (("fp32.sim.onnx", "onnxruntime", "all", 80.0),
