@@ -311,8 +311,8 @@ def judge_fastest_first(lat: dict[str, float], fp32_ms: float, judge: Callable[[
         if row.get("ran") and not row.get("passed") and search is not None:
             row = search(name, row) or row
         rows[name] = row
-        t = row.get("latency_ms") or t
-        if row.get("passed") and fp32_ms / t >= opts.min_speedup and (best is None or t < best[0]):
+        t = row["latency_ms"] if "latency_ms" in row else t  # searched: timed again (None: that timing failed)
+        if row.get("passed") and t and fp32_ms / t >= opts.min_speedup and (best is None or t < best[0]):
             best = (t, name)
     return rows
 

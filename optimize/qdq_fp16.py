@@ -143,12 +143,12 @@ def fp16_block_list(sec: dict[str, Any]) -> tuple[tuple[str, ...], str]:
 
 
 def mix_fp16(qdq_fp32: Path, work: Path, model_dir: Path, es: EvalSet, ref: np.ndarray, budget: Budget,
-             enabled: bool = True, threads: int = 2) -> tuple[Path, dict[str, Any]]:
+             enabled: bool = True, threads: int = 2, warn: bool = True) -> tuple[Path, dict[str, Any]]:
     """(the Q/DQ graph to write as int8.qdq.onnx, the record for the manifest's int8.qdq.fp16_mix).
 
     The mixed INT8/FP16 graph when ``enabled`` and it passes the TensorRT Q/DQ rules and ``budget`` (judged exactly
     as the fp32 Q/DQ graph is: its float simulation against ``ref``, the fp32 model's outputs on ``es``); else
-    ``qdq_fp32``, with the reason."""
+    ``qdq_fp32``, with the reason (logged as a warning unless ``warn`` is False: a caller that tries again)."""
     if not enabled:
         return qdq_fp32, {"used": False, "why": "off (QuantOptions.fp16_mix): unquantised layers stay float32"}
     t0 = time.perf_counter()
@@ -158,8 +158,9 @@ def mix_fp16(qdq_fp32: Path, work: Path, model_dir: Path, es: EvalSet, ref: np.n
     rec: dict[str, Any] = {"used": False, "block_list_from": block_from}
 
     def fallback(why: str) -> tuple[Path, dict[str, Any]]:
-        log.warning("int8 %s: mixed INT8/FP16 graph not used (%s); int8.qdq.onnx keeps its float parts in float32",
-                    model_dir.name, why)
+        (log.warning if warn else log.debug)(
+            "int8 %s: mixed INT8/FP16 graph not used (%s); int8.qdq.onnx keeps its float parts in float32",
+            model_dir.name, why)
         rec.update(why=why, seconds=round(time.perf_counter() - t0, 2))
         return qdq_fp32, rec
 

@@ -342,7 +342,7 @@ def mixed_first(src: Path, ranges: dict[str, Any], nodes: Sequence[Any], cand: P
     the mix."""
     names = [n.name for n in nodes]
     scopes = quantize_static_cached(src, cand, ranges, opts.method, names, "trt", opts.quantize_attention)
-    qdq_file, rec = mix_fp16(cand, work, model_dir, es, ref, budget, True, opts.threads)
+    qdq_file, rec = mix_fp16(cand, work, model_dir, es, ref, budget, True, opts.threads, warn=False)
     if not rec.get("used"):
         log.info("int8 %s: the all-INT8 mixed graph is not the answer (%s); budget search on the FP32 Q/DQ graph",
                  model_dir.name, rec.get("why"))
