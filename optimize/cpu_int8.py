@@ -336,8 +336,7 @@ def choose_cpu(src: Path, candidates: dict[str, Path], es: EvalSet, ref: np.ndar
         backends[f"fp32_{b[0]}"] = b
 
     def timed(models: dict[str, str]) -> dict[str, Any]:
-        return bench_guarded({"fp32": str(src), **{k: extra[k] for k in extra if k.startswith("fp32_")}, **models},
-                             feed, opts.bench_runs, opts.threads, backends)
+        return bench_guarded({"fp32": str(src), **extra, **models}, feed, opts.bench_runs, opts.threads, backends)
 
     def judge(name: str) -> dict[str, Any]:
         t0 = time.perf_counter()
