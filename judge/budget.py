@@ -112,6 +112,26 @@ def samples_needed(budget: Budget) -> int:
     return max(need)
 
 
+LOOP_ROWS = 1000  # a stage's labelled evaluation rows by default (:func:`loop_rows`)
+
+
+def loop_rows(budget: Budget, n: int, labelled: bool, setting: int | str | None = "auto",
+              floor: int = LOOP_ROWS) -> int:
+    """How many of ``n`` rows a stage's budget loop judges. ``setting`` (the stage's ``--eval-samples``): a number
+    (at most ``n``), "all" / None (``n``), or "auto": ``floor`` rows, or as many as ``budget`` needs to resolve when
+    that is more (:func:`samples_needed`), never more than ``n``; unlabelled sets (parity, embeddings) are judged on
+    all ``n`` rows, as their guard band is set by n (optimize.int8_budget.loop_budget). INT8 at 0.5 points (needs
+    400) is judged on 1,000 validation rows, FP16 at 0.1 points (needs 2,000) on 2,000; verify judges every artifact
+    again on the whole test split."""
+    if setting is None or setting == "all":
+        return n
+    if setting != "auto":
+        return min(n, int(setting))
+    if not labelled or n <= floor:
+        return n
+    return min(n, max(floor, samples_needed(budget)))
+
+
 def resolution_reason(budget: Budget, n: int, unit: str = "samples") -> str | None:
     """Why ``budget`` cannot be judged on ``n`` labelled ``unit``; None when it can."""
     need = samples_needed(budget)

@@ -56,7 +56,7 @@ class Fp16Error(EdgeattnError, RuntimeError):
 class Fp16Options:
     keep_io_types: bool = True
     block_tiers: tuple[tuple[str, ...], ...] = (FP32_OPS, FP32_OPS_WIDE)
-    check_samples: int | None = None  # validation samples for the NaN/Inf + budget check (None: the whole set)
+    check_samples: int | str | None = "auto"  # rows of the NaN/Inf + budget check: judge.budget.loop_rows' setting
     levels: tuple[str, ...] = OPT_LEVELS
     threads: int = 2
     batch_size: int = 64

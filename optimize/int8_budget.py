@@ -63,14 +63,16 @@ class QuantOptions:
     ptq_rows: int = 1024  # activation rows kept per tensor from that pass
     sweep: str = "auto"  # auto: only when the fully quantised model misses the budget | always | never
     sweep_samples: int = 1000  # validation rows used to rank nodes
-    eval_samples: int | None = None  # validation rows for the budget (None: the whole split)
+    eval_samples: int | str | None = "auto"  # validation rows for the budget: judge.budget.loop_rows' setting
     max_excluded: int | None = None
     cpu_candidates: tuple[str, ...] | None = None  # None: default_cpu_candidates() for the CPU at hand
     # int8.cpu.onnx must be at least this much faster than fp32 here, else fp32 is kept: 5 % is the timing noise of
     # these shared 2-core machines (bench's INT8 guard margin), so a tie never ships an int8 artifact
     min_speedup: float = 1.05
-    bench_runs: int = 50
+    bench_runs: int = 30  # interleaved rounds at least (optimize.cpu_int8.bench_inprocess)
     tie_tolerance: float = 0.05  # CPU candidates this close to the fastest count as equally fast
+    search_margin: float = 0.15  # a CPU form's keep-float search runs when its best case is this much faster than
+    # the fastest form within the budget as built (optimize.cpu_int8.judge_fastest_first)
     # "fastest_first": every CPU candidate timed, then judged in order of speed until the fastest within the budget
     # (optimize.cpu_int8.judge_fastest_first); "all": every candidate judged (the manifest then has all figures)
     cpu_judge: str = "fastest_first"
@@ -84,7 +86,8 @@ class QuantOptions:
 
     def key(self) -> dict[str, Any]:
         d = asdict(self)
-        for k in ("threads", "bench_runs", "bench_batch", "fp16", "int8", "tie_tolerance", "cpu_judge"):
+        for k in ("threads", "bench_runs", "bench_batch", "fp16", "int8", "tie_tolerance", "search_margin",
+                  "cpu_judge"):
             d.pop(k)
         return d
 

@@ -92,34 +92,56 @@ def calibrate_ranges(model_path: str | os.PathLike, data: CalibrationData, metho
 
 
 def uniform_histogram_collector(cal):
-    """ONNX Runtime's HistogramCollector for ``cal`` (a HistogramCalibrater) with one change: from the second batch
-    on, its absolute-value histogram is binned by numpy's uniform fast path (``bins=n, range=(first, last)``) instead
-    of ``bins=<edge array>``, which sorts every batch (O(n log n); MiniLM's Percentile calibration went from 2.7 s for
-    the first batch of 32 to 7 s for each later one). The edges stay ORT's (constant width, extended as the range
-    grows), so the histogram and the percentile are ORT's up to values within float rounding of an edge."""
+    """:func:`histogram_collector` with the parameters of ``cal`` (an ORT HistogramCalibrater)."""
+    return histogram_collector(method=cal.method, symmetric=cal.symmetric, num_bins=cal.num_bins,
+                               num_quantized_bins=cal.num_quantized_bins, percentile=cal.percentile,
+                               scenario=cal.scenario)
+
+
+def histogram_collector(num_bins: int, percentile: float, symmetric: bool, method: str = "percentile",
+                        num_quantized_bins: int = 128, scenario: str = "same", workers: int | None = None):
+    """ONNX Runtime's HistogramCollector with two changes, neither of which changes a histogram:
+
+    - from the second batch on, its absolute-value histogram is binned by numpy's uniform fast path
+      (``bins=n, range=(first, last)``) instead of ``bins=<edge array>``, which sorts every batch (O(n log n);
+      MiniLM's Percentile calibration went from 2.7 s for the first batch of 32 to 7 s for each later one). The
+      edges stay ORT's (constant width, extended as the range grows), so the histogram and the percentile are ORT's
+      up to values within float rounding of an edge;
+    - tensors are binned on ``workers`` threads (default: up to 4 cores; numpy releases the GIL while binning), each
+      tensor's histogram on one thread as before (1.4x on 2 cores)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from onnxruntime.quantization.calibrate import HistogramCollector
+
+    n_workers = workers or max(1, min(4, os.cpu_count() or 1))
 
     class UniformHistogramCollector(HistogramCollector):
         def collect_absolute_value(self, name_to_arr):
-            for tensor, data in name_to_arr.items():
-                arr = np.asarray(data).ravel()
-                if tensor not in self.histogram_dict or arr.size == 0:
-                    super().collect_absolute_value({tensor: data})
-                    continue
-                lo, hi = np.nanmin(arr), np.nanmax(arr)
-                arr = np.absolute(arr)
-                old_hist, edges, old_min, old_max = self.histogram_dict[tensor]
-                amax = np.nanmax(arr)
-                if amax > edges[-1]:  # ORT's growth: more bins of the same width
-                    width = edges[1] - edges[0]
-                    edges = np.hstack((edges, np.arange(edges[-1] + width, amax + width, width))).astype(arr.dtype)
-                hist, _ = np.histogram(arr, bins=len(edges) - 1, range=(float(edges[0]), float(edges[-1])))
-                hist[: len(old_hist)] += old_hist
-                self.histogram_dict[tensor] = (hist, edges, min(old_min, lo), max(old_max, hi))
+            if n_workers > 1 and len(name_to_arr) > 1:
+                with ThreadPoolExecutor(n_workers) as ex:
+                    list(ex.map(lambda kv: self._one(*kv), name_to_arr.items()))
+            else:
+                for kv in name_to_arr.items():
+                    self._one(*kv)
 
-    return UniformHistogramCollector(method=cal.method, symmetric=cal.symmetric, num_bins=cal.num_bins,
-                                     num_quantized_bins=cal.num_quantized_bins, percentile=cal.percentile,
-                                     scenario=cal.scenario)
+        def _one(self, tensor, data):
+            arr = np.asarray(data).ravel()
+            if tensor not in self.histogram_dict or arr.size == 0:
+                HistogramCollector.collect_absolute_value(self, {tensor: data})
+                return
+            lo, hi = np.nanmin(arr), np.nanmax(arr)
+            arr = np.absolute(arr)
+            old_hist, edges, old_min, old_max = self.histogram_dict[tensor]
+            amax = np.nanmax(arr)
+            if amax > edges[-1]:  # ORT's growth: more bins of the same width
+                width = edges[1] - edges[0]
+                edges = np.hstack((edges, np.arange(edges[-1] + width, amax + width, width))).astype(arr.dtype)
+            hist, _ = np.histogram(arr, bins=len(edges) - 1, range=(float(edges[0]), float(edges[-1])))
+            hist[: len(old_hist)] += old_hist
+            self.histogram_dict[tensor] = (hist, edges, min(old_min, lo), max(old_max, hi))
+
+    return UniformHistogramCollector(method=method, symmetric=symmetric, num_bins=num_bins,
+                                     num_quantized_bins=num_quantized_bins, percentile=percentile, scenario=scenario)
 
 
 def _ort_range_file(ranges: dict[str, TensorRange], method: str, path: Path) -> Path:

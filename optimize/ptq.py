@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from calibration import CalibrationData, RangeCache, TensorRange
-from optimize.int8_build import calibrate_ranges
+from optimize.calib_shared import RangeRequest, calibrate_shared
 from optimize.qdq_graph import NodeInfo
 from optimize.smoothquant import ALPHAS, Group, apply_smoothing, capture_rows, choose_alphas, group_weights, \
     node_errors, smoothing_groups
@@ -42,6 +42,8 @@ class PtqPlan:
     calibration: dict[str, Any]  # the manifest's calibration record (per method: cache, seconds)
     rows: list[dict[str, Any]]  # the ranking: most harmful first
     record: dict[str, Any]  # the manifest's ``ptq`` record
+    unsmoothed: tuple[dict[str, TensorRange], dict[str, Any]] | None = None  # (ranges, info) of the input graph
+    # (QuantOptions.method) for the CPU forms, from the same calibration pass; None: nothing was smoothed
 
 
 def applies(model, nodes: Sequence[NodeInfo]) -> list[Group] | None:
@@ -77,10 +79,15 @@ def outlier_aware(src: Path, nodes: Sequence[NodeInfo], calib: CalibrationData, 
         onnx.save(apply_smoothing(model, groups), str(ssrc))
     t_smooth = time.perf_counter() - t0 - t_capture
     methods = list(dict.fromkeys([opts.method, *opts.calib_choice]))
-    by_method, cinfo = {}, {}
-    for m in methods:
-        cache = RangeCache(model_dir / f"calib.{'smoothed.' if smoothed else ''}{m.lower()}.json")
-        by_method[m], cinfo[m] = calibrate_ranges(ssrc, calib, m, cache, progress=progress)
+    requests = [RangeRequest(ssrc, m, RangeCache(model_dir / f"calib.{'smoothed.' if smoothed else ''}{m.lower()}.json"))
+                for m in methods]
+    if smoothed:  # the CPU forms' ranges: the unsmoothed graph, QuantOptions.method, from the same pass
+        requests.append(RangeRequest(src, opts.method, RangeCache(model_dir / f"calib.{opts.method.lower()}.json"),
+                                     scale={g.tensor: g.s for g in groups if g.alpha is not None and g.fold}))
+    results = calibrate_shared(ssrc, calib, requests, progress=progress)
+    by_method = {m: results[i][0] for i, m in enumerate(methods)}
+    cinfo = {m: results[i][1] for i, m in enumerate(methods)}
+    unsmoothed = results[-1] if smoothed else None
     t_cal = time.perf_counter() - t0 - t_capture - t_smooth
     ranges = dict(by_method[opts.method])
     chosen, ranking = {}, []
@@ -119,4 +126,7 @@ def outlier_aware(src: Path, nodes: Sequence[NodeInfo], calib: CalibrationData, 
              sorted({g.alpha for g in groups if g.alpha is not None}), counts)
     calibration = {**cinfo[opts.method], "per_tensor_choice": counts,
                    "methods": {m: {k: cinfo[m].get(k) for k in ("cache", "seconds", "tensors")} for m in methods}}
-    return PtqPlan(ssrc, ranges, calibration, ranking, record)
+    if unsmoothed is not None:
+        calibration["cpu_forms"] = {k: unsmoothed[1].get(k) for k in ("method", "cache", "cache_file", "seconds",
+                                                                     "tensors", "shared_pass")}
+    return PtqPlan(ssrc, ranges, calibration, ranking, record, unsmoothed)

@@ -47,7 +47,7 @@ from optimize.cpu_int8 import ALL_CPU_CANDIDATES, backend_record, build_cpu_cand
     default_cpu_candidates, write_cpu_artifact
 from optimize.fp16 import Fp16Options, build_fp16, ort_logits
 from optimize.int8_budget import QuantOptions, brief_figures, miss_reason, budget_search
-from judge.budget import Budget, check_resolution, delta_statement
+from judge.budget import Budget, check_resolution, delta_statement, loop_rows
 from optimize.int8_build import QuantizeError, calibrate_ranges, quantize_static_cached
 from optimize.qdq_fp16 import mix_fp16
 from optimize.ptq import outlier_aware
@@ -58,7 +58,8 @@ from runtime.errors import ModelLoadError
 from runtime.modelspec import SPEC_FILE
 from optimize.kv_cache import CACHE_TYPES
 from pipeline.args import (ArgumentsError, add_artifacts, add_force, add_kv_cache, add_max_drop, add_models,
-                           add_threads, choice_list, non_negative_int, non_negative_number, positive_int, stage_parser)
+                           add_threads, choice_list, non_negative_int, non_negative_number, positive_int, rows_setting,
+                           stage_parser)
 from pipeline.artifacts import resolve_models
 from pipeline.quiet import fold_repeats
 from pipeline.stage import PhaseClock, StageErrors, cli
@@ -131,16 +132,20 @@ def quantize_outputs(model_dir: str | os.PathLike, opts: QuantOptions | None = N
     else:
         es_all = load_eval_set(spec, model_dir, "val", None, opts.seed, opts.parity_eval_size, dataset=dataset)
     labelled = es_all.y is not None  # unlabelled user data; a feature extractor's dataset gives sentences only
-    es = es_all.subset(opts.eval_samples, opts.seed)  # --eval-samples: the int8 loop's rows (fp16: all of them)
     data_key = data_digest(udp) if udp else None
     result: dict[str, Any] = {}
     ref = ref16 = None
     clock = PhaseClock()  # where the time went, per phase: each section's "phases_s"
     # the budgets verify judges with (the spec's tolerances, the user's overrides); refused before anything is
     # written when the evaluation set cannot resolve them (judge.budget)
+    # the rows each check judges (judge.budget.loop_rows; --eval-samples): the int8 rows are drawn from the fp16
+    # check's rows where they fit, so one fp32 reference pass serves both
     f16 = Fp16Options(threads=opts.threads)
-    es16 = es_all.subset(f16.check_samples, opts.seed)
     b16 = f16.budget(spec.tolerances)
+    es16 = es_all.subset(loop_rows(b16, len(es_all), labelled, f16.check_samples), opts.seed)
+    n8 = loop_rows(opts.budget(spec.tolerances), len(es_all), labelled, opts.eval_samples)
+    pool = es16 if opts.fp16 and n8 <= len(es16) else es_all
+    es = pool.subset(n8, opts.seed)
     b8 = opts.loop_budget(spec.tolerances, labelled, len(es))
     if opts.fp16:
         check_resolution(b16, len(es16), labelled, f"quantize {model_dir.name} fp16")
@@ -187,9 +192,9 @@ def quantize_outputs(model_dir: str | os.PathLike, opts: QuantOptions | None = N
             result["int8"] = old
             return result
         clock = PhaseClock()
-        with clock("fp32_reference"):  # the fp16 check's rows, where it ran on all of them (one fp32 pass)
-            if ref16 is not None and es16 is es_all:
-                ref = ref16[es_all.subset_index(opts.eval_samples, opts.seed)]
+        with clock("fp32_reference"):  # a subset of the fp16 check's rows: its fp32 pass (one pass for both)
+            if ref16 is not None and pool is es16:
+                ref = ref16[es16.subset_index(n8, opts.seed)]
             else:
                 ref = ort_logits(src, es, "all", opts.threads,
                                  progress=f"fp32 {model_dir.name} val" if progress else None)
@@ -247,7 +252,9 @@ def build_int8(model_dir: Path, src: Path, calib: CalibrationData, es: EvalSet, 
             plan = outlier_aware(qsrc, nodes, calib, opts, model_dir, work, progress)  # None: not all MatMul/Gemm
         es_sweep = es.subset(opts.sweep_samples, opts.seed + 1)
         cpu_src = qsrc
-        if plan is None or plan.src != qsrc:  # the CPU forms' graph and ranges: unsmoothed, one method
+        if plan is not None and plan.unsmoothed is not None:  # the CPU forms' graph and ranges: unsmoothed, one
+            ranges, cinfo = plan.unsmoothed  # method, calibrated in the smoothed graph's pass (optimize.calib_shared)
+        elif plan is None:
             cache = RangeCache(model_dir / f"calib.{opts.method.lower()}.json")
             with clock("calibrate"):
                 ranges, cinfo = calibrate_ranges(qsrc, calib, opts.method, cache, progress=progress)
@@ -454,8 +461,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=non_negative_int, default=d.seed)
     ap.add_argument("--sweep", choices=("auto", "always", "never"), default=d.sweep)
     ap.add_argument("--sweep-samples", type=positive_int, default=d.sweep_samples, help="validation rows to rank nodes")
-    ap.add_argument("--eval-samples", type=positive_int, default=None,
-                    help="validation rows for the budget (default: all)")
+    ap.add_argument("--eval-samples", type=rows_setting, default=d.eval_samples,
+                    help="validation rows the INT8 budget is judged on: a number, 'all', or 'auto' (default: 1,000, "
+                         "or what the budget needs to resolve when more; unlabelled sets: all)")
     ap.add_argument("--quantize-attention", action="store_true", help="Q/DQ on attention BMMs too")
     ap.add_argument("--cpu-candidates", type=choice_list(ALL_CPU_CANDIDATES), default=None,
                     help=f"comma-separated subset of {','.join(ALL_CPU_CANDIDATES)} (default: the forms for this "

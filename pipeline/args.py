@@ -105,6 +105,12 @@ def positive_int(text: str) -> int:
     return count(text)
 
 
+def rows_setting(text: str) -> int | str:
+    """``--eval-samples``: a number of rows >= 1, 'all' or 'auto' (judge.budget.loop_rows)."""
+    t = str(text).strip().lower()
+    return t if t in ("all", "auto") else count(text, "a number of rows >= 1, 'all' or 'auto'")
+
+
 def non_negative_int(text: str) -> int:
     return count(text, "an integer >= 0", 0)
 

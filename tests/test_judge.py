@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from judge.budget import Budget, BudgetError, budget_for, check_resolution, passes, reasons, samples_needed
+from judge.budget import Budget, BudgetError, budget_for, check_resolution, loop_rows, passes, reasons, \
+    samples_needed
 from judge.figures import compare, compare_outputs, figures
 from judge.interval import delta_interval
 from judge.rows import VerifyRow, split_mode
@@ -100,6 +101,24 @@ def test_a_budget_finer_than_the_evaluation_set_is_refused_with_what_it_needs():
     check_resolution(f32, 1, True, "x")  # exact bars resolve at any n
     with pytest.raises(BudgetError, match="needs >= 2000 samples"):
         check_resolution(f16, 1999, True, "x")
+
+
+def test_the_loops_rows_resolve_their_budget_and_follow_the_users_setting():
+    """judge.budget.loop_rows: 1,000 labelled rows by default, or what the budget needs when that is more (FP16 at
+    0.1 points: 2,000), never more than there are; unlabelled sets keep every row; 'all', None and a number as given;
+    the default rows always resolve the budget."""
+    i8, f16 = budget_for(None, "int8"), budget_for(None, "fp16")
+    assert loop_rows(i8, 2490, True) == 1000 and loop_rows(f16, 2490, True) == 2000
+    assert loop_rows(f16, 1500, True) == 1500 and loop_rows(i8, 700, True) == 700  # fewer than the floor: all
+    assert loop_rows(i8, 2490, False) == 2490  # parity / embeddings: the guard band is set by n
+    assert loop_rows(i8, 2490, True, "all") == 2490 and loop_rows(i8, 2490, True, None) == 2490
+    assert loop_rows(i8, 2490, True, 1500) == 1500 and loop_rows(i8, 300, True, 1500) == 300
+    wide = budget_for(None, "int8", max_drop_points=0.05)  # needs 4,000: more than the floor
+    assert loop_rows(wide, 5000, True) == 4000 and loop_rows(wide, 3000, True) == 3000
+    for b in (i8, f16, wide):  # the default rows resolve wherever the whole set does
+        for n in (2490, 5000, 10000):
+            if n >= samples_needed(b):
+                check_resolution(b, loop_rows(b, n, True), True, "x")
 
 
 @pytest.mark.parametrize("n_eval, n_verify", [(2490, 2490), (5000, 10000)])  # IMDB val/test, Fashion-MNIST

@@ -205,3 +205,46 @@ def test_build_int8_writes_the_smoothed_graph_and_records_the_choices(tmp_path):
     # the smoothed graph's ranges and the unsmoothed graph's (the CPU forms') are cached apart
     assert (md / "calib.smoothed.percentile.json").is_file() and (md / "calib.smoothed.minmax.json").is_file()
     assert (md / "calib.percentile.json").is_file()
+
+
+def test_one_calibration_pass_gives_the_ranges_of_three_separate_calibrations(tmp_path):
+    """optimize.calib_shared: the smoothed graph's Percentile and MinMax ranges and the unsmoothed graph's Percentile
+    ranges from one forward pass are the ones ORT's calibrator gives graph by graph, method by method (the
+    unsmoothed graph has a LayerNorm output that smoothing folded 1/s into, and the input of an inserted Mul, which
+    the smoothed graph does not calibrate); the caches then serve all three without a pass."""
+    from calibration import RangeCache
+    from optimize.calib_shared import RangeRequest, calibrate_shared
+    from optimize.int8_build import calibrate_ranges
+
+    src = _block(tmp_path / "block.onnx")
+    model = onnx.load(str(src))
+    groups = smoothing_groups(model, quantizable_nodes(model))
+    rng = np.random.default_rng(1)
+    for g in groups:
+        g.alpha, g.s = 0.5, np.exp(rng.uniform(-2, 2, F if g.tensor == "r" else D)).astype(np.float32)
+    ssrc = tmp_path / "smoothed.onnx"
+    onnx.save(apply_smoothing(model, groups), str(ssrc))
+    x = _data(256, 7)
+    x[::31] *= 8.0  # a tail for the percentile to cut
+    cal = CalibrationData.from_arrays({"x": x}, batch_size=64)
+    fold = {g.tensor: g.s for g in groups if g.fold}
+    assert list(fold) == ["ln0"]
+    reqs = [RangeRequest(ssrc, "Percentile", RangeCache(tmp_path / "s.p.json")),
+            RangeRequest(ssrc, "MinMax", RangeCache(tmp_path / "s.m.json")),
+            RangeRequest(src, "Percentile", RangeCache(tmp_path / "u.p.json"), scale=fold)]
+    shared = calibrate_shared(ssrc, cal, reqs)
+    alone = [calibrate_ranges(ssrc, cal, "Percentile"), calibrate_ranges(ssrc, cal, "MinMax"),
+             calibrate_ranges(src, cal, "Percentile")]
+    assert "ln1" in shared[2][0] and "ln1" not in shared[0][0]  # the Mul's input: fetched for the unsmoothed graph
+    assert "ln1__smoothed" in shared[0][0]
+    for (got, info), (want, _), tol in zip(shared, alone, (1e-6, 1e-6, 2e-3)):
+        assert info["cache"] == "computed" and set(got) == set(want)
+        for t in want:
+            assert got[t].lowest == pytest.approx(want[t].lowest, rel=tol, abs=1e-6), t
+            assert got[t].highest == pytest.approx(want[t].highest, rel=tol, abs=1e-6), t
+    # the folded tensor really differs between the graphs, and MinMax is not symmetric
+    assert shared[2][0]["ln0"].amax != pytest.approx(shared[0][0]["ln0"].amax, rel=1e-2)
+    assert shared[1][0]["r__smoothed"].lowest >= 0.0 and shared[1][0]["ln0"].lowest < 0.0
+    again = calibrate_shared(ssrc, cal, reqs)
+    assert [i["cache"] for _, i in again] == ["hit"] * 3
+    assert all(again[k][0] == shared[k][0] for k in range(3))
