@@ -86,7 +86,8 @@ def calibrate_shared(pass_model: str | os.PathLike, data: CalibrationData, reque
                      ) -> list[tuple[dict[str, TensorRange], dict[str, Any]]]:
     """Every request's (ranges, info) from one forward pass of ``pass_model`` over ``data`` (module docstring); each
     request is read from its cache when the cache's key matches, and the pass runs only when one misses. Methods
-    outside SHARED_METHODS are calibrated alone (optimize.int8_build.calibrate_ranges)."""
+    outside SHARED_METHODS, and MinMax when no Percentile set is to be computed, are calibrated graph by graph
+    (optimize.int8_build.calibrate_ranges), with the same results."""
     import onnxruntime as ort
 
     pass_model = Path(pass_model)
@@ -111,6 +112,11 @@ def calibrate_shared(pass_model: str | os.PathLike, data: CalibrationData, reque
                 info["cache_miss_reason"] = r.cache.last_miss
             results[i] = ({}, info)
             todo.append(i)
+    if not any(requests[i].method == "Percentile" for i in todo):  # MinMax alone: ORT's own Reduce nodes are cheaper
+        for i in todo:                                                # than histograms (each graph calibrated alone)
+            r = requests[i]
+            results[i] = calibrate_ranges(r.model_path, data, r.method, r.cache, op_types, progress)
+        todo = []
     if not todo:
         return results  # type: ignore[return-value]
 

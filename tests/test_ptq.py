@@ -248,3 +248,6 @@ def test_one_calibration_pass_gives_the_ranges_of_three_separate_calibrations(tm
     again = calibrate_shared(ssrc, cal, reqs)
     assert [i["cache"] for _, i in again] == ["hit"] * 3
     assert all(again[k][0] == shared[k][0] for k in range(3))
+    # MinMax alone: each graph calibrated by ORT's MinMax calibrator (no histogram pass), the unsmoothed one directly
+    (mm, info), = calibrate_shared(ssrc, cal, [RangeRequest(src, "MinMax", scale=fold)])
+    assert "shared_pass" not in info and mm == calibrate_ranges(src, cal, "MinMax")[0]
