@@ -506,3 +506,29 @@ def test_cpu_candidates_build_the_fused_forms_only_where_attention_fuses(tiny_be
     with caplog.at_level(logging.INFO, logger="edgeattn.optimize.cpu_int8"):
         assert build_cpu_candidates(src, {}, "MinMax", [], [], None, tmp_path / "b", opts) == {}
     assert "no transformer attention block to fuse; skipped" in caplog.text
+
+
+def test_timing_rounds_fill_the_time_measured_on_the_rounds(monkeypatch):
+    """bench_inprocess: at least ``runs`` interleaved rounds, more while the rounds took under ``seconds_total``, at
+    most 10x ``runs``; the round count comes from the rounds themselves, not from the (cache-warm) warm-up."""
+    import time as _time
+
+    import optimize.cpu_int8 as ci
+
+    class Fake:
+        def __init__(self, path):
+            self.calls, self.sleep = 0, float(path)
+
+        def run(self, _outputs, _feed):
+            self.calls += 1
+            _time.sleep(0.0 if self.calls <= 3 else self.sleep)  # the warm-up is fast, the rounds are not
+
+    monkeypatch.setattr(ci, "cpu_session_on", lambda path, backend, mode, threads: Fake(path))
+    slow = ci.bench_inprocess({"a": "0.01", "b": "0.01"}, {}, runs=5, threads=1, seconds_total=0.2)
+    runs = {v["runs"] for v in slow.values()}  # 5 rounds of 20 ms are 0.1 s: rounds go on to ~0.2 s (about 10;
+    assert len(runs) == 1 and 5 <= runs.pop() <= 11  # fewer when sleeps overrun), never the warm-up's 10x cap of 50
+    assert slow["a"]["median_ms"] >= 9.0 and "setup_s" in slow["a"]
+    fast = ci.bench_inprocess({"a": "0.0", "b": "0.0"}, {}, runs=5, threads=1, seconds_total=0.2)
+    assert all(v["runs"] == 50 for v in fast.values())  # the 10x cap
+    floor = ci.bench_inprocess({"a": "0.05"}, {}, runs=4, threads=1, seconds_total=0.01)
+    assert floor["a"]["runs"] == 4  # at least ``runs``, even past the time
