@@ -123,11 +123,13 @@ def calibrate_shared(pass_model: str | os.PathLike, data: CalibrationData, reque
     t0 = time.perf_counter()
     base = _inferred(pass_model)
     infos = {vi.name: vi for vi in (*base.graph.value_info, *base.graph.output, *base.graph.input)}
-    own = calibration_tensors(base, op_types)
+    by_graph = {pass_model: calibration_tensors(base, op_types)}  # each graph shape-inferred once
     selections: dict[int, set[str]] = {}
     for i in todo:
         p = Path(requests[i].model_path)
-        sel = own if p == pass_model else calibration_tensors(_inferred(p), op_types)
+        if p not in by_graph:
+            by_graph[p] = calibration_tensors(_inferred(p), op_types)
+        sel = by_graph[p]
         missing = sorted(t for t in sel if t not in infos)
         if missing:
             raise QuantizeError(f"shared calibration: {p.name}'s tensors {missing[:5]} are not tensors of "
